@@ -1,0 +1,434 @@
+"""Domain records and enumerations (the seed's names), validated at every boundary."""
+
+from __future__ import annotations
+
+import json
+import re
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from orchestrator.errors import InvalidTask
+
+TASK_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+TYPE_RE = re.compile(r"^[a-z0-9_.-]{1,64}$")
+DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
+MAX_CAPABILITIES = 16
+
+
+# --- enumerations ------------------------------------------------------------------------
+
+
+class ProductionEventSeverity(str, Enum):
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+    CRITICAL = "critical"
+
+
+class SystemHealth(str, Enum):
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    CRITICAL = "critical"
+
+
+class AutoScalingAction(str, Enum):
+    SCALE_UP = "scale_up"
+    SCALE_DOWN = "scale_down"
+    MAINTAIN = "maintain"
+
+
+class OrchestrationStrategy(str, Enum):
+    """How the router chooses among eligible agents (ORCH_LOAD_BALANCING_ALGORITHM)."""
+
+    WEIGHTED_ROUND_ROBIN = "weighted_round_robin"
+    LEAST_LOADED = "least_loaded"
+    POWER_OF_TWO = "power_of_two"
+
+
+class RecoveryTier(str, Enum):
+    RETRY = "retry"
+    REROUTE = "reroute"
+    QUARANTINE = "quarantine"
+    ESCALATE = "escalate"
+
+
+class CircuitBreakerState(str, Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class AgentStatus(str, Enum):
+    ACTIVE = "active"
+    SLEEPING = "sleeping"
+    QUARANTINED = "quarantined"
+    OFFLINE = "offline"
+
+
+class TaskState(str, Enum):
+    """Ledger states; the last three are terminal."""
+
+    ACCEPTED = "accepted"
+    PARKED = "parked"
+    ROUTED = "routed"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    DEAD_LETTERED = "dead_lettered"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.DEAD_LETTERED)
+
+
+class AlertState(str, Enum):
+    PENDING = "pending"
+    FIRING = "firing"
+    RESOLVED = "resolved"
+
+
+# --- the task spec -----------------------------------------------------------------------
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+class OrchestrationTask(BaseModel):
+    """The task spec of SPEC section 4. Every rule's message names the field and the value."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task_id: str | None = None
+    type: str
+    payload: dict[str, Any] = Field(default_factory=dict)
+    required_capabilities: list[str] = Field(default_factory=list)
+    priority: int = 5
+    timeout_s: float = 300.0
+    max_retries: int = 3
+    affinity_key: str | None = None
+    client_id: str = "anonymous"
+
+    @field_validator("task_id", mode="before")
+    @classmethod
+    def _task_id(cls, v: Any) -> Any:
+        if v is not None and not (isinstance(v, str) and TASK_ID_RE.match(v)):
+            raise ValueError(f"must be 1-128 chars of [A-Za-z0-9._:-] (got {v!r})")
+        return v
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _type(cls, v: Any) -> Any:
+        if not (isinstance(v, str) and TYPE_RE.match(v)):
+            raise ValueError(f"must be 1-64 chars of [a-z0-9_.-] (got {v!r})")
+        return v
+
+    @field_validator("payload", mode="before")
+    @classmethod
+    def _payload(cls, v: Any, info: ValidationInfo) -> Any:
+        if v is None:
+            return {}
+        if not isinstance(v, dict):
+            raise ValueError(f"must be a JSON object (got {type(v).__name__})")
+        try:
+            size = len(json.dumps(v, separators=(",", ":"), allow_nan=False).encode())
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"must be JSON-encodable ({exc})") from None
+        limit = (info.context or {}).get("max_payload_bytes", DEFAULT_MAX_PAYLOAD_BYTES)
+        if size > limit:
+            raise ValueError(f"encoded size {size} bytes exceeds the limit of {limit} bytes")
+        return v
+
+    @field_validator("required_capabilities", mode="before")
+    @classmethod
+    def _capabilities(cls, v: Any) -> Any:
+        if v is None:
+            return []
+        if not isinstance(v, list | tuple):
+            raise ValueError(f"must be a list of capability names (got {v!r})")
+        if len(v) > MAX_CAPABILITIES:
+            raise ValueError(f"at most {MAX_CAPABILITIES} capabilities (got {len(v)})")
+        bad = [c for c in v if not (isinstance(c, str) and TYPE_RE.match(c))]
+        if bad:
+            raise ValueError(f"names must be 1-64 chars of [a-z0-9_.-] (got {bad!r})")
+        return sorted(set(v))
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _priority(cls, v: Any) -> Any:
+        if not _is_int(v) or not 0 <= v <= 9:
+            raise ValueError(f"must be between 0 and 9 (got {v!r})")
+        return v
+
+    @field_validator("timeout_s", mode="before")
+    @classmethod
+    def _timeout(cls, v: Any) -> Any:
+        if not _is_number(v) or not 0 < v <= 86400:
+            raise ValueError(f"must be a number with 0 < timeout_s <= 86400 (got {v!r})")
+        return v
+
+    @field_validator("max_retries", mode="before")
+    @classmethod
+    def _max_retries(cls, v: Any) -> Any:
+        if not _is_int(v) or not 0 <= v <= 20:
+            raise ValueError(f"must be an integer between 0 and 20 (got {v!r})")
+        return v
+
+    @field_validator("affinity_key", mode="before")
+    @classmethod
+    def _affinity(cls, v: Any) -> Any:
+        if v is not None and not (isinstance(v, str) and 1 <= len(v) <= 256):
+            raise ValueError(f"must be a string of 1-256 chars (got {v!r})")
+        return v
+
+    @field_validator("client_id", mode="before")
+    @classmethod
+    def _client(cls, v: Any) -> Any:
+        if v is None:
+            return "anonymous"
+        if not (isinstance(v, str) and re.match(r"^[A-Za-z0-9._:@-]{1,128}$", v)):
+            raise ValueError(f"must be 1-128 chars of [A-Za-z0-9._:@-] (got {v!r})")
+        return v
+
+    @model_validator(mode="after")
+    def _default_capabilities(self) -> OrchestrationTask:
+        if not self.required_capabilities:
+            object.__setattr__(self, "required_capabilities", [self.type])
+        return self
+
+    @property
+    def capability_key(self) -> str:
+        """Stable name of the pool of agents this task can go to."""
+        return ",".join(self.required_capabilities)
+
+
+ALLOWED_TASK_FIELDS = tuple(OrchestrationTask.model_fields)
+
+
+def parse_task(fields: dict[str, Any], max_payload_bytes: int) -> OrchestrationTask:
+    """Validate raw submit kwargs; raise InvalidTask naming every offending field."""
+    try:
+        return OrchestrationTask.model_validate(
+            fields, context={"max_payload_bytes": max_payload_bytes}
+        )
+    except ValidationError as exc:
+        raise InvalidTask(describe_errors(exc)) from None
+
+
+def describe_errors(exc: ValidationError) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "task"
+        if err["type"] == "extra_forbidden":
+            problems.append(
+                f"{field}: unknown field (allowed: {', '.join(ALLOWED_TASK_FIELDS)})"
+            )
+        elif err["type"] == "missing":
+            problems.append(f"{field}: is required")
+        else:
+            problems.append(f"{field}: {str(err['msg']).removeprefix('Value error, ')}")
+    return problems
+
+
+# --- agents ------------------------------------------------------------------------------
+
+
+class AgentCapability(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    proficiency: float = Field(default=1.0, gt=0, le=1)
+
+
+class RegisteredAgent(BaseModel):
+    """An agent as the registry sees it: identity, declared skills, and live figures."""
+
+    agent_id: str
+    capabilities: dict[str, float]
+    status: AgentStatus = AgentStatus.ACTIVE
+    queue: str
+    hostname: str = ""
+    pid: int = 0
+    concurrency: int = 1
+    registered_at: float = 0.0
+    last_heartbeat: float = 0.0
+    circuit: CircuitBreakerState = CircuitBreakerState.CLOSED
+    tasks_succeeded: int = 0
+    tasks_failed: int = 0
+    latency_ms: float | None = None
+    in_flight: int = 0
+    performance_score: float = 1.0
+
+    def capability_list(self) -> list[AgentCapability]:
+        return [AgentCapability(name=n, proficiency=p) for n, p in sorted(self.capabilities.items())]
+
+
+# --- events, recovery, breakers ----------------------------------------------------------
+
+
+class OrchestrationEvent(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    type: str
+    ts: float
+    severity: ProductionEventSeverity = ProductionEventSeverity.INFO
+    source: str = "orchestrator"
+    data: dict[str, Any] = Field(default_factory=dict)
+    id: str | None = None
+
+
+class RecoveryPlan(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    task_id: str
+    tier: RecoveryTier
+    reason: str
+    attempt: int = 0
+    failed_agent: str | None = None
+    target_agent: str | None = None
+    delay_s: float = 0.0
+    created_at: float = 0.0
+    deadline: float = 0.0
+
+
+class CircuitBreakerConfig(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    failure_threshold: int = Field(default=5, ge=1)
+    recovery_timeout_s: float = Field(default=60.0, gt=0)
+    half_open_max_calls: int = Field(default=3, ge=1)
+    success_threshold: int = Field(default=2, ge=1)
+    failure_rate_threshold: float = Field(default=0.5, gt=0, le=1)
+    window_size: int = Field(default=20, ge=1)
+    minimum_calls: int = Field(default=10, ge=1)
+
+
+# --- monitoring --------------------------------------------------------------------------
+
+
+class ProductionMetrics(BaseModel):
+    """One snapshot of the cluster: the vocabulary of alert rules and SLA targets."""
+
+    ts: float = 0.0
+    agents_total: int = 0
+    agents_active: int = 0
+    agents_sleeping: int = 0
+    agents_quarantined: int = 0
+    agents_offline: int = 0
+    queue_depth: int = 0
+    parked_tasks: int = 0
+    dead_letters: int = 0
+    tasks_succeeded: int = 0
+    tasks_failed: int = 0
+    error_rate: float = 0.0
+    throughput_per_s: float = 0.0
+    latency_p50_ms: float = 0.0
+    latency_p95_ms: float = 0.0
+    latency_p99_ms: float = 0.0
+    delegation_p95_ms: float = 0.0
+    circuits_open: int = 0
+    alerts_firing: int = 0
+    health: SystemHealth = SystemHealth.HEALTHY
+
+
+Op = Literal[">", ">=", "<", "<=", "==", "!="]
+
+
+class AlertRule(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    metric: str
+    op: Op
+    threshold: float
+    for_s: float = Field(default=0.0, ge=0)
+    keep_firing_for_s: float = Field(default=0.0, ge=0)
+    severity: ProductionEventSeverity = ProductionEventSeverity.WARNING
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+SLI = Literal["success_rate", "error_rate", "latency_p95_ms", "latency_p99_ms", "availability"]
+
+
+class SLATarget(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    sli: SLI
+    objective: float
+    window_s: float = Field(default=2_592_000, gt=0)
+    task_type: str | None = None
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.sli in ("success_rate", "availability")
+
+
+class ProductionAlert(BaseModel):
+    name: str
+    state: AlertState
+    severity: ProductionEventSeverity
+    value: float | None = None
+    since: float = 0.0
+    active_since: float | None = None
+    last_true: float | None = None
+    resolved_at: float | None = None
+    acknowledged: bool = False
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class DisasterRecoveryStatus(BaseModel):
+    last_backup_at: float | None = None
+    last_backup_path: str | None = None
+    last_backup_sha256: str | None = None
+    backups_kept: int = 0
+    rpo_s: float | None = None
+    healthy: bool = False
+
+
+class OrchestrationMetrics(BaseModel):
+    """Counters of the routing path (what a router did), as opposed to the cluster snapshot."""
+
+    tasks_submitted: int = 0
+    tasks_rejected: int = 0
+    tasks_routed: int = 0
+    tasks_parked: int = 0
+    tasks_succeeded: int = 0
+    tasks_failed: int = 0
+    tasks_dead_lettered: int = 0
+    duplicates_ignored: int = 0
+
+
+class TaskRecord(BaseModel):
+    """A task's ledger entry as `orchestrator task ID --json` shows it."""
+
+    task_id: str
+    type: str
+    state: TaskState
+    agent_id: str | None = None
+    attempts: int = 0
+    priority: int = 5
+    required_capabilities: list[str] = Field(default_factory=list)
+    client_id: str = "anonymous"
+    submitted_at: float | None = None
+    routed_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    history: list[dict[str, Any]] = Field(default_factory=list)
