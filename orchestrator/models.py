@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import (
@@ -28,26 +28,26 @@ MAX_CAPABILITIES = 16
 # --- enumerations ------------------------------------------------------------------------
 
 
-class ProductionEventSeverity(str, Enum):
+class ProductionEventSeverity(StrEnum):
     INFO = "info"
     WARNING = "warning"
     ERROR = "error"
     CRITICAL = "critical"
 
 
-class SystemHealth(str, Enum):
+class SystemHealth(StrEnum):
     HEALTHY = "healthy"
     DEGRADED = "degraded"
     CRITICAL = "critical"
 
 
-class AutoScalingAction(str, Enum):
+class AutoScalingAction(StrEnum):
     SCALE_UP = "scale_up"
     SCALE_DOWN = "scale_down"
     MAINTAIN = "maintain"
 
 
-class OrchestrationStrategy(str, Enum):
+class OrchestrationStrategy(StrEnum):
     """How the router chooses among eligible agents (ORCH_LOAD_BALANCING_ALGORITHM)."""
 
     WEIGHTED_ROUND_ROBIN = "weighted_round_robin"
@@ -55,27 +55,27 @@ class OrchestrationStrategy(str, Enum):
     POWER_OF_TWO = "power_of_two"
 
 
-class RecoveryTier(str, Enum):
+class RecoveryTier(StrEnum):
     RETRY = "retry"
     REROUTE = "reroute"
     QUARANTINE = "quarantine"
     ESCALATE = "escalate"
 
 
-class CircuitBreakerState(str, Enum):
+class CircuitBreakerState(StrEnum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
 
 
-class AgentStatus(str, Enum):
+class AgentStatus(StrEnum):
     ACTIVE = "active"
     SLEEPING = "sleeping"
     QUARANTINED = "quarantined"
     OFFLINE = "offline"
 
 
-class TaskState(str, Enum):
+class TaskState(StrEnum):
     """Ledger states; the last three are terminal."""
 
     ACCEPTED = "accepted"
@@ -91,7 +91,7 @@ class TaskState(str, Enum):
         return self in (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.DEAD_LETTERED)
 
 
-class AlertState(str, Enum):
+class AlertState(StrEnum):
     PENDING = "pending"
     FIRING = "firing"
     RESOLVED = "resolved"
@@ -234,9 +234,7 @@ def describe_errors(exc: ValidationError) -> list[str]:
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"]) or "task"
         if err["type"] == "extra_forbidden":
-            problems.append(
-                f"{field}: unknown field (allowed: {', '.join(ALLOWED_TASK_FIELDS)})"
-            )
+            problems.append(f"{field}: unknown field (allowed: {', '.join(ALLOWED_TASK_FIELDS)})")
         elif err["type"] == "missing":
             problems.append(f"{field}: is required")
         else:
@@ -274,7 +272,9 @@ class RegisteredAgent(BaseModel):
     performance_score: float = 1.0
 
     def capability_list(self) -> list[AgentCapability]:
-        return [AgentCapability(name=n, proficiency=p) for n, p in sorted(self.capabilities.items())]
+        return [
+            AgentCapability(name=n, proficiency=p) for n, p in sorted(self.capabilities.items())
+        ]
 
 
 # --- events, recovery, breakers ----------------------------------------------------------

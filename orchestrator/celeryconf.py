@@ -1,0 +1,85 @@
+"""Celery configuration: broker, serialisation, queues, priorities, beat, agent bootsteps.
+
+Importing this builds nothing; `orchestrator.app` builds the module-level app from it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from orchestrator.config import Settings
+
+ROUTING_QUEUE = "orchestrator.routing"
+RECOVERY_QUEUE = "orchestrator.recovery"
+MONITORING_QUEUE = "orchestrator.monitoring"
+DEFAULT_QUEUE = "celery"
+CONTROL_QUEUES = (DEFAULT_QUEUE, ROUTING_QUEUE, RECOVERY_QUEUE, MONITORING_QUEUE)
+
+TASK_MODULES = ["workers.routing", "workers.execute"]
+
+BROKER_PRIORITY_STEPS = list(range(10))
+
+
+def agent_queue(agent_id: str) -> str:
+    return f"agent.{agent_id}"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Everything Celery is told, in one place."""
+    transport = {
+        # Redis serves priority 0 first; SPEC priority 9 is published as 0 (routing.py).
+        "queue_order_strategy": "priority",
+        "priority_steps": BROKER_PRIORITY_STEPS,
+    }
+    return {
+        "broker_url": settings.effective_broker_url,
+        "result_backend": settings.effective_result_backend,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "event_serializer": "json",
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_default_queue": DEFAULT_QUEUE,
+        "task_queues": [Queue(name) for name in CONTROL_QUEUES],
+        "task_routes": {
+            "orchestrator.submit": {"queue": ROUTING_QUEUE},
+            "orchestrator.route_parked": {"queue": ROUTING_QUEUE},
+            "orchestrator.recover*": {"queue": RECOVERY_QUEUE},
+            "orchestrator.monitor.*": {"queue": MONITORING_QUEUE},
+            "orchestrator.optimize": {"queue": MONITORING_QUEUE},
+        },
+        "broker_transport_options": transport,
+        "broker_connection_retry_on_startup": True,
+        "result_expires": 24 * 3600,
+        "worker_hijack_root_logger": True,
+        "enable_utc": True,
+    }
+
+
+def create_app(settings: Settings, *, with_tasks: bool = True) -> Celery:
+    """Build a Celery app. Clients pass with_tasks=False: they only send by name."""
+    app = Celery("orchestrator", include=TASK_MODULES if with_tasks else [])
+    app.conf.update(celery_config(settings))
+    app.conf.orchestrator_settings = settings
+    if with_tasks:
+        from beat_schedule import build_beat_schedule
+        from orchestrator.agent import install_agent_steps
+
+        app.conf.beat_schedule = build_beat_schedule(settings)
+        install_agent_steps(app)
+    return app
+
+
+def app_settings(celery_app: Celery) -> Settings:
+    value = celery_app.conf.get("orchestrator_settings")
+    if not isinstance(value, Settings):
+        raise RuntimeError("this Celery app was not built by orchestrator.celeryconf.create_app")
+    return value

