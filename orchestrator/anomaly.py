@@ -32,10 +32,11 @@ class DetectorParams(BaseModel):
         robust z of 2 happen by chance about once in 10,000 points of Gaussian noise.
     cooldown: consecutive normal points that end an episode, so a wobbling recovery does
         not page again.
-    baseline: "median" (rolling median and MAD: robust to the spikes it hunts) or "ewma"
-        (exponentially weighted mean and deviation, seeded from the warm-up median; follows
-        slow drift, and updates with the value clipped to the threshold so a spike barely
-        moves it).
+    baseline: "median" (rolling median: robust to the spikes it hunts, but lags a trend by
+        half a window) or "ewma" (an exponentially weighted level, seeded from the warm-up
+        median: follows drift within about 1/alpha points, and is fed each value clipped to
+        the threshold so a spike barely moves it). Both take the scale from the window's MAD,
+        which neither collapses on a quiet stretch nor balloons during an episode.
     rel_floor, min_scale: lower bounds of the scale, as a share of the baseline level and
         in absolute units. They keep a flat series (MAD 0) from dividing by zero and from
         paging on a 0.1 % wiggle.
@@ -43,9 +44,9 @@ class DetectorParams(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    window: int = Field(default=60, ge=5, le=10_000)
-    warmup: int = Field(default=20, ge=3)
-    min_run: int = Field(default=3, ge=1)
+    window: int = Field(default=120, ge=5, le=10_000)
+    warmup: int = Field(default=30, ge=3)
+    min_run: int = Field(default=4, ge=1)
     cooldown: int = Field(default=10, ge=1)
     baseline: Literal["median", "ewma"] = "median"
     alpha: float = Field(default=0.1, gt=0, le=1)
@@ -63,7 +64,6 @@ class DetectorState(BaseModel):
     window: tuple[float, ...] = ()
     seen: int = 0
     ewma: float | None = None
-    ewm_scale: float | None = None
     run: int = 0
     in_episode: bool = False
     normal_streak: int = 0
@@ -103,10 +103,11 @@ def _floored(scale: float, center: float, params: DetectorParams) -> float:
 
 def _baseline(state: DetectorState) -> tuple[float, float]:
     p = state.params
-    if p.baseline == "ewma" and state.ewma is not None and state.ewm_scale is not None:
-        return state.ewma, _floored(state.ewm_scale, state.ewma, p)
     center = median(state.window)
-    return center, robust_scale(state.window, center, p)
+    scale = robust_scale(state.window, center, p)
+    if p.baseline == "ewma" and state.ewma is not None:
+        return state.ewma, _floored(scale, state.ewma, p)
+    return center, scale
 
 
 def _exceeds(score: float, sensitivity: float, direction: str) -> bool:
@@ -140,15 +141,12 @@ def step(
         anomalous = _exceeds(score, sensitivity, p.direction)
     window = (*state.window, value)[-p.window :]
 
-    ewma, ewm_scale = state.ewma, state.ewm_scale
+    ewma = state.ewma
     if p.baseline == "ewma":
-        if ewma is None or ewm_scale is None:
-            if state.seen + 1 >= p.warmup:
-                ewma = median(window)
-                ewm_scale = robust_scale(window, ewma, p)
+        if ewma is None:
+            ewma = median(window) if state.seen + 1 >= p.warmup else None
         else:
             clipped = min(max(value, center - sensitivity * scale), center + sensitivity * scale)
-            ewm_scale = (1 - p.alpha) * ewm_scale + p.alpha * MEANAD_TO_SIGMA * abs(clipped - ewma)
             ewma = (1 - p.alpha) * ewma + p.alpha * clipped
 
     run = state.run + 1 if anomalous else 0
@@ -175,7 +173,6 @@ def step(
             "window": window,
             "seen": state.seen + 1,
             "ewma": ewma,
-            "ewm_scale": ewm_scale,
             "run": run,
             "in_episode": in_episode,
             "normal_streak": streak,

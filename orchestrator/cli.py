@@ -329,3 +329,7 @@ def _fmt_ts(ts: Any) -> str:
         time.strftime("%H:%M:%S", time.localtime(float(ts)))
         + f".{int(float(ts) * 1000) % 1000:03d}"
     )
+
+
+if __name__ == "__main__":
+    main()

@@ -169,6 +169,7 @@ def load_settings(**overrides: Any) -> Settings:
             name = f"ORCH_{field.upper()}" if field else "configuration"
             message = str(err["msg"]).removeprefix("Value error, ")
             got = err.get("input")
-            shown = "" if isinstance(got, dict) or field == "" else f" (got {got!r})"
+            quiet = isinstance(got, dict) or field == "" or "(got" in message
+            shown = "" if quiet else f" (got {got!r})"
             lines.append(f"{name}: {message}{shown}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None

@@ -22,6 +22,8 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 T = TypeVar("T")
 
@@ -97,6 +99,16 @@ def wait_for(
         time.sleep(interval)
 
 
+def no_retry() -> Retry:
+    """A redis-py retry policy that gives up at once.
+
+    redis-py 8 retries a failed command 10 times with exponential backoff by default, so a
+    client of a dead server raises only after ~4 s; probes and "is it down?" checks want the
+    answer now.
+    """
+    return Retry(NoBackoff(), 0)
+
+
 def tail(text: str, lines: int = 60) -> str:
     """The last `lines` lines of `text`: enough of a log to explain a failure, not a flood."""
     return "\n".join(text.splitlines()[-lines:])
@@ -163,7 +175,11 @@ class RedisServer:
         return self._proc.pid if self._proc is not None else None
 
     def client(self, **kwargs: Any) -> redis.Redis:
-        """A new client on db 0; the caller closes it."""
+        """A new client on db 0; the caller closes it.
+
+        redis-py's default retry policy applies (as in production) unless `retry=` is passed;
+        see no_retry() for a client that should fail at once.
+        """
         return redis.Redis(host="127.0.0.1", port=self.port, db=0, **kwargs)
 
     def start(self) -> Self:
@@ -201,7 +217,7 @@ class RedisServer:
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         deadline = time.monotonic() + self.start_timeout
-        with self.client(socket_connect_timeout=0.5, socket_timeout=0.5) as probe:
+        with self.client(socket_connect_timeout=0.5, socket_timeout=0.5, retry=no_retry()) as probe:
             while time.monotonic() < deadline:
                 if self._proc.poll() is not None:
                     break

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support import FORBIDDEN_PORT, RedisServer, free_port, wait_for
+from tests.support import FORBIDDEN_PORT, RedisServer, free_port, no_retry, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +58,7 @@ def test_free_port_never_returns_the_machine_redis_port() -> None:
 
 
 def test_killed_server_restarts_on_the_same_port(tmp_path: Path) -> None:
-    with RedisServer(workdir=tmp_path) as server, server.client() as client:
+    with RedisServer(workdir=tmp_path) as server, server.client(retry=no_retry()) as client:
         port = server.port
         client.set("k", "v")
         server.kill()

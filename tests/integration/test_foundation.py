@@ -1,0 +1,210 @@
+"""Issue 2: a task enqueued by name reaches the best capable agent; its id resolves to the result.
+
+Every agent and router here is a real `celery worker` process on a private redis-server.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+
+import pytest
+
+from orchestrator.errors import InvalidTask
+from tests.integration.conftest import ledger
+from tests.support import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("routers", [1, 2])
+def test_three_agents_share_tasks_by_proficiency(routers, start_control, start_agent, client,
+                                                 redis_client):
+    """Proficiencies 1.0 / 0.5 / 0.5 share 400 tasks about 50/25/25, with one router or two
+    routing at once (the round-robin state is shared in Redis, not per process)."""
+    for i in range(routers):
+        start_control(concurrency=2, name=f"control{i}", wait=False)
+    start_agent("a", "echo=1.0", concurrency=2, wait=False)
+    start_agent("b", "echo=0.5", concurrency=2, wait=False)
+    start_agent("c", "echo=0.5", concurrency=2)
+    wait_for(lambda: redis_client.hlen("orch:agents") == 3, timeout=60)
+
+    results = [client.submit("echo", {"i": i}) for i in range(400)]
+    assert [r.get(timeout=60) for r in results] == [{"i": i} for i in range(400)]
+
+    shares = Counter(ledger(redis_client, r.id)["agent"] for r in results)
+    assert sum(shares.values()) == 400
+    assert 170 <= shares["a"] <= 230, shares
+    assert 70 <= shares["b"] <= 130, shares
+    assert 70 <= shares["c"] <= 130, shares
+
+
+def test_by_name_submission_from_a_plain_celery_client(start_control, start_agent, redis_url):
+    """A service that never imports this project sends `orchestrator.submit` by name and
+    `AsyncResult(id).get()` gives the handler's return value."""
+    start_control()
+    start_agent("a", "echo")
+    script = textwrap.dedent(f"""
+        import json, sys
+        from celery import Celery
+        app = Celery(broker={redis_url!r}, backend={redis_url!r})
+        res = app.send_task("orchestrator.submit", kwargs={{"type": "echo", "payload": {{"x": 1}}}})
+        value = res.get(timeout=30)
+        own = app.send_task("orchestrator.submit",
+                            kwargs={{"type": "echo", "payload": {{"y": 2}}, "task_id": "svc-42"}})
+        tracked = app.AsyncResult("svc-42").get(timeout=30)
+        leaked = [m for m in sys.modules if m.split(".")[0] in ("orchestrator", "workers")]
+        print(json.dumps({{"value": value, "tracked": tracked, "leaked": leaked}}))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=90, check=True)
+    reply = json.loads(out.stdout.strip().splitlines()[-1])
+    assert reply == {"value": {"x": 1}, "tracked": {"y": 2}, "leaked": []}
+
+
+def test_bad_input_is_rejected_naming_every_field_and_workers_keep_serving(
+        start_control, start_agent, client, redis_client):
+    start_control()
+    start_agent("a", "echo")
+    rejected = client.submit("echo", {"x": 1}, priority=99, priorty=3, task_id="mine-1")
+    with pytest.raises(InvalidTask) as info:
+        rejected.get(timeout=30)
+    message = str(info.value)
+    assert "priority: must be between 0 and 9 (got 99)" in message
+    assert "priorty: unknown field" in message
+    # The rejection is also the result of the client's own id, and nothing was routed.
+    assert client.result("mine-1").state == "FAILURE"
+    assert not redis_client.exists("orch:task:mine-1")
+    events = [e.type for e in client.store.read_events()]
+    assert "task.rejected" in events and "task.routed" not in events
+
+    bad_type = client.submit("Not A Type")
+    with pytest.raises(InvalidTask, match=r"type: must be 1-64 chars"):
+        bad_type.get(timeout=30)
+    # Positional arguments (a common by-name mistake) are rejected the same way.
+    positional = client.app.send_task("orchestrator.submit", args=["echo"])
+    with pytest.raises(InvalidTask, match="keyword arguments only"):
+        positional.get(timeout=30)
+
+    assert client.submit("echo", {"still": "serving"}).get(timeout=30) == {"still": "serving"}
+
+
+def test_parked_task_runs_once_a_capable_agent_starts(start_control, start_agent, client,
+                                                      redis_client):
+    start_control()
+    start_agent("a", "echo")
+    parked = client.submit("rare", {"n": 7})
+    wait_for(lambda: ledger(redis_client, parked.id).get("state") == "parked", timeout=30)
+    assert parked.state == "PENDING"
+    assert redis_client.zscore("orch:parked", parked.id) is not None
+
+    start_agent("r", "rare")
+    assert parked.get(timeout=30) == {"rare": True, "n": 7}
+    record = client.task(parked.id)
+    assert [h["state"] for h in record.history] == [
+        "accepted", "parked", "routed", "running", "succeeded"]
+    assert record.agent_id == "r"
+    assert redis_client.zscore("orch:parked", parked.id) is None
+
+
+def test_second_submission_with_an_accepted_id_runs_nothing_again(start_control, start_agent,
+                                                                  client, redis_client):
+    start_control()
+    start_agent("a", "count")
+    first = client.submit("count", {"key": "k1"}, task_id="once-1")
+    assert first.get(timeout=30) == {"runs": 1}
+    again = client.submit("count", {"key": "k1"}, task_id="once-1")
+    # Prove the duplicate was processed (the router counted it) before judging it.
+    wait_for(lambda: redis_client.hget("orch:counters", "duplicates_ignored") == "1", timeout=30)
+    assert again.get(timeout=5) == {"runs": 1}
+    assert redis_client.get("test:runs:k1") == "1"
+    assert client.task("once-1").attempts == 1
+
+
+def test_priority_nine_runs_before_waiting_lower_priorities(start_control, start_agent, client,
+                                                            redis_client):
+    start_control()
+    start_agent("solo", "sleep,echo", concurrency=1)
+    blocker = client.submit("sleep", {"seconds": 2.0})
+    wait_for(lambda: ledger(redis_client, blocker.id).get("state") == "running", timeout=30)
+    low = [client.submit("echo", {"n": i}, priority=0) for i in range(3)]
+    high = client.submit("echo", {"urgent": True}, priority=9)
+    wait_for(lambda: all(ledger(redis_client, r.id).get("state") == "routed"
+                         for r in [*low, high]), timeout=30)
+    assert ledger(redis_client, blocker.id)["state"] == "running", "blocker ended too early"
+    for r in [blocker, *low, high]:
+        r.get(timeout=30)
+    started = {r.id: float(ledger(redis_client, r.id)["started_at"]) for r in [*low, high]}
+    assert started[high.id] < min(started[r.id] for r in low)
+
+
+def test_handler_failures_are_recorded_with_a_reason(start_control, start_agent, client):
+    start_control()
+    start_agent("a", "broken,flaky")
+    failed = client.submit("broken", {"message": "disk on fire"})
+    with pytest.raises(Exception, match="disk on fire"):
+        failed.get(timeout=30)
+    record = client.task(failed.id)
+    assert record.state.value == "failed" and "disk on fire" in (record.error or "")
+
+    flaky = client.submit("flaky", {"key": "f1", "fail_times": 1}, max_retries=2)
+    assert flaky.get(timeout=30) == {"runs": 2}
+    assert client.task(flaky.id).attempts == 2
+
+
+def test_agent_refuses_to_start_without_a_handler(celery_procs, orch_env):
+    proc = celery_procs(["worker", "-n", "bad@%h", "--without-gossip", "--without-mingle"],
+                        {**orch_env, "ORCH_AGENT_CAPABILITIES": "echo,teleport",
+                         "ORCH_HANDLERS": "tests.handlers"}, name="bad")
+    assert proc.wait(timeout=60) != 0
+    assert "capabilities ['teleport'] have no handler" in proc.log_text()
+
+
+def test_invalid_setting_stops_the_worker_naming_the_variable(celery_procs, orch_env):
+    proc = celery_procs(["worker", "--without-gossip", "--without-mingle"],
+                        {**orch_env, "ORCH_AGENT_CAPABILITIES": "echo=7"}, name="bad")
+    assert proc.wait(timeout=60) == 2
+    assert "ORCH_AGENT_CAPABILITIES: proficiency of 'echo' must be in (0, 1]" in proc.log_text()
+
+
+def test_agent_consumes_only_its_own_queue_and_deregisters_on_warm_shutdown(
+        start_agent, redis_client):
+    agent = start_agent("a", "echo")
+    log = agent.log_text()
+    assert "agent.a" in log and "orchestrator.routing" not in log
+    agent.terminate()
+    assert not redis_client.hexists("orch:agents", "a")
+    types = [f["type"] for _, f in redis_client.xrange("orch:events")]
+    assert types.count("agent.registered") == 1 and types.count("agent.deregistered") == 1
+
+
+def test_cli_reports_agents_and_a_task_ledger_as_json(start_control, start_agent, orch_env):
+    start_control()
+    start_agent("a", "echo=0.8")
+    cli = [sys.executable, "-m", "orchestrator.cli"]
+
+    def run(*args: str) -> str:
+        done = subprocess.run([*cli, *args], env=orch_env, capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    submitted = json.loads(run("submit", "echo", "--payload", '{"k": "v"}', "--wait", "--json"))
+    assert submitted["state"] == "succeeded" and submitted["result"] == {"k": "v"}
+    record = json.loads(run("task", submitted["task_id"], "--json"))
+    assert record["state"] == "succeeded" and record["agent_id"] == "a"
+    assert record["attempts"] == 1 and record["history"][0]["state"] == "accepted"
+    agents = json.loads(run("agents", "--json"))
+    assert [(a["agent_id"], a["capabilities"], a["status"], a["circuit"]) for a in agents] == [
+        ("a", {"echo": 0.8}, "active", "closed")]
+    assert agents[0]["performance_score"] == pytest.approx(1.0)
+
+    bad = subprocess.run([*cli, "submit", "echo", "--payload", "{nope"], env=orch_env,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--payload" in bad.stderr
+    bad = subprocess.run([*cli, "submit", "echo", "--priority", "12"], env=orch_env,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "priority: must be between 0 and 9 (got 12)" in bad.stderr
