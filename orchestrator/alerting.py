@@ -153,7 +153,7 @@ class Transition:
 def evaluate_rules(
     rules: Sequence[AlertRule],
     previous: Mapping[str, ProductionAlert],
-    metrics: Mapping[str, float],
+    metrics: Mapping[str, Any],
     now: float,
 ) -> tuple[dict[str, ProductionAlert], list[Transition]]:
     """Evaluate every rule; return the alerts to store and the transitions to publish.
@@ -168,7 +168,9 @@ def evaluate_rules(
     for name, rule in by_name.items():
         prev = previous.get(name)
         raw = metrics.get(rule.metric)
-        new = evaluate_rule(rule, prev, None if raw is None else float(raw), now)
+        # A snapshot dump also holds non-numbers (`health`); those read as "missing".
+        value = float(raw) if isinstance(raw, int | float) else None
+        new = evaluate_rule(rule, prev, value, now)
         if new is not None:
             current[name] = new
         _note(transitions, name, prev, new)

@@ -25,13 +25,14 @@ _TINY = 1e-12
 class DetectorParams(BaseModel):
     """Tuning of one detector. Defaults assume one point per minute (the beat interval).
 
-    window: points the baseline remembers (an hour); a level shift becomes the new normal
-        once it fills half the window, which ends its episode.
-    warmup: points seen before anything may be flagged; a median of three points is noise.
-    min_run: consecutive anomalous points before an episode starts. Three points at a
-        robust z of 2 happen by chance about once in 10,000 points of Gaussian noise.
-    cooldown: consecutive normal points that end an episode, so a wobbling recovery does
-        not page again.
+    window: points the baseline remembers (two hours); a level shift becomes the new
+        normal once it fills half the window, which ends its episode.
+    warmup: points seen before anything may be flagged; a MAD of a few points is noise.
+    min_run: consecutive anomalous points before an episode starts. At the default
+        sensitivity (z > 2) one point in twenty is flagged by chance; four in a row gave 3
+        false episodes per 100,000 points of white noise (1 a month at one point a minute).
+    cooldown: points without a paging run (min_run in a row) that end an episode, so a
+        wobbling recovery or a lone blip does not page again.
     baseline: "median" (rolling median: robust to the spikes it hunts, but lags a trend by
         half a window) or "ewma" (an exponentially weighted level, seeded from the warm-up
         median: follows drift within about 1/alpha points, and is fed each value clipped to
@@ -152,9 +153,11 @@ def step(
     run = state.run + 1 if anomalous else 0
     in_episode, streak, episodes = state.in_episode, state.normal_streak, state.episodes
     detection = None
-    if anomalous:
+    if run >= p.min_run:
+        # Only a run that would page keeps an episode alive: at a z of 2, one normal point in
+        # twenty is flagged on its own, and such blips must not stretch the cooldown forever.
         streak = 0
-        if not in_episode and run >= p.min_run:
+        if not in_episode:
             in_episode, episodes = True, episodes + 1
             detection = Detection(
                 ts=ts,

@@ -20,14 +20,23 @@ def control_args(concurrency: int = 2, name: str = "control") -> list[str]:
 
 
 def agent_args(agent_id: str, concurrency: int = 1) -> list[str]:
-    return ["worker", "-n", f"{agent_id}@%h", "-c", str(concurrency), "-P", "prefork",
-            *WORKER_FLAGS]
+    return [
+        "worker",
+        "-n",
+        f"{agent_id}@%h",
+        "-c",
+        str(concurrency),
+        "-P",
+        "prefork",
+        *WORKER_FLAGS,
+    ]
 
 
 @pytest.fixture
 def start_control(celery_procs, orch_env) -> Callable[..., CeleryProcess]:
-    def start(concurrency: int = 2, name: str = "control", wait: bool = True,
-              **env: str) -> CeleryProcess:
+    def start(
+        concurrency: int = 2, name: str = "control", wait: bool = True, **env: str
+    ) -> CeleryProcess:
         proc = celery_procs(control_args(concurrency, name), {**orch_env, **env}, name=name)
         if wait:
             proc.wait_for_log("ready.", timeout=60)
@@ -40,16 +49,31 @@ def start_control(celery_procs, orch_env) -> Callable[..., CeleryProcess]:
 def start_agent(celery_procs, orch_env, redis_client) -> Callable[..., CeleryProcess]:
     """Start an agent worker and wait until it has registered itself in Redis."""
 
-    def start(agent_id: str, capabilities: str, concurrency: int = 1, wait: bool = True,
-              handlers: str = "tests.handlers", **env: str) -> CeleryProcess:
+    def start(
+        agent_id: str,
+        capabilities: str,
+        concurrency: int = 1,
+        wait: bool = True,
+        handlers: str = "tests.handlers",
+        **env: str,
+    ) -> CeleryProcess:
         proc = celery_procs(
             agent_args(agent_id, concurrency),
-            {**orch_env, "ORCH_AGENT_ID": agent_id, "ORCH_AGENT_CAPABILITIES": capabilities,
-             "ORCH_HANDLERS": handlers, **env},
-            name=agent_id)
+            {
+                **orch_env,
+                "ORCH_AGENT_ID": agent_id,
+                "ORCH_AGENT_CAPABILITIES": capabilities,
+                "ORCH_HANDLERS": handlers,
+                **env,
+            },
+            name=agent_id,
+        )
         if wait:
-            wait_for(lambda: redis_client.hexists("orch:agents", agent_id), timeout=60,
-                     message=f"agent {agent_id} never registered")
+            wait_for(
+                lambda: redis_client.hexists("orch:agents", agent_id),
+                timeout=60,
+                message=f"agent {agent_id} never registered",
+            )
             proc.wait_for_log("ready.", timeout=60)
         return proc
 

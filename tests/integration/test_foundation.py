@@ -21,8 +21,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.mark.parametrize("routers", [1, 2])
-def test_three_agents_share_tasks_by_proficiency(routers, start_control, start_agent, client,
-                                                 redis_client):
+def test_three_agents_share_tasks_by_proficiency(
+    routers, start_control, start_agent, client, redis_client
+):
     """Proficiencies 1.0 / 0.5 / 0.5 share 400 tasks about 50/25/25, with one router or two
     routing at once (the round-robin state is shared in Redis, not per process)."""
     for i in range(routers):
@@ -59,14 +60,16 @@ def test_by_name_submission_from_a_plain_celery_client(start_control, start_agen
         leaked = [m for m in sys.modules if m.split(".")[0] in ("orchestrator", "workers")]
         print(json.dumps({{"value": value, "tracked": tracked, "leaked": leaked}}))
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=90, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=90, check=True
+    )
     reply = json.loads(out.stdout.strip().splitlines()[-1])
     assert reply == {"value": {"x": 1}, "tracked": {"y": 2}, "leaked": []}
 
 
 def test_bad_input_is_rejected_naming_every_field_and_workers_keep_serving(
-        start_control, start_agent, client, redis_client):
+    start_control, start_agent, client, redis_client
+):
     start_control()
     start_agent("a", "echo")
     rejected = client.submit("echo", {"x": 1}, priority=99, priorty=3, task_id="mine-1")
@@ -92,8 +95,9 @@ def test_bad_input_is_rejected_naming_every_field_and_workers_keep_serving(
     assert client.submit("echo", {"still": "serving"}).get(timeout=30) == {"still": "serving"}
 
 
-def test_parked_task_runs_once_a_capable_agent_starts(start_control, start_agent, client,
-                                                      redis_client):
+def test_parked_task_runs_once_a_capable_agent_starts(
+    start_control, start_agent, client, redis_client
+):
     start_control()
     start_agent("a", "echo")
     parked = client.submit("rare", {"n": 7})
@@ -105,13 +109,19 @@ def test_parked_task_runs_once_a_capable_agent_starts(start_control, start_agent
     assert parked.get(timeout=30) == {"rare": True, "n": 7}
     record = client.task(parked.id)
     assert [h["state"] for h in record.history] == [
-        "accepted", "parked", "routed", "running", "succeeded"]
+        "accepted",
+        "parked",
+        "routed",
+        "running",
+        "succeeded",
+    ]
     assert record.agent_id == "r"
     assert redis_client.zscore("orch:parked", parked.id) is None
 
 
-def test_second_submission_with_an_accepted_id_runs_nothing_again(start_control, start_agent,
-                                                                  client, redis_client):
+def test_second_submission_with_an_accepted_id_runs_nothing_again(
+    start_control, start_agent, client, redis_client
+):
     start_control()
     start_agent("a", "count")
     first = client.submit("count", {"key": "k1"}, task_id="once-1")
@@ -124,16 +134,19 @@ def test_second_submission_with_an_accepted_id_runs_nothing_again(start_control,
     assert client.task("once-1").attempts == 1
 
 
-def test_priority_nine_runs_before_waiting_lower_priorities(start_control, start_agent, client,
-                                                            redis_client):
+def test_priority_nine_runs_before_waiting_lower_priorities(
+    start_control, start_agent, client, redis_client
+):
     start_control()
     start_agent("solo", "sleep,echo", concurrency=1)
     blocker = client.submit("sleep", {"seconds": 2.0})
     wait_for(lambda: ledger(redis_client, blocker.id).get("state") == "running", timeout=30)
     low = [client.submit("echo", {"n": i}, priority=0) for i in range(3)]
     high = client.submit("echo", {"urgent": True}, priority=9)
-    wait_for(lambda: all(ledger(redis_client, r.id).get("state") == "routed"
-                         for r in [*low, high]), timeout=30)
+    wait_for(
+        lambda: all(ledger(redis_client, r.id).get("state") == "routed" for r in [*low, high]),
+        timeout=30,
+    )
     assert ledger(redis_client, blocker.id)["state"] == "running", "blocker ended too early"
     for r in [blocker, *low, high]:
         r.get(timeout=30)
@@ -156,22 +169,28 @@ def test_handler_failures_are_recorded_with_a_reason(start_control, start_agent,
 
 
 def test_agent_refuses_to_start_without_a_handler(celery_procs, orch_env):
-    proc = celery_procs(["worker", "-n", "bad@%h", "--without-gossip", "--without-mingle"],
-                        {**orch_env, "ORCH_AGENT_CAPABILITIES": "echo,teleport",
-                         "ORCH_HANDLERS": "tests.handlers"}, name="bad")
+    proc = celery_procs(
+        ["worker", "-n", "bad@%h", "--without-gossip", "--without-mingle"],
+        {**orch_env, "ORCH_AGENT_CAPABILITIES": "echo,teleport", "ORCH_HANDLERS": "tests.handlers"},
+        name="bad",
+    )
     assert proc.wait(timeout=60) != 0
     assert "capabilities ['teleport'] have no handler" in proc.log_text()
 
 
 def test_invalid_setting_stops_the_worker_naming_the_variable(celery_procs, orch_env):
-    proc = celery_procs(["worker", "--without-gossip", "--without-mingle"],
-                        {**orch_env, "ORCH_AGENT_CAPABILITIES": "echo=7"}, name="bad")
+    proc = celery_procs(
+        ["worker", "--without-gossip", "--without-mingle"],
+        {**orch_env, "ORCH_AGENT_CAPABILITIES": "echo=7"},
+        name="bad",
+    )
     assert proc.wait(timeout=60) == 2
     assert "ORCH_AGENT_CAPABILITIES: proficiency of 'echo' must be in (0, 1]" in proc.log_text()
 
 
 def test_agent_consumes_only_its_own_queue_and_deregisters_on_warm_shutdown(
-        start_agent, redis_client):
+    start_agent, redis_client
+):
     agent = start_agent("a", "echo")
     log = agent.log_text()
     assert "agent.a" in log and "orchestrator.routing" not in log
@@ -187,8 +206,9 @@ def test_cli_reports_agents_and_a_task_ledger_as_json(start_control, start_agent
     cli = [sys.executable, "-m", "orchestrator.cli"]
 
     def run(*args: str) -> str:
-        done = subprocess.run([*cli, *args], env=orch_env, capture_output=True, text=True,
-                              timeout=60)
+        done = subprocess.run(
+            [*cli, *args], env=orch_env, capture_output=True, text=True, timeout=60
+        )
         assert done.returncode == 0, done.stderr
         return done.stdout
 
@@ -199,12 +219,23 @@ def test_cli_reports_agents_and_a_task_ledger_as_json(start_control, start_agent
     assert record["attempts"] == 1 and record["history"][0]["state"] == "accepted"
     agents = json.loads(run("agents", "--json"))
     assert [(a["agent_id"], a["capabilities"], a["status"], a["circuit"]) for a in agents] == [
-        ("a", {"echo": 0.8}, "active", "closed")]
+        ("a", {"echo": 0.8}, "active", "closed")
+    ]
     assert agents[0]["performance_score"] == pytest.approx(1.0)
 
-    bad = subprocess.run([*cli, "submit", "echo", "--payload", "{nope"], env=orch_env,
-                         capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [*cli, "submit", "echo", "--payload", "{nope"],
+        env=orch_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 2 and "--payload" in bad.stderr
-    bad = subprocess.run([*cli, "submit", "echo", "--priority", "12"], env=orch_env,
-                         capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [*cli, "submit", "echo", "--priority", "12"],
+        env=orch_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 1 and "priority: must be between 0 and 9 (got 12)" in bad.stderr

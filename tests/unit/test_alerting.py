@@ -17,7 +17,7 @@ from orchestrator.alerting import (
     to_alertmanager,
 )
 from orchestrator.errors import ConfigError
-from orchestrator.models import AlertRule, AlertState, ProductionAlert
+from orchestrator.models import AlertRule, AlertState, ProductionAlert, ProductionMetrics
 
 P, F, R = AlertState.PENDING, AlertState.FIRING, AlertState.RESOLVED
 
@@ -218,7 +218,9 @@ rules:
     threshold: 10
     for_s: 60
 """
-JSON_OK = '{"rules": [{"name": "DeadLetters", "metric": "dead_letters", "op": ">", "threshold": 0}]}'
+JSON_OK = (
+    '{"rules": [{"name": "DeadLetters", "metric": "dead_letters", "op": ">", "threshold": 0}]}'
+)
 
 
 @pytest.mark.parametrize(
@@ -244,21 +246,36 @@ GOOD = '{name: A, metric: queue_depth, op: ">", threshold: 1}'
 @pytest.mark.parametrize(
     "text,fmt,message",
     [
-        (rules_yaml(GOOD, GOOD.replace("A", "B"), GOOD.replace('">"', '"=>"')), "yaml",
-         "rules[2].op: Input should be"),
+        (
+            rules_yaml(GOOD, GOOD.replace("A", "B"), GOOD.replace('">"', '"=>"')),
+            "yaml",
+            "rules[2].op: Input should be",
+        ),
         (rules_yaml('{name: A, op: ">", threshold: 1}'), "yaml", "rules[0].metric: is required"),
         (rules_yaml(GOOD.replace("}", ", fro_s: 3}")), "yaml", "rules[0].fro_s: unknown field"),
         (rules_yaml(GOOD.replace("}", ", severity: loud}")), "yaml", "rules[0].severity:"),
         (rules_yaml(GOOD.replace("}", ", for_s: -1}")), "yaml", "rules[0].for_s:"),
         (rules_yaml(GOOD, GOOD), "yaml", "rules[1].name: duplicate name 'A'"),
-        (rules_yaml(GOOD.replace("queue_depth", "queue_dept")), "yaml",
-         "rules[0].metric: unknown metric 'queue_dept'"),
-        (rules_yaml(GOOD.replace("}", ", labels: {alertname: x}}")), "yaml",
-         "rules[0].labels.alertname: reserved"),
-        (rules_yaml(GOOD.replace("}", ", labels: {bad-name: x}}")), "yaml",
-         "rules[0].labels.bad-name: label names must match"),
-        (rules_yaml(GOOD.replace("threshold: 1", "threshold: .nan")), "yaml",
-         "rules[0].threshold: must be a finite number"),
+        (
+            rules_yaml(GOOD.replace("queue_depth", "queue_dept")),
+            "yaml",
+            "rules[0].metric: unknown metric 'queue_dept'",
+        ),
+        (
+            rules_yaml(GOOD.replace("}", ", labels: {alertname: x}}")),
+            "yaml",
+            "rules[0].labels.alertname: reserved",
+        ),
+        (
+            rules_yaml(GOOD.replace("}", ", labels: {bad-name: x}}")),
+            "yaml",
+            "rules[0].labels.bad-name: label names must match",
+        ),
+        (
+            rules_yaml(GOOD.replace("threshold: 1", "threshold: .nan")),
+            "yaml",
+            "rules[0].threshold: must be a finite number",
+        ),
         (rules_yaml("just a string"), "yaml", "rules[0]: must be a mapping"),
         ("rules: {name: A}", "yaml", "rules: must be a list"),
         ("alerts: []", "yaml", "alerts: unknown top-level key"),
@@ -332,3 +349,10 @@ def test_alertmanager_payload_skips_pending():
     ]
     body = alertmanager_payload(alerts, 0, "u")
     assert [b["labels"]["alertname"] for b in body] == ["F", "R"]
+
+
+def test_evaluate_rules_reads_a_snapshot_dump():
+    metrics = ProductionMetrics(agents_active=0).model_dump()
+    rules = [*BUILTIN_RULES, make_rule(name="Health", metric="health", op="==", threshold=0)]
+    alerts, _ = evaluate_rules(rules, {}, metrics, 0)
+    assert sorted(alerts) == ["NoActiveAgents"]  # non-numeric `health` reads as missing

@@ -19,7 +19,11 @@ def test_defaults():
     task = parse_task({"type": "echo"}, 1024)
     assert task == OrchestrationTask(type="echo", required_capabilities=["echo"])
     assert (task.priority, task.timeout_s, task.max_retries, task.client_id) == (
-        5, 300.0, 3, "anonymous")
+        5,
+        300.0,
+        3,
+        "anonymous",
+    )
     assert task.payload == {} and task.task_id is None and task.affinity_key is None
 
 
@@ -37,7 +41,10 @@ def test_defaults():
         ({"type": "echo", "payload": [1]}, "payload: must be a JSON object (got list)"),
         ({"type": "echo", "payload": "x"}, "payload: must be a JSON object (got str)"),
         ({"type": "echo", "payload": {"x": float("nan")}}, "payload: must be JSON-encodable"),
-        ({"type": "echo", "required_capabilities": "echo"}, "required_capabilities: must be a list"),
+        (
+            {"type": "echo", "required_capabilities": "echo"},
+            "required_capabilities: must be a list",
+        ),
         ({"type": "echo", "required_capabilities": ["a"] * 17}, "at most 16 capabilities"),
         ({"type": "echo", "required_capabilities": ["Bad"]}, "required_capabilities: names"),
         ({"type": "echo", "priority": 99}, "priority: must be between 0 and 9 (got 99)"),
@@ -66,17 +73,25 @@ def test_every_offending_field_is_named_at_once():
 
 def test_payload_size_limit_uses_the_configured_bytes():
     assert parse_task({"type": "echo", "payload": {"x": "y" * 10}}, 100)
-    assert "encoded size 18 bytes exceeds the limit of 17 bytes" in problems(
-        {"type": "echo", "payload": {"x": "y" * 10}}, 17)[0]
+    assert (
+        "encoded size 18 bytes exceeds the limit of 17 bytes"
+        in problems({"type": "echo", "payload": {"x": "y" * 10}}, 17)[0]
+    )
 
 
 @pytest.mark.parametrize(
     ("fields", "valid"),
     [
-        ({"priority": 0}, True), ({"priority": 9}, True), ({"timeout_s": 86400}, True),
-        ({"timeout_s": 0.001}, True), ({"max_retries": 0}, True), ({"max_retries": 20}, True),
-        ({"task_id": "A.b:c-d_1"}, True), ({"task_id": "x" * 128}, True),
-        ({"required_capabilities": ["a"] * 16}, True), ({"affinity_key": "user-1"}, True),
+        ({"priority": 0}, True),
+        ({"priority": 9}, True),
+        ({"timeout_s": 86400}, True),
+        ({"timeout_s": 0.001}, True),
+        ({"max_retries": 0}, True),
+        ({"max_retries": 20}, True),
+        ({"task_id": "A.b:c-d_1"}, True),
+        ({"task_id": "x" * 128}, True),
+        ({"required_capabilities": ["a"] * 16}, True),
+        ({"affinity_key": "user-1"}, True),
     ],
 )
 def test_boundaries_accepted(fields, valid):
@@ -119,8 +134,10 @@ def test_parse_capabilities_rejects(raw):
         ({"ORCH_MAX_PAYLOAD_BYTES": "many"}, "ORCH_MAX_PAYLOAD_BYTES"),
         ({"ORCH_CIRCUIT_BREAKER_ENABLED": "maybe"}, "ORCH_CIRCUIT_BREAKER_ENABLED"),
         ({"ORCH_HANDLERS": "not a module"}, "ORCH_HANDLERS"),
-        ({"ORCH_AGENT_TIMEOUT_S": "1", "ORCH_AGENT_HEARTBEAT_INTERVAL_S": "5"},
-         "ORCH_AGENT_TIMEOUT_S"),
+        (
+            {"ORCH_AGENT_TIMEOUT_S": "1", "ORCH_AGENT_HEARTBEAT_INTERVAL_S": "5"},
+            "ORCH_AGENT_TIMEOUT_S",
+        ),
     ],
 )
 def test_bad_settings_name_the_variable(monkeypatch, env, named):
@@ -146,8 +163,11 @@ def test_settings_defaults_match_the_spec(monkeypatch, tmp_path):
     assert (s.anomaly_detection_interval, s.anomaly_detection_sensitivity) == (60.0, 2.0)
     assert s.event_processing_enabled and s.auto_recovery_enabled and s.circuit_breaker_enabled
     assert s.recovery_escalation_timeout == 300.0
-    assert (s.circuit_failure_threshold, s.circuit_recovery_timeout_s,
-            s.circuit_half_open_max_calls) == (5, 60, 3)
+    assert (
+        s.circuit_failure_threshold,
+        s.circuit_recovery_timeout_s,
+        s.circuit_half_open_max_calls,
+    ) == (5, 60, 3)
     assert s.intelligent_routing_enabled and s.performance_optimization_interval == 120.0
     assert s.load_balancing_algorithm == "weighted_round_robin"
     assert (s.max_payload_bytes, s.pending_timeout_s) == (1048576, 3600)

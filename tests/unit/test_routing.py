@@ -24,12 +24,27 @@ from orchestrator.routing import (
 NOW = 1_000.0
 
 
-def agent(agent_id="a", caps=None, status=AgentStatus.ACTIVE, beat=NOW,
-          circuit=CircuitBreakerState.CLOSED, score=1.0, in_flight=0, latency=None):
-    return RegisteredAgent(agent_id=agent_id, capabilities=caps or {"echo": 1.0},
-                           status=status, queue=f"agent.{agent_id}", last_heartbeat=beat,
-                           circuit=circuit, performance_score=score, in_flight=in_flight,
-                           latency_ms=latency)
+def agent(
+    agent_id="a",
+    caps=None,
+    status=AgentStatus.ACTIVE,
+    beat=NOW,
+    circuit=CircuitBreakerState.CLOSED,
+    score=1.0,
+    in_flight=0,
+    latency=None,
+):
+    return RegisteredAgent(
+        agent_id=agent_id,
+        capabilities=caps or {"echo": 1.0},
+        status=status,
+        queue=f"agent.{agent_id}",
+        last_heartbeat=beat,
+        circuit=circuit,
+        performance_score=score,
+        in_flight=in_flight,
+        latency_ms=latency,
+    )
 
 
 @pytest.mark.parametrize(
@@ -100,7 +115,8 @@ def test_circuit_that_refuses_a_trial_makes_agent_ineligible():
 def test_stale_heartbeat_reads_offline():
     assert effective_status(agent(beat=NOW - 100), NOW, 15.0) is AgentStatus.OFFLINE
     assert effective_status(agent(status=AgentStatus.SLEEPING, beat=0), NOW, 15.0) is (
-        AgentStatus.SLEEPING)
+        AgentStatus.SLEEPING
+    )
 
 
 @pytest.mark.parametrize(

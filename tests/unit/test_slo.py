@@ -112,8 +112,17 @@ def test_error_budget_remaining(bad, total, allowed, remaining):
 
 @pytest.mark.parametrize(
     "seconds,label",
-    [(M5, "5m"), (M30, "30m"), (H1, "1h"), (H6, "6h"), (D3, "3d"), (THIRTY_DAYS, "30d"),
-     (90, "90s"), (5400, "90m"), (1.5, "1.5s")],
+    [
+        (M5, "5m"),
+        (M30, "30m"),
+        (H1, "1h"),
+        (H6, "6h"),
+        (D3, "3d"),
+        (THIRTY_DAYS, "30d"),
+        (90, "90s"),
+        (5400, "90m"),
+        (1.5, "1.5s"),
+    ],
 )
 def test_window_label(seconds, label):
     assert window_label(seconds) == label
@@ -217,15 +226,22 @@ def test_evaluate_target_burn_rates_and_alerts():
     assert report.compliant and report.error_budget_remaining == pytest.approx(0.5)
     assert [(a.severity, a.long_window, a.at) for a in report.alerts] == [("page", "1h", 42)]
     assert set(SLAReport.model_fields) == {
-        "name", "sli", "objective", "value", "compliant", "error_budget_remaining",
-        "burn_rates", "alerts",
+        "name",
+        "sli",
+        "objective",
+        "value",
+        "compliant",
+        "error_budget_remaining",
+        "burn_rates",
+        "alerts",
     }
 
 
 def test_evaluate_target_falls_back_to_longest_window():
     t = target("success_rate", 0.99)
-    report = evaluate_target(t, {H1: WindowCounts(good=9, total=10), D3: WindowCounts(
-        good=100, total=100)}, now=0)
+    report = evaluate_target(
+        t, {H1: WindowCounts(good=9, total=10), D3: WindowCounts(good=100, total=100)}, now=0
+    )
     assert (report.value, report.compliant) == (1.0, True)
 
 
@@ -258,11 +274,16 @@ targets:
 
 def test_load_and_merge_targets():
     custom = load_targets(TARGETS_YAML, "yaml")
-    assert [(t.name, t.task_type) for t in custom] == [("echo-latency", "echo"), ("task-success",
-                                                                                    None)]
+    assert [(t.name, t.task_type) for t in custom] == [
+        ("echo-latency", "echo"),
+        ("task-success", None),
+    ]
     merged = merge_targets(BUILTIN_TARGETS, custom)
     assert [t.name for t in merged] == [
-        "task-success", "task-latency-p95", "agent-availability", "echo-latency"
+        "task-success",
+        "task-latency-p95",
+        "agent-availability",
+        "echo-latency",
     ]
     assert merged[0].objective == 0.995
     assert load_targets('{"targets": []}', "json") == []
