@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean venv
+.PHONY: run test lint bench clean venv sysdeps
 
 venv: $(STAMP)
 
@@ -14,10 +14,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Debian packages the tests run for real (Alertmanager). Installed only when missing; a machine
+# without apt-get or root gets a warning and the tests that need them say why they skip.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+sysdeps:
+	@command -v prometheus-alertmanager >/dev/null || { \
+	  command -v apt-get >/dev/null && \
+	  ( $(SUDO) apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq prometheus-alertmanager \
+	      >/dev/null ) || echo "warning: could not install prometheus-alertmanager"; }
+
 run: $(STAMP)
 	$(BIN)/orchestrator dev
 
-test: $(STAMP)
+test: $(STAMP) sysdeps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)

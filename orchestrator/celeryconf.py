@@ -18,7 +18,7 @@ MONITORING_QUEUE = "orchestrator.monitoring"
 DEFAULT_QUEUE = "celery"
 CONTROL_QUEUES = (DEFAULT_QUEUE, ROUTING_QUEUE, RECOVERY_QUEUE, MONITORING_QUEUE)
 
-TASK_MODULES = ["workers.routing", "workers.execute"]
+TASK_MODULES = ["workers.routing", "workers.execute", "workers.recovery", "workers.monitoring"]
 
 BROKER_PRIORITY_STEPS = list(range(10))
 

@@ -331,5 +331,13 @@ def _fmt_ts(ts: Any) -> str:
     )
 
 
+def _register_extensions() -> None:
+    from orchestrator.cli_monitor import register
+
+    register(main)
+
+
+_register_extensions()
+
 if __name__ == "__main__":
     main()

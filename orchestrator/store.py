@@ -1,17 +1,6 @@
 """The state store: every Redis key and Lua script the orchestrator uses lives here.
 
-Key layout (prefix `orch:`):
-  agents              hash  agent_id -> RegisteredAgent JSON (identity, capabilities, status)
-  heartbeats          hash  agent_id -> unix time of the last heartbeat
-  agent_stats         hash  "<agent_id>|<ok|fail|lat|sr|inflight>" -> number
-  wrr:<capabilities>  hash  agent_id -> smooth weighted round-robin `current`
-  affinity:<key>      str   agent_id the affinity key sticks to
-  task:<id>           hash  the ledger entry (spec JSON, state, agent, attempts, times, error)
-  task:<id>:history   list  JSON entries, one per state change
-  parked              zset  task_id -> parked-at time
-  dlq                 zset  task_id -> dead-lettered-at time
-  counters            hash  cumulative counters (submitted, routed, succeeded, ...)
-  events              stream the event log of SPEC section 8
+Every key name comes from orchestrator.keys.
 """
 
 from __future__ import annotations
@@ -25,6 +14,19 @@ from typing import Any
 import redis
 
 from orchestrator.errors import StoreUnavailable, UnknownTask
+from orchestrator.keys import (
+    AGENT_STATS,
+    AGENTS,
+    COUNTERS,
+    DLQ,
+    EVENTS,
+    HEARTBEATS,
+    PARKED,
+    affinity_key,
+    history_key,
+    task_key,
+    wrr_key,
+)
 from orchestrator.models import (
     OrchestrationEvent,
     OrchestrationTask,
@@ -35,33 +37,8 @@ from orchestrator.models import (
 )
 from orchestrator.routing import performance_score
 
-PREFIX = "orch:"
-AGENTS = PREFIX + "agents"
-HEARTBEATS = PREFIX + "heartbeats"
-AGENT_STATS = PREFIX + "agent_stats"
-PARKED = PREFIX + "parked"
-DLQ = PREFIX + "dlq"
-COUNTERS = PREFIX + "counters"
-EVENTS = PREFIX + "events"
-
 SUCCESS_EWMA_ALPHA = 0.1
 LATENCY_EWMA_ALPHA = 0.2
-
-
-def task_key(task_id: str) -> str:
-    return f"{PREFIX}task:{task_id}"
-
-
-def history_key(task_id: str) -> str:
-    return f"{PREFIX}task:{task_id}:history"
-
-
-def wrr_key(capability_key: str) -> str:
-    return f"{PREFIX}wrr:{capability_key}"
-
-
-def affinity_key(key: str) -> str:
-    return f"{PREFIX}affinity:{key}"
 
 
 # Smooth weighted round-robin, atomically: ARGV = agent, weight, agent, weight, ... sorted by

@@ -1,0 +1,1 @@
+"""Recovery tasks (SPEC section 7); filled in by the fault-tolerance issue."""
