@@ -1,20 +1,22 @@
-"""Celery beat's schedule, built from Settings (SPEC section 9)."""
+"""Celery beat's schedule, built from Settings (SPEC section 9).
+
+The monitoring entries come from orchestrator.beat.LOOPS (intervals, feature flags, time
+limits); beat runs under RedBeat (orchestrator.beat.redbeat_config), so several beat
+processes may run and only the lock holder ticks.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from orchestrator.beat import beat_entry, loop_entries
 from orchestrator.config import Settings, load_settings
-
-
-def _entry(task: str, every_s: float) -> dict[str, Any]:
-    # A tick that has not started by its next one is stale: let it expire instead of piling up.
-    return {"task": task, "schedule": every_s, "options": {"expires": every_s}}
 
 
 def build_beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     return {
-        "route-parked": _entry("orchestrator.route_parked", settings.parked_sweep_interval_s),
+        "route-parked": beat_entry("orchestrator.route_parked", settings.parked_sweep_interval_s),
+        **loop_entries(settings),
     }
 
 

@@ -135,9 +135,20 @@ class AgentPresence(bootsteps.StartStopStep):
         # Parked tasks waiting for a capability like ours are routed now, not at the next sweep.
         consumer.app.send_task("orchestrator.route_parked")
 
-    def _heartbeat(self, agent_id: str) -> None:
+    def _heartbeat(self, consumer: Any) -> None:
+        agent_id = current_agent_id()
         try:
-            process_store(self.settings).heartbeat(agent_id, now_s())
+            status = process_store(self.settings).heartbeat(agent_id, now_s())
+            if status in ("", AgentStatus.OFFLINE.value):
+                # Given up for lost (a long stall, a partition): it is back, so say so. Its
+                # old tasks were re-routed; stale copies in its queue are skipped by dispatch.
+                log.warning(
+                    "agent %s was marked %s; registering again", agent_id, status or "unknown"
+                )
+                agent = self._agent(consumer)
+                process_store(self.settings).register_agent(
+                    agent, agent.registered_at, source=agent_id
+                )
         except Exception as exc:  # a missed beat must not kill the worker's event loop
             log.warning("agent %s heartbeat failed: %s", agent_id, exc)
 
@@ -151,6 +162,12 @@ class AgentPresence(bootsteps.StartStopStep):
         try:
             agent_id = current_agent_id()
             process_store(self.settings).deregister_agent(agent_id, now_s(), source=agent_id)
+            # Tasks still waiting in our queue go elsewhere now; the ones we are finishing
+            # stay ours (a warm shutdown completes them).
+            consumer.app.send_task(
+                "orchestrator.recover_agent",
+                kwargs={"agent_id": agent_id, "reason": "deregistered", "only_queued": True},
+            )
             log.info("agent %s deregistered", agent_id)
         except Exception as exc:
             log.warning("agent deregistration failed: %s", exc)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -224,7 +224,7 @@ def to_redis_hash(state: BreakerState) -> dict[str, str]:
     return out
 
 
-def from_redis_hash(d: Mapping[str | bytes, str | bytes]) -> BreakerState:
+def from_redis_hash(d: Mapping[Any, Any]) -> BreakerState:
     """Inverse of `to_redis_hash`. Accepts bytes (a client without decode_responses) and a
     partial or empty hash: missing fields take their defaults, so an agent never seen
     before reads as closed."""

@@ -10,6 +10,7 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
+from orchestrator.beat import redbeat_config
 from orchestrator.config import Settings
 
 ROUTING_QUEUE = "orchestrator.routing"
@@ -29,10 +30,16 @@ def agent_queue(agent_id: str) -> str:
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Everything Celery is told, in one place."""
+    visibility = settings.visibility_timeout_s
     transport = {
         # Redis serves priority 0 first; SPEC priority 9 is published as 0 (routing.py).
         "queue_order_strategy": "priority",
         "priority_steps": BROKER_PRIORITY_STEPS,
+        # Messages a dead worker held come back after this. Lost agents are handled sooner
+        # through the ledger; this bounds what a dead *control* worker held. Restored copies
+        # of tasks still running are recognised by the ledger and skipped.
+        "visibility_timeout": visibility,
+        "unacked_restore_interval": max(1.0, min(10.0, visibility / 5)),
     }
     return {
         "broker_url": settings.effective_broker_url,
@@ -57,10 +64,23 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "orchestrator.optimize": {"queue": MONITORING_QUEUE},
         },
         "broker_transport_options": transport,
+        "result_backend_transport_options": {"visibility_timeout": visibility},
         "broker_connection_retry_on_startup": True,
         "result_expires": 24 * 3600,
         "worker_hijack_root_logger": True,
         "enable_utc": True,
+        **redbeat_config(settings),
+    }
+
+
+def recovery_schedule(settings: Settings) -> dict[str, Any]:
+    every = settings.recovery_monitor_interval_s
+    return {
+        "recovery-monitor": {
+            "task": "orchestrator.recovery.monitor",
+            "schedule": every,
+            "options": {"expires": every},
+        },
     }
 
 
@@ -73,7 +93,7 @@ def create_app(settings: Settings, *, with_tasks: bool = True) -> Celery:
         from beat_schedule import build_beat_schedule
         from orchestrator.agent import install_agent_steps
 
-        app.conf.beat_schedule = build_beat_schedule(settings)
+        app.conf.beat_schedule = {**build_beat_schedule(settings), **recovery_schedule(settings)}
         install_agent_steps(app)
     return app
 

@@ -9,6 +9,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from orchestrator.errors import ConfigError
+from orchestrator.models import CircuitBreakerConfig
 
 NAME_RE = re.compile(r"^[a-z0-9_.-]{1,64}$")
 MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -79,6 +80,14 @@ class Settings(BaseSettings):
     circuit_recovery_timeout_s: PositiveSeconds = 60.0
     circuit_half_open_max_calls: Annotated[int, Field(ge=1)] = 3
 
+    visibility_timeout_s: Annotated[float, Field(ge=10)] = 300.0
+    max_deliveries: Annotated[int, Field(ge=1, le=100)] = 3
+    recovery_monitor_interval_s: PositiveSeconds = 2.0
+    retry_base_delay_s: Annotated[float, Field(ge=0)] = 1.0
+    retry_max_delay_s: Annotated[float, Field(ge=0)] = 60.0
+    quarantine_failures: Annotated[int, Field(ge=1)] = 10
+    quarantine_s: PositiveSeconds = 300.0
+
     intelligent_routing_enabled: bool = True
     performance_optimization_interval: PositiveSeconds = 120.0
     load_balancing_algorithm: Literal["weighted_round_robin", "least_loaded", "power_of_two"] = (
@@ -100,6 +109,15 @@ class Settings(BaseSettings):
 
     exporter_port: Annotated[int, Field(ge=0, le=65535)] = 9808
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 0
+
+    # Monitoring loops (issue 4); see the README's Operations section.
+    exporter_address: str = "0.0.0.0"  # where `orchestrator exporter` binds
+    metrics_window_s: PositiveSeconds = 300.0  # window of the snapshot's rates and latencies
+    metrics_history_len: Annotated[int, Field(ge=1)] = 1440  # snapshots / SLA points kept
+    security_window_s: PositiveSeconds = 300.0  # window rejections are counted over
+    security_rejection_threshold: Annotated[int, Field(ge=1)] = 20  # per client, per window
+    beat_max_interval_s: PositiveSeconds = 5.0  # longest sleep of beat between ticks
+    beat_lock_timeout_s: PositiveSeconds = 30.0  # a dead beat's lock frees after this
 
     @field_validator("agent_capabilities", mode="before")
     @classmethod
@@ -139,6 +157,33 @@ class Settings(BaseSettings):
                 "ORCH_AGENT_TIMEOUT_S must be longer than ORCH_AGENT_HEARTBEAT_INTERVAL_S"
             )
         return self
+
+    @model_validator(mode="after")
+    def _delays(self) -> Settings:
+        # A countdown longer than the visibility timeout makes kombu restore the held message
+        # and run it again; keep every retry delay well inside it.
+        if self.retry_max_delay_s > self.visibility_timeout_s / 2:
+            raise ValueError(
+                "ORCH_RETRY_MAX_DELAY_S must be at most half of ORCH_VISIBILITY_TIMEOUT_S"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _beat_lock(self) -> Settings:
+        # The lock holder extends its lock once per tick; a tick can be beat_max_interval_s
+        # apart, so a shorter lock would lapse under a healthy beat and let a standby in.
+        if self.beat_lock_timeout_s < 3 * self.beat_max_interval_s:
+            raise ValueError(
+                "ORCH_BEAT_LOCK_TIMEOUT_S must be at least 3 x ORCH_BEAT_MAX_INTERVAL_S"
+            )
+        return self
+
+    def circuit_config(self) -> CircuitBreakerConfig:
+        return CircuitBreakerConfig(
+            failure_threshold=self.circuit_failure_threshold,
+            recovery_timeout_s=self.circuit_recovery_timeout_s,
+            half_open_max_calls=self.circuit_half_open_max_calls,
+        )
 
     @property
     def effective_broker_url(self) -> str:

@@ -12,6 +12,18 @@ Key layout (prefix `orch:`):
   dlq                 zset  task_id -> dead-lettered-at time
   counters            hash  cumulative counters (submitted, routed, succeeded, ...)
   events              stream the event log of SPEC section 8
+  agent_status        hash  agent_id -> status (active|sleeping|quarantined|offline)
+  quarantined_until   hash  agent_id -> unix time its quarantine ends
+  circuit:<agent>     hash  the agent's breaker (orchestrator.breaker.to_redis_hash)
+  inflight:<agent>    set   task ids routed to the agent and not yet ended
+  recovery            hash  task_id -> the open RecoveryPlan JSON
+  recovery_deadlines  zset  task_id -> when its open plan escalates
+  lock:<name>         str   a periodic task's singleton lock (token)
+  handler_circuit:<n> keys  pybreaker's state for a handler's own outbound breaker
+
+Celery's broker lists `agent.<agent_id>` (and `agent.<agent_id>\x06\x16<p>` per priority) and
+kombu's `unacked` / `unacked_index` are read, never written, except when a lost agent's queue
+is emptied after its tasks were re-routed.
 """
 
 from __future__ import annotations
@@ -24,6 +36,16 @@ PARKED = PREFIX + "parked"
 DLQ = PREFIX + "dlq"
 COUNTERS = PREFIX + "counters"
 EVENTS = PREFIX + "events"
+AGENT_STATUS = PREFIX + "agent_status"
+QUARANTINED_UNTIL = PREFIX + "quarantined_until"
+RECOVERY = PREFIX + "recovery"
+RECOVERY_DEADLINES = PREFIX + "recovery_deadlines"
+CIRCUIT_PREFIX = PREFIX + "circuit:"
+INFLIGHT_PREFIX = PREFIX + "inflight:"
+HANDLER_CIRCUIT_PREFIX = PREFIX + "handler_circuit:"
+KOMBU_UNACKED = "unacked"
+KOMBU_UNACKED_INDEX = "unacked_index"
+PRIORITY_SEP = "\x06\x16"
 
 
 def task_key(task_id: str) -> str:
@@ -40,3 +62,69 @@ def wrr_key(capability_key: str) -> str:
 
 def affinity_key(key: str) -> str:
     return f"{PREFIX}affinity:{key}"
+
+
+def circuit_key(agent_id: str) -> str:
+    return CIRCUIT_PREFIX + agent_id
+
+
+def inflight_key(agent_id: str) -> str:
+    return INFLIGHT_PREFIX + agent_id
+
+
+def lock_key(name: str) -> str:
+    return f"{PREFIX}lock:{name}"
+
+
+def queue_lists(queue: str, steps: range = range(10)) -> list[str]:
+    """Every Redis list kombu keeps for one queue under the priority strategy."""
+    return [queue] + [f"{queue}{PRIORITY_SEP}{p}" for p in steps if p]
+
+
+# --- monitoring loops (issue 4: telemetry, alerts, SLA, anomaly, security, backup) --------
+# tm:m:<minute> / tm:h:<hour>  hash  per-minute / per-hour telemetry buckets, fields
+#     "<type>|ok|fail|retry", "<type>|l|<i>" (run-time histogram), "<type>|d|<i>"
+#     (submit-to-start histogram), "~avail|<cap>|good|total" (agent availability samples);
+#     minute buckets live ~6 h, hour buckets ~32 d (orchestrator.telemetry)
+# tm:total              hash  the same fields, cumulative and never expiring (the exporter)
+# sec:m:<minute>        hash  client_id -> rejected submissions in that minute
+# alerts                hash  rule name -> ProductionAlert JSON (rule alerts)
+# alerts:slo            hash  burn-rate alert name -> ProductionAlert JSON (SLA loop)
+# alerts:acks           hash  alert name -> active_since of the acknowledged episode
+# alerts:unsent         hash  alert name -> resolved alert JSON Alertmanager has not taken yet
+# metrics:history       list  ProductionMetrics JSON snapshots, newest last, capped
+# sla:compliant         hash  target name -> "1" | "0" at the last SLA evaluation
+# sla:history           list  {ts, targets: {name: {value, budget, compliant}}} JSON, capped
+# anomaly:state         hash  series -> {"slot": last minute fed, "state": DetectorState}
+# anomaly:slot          str   the last complete minute the anomaly loop consumed
+# regressions           hash  task type -> Regression JSON while the regression lasts
+# security:threats      hash  client_id -> {"since", "rejections"} while above the threshold
+# backup:last           hash  path, sha256, created_at, keys of the newest backup
+# monitor:since         str   when monitoring first ran (age of "no backup yet")
+# monitor:runs          list  {"loop", "ts", "task_id"} JSON per loop run, capped
+# perf:scores           hash  agent_id -> performance score at the last optimize run
+TELEMETRY_TOTAL = PREFIX + "tm:total"
+ALERTS = PREFIX + "alerts"
+SLO_ALERTS = PREFIX + "alerts:slo"
+ALERT_ACKS = PREFIX + "alerts:acks"
+ALERTS_UNSENT = PREFIX + "alerts:unsent"
+METRICS_HISTORY = PREFIX + "metrics:history"
+SLA_COMPLIANT = PREFIX + "sla:compliant"
+SLA_HISTORY = PREFIX + "sla:history"
+ANOMALY_STATE = PREFIX + "anomaly:state"
+ANOMALY_SLOT = PREFIX + "anomaly:slot"
+REGRESSIONS = PREFIX + "regressions"
+SECURITY_THREATS = PREFIX + "security:threats"
+BACKUP_LAST = PREFIX + "backup:last"
+MONITOR_SINCE = PREFIX + "monitor:since"
+MONITOR_RUNS = PREFIX + "monitor:runs"
+PERF_SCORES = PREFIX + "perf:scores"
+
+
+def telemetry_key(resolution: str, slot: int) -> str:
+    """`resolution` is "m" (slot = unix minute) or "h" (slot = unix hour)."""
+    return f"{PREFIX}tm:{resolution}:{slot}"
+
+
+def rejections_key(minute: int) -> str:
+    return f"{PREFIX}sec:m:{minute}"

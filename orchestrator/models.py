@@ -82,6 +82,7 @@ class TaskState(StrEnum):
     PARKED = "parked"
     ROUTED = "routed"
     RUNNING = "running"
+    RECOVERING = "recovering"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     DEAD_LETTERED = "dead_lettered"
@@ -343,6 +344,12 @@ class ProductionMetrics(BaseModel):
     circuits_open: int = 0
     alerts_firing: int = 0
     health: SystemHealth = SystemHealth.HEALTHY
+    # Filled by the monitoring loops (alert rules read them like any other metric).
+    backup_age_s: float = 0.0  # since the newest backup, or since monitoring began
+    security_threats: int = 0  # clients currently above the rejection threshold
+    anomalies_active: int = 0  # metric series inside an anomalous episode
+    regressions_active: int = 0  # task types whose latency regressed
+    tasks_retried: int = 0  # handler attempts that ended in a retry (in the last window)
 
 
 Op = Literal[">", ">=", "<", "<=", "==", "!="]

@@ -1,19 +1,22 @@
 """The router: validate, record, pick an agent, and hand the task to a publisher.
 
 It sits between the pure decisions (`routing`) and the Celery edge: publishing is a callable
-passed in, so the same router serves the `orchestrator.submit` task and the parked-task sweep.
+passed in, so the same router serves `orchestrator.submit`, the parked-task sweep, and the
+recovery tasks that re-route work away from failed or lost agents.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+from orchestrator.breaker import BreakerState, would_admit
 from orchestrator.config import Settings
-from orchestrator.errors import InvalidTask, NoCapableAgent
+from orchestrator.errors import InvalidTask, NoCapableAgent, UnknownTask
 from orchestrator.models import (
+    CircuitBreakerState,
     OrchestrationStrategy,
     OrchestrationTask,
     RegisteredAgent,
@@ -26,10 +29,15 @@ from orchestrator.routing import (
     pick_least_loaded,
     pick_power_of_two,
 )
-from orchestrator.store import StateStore
+from orchestrator.store import Fleet, StateStore
 
-Publisher = Callable[[OrchestrationTask, RegisteredAgent], None]
 AFFINITY_TTL_S = 24 * 3600
+
+
+class Publisher(Protocol):
+    def __call__(
+        self, task: OrchestrationTask, agent: RegisteredAgent, dispatch: int, countdown: float = 0.0
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -37,7 +45,7 @@ class Outcome:
     """What happened to one submission (for logs, the CLI and tests)."""
 
     task_id: str
-    status: str  # routed | parked | duplicate | rejected | expired
+    status: str  # routed | parked | duplicate | expired | ended
     agent_id: str | None = None
 
 
@@ -54,6 +62,10 @@ class Router:
         self.publish = publish
         self.rng = rng or random.Random()
         self.strategy = OrchestrationStrategy(settings.load_balancing_algorithm)
+        self.circuit_cfg = settings.circuit_config() if settings.circuit_breaker_enabled else None
+
+    def fleet(self, now: float) -> Fleet:
+        return self.store.load_fleet(self.circuit_cfg, now)
 
     def submit(self, fields: dict[str, Any], submit_id: str, now: float) -> Outcome:
         """Accept (or reject) one submission and route it. Raises InvalidTask on bad input."""
@@ -69,18 +81,51 @@ class Router:
             task = task.model_copy(update={"task_id": submit_id})
         assert task.task_id is not None
         status, state = self.store.accept(task, submit_id, now)
-        if status == "duplicate" or (status == "resume" and TaskState(state).terminal):
+        if status == "duplicate" or (
+            status == "resume"
+            and TaskState(state) not in (TaskState.ACCEPTED, TaskState.PARKED, TaskState.ROUTED)
+        ):
             self.store.count_duplicate(task.task_id, now)
             return Outcome(task.task_id, "duplicate")
         return self.route(task, now)
 
-    def choose(
-        self, task: OrchestrationTask, agents: list[RegisteredAgent], now: float
-    ) -> RegisteredAgent | None:
+    def eligible(
+        self, task: OrchestrationTask, fleet: Fleet, now: float, exclude: Collection[str] = ()
+    ) -> list[RegisteredAgent]:
+        def admits(agent: RegisteredAgent) -> bool:
+            if self.circuit_cfg is None:
+                return True
+            return would_admit(
+                fleet.breakers.get(agent.agent_id, BreakerState()), self.circuit_cfg, now
+            )
+
         required = task.required_capabilities
-        eligible = [
-            a for a in agents if is_eligible(a, required, now, self.settings.agent_timeout_s)
+        return [
+            a
+            for a in fleet.agents
+            if a.agent_id not in exclude
+            and is_eligible(a, required, now, self.settings.agent_timeout_s, admits(a))
         ]
+
+    def choose(
+        self, task: OrchestrationTask, fleet: Fleet, now: float, exclude: Collection[str] = ()
+    ) -> RegisteredAgent | None:
+        """The agent for this task, or None. A half-open agent is chosen only if it still has
+        a trial slot when asked atomically; otherwise the choice is made again without it."""
+        skipped = set(exclude)
+        while True:
+            chosen = self._pick(task, self.eligible(task, fleet, now, skipped), now)
+            if chosen is None or self.circuit_cfg is None:
+                return chosen
+            if chosen.circuit is CircuitBreakerState.CLOSED or self.store.admit_circuit(
+                chosen.agent_id, self.circuit_cfg, now
+            ):
+                return chosen
+            skipped.add(chosen.agent_id)
+
+    def _pick(
+        self, task: OrchestrationTask, eligible: list[RegisteredAgent], now: float
+    ) -> RegisteredAgent | None:
         if not eligible:
             return None
         by_id = {a.agent_id: a for a in eligible}
@@ -88,6 +133,7 @@ class Router:
             sticky = self.store.get_affinity(task.affinity_key)
             if sticky in by_id:
                 return by_id[sticky]
+        required = task.required_capabilities
         weights = integer_weights(eligible, required, self.settings.intelligent_routing_enabled)
         if self.strategy is OrchestrationStrategy.LEAST_LOADED:
             chosen = pick_least_loaded(eligible, weights)
@@ -99,18 +145,52 @@ class Router:
             self.store.set_affinity(task.affinity_key, chosen.agent_id, AFFINITY_TTL_S)
         return chosen
 
+    def dispatch(
+        self,
+        task: OrchestrationTask,
+        agent: RegisteredAgent,
+        now: float,
+        countdown: float = 0.0,
+        **history: Any,
+    ) -> bool:
+        """Record the assignment (a new dispatch number) and publish; False if it ended."""
+        dispatch = self.store.mark_routed(task, agent.agent_id, now, **history)
+        if dispatch <= 0:
+            return False
+        self.publish(task, agent, dispatch, countdown)
+        return True
+
     def route(
-        self, task: OrchestrationTask, now: float, agents: list[RegisteredAgent] | None = None
+        self,
+        task: OrchestrationTask,
+        now: float,
+        fleet: Fleet | None = None,
+        exclude: Collection[str] = (),
+        **history: Any,
     ) -> Outcome:
         assert task.task_id is not None
-        chosen = self.choose(task, agents if agents is not None else self.store.load_agents(), now)
+        chosen = self.choose(task, fleet if fleet is not None else self.fleet(now), now, exclude)
         if chosen is None:
             self.store.park(task, now)
             return Outcome(task.task_id, "parked")
-        if not self.store.mark_routed(task, chosen.agent_id, now):
-            return Outcome(task.task_id, "duplicate")
-        self.publish(task, chosen)
+        if not self.dispatch(task, chosen, now, **history):
+            return Outcome(task.task_id, "ended")
         return Outcome(task.task_id, "routed", chosen.agent_id)
+
+    def reroute(
+        self,
+        task_id: str,
+        now: float,
+        fleet: Fleet | None = None,
+        exclude: Collection[str] = (),
+        **history: Any,
+    ) -> Outcome:
+        """Route an accepted task again (same id, new dispatch), away from `exclude`."""
+        try:
+            task = self.store.load_spec(task_id)
+        except UnknownTask:
+            return Outcome(task_id, "ended")
+        return self.route(task, now, fleet, exclude, **history)
 
     def route_parked(
         self, now: float, on_expired: Callable[[str, NoCapableAgent], None]
@@ -121,13 +201,13 @@ class Router:
         parked = self.store.parked()
         if not parked:
             return outcomes
-        agents = self.store.load_agents()
+        fleet = self.fleet(now)
         for task_id, parked_at in parked:
             if not self.store.claim_parked(task_id):
                 continue
             try:
                 task = self.store.load_spec(task_id)
-            except Exception:
+            except UnknownTask:
                 continue  # the ledger expired: nothing left to route
             waited = now - parked_at
             if waited > self.settings.pending_timeout_s:
@@ -143,11 +223,10 @@ class Router:
                 on_expired(task_id, error)
                 outcomes.append(Outcome(task_id, "expired"))
                 continue
-            chosen = self.choose(task, agents, now)
+            chosen = self.choose(task, fleet, now)
             if chosen is None:
                 self.store.unclaim_parked(task_id, parked_at)
                 continue
-            if self.store.mark_routed(task, chosen.agent_id, now):
-                self.publish(task, chosen)
+            if self.dispatch(task, chosen, now):
                 outcomes.append(Outcome(task_id, "routed", chosen.agent_id))
         return outcomes

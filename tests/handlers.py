@@ -56,3 +56,44 @@ def flaky(payload: dict[str, Any]) -> dict[str, Any]:
 @capability("broken")
 def broken(payload: dict[str, Any]) -> dict[str, Any]:
     raise PermanentError(payload.get("message", "broken on purpose"))
+
+
+# --- chaos suite (tests/chaos): every handler counts in Redis under the task id it was given
+# as payload["key"], so the history checker can tell a re-execution (test:start > 1, allowed)
+# from a duplicated completion (test:done > 1, never allowed).
+
+
+@capability("chaos")
+def chaos(payload: dict[str, Any]) -> dict[str, Any]:
+    """Counts its start, sleeps `seconds`, counts its completion."""
+    key = payload["key"]
+    _redis().incr(f"test:start:{key}")
+    time.sleep(float(payload.get("seconds", 0.05)))
+    _redis().incr(f"test:done:{key}")
+    return {"key": key}
+
+
+@capability("suicide")
+def suicide(payload: dict[str, Any]) -> dict[str, Any]:
+    """SIGKILLs the pool child running it, every time, as the OOM killer would: a poison
+    message that only a redelivery cap can stop."""
+    import signal
+
+    _redis().incr(f"test:start:{payload['key']}")
+    os.kill(os.getpid(), signal.SIGKILL)
+    raise AssertionError("unreachable: the process was killed")  # pragma: no cover
+
+
+@capability("sometimes_fail_on")
+def sometimes_fail_on(payload: dict[str, Any]) -> dict[str, Any]:
+    """Fails (a plain crash, not a TransientError) on the agent named `bad_agent` until the
+    Redis flag `test:healed:<agent>` is set; succeeds everywhere else."""
+    key = payload["key"]
+    agent = os.environ.get("ORCH_AGENT_ID", "")
+    client = _redis()
+    client.incr(f"test:start:{key}")
+    time.sleep(float(payload.get("seconds", 0.0)))
+    if agent == payload.get("bad_agent") and not client.exists(f"test:healed:{agent}"):
+        raise RuntimeError(f"agent {agent} is broken for this handler")
+    client.incr(f"test:done:{key}")
+    return {"key": key, "agent": agent}

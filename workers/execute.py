@@ -1,8 +1,15 @@
-"""`orchestrator.execute`: runs a handler on an agent and records the outcome in the ledger."""
+"""`orchestrator.execute`: runs a handler on an agent and records the outcome in the ledger.
+
+The ledger decides whether a delivered copy runs at all: a task that already ended, a stale
+copy from an older dispatch, or a restored copy of a task still running in a live child of
+this agent is acknowledged without running. A failure hands the task to recovery (the result
+stays pending until recovery's verdict), except PermanentError, which fails it at once.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any
 
@@ -14,29 +21,69 @@ from orchestrator.app import app
 from orchestrator.errors import PermanentError, TransientError
 from orchestrator.handlers import get_handler
 from orchestrator.models import TaskState
-from orchestrator.store import now_s
-from workers._context import store_of
+from orchestrator.recovery import ErrorKind
+from orchestrator.store import StateStore, now_s
+from workers._context import settings_of, store_of
 
-RETRY_BASE_S = 0.5
-RETRY_CAP_S = 30.0
+RECOVER = "orchestrator.recover"
 
 
 def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-@app.task(name="orchestrator.execute", bind=True, throws=(PermanentError, TransientError))
-def execute(self: Task, type: str, payload: dict[str, Any], max_retries: int = 3) -> Any:
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _hand_to_recovery(
+    task: Task, store: StateStore, task_id: str, agent_id: str, kind: ErrorKind, error: str
+) -> None:
+    store.mark_recovering(task_id, agent_id, now_s(), error, kind.value)
+    task.app.send_task(
+        RECOVER,
+        kwargs={"task_id": task_id, "kind": kind.value, "agent_id": agent_id, "error": error},
+    )
+
+
+@app.task(name="orchestrator.execute", bind=True, throws=(PermanentError,))
+def execute(
+    self: Task, type: str, payload: dict[str, Any], max_retries: int = 3, dispatch: int = 0
+) -> Any:
+    settings = settings_of(self.app)
     store = store_of(self.app)
     agent_id = current_agent_id()
     task_id = self.request.id
-    attempt = store.begin_attempt(task_id, agent_id, now_s())
-    if attempt < 0:
-        # Already ended (a redelivered copy): hand back the recorded result, run nothing.
+    pid = os.getpid()
+    attempt = store.begin_attempt(
+        task_id, agent_id, dispatch, now_s(), pid, settings.max_deliveries
+    )
+    if attempt.code == -4:
+        holder = int(attempt.info)
+        if holder != pid and _alive(holder):
+            raise Ignore()  # a restored copy of a task a live child of ours is running
+        attempt = store.begin_attempt(
+            task_id, agent_id, dispatch, now_s(), pid, settings.max_deliveries, force=True
+        )
+    if attempt.code == -1:
         stored = store.stored_result(task_id)
         if stored is None:
             raise Ignore()
-        return json.loads(stored)
+        return json.loads(stored)  # the same value again: the backend's result is unchanged
+    if attempt.code == -3:
+        error = f"delivered {attempt.info} times without finishing (the worker died each time)"
+        _hand_to_recovery(self, store, task_id, agent_id, ErrorKind.POISON, error)
+        raise Ignore()
+    if not attempt.run:
+        raise Ignore()
+
+    circuit = settings.circuit_config() if settings.circuit_breaker_enabled else None
     handler = get_handler(type)
     started = time.perf_counter()
     try:
@@ -44,27 +91,9 @@ def execute(self: Task, type: str, payload: dict[str, Any], max_retries: int = 3
             raise PermanentError(f"agent {agent_id} has no handler for task type {type!r}")
         result = handler(payload)
         encoded = json.dumps(result)
-    except (TransientError, SoftTimeLimitExceeded) as exc:
+    except PermanentError as exc:
         latency = (time.perf_counter() - started) * 1000
-        if self.request.retries < max_retries:
-            store.record_outcome(agent_id, ok=False, latency_ms=latency, settle=False)
-            store.requeue_for_retry(task_id, agent_id, now_s(), _reason(exc))
-            countdown = min(RETRY_CAP_S, RETRY_BASE_S * 2**self.request.retries)
-            raise self.retry(exc=exc, countdown=countdown, max_retries=max_retries) from exc
-        store.record_outcome(agent_id, ok=False, latency_ms=latency)
-        store.finish(
-            task_id,
-            TaskState.FAILED,
-            agent_id,
-            now_s(),
-            error=f"{_reason(exc)} (after {self.request.retries} retries)",
-            latency_ms=latency,
-            task_type=type,
-        )
-        raise
-    except Exception as exc:
-        latency = (time.perf_counter() - started) * 1000
-        store.record_outcome(agent_id, ok=False, latency_ms=latency)
+        store.record_outcome(agent_id, ok=False, latency_ms=latency, now=now_s())
         store.finish(
             task_id,
             TaskState.FAILED,
@@ -75,8 +104,31 @@ def execute(self: Task, type: str, payload: dict[str, Any], max_retries: int = 3
             task_type=type,
         )
         raise
+    except Exception as exc:
+        latency = (time.perf_counter() - started) * 1000
+        kind = (
+            ErrorKind.TIMEOUT
+            if isinstance(exc, SoftTimeLimitExceeded)
+            else (ErrorKind.TRANSIENT if isinstance(exc, TransientError) else ErrorKind.CRASH)
+        )
+        store.record_outcome(
+            agent_id, ok=False, latency_ms=latency, circuit_cfg=circuit, now=now_s()
+        )
+        if not settings.auto_recovery_enabled:
+            store.finish(
+                task_id,
+                TaskState.FAILED,
+                agent_id,
+                now_s(),
+                error=_reason(exc),
+                latency_ms=latency,
+                task_type=type,
+            )
+            raise
+        _hand_to_recovery(self, store, task_id, agent_id, kind, _reason(exc))
+        raise Ignore() from exc
     latency = (time.perf_counter() - started) * 1000
-    store.record_outcome(agent_id, ok=True, latency_ms=latency)
+    store.record_outcome(agent_id, ok=True, latency_ms=latency, circuit_cfg=circuit, now=now_s())
     store.finish(
         task_id,
         TaskState.SUCCEEDED,

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import Task
+from celery import Celery, Task
 
 from orchestrator.app import app
 from orchestrator.errors import InvalidTask, NoCapableAgent
 from orchestrator.models import TASK_ID_RE, OrchestrationTask, RegisteredAgent
-from orchestrator.router import Outcome, Router
+from orchestrator.router import Outcome, Publisher, Router
 from orchestrator.routing import to_broker_priority
 from orchestrator.store import now_s
 from workers._context import settings_of, store_of
@@ -17,16 +17,24 @@ from workers._context import settings_of, store_of
 EXECUTE = "orchestrator.execute"
 
 
-def publisher(task_app: Any):
-    def publish(task: OrchestrationTask, agent: RegisteredAgent) -> None:
+def publisher(task_app: Celery) -> Publisher:
+    def publish(
+        task: OrchestrationTask, agent: RegisteredAgent, dispatch: int, countdown: float = 0.0
+    ) -> None:
         task_app.send_task(
             EXECUTE,
             task_id=task.task_id,
-            kwargs={"type": task.type, "payload": task.payload, "max_retries": task.max_retries},
+            kwargs={
+                "type": task.type,
+                "payload": task.payload,
+                "max_retries": task.max_retries,
+                "dispatch": dispatch,
+            },
             queue=agent.queue,
             priority=to_broker_priority(task.priority),
             soft_time_limit=task.timeout_s,
             time_limit=task.timeout_s + 10,
+            countdown=countdown or None,
         )
 
     return publish
@@ -35,7 +43,7 @@ def publisher(task_app: Any):
 _routers: dict[int, Router] = {}
 
 
-def router_for(task_app: Any) -> Router:
+def router_for(task_app: Celery) -> Router:
     key = id(task_app)
     if key not in _routers:
         _routers[key] = Router(store_of(task_app), settings_of(task_app), publisher(task_app))

@@ -195,7 +195,8 @@ def test_agent_consumes_only_its_own_queue_and_deregisters_on_warm_shutdown(
     log = agent.log_text()
     assert "agent.a" in log and "orchestrator.routing" not in log
     agent.terminate()
-    assert not redis_client.hexists("orch:agents", "a")
+    # It stays listed, as offline, so that whatever waited in its queue can be moved away.
+    assert redis_client.hget("orch:agent_status", "a") == "offline"
     types = [f["type"] for _, f in redis_client.xrange("orch:events")]
     assert types.count("agent.registered") == 1 and types.count("agent.deregistered") == 1
 

@@ -1,0 +1,52 @@
+"""A minimal plain Celery app: the baseline the routing benchmark compares against.
+
+Configured like the orchestrator's app where it matters for throughput (JSON, late acks,
+prefetch multiplier 1, same Redis for broker and results) and nothing else: no priorities,
+no task events, no ledger. Start it with
+
+    BENCH_REDIS_URL=redis://127.0.0.1:PORT/0 celery -A bench.plain_app worker -c 2 -P prefork
+
+The URL comes from BENCH_REDIS_URL (or ORCH_REDIS_URL); there is deliberately no default, so a
+benchmark can never fall back to the machine's own Redis on 6379.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from celery import Celery
+
+NOOP = "bench.noop"
+
+
+def _redis_url() -> str:
+    url = os.environ.get("BENCH_REDIS_URL") or os.environ.get("ORCH_REDIS_URL")
+    if not url:
+        raise SystemExit("bench.plain_app: set BENCH_REDIS_URL (the benchmark's own Redis)")
+    return url
+
+
+def create_plain_app(url: str) -> Celery:
+    plain = Celery("bench", broker=url, backend=url)
+    plain.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_acks_late=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue="bench",
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=True,
+    )
+    return plain
+
+
+app = create_plain_app(_redis_url())
+
+
+@app.task(name=NOOP)
+def noop(value: Any = None) -> Any:
+    """Does nothing: returns its argument."""
+    return value

@@ -1,0 +1,212 @@
+"""The Lua scripts the state store runs: each is one atomic round trip to Redis.
+
+Their keys come in as KEYS/ARGV from orchestrator.store; the pure Python twins they must agree
+with (routing.wrr_step, breaker.record_success/record_failure) are tested against them.
+"""
+
+# Smooth weighted round-robin: ARGV = agent, weight, agent, weight, ... sorted by agent id
+# (ties go to the first, as in routing.wrr_step). The whole state is rewritten, so agents that
+# are no longer eligible drop out of it.
+WRR_PICK = """
+local cur = redis.call('HGETALL', KEYS[1])
+local state = {}
+for i = 1, #cur, 2 do state[cur[i]] = tonumber(cur[i + 1]) end
+local total, best, bestv = 0, nil, nil
+local new = {}
+for i = 1, #ARGV, 2 do
+  local peer, w = ARGV[i], tonumber(ARGV[i + 1])
+  local c = (state[peer] or 0) + w
+  new[#new + 1] = peer
+  new[#new + 1] = c
+  total = total + w
+  if bestv == nil or c > bestv then best = i + 1; bestv = c end
+end
+new[best] = new[best] - total
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(new))
+return new[best - 1]
+"""
+
+# The whole fleet in one round trip. KEYS = agents, heartbeats, agent_stats, agent_status;
+# ARGV = circuit key prefix. Returns {agents, heartbeats, stats, statuses, {id, circuit}...}.
+LOAD_FLEET = """
+local agents = redis.call('HGETALL', KEYS[1])
+local circuits = {}
+for i = 1, #agents, 2 do
+  circuits[#circuits + 1] = agents[i]
+  circuits[#circuits + 1] = redis.call('HGETALL', ARGV[1] .. agents[i])
+end
+return {agents, redis.call('HGETALL', KEYS[2]), redis.call('HGETALL', KEYS[3]),
+        redis.call('HGETALL', KEYS[4]), circuits}
+"""
+
+# Accept a submission: KEYS = ledger, history; ARGV = submit_id, now, spec JSON, type,
+# history entry JSON, ttl. Returns {"new"} or {"resume", state} (the same submit message
+# redelivered before it finished routing) or {"duplicate", state}.
+ACCEPT = """
+if redis.call('HSETNX', KEYS[1], 'submit_id', ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'state', 'accepted', 'submitted_at', ARGV[2], 'spec', ARGV[3],
+             'type', ARGV[4], 'attempts', 0, 'dispatch', 0)
+  redis.call('RPUSH', KEYS[2], ARGV[5])
+  redis.call('EXPIRE', KEYS[1], ARGV[6])
+  redis.call('EXPIRE', KEYS[2], ARGV[6])
+  return {'new', 'accepted'}
+end
+local owner = redis.call('HGET', KEYS[1], 'submit_id')
+local state = redis.call('HGET', KEYS[1], 'state') or ''
+if owner == ARGV[1] then return {'resume', state} end
+return {'duplicate', state}
+"""
+
+# Move a ledger entry from one of the allowed states to another.
+# KEYS = ledger, history; ARGV = new state, history JSON, n, allowed..., then field/value pairs.
+TRANSITION = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return {-1, ''} end
+local n = tonumber(ARGV[3])
+local ok = (n == 0)
+for i = 4, 3 + n do if ARGV[i] == state then ok = true end end
+if not ok then return {0, state} end
+redis.call('HSET', KEYS[1], 'state', ARGV[1])
+for i = 4 + n, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('RPUSH', KEYS[2], ARGV[2])
+return {1, state}
+"""
+
+# Hand a task to an agent: a new dispatch number, so any older copy of its message (a kombu
+# restore, a queue of a lost agent) is recognised as stale. KEYS = ledger, history;
+# ARGV = agent, now, history JSON, in-flight key prefix, task id.
+ROUTE = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'accepted' and state ~= 'parked' and state ~= 'routed' and state ~= 'running'
+   and state ~= 'recovering' then
+  return {0, state or ''}
+end
+local prev = redis.call('HGET', KEYS[1], 'agent')
+if prev then redis.call('SREM', ARGV[4] .. prev, ARGV[5]) end
+local dispatch = redis.call('HINCRBY', KEYS[1], 'dispatch', 1)
+redis.call('HSET', KEYS[1], 'state', 'routed', 'agent', ARGV[1], 'routed_at', ARGV[2],
+           'deliveries', 0)
+redis.call('HDEL', KEYS[1], 'pid')
+redis.call('RPUSH', KEYS[2], ARGV[3])
+redis.call('SADD', ARGV[4] .. ARGV[1], ARGV[5])
+return {dispatch, state}
+"""
+
+# Start running a delivered copy. KEYS = ledger, history; ARGV = agent, now, history JSON,
+# dispatch, pid, max deliveries, force. Returns {attempt, previous state} to run, or:
+#   {-1, state}  already ended: do not run
+#   {-2, state}  a stale copy (an older dispatch): do not run
+#   {-3, n}      delivered more than max deliveries times: poison
+#   {-4, pid}    this agent's child `pid` was running it: the caller checks whether that child
+#                is alive (a restored copy of a running task) or died (worker lost), then
+#                calls again with force=1 to run it
+#   {-5, ''}     no ledger entry (expired, or never accepted)
+BEGIN_ATTEMPT = """
+local f = redis.call('HMGET', KEYS[1], 'state', 'dispatch', 'agent', 'pid')
+local state, dispatch, agent, pid = f[1], tonumber(f[2] or '0'), f[3], f[4]
+if not state then return {-5, ''} end
+if state == 'succeeded' or state == 'failed' or state == 'dead_lettered' then
+  return {-1, state}
+end
+if tonumber(ARGV[4]) < dispatch then return {-2, state} end
+if state == 'running' and agent == ARGV[1] and pid and ARGV[7] ~= '1' then return {-4, pid} end
+local deliveries = redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
+if deliveries > tonumber(ARGV[6]) then return {-3, tostring(deliveries - 1)} end
+local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'state', 'running', 'agent', ARGV[1], 'started_at', ARGV[2],
+           'pid', ARGV[5])
+redis.call('RPUSH', KEYS[2], ARGV[3])
+return {attempts, state}
+"""
+
+# One outcome in an agent's stats. KEYS = stats hash; ARGV = agent, ok (1/0), latency ms,
+# success alpha, latency alpha, settle (1: the task left the agent).
+RECORD_OUTCOME = """
+local a = ARGV[1]
+local ok = tonumber(ARGV[2])
+local lat = tonumber(ARGV[3])
+if ok == 1 then redis.call('HINCRBY', KEYS[1], a .. '|ok', 1)
+else redis.call('HINCRBY', KEYS[1], a .. '|fail', 1) end
+local sr = tonumber(redis.call('HGET', KEYS[1], a .. '|sr') or '1')
+sr = sr + tonumber(ARGV[4]) * (ok - sr)
+redis.call('HSET', KEYS[1], a .. '|sr', tostring(sr))
+local old = redis.call('HGET', KEYS[1], a .. '|lat')
+if old then lat = tonumber(old) + tonumber(ARGV[5]) * (lat - tonumber(old)) end
+redis.call('HSET', KEYS[1], a .. '|lat', tostring(lat))
+if ARGV[6] == '1' then
+  local inflight = redis.call('HINCRBY', KEYS[1], a .. '|inflight', -1)
+  if inflight < 0 then redis.call('HSET', KEYS[1], a .. '|inflight', 0) end
+end
+return 1
+"""
+
+# breaker.record_success / record_failure, atomically. KEYS = circuit hash; ARGV = ok (1/0),
+# now, failure threshold, successes to close, window size, minimum calls, failure-rate
+# threshold. Returns the transition ('opened', 'closed') or ''.
+RECORD_CIRCUIT = """
+local h = redis.call('HGETALL', KEYS[1])
+local s = {}
+for i = 1, #h, 2 do s[h[i]] = h[i + 1] end
+local state = s['state'] or 'closed'
+if state == '' then state = 'closed' end
+local ok = ARGV[1] == '1'
+local function open()
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', ARGV[2], 'consecutive_failures', 0,
+             'half_open_calls', 0, 'half_open_successes', 0, 'outcomes', '',
+             'half_opened_at', '')
+  return 'opened'
+end
+if state == 'closed' then
+  local outcomes = (s['outcomes'] or '') .. (ok and 'S' or 'F')
+  local window = tonumber(ARGV[5])
+  if #outcomes > window then outcomes = string.sub(outcomes, #outcomes - window + 1) end
+  if ok then
+    redis.call('HSET', KEYS[1], 'state', 'closed', 'consecutive_failures', 0,
+               'outcomes', outcomes)
+    return ''
+  end
+  local failures = tonumber(s['consecutive_failures'] or '0') + 1
+  local _, nf = string.gsub(outcomes, 'F', '')
+  if failures >= tonumber(ARGV[3]) or
+     (#outcomes >= tonumber(ARGV[6]) and nf / #outcomes >= tonumber(ARGV[7])) then
+    return open()
+  end
+  redis.call('HSET', KEYS[1], 'state', 'closed', 'consecutive_failures', failures,
+             'outcomes', outcomes)
+  return ''
+elseif state == 'half_open' then
+  if not ok then return open() end
+  local successes = tonumber(s['half_open_successes'] or '0') + 1
+  if successes >= tonumber(ARGV[4]) then
+    redis.call('DEL', KEYS[1])
+    return 'closed'
+  end
+  redis.call('HSET', KEYS[1], 'half_open_successes', successes)
+end
+return ''
+"""
+
+# An agent's heartbeat; it also tells the agent whether the cluster gave it up for lost.
+# KEYS = heartbeats, agent_status, quarantined_until; ARGV = agent, now.
+# Returns the status after the beat ('' when the agent is not registered).
+HEARTBEAT = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local status = redis.call('HGET', KEYS[2], ARGV[1]) or ''
+if status == 'quarantined' then
+  local untilts = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
+  if untilts <= tonumber(ARGV[2]) then
+    redis.call('HSET', KEYS[2], ARGV[1], 'active')
+    redis.call('HDEL', KEYS[3], ARGV[1])
+    return 'active'
+  end
+end
+return status
+"""
+
+# Compare-and-delete: release a lock only if it still holds our token.
+RELEASE_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
