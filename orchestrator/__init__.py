@@ -1,6 +1,21 @@
 """Hive Orchestrator: capability-weighted task routing for agent fleets on Celery and Redis."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from orchestrator.handlers import capability
 
-__all__ = ["capability"]
+if TYPE_CHECKING:
+    import pybreaker
+
+
+def circuit_breaker(name: str, **kwargs: Any) -> pybreaker.CircuitBreaker:
+    """A circuit breaker shared by every agent, for a handler's outbound calls."""
+    from orchestrator.outbound import circuit_breaker as shared
+
+    return shared(name, **kwargs)
+
+
+__all__ = ["capability", "circuit_breaker"]
 __version__ = "0.1.0"

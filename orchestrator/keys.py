@@ -19,7 +19,8 @@ Key layout (prefix `orch:`):
   recovery            hash  task_id -> the open RecoveryPlan JSON
   recovery_deadlines  zset  task_id -> when its open plan escalates
   lock:<name>         str   a periodic task's singleton lock (token)
-  handler_circuit:<n> keys  pybreaker's state for a handler's own outbound breaker
+  handler_circuit:<n> keys  pybreaker's state for a handler's own outbound breaker (pybreaker
+                            puts its own `pybreaker:` prefix in front)
 
 Celery's broker lists `agent.<agent_id>` (and `agent.<agent_id>\x06\x16<p>` per priority) and
 kombu's `unacked` / `unacked_index` are read, never written, except when a lost agent's queue
@@ -101,7 +102,7 @@ def queue_lists(queue: str, steps: range = range(10)) -> list[str]:
 # security:threats      hash  client_id -> {"since", "rejections"} while above the threshold
 # backup:last           hash  path, sha256, created_at, keys of the newest backup
 # monitor:since         str   when monitoring first ran (age of "no backup yet")
-# monitor:runs          list  {"loop", "ts", "task_id"} JSON per loop run, capped
+# monitor:runs          list  {"loop", "ts", "task_id", "ran"} JSON per delivery, capped
 # perf:scores           hash  agent_id -> performance score at the last optimize run
 TELEMETRY_TOTAL = PREFIX + "tm:total"
 ALERTS = PREFIX + "alerts"

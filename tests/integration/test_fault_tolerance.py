@@ -1,0 +1,169 @@
+"""Issue 3: breakers, recovery tiers, lost agents, the redelivery cap, dead letters, timeouts."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+
+from orchestrator.breaker import BreakerState, record_failure, record_success, to_redis_hash
+from orchestrator.models import CircuitBreakerConfig, CircuitBreakerState
+from orchestrator.outbound import CircuitBreakerError, circuit_breaker
+from orchestrator.store import StateStore
+from tests.integration.conftest import ledger
+from tests.support import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def beat(celery_procs, orch_env, tmp_path):
+    """Celery beat, for the recovery monitor (every ORCH_RECOVERY_MONITOR_INTERVAL_S)."""
+
+    def start(**env: str):
+        return celery_procs(["beat", "-l", "info", "--schedule", str(tmp_path / "schedule")],
+                            {**orch_env, "ORCH_RECOVERY_MONITOR_INTERVAL_S": "1", **env},
+                            name="beat")
+
+    return start
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_lua_breaker_matches_the_pure_state_machine(seed, redis_url):
+    """The atomic Lua recording of outcomes is breaker.record_success/record_failure."""
+    store = StateStore.from_url(redis_url)
+    rng = random.Random(seed)
+    cfg = CircuitBreakerConfig(failure_threshold=rng.randint(2, 5), half_open_max_calls=2,
+                               success_threshold=2, window_size=8, minimum_calls=6,
+                               failure_rate_threshold=0.5)
+    expected = BreakerState()
+    try:
+        for step in range(300):
+            now = float(step)
+            if expected.state.value != "closed" and rng.random() < 0.3:
+                # Routers move an open breaker to half-open; emulate with the stored value.
+                expected = expected.model_copy(update={"state": CircuitBreakerState.HALF_OPEN})
+                store.r.delete("orch:circuit:a")
+                store.r.hset("orch:circuit:a", mapping=to_redis_hash(expected))
+            ok = rng.random() < 0.5
+            step_fn = record_success if ok else record_failure
+            expected, transition = step_fn(expected, cfg, now)
+            got = store.record_outcome("a", ok, 1.0, circuit_cfg=cfg, now=now)
+            assert got == (transition.value if transition else ""), step
+            assert store.circuit("a") == expected, step
+    finally:
+        store.r.close()
+
+
+def test_failing_agent_is_avoided_its_tasks_succeed_elsewhere_and_circuit_recovers(
+        start_control, start_agent, client, redis_client):
+    env = {"ORCH_CIRCUIT_FAILURE_THRESHOLD": "2", "ORCH_CIRCUIT_RECOVERY_TIMEOUT_S": "2",
+           "ORCH_CIRCUIT_HALF_OPEN_MAX_CALLS": "1"}
+    start_control(**env)
+    start_agent("bad", "sometimes_fail_on", **env)
+    start_agent("good", "sometimes_fail_on=0.5", **env)
+    results = [client.submit("sometimes_fail_on", {"key": f"k{i}", "bad_agent": "bad"},
+                             task_id=f"k{i}") for i in range(20)]
+    assert all(r.get(timeout=60)["agent"] == "good" for r in results)
+    events = client.store.read_events()
+    assert any(e.type == "circuit.opened" and e.data["agent_id"] == "bad" for e in events)
+    rerouted = [e for e in events if e.type == "recovery.started" and e.data["tier"] == "reroute"]
+    assert rerouted and all(e.data["target"] == "good" for e in rerouted)
+
+    redis_client.set("test:healed:bad", 1)
+    # After the recovery timeout a trial goes to `bad`; it succeeds and the circuit closes.
+    def closed() -> bool:
+        client.submit("sometimes_fail_on", {"key": "probe", "bad_agent": "bad"}).get(timeout=30)
+        return any(e.type == "circuit.closed" and e.data["agent_id"] == "bad"
+                   for e in client.store.read_events())
+    wait_for(closed, timeout=40, interval=0.5, message="the circuit of `bad` never closed")
+
+
+def test_poison_message_is_dead_lettered_after_the_redelivery_cap_and_replayable(
+        start_control, start_agent, client, redis_client, orch_env):
+    start_control()
+    agent = start_agent("a", "suicide,echo", concurrency=2)
+    poison = client.submit("suicide", {"key": "p"}, task_id="poison-1")
+    fine = [client.submit("echo", {"i": i}) for i in range(10)]
+    assert [r.get(timeout=60) for r in fine] == [{"i": i} for i in range(10)]
+    with pytest.raises(Exception, match="dead-lettered"):
+        poison.get(timeout=60)
+    record = client.task("poison-1")
+    assert record.state.value == "dead_lettered" and "delivered 3 times" in record.error
+    assert int(redis_client.get("test:start:p")) == 3
+    assert agent.alive
+
+    cli = [sys.executable, "-m", "orchestrator.cli"]
+    listed = json.loads(subprocess.run([*cli, "dlq", "list", "--json"], env=orch_env,
+                                       capture_output=True, text=True, check=True).stdout)
+    assert [d["task_id"] for d in listed] == ["poison-1"]
+    # Replay: the same id runs again with a fresh attempt count (it dies again, here).
+    done = subprocess.run([*cli, "dlq", "replay", "poison-1"], env=orch_env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    wait_for(lambda: ledger(redis_client, "poison-1")["state"] == "dead_lettered"
+             and int(redis_client.get("test:start:p")) == 6, timeout=60)
+    history = [h.get("replayed") for h in client.task("poison-1").history]
+    assert True in history
+    purged = subprocess.run([*cli, "dlq", "purge", "--all", "--yes"], env=orch_env,
+                            capture_output=True, text=True, check=True)
+    assert "removed 1" in purged.stdout
+    assert redis_client.zcard("orch:dlq") == 0
+
+
+def test_handler_overrunning_its_timeout_is_stopped_and_retried_then_escalated(
+        start_control, start_agent, client):
+    start_control()
+    start_agent("a", "sleep")
+    slow = client.submit("sleep", {"seconds": 30}, timeout_s=1, max_retries=1)
+    with pytest.raises(Exception, match="retries exhausted"):
+        slow.get(timeout=60)
+    record = client.task(slow.id)
+    assert record.state.value == "dead_lettered" and record.attempts == 2
+    kinds = [h.get("kind") for h in record.history if h["state"] == "recovering"]
+    assert kinds == ["timeout", "timeout"]
+
+
+def test_lost_agent_goes_offline_and_its_tasks_run_elsewhere_once(
+        start_control, start_agent, beat, client, redis_client):
+    start_control()
+    beat()
+    doomed = start_agent("doomed", "chaos")
+    results = [client.submit("chaos", {"key": f"c{i}", "seconds": 0.5}, task_id=f"c{i}")
+               for i in range(6)]
+    wait_for(lambda: ledger(redis_client, "c0").get("state") == "running", timeout=30)
+    doomed.kill()
+    start_agent("survivor", "chaos")
+    assert [r.get(timeout=60) for r in results] == [{"key": f"c{i}"} for i in range(6)]
+    assert redis_client.hget("orch:agent_status", "doomed") == "offline"
+    assert any(e.type == "agent.lost" for e in client.store.read_events())
+    for i in range(6):
+        assert redis_client.get(f"test:done:c{i}") == "1"
+        assert ledger(redis_client, f"c{i}")["agent"] == "survivor"
+
+
+def test_outbound_circuit_breaker_is_shared_between_processes(redis_url):
+    from orchestrator.config import load_settings
+
+    settings = load_settings(redis_url=redis_url)
+    first = circuit_breaker("payments-api", fail_max=2, reset_timeout_s=60, settings=settings)
+
+    def boom() -> None:
+        raise ConnectionError("payments API down")
+
+    for _ in range(2):
+        with pytest.raises((ConnectionError, CircuitBreakerError)):
+            first.call(boom)
+    # Another process (here: a fresh interpreter) sees the same open breaker.
+    script = (
+        "from orchestrator.config import load_settings\n"
+        "from orchestrator.outbound import circuit_breaker\n"
+        f"b = circuit_breaker('payments-api', settings=load_settings(redis_url={redis_url!r}))\n"
+        "print(b.current_state)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "open"
