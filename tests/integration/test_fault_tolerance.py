@@ -24,9 +24,11 @@ def beat(celery_procs, orch_env, tmp_path):
     """Celery beat, for the recovery monitor (every ORCH_RECOVERY_MONITOR_INTERVAL_S)."""
 
     def start(**env: str):
-        return celery_procs(["beat", "-l", "info", "--schedule", str(tmp_path / "schedule")],
-                            {**orch_env, "ORCH_RECOVERY_MONITOR_INTERVAL_S": "1", **env},
-                            name="beat")
+        return celery_procs(
+            ["beat", "-l", "info", "--schedule", str(tmp_path / "schedule")],
+            {**orch_env, "ORCH_RECOVERY_MONITOR_INTERVAL_S": "1", **env},
+            name="beat",
+        )
 
     return start
 
@@ -36,9 +38,14 @@ def test_lua_breaker_matches_the_pure_state_machine(seed, redis_url):
     """The atomic Lua recording of outcomes is breaker.record_success/record_failure."""
     store = StateStore.from_url(redis_url)
     rng = random.Random(seed)
-    cfg = CircuitBreakerConfig(failure_threshold=rng.randint(2, 5), half_open_max_calls=2,
-                               success_threshold=2, window_size=8, minimum_calls=6,
-                               failure_rate_threshold=0.5)
+    cfg = CircuitBreakerConfig(
+        failure_threshold=rng.randint(2, 5),
+        half_open_max_calls=2,
+        success_threshold=2,
+        window_size=8,
+        minimum_calls=6,
+        failure_rate_threshold=0.5,
+    )
     expected = BreakerState()
     try:
         for step in range(300):
@@ -59,14 +66,20 @@ def test_lua_breaker_matches_the_pure_state_machine(seed, redis_url):
 
 
 def test_failing_agent_is_avoided_its_tasks_succeed_elsewhere_and_circuit_recovers(
-        start_control, start_agent, client, redis_client):
-    env = {"ORCH_CIRCUIT_FAILURE_THRESHOLD": "2", "ORCH_CIRCUIT_RECOVERY_TIMEOUT_S": "2",
-           "ORCH_CIRCUIT_HALF_OPEN_MAX_CALLS": "1"}
+    start_control, start_agent, client, redis_client
+):
+    env = {
+        "ORCH_CIRCUIT_FAILURE_THRESHOLD": "2",
+        "ORCH_CIRCUIT_RECOVERY_TIMEOUT_S": "2",
+        "ORCH_CIRCUIT_HALF_OPEN_MAX_CALLS": "1",
+    }
     start_control(**env)
     start_agent("bad", "sometimes_fail_on", **env)
     start_agent("good", "sometimes_fail_on=0.5", **env)
-    results = [client.submit("sometimes_fail_on", {"key": f"k{i}", "bad_agent": "bad"},
-                             task_id=f"k{i}") for i in range(20)]
+    results = [
+        client.submit("sometimes_fail_on", {"key": f"k{i}", "bad_agent": "bad"}, task_id=f"k{i}")
+        for i in range(20)
+    ]
     assert all(r.get(timeout=60)["agent"] == "good" for r in results)
     events = client.store.read_events()
     assert any(e.type == "circuit.opened" and e.data["agent_id"] == "bad" for e in events)
@@ -74,16 +87,21 @@ def test_failing_agent_is_avoided_its_tasks_succeed_elsewhere_and_circuit_recove
     assert rerouted and all(e.data["target"] == "good" for e in rerouted)
 
     redis_client.set("test:healed:bad", 1)
+
     # After the recovery timeout a trial goes to `bad`; it succeeds and the circuit closes.
     def closed() -> bool:
         client.submit("sometimes_fail_on", {"key": "probe", "bad_agent": "bad"}).get(timeout=30)
-        return any(e.type == "circuit.closed" and e.data["agent_id"] == "bad"
-                   for e in client.store.read_events())
+        return any(
+            e.type == "circuit.closed" and e.data["agent_id"] == "bad"
+            for e in client.store.read_events()
+        )
+
     wait_for(closed, timeout=40, interval=0.5, message="the circuit of `bad` never closed")
 
 
 def test_poison_message_is_dead_lettered_after_the_redelivery_cap_and_replayable(
-        start_control, start_agent, client, redis_client, orch_env):
+    start_control, start_agent, client, redis_client, orch_env
+):
     start_control()
     agent = start_agent("a", "suicide,echo", concurrency=2)
     poison = client.submit("suicide", {"key": "p"}, task_id="poison-1")
@@ -97,25 +115,44 @@ def test_poison_message_is_dead_lettered_after_the_redelivery_cap_and_replayable
     assert agent.alive
 
     cli = [sys.executable, "-m", "orchestrator.cli"]
-    listed = json.loads(subprocess.run([*cli, "dlq", "list", "--json"], env=orch_env,
-                                       capture_output=True, text=True, check=True).stdout)
+    listed = json.loads(
+        subprocess.run(
+            [*cli, "dlq", "list", "--json"],
+            env=orch_env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     assert [d["task_id"] for d in listed] == ["poison-1"]
     # Replay: the same id runs again with a fresh attempt count (it dies again, here).
-    done = subprocess.run([*cli, "dlq", "replay", "poison-1"], env=orch_env,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [*cli, "dlq", "replay", "poison-1"], env=orch_env, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
-    wait_for(lambda: ledger(redis_client, "poison-1")["state"] == "dead_lettered"
-             and int(redis_client.get("test:start:p")) == 6, timeout=60)
+    wait_for(
+        lambda: (
+            ledger(redis_client, "poison-1")["state"] == "dead_lettered"
+            and int(redis_client.get("test:start:p")) == 6
+        ),
+        timeout=60,
+    )
     history = [h.get("replayed") for h in client.task("poison-1").history]
     assert True in history
-    purged = subprocess.run([*cli, "dlq", "purge", "--all", "--yes"], env=orch_env,
-                            capture_output=True, text=True, check=True)
+    purged = subprocess.run(
+        [*cli, "dlq", "purge", "--all", "--yes"],
+        env=orch_env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "removed 1" in purged.stdout
     assert redis_client.zcard("orch:dlq") == 0
 
 
 def test_handler_overrunning_its_timeout_is_stopped_and_retried_then_escalated(
-        start_control, start_agent, client):
+    start_control, start_agent, client
+):
     start_control()
     start_agent("a", "sleep")
     slow = client.submit("sleep", {"seconds": 30}, timeout_s=1, max_retries=1)
@@ -128,12 +165,14 @@ def test_handler_overrunning_its_timeout_is_stopped_and_retried_then_escalated(
 
 
 def test_lost_agent_goes_offline_and_its_tasks_run_elsewhere_once(
-        start_control, start_agent, beat, client, redis_client):
+    start_control, start_agent, beat, client, redis_client
+):
     start_control()
     beat()
     doomed = start_agent("doomed", "chaos")
-    results = [client.submit("chaos", {"key": f"c{i}", "seconds": 0.5}, task_id=f"c{i}")
-               for i in range(6)]
+    results = [
+        client.submit("chaos", {"key": f"c{i}", "seconds": 0.5}, task_id=f"c{i}") for i in range(6)
+    ]
     wait_for(lambda: ledger(redis_client, "c0").get("state") == "running", timeout=30)
     doomed.kill()
     start_agent("survivor", "chaos")
@@ -164,6 +203,5 @@ def test_outbound_circuit_breaker_is_shared_between_processes(redis_url):
         f"b = circuit_breaker('payments-api', settings=load_settings(redis_url={redis_url!r}))\n"
         "print(b.current_state)\n"
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "open"
