@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from enum import StrEnum
 
 from orchestrator.models import AgentStatus, RecoveryPlan, RecoveryTier, RegisteredAgent
+from orchestrator.routing import agent_weight
 
 # Exponents past this add nothing (any sane cap is reached long before) but would overflow.
 _MAX_EXPONENT = 64
@@ -29,19 +30,10 @@ class ErrorKind(StrEnum):
 
 
 def capable(agent: RegisteredAgent, required: Iterable[str]) -> bool:
-    """Active and declares every required capability.
-
-    A stand-in with the signature the routing module's full eligibility check (heartbeat
-    freshness, circuit) is expected to keep, so swapping it in is a one-line change.
-    """
+    """Active and declares every required capability. The healer passes only agents the
+    router found eligible (heartbeat, circuit); this re-check keeps the planner safe on its
+    own."""
     return agent.status is AgentStatus.ACTIVE and all(c in agent.capabilities for c in required)
-
-
-def _weight(agent: RegisteredAgent, required: list[str]) -> float:
-    """Lowest proficiency among the required capabilities x performance score (SPEC 6),
-    without the health factor, which the planner has no view of."""
-    proficiency = min((agent.capabilities[c] for c in required), default=1.0)
-    return proficiency * agent.performance_score
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -52,12 +44,6 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> 
     """
     ceiling = min(cap, base * 2.0 ** min(max(attempt, 0), _MAX_EXPONENT))
     return rng.uniform(0.0, ceiling)
-
-
-def redelivery_exceeded(deliveries: int, cap: int) -> bool:
-    """True when a message has been delivered more than `cap` times (the first delivery
-    counts as one), i.e. it keeps killing whoever takes it and must stop circulating."""
-    return deliveries > cap
 
 
 def pick_reroute_target(
@@ -71,7 +57,7 @@ def pick_reroute_target(
     candidates = [a for a in agents if a.agent_id not in excluded and capable(a, required)]
     if not candidates:
         return None
-    return min(candidates, key=lambda a: (-_weight(a, required), a.agent_id))
+    return min(candidates, key=lambda a: (-agent_weight(a, required, intelligent=True), a.agent_id))
 
 
 def plan_recovery(

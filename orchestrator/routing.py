@@ -108,7 +108,7 @@ def agent_weight(agent: RegisteredAgent, required: Sequence[str], intelligent: b
     """Lowest proficiency among the required capabilities x performance x health."""
     if not intelligent:
         return 1.0
-    proficiency = min(agent.capabilities[cap] for cap in required)
+    proficiency = min((agent.capabilities[cap] for cap in required), default=1.0)
     return proficiency * agent.performance_score * health_factor(agent)
 
 

@@ -14,7 +14,6 @@ from orchestrator.recovery import (
     capable,
     pick_reroute_target,
     plan_recovery,
-    redelivery_exceeded,
 )
 
 RETRY, REROUTE, QUARANTINE, ESCALATE = (
@@ -256,14 +255,6 @@ def test_retry_delay_uses_plan_bounds(base, cap, attempts):
 @pytest.mark.parametrize("timeout", [1.0, 300.0, 3600.0])
 def test_deadline_is_now_plus_escalation_timeout(timeout):
     assert plan(now=50.0, escalation_timeout_s=timeout).deadline == 50.0 + timeout
-
-
-@pytest.mark.parametrize(
-    "deliveries,cap,expected",
-    [(1, 3, False), (3, 3, False), (4, 3, True), (1, 0, True), (0, 0, False)],
-)
-def test_redelivery_exceeded(deliveries, cap, expected):
-    assert redelivery_exceeded(deliveries, cap) is expected
 
 
 @pytest.mark.parametrize(
