@@ -55,7 +55,12 @@ CONCURRENCY = 2
 WARMUP_TASKS = 20
 GOAL_RATIO = 0.5
 GOAL_REGISTRATION_P99_MS = 5.0
-PLAIN, ORCH = "plain", "orchestrated"
+PLAIN, PLAIN_EV, ORCH = "plain", "plain+events", "orchestrated"
+LABELS = {
+    PLAIN: "plain Celery, 1 worker",
+    PLAIN_EV: "plain Celery + task events, 1 worker",
+    ORCH: "orchestrated, 2 workers (control + agent)",
+}
 
 
 # --- statistics ----------------------------------------------------------------------------
@@ -183,13 +188,17 @@ def collect(results: Sequence[Any], timeout_s: float, check: Callable[[Any], boo
     return time.perf_counter()
 
 
-def run_plain(url: str, cluster: Cluster, n: int, probe: int) -> dict[str, Any]:
-    os.environ.setdefault("BENCH_REDIS_URL", url)
+def run_plain(
+    url: str, cluster: Cluster, n: int, probe: int, task_events: bool = False
+) -> dict[str, Any]:
+    os.environ.setdefault("BENCH_REDIS_URL", url)  # bench.plain_app reads it on import
     from bench.plain_app import NOOP, create_plain_app
 
-    worker = cluster.start("bench.plain_app", "plain")
+    worker = cluster.start(
+        "bench.plain_app", "plain", BENCH_TASK_EVENTS="1" if task_events else "0"
+    )
     wait_ready(worker)
-    producer = create_plain_app(url)
+    producer = create_plain_app(url, task_events)
     try:
 
         def send(i: int) -> Any:
@@ -416,20 +425,32 @@ def run_all(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             "redis_port": server.port,
             "logs": str(log_root),
         }
+        variants = [PLAIN, ORCH] if args.no_events_baseline else [PLAIN, PLAIN_EV, ORCH]
+        load = os.getloadavg()[0]
+        if load > 1:
+            console.print(
+                f"[yellow]warning: load average {load:.2f} at start: other processes compete "
+                "for the CPUs, so every figure will be lower and noisier[/yellow]"
+            )
         console.print(
             f"bench redis {redis_version} on port {server.port}; "
-            f"{args.repeats} x 2 runs of {args.tasks} tasks (+{args.probe} probes each)"
+            f"{args.repeats} x {len(variants)} runs of {args.tasks} tasks "
+            f"(+{args.probe} probes each)"
         )
         runs: list[dict[str, Any]] = []
-        total = 2 * args.repeats
+        total = len(variants) * args.repeats
         for pair in range(args.repeats):
-            order = (PLAIN, ORCH) if pair % 2 == 0 else (ORCH, PLAIN)
+            order = variants if pair % 2 == 0 else variants[::-1]
             for variant in order:
                 flush(server)
                 cluster = Cluster(server.url, log_root / f"run{len(runs) + 1}", variant, server.pid)
-                runner = run_plain if variant == PLAIN else run_orchestrated
                 try:
-                    result = runner(server.url, cluster, args.tasks, args.probe)
+                    if variant == ORCH:
+                        result = run_orchestrated(server.url, cluster, args.tasks, args.probe)
+                    else:
+                        result = run_plain(
+                            server.url, cluster, args.tasks, args.probe, variant == PLAIN_EV
+                        )
                 except KeyboardInterrupt:
                     cluster.stop(fast=True)
                     raise
@@ -445,7 +466,7 @@ def run_all(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                     d = summary_ms(result["burst_delegation"], (50, 95))
                     extra = f", delegation under load p50 {d['p50']:.0f} ms p95 {d['p95']:.0f} ms"
                 console.print(
-                    f"[{len(runs)}/{total}] pair {pair + 1} {variant:<12} "
+                    f"[{len(runs)}/{total}] repeat {pair + 1} {variant:<12} "
                     f"{args.tasks} tasks in {result['wall_s']:.2f} s = "
                     f"{result['throughput']:.0f} tasks/s (sent in {result['send_s']:.2f} s; "
                     f"idle round trip p50 {result['round_trip_ms']['p50']:.1f} ms{extra})"
@@ -478,50 +499,50 @@ def run_all(args: argparse.Namespace, console: Console) -> dict[str, Any]:
 
 def summarise(report: dict[str, Any]) -> dict[str, Any]:
     runs = report.pop("runs")
-    plain = [r for r in runs if r["variant"] == PLAIN]
-    orch = [r for r in runs if r["variant"] == ORCH]
-    by_pair = {(r["pair"], r["variant"]): r for r in runs}
-    ratios = [
-        by_pair[(p, ORCH)]["throughput"] / by_pair[(p, PLAIN)]["throughput"]
-        for p in sorted({r["pair"] for r in runs})
-    ]
+    in_process = report.pop("in_process")
+    variants = [v for v in (PLAIN, PLAIN_EV, ORCH) if any(r["variant"] == v for r in runs)]
+    group = {v: [r for r in runs if r["variant"] == v] for v in variants}
+    by_repeat = {(r["pair"], r["variant"]): r["throughput"] for r in runs}
+    repeats = sorted({r["pair"] for r in runs})
+
+    def ratio(num: str, den: str) -> dict[str, float]:
+        """Median (and spread) of the per-repeat ratios: drift between repeats cancels."""
+        return spread([by_repeat[(p, num)] / by_repeat[(p, den)] for p in repeats], 3)
+
+    ratios = {"orchestrated/plain": ratio(ORCH, PLAIN)}
+    if PLAIN_EV in group:
+        ratios["orchestrated/plain+events"] = ratio(ORCH, PLAIN_EV)
+        ratios["plain+events/plain"] = ratio(PLAIN_EV, PLAIN)
+    report["throughput_per_s"] = {v: spread([r["throughput"] for r in group[v]]) for v in variants}
+    report["ratios"] = ratios
+    report["round_trip_idle_p50_ms"] = {
+        v: spread([r["round_trip_ms"]["p50"] for r in group[v]], 2) for v in variants
+    }
 
     def pooled(field: str) -> list[float]:
-        return [x for r in orch for x in r[field]]
+        return [x for r in group[ORCH] for x in r[field]]
 
-    in_process = report["in_process"]
-    ratio = spread(ratios, 3)
-    report["throughput_per_s"] = {
-        PLAIN: spread([r["throughput"] for r in plain]),
-        ORCH: spread([r["throughput"] for r in orch]),
-        "ratio": ratio,
-    }
     report["orchestrated_latency_ms"] = {
         "delegation_idle": summary_ms(pooled("idle_delegation"), (50, 95)),
-        "delegation_under_load": summary_ms(pooled("burst_delegation"), (50, 95)),
         "send_to_start_idle": summary_ms(pooled("idle_send_to_start"), (50, 95)),
+        "delegation_under_load": summary_ms(pooled("burst_delegation"), (50, 95)),
         "send_to_start_under_load": summary_ms(pooled("burst_send_to_start"), (50, 95)),
-        "round_trip_idle_p50": spread([r["round_trip_ms"]["p50"] for r in orch], 2),
-    }
-    report["plain_latency_ms"] = {
-        "round_trip_idle_p50": spread([r["round_trip_ms"]["p50"] for r in plain], 2),
     }
     report["cpu_ms_per_task"] = {
-        variant: {
-            role: round(statistics.median(r["cpu_ms_per_task"][role] for r in group), 3)
-            for role in group[0]["cpu_ms_per_task"]
+        v: {
+            role: round(statistics.median(r["cpu_ms_per_task"][role] for r in group[v]), 3)
+            for role in group[v][0]["cpu_ms_per_task"]
         }
-        for variant, group in ((PLAIN, plain), (ORCH, orch))
+        for v in variants
     }
     report["in_process_ms"] = in_process
-    del report["in_process"]
     report["goals"] = {
-        "ratio_ge_0.5": ratio["median"] >= GOAL_RATIO,
+        "ratio_ge_0.5": ratios["orchestrated/plain"]["median"] >= GOAL_RATIO,
         "register_p99_le_5ms": in_process["register_agent_ms"]["p99"] <= GOAL_REGISTRATION_P99_MS,
     }
     report["runs"] = [
         {
-            "pair": r["pair"],
+            "repeat": r["pair"],
             "variant": r["variant"],
             "throughput_per_s": round(r["throughput"], 1),
             "wall_s": round(r["wall_s"], 3),
@@ -547,50 +568,46 @@ def render(report: dict[str, Any], console: Console) -> None:
     tp = report["throughput_per_s"]
     lat = report["orchestrated_latency_ms"]
     ip = report["in_process_ms"]
+    variants = list(tp)
 
     def mark(ok: bool) -> str:
         return "[green]yes[/green]" if ok else "[red]no[/red]"
 
+    def span(s: dict[str, float], fmt: str) -> str:
+        return f"{s['min']:{fmt}}-{s['max']:{fmt}}"
+
     table = Table(
         title=(
-            f"routing benchmark: {cfg['tasks']} tasks x {cfg['repeats']} pairs, "
-            f"{cfg['cpus']} CPUs, celery {cfg['celery']}, redis {cfg['redis_server']}"
+            f"routing benchmark: {cfg['tasks']} tasks x {cfg['repeats']} repeats, "
+            f"{cfg['cpus']} CPUs, celery {cfg['celery']}, redis {cfg['redis_server']}, "
+            f"-c {cfg['concurrency']} per worker"
         )
     )
     table.add_column("measure")
     table.add_column("median", justify="right")
     table.add_column("spread (min-max)", justify="right")
     table.add_column("goal", justify="right")
-    for variant, label in (
-        (PLAIN, "plain Celery, 1 worker -c 2"),
-        (ORCH, "orchestrated, 2 workers"),
-    ):
-        s = tp[variant]
+    for v in variants:
         table.add_row(
-            f"throughput {label} (tasks/s)",
-            f"{s['median']:.0f}",
-            f"{s['min']:.0f}-{s['max']:.0f}",
+            f"throughput, {LABELS[v]} (tasks/s)",
+            f"{tp[v]['median']:.0f}",
+            span(tp[v], ".0f"),
             "",
         )
-    r = tp["ratio"]
-    table.add_row(
-        "ratio orchestrated / plain",
-        f"{r['median']:.2f}",
-        f"{r['min']:.2f}-{r['max']:.2f}",
-        f">= {GOAL_RATIO} {mark(report['goals']['ratio_ge_0.5'])}",
-    )
-    for key, label in (
-        ("plain_latency_ms", "idle round trip, plain (ms, p50)"),
-        ("orchestrated_latency_ms", "idle round trip, orchestrated (ms, p50)"),
-    ):
-        s = report[key]["round_trip_idle_p50"]
-        table.add_row(label, f"{s['median']:.2f}", f"{s['min']:.2f}-{s['max']:.2f}", "")
+    for name, r in report["ratios"].items():
+        goal = ""
+        if name == "orchestrated/plain":
+            goal = f">= {GOAL_RATIO} {mark(report['goals']['ratio_ge_0.5'])}"
+        table.add_row(f"ratio {name}", f"{r['median']:.2f}", span(r, ".2f"), goal)
     table.add_section()
+    for v in variants:
+        s = report["round_trip_idle_p50_ms"][v]
+        table.add_row(f"idle round trip p50, {v} (ms)", f"{s['median']:.2f}", span(s, ".2f"), "")
     for key, label in (
-        ("delegation_idle", "delegation idle (submitted_at->started_at)"),
-        ("send_to_start_idle", "client send -> started_at, idle"),
+        ("delegation_idle", "delegation idle: submitted_at -> started_at"),
+        ("send_to_start_idle", "idle: client send -> started_at"),
         ("delegation_under_load", f"delegation during the {cfg['tasks']}-task burst"),
-        ("send_to_start_under_load", "client send -> started_at, burst"),
+        ("send_to_start_under_load", "burst: client send -> started_at"),
     ):
         s = lat[key]
         table.add_row(f"{label} (ms)", f"p50 {s['p50']:.2f}", f"p95 {s['p95']:.2f}", "")
@@ -611,20 +628,17 @@ def render(report: dict[str, Any], console: Console) -> None:
     console.print(table)
 
     cpu = report["cpu_ms_per_task"]
-    roles = [r for r in cpu[ORCH] if r != "total"] + [r for r in cpu[PLAIN] if r != "total"]
-    roles = [*dict.fromkeys(roles), "total"]
-    by_role = Table(title="CPU ms per task during the timed burst (median of runs)")
+    roles = [*dict.fromkeys(role for v in reversed(variants) for role in cpu[v] if role != "total")]
+    by_role = Table(title="CPU ms per task during the timed burst, by process (median of repeats)")
     by_role.add_column("process")
-    by_role.add_column(PLAIN, justify="right")
-    by_role.add_column(ORCH, justify="right")
-    for role in roles:
-        by_role.add_row(
-            role, *(f"{cpu[v][role]:.2f}" if role in cpu[v] else "-" for v in (PLAIN, ORCH))
-        )
+    for v in variants:
+        by_role.add_column(v, justify="right")
+    for role in [*roles, "total"]:
+        by_role.add_row(role, *(f"{cpu[v][role]:.2f}" if role in cpu[v] else "-" for v in variants))
     console.print(by_role)
     console.print(
         f"load average {cfg['loadavg_start']} at start, {cfg['loadavg_end']} at end; "
-        "run-to-run noise is about 20 %: compare the ratio, not absolute figures."
+        "run-to-run noise is about 20 %: compare the ratios, not absolute figures."
     )
 
 
@@ -639,6 +653,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--samples", type=int, default=2000, help="register_agent / choose samples (2000)"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.add_argument(
+        "--no-events-baseline",
+        action="store_true",
+        help="skip the third variant (plain Celery with task events on, as Flower needs)",
+    )
     parser.add_argument(
         "--keep-logs", action="store_true", help="keep the worker and redis logs (a temp dir)"
     )

@@ -2,7 +2,8 @@
 
 Configured like the orchestrator's app where it matters for throughput (JSON, late acks,
 prefetch multiplier 1, same Redis for broker and results) and nothing else: no priorities,
-no task events, no ledger. Start it with
+no ledger, and no task events unless BENCH_TASK_EVENTS=1 (then it sends them as the
+orchestrator's app does, for Flower: worker task events and task-sent events). Start it with
 
     BENCH_REDIS_URL=redis://127.0.0.1:PORT/0 celery -A bench.plain_app worker -c 2 -P prefork
 
@@ -27,7 +28,7 @@ def _redis_url() -> str:
     return url
 
 
-def create_plain_app(url: str) -> Celery:
+def create_plain_app(url: str, task_events: bool = False) -> Celery:
     plain = Celery("bench", broker=url, backend=url)
     plain.conf.update(
         task_serializer="json",
@@ -39,11 +40,13 @@ def create_plain_app(url: str) -> Celery:
         task_default_queue="bench",
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=True,
+        worker_send_task_events=task_events,
+        task_send_sent_event=task_events,
     )
     return plain
 
 
-app = create_plain_app(_redis_url())
+app = create_plain_app(_redis_url(), os.environ.get("BENCH_TASK_EVENTS") == "1")
 
 
 @app.task(name=NOOP)

@@ -211,6 +211,8 @@ def builtin_rules(backup_interval_hours: float = 6.0) -> list[AlertRule]:
         ("CircuitsOpen", "circuits_open", ">", 0, 0, "warning", "An agent's circuit is open"),
         ("BackupStale", "backup_age_s", ">", backup_s, 0, "warning", "No recent good backup"),
         ("SecurityThreat", "security_threats", ">", 0, 0, "critical", "A threat was reported"),
+        ("AnomalyDetected", "anomalies_active", ">", 0, 0, "warning", "A metric left its range"),
+        ("PerformanceRegression", "regressions_active", ">", 0, 0, "warning", "A task got slower"),
     ]
     return [
         AlertRule.model_validate(

@@ -1,9 +1,353 @@
-"""CLI verbs of the monitoring loops (status, alerts, sla, anomaly, security, backup, exporter)."""
+"""CLI verbs of the monitoring loops (status, alerts, sla, anomaly, security, backup, exporter).
+
+Each verb reads what the loops store (or computes the same read-only figures live) through
+orchestrator.loops; `--json` prints machine-readable output, otherwise a table.
+"""
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+from typing import Any
+
 import click
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator.config import Settings, load_settings
+from orchestrator.errors import ConfigError, OrchestratorError
+
+console = Console()
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _ctx(settings: Settings | None = None) -> Any:
+    from orchestrator.loops import LoopContext
+
+    return LoopContext.from_settings(settings or _settings())
+
+
+def _json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=str))
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _guard(fn: Any) -> Any:
+    """Turn the orchestrator's own errors (Redis down, a bad rules file) into clean exits."""
+    import functools
+
+    import redis
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (OrchestratorError, redis.RedisError) as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+@_guard
+def status(as_json: bool) -> None:
+    """The current metrics snapshot and health."""
+    from orchestrator.metrics import gather
+    from orchestrator.store import now_s
+
+    ctx = _ctx()
+    metrics = gather(ctx.store, ctx.mon, ctx.settings, now_s()).metrics
+    if as_json:
+        _json(metrics.model_dump(mode="json"))
+        return
+    table = Table("metric", "value", title=f"health: {metrics.health.value}")
+    for name, value in metrics.model_dump(mode="json").items():
+        if name not in ("ts", "health"):
+            table.add_row(name, f"{value:.4g}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
+def _alert_rows(ctx: Any) -> list[dict[str, Any]]:
+    order = {"firing": 0, "pending": 1, "resolved": 2}
+    alerts = sorted(ctx.mon.all_alerts(), key=lambda a: (order[a.state.value], a.name))
+    return [
+        {
+            "name": a.name,
+            "state": a.state.value,
+            "severity": a.severity.value,
+            "value": a.value,
+            "since": a.since,
+            "labels": a.labels,
+            "_ack": a.acknowledged,
+        }
+        for a in alerts
+    ]
+
+
+@click.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@_guard
+def alerts(click_ctx: click.Context, as_json: bool) -> None:
+    """Alerts pending or firing (and those resolved at the last evaluation)."""
+    if click_ctx.invoked_subcommand is not None:
+        return
+    rows = _alert_rows(_ctx())
+    if as_json:
+        _json([{k: v for k, v in r.items() if k != "_ack"} for r in rows])
+        return
+    if not rows:
+        console.print("no alerts")
+        return
+    table = Table("name", "state", "severity", "value", "since", "ack", "labels")
+    for r in rows:
+        extra = {k: v for k, v in r["labels"].items() if k not in ("alertname", "severity")}
+        table.add_row(
+            r["name"],
+            r["state"],
+            r["severity"],
+            "-" if r["value"] is None else f"{r['value']:.4g}",
+            _when(r["since"]),
+            "yes" if r["_ack"] else "",
+            json.dumps(extra) if extra else "",
+        )
+    console.print(table)
+
+
+@alerts.command("ack")
+@click.argument("alert_id")
+@_guard
+def alerts_ack(alert_id: str) -> None:
+    """Acknowledge ALERT_ID (its name) for its current episode."""
+    from orchestrator.keys import ALERTS, SLO_ALERTS
+    from orchestrator.models import AlertState
+
+    ctx = _ctx()
+    for key in (ALERTS, SLO_ALERTS):
+        stored = ctx.mon.alerts(key)
+        alert = stored.get(alert_id)
+        if alert is None or alert.state is AlertState.RESOLVED:
+            continue
+        since = alert.active_since if alert.active_since is not None else alert.since
+        ctx.mon.ack(alert_id, since)
+        stored[alert_id] = alert.model_copy(update={"acknowledged": True})
+        ctx.mon.save_alerts(stored, key)
+        click.echo(f"acknowledged {alert_id} ({alert.state.value} since {_when(since)})")
+        return
+    raise click.ClickException(
+        f"no pending or firing alert named {alert_id!r} (see `orchestrator alerts`)"
+    )
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Write a self-contained HTML report with charts to this file.",
+)
+@_guard
+def sla(as_json: bool, html_file: str | None) -> None:
+    """SLA targets: SLI, compliance, error budget left, burn rates."""
+    from orchestrator.keys import SLA_HISTORY
+    from orchestrator.loops import sla_reports
+    from orchestrator.sla_html import render_sla_html
+    from orchestrator.store import now_s
+
+    ctx = _ctx()
+    now = now_s()
+    reports = sla_reports(ctx, now)
+    if html_file:
+        page = render_sla_html(
+            reports, ctx.mon.history(SLA_HISTORY, ctx.settings.metrics_history_len), now
+        )
+        Path(html_file).write_text(page, encoding="utf-8")
+        if not as_json:
+            click.echo(f"wrote {html_file}")
+    fields = (
+        "name",
+        "sli",
+        "objective",
+        "value",
+        "compliant",
+        "error_budget_remaining",
+        "burn_rates",
+    )
+    if as_json:
+        _json([r.model_dump(mode="json", include=set(fields)) for r in reports])
+        return
+    if html_file:
+        return
+    table = Table("target", "SLI", "objective", "value", "compliant", "budget left", "burn rates")
+    for r in reports:
+        table.add_row(
+            r.name,
+            r.sli,
+            f"{r.objective:g}",
+            "-" if r.value is None else f"{r.value:.4g}",
+            "yes" if r.compliant else "[red]NO[/]",
+            f"{r.error_budget_remaining:.1%}",
+            " ".join(f"{k}={v:.2f}" for k, v in r.burn_rates.items()),
+        )
+    console.print(table)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+@_guard
+def security(as_json: bool) -> None:
+    """Rejected submissions per client over the window, and clients flagged as threats."""
+    from orchestrator.loops import security_report
+    from orchestrator.store import now_s
+
+    report = security_report(_ctx(), now_s())
+    if as_json:
+        _json(report)
+        return
+    console.print(
+        f"{report['rejected_total']} rejected in total; window {report['window_s']:g}s, "
+        f"threshold {report['threshold']} per client"
+    )
+    table = Table("client", "rejected in window", "threat")
+    flagged = {t["client_id"] for t in report["threats"]}
+    for client, n in report["rejections"].items():
+        table.add_row(client, str(n), "[red]yes[/]" if client in flagged else "")
+    console.print(table)
+
+
+@click.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@_guard
+def anomaly(click_ctx: click.Context, as_json: bool) -> None:
+    """Series in an anomalous episode and task types with a regression (or: backtest)."""
+    if click_ctx.invoked_subcommand is not None:
+        return
+    ctx = _ctx()
+    states = ctx.mon.detector_states()
+    report = {
+        "episodes": sorted(n for n, e in states.items() if e.get("state", {}).get("in_episode")),
+        "series": len(states),
+        "regressions": ctx.mon.regressions(),
+    }
+    if as_json:
+        _json(report)
+        return
+    console.print(f"{report['series']} series watched")
+    console.print(f"in an anomalous episode: {', '.join(report['episodes']) or 'none'}")
+    console.print(f"regressions: {', '.join(report['regressions']) or 'none'}")
+
+
+@anomaly.command("backtest")
+@click.argument("csv_file", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--sensitivity",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="z-score threshold (default ORCH_ANOMALY_DETECTION_SENSITIVITY).",
+)
+@click.option("--json", "as_json", is_flag=True)
+def anomaly_backtest(csv_file: str, sensitivity: float | None, as_json: bool) -> None:
+    """Replay a `timestamp,value` CSV through the live detector; print where it would page."""
+    from orchestrator.anomaly import backtest, read_series_csv
+
+    if sensitivity is None:
+        sensitivity = _settings().anomaly_detection_sensitivity
+    try:
+        points = read_series_csv(Path(csv_file).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise click.ClickException(f"{csv_file}: {exc}") from None
+    fired = backtest(points, sensitivity)
+    if as_json:
+        _json(fired)
+        return
+    click.echo(f"{len(points)} points, sensitivity {sensitivity:g}: {len(fired)} episode(s)")
+    for ts in fired:
+        click.echo(ts)
+
+
+@click.group()
+def backup() -> None:
+    """Backups of the orchestrator's Redis state (ORCH_BACKUP_DIR)."""
+
+
+@backup.command("create")
+@click.option("--json", "as_json", is_flag=True)
+@_guard
+def backup_create(as_json: bool) -> None:
+    """Write a backup now (as the backup loop does) and print where."""
+    from orchestrator.loops import run_backup
+    from orchestrator.store import now_s
+
+    info = run_backup(_ctx(), now_s())
+    if as_json:
+        _json(info)
+    else:
+        click.echo(f"{info['path']}  sha256 {info['sha256']}")
+
+
+@backup.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def backup_list(as_json: bool) -> None:
+    """Backups in ORCH_BACKUP_DIR, oldest first."""
+    from orchestrator.backup import list_backups
+
+    found = list_backups(_settings().backup_dir)
+    if as_json:
+        _json([b.public() for b in found])
+        return
+    table = Table("path", "created", "bytes", "sha256")
+    for b in found:
+        table.add_row(b.path, _when(b.created_at), str(b.bytes), b.sha256[:16])
+    console.print(table if found else "no backups")
+
+
+@backup.command("verify")
+@click.argument("path", type=click.Path(dir_okay=False))
+def backup_verify(path: str) -> None:
+    """Check a backup's checksum and contents; non-zero exit when damaged."""
+    from orchestrator.backup import BackupError, verify_backup
+
+    try:
+        info = verify_backup(path)
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"ok: {info.keys} keys, sha256 {info.sha256}")
+
+
+@click.command()
+@click.option("--port", type=click.IntRange(0, 65535), default=None, help="ORCH_EXPORTER_PORT")
+@click.option("--address", default=None, help="ORCH_EXPORTER_ADDRESS")
+def exporter(port: int | None, address: str | None) -> None:
+    """Serve cluster-level Prometheus metrics on /metrics (Ctrl-C stops)."""
+    import logging
+
+    from orchestrator.exporter import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    settings = _settings()
+    port = settings.exporter_port if port is None else port
+    address = settings.exporter_address if address is None else address
+    try:
+        serve(_ctx(settings), address, port)
+    except OSError as exc:
+        raise click.ClickException(f"cannot serve on {address}:{port}: {exc}") from None
+    click.echo("exporter stopped")
 
 
 def register(group: click.Group) -> None:
     """Attach this module's commands to the `orchestrator` group."""
+    for command in (status, alerts, sla, security, anomaly, backup, exporter):
+        group.add_command(command)

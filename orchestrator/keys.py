@@ -84,9 +84,9 @@ def queue_lists(queue: str, steps: range = range(10)) -> list[str]:
 
 # --- monitoring loops (issue 4: telemetry, alerts, SLA, anomaly, security, backup) --------
 # tm:m:<minute> / tm:h:<hour>  hash  per-minute / per-hour telemetry buckets, fields
-#     "<type>|ok|fail|retry", "<type>|l|<i>" (run-time histogram), "<type>|d|<i>"
-#     (submit-to-start histogram), "~avail|<cap>|good|total" (agent availability samples);
-#     minute buckets live ~6 h, hour buckets ~32 d (orchestrator.telemetry)
+#     "<type>|ok|fail|rec", "<type>|l|<i>" (run-time histogram), "<type>|d|<i>"
+#     (submit-to-start histogram), "<type>|lsum|dsum", "~avail|<cap>|good|total" (agent
+#     availability samples); minute buckets live ~7 h, hour buckets ~32 d (see stats.py)
 # tm:total              hash  the same fields, cumulative and never expiring (the exporter)
 # sec:m:<minute>        hash  client_id -> rejected submissions in that minute
 # alerts                hash  rule name -> ProductionAlert JSON (rule alerts)

@@ -88,9 +88,7 @@ def gather(store: StateStore, mon: MonitorStore, settings: Settings, now: float)
         alerts_firing=len(firing),
         backup_age_s=backup_age_s(mon, now),
         security_threats=len(mon.threats()),
-        anomalies_active=sum(
-            1 for s in episodes.values() if s.get("state", {}).get("in_episode")
-        ),
+        anomalies_active=sum(1 for s in episodes.values() if s.get("state", {}).get("in_episode")),
         regressions_active=len(mon.regressions()),
     )
     metrics.health = assess_health(metrics, (a.severity.value for a in firing))

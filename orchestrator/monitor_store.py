@@ -122,7 +122,7 @@ class MonitorStore:
                 pipe.hgetall(telemetry_key(res, slot))
                 order.append((res, slot))
         series = TelemetrySeries(now=now)
-        for (res, slot), raw in zip(order, pipe.execute()):
+        for (res, slot), raw in zip(order, pipe.execute(), strict=True):
             if raw:
                 series.buckets.setdefault(res, {})[slot] = {k: int(v) for k, v in raw.items()}
         return series
@@ -197,12 +197,20 @@ class MonitorStore:
             self.r.hdel(ALERT_ACKS, *names)
 
     def unsent(self) -> dict[str, ProductionAlert]:
+        """Resolved alerts Alertmanager has not accepted yet (sent again next time)."""
         return self.alerts(ALERTS_UNSENT)
 
-    def set_unsent(self, alerts: Mapping[str, ProductionAlert]) -> None:
-        """Resolved alerts Alertmanager has not accepted yet (sent again next time)."""
-        resolved = {n: a for n, a in alerts.items() if a.state is AlertState.RESOLVED}
-        self.save_alerts(resolved, ALERTS_UNSENT)
+    def keep_unsent(self, alerts: Iterable[ProductionAlert]) -> None:
+        resolved: dict[str | bytes, str] = {
+            a.name: a.model_dump_json() for a in alerts if a.state is AlertState.RESOLVED
+        }
+        if resolved:
+            self.r.hset(ALERTS_UNSENT, mapping=resolved)
+
+    def drop_unsent(self, names: Iterable[str]) -> None:
+        names = list(names)
+        if names:
+            self.r.hdel(ALERTS_UNSENT, *names)
 
     # --- lists, small hashes, markers --------------------------------------------------
 
@@ -261,8 +269,10 @@ class MonitorStore:
         self.r.set(MONITOR_SINCE, repr(now), nx=True)
         return float(self.r.get(MONITOR_SINCE) or now)
 
-    def record_run(self, loop: str, now: float, task_id: str | None) -> None:
-        self.push_history(MONITOR_RUNS, {"loop": loop, "ts": now, "task_id": task_id}, RUNS_KEPT)
+    def record_run(self, loop: str, now: float, task_id: str | None, ran: bool = True) -> None:
+        """Log every delivery of a loop's task, also those that skipped (lock held)."""
+        entry = {"loop": loop, "ts": now, "task_id": task_id, "ran": ran}
+        self.push_history(MONITOR_RUNS, entry, RUNS_KEPT)
 
     def runs(self, count: int = RUNS_KEPT) -> list[dict[str, Any]]:
         return self.history(MONITOR_RUNS, count)

@@ -24,7 +24,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from orchestrator.alerting import Fmt, load_items, merge_by_name
-from orchestrator.models import SLI, TYPE_RE, SLATarget
+from orchestrator.models import SLI, TYPE_RE, AlertRule, ProductionEventSeverity, SLATarget
 
 THIRTY_DAYS = 30 * 86_400.0
 _LATENCY_ALLOWED = {"latency_p95_ms": 0.05, "latency_p99_ms": 0.01}
@@ -279,3 +279,53 @@ def load_targets(text: str, fmt: Fmt, *, source: str = "SLA targets file") -> li
 
 def merge_targets(builtin: Iterable[SLATarget], custom: Iterable[SLATarget]) -> list[SLATarget]:
     return merge_by_name(builtin, custom)
+
+
+BURN_WINDOWS_S: tuple[float, ...] = tuple(
+    sorted({w for p in BURN_RATE_POLICIES for w in (p.long_s, p.short_s)})
+)
+
+
+def burn_alert_rules(
+    target: SLATarget, burn_by_window: Mapping[float, float]
+) -> tuple[list[AlertRule], dict[str, float]]:
+    """The multiwindow burn-rate policies of one target as alert rules, with their values.
+
+    Each rule's metric is `min(long burn, short burn)`, which exceeds the threshold exactly
+    when both windows do, so the alert state machine (pending, firing, resolved, pushes to
+    Alertmanager) serves SLO alerts as it serves every other rule. Pages are critical,
+    tickets warnings; a policy with a window lacking data gets no value and cannot fire.
+    """
+    rules: list[AlertRule] = []
+    values: dict[str, float] = {}
+    for p in scaled_policies(target.window_s):
+        long_w, short_w = window_label(p.long_s), window_label(p.short_s)
+        name = f"SLOBurnRate:{target.name}:{long_w}:{short_w}"
+        rules.append(
+            AlertRule(
+                name=name,
+                metric=name,
+                op=">",
+                threshold=p.threshold,
+                severity=(
+                    ProductionEventSeverity.CRITICAL
+                    if p.severity == "page"
+                    else ProductionEventSeverity.WARNING
+                ),
+                labels={
+                    "slo": target.name,
+                    "sli": target.sli,
+                    "long_window": long_w,
+                    "short_window": short_w,
+                    "action": p.severity,
+                },
+                annotations={
+                    "summary": f"SLO {target.name} burns its error budget faster than "
+                    f"{p.threshold:g}x over {long_w} and {short_w}"
+                },
+            )
+        )
+        long_burn, short_burn = burn_by_window.get(p.long_s), burn_by_window.get(p.short_s)
+        if long_burn is not None and short_burn is not None:
+            values[name] = min(long_burn, short_burn)
+    return rules, values

@@ -10,6 +10,7 @@ Hash fields (task types are `[a-z0-9_.-]`, so `|` and `~` cannot clash with them
   `<type>|rec`                 of the failed runs, those handed to recovery (retried)
   `<type>|l|<i>`               run-time histogram: runs in bucket i of LATENCY_BOUNDS_MS
   `<type>|d|<i>`               submit-to-start histogram (first attempts only)
+  `<type>|lsum`, `<type>|dsum` the two histograms' sums, in microseconds
   `~avail|<cap>|good|total`    agent availability samples; cap `*` is the whole fleet
 """
 
@@ -108,6 +109,8 @@ class TypeStats:
     ok: int = 0
     fail: int = 0
     rec: int = 0
+    lsum: int = 0
+    dsum: int = 0
     latency: Histogram = field(default_factory=dict)
     delegation: Histogram = field(default_factory=dict)
 
@@ -119,6 +122,8 @@ class TypeStats:
         self.ok += other.ok
         self.fail += other.fail
         self.rec += other.rec
+        self.lsum += other.lsum
+        self.dsum += other.dsum
         merge(self.latency, other.latency)
         merge(self.delegation, other.delegation)
 
@@ -152,7 +157,7 @@ def parse_fields(fields: Mapping[str, int]) -> WindowStats:
                 slot[0 if parts[2] == "good" else 1] += count
             continue
         stats = out.types.setdefault(parts[0], TypeStats())
-        if len(parts) == 2 and parts[1] in ("ok", "fail", "rec"):
+        if len(parts) == 2 and parts[1] in ("ok", "fail", "rec", "lsum", "dsum"):
             setattr(stats, parts[1], getattr(stats, parts[1]) + count)
         elif len(parts) == 3 and parts[1] in ("l", "d") and parts[2].isdigit():
             hist = stats.latency if parts[1] == "l" else stats.delegation
@@ -177,8 +182,10 @@ def run_fields(
         fields[f"{task_type}|rec"] = 1
     if latency_ms is not None:
         fields[f"{task_type}|l|{bucket_index(latency_ms)}"] = 1
+        fields[f"{task_type}|lsum"] = round(latency_ms * 1000)  # microseconds: HINCRBY is integer
     if delegation_ms is not None:
         fields[f"{task_type}|d|{bucket_index(delegation_ms)}"] = 1
+        fields[f"{task_type}|dsum"] = round(delegation_ms * 1000)
     return fields
 
 

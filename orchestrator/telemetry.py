@@ -141,7 +141,10 @@ class TelemetryWriter:
         now: float,
     ) -> dict[str, int] | None:
         values = self.r.hmget(task_key(task_id), [*_LEDGER_FIELDS, "type"])
-        ledger = {k: (str(v) if v is not None else None) for k, v in zip(_LEDGER_FIELDS, values)}
+        ledger = {
+            k: (str(v) if v is not None else None)
+            for k, v in zip(_LEDGER_FIELDS, values, strict=False)
+        }
         kind = task_type or (str(values[-1]) if values[-1] is not None else None)
         verdict = classify_run(ledger, t0, celery_state)
         if verdict is None or not kind:

@@ -59,17 +59,29 @@ def broken(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 # --- chaos suite (tests/chaos): every handler counts in Redis under the task id it was given
-# as payload["key"], so the history checker can tell a re-execution (test:start > 1, allowed)
-# from a duplicated completion (test:done > 1, never allowed).
+# as payload["key"]: `test:start:<key>` (runs begun; > 1 is an allowed re-execution),
+# `test:done:<key>` (runs completed) and `test:started_at:<key>` (when each run began), so the
+# history checker can tell an at-least-once re-run from a run after the task had ended;
+# `test:pid:<key>` is the pool child running it now.
+
+
+def _chaos_start(key: str) -> redis.Redis:
+    client = _redis()
+    pipe = client.pipeline(transaction=True)
+    pipe.incr(f"test:start:{key}")
+    pipe.rpush(f"test:started_at:{key}", repr(time.time()))
+    pipe.set(f"test:pid:{key}", os.getpid())  # so a test can SIGKILL the child running it
+    pipe.execute()
+    return client
 
 
 @capability("chaos")
 def chaos(payload: dict[str, Any]) -> dict[str, Any]:
     """Counts its start, sleeps `seconds`, counts its completion."""
     key = payload["key"]
-    _redis().incr(f"test:start:{key}")
+    client = _chaos_start(key)
     time.sleep(float(payload.get("seconds", 0.05)))
-    _redis().incr(f"test:done:{key}")
+    client.incr(f"test:done:{key}")
     return {"key": key}
 
 
@@ -79,7 +91,7 @@ def suicide(payload: dict[str, Any]) -> dict[str, Any]:
     message that only a redelivery cap can stop."""
     import signal
 
-    _redis().incr(f"test:start:{payload['key']}")
+    _chaos_start(payload["key"])
     os.kill(os.getpid(), signal.SIGKILL)
     raise AssertionError("unreachable: the process was killed")  # pragma: no cover
 
@@ -90,8 +102,7 @@ def sometimes_fail_on(payload: dict[str, Any]) -> dict[str, Any]:
     Redis flag `test:healed:<agent>` is set; succeeds everywhere else."""
     key = payload["key"]
     agent = os.environ.get("ORCH_AGENT_ID", "")
-    client = _redis()
-    client.incr(f"test:start:{key}")
+    client = _chaos_start(key)
     time.sleep(float(payload.get("seconds", 0.0)))
     if agent == payload.get("bad_agent") and not client.exists(f"test:healed:{agent}"):
         raise RuntimeError(f"agent {agent} is broken for this handler")

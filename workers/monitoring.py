@@ -1,1 +1,94 @@
-"""Monitoring tasks run by beat (SPEC section 9); filled in by the monitoring issue."""
+"""Monitoring tasks run by beat (SPEC section 9): thin wrappers around orchestrator.loops.
+
+Each task obeys its feature flag, holds its singleton lock for the run (a run that finds the
+lock held skips itself: the previous one is still going), records itself in the run log
+(`orchestrator.keys.MONITOR_RUNS`, what tests count ticks with), and returns the loop's
+summary. Importing this module also connects the telemetry signal handlers, in every worker
+(agents time their handler runs, control workers count rejected submissions).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from celery import Task
+
+from orchestrator import telemetry
+from orchestrator.anomaly_loop import run_anomaly
+from orchestrator.app import app
+from orchestrator.beat import LOOPS_BY_TASK, lock_ttl_s
+from orchestrator.loops import (
+    LoopContext,
+    run_alerts,
+    run_backup,
+    run_optimize,
+    run_security,
+    run_sla,
+)
+from orchestrator.monitor_store import MonitorStore
+from orchestrator.store import now_s
+from workers._context import settings_of, store_of
+
+log = logging.getLogger(__name__)
+telemetry.install()
+
+LoopBody = Callable[[LoopContext, float], dict[str, Any]]
+
+
+def _context(task: Task) -> LoopContext:
+    store = store_of(task.app)
+    return LoopContext(settings_of(task.app), store, MonitorStore(store.r))
+
+
+def run_loop(task: Task, body: LoopBody) -> dict[str, Any]:
+    loop = LOOPS_BY_TASK[task.name]
+    ctx = _context(task)
+    if not loop.enabled(ctx.settings):
+        return {"skipped": "disabled by its feature flag"}
+    ttl = lock_ttl_s(loop.interval(ctx.settings))
+    with ctx.store.singleton(f"monitor:{loop.name}", ttl) as held:
+        now = now_s()
+        ctx.mon.record_run(loop.name, now, task.request.id, ran=held)
+        if not held:
+            log.info("%s skipped: the previous run still holds its lock", loop.entry)
+            return {"skipped": "previous run still going"}
+        ctx.mon.monitoring_since(now)
+        return body(ctx, now)
+
+
+@app.task(name="orchestrator.monitor.alerts", bind=True, ignore_result=True)
+def alerts(self: Task) -> dict[str, Any]:
+    """Evaluate the alert rules over a fresh metrics snapshot; push to Alertmanager."""
+    return run_loop(self, run_alerts)
+
+
+@app.task(name="orchestrator.monitor.sla", bind=True, ignore_result=True)
+def sla(self: Task) -> dict[str, Any]:
+    """SLIs, error budgets and burn-rate alerts of every SLA target."""
+    return run_loop(self, run_sla)
+
+
+@app.task(name="orchestrator.monitor.security", bind=True, ignore_result=True)
+def security(self: Task) -> dict[str, Any]:
+    """Rejected submissions per client; security.threat above the threshold."""
+    return run_loop(self, run_security)
+
+
+@app.task(name="orchestrator.monitor.backup", bind=True, ignore_result=True)
+def backup(self: Task) -> dict[str, Any]:
+    """A checksummed snapshot of the orchestrator's keys into ORCH_BACKUP_DIR."""
+    return run_loop(self, run_backup)
+
+
+@app.task(name="orchestrator.monitor.anomaly", bind=True, ignore_result=True)
+def anomaly(self: Task) -> dict[str, Any]:
+    """Anomaly detectors per series and per-task-type regression detection."""
+    return run_loop(self, run_anomaly)
+
+
+@app.task(name="orchestrator.optimize", bind=True, ignore_result=True)
+def optimize(self: Task) -> dict[str, Any]:
+    """Record the agents' performance scores (see loops.run_optimize)."""
+    return run_loop(self, run_optimize)

@@ -65,8 +65,11 @@ class Observation:
     history: tuple[Mapping[str, Any], ...] = ()
     starts: int = 0  # test:start:<id>, the handler's entries
     dones: int = 0  # test:done:<id>, the handler's completions
+    start_times: tuple[float, ...] = ()  # test:started_at:<id>, when each run began
+    finished_at: float | None = None  # the ledger's finished_at: when the end was recorded
     end_events: Mapping[str, int] = field(default_factory=dict)  # event type -> count
     result_status: str | None = None  # Celery result backend status; None: nothing stored
+    result_error: str | None = None  # the stored exception, for a FAILURE
     in_dlq: bool = False
     broker: tuple[str, ...] = ()  # where messages for it still sit ("agent.b", "unacked:agent.b")
     submit_failed: bool = False  # the client's own submission raised (e.g. Redis was down)
@@ -74,6 +77,14 @@ class Observation:
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL_STATES
+
+    @property
+    def starts_after_end(self) -> int:
+        """Runs begun after the end was recorded: a task already ended must never run again
+        (a redelivered stale copy has to be recognised by the ledger, not executed)."""
+        if self.finished_at is None:
+            return 0
+        return sum(1 for t in self.start_times if t > self.finished_at)
 
     def describe(self) -> str:
         """One line of evidence: what the ledger says and where the messages are."""
@@ -84,11 +95,14 @@ class Observation:
             f"attempts={self.attempts}",
             f"starts={self.starts}",
             f"dones={self.dones}",
-            f"result={self.result_status or 'none'}",
+            f"result={self.result_status or 'none'}"
+            + (f"({self.result_error[:100]})" if self.result_error else ""),
         ]
         if self.end_events:
             ends = sorted(self.end_events.items())
             parts.append("events=" + ",".join(f"{k}x{v}" for k, v in ends))
+        if self.starts_after_end:
+            parts.append(f"starts_after_end={self.starts_after_end}")
         if self.in_dlq:
             parts.append("in orch:dlq")
         if self.broker:
@@ -117,6 +131,7 @@ class Verdict:
     problems: tuple[str, ...]
     notes: tuple[str, ...]
     observation: Observation
+    re_completed: bool = False
 
 
 def judge_one(
@@ -149,11 +164,22 @@ def judge_one(
 
     succeeded_events = obs.end_events.get("task.succeeded", 0)
     end_total = sum(obs.end_events.values())
-    duplicated = succeeded_events > 1 or obs.dones > 1 or end_total > 1
+    late = obs.starts_after_end if obs.terminal else 0
+    duplicated = succeeded_events > 1 or end_total > 1 or late > 0
     if succeeded_events > 1:
         problems.append(f"task.succeeded emitted {succeeded_events} times")
-    if obs.dones > 1:
-        problems.append(f"handler completed {obs.dones} times")
+    if late:
+        problems.append(f"handler started {late} time(s) after the task was recorded {obs.state}")
+    # Two completions of one handler are not a duplicate by themselves: an attempt SIGKILLed
+    # after its handler returned and before the ledger recorded it is re-run (at-least-once),
+    # and the re-run completes again. The promise is about the recorded completion (events
+    # and ledger, above) and about never running after the end (`late`).
+    re_completed = obs.dones > 1
+    if re_completed:
+        notes.append(
+            f"handler completed {obs.dones} times (an attempt cut off between its handler "
+            "returning and the ledger recording it)"
+        )
     if end_total > 1 and succeeded_events <= 1:
         kinds = ", ".join(f"{k} x{v}" for k, v in sorted(obs.end_events.items()))
         problems.append(f"more than one end event: {kinds}")
@@ -182,7 +208,16 @@ def judge_one(
         problems.append("dead-lettered but missing from orch:dlq")
     if obs.in_dlq and obs.state != "dead_lettered":
         problems.append(f"in orch:dlq but the ledger says {obs.state}")
-    return Verdict(obs.task_id, fate, duplicated, re_executed, tuple(problems), tuple(notes), obs)
+    return Verdict(
+        obs.task_id,
+        fate,
+        duplicated,
+        re_executed,
+        tuple(problems),
+        tuple(notes),
+        obs,
+        re_completed,
+    )
 
 
 @dataclass
@@ -213,6 +248,10 @@ class ChaosReport:
         return [i for i, v in self.verdicts.items() if v.re_executed]
 
     @property
+    def re_completed(self) -> list[str]:
+        return [i for i, v in self.verdicts.items() if v.re_completed]
+
+    @property
     def inconsistent(self) -> list[str]:
         """Ids with a broken promise other than being lost or duplicated (e.g. a terminal
         ledger whose Celery result was never stored)."""
@@ -239,6 +278,7 @@ class ChaosReport:
             "lost": len(self.lost),
             "duplicated": len(self.duplicated),
             "re_executed": len(self.re_executed),
+            "re_completed": len(self.re_completed),
             "max_starts": max(starts, default=0),
             "inconsistent": len(self.inconsistent),
             "unaccepted": len(self.unaccepted),
@@ -252,7 +292,8 @@ class ChaosReport:
             f"{self.name}: {c['ids']} ids | succeeded {c['succeeded']}, failed {c['failed']}, "
             f"dead_lettered {c['dead_lettered']} | LOST {c['lost']}, "
             f"DUPLICATED {c['duplicated']}, re-executed {c['re_executed']} "
-            f"(max starts {c['max_starts']}), inconsistent {c['inconsistent']} | "
+            f"(max starts {c['max_starts']}), re-completed {c['re_completed']}, "
+            f"inconsistent {c['inconsistent']} | "
             f"unaccepted {c['unaccepted']} (client submit errors {c['submit_failed']}) | "
             f"settled in {self.waited_s:.1f}s"
         )
@@ -340,14 +381,32 @@ def _int(value: Any) -> int:
     return int(text) if text else 0
 
 
+def _float(value: Any) -> float | None:
+    text = _text(value)
+    try:
+        return float(text) if text else None
+    except ValueError:
+        return None
+
+
 def _result_status(raw: Any) -> str | None:
+    return _result(raw)[0]
+
+
+def _result(raw: Any) -> tuple[str | None, str | None]:
+    """(status, "ExcType: message" for a failure) of a stored Celery result."""
     text = _text(raw)
     if text is None:
-        return None
+        return None, None
     try:
-        return str(json.loads(text).get("status"))
+        meta = json.loads(text)
+        status = str(meta.get("status"))
     except (ValueError, AttributeError):
-        return "UNREADABLE"
+        return "UNREADABLE", None
+    result = meta.get("result")
+    if status == "FAILURE" and isinstance(result, dict):
+        return status, f"{result.get('exc_type')}: {result.get('exc_message')}"
+    return status, None
 
 
 def terminal_count(r: redis.Redis, ids: Sequence[str]) -> int:
@@ -575,9 +634,10 @@ def collect(
             pipe.get(f"test:done:{task_id}")
             pipe.get(RESULT_PREFIX + task_id)
             pipe.zscore(DLQ, task_id)
+            pipe.lrange(f"test:started_at:{task_id}", 0, -1)
         replies = pipe.execute()
         for k, task_id in enumerate(chunk):
-            ledger, history, starts, dones, result, dlq = replies[k * 6 : k * 6 + 6]
+            ledger, history, starts, dones, result, dlq, started_at = replies[k * 7 : k * 7 + 7]
             ledger = {_text(a): _text(b) for a, b in (ledger or {}).items()}
             parsed_history = []
             for entry in history or []:
@@ -594,8 +654,11 @@ def collect(
                 history=tuple(parsed_history),
                 starts=_int(starts),
                 dones=_int(dones),
+                start_times=tuple(float(_text(t) or 0) for t in started_at or ()),
+                finished_at=_float(ledger.get("finished_at")),
                 end_events=dict(events.get(task_id, {})),
-                result_status=_result_status(result),
+                result_status=_result(result)[0],
+                result_error=_result(result)[1],
                 in_dlq=dlq is not None,
                 broker=tuple(holdings.get(task_id, ())),
                 submit_failed=task_id in failed_at_client,

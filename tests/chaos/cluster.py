@@ -64,9 +64,11 @@ class ProcessSet:
         return proc.start()
 
     def kill_all(self) -> None:
-        """SIGKILL every group at once: for Ctrl-C, when nobody wants to wait for warm stops."""
+        """SIGKILL every live group at once: for Ctrl-C, when nobody wants to wait for warm
+        stops. Processes already reaped are left alone (their group was swept when reaped)."""
         for proc in self.procs:
-            proc.kill()
+            if proc.alive:
+                proc.kill()
 
 
 class Cluster:

@@ -50,6 +50,16 @@ def running_on(r: redis.Redis, ids: list[str], agent: str) -> int:
     return sum(1 for s, a in ledger_states(r, ids).values() if s == "running" and a == agent)
 
 
+def running_task_on(r: redis.Redis, ids: list[str], agent: str) -> str | None:
+    """One id whose handler is running on `agent` right now (the ledger says running there,
+    its handler has recorded its pid and not yet its completion), if any."""
+    for task_id, (state, where) in ledger_states(r, ids).items():
+        started = r.exists(f"test:pid:{task_id}") and not r.exists(f"test:done:{task_id}")
+        if (state, where) == ("running", agent) and started:
+            return task_id
+    return None
+
+
 def test_sigkill_one_of_three_agents_mid_run(
     cluster: Cluster, chaos_client, redis_client, tmp_path
 ):
@@ -105,20 +115,21 @@ def test_sigkill_a_pool_child_and_a_poison_task_is_dead_lettered(
 
     poison = "oom-poison"
     poisoned = chaos_client.submit("suicide", {"key": poison}, task_id=poison)
-    ids = submit_chaos(chaos_client, "oom", 100, seconds=0.1)
-    wait_for(
+    ids = submit_chaos(chaos_client, "oom", 100, seconds=0.25)
+    victim = wait_for(
         lambda: (
-            running_on(redis_client, ids, "a") >= 1
-            and counter_total(redis_client, "test:done:", ids) >= 10
+            counter_total(redis_client, "test:done:", ids) >= 10
+            and running_task_on(redis_client, ids, "a")
         ),
         timeout=30,
         interval=0.02,
         message="agent a never ran a chaos task",
     )
+    pid = int(redis_client.get(f"test:pid:{victim}") or 0)
     children = cluster.agents["a"].child_pids()
-    assert children, "agent a has no pool children"
-    os.kill(children[0], signal.SIGKILL)
-    print(f"SIGKILLed pool child {children[0]} of agent a (children were {children})")
+    assert pid in children, f"{victim}'s pid {pid} is not a pool child of a {children}"
+    os.kill(pid, signal.SIGKILL)
+    print(f"SIGKILLed pool child {pid} of agent a while it ran {victim}")
 
     report = report_of(
         check(redis_client, [*ids, poison], timeout=RECOVERY_BUDGET_S, name="chaos[child-sigkill]")
@@ -126,6 +137,7 @@ def test_sigkill_a_pool_child_and_a_poison_task_is_dead_lettered(
     report.assert_nothing_lost()
     assert report.verdicts[poison].fate.value == "dead_lettered", report.details([poison])
     assert [i for i in ids if report.verdicts[i].fate.value != "succeeded"] == []
+    assert report.verdicts[victim].observation.starts >= 2, report.details([victim])
     assert redis_client.zscore(DLQ, poison) is not None
     with pytest.raises(Exception):  # noqa: B017 - whatever the final failure is, it must raise
         poisoned.get(timeout=5)
@@ -251,6 +263,7 @@ def test_redis_killed_and_restarted_with_aof_everysec(
         finally:
             stop.set()
         print(f"Redis crashed after {crashed_with} submissions; {len(failed)} failed at the client")
+        procs = [*cluster.controls.values(), *cluster.agents.values()]
 
         ids = submitted + failed
         report = report_of(
@@ -263,9 +276,14 @@ def test_redis_killed_and_restarted_with_aof_everysec(
                 missing_ledger_is_lost=False,
             )
         )
+        dead = {p.name: p.returncode for p in procs if not p.alive}
+        print(f"workers dead after the Redis restart: {dead or 'none'}")
+        for line in cluster.logs_mentioning("Unrecoverable error"):
+            print(line)
         report.assert_nothing_lost()
         accepted = len(ids) - len(report.unaccepted)
         assert report.counts()["succeeded"] == accepted, report.problems_text()
+        assert dead == {}, f"workers died when Redis restarted: {dead}"
 
 
 def test_handler_failing_on_one_agent_opens_its_circuit_and_it_closes_when_healed(

@@ -1,0 +1,294 @@
+"""Issue 4: the monitoring loops on a real beat, with real workers, Redis and Alertmanager.
+
+Loop intervals are one second here (the ORCH_*_INTERVAL variables), so every loop runs many
+times within a test; the synthetic-clock tests of the loop bodies are in
+test_monitoring_edges.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import free_port, wait_for
+
+pytestmark = pytest.mark.integration
+
+CLI = [sys.executable, "-m", "orchestrator.cli"]
+FAST = {
+    "ORCH_ALERT_EVALUATION_INTERVAL": "1",
+    "ORCH_SLA_MONITORING_INTERVAL": "1",
+    "ORCH_SECURITY_MONITORING_INTERVAL": "1",
+    "ORCH_ANOMALY_DETECTION_INTERVAL": "1",
+    "ORCH_PERFORMANCE_OPTIMIZATION_INTERVAL": "1",
+    "ORCH_BACKUP_INTERVAL_HOURS": "0.0005",  # 1.8 s
+    "ORCH_BEAT_MAX_INTERVAL_S": "1",
+    "ORCH_BEAT_LOCK_TIMEOUT_S": "3",
+}
+LOOPS = {"alerts", "sla", "security", "backup", "anomaly", "optimize"}
+AM_CONFIG = """
+route:
+  receiver: "null"
+  group_wait: 0s
+receivers:
+  - name: "null"
+"""
+RULES = """
+rules:
+  - name: NoActiveAgents
+    metric: agents_active
+    op: "<"
+    threshold: 1
+    severity: critical
+    labels: {team: ops}
+    annotations: {summary: "No agent is alive"}
+"""
+
+
+def cli(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=60)
+    if check:
+        assert done.returncode == 0, f"{args}: {done.stderr}"
+    return done
+
+
+def cli_json(env: dict[str, str], *args: str) -> Any:
+    return json.loads(cli(env, *args, "--json").stdout)
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        return json.loads(reply.read())
+
+
+def event_types(redis_client) -> list[str]:
+    return [f["type"] for _, f in redis_client.xrange("orch:events")]
+
+
+def deliveries(redis_client, loop: str) -> list[dict[str, Any]]:
+    runs = [json.loads(x) for x in redis_client.lrange("orch:monitor:runs", 0, -1)]
+    return [r for r in runs if r["loop"] == loop]
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path) -> Iterator[str]:
+    """A real Alertmanager (Debian's prometheus-alertmanager) on a free port, no clustering."""
+    binary = shutil.which("prometheus-alertmanager")
+    if binary is None:
+        pytest.skip("prometheus-alertmanager is not installed (`make sysdeps` installs it)")
+    port = free_port()
+    config = tmp_path / "alertmanager.yml"
+    config.write_text(AM_CONFIG)
+    log = open(tmp_path / "alertmanager.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.path={tmp_path / 'am-data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(
+            lambda: urllib.request.urlopen(url + "/-/ready", timeout=1).status == 200,
+            timeout=30,
+            ignore=(OSError,),
+            message="alertmanager never became ready",
+        )
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def test_loops_on_beat_reach_alertmanager_and_the_cli(
+    start_control, start_agent, celery_procs, orch_env, alertmanager, redis_client, client, tmp_path
+):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    extra = {
+        **FAST,
+        "ORCH_ALERTMANAGER_URL": alertmanager,
+        "ORCH_ALERT_RULES_FILE": str(rules),
+        "ORCH_BACKUP_DIR": str(tmp_path / "backups"),
+        "ORCH_BACKUP_RETENTION": "2",
+        "ORCH_SECURITY_REJECTION_THRESHOLD": "3",
+    }
+    env = {**orch_env, **extra}
+    start_control(**extra)
+    celery_procs(["beat", "-l", "info"], env, name="beat")
+
+    def am_alert(name: str) -> list[dict[str, Any]]:
+        return [
+            a for a in get_json(alertmanager + "/api/v2/alerts") if a["labels"]["alertname"] == name
+        ]
+
+    # No agent yet: the (overridden) built-in rule fires and reaches Alertmanager.
+    pushed = wait_for(lambda: am_alert("NoActiveAgents"), timeout=40, ignore=(OSError,))
+    assert pushed[0]["labels"] == {
+        "alertname": "NoActiveAgents",
+        "severity": "critical",
+        "team": "ops",
+    }
+    assert pushed[0]["status"]["state"] == "active"
+    listed = cli_json(env, "alerts")
+    mine = next(a for a in listed if a["name"] == "NoActiveAgents")
+    assert set(mine) == {"name", "state", "severity", "value", "since", "labels"}
+    assert (mine["state"], mine["severity"], mine["value"]) == ("firing", "critical", 0.0)
+    assert "acknowledged NoActiveAgents" in cli(env, "alerts", "ack", "NoActiveAgents").stdout
+    assert cli(env, "alerts", "ack", "NoSuchAlert", check=False).returncode == 1
+
+    # An agent arrives: the alert resolves here and in Alertmanager.
+    start_agent("a", "echo", **extra)
+    wait_for(lambda: not am_alert("NoActiveAgents"), timeout=30, message="alert never resolved")
+    assert "alert.resolved" in event_types(redis_client)
+    assert all(
+        a["name"] != "NoActiveAgents" for a in cli_json(env, "alerts") if a["state"] == "firing"
+    )
+
+    results = [client.submit("echo", {"i": i}) for i in range(10)]
+    assert [r.get(timeout=30) for r in results] == [{"i": i} for i in range(10)]
+    for _ in range(3):
+        rejected = client.submit("echo", {}, priority=99, client_id="bad-svc")
+        with pytest.raises(Exception, match="priority"):
+            rejected.get(timeout=30)
+    wait_for(lambda: "security.threat" in event_types(redis_client), timeout=30)
+    security = cli_json(env, "security")
+    assert [t["client_id"] for t in security["threats"]] == ["bad-svc"]
+    assert security["rejections"]["bad-svc"] == 3
+
+    status = cli_json(env, "status")
+    assert status["agents_active"] == 1 and status["tasks_succeeded"] == 10
+    assert status["error_rate"] == 0.0 and status["latency_p95_ms"] >= 0.0
+    assert status["health"] in ("healthy", "degraded", "critical")
+    sla = cli_json(env, "sla")
+    assert all(
+        set(r)
+        == {
+            "name",
+            "sli",
+            "objective",
+            "value",
+            "compliant",
+            "error_budget_remaining",
+            "burn_rates",
+        }
+        for r in sla
+    )
+    success = next(r for r in sla if r["name"] == "task-success")
+    assert (
+        success["value"] == 1.0
+        and success["compliant"]
+        and success["error_budget_remaining"] == 1.0
+    )
+
+    backups = wait_for(lambda: cli_json(env, "backup", "list"), timeout=20)
+    assert 1 <= len(backups) <= 2
+    assert set(backups[-1]) == {"path", "sha256", "created_at"}
+    assert "ok:" in cli(env, "backup", "verify", backups[-1]["path"]).stdout
+    ran = {r["loop"] for r in map(json.loads, redis_client.lrange("orch:monitor:runs", 0, -1))}
+    assert ran >= LOOPS
+    assert (
+        redis_client.llen("orch:metrics:history") > 0 and redis_client.hlen("orch:perf:scores") == 1
+    )
+
+
+def test_two_beats_never_send_a_tick_twice(start_control, celery_procs, orch_env, redis_client):
+    """RedBeat: one beat holds the lock and ticks, the other stands by; when the holder dies
+    without releasing it, the standby takes over after the lock times out."""
+    extra = {**FAST, "ORCH_BACKUP_INTERVAL_HOURS": "1"}
+    env = {**orch_env, **extra}
+    start_control(**extra)
+    beats = [celery_procs(["beat", "-l", "info"], env, name=f"beat{i}") for i in range(2)]
+    wait_for(lambda: len(deliveries(redis_client, "alerts")) >= 6, timeout=40)
+    senders = [b for b in beats if "Sending due task alert-evaluation" in b.log_text()]
+    assert len(senders) == 1, "exactly one beat may tick"
+    holder, standby = senders[0], next(b for b in beats if b is not senders[0])
+
+    def within_one_per_interval() -> None:
+        ts = sorted(d["ts"] for d in deliveries(redis_client, "alerts"))
+        assert len(ts) <= (ts[-1] - ts[0]) / 1.0 + 2, f"more ticks than the schedule allows: {ts}"
+
+    within_one_per_interval()
+    before = len(deliveries(redis_client, "alerts"))
+    holder.kill()  # no warm shutdown: the lock is not released, it must time out
+    standby.wait_for_log("Sending due task alert-evaluation", timeout=30)
+    wait_for(lambda: len(deliveries(redis_client, "alerts")) >= before + 4, timeout=30)
+    within_one_per_interval()
+    assert all(d["ran"] for d in deliveries(redis_client, "alerts"))
+
+
+def test_exporter_serves_metrics_and_stops_on_ctrl_c(orch_env, redis_client, tmp_path):
+    redis_client.hset("orch:counters", mapping={"submitted": 4, "succeeded": 3})
+    port = free_port()
+    log = tmp_path / "exporter.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [*CLI, "exporter", "--port", str(port), "--address", "127.0.0.1"],
+            env=orch_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+
+        def scrape() -> str:
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                return reply.read().decode()
+
+        text = wait_for(scrape, timeout=30, ignore=(OSError,), message=log.read_text)
+        assert "orchestrator_up 1.0" in text
+        assert 'orchestrator_tasks_total{event="succeeded"} 3.0' in text
+        assert 'orchestrator_agents{status="active"} 0.0' in text
+        assert 'orchestrator_health{state="critical"} 1.0' in text
+        names = {
+            line.split("{")[0].split(" ")[0]
+            for line in text.splitlines()
+            if line and line[0] != "#"
+        }
+        assert all(n.startswith("orchestrator_") for n in names), names
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=15) == 0
+        assert "exporter stopped" in log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_anomaly_backtest_and_sla_page_from_the_cli(orch_env, tmp_path):
+    rows = ["timestamp,value"] + [f"t{i},{100 + (i % 5)}" for i in range(60)]
+    rows += [f"t{i},{400 + i}" for i in range(60, 70)] + [
+        f"t{i},{100 + (i % 5)}" for i in range(70, 100)
+    ]
+    series = tmp_path / "series.csv"
+    series.write_text("\n".join(rows) + "\n")
+    assert cli_json(orch_env, "anomaly", "backtest", str(series)) == ["t63"]
+    assert cli_json(orch_env, "anomaly", "backtest", str(series), "--sensitivity", "1000") == []
+    bad = tmp_path / "bad.csv"
+    bad.write_text("timestamp,value\nt0,1\nt1,oops\n")
+    failed = cli(orch_env, "anomaly", "backtest", str(bad), check=False)
+    assert failed.returncode == 1 and "line 3" in failed.stderr
+
+    page = tmp_path / "sla.html"
+    cli(orch_env, "sla", "--html", str(page))
+    text = page.read_text()
+    assert text.count("<svg") == 6 and "task-success" in text and "<script" not in text

@@ -1,0 +1,226 @@
+"""The monitoring loops' Redis edges against a real redis-server, with synthetic clocks.
+
+No Celery process here: each loop body is called with a chosen `now`, over telemetry written
+at chosen times, so hours of history take milliseconds. The beat-driven runs are in
+test_monitoring.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import random
+from pathlib import Path
+
+import pytest
+import redis
+
+from orchestrator.anomaly_loop import find_regressions, run_anomaly
+from orchestrator.backup import list_backups, verify_backup
+from orchestrator.celeryconf import create_app
+from orchestrator.config import load_settings
+from orchestrator.keys import ALERTS, METRICS_HISTORY, REGRESSIONS, SLO_ALERTS, task_key
+from orchestrator.loops import (
+    LoopContext,
+    run_alerts,
+    run_backup,
+    run_security,
+    run_sla,
+    sla_reports,
+)
+from orchestrator.models import AlertState
+from orchestrator.stats import run_fields, sum_fields
+
+pytestmark = pytest.mark.integration
+BASE = 1_800_000_000.0  # a minute boundary
+
+
+def events(client: redis.Redis, kind: str) -> list[dict]:
+    return [json.loads(f["data"]) for _, f in client.xrange("orch:events") if f["type"] == kind]
+
+
+@pytest.fixture
+def ctx(redis_url: str, tmp_path: Path) -> LoopContext:
+    settings = load_settings(
+        redis_url=redis_url, backup_dir=str(tmp_path / "backups"), backup_retention=2
+    )
+    context = LoopContext.from_settings(settings)
+    yield context
+    context.store.r.close()
+
+
+def runs(task_type: str, n: int, latency_ms: float, fail: int = 0, jitter: float = 0.0):
+    rng = random.Random(n * 7919 + int(latency_ms))
+    return sum_fields(
+        run_fields(
+            task_type,
+            "fail" if i < fail else "ok",
+            latency_ms * (1 + rng.uniform(-jitter, jitter)),
+            None,
+        )
+        for i in range(n)
+    )
+
+
+def test_queue_depth_counts_every_priority_list_and_unacked_messages(ctx, redis_url):
+    app = create_app(load_settings(redis_url=redis_url), with_tasks=False)
+    for priority in (0, 0, 3, 6, 9, 9):
+        app.send_task("orchestrator.execute", queue="agent.x", priority=priority, kwargs={})
+    app.send_task("orchestrator.execute", queue="agent.y", priority=5, kwargs={})
+    raw = ctx.store.r
+    assert raw.llen("agent.x") < 6, "priorities must spread over several lists"
+    with app.connection_for_read() as conn:
+        held = app.amqp.queues["agent.x"](conn.default_channel).get(no_ack=False)
+        assert held is not None and raw.hlen("unacked") == 1
+        depths = ctx.mon.queue_depths(["agent.x", "agent.y", "agent.z"])
+        assert depths == {"agent.x": 6, "agent.y": 1, "agent.z": 0}
+        held.ack()
+    assert ctx.mon.queue_depths(["agent.x"]) == {"agent.x": 5}
+    app.close()
+
+
+def test_a_run_is_classified_from_the_ledger(ctx):
+    r = ctx.store.r
+    r.hset(
+        task_key("t1"),
+        mapping={
+            "state": "succeeded",
+            "type": "echo",
+            "attempts": 1,
+            "submitted_at": BASE - 0.5,
+            "started_at": BASE + 0.01,
+            "finished_at": BASE + 0.2,
+            "latency_ms": 150.0,
+        },
+    )
+    fields = ctx.mon.telemetry.record_execute("t1", None, BASE, 190.0, "SUCCESS", BASE + 0.2)
+    assert fields is not None and fields["echo|ok"] == 1
+    stats, _ = ctx.mon.window(300, BASE + 1)
+    echo = stats.of("echo")
+    assert (echo.ok, echo.fail, sum(echo.latency.values())) == (1, 0, 1)
+    assert echo.lsum == 150_000 and echo.dsum == 510_000
+    # the same task delivered again later runs nothing and counts nothing
+    assert (
+        ctx.mon.telemetry.record_execute("t1", "echo", BASE + 5, 1.0, "SUCCESS", BASE + 5) is None
+    )
+    assert ctx.mon.totals()["echo|ok"] == 1
+
+
+def test_anomaly_loop_pages_once_per_episode(ctx, redis_client):
+    steady, spike = 36, 6
+    for m in range(steady + spike):
+        per_minute = 300 if m >= steady else 30 + (m % 3)
+        ctx.mon.telemetry.add(runs("echo", per_minute, 20.0), BASE + m * 60 + 1)
+        run_anomaly(ctx, BASE + (m + 1) * 60 + 2)  # the minute just completed
+    found = events(redis_client, "anomaly.detected")
+    assert sorted(e["series"] for e in found) == ["throughput", "throughput:echo"]
+    assert {e["direction"] for e in found} == {"up"}
+    assert all(e["ts"] == BASE + (steady + 4) * 60 for e in found), "onset after min_run points"
+    # ticks within the same minute feed nothing twice
+    assert run_anomaly(ctx, BASE + (steady + spike) * 60 + 30) == {"fed": 0}
+    states = ctx.mon.detector_states()
+    assert states["throughput"]["slot"] == int(BASE // 60) + steady + spike - 1
+    assert states["throughput"]["state"]["in_episode"] is True
+
+
+def test_regression_needs_a_large_and_significant_shift(ctx, redis_client):
+    now = BASE + 400 * 60 + 5
+    current = int(now // 60)
+    for slot in range(current - 360, current):
+        slow = slot >= current - 15
+        ctx.mon.telemetry.add(runs("api", 5, 200.0 if slow else 100.0, jitter=0.1), slot * 60 + 1)
+        ctx.mon.telemetry.add(runs("steady", 5, 50.0, jitter=0.1), slot * 60 + 2)
+    series = ctx.mon.series([6 * 3600], now)
+    assert set(find_regressions(ctx, series)) == {"api"}
+    assert set(find_regressions(ctx, series)) == {"api"}  # still regressed: no second event
+    found = events(redis_client, "regression.detected")
+    assert [e["type"] for e in found] == ["api"]
+    assert found[0]["shift"] > 0.5 and found[0]["p_value"] < 0.01
+    assert json.loads(redis_client.hget(REGRESSIONS, "api"))["recent_median"] > 150
+
+
+TARGETS = """
+targets:
+  - {name: api-success, sli: success_rate, objective: 0.99, task_type: api}
+  - {name: api-errors, sli: error_rate, objective: 0.05, task_type: api}
+  - {name: api-latency, sli: latency_p95_ms, objective: 100, task_type: api}
+  - {name: good-success, sli: success_rate, objective: 0.99, task_type: good}
+  - {name: good-latency, sli: latency_p95_ms, objective: 100, task_type: good}
+"""
+
+
+def test_sla_loop_judges_floors_and_ceilings_and_pages_on_burn(ctx, redis_client, tmp_path):
+    rules = tmp_path / "targets.yaml"
+    rules.write_text(TARGETS)
+    ctx.settings = ctx.settings.model_copy(update={"sla_targets_file": str(rules)})
+    for m in range(10):
+        ctx.mon.telemetry.add(runs("api", 10, 500.0, fail=2), BASE + m * 60 + 1)
+        ctx.mon.telemetry.add(runs("good", 10, 20.0), BASE + m * 60 + 2)
+    now = BASE + 10 * 60
+    summary = run_sla(ctx, now)
+    # the built-in task-success target covers every type: 20 failures in 200 runs breach it too
+    bad = {"api-success", "api-errors", "api-latency", "task-success"}
+    assert set(summary["non_compliant"]) == bad
+    assert {e["name"] for e in events(redis_client, "sla.breached")} == bad
+    reports = {r.name: r for r in sla_reports(ctx, now)}
+    assert reports["api-success"].value == pytest.approx(0.8)  # a floor, missed from below
+    assert reports["api-errors"].value == pytest.approx(0.2)  # a ceiling, missed from above
+    assert reports["api-latency"].value > 100 and not reports["api-latency"].compliant
+    assert reports["good-latency"].compliant and reports["good-latency"].value < 100
+    assert reports["good-success"].compliant and reports["good-success"].value == 1.0
+    assert set(reports["api-success"].burn_rates) == {"5m", "30m", "1h", "6h", "3d"}
+    assert reports["api-success"].burn_rates["1h"] == pytest.approx(20.0)
+    firing = {n for n, a in ctx.mon.alerts(SLO_ALERTS).items() if a.state is AlertState.FIRING}
+    assert "SLOBurnRate:api-success:1h:5m" in firing
+    assert "SLOBurnRate:good-success:1h:5m" not in firing
+    run_sla(ctx, now + 1)
+    assert len(events(redis_client, "sla.breached")) == 4, "a breach is announced once"
+    history = ctx.mon.history("orch:sla:history")
+    assert len(history) == 2 and history[-1]["targets"]["api-success"]["compliant"] is False
+
+
+def test_alert_loop_acks_and_history(ctx, redis_client):
+    first = run_alerts(ctx, BASE)
+    assert "NoActiveAgents" in first["firing"] and first["health"] == "critical"
+    alert = ctx.mon.alerts(ALERTS)["NoActiveAgents"]
+    ctx.mon.ack("NoActiveAgents", alert.active_since)
+    run_alerts(ctx, BASE + 30)
+    assert ctx.mon.alerts(ALERTS)["NoActiveAgents"].acknowledged
+    assert [e["name"] for e in events(redis_client, "alert.firing")] == ["NoActiveAgents"]
+    history = ctx.mon.history(METRICS_HISTORY)
+    assert [h["alerts_firing"] for h in history] == [1, 1]
+    assert history[-1]["health"] == "critical"
+
+
+def test_security_loop_flags_a_client_once_per_episode(ctx, redis_client):
+    threshold = ctx.settings.security_rejection_threshold
+    for i in range(threshold):
+        ctx.mon.telemetry.add_rejection("bad-svc", BASE + i)
+    ctx.mon.telemetry.add_rejection("fine-svc", BASE)
+    assert run_security(ctx, BASE + 60)["threats"] == ["bad-svc"]
+    assert run_security(ctx, BASE + 90)["threats"] == ["bad-svc"]
+    found = events(redis_client, "security.threat")
+    assert [(e["client_id"], e["rejections"]) for e in found] == [("bad-svc", threshold)]
+    later = BASE + ctx.settings.security_window_s + 120
+    assert run_security(ctx, later)["threats"] == []
+
+
+def test_backup_files_restore_and_retention(ctx, redis_client, redis_url):
+    redis_client.hset("orch:counters", mapping={"submitted": 3})
+    redis_client.set("orch:affinity:k", "a", ex=600)
+    redis_client.set("unrelated", "x")
+    infos = [run_backup(ctx, BASE + i) for i in range(3)]
+    kept = list_backups(ctx.settings.backup_dir)
+    assert [b.path for b in kept] == [i["path"] for i in infos[1:]]
+    checked = verify_backup(infos[-1]["path"])
+    assert checked.sha256 == infos[-1]["sha256"] and checked.keys >= 2
+    assert len(events(redis_client, "backup.completed")) == 3
+    with gzip.open(infos[-1]["path"], "rt") as fh:
+        lines = [json.loads(x) for x in fh]
+    by_key = {entry["key"]: entry for entry in lines[1:-1]}
+    assert "unrelated" not in by_key and 0 < by_key["orch:affinity:k"]["pttl"] <= 600_000
+    binary = redis.Redis.from_url(redis_url)
+    binary.restore("copy", 0, base64.b64decode(by_key["orch:counters"]["dump"]))
+    assert binary.hget("copy", "submitted") == b"3"
+    binary.close()
