@@ -124,13 +124,7 @@ class DevStack:
             children.append(
                 Child(
                     "beat",
-                    celery_argv(
-                        "beat",
-                        "-l",
-                        "info",
-                        "--schedule",
-                        str(self.run_dir / "celerybeat-schedule"),
-                    ),
+                    celery_argv("beat", "-l", "info"),
                     self._env(),
                     self.logs / "beat.log",
                 )

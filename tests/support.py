@@ -334,8 +334,11 @@ class CeleryProcess:
         log_dir: str | os.PathLike[str] | None = None,
         name: str | None = None,
         cwd: str | os.PathLike[str] | None = None,
+        argv: Sequence[str] | None = None,
     ) -> None:
         self.args = list(args)
+        # A program other than celery (e.g. `orchestrator exporter`) gives its own argv prefix.
+        self.argv = list(argv) if argv is not None else None
         self.env = dict(env or {})
         self.app = app
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="orch-celery-"))
@@ -346,6 +349,8 @@ class CeleryProcess:
 
     @property
     def command(self) -> list[str]:
+        if self.argv is not None:
+            return [*self.argv, *self.args]
         return [sys.executable, "-m", "celery", "-A", self.app, *self.args]
 
     @property

@@ -25,7 +25,7 @@ def beat(celery_procs, orch_env, tmp_path):
 
     def start(**env: str):
         return celery_procs(
-            ["beat", "-l", "info", "--schedule", str(tmp_path / "schedule")],
+            ["beat", "-l", "info"],
             {**orch_env, "ORCH_RECOVERY_MONITOR_INTERVAL_S": "1", **env},
             name="beat",
         )

@@ -26,16 +26,7 @@ COMPOSE_SCHEMA = REPO.parent / "shared" / "schemas" / "compose-spec.json"
 COMPOSE_COMMANDS: dict[str, list[str]] = {
     "control": ["celery", "-A", "orchestrator.app", "worker", "-n", "control@%h", "-l", "info"],
     "worker": ["celery", "-A", "orchestrator.app", "worker", "-l", "info"],
-    "beat": [
-        "celery",
-        "-A",
-        "orchestrator.app",
-        "beat",
-        "-l",
-        "info",
-        "--schedule",
-        "/tmp/celerybeat-schedule",
-    ],
+    "beat": ["celery", "-A", "orchestrator.app", "beat", "-l", "info"],
     "flower": ["celery", "-A", "orchestrator.app", "flower", "--port=5555", "--address=0.0.0.0"],
     "exporter": ["orchestrator", "exporter"],
 }
