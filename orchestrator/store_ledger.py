@@ -1,0 +1,463 @@
+"""The task half of the state store: the ledger, parking, recovery plans, dead letters."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.errors import UnknownTask
+from orchestrator.keys import (
+    AGENT_STATS,
+    COUNTERS,
+    DLQ,
+    INFLIGHT_PREFIX,
+    KOMBU_UNACKED,
+    KOMBU_UNACKED_INDEX,
+    PARKED,
+    RECOVERY,
+    RECOVERY_DEADLINES,
+    history_key,
+    inflight_key,
+    queue_lists,
+    task_key,
+)
+from orchestrator.models import (
+    OrchestrationTask,
+    ProductionEventSeverity,
+    RecoveryPlan,
+    TaskRecord,
+    TaskState,
+)
+from orchestrator.store_base import StoreBase, _history
+
+ACTIVE_STATES = (
+    TaskState.ACCEPTED,
+    TaskState.PARKED,
+    TaskState.ROUTED,
+    TaskState.RUNNING,
+    TaskState.RECOVERING,
+)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What begin_attempt decided for one delivered copy of a task."""
+
+    code: int  # >0: the attempt number, run it; <0: see scripts.BEGIN_ATTEMPT
+    info: str
+
+    @property
+    def run(self) -> bool:
+        return self.code > 0
+
+
+class LedgerStore(StoreBase):
+    """Tasks: the ledger, parking, recovery plans and the dead-letter store."""
+
+    # --- the ledger ----------------------------------------------------------------------
+
+    def accept(self, task: OrchestrationTask, submit_id: str, now: float) -> tuple[str, str]:
+        """Record a new task; tell a fresh acceptance from a redelivery or a duplicate."""
+        assert task.task_id is not None
+        with self._translate():
+            status, state = self._accept(
+                keys=[task_key(task.task_id), history_key(task.task_id)],
+                args=[
+                    submit_id,
+                    repr(now),
+                    task.model_dump_json(),
+                    task.type,
+                    _history("accepted", now, client_id=task.client_id),
+                    self.ledger_ttl_s,
+                ],
+            )
+            if status == "new":
+                pipe = self.r.pipeline(transaction=False)
+                pipe.hincrby(COUNTERS, "submitted", 1)
+                self.event(
+                    "task.submitted",
+                    now,
+                    "router",
+                    pipe,
+                    task_id=task.task_id,
+                    type=task.type,
+                    client_id=task.client_id,
+                    priority=task.priority,
+                )
+                pipe.execute()
+        return str(status), str(state)
+
+    def record_rejection(
+        self, problems: Sequence[str], submit_id: str, now: float, client_id: str | None
+    ) -> None:
+        with self._translate():
+            pipe = self.r.pipeline(transaction=False)
+            pipe.hincrby(COUNTERS, "rejected", 1)
+            self.event(
+                "task.rejected",
+                now,
+                "router",
+                pipe,
+                severity=ProductionEventSeverity.WARNING,
+                submit_id=submit_id,
+                problems=list(problems),
+                client_id=client_id,
+            )
+            pipe.execute()
+
+    def count_duplicate(self, task_id: str, now: float) -> None:
+        with self._translate():
+            self.r.hincrby(COUNTERS, "duplicates_ignored", 1)
+
+    def task_exists(self, task_id: str) -> bool:
+        with self._translate():
+            return bool(self.r.exists(task_key(task_id)))
+
+    def task_fields(self, task_id: str) -> dict[str, str]:
+        with self._translate():
+            return dict(self.r.hgetall(task_key(task_id)))
+
+    def load_spec(self, task_id: str) -> OrchestrationTask:
+        with self._translate():
+            raw = self.r.hget(task_key(task_id), "spec")
+        if raw is None:
+            raise UnknownTask(f"no task {task_id!r} in the ledger (expired, or never accepted)")
+        return OrchestrationTask.model_validate_json(raw)
+
+    def _move(
+        self,
+        task_id: str,
+        new: TaskState,
+        allowed: Sequence[TaskState],
+        now: float,
+        history: dict[str, Any] | None = None,
+        **fields: Any,
+    ) -> tuple[int, str]:
+        args: list[Any] = [new.value, _history(new.value, now, **(history or {})), len(allowed)]
+        args += [s.value for s in allowed]
+        for name, value in fields.items():
+            if value is not None:
+                args += [name, value]
+        with self._translate():
+            done, previous = self._transition(
+                keys=[task_key(task_id), history_key(task_id)], args=args
+            )
+        return int(done), str(previous)
+
+    def mark_routed(
+        self, task: OrchestrationTask, agent_id: str, now: float, **history: Any
+    ) -> int:
+        """Assign the task to an agent; returns the new dispatch number (0: it had ended)."""
+        assert task.task_id is not None
+        with self._translate():
+            dispatch, _previous = self._route(
+                keys=[task_key(task.task_id), history_key(task.task_id)],
+                args=[
+                    agent_id,
+                    repr(now),
+                    _history("routed", now, agent=agent_id, **history),
+                    INFLIGHT_PREFIX,
+                    task.task_id,
+                ],
+            )
+            if int(dispatch) <= 0:
+                return 0
+            pipe = self.r.pipeline(transaction=False)
+            pipe.hincrby(COUNTERS, "routed", 1)
+            pipe.hincrby(AGENT_STATS, f"{agent_id}|inflight", 1)
+            pipe.zrem(PARKED, task.task_id)
+            self.event(
+                "task.routed",
+                now,
+                "router",
+                pipe,
+                task_id=task.task_id,
+                agent_id=agent_id,
+                type=task.type,
+                dispatch=int(dispatch),
+            )
+            pipe.execute()
+        return int(dispatch)
+
+    def park(self, task: OrchestrationTask, now: float) -> bool:
+        assert task.task_id is not None
+        done, _ = self._move(
+            task.task_id, TaskState.PARKED, ACTIVE_STATES, now, parked_at=repr(now)
+        )
+        if done != 1:
+            return False
+        with self._translate():
+            pipe = self.r.pipeline(transaction=False)
+            pipe.zadd(PARKED, {task.task_id: now}, nx=True)
+            pipe.hincrby(COUNTERS, "parked", 1)
+            self.event(
+                "task.parked",
+                now,
+                "router",
+                pipe,
+                task_id=task.task_id,
+                type=task.type,
+                required_capabilities=task.required_capabilities,
+            )
+            pipe.execute()
+        return True
+
+    def parked(self, limit: int = 1000) -> list[tuple[str, float]]:
+        with self._translate():
+            return [
+                (str(m), float(s)) for m, s in self.r.zrange(PARKED, 0, limit - 1, withscores=True)
+            ]
+
+    def claim_parked(self, task_id: str) -> bool:
+        """Take a parked task out of the parked set; only one router wins it."""
+        with self._translate():
+            return bool(self.r.zrem(PARKED, task_id))
+
+    def unclaim_parked(self, task_id: str, parked_at: float) -> None:
+        with self._translate():
+            self.r.zadd(PARKED, {task_id: parked_at})
+
+    def begin_attempt(
+        self,
+        task_id: str,
+        agent_id: str,
+        dispatch: int,
+        now: float,
+        pid: int,
+        max_deliveries: int,
+        force: bool = False,
+    ) -> Attempt:
+        with self._translate():
+            code, info = self._begin(
+                keys=[task_key(task_id), history_key(task_id)],
+                args=[
+                    agent_id,
+                    repr(now),
+                    _history("running", now, agent=agent_id),
+                    dispatch,
+                    pid,
+                    max_deliveries,
+                    "1" if force else "0",
+                ],
+            )
+        return Attempt(int(code), str(info))
+
+    def mark_recovering(
+        self, task_id: str, agent_id: str, now: float, error: str, kind: str
+    ) -> bool:
+        done, _ = self._move(
+            task_id,
+            TaskState.RECOVERING,
+            [TaskState.RUNNING, TaskState.ROUTED],
+            now,
+            history={"agent": agent_id, "error": error, "kind": kind},
+            error=error,
+        )
+        return done == 1
+
+    def finish(
+        self,
+        task_id: str,
+        state: TaskState,
+        agent_id: str | None,
+        now: float,
+        error: str | None = None,
+        latency_ms: float | None = None,
+        task_type: str | None = None,
+        result: str | None = None,
+    ) -> bool:
+        """Record a terminal state once; False when the task had already ended.
+
+        The handler's encoded result is kept in the ledger so a redelivered copy of a task
+        that already succeeded can hand it back without running the handler again."""
+        done, _ = self._move(
+            task_id,
+            state,
+            ACTIVE_STATES,
+            now,
+            history={"agent": agent_id, "error": error},
+            finished_at=repr(now),
+            error=error,
+            result=result,
+            latency_ms=None if latency_ms is None else repr(latency_ms),
+        )
+        if done != 1:
+            return False
+        severity = (
+            ProductionEventSeverity.INFO
+            if state is TaskState.SUCCEEDED
+            else ProductionEventSeverity.ERROR
+        )
+        with self._translate():
+            owner = agent_id or self.r.hget(task_key(task_id), "agent")
+            pipe = self.r.pipeline(transaction=False)
+            pipe.hincrby(COUNTERS, state.value, 1)
+            pipe.expire(task_key(task_id), self.ledger_ttl_s)
+            pipe.expire(history_key(task_id), self.ledger_ttl_s)
+            pipe.hdel(RECOVERY, task_id)
+            pipe.zrem(RECOVERY_DEADLINES, task_id)
+            pipe.zrem(PARKED, task_id)
+            if owner:
+                pipe.srem(inflight_key(owner), task_id)
+            if state is TaskState.DEAD_LETTERED:
+                pipe.zadd(DLQ, {task_id: now})
+            self.event(
+                f"task.{state.value}",
+                now,
+                agent_id or "recovery",
+                pipe,
+                severity=severity,
+                task_id=task_id,
+                agent_id=owner,
+                error=error,
+                latency_ms=latency_ms,
+                type=task_type,
+            )
+            pipe.execute()
+        return True
+
+    def stored_result(self, task_id: str) -> str | None:
+        with self._translate():
+            value = self.r.hget(task_key(task_id), "result")
+        return str(value) if value is not None else None
+
+    def task_record(self, task_id: str) -> TaskRecord:
+        with self._translate():
+            pipe = self.r.pipeline(transaction=False)
+            pipe.hgetall(task_key(task_id))
+            pipe.lrange(history_key(task_id), 0, -1)
+            fields, history = pipe.execute()
+        if not fields:
+            raise UnknownTask(f"no task {task_id!r} in the ledger (expired, or never accepted)")
+        spec = json.loads(fields.get("spec", "{}"))
+
+        def num(name: str) -> float | None:
+            return float(fields[name]) if name in fields else None
+
+        return TaskRecord(
+            task_id=task_id,
+            type=fields.get("type", spec.get("type", "")),
+            state=TaskState(fields["state"]),
+            agent_id=fields.get("agent"),
+            attempts=int(fields.get("attempts", 0)),
+            priority=spec.get("priority", 5),
+            required_capabilities=spec.get("required_capabilities", []),
+            client_id=spec.get("client_id", "anonymous"),
+            submitted_at=num("submitted_at"),
+            routed_at=num("routed_at"),
+            started_at=num("started_at"),
+            finished_at=num("finished_at"),
+            error=fields.get("error"),
+            history=[json.loads(h) for h in history],
+        )
+
+    def failed_agents(self, task_id: str) -> set[str]:
+        """Agents on which this task already failed (its `recovering` history entries)."""
+        with self._translate():
+            entries = self.r.lrange(history_key(task_id), 0, -1)
+        failed = set()
+        for raw in entries:
+            entry = json.loads(raw)
+            if entry.get("state") == TaskState.RECOVERING.value and entry.get("agent"):
+                failed.add(entry["agent"])
+        return failed
+
+    def counters(self) -> dict[str, int]:
+        with self._translate():
+            return {k: int(v) for k, v in self.r.hgetall(COUNTERS).items()}
+
+    # --- recovery ------------------------------------------------------------------------
+
+    def save_plan(self, plan: RecoveryPlan) -> None:
+        with self._translate():
+            pipe = self.r.pipeline(transaction=True)
+            pipe.hset(RECOVERY, plan.task_id, plan.model_dump_json())
+            pipe.zadd(RECOVERY_DEADLINES, {plan.task_id: plan.deadline})
+            pipe.execute()
+
+    def overdue_plans(self, now: float, limit: int = 500) -> list[RecoveryPlan]:
+        with self._translate():
+            ids = self.r.zrangebyscore(RECOVERY_DEADLINES, "-inf", now, start=0, num=limit)
+            raws = self.r.hmget(RECOVERY, ids) if ids else []
+        plans = []
+        for task_id, raw in zip(ids, raws, strict=True):
+            if raw is None:
+                with self._translate():
+                    self.r.zrem(RECOVERY_DEADLINES, task_id)
+                continue
+            plans.append(RecoveryPlan.model_validate_json(raw))
+        return plans
+
+    def inflight(self, agent_id: str) -> list[str]:
+        with self._translate():
+            return sorted(self.r.smembers(inflight_key(agent_id)))
+
+    def purge_agent_queue(self, queue: str) -> int:
+        """Empty a lost agent's broker lists and its unacked entries, once every task in them
+        has been re-routed under a new dispatch (the copies left there are stale)."""
+        removed = 0
+        with self._translate():
+            pipe = self.r.pipeline(transaction=False)
+            for name in queue_lists(queue):
+                pipe.llen(name)
+            removed = sum(int(n) for n in pipe.execute())
+            self.r.delete(*queue_lists(queue))
+            stale = []
+            for tag, raw in self.r.hscan_iter(KOMBU_UNACKED, count=500):
+                try:
+                    _payload, _exchange, routing_key = json.loads(raw)
+                except (ValueError, TypeError):
+                    continue
+                if routing_key == queue:
+                    stale.append(tag)
+            if stale:
+                pipe = self.r.pipeline(transaction=True)
+                pipe.hdel(KOMBU_UNACKED, *stale)
+                pipe.zrem(KOMBU_UNACKED_INDEX, *stale)
+                pipe.execute()
+        return removed + len(stale)
+
+    # --- dead letters --------------------------------------------------------------------
+
+    def dead_letters(self, limit: int = 100) -> list[tuple[str, float]]:
+        with self._translate():
+            return [
+                (str(m), float(s)) for m, s in self.r.zrevrange(DLQ, 0, limit - 1, withscores=True)
+            ]
+
+    def reopen_dead_letter(self, task_id: str, now: float) -> OrchestrationTask:
+        """Park a dead-lettered task again with a fresh attempt count, for the next sweep to
+        route; its history (and its dispatch counter, so old copies stay stale) is kept."""
+        spec = self.load_spec(task_id)
+        done, state = self._move(
+            task_id,
+            TaskState.PARKED,
+            [TaskState.DEAD_LETTERED],
+            now,
+            history={"replayed": True},
+            attempts=0,
+            deliveries=0,
+            parked_at=repr(now),
+        )
+        if done != 1:
+            raise UnknownTask(f"task {task_id!r} is {state or 'unknown'}, not dead-lettered")
+        with self._translate():
+            pipe = self.r.pipeline(transaction=False)
+            pipe.zrem(DLQ, task_id)
+            pipe.hdel(task_key(task_id), "finished_at", "result", "error")
+            pipe.persist(task_key(task_id))
+            pipe.persist(history_key(task_id))
+            pipe.zadd(PARKED, {task_id: now})
+            self.event("task.replayed", now, "cli", pipe, task_id=task_id)
+            pipe.execute()
+        return spec
+
+    def purge_dead_letters(self, task_ids: Sequence[str] | None = None) -> int:
+        with self._translate():
+            if task_ids is None:
+                task_ids = [str(m) for m in self.r.zrange(DLQ, 0, -1)]
+            if not task_ids:
+                return 0
+            return int(self.r.zrem(DLQ, *task_ids))
