@@ -278,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    # Also when started in the background, where a shell leaves SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     workdir = Path(tempfile.mkdtemp(prefix="orch-chaos-bench-"))
     extra = ["--appendonly", "yes", "--appendfsync", "everysec"] if args.aof else []
     server = RedisServer(workdir=workdir / "redis", extra_args=extra)

@@ -7,6 +7,10 @@ orchestrator's app does, for Flower: worker task events and task-sent events). S
 
     BENCH_REDIS_URL=redis://127.0.0.1:PORT/0 celery -A bench.plain_app worker -c 2 -P prefork
 
+`bench.relay` makes the two-hop baseline: a first worker (`-Q bench`) relays each task to a
+second one (`-Q bench.hop2`) under the same id, the shape of the orchestrated path without
+the orchestrator.
+
 The URL comes from BENCH_REDIS_URL (or ORCH_REDIS_URL); there is deliberately no default, so a
 benchmark can never fall back to the machine's own Redis on 6379.
 """
@@ -16,9 +20,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from celery import Celery
+from celery import Celery, Task
 
 NOOP = "bench.noop"
+RELAY = "bench.relay"
+QUEUE = "bench"
+HOP2_QUEUE = "bench.hop2"
 
 
 def _redis_url() -> str:
@@ -37,7 +44,7 @@ def create_plain_app(url: str, task_events: bool = False) -> Celery:
         result_accept_content=["json"],
         task_acks_late=True,
         worker_prefetch_multiplier=1,
-        task_default_queue="bench",
+        task_default_queue=QUEUE,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=True,
         worker_send_task_events=task_events,
@@ -53,3 +60,12 @@ app = create_plain_app(_redis_url(), os.environ.get("BENCH_TASK_EVENTS") == "1")
 def noop(value: Any = None) -> Any:
     """Does nothing: returns its argument."""
     return value
+
+
+@app.task(name=RELAY, bind=True, ignore_result=True)
+def relay(self: Task, value: Any = None) -> None:
+    """Hop 1 of the two-hop baseline: hand `value` to `bench.noop` on the second worker's
+    queue under this message's own id, as `orchestrator.submit` hands a task to an agent, so
+    the client's result is the second hop's. No ledger, no routing decision: the bare cost of
+    the extra Celery hop."""
+    self.app.send_task(NOOP, args=[value], task_id=self.request.id, queue=HOP2_QUEUE)

@@ -13,6 +13,8 @@ import logging
 import os
 import socket
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from celery import Celery, bootsteps
@@ -34,6 +36,36 @@ class _Process:
     settings: Settings | None = None
     _store: StateStore | None = None
     _store_pid: int = 0
+
+
+class RunningMarker:
+    """Which task each pool child of this agent is running, in small files on local disk.
+
+    When a copy of a task arrives that the ledger says a child of this agent is running, the
+    copy is skipped only if that child is alive *and* still marked as running this task: a
+    child that died (worker lost) or that finished without reaching Redis leaves the task to
+    run again. A file survives the child being killed, which is why it is checked with the pid.
+    """
+
+    def __init__(self, agent_id: str) -> None:
+        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in agent_id)
+        self.folder = Path(tempfile.gettempdir()) / f"hive-orchestrator-{safe}"
+
+    def _path(self, pid: int) -> Path:
+        return self.folder / str(pid)
+
+    def mark(self, pid: int, task_id: str) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._path(pid).write_text(task_id, encoding="utf-8")
+
+    def clear(self, pid: int) -> None:
+        self._path(pid).unlink(missing_ok=True)
+
+    def holds(self, pid: int, task_id: str) -> bool:
+        try:
+            return self._path(pid).read_text(encoding="utf-8") == task_id
+        except OSError:
+            return False
 
 
 def current_agent_id() -> str:

@@ -1,4 +1,5 @@
-"""Backups of the orchestrator's state (every `orch:*` key) as checksummed files.
+"""Backups of the orchestrator's state (every `orch:*` key and the event stream) as
+checksummed files.
 
 A backup is a gzip'd JSON-lines file: a header line, then one line per key with its
 remaining TTL and Redis' own DUMP serialization (base64), which RESTORE takes back as is.
@@ -25,7 +26,7 @@ from typing import Any
 
 import redis
 
-from orchestrator.keys import PREFIX
+from orchestrator.keys import EVENTS, PREFIX
 
 FORMAT = "hive-orchestrator-backup"
 VERSION = 1
@@ -93,6 +94,7 @@ def create_backup(
             if len(batch) >= SCAN_COUNT:
                 count += _write_batch(client, batch, out)
                 batch = []
+        batch.append(EVENTS.encode())  # the event stream keeps the name SPEC gives it
         count += _write_batch(client, batch, out)
         out.write(json.dumps({"end": True, "keys": count}) + "\n")
     os.replace(partial, final)

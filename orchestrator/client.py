@@ -35,11 +35,11 @@ class OrchestratorClient:
         given, else the submit message's own id. `.get()` gives the handler's return value,
         or raises the final failure (InvalidTask for a rejected spec)."""
         kwargs: dict[str, Any] = {"type": type, "payload": payload or {}, **fields}
-        message_id = str(uuid4())
-        self.app.send_task(SUBMIT, kwargs=kwargs, task_id=message_id, queue=ROUTING_QUEUE)
+        sent = self.app.send_task(SUBMIT, kwargs=kwargs, task_id=str(uuid4()), queue=ROUTING_QUEUE)
         given = fields.get("task_id")
-        tracked = given if isinstance(given, str) and TASK_ID_RE.match(given) else message_id
-        return self.app.AsyncResult(tracked)
+        if isinstance(given, str) and TASK_ID_RE.match(given) and given != sent.id:
+            return self.app.AsyncResult(given)
+        return sent  # already subscribed to its result: no second subscription
 
     def result(self, task_id: str) -> AsyncResult:
         return self.app.AsyncResult(task_id)

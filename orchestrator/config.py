@@ -80,11 +80,11 @@ class Settings(BaseSettings):
     circuit_recovery_timeout_s: PositiveSeconds = 60.0
     circuit_half_open_max_calls: Annotated[int, Field(ge=1)] = 3
 
-    visibility_timeout_s: Annotated[float, Field(ge=10)] = 300.0
+    visibility_timeout_s: Annotated[float, Field(ge=10)] = 60.0
     max_deliveries: Annotated[int, Field(ge=1, le=100)] = 3
     recovery_monitor_interval_s: PositiveSeconds = 2.0
     retry_base_delay_s: Annotated[float, Field(ge=0)] = 1.0
-    retry_max_delay_s: Annotated[float, Field(ge=0)] = 60.0
+    retry_max_delay_s: Annotated[float, Field(ge=0)] = 30.0
     quarantine_failures: Annotated[int, Field(ge=1)] = 10
     quarantine_s: PositiveSeconds = 300.0
 

@@ -38,6 +38,8 @@ class Child:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     log: IO[bytes] | None = field(default=None, repr=False)
+    restart_at: float | None = None
+    backoff_s: float = 1.0
 
     def start(self) -> None:
         self.log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the child
@@ -164,20 +166,29 @@ class DevStack:
             self._banner()
             while not self._stopping:
                 for child in self.children:
-                    if (
-                        child.proc is not None
-                        and child.proc.poll() is not None
-                        and not getattr(child, "_reported", False)
-                    ):
-                        console.print(
-                            f"[red]{child.name} exited with {child.proc.returncode}; "
-                            f"see {child.log_path}[/]"
-                        )
-                        child._reported = True  # type: ignore[attr-defined]
+                    self._supervise(child)
                 time.sleep(0.5)
         finally:
             self.stop()
         return 0
+
+    def _supervise(self, child: Child) -> None:
+        """Restart a child that died, as a container runtime's restart policy would, with a
+        backoff that doubles up to a minute so a child that cannot start does not spin."""
+        if child.proc is None or child.proc.poll() is None:
+            return
+        now = time.monotonic()
+        if child.restart_at is None:
+            console.print(
+                f"[red]{child.name} exited with {child.proc.returncode}; restarting "
+                f"in {child.backoff_s:.0f}s (log: {child.log_path})[/]"
+            )
+            child.restart_at = now + child.backoff_s
+        elif now >= child.restart_at:
+            child.close()
+            child.start()
+            child.restart_at = None
+            child.backoff_s = min(60.0, child.backoff_s * 2)
 
     def stop(self) -> None:
         console.print("stopping: warm shutdown of every child (Ctrl-C again is ignored)")

@@ -50,7 +50,7 @@ class Healer:
         if not fields or TaskState(fields["state"]).terminal:
             return None
         spec = self.store.load_spec(task_id)
-        fleet = self.router.fleet(now)
+        fleet = self.router.fleet(now, fresh=True)
         breaker = self.store.circuit(agent_id) if agent_id else None
         plan = plan_recovery(
             task_id=task_id,
@@ -94,7 +94,7 @@ class Healer:
             return
         if plan.tier is RecoveryTier.QUARANTINE and plan.failed_agent:
             self.quarantine(plan.failed_agent, plan.reason, now)
-        fleet = self.router.fleet(now)
+        fleet = self.router.fleet(now, fresh=True)
         agents = fleet.by_id()
         target = plan.failed_agent if plan.tier is RecoveryTier.RETRY else plan.target_agent
         if target in agents:
@@ -140,7 +140,7 @@ class Healer:
         """Re-route the agent's tasks elsewhere: those still waiting in its queue, and with
         only_queued=False those it was running too (it is gone)."""
         moved = 0
-        fleet = self.router.fleet(now)
+        fleet = self.router.fleet(now, fresh=True)
         for task_id in self.store.inflight(agent_id):
             state = self.store.task_fields(task_id).get("state")
             movable = (

@@ -11,7 +11,7 @@ Key layout (prefix `orch:`):
   parked              zset  task_id -> parked-at time
   dlq                 zset  task_id -> dead-lettered-at time
   counters            hash  cumulative counters (submitted, routed, succeeded, ...)
-  events              stream the event log of SPEC section 8
+  (orchestrator:events stream: the event log of SPEC section 8, named by the SPEC)
   agent_status        hash  agent_id -> status (active|sleeping|quarantined|offline)
   quarantined_until   hash  agent_id -> unix time its quarantine ends
   circuit:<agent>     hash  the agent's breaker (orchestrator.breaker.to_redis_hash)
@@ -36,7 +36,7 @@ AGENT_STATS = PREFIX + "agent_stats"
 PARKED = PREFIX + "parked"
 DLQ = PREFIX + "dlq"
 COUNTERS = PREFIX + "counters"
-EVENTS = PREFIX + "events"
+EVENTS = "orchestrator:events"  # the name SPEC section 8 gives other services
 AGENT_STATUS = PREFIX + "agent_status"
 QUARANTINED_UNTIL = PREFIX + "quarantined_until"
 RECOVERY = PREFIX + "recovery"

@@ -32,6 +32,7 @@ from orchestrator.routing import (
 from orchestrator.store import Fleet, StateStore
 
 AFFINITY_TTL_S = 24 * 3600
+FLEET_CACHE_S = 0.5
 
 
 class Publisher(Protocol):
@@ -63,9 +64,25 @@ class Router:
         self.rng = rng or random.Random()
         self.strategy = OrchestrationStrategy(settings.load_balancing_algorithm)
         self.circuit_cfg = settings.circuit_config() if settings.circuit_breaker_enabled else None
+        self._fleet: Fleet | None = None
+        self._fleet_at = 0.0
 
-    def fleet(self, now: float) -> Fleet:
-        return self.store.load_fleet(self.circuit_cfg, now)
+    def fleet(self, now: float, fresh: bool = False) -> Fleet:
+        """The fleet as of at most FLEET_CACHE_S ago. Submissions share one read; sweeps and
+        recovery ask for a fresh one. The round-robin state and half-open trial slots are
+        taken atomically in Redis either way, so a cached view never skews the sequence."""
+        # Only the round-robin may share a view: least-loaded and power-of-two read in-flight
+        # counts that a cached view would leave stale, herding a burst onto one agent.
+        cacheable = self.strategy is OrchestrationStrategy.WEIGHTED_ROUND_ROBIN
+        if (
+            fresh
+            or not cacheable
+            or self._fleet is None
+            or not 0 <= now - self._fleet_at <= FLEET_CACHE_S
+        ):
+            self._fleet = self.store.load_fleet(self.circuit_cfg, now)
+            self._fleet_at = now
+        return self._fleet
 
     def submit(self, fields: dict[str, Any], submit_id: str, now: float) -> Outcome:
         """Accept (or reject) one submission and route it. Raises InvalidTask on bad input."""
@@ -201,7 +218,7 @@ class Router:
         parked = self.store.parked()
         if not parked:
             return outcomes
-        fleet = self.fleet(now)
+        fleet = self.fleet(now, fresh=True)
         for task_id, parked_at in parked:
             if not self.store.claim_parked(task_id):
                 continue

@@ -40,8 +40,9 @@ return {agents, redis.call('HGETALL', KEYS[2]), redis.call('HGETALL', KEYS[3]),
         redis.call('HGETALL', KEYS[4]), circuits}
 """
 
-# Accept a submission: KEYS = ledger, history; ARGV = submit_id, now, spec JSON, type,
-# history entry JSON, ttl. Returns {"new"} or {"resume", state} (the same submit message
+# Accept a submission: KEYS = ledger, history, counters, events; ARGV = submit_id, now,
+# spec JSON, type, history entry JSON, ttl, events max length, then the `task.submitted`
+# event's field/value pairs. Returns {"new"} or {"resume", state} (the same submit message
 # redelivered before it finished routing) or {"duplicate", state}.
 ACCEPT = """
 if redis.call('HSETNX', KEYS[1], 'submit_id', ARGV[1]) == 1 then
@@ -50,6 +51,8 @@ if redis.call('HSETNX', KEYS[1], 'submit_id', ARGV[1]) == 1 then
   redis.call('RPUSH', KEYS[2], ARGV[5])
   redis.call('EXPIRE', KEYS[1], ARGV[6])
   redis.call('EXPIRE', KEYS[2], ARGV[6])
+  redis.call('HINCRBY', KEYS[3], 'submitted', 1)
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', unpack(ARGV, 8))
   return {'new', 'accepted'}
 end
 local owner = redis.call('HGET', KEYS[1], 'submit_id')
@@ -74,8 +77,10 @@ return {1, state}
 """
 
 # Hand a task to an agent: a new dispatch number, so any older copy of its message (a kombu
-# restore, a queue of a lost agent) is recognised as stale. KEYS = ledger, history;
-# ARGV = agent, now, history JSON, in-flight key prefix, task id.
+# restore, a queue of a lost agent) is recognised as stale; counted and announced in the same
+# step. KEYS = ledger, history, counters, agent_stats, parked, events; ARGV = agent, now,
+# history JSON, in-flight key prefix, task id, events max length, then the `task.routed`
+# event's field/value pairs. Returns {dispatch, previous state}, or {0, state} if it ended.
 ROUTE = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'accepted' and state ~= 'parked' and state ~= 'routed' and state ~= 'running'
@@ -90,6 +95,10 @@ redis.call('HSET', KEYS[1], 'state', 'routed', 'agent', ARGV[1], 'routed_at', AR
 redis.call('HDEL', KEYS[1], 'pid')
 redis.call('RPUSH', KEYS[2], ARGV[3])
 redis.call('SADD', ARGV[4] .. ARGV[1], ARGV[5])
+redis.call('HINCRBY', KEYS[3], 'routed', 1)
+redis.call('HINCRBY', KEYS[4], ARGV[1] .. '|inflight', 1)
+redis.call('ZREM', KEYS[5], ARGV[5])
+redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[6], '*', unpack(ARGV, 7))
 return {dispatch, state}
 """
 

@@ -12,6 +12,7 @@ from orchestrator.keys import (
     AGENT_STATS,
     COUNTERS,
     DLQ,
+    EVENTS,
     INFLIGHT_PREFIX,
     KOMBU_UNACKED,
     KOMBU_UNACKED_INDEX,
@@ -24,13 +25,14 @@ from orchestrator.keys import (
     task_key,
 )
 from orchestrator.models import (
+    OrchestrationEvent,
     OrchestrationTask,
     ProductionEventSeverity,
     RecoveryPlan,
     TaskRecord,
     TaskState,
 )
-from orchestrator.store_base import StoreBase, _history
+from orchestrator.store_base import StoreBase, _event_fields, _history
 
 ACTIVE_STATES = (
     TaskState.ACCEPTED,
@@ -59,11 +61,24 @@ class LedgerStore(StoreBase):
     # --- the ledger ----------------------------------------------------------------------
 
     def accept(self, task: OrchestrationTask, submit_id: str, now: float) -> tuple[str, str]:
-        """Record a new task; tell a fresh acceptance from a redelivery or a duplicate."""
+        """Record a new task and announce it, in one round trip; tell a fresh acceptance from
+        a redelivery of the same submit message or a duplicate submission."""
         assert task.task_id is not None
+        event = OrchestrationEvent(
+            type="task.submitted",
+            ts=now,
+            source="router",
+            data={
+                "task_id": task.task_id,
+                "type": task.type,
+                "client_id": task.client_id,
+                "priority": task.priority,
+            },
+        )
+        fields = [item for pair in _event_fields(event).items() for item in pair]
         with self._translate():
             status, state = self._accept(
-                keys=[task_key(task.task_id), history_key(task.task_id)],
+                keys=[task_key(task.task_id), history_key(task.task_id), COUNTERS, EVENTS],
                 args=[
                     submit_id,
                     repr(now),
@@ -71,22 +86,10 @@ class LedgerStore(StoreBase):
                     task.type,
                     _history("accepted", now, client_id=task.client_id),
                     self.ledger_ttl_s,
+                    self.events_max_len,
+                    *fields,
                 ],
             )
-            if status == "new":
-                pipe = self.r.pipeline(transaction=False)
-                pipe.hincrby(COUNTERS, "submitted", 1)
-                self.event(
-                    "task.submitted",
-                    now,
-                    "router",
-                    pipe,
-                    task_id=task.task_id,
-                    type=task.type,
-                    client_id=task.client_id,
-                    priority=task.priority,
-                )
-                pipe.execute()
         return str(status), str(state)
 
     def record_rejection(
@@ -149,37 +152,37 @@ class LedgerStore(StoreBase):
     def mark_routed(
         self, task: OrchestrationTask, agent_id: str, now: float, **history: Any
     ) -> int:
-        """Assign the task to an agent; returns the new dispatch number (0: it had ended)."""
+        """Assign the task to an agent (one round trip); returns the new dispatch number, or
+        0 when the task had already ended."""
         assert task.task_id is not None
+        event = OrchestrationEvent(
+            type="task.routed",
+            ts=now,
+            source="router",
+            data={"task_id": task.task_id, "agent_id": agent_id, "type": task.type},
+        )
+        fields = [item for pair in _event_fields(event).items() for item in pair]
         with self._translate():
             dispatch, _previous = self._route(
-                keys=[task_key(task.task_id), history_key(task.task_id)],
+                keys=[
+                    task_key(task.task_id),
+                    history_key(task.task_id),
+                    COUNTERS,
+                    AGENT_STATS,
+                    PARKED,
+                    EVENTS,
+                ],
                 args=[
                     agent_id,
                     repr(now),
                     _history("routed", now, agent=agent_id, **history),
                     INFLIGHT_PREFIX,
                     task.task_id,
+                    self.events_max_len,
+                    *fields,
                 ],
             )
-            if int(dispatch) <= 0:
-                return 0
-            pipe = self.r.pipeline(transaction=False)
-            pipe.hincrby(COUNTERS, "routed", 1)
-            pipe.hincrby(AGENT_STATS, f"{agent_id}|inflight", 1)
-            pipe.zrem(PARKED, task.task_id)
-            self.event(
-                "task.routed",
-                now,
-                "router",
-                pipe,
-                task_id=task.task_id,
-                agent_id=agent_id,
-                type=task.type,
-                dispatch=int(dispatch),
-            )
-            pipe.execute()
-        return int(dispatch)
+        return max(0, int(dispatch))
 
     def park(self, task: OrchestrationTask, now: float) -> bool:
         assert task.task_id is not None

@@ -3,7 +3,8 @@
 The ledger decides whether a delivered copy runs at all: a task that already ended, a stale
 copy from an older dispatch, or a restored copy of a task still running in a live child of
 this agent is acknowledged without running. A failure hands the task to recovery (the result
-stays pending until recovery's verdict), except PermanentError, which fails it at once.
+stays pending until recovery's verdict), except PermanentError, which fails it at once. When
+Redis itself is unreachable the message is left unacknowledged, to come back once it is.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import time
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Ignore, SoftTimeLimitExceeded
+from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded
+from kombu.exceptions import OperationalError
 
-from orchestrator.agent import current_agent_id
+from orchestrator.agent import RunningMarker, current_agent_id
 from orchestrator.app import app
-from orchestrator.errors import PermanentError, TransientError
+from orchestrator.config import Settings
+from orchestrator.errors import PermanentError, StoreUnavailable, TransientError
 from orchestrator.handlers import get_handler
 from orchestrator.models import TaskState
 from orchestrator.recovery import ErrorKind
@@ -56,17 +59,45 @@ def _hand_to_recovery(
 def execute(
     self: Task, type: str, payload: dict[str, Any], max_retries: int = 3, dispatch: int = 0
 ) -> Any:
-    settings = settings_of(self.app)
-    store = store_of(self.app)
     agent_id = current_agent_id()
-    task_id = self.request.id
+    marker = RunningMarker(agent_id)
+    try:
+        return _execute(
+            self,
+            settings_of(self.app),
+            store_of(self.app),
+            agent_id,
+            marker,
+            type,
+            payload,
+            dispatch,
+        )
+    except (StoreUnavailable, OperationalError) as exc:
+        # Without Redis nothing can be recorded; leave the message unacknowledged so it is
+        # delivered again (kombu restores it) instead of acknowledging a task left running.
+        raise Reject(f"state store unreachable: {exc}", requeue=True) from exc
+    finally:
+        marker.clear(os.getpid())
+
+
+def _execute(
+    task: Task,
+    settings: Settings,
+    store: StateStore,
+    agent_id: str,
+    marker: RunningMarker,
+    type: str,
+    payload: dict[str, Any],
+    dispatch: int,
+) -> Any:
+    task_id = task.request.id
     pid = os.getpid()
     attempt = store.begin_attempt(
         task_id, agent_id, dispatch, now_s(), pid, settings.max_deliveries
     )
     if attempt.code == -4:
         holder = int(attempt.info)
-        if holder != pid and _alive(holder):
+        if holder != pid and _alive(holder) and marker.holds(holder, task_id):
             raise Ignore()  # a restored copy of a task a live child of ours is running
         attempt = store.begin_attempt(
             task_id, agent_id, dispatch, now_s(), pid, settings.max_deliveries, force=True
@@ -78,10 +109,11 @@ def execute(
         return json.loads(stored)  # the same value again: the backend's result is unchanged
     if attempt.code == -3:
         error = f"delivered {attempt.info} times without finishing (the worker died each time)"
-        _hand_to_recovery(self, store, task_id, agent_id, ErrorKind.POISON, error)
+        _hand_to_recovery(task, store, task_id, agent_id, ErrorKind.POISON, error)
         raise Ignore()
     if not attempt.run:
         raise Ignore()
+    marker.mark(pid, task_id)
 
     circuit = settings.circuit_config() if settings.circuit_breaker_enabled else None
     handler = get_handler(type)
@@ -104,12 +136,16 @@ def execute(
             task_type=type,
         )
         raise
+    except (StoreUnavailable, OperationalError):
+        raise  # the handler's own Redis or broker calls failed: the same outage, retried
     except Exception as exc:
         latency = (time.perf_counter() - started) * 1000
         kind = (
             ErrorKind.TIMEOUT
             if isinstance(exc, SoftTimeLimitExceeded)
-            else (ErrorKind.TRANSIENT if isinstance(exc, TransientError) else ErrorKind.CRASH)
+            else ErrorKind.TRANSIENT
+            if isinstance(exc, TransientError)
+            else ErrorKind.CRASH
         )
         store.record_outcome(
             agent_id, ok=False, latency_ms=latency, circuit_cfg=circuit, now=now_s()
@@ -125,7 +161,7 @@ def execute(
                 task_type=type,
             )
             raise
-        _hand_to_recovery(self, store, task_id, agent_id, kind, _reason(exc))
+        _hand_to_recovery(task, store, task_id, agent_id, kind, _reason(exc))
         raise Ignore() from exc
     latency = (time.perf_counter() - started) * 1000
     store.record_outcome(agent_id, ok=True, latency_ms=latency, circuit_cfg=circuit, now=now_s())

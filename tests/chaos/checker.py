@@ -149,7 +149,7 @@ def judge_one(
     problems: list[str] = []
     notes: list[str] = []
     traceless = obs.state is None and not obs.broker and not obs.end_events and not obs.starts
-    if obs.terminal:
+    if obs.terminal and obs.state is not None:
         fate = Fate(obs.state)
     elif traceless and (obs.submit_failed or not missing_ledger_is_lost):
         fate = Fate.UNACCEPTED

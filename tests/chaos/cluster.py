@@ -8,7 +8,6 @@ pytest, so this module takes the environment and a process spawner as arguments 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -159,9 +158,3 @@ def submit_chaos(
         client.submit("chaos", {"key": task_id, "seconds": seconds}, task_id=task_id, **fields)
         ids.append(task_id)
     return ids
-
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    started = time.monotonic()
-    value = fn()
-    return value, time.monotonic() - started

@@ -10,8 +10,11 @@ logs show lost / duplicated / re-executed even when the test passes.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from celery.exceptions import TimeoutError as CeleryTimeout
 
 from orchestrator.client import OrchestratorClient
 from orchestrator.config import load_settings
@@ -139,8 +143,18 @@ def test_sigkill_a_pool_child_and_a_poison_task_is_dead_lettered(
     assert [i for i in ids if report.verdicts[i].fate.value != "succeeded"] == []
     assert report.verdicts[victim].observation.starts >= 2, report.details([victim])
     assert redis_client.zscore(DLQ, poison) is not None
-    with pytest.raises(Exception):  # noqa: B017 - whatever the final failure is, it must raise
+    with pytest.raises(Exception) as final:  # whatever the final failure is, it must raise
         poisoned.get(timeout=5)
+    assert not isinstance(final.value, CeleryTimeout), "no final result was stored"
+    listed = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "dlq", "list", "--json"],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert [row["task_id"] for row in json.loads(listed.stdout)] == [poison]
     deliveries = int(redis_client.get(f"test:start:{poison}") or 0)
     assert 2 <= deliveries <= 20, f"poison message delivered {deliveries} times"
     assert cluster.agents["a"].alive and cluster.agents["b"].alive
@@ -320,14 +334,22 @@ def test_handler_failing_on_one_agent_opens_its_circuit_and_it_closes_when_heale
         timeout=30,
         message="agent b's circuit never opened",
     )
+    opened_ts = float(opened[0]["_ts"])
+    # Submitted while b's circuit is open: routing must skip b until its recovery timeout.
+    during = [submit(f"circuit-open-{n:05d}") for n in range(30)]
     early = report_of(
-        check(redis_client, first, timeout=RECOVERY_BUDGET_S, name="chaos[circuit:broken]")
+        check(
+            redis_client,
+            first + during,
+            timeout=RECOVERY_BUDGET_S,
+            name="chaos[circuit:broken]",
+        )
     )
     early.assert_nothing_lost()
-    assert early.counts()["succeeded"] == len(first), early.problems_text()
+    assert early.counts()["succeeded"] == len(first + during), early.problems_text()
     failed_on_b = [
         i
-        for i in first
+        for i in first + during
         if any(
             h.get("agent") == "b" and h.get("error") for h in early.verdicts[i].observation.history
         )
@@ -335,14 +357,30 @@ def test_handler_failing_on_one_agent_opens_its_circuit_and_it_closes_when_heale
     assert failed_on_b, "no task failed on b: the scenario proved nothing"
     assert all(early.verdicts[i].observation.agent != "b" for i in failed_on_b)
 
-    # While open (before its recovery timeout), routing skips b.
-    opened_ts = float(opened[0]["_ts"])
+    # While open (before its recovery timeout), routing skips b: by the events and by the
+    # ledger histories of the tasks submitted meanwhile.
+    window = (opened_ts + 0.3, opened_ts + recovery_s - 0.1)
     routed_to_b = [
         d
         for _, _, d in read_events(redis_client, ["task.routed"])
-        if _agent_of(d) == "b" and opened_ts + 0.3 < d["_ts"] < opened_ts + recovery_s - 0.1
+        if _agent_of(d) == "b" and window[0] < d["_ts"] < window[1]
+    ]
+    routed_to_b += [
+        (i, h)
+        for i in during
+        for h in early.verdicts[i].observation.history
+        if h.get("state") == "routed"
+        and h.get("agent") == "b"
+        and window[0] < float(h.get("ts", 0)) < window[1]
     ]
     assert routed_to_b == [], routed_to_b
+    first_hops = Counter(
+        next(
+            (h.get("agent") for h in early.verdicts[i].observation.history if h.get("agent")), None
+        )
+        for i in during
+    )
+    print(f"first agent of the tasks submitted while b was open: {dict(first_hops)}")
     others = [d for _, _, d in read_events(redis_client, ["circuit.opened"]) if _agent_of(d) != "b"]
     assert others == [], f"healthy agents' circuits opened: {others}"
 

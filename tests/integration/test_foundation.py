@@ -14,6 +14,7 @@ from collections import Counter
 import pytest
 
 from orchestrator.errors import InvalidTask
+from orchestrator.keys import EVENTS
 from tests.integration.conftest import ledger
 from tests.support import wait_for
 
@@ -197,7 +198,7 @@ def test_agent_consumes_only_its_own_queue_and_deregisters_on_warm_shutdown(
     agent.terminate()
     # It stays listed, as offline, so that whatever waited in its queue can be moved away.
     assert redis_client.hget("orch:agent_status", "a") == "offline"
-    types = [f["type"] for _, f in redis_client.xrange("orch:events")]
+    types = [f["type"] for _, f in redis_client.xrange(EVENTS)]
     assert types.count("agent.registered") == 1 and types.count("agent.deregistered") == 1
 
 

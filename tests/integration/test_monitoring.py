@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator.keys import EVENTS
 from tests.support import free_port, wait_for
 
 pytestmark = pytest.mark.integration
@@ -71,7 +72,7 @@ def get_json(url: str) -> Any:
 
 
 def event_types(redis_client) -> list[str]:
-    return [f["type"] for _, f in redis_client.xrange("orch:events")]
+    return [f["type"] for _, f in redis_client.xrange(EVENTS)]
 
 
 def deliveries(redis_client, loop: str) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ from orchestrator.anomaly_loop import find_regressions, run_anomaly
 from orchestrator.backup import list_backups, verify_backup
 from orchestrator.celeryconf import create_app
 from orchestrator.config import load_settings
-from orchestrator.keys import ALERTS, METRICS_HISTORY, REGRESSIONS, SLO_ALERTS, task_key
+from orchestrator.keys import ALERTS, EVENTS, METRICS_HISTORY, REGRESSIONS, SLO_ALERTS, task_key
 from orchestrator.loops import (
     LoopContext,
     run_alerts,
@@ -37,7 +37,7 @@ BASE = 1_800_000_000.0  # a minute boundary
 
 
 def events(client: redis.Redis, kind: str) -> list[dict]:
-    return [json.loads(f["data"]) for _, f in client.xrange("orch:events") if f["type"] == kind]
+    return [json.loads(f["data"]) for _, f in client.xrange(EVENTS) if f["type"] == kind]
 
 
 @pytest.fixture
