@@ -40,6 +40,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # of tasks still running are recognised by the ledger and skipped.
         "visibility_timeout": visibility,
         "unacked_restore_interval": max(1.0, min(10.0, visibility / 5)),
+        "unacked_restore_throttle": 1,  # every sweep really scans: the interval is the period
     }
     return {
         "broker_url": settings.effective_broker_url,

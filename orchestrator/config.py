@@ -83,6 +83,7 @@ class Settings(BaseSettings):
     visibility_timeout_s: Annotated[float, Field(ge=10)] = 60.0
     max_deliveries: Annotated[int, Field(ge=1, le=100)] = 3
     recovery_monitor_interval_s: PositiveSeconds = 2.0
+    outbox_resend_s: PositiveSeconds = 60.0
     retry_base_delay_s: Annotated[float, Field(ge=0)] = 1.0
     retry_max_delay_s: Annotated[float, Field(ge=0)] = 30.0
     quarantine_failures: Annotated[int, Field(ge=1)] = 10

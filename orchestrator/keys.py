@@ -19,6 +19,8 @@ Key layout (prefix `orch:`):
   recovery            hash  task_id -> the open RecoveryPlan JSON
   recovery_deadlines  zset  task_id -> when its open plan escalates
   lock:<name>         str   a periodic task's singleton lock (token)
+  outbox              zset  submit message id -> when OrchestratorClient last sent it
+  outbox:msg          hash  submit message id -> {"kwargs", "queue"} JSON, until accepted
   handler_circuit:<n> keys  pybreaker's state for a handler's own outbound breaker (pybreaker
                             puts its own `pybreaker:` prefix in front)
 
@@ -41,6 +43,8 @@ AGENT_STATUS = PREFIX + "agent_status"
 QUARANTINED_UNTIL = PREFIX + "quarantined_until"
 RECOVERY = PREFIX + "recovery"
 RECOVERY_DEADLINES = PREFIX + "recovery_deadlines"
+OUTBOX = PREFIX + "outbox"
+OUTBOX_MSG = PREFIX + "outbox:msg"
 CIRCUIT_PREFIX = PREFIX + "circuit:"
 INFLIGHT_PREFIX = PREFIX + "inflight:"
 HANDLER_CIRCUIT_PREFIX = PREFIX + "handler_circuit:"

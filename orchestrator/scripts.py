@@ -40,11 +40,13 @@ return {agents, redis.call('HGETALL', KEYS[2]), redis.call('HGETALL', KEYS[3]),
         redis.call('HGETALL', KEYS[4]), circuits}
 """
 
-# Accept a submission: KEYS = ledger, history, counters, events; ARGV = submit_id, now,
-# spec JSON, type, history entry JSON, ttl, events max length, then the `task.submitted`
-# event's field/value pairs. Returns {"new"} or {"resume", state} (the same submit message
-# redelivered before it finished routing) or {"duplicate", state}.
+# Accept a submission: KEYS = ledger, history, counters, events, outbox, outbox messages;
+# ARGV = submit_id, now, spec JSON, type, history entry JSON, ttl, events max length, then
+# the `task.submitted` event's field/value pairs. Returns {"new"} or {"resume", state} (the
+# same submit message redelivered before it finished routing) or {"duplicate", state}.
 ACCEPT = """
+redis.call('ZREM', KEYS[5], ARGV[1])
+redis.call('HDEL', KEYS[6], ARGV[1])
 if redis.call('HSETNX', KEYS[1], 'submit_id', ARGV[1]) == 1 then
   redis.call('HSET', KEYS[1], 'state', 'accepted', 'submitted_at', ARGV[2], 'spec', ARGV[3],
              'type', ARGV[4], 'attempts', 0, 'dispatch', 0)

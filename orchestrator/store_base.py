@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from typing import Any, Self
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from orchestrator import scripts
 from orchestrator.errors import StoreUnavailable
@@ -68,7 +70,12 @@ class StoreBase:
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Self:
-        client = redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+        # Fail within about a second when Redis is down (redis-py's default retries for
+        # several seconds): callers turn StoreUnavailable into a clear error or a redelivery.
+        retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3)
+        client = redis.Redis.from_url(
+            url, decode_responses=True, health_check_interval=30, retry=retry
+        )
         return cls(client, **kwargs)
 
     @contextmanager

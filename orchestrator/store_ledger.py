@@ -16,6 +16,8 @@ from orchestrator.keys import (
     INFLIGHT_PREFIX,
     KOMBU_UNACKED,
     KOMBU_UNACKED_INDEX,
+    OUTBOX,
+    OUTBOX_MSG,
     PARKED,
     RECOVERY,
     RECOVERY_DEADLINES,
@@ -78,7 +80,14 @@ class LedgerStore(StoreBase):
         fields = [item for pair in _event_fields(event).items() for item in pair]
         with self._translate():
             status, state = self._accept(
-                keys=[task_key(task.task_id), history_key(task.task_id), COUNTERS, EVENTS],
+                keys=[
+                    task_key(task.task_id),
+                    history_key(task.task_id),
+                    COUNTERS,
+                    EVENTS,
+                    OUTBOX,
+                    OUTBOX_MSG,
+                ],
                 args=[
                     submit_id,
                     repr(now),
@@ -92,11 +101,44 @@ class LedgerStore(StoreBase):
             )
         return str(status), str(state)
 
+    # --- the submission outbox ------------------------------------------------------------
+
+    def outbox_put(self, submit_id: str, kwargs: dict[str, Any], queue: str, now: float) -> None:
+        """Remember a submission until a router accepts it (OrchestratorClient's side)."""
+        with self._translate():
+            pipe = self.r.pipeline(transaction=True)
+            pipe.hset(OUTBOX_MSG, submit_id, json.dumps({"kwargs": kwargs, "queue": queue}))
+            pipe.zadd(OUTBOX, {submit_id: now})
+            pipe.execute()
+
+    def outbox_drop(self, submit_id: str) -> None:
+        with self._translate():
+            pipe = self.r.pipeline(transaction=True)
+            pipe.zrem(OUTBOX, submit_id)
+            pipe.hdel(OUTBOX_MSG, submit_id)
+            pipe.execute()
+
+    def outbox_due(
+        self, older_than: float, now: float, limit: int = 500
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Submissions no router accepted within the resend delay: their message was lost
+        (kombu's BRPOP hands a message over before it is recorded as unacknowledged, so a
+        router killed at that instant loses it). Each is stamped `now`, to be sent again."""
+        with self._translate():
+            ids = self.r.zrangebyscore(OUTBOX, "-inf", older_than, start=0, num=limit)
+            if not ids:
+                return []
+            raws = self.r.hmget(OUTBOX_MSG, ids)
+            self.r.zadd(OUTBOX, dict.fromkeys(ids, now), xx=True)
+        return [(i, json.loads(raw)) for i, raw in zip(ids, raws, strict=True) if raw]
+
     def record_rejection(
         self, problems: Sequence[str], submit_id: str, now: float, client_id: str | None
     ) -> None:
         with self._translate():
             pipe = self.r.pipeline(transaction=False)
+            pipe.zrem(OUTBOX, submit_id)
+            pipe.hdel(OUTBOX_MSG, submit_id)
             pipe.hincrby(COUNTERS, "rejected", 1)
             self.event(
                 "task.rejected",

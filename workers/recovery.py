@@ -50,4 +50,15 @@ def monitor(self: Task) -> dict[str, int]:
     with healer.store.singleton("recovery-monitor", ttl_s=max(interval * 5, 30)) as held:
         if not held:
             return {"skipped": 1}
-        return healer.monitor(now_s())
+        now = now_s()
+        report = healer.monitor(now)
+        due = healer.store.outbox_due(now - healer.settings.outbox_resend_s, now)
+        for submit_id, message in due:
+            self.app.send_task(
+                "orchestrator.submit",
+                kwargs=message["kwargs"],
+                task_id=submit_id,
+                queue=message["queue"],
+            )
+        report["resent"] = len(due)
+        return report

@@ -27,6 +27,10 @@ CHAOS_TIMINGS = {
     "ORCH_AGENT_TIMEOUT_S": "4",
     "ORCH_RECOVERY_MONITOR_INTERVAL_S": "1",
     "ORCH_PARKED_SWEEP_INTERVAL_S": "1",
+    # What a dead control worker held comes back after this (production default: 60 s).
+    "ORCH_VISIBILITY_TIMEOUT_S": "10",
+    "ORCH_RETRY_MAX_DELAY_S": "5",
+    "ORCH_OUTBOX_RESEND_S": "10",
 }
 
 Spawn = Callable[[Sequence[str], Mapping[str, str], str], CeleryProcess]
