@@ -32,7 +32,7 @@ from orchestrator.routing import (
 from orchestrator.store import Fleet, StateStore
 
 AFFINITY_TTL_S = 24 * 3600
-FLEET_CACHE_S = 0.5
+FLEET_CACHE_S = 0.2  # how stale a router's view of circuits and heartbeats may be
 
 
 class Publisher(Protocol):
