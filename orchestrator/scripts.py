@@ -221,3 +221,21 @@ RELEASE_LOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+def _as_function(name: str, body: str) -> str:
+    """A script's body as a local Lua function of its own KEYS and ARGV."""
+    return f"local function {name}(KEYS, ARGV)\n{body.strip()}\nend\n"
+
+
+# RECORD_OUTCOME and RECORD_CIRCUIT in one round trip (the agent's hot path), their texts
+# unchanged. KEYS = stats hash, circuit hash; ARGV = RECORD_OUTCOME's six, then
+# RECORD_CIRCUIT's seven. Returns RECORD_CIRCUIT's transition.
+RECORD_OUTCOME_AND_CIRCUIT = (
+    _as_function("outcome", RECORD_OUTCOME)
+    + _as_function("circuit", RECORD_CIRCUIT)
+    + """
+outcome({KEYS[1]}, {ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]})
+return circuit({KEYS[2]}, {ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13]})
+"""
+)

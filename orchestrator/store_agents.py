@@ -199,24 +199,23 @@ class AgentStore(StoreBase):
     ) -> str:
         """Update the agent's stats and (when given a config) its breaker in one round trip;
         returns the breaker transition ('opened', 'closed' or '') and announces it."""
+        stats = [
+            agent_id,
+            1 if ok else 0,
+            latency_ms,
+            SUCCESS_EWMA_ALPHA,
+            LATENCY_EWMA_ALPHA,
+            1 if settle else 0,
+        ]
         with self._translate():
-            pipe = self.r.pipeline(transaction=False)
-            self._outcome(
-                keys=[AGENT_STATS],
-                args=[
-                    agent_id,
-                    1 if ok else 0,
-                    latency_ms,
-                    SUCCESS_EWMA_ALPHA,
-                    LATENCY_EWMA_ALPHA,
-                    1 if settle else 0,
-                ],
-                client=pipe,
-            )
-            if circuit_cfg is not None:
-                self._circuit(
-                    keys=[circuit_key(agent_id)],
+            if circuit_cfg is None:
+                self._outcome(keys=[AGENT_STATS], args=stats)
+                return ""
+            transition = str(
+                self._outcome_circuit(
+                    keys=[AGENT_STATS, circuit_key(agent_id)],
                     args=[
+                        *stats,
                         1 if ok else 0,
                         repr(now or time.time()),
                         circuit_cfg.failure_threshold,
@@ -225,10 +224,8 @@ class AgentStore(StoreBase):
                         circuit_cfg.minimum_calls,
                         circuit_cfg.failure_rate_threshold,
                     ],
-                    client=pipe,
                 )
-            replies = pipe.execute()
-        transition = str(replies[1]) if circuit_cfg is not None else ""
+            )
         if transition:
             severity = (
                 ProductionEventSeverity.WARNING

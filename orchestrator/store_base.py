@@ -64,7 +64,7 @@ class StoreBase:
         self._route = client.register_script(scripts.ROUTE)
         self._begin = client.register_script(scripts.BEGIN_ATTEMPT)
         self._outcome = client.register_script(scripts.RECORD_OUTCOME)
-        self._circuit = client.register_script(scripts.RECORD_CIRCUIT)
+        self._outcome_circuit = client.register_script(scripts.RECORD_OUTCOME_AND_CIRCUIT)
         self._heartbeat = client.register_script(scripts.HEARTBEAT)
         self._release = client.register_script(scripts.RELEASE_LOCK)
 
