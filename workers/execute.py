@@ -117,15 +117,8 @@ def _execute(
 
     circuit = settings.circuit_config() if settings.circuit_breaker_enabled else None
     handler = get_handler(type)
-    started = time.perf_counter()
-    try:
-        if handler is None:
-            raise PermanentError(f"agent {agent_id} has no handler for task type {type!r}")
-        result = handler(payload)
-        encoded = json.dumps(result)
-    except PermanentError as exc:
-        latency = (time.perf_counter() - started) * 1000
-        store.record_outcome(agent_id, ok=False, latency_ms=latency, now=now_s())
+
+    def fail(exc: BaseException, latency: float) -> None:
         store.finish(
             task_id,
             TaskState.FAILED,
@@ -135,6 +128,17 @@ def _execute(
             latency_ms=latency,
             task_type=type,
         )
+
+    started = time.perf_counter()
+    try:
+        if handler is None:
+            raise PermanentError(f"agent {agent_id} has no handler for task type {type!r}")
+        result = handler(payload)
+        encoded = json.dumps(result)
+    except PermanentError as exc:
+        latency = (time.perf_counter() - started) * 1000
+        store.record_outcome(agent_id, ok=False, latency_ms=latency, now=now_s())
+        fail(exc, latency)
         raise
     except (StoreUnavailable, OperationalError):
         raise  # the handler's own Redis or broker calls failed: the same outage, retried
@@ -151,15 +155,7 @@ def _execute(
             agent_id, ok=False, latency_ms=latency, circuit_cfg=circuit, now=now_s()
         )
         if not settings.auto_recovery_enabled:
-            store.finish(
-                task_id,
-                TaskState.FAILED,
-                agent_id,
-                now_s(),
-                error=_reason(exc),
-                latency_ms=latency,
-                task_type=type,
-            )
+            fail(exc, latency)
             raise
         _hand_to_recovery(task, store, task_id, agent_id, kind, _reason(exc))
         raise Ignore() from exc

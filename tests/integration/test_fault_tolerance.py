@@ -208,3 +208,71 @@ def test_outbound_circuit_breaker_is_shared_between_processes(redis_url):
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "open"
+
+
+def test_manual_recover_agent_moves_its_queued_work_elsewhere(
+    start_control, start_agent, client, redis_client, orch_env
+):
+    start_control()
+    start_agent("stuck", "sleep,echo", concurrency=1)
+    blocker = client.submit("sleep", {"seconds": 3}, task_id="blocker")
+    wait_for(lambda: ledger(redis_client, "blocker").get("state") == "running", timeout=30)
+    queued = client.submit("echo", {"waiting": True}, task_id="queued")
+    wait_for(lambda: ledger(redis_client, "queued").get("state") == "routed", timeout=30)
+    start_agent("fresh", "echo")
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "recover", "--agent", "stuck"],
+        env=orch_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert queued.get(timeout=30) == {"waiting": True}
+    assert ledger(redis_client, "queued")["agent"] == "fresh"
+    assert redis_client.hget("orch:agent_status", "stuck") == "offline"
+    blocker.get(timeout=30)  # it finished where it ran; nothing was lost
+    bad = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "recover", "--task", "no-such-task"],
+        env=orch_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 1 and "no task 'no-such-task'" in bad.stderr
+
+
+def test_open_recovery_plan_escalates_after_the_escalation_timeout(redis_url):
+    """The recovery monitor dead-letters a task whose plan stays open past its deadline."""
+    from orchestrator.config import load_settings
+    from orchestrator.healer import Healer
+    from orchestrator.models import OrchestrationTask, RecoveryPlan, RecoveryTier, TaskState
+    from orchestrator.router import Router
+
+    settings = load_settings(redis_url=redis_url)
+    store = StateStore.from_url(redis_url)
+    failures: dict[str, str] = {}
+    try:
+        router = Router(store, settings, publish=lambda *a, **k: None)
+        healer = Healer(router, lambda task_id, exc: failures.update({task_id: str(exc)}))
+        task = OrchestrationTask(type="echo", task_id="slow-plan")
+        store.accept(task, "slow-plan", now=100.0)
+        store.mark_routed(task, "a", now=101.0)
+        store.save_plan(
+            RecoveryPlan(
+                task_id="slow-plan",
+                tier=RecoveryTier.RETRY,
+                reason="retry later",
+                created_at=102.0,
+                deadline=402.0,
+            )
+        )
+        assert healer.monitor(now=401.0)["escalated"] == 0
+        assert healer.monitor(now=403.0)["escalated"] == 1
+        record = store.task_record("slow-plan")
+        assert record.state is TaskState.DEAD_LETTERED
+        assert "recovery unfinished after 300s" in (record.error or "")
+        assert "dead-lettered" in failures["slow-plan"]
+        assert store.dead_letters() and store.dead_letters()[0][0] == "slow-plan"
+    finally:
+        store.r.close()
