@@ -5,23 +5,56 @@ Importing this builds nothing; `orchestrator.app` builds the module-level app fr
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 from kombu import Queue
 
 from orchestrator.beat import redbeat_config
 from orchestrator.config import Settings
+from orchestrator.models import OrchestrationTask, RegisteredAgent
+from orchestrator.routing import to_broker_priority
+from orchestrator.transport import TRANSPORT
+
+if TYPE_CHECKING:
+    from orchestrator.router import Publisher
 
 ROUTING_QUEUE = "orchestrator.routing"
 RECOVERY_QUEUE = "orchestrator.recovery"
 MONITORING_QUEUE = "orchestrator.monitoring"
 DEFAULT_QUEUE = "celery"
+SUBMIT = "orchestrator.submit"
+EXECUTE = "orchestrator.execute"
 CONTROL_QUEUES = (DEFAULT_QUEUE, ROUTING_QUEUE, RECOVERY_QUEUE, MONITORING_QUEUE)
 
 TASK_MODULES = ["workers.routing", "workers.execute", "workers.recovery", "workers.monitoring"]
 
 BROKER_PRIORITY_STEPS = list(range(10))
+
+
+def execute_publisher(celery_app: Celery) -> Publisher:
+    """Publishes `orchestrator.execute` to the chosen agent's queue under the task's id."""
+
+    def publish(
+        task: OrchestrationTask, agent: RegisteredAgent, dispatch: int, countdown: float = 0.0
+    ) -> None:
+        celery_app.send_task(
+            EXECUTE,
+            task_id=task.task_id,
+            kwargs={
+                "type": task.type,
+                "payload": task.payload,
+                "max_retries": task.max_retries,
+                "dispatch": dispatch,
+            },
+            queue=agent.queue,
+            priority=to_broker_priority(task.priority),
+            soft_time_limit=task.timeout_s,
+            time_limit=task.timeout_s + 10,
+            countdown=countdown or None,
+        )
+
+    return publish
 
 
 def agent_queue(agent_id: str) -> str:
@@ -66,6 +99,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "orchestrator.monitor.*": {"queue": MONITORING_QUEUE},
             "orchestrator.optimize": {"queue": MONITORING_QUEUE},
         },
+        # kombu's Redis transport with one crash on Redis restarts fixed (see transport.py).
+        "broker_transport": TRANSPORT,
         "broker_transport_options": transport,
         "result_backend_transport_options": {"visibility_timeout": visibility},
         "broker_connection_retry_on_startup": True,

@@ -2,44 +2,73 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 from uuid import uuid4
 
 from celery import Celery
 from celery.result import AsyncResult
 
-from orchestrator.celeryconf import ROUTING_QUEUE, create_app
+from orchestrator.celeryconf import ROUTING_QUEUE, SUBMIT, create_app, execute_publisher
 from orchestrator.config import Settings, load_settings
-from orchestrator.models import TASK_ID_RE, RegisteredAgent, TaskRecord
+from orchestrator.models import RegisteredAgent, TaskRecord
+from orchestrator.router import Router
 from orchestrator.store import StateStore
-
-SUBMIT = "orchestrator.submit"
 
 
 class OrchestratorClient:
-    """Sends `orchestrator.submit` by name and tracks the orchestration id to its result."""
+    """Submits tasks (routing them itself) and tracks each orchestration id to its result."""
 
-    def __init__(self, redis_url: str | None = None, settings: Settings | None = None) -> None:
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        settings: Settings | None = None,
+        route_locally: bool = True,
+    ) -> None:
         if settings is None:
             settings = load_settings(**({"redis_url": redis_url} if redis_url else {}))
         self.settings = settings
         self.app: Celery = create_app(settings, with_tasks=False)
         self.store = StateStore.from_url(
-            settings.effective_state_url, ledger_ttl_s=settings.ledger_ttl_s
+            settings.effective_state_url,
+            ledger_ttl_s=settings.ledger_ttl_s,
+            events_max_len=settings.events_max_len,
         )
+        self.router = Router(self.store, settings, execute_publisher(self.app))
+        self.route_locally = route_locally
 
     def submit(
         self, type: str, payload: dict[str, Any] | None = None, **fields: Any
     ) -> AsyncResult:
-        """Submit one task. The returned result's id is the orchestration id: `task_id` if
-        given, else the submit message's own id. `.get()` gives the handler's return value,
-        or raises the final failure (InvalidTask for a rejected spec)."""
+        """Submit one task and route it from here: validate, record, pick the agent and
+        publish `orchestrator.execute` to its queue, with no hop through a control worker.
+        The returned result's id is the orchestration id (`task_id` if given); `.get()` gives
+        the handler's return value or raises the final failure. A spec that breaks a rule
+        raises InvalidTask here, naming every offending field.
+
+        With route_locally=False the task goes to `orchestrator.submit` on a control worker
+        instead (one hop more; for producers that should not do the routing work).
+
+        Until the task is routed or parked it stays in an outbox in Redis: if this process,
+        or the control worker holding its message, dies in between, the recovery monitor
+        sends it to `orchestrator.submit` by name again under the same message id."""
         kwargs: dict[str, Any] = {"type": type, "payload": payload or {}, **fields}
-        sent = self.app.send_task(SUBMIT, kwargs=kwargs, task_id=str(uuid4()), queue=ROUTING_QUEUE)
-        given = fields.get("task_id")
-        if isinstance(given, str) and TASK_ID_RE.match(given) and given != sent.id:
-            return self.app.AsyncResult(given)
-        return sent  # already subscribed to its result: no second subscription
+        submit_id = str(uuid4())
+        now = time.time()
+        task = self.router.validate(kwargs, submit_id, now)
+        assert task.task_id is not None
+        self.store.outbox_put(task.task_id, submit_id, kwargs, ROUTING_QUEUE, now)
+        if self.route_locally:
+            self.router.submit_valid(task, submit_id, now)
+            return self.app.AsyncResult(task.task_id)
+        try:
+            sent = self.app.send_task(SUBMIT, kwargs=kwargs, task_id=submit_id, queue=ROUTING_QUEUE)
+        except Exception:
+            self.store.outbox_drop(task.task_id)
+            raise
+        # The submit message's own result object is already subscribed: reuse it when it
+        # carries the orchestration id.
+        return sent if sent.id == task.task_id else self.app.AsyncResult(task.task_id)
 
     def result(self, task_id: str) -> AsyncResult:
         return self.app.AsyncResult(task_id)

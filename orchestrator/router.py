@@ -86,6 +86,10 @@ class Router:
 
     def submit(self, fields: dict[str, Any], submit_id: str, now: float) -> Outcome:
         """Accept (or reject) one submission and route it. Raises InvalidTask on bad input."""
+        return self.submit_valid(self.validate(fields, submit_id, now), submit_id, now)
+
+    def validate(self, fields: dict[str, Any], submit_id: str, now: float) -> OrchestrationTask:
+        """The task spec with its orchestration id, or InvalidTask (recorded and announced)."""
         try:
             task = parse_task(fields, self.settings.max_payload_bytes)
         except InvalidTask as exc:
@@ -96,6 +100,11 @@ class Router:
             raise
         if task.task_id is None:
             task = task.model_copy(update={"task_id": submit_id})
+        return task
+
+    def submit_valid(self, task: OrchestrationTask, submit_id: str, now: float) -> Outcome:
+        """Record a valid task in the ledger and route it; a second submission of an id that
+        was already accepted (not a redelivery of the same message) runs nothing again."""
         assert task.task_id is not None
         status, state = self.store.accept(task, submit_id, now)
         if status == "duplicate" or (
@@ -103,6 +112,7 @@ class Router:
             and TaskState(state) not in (TaskState.ACCEPTED, TaskState.PARKED, TaskState.ROUTED)
         ):
             self.store.count_duplicate(task.task_id, now)
+            self.store.outbox_drop(task.task_id)
             return Outcome(task.task_id, "duplicate")
         return self.route(task, now)
 

@@ -40,13 +40,11 @@ return {agents, redis.call('HGETALL', KEYS[2]), redis.call('HGETALL', KEYS[3]),
         redis.call('HGETALL', KEYS[4]), circuits}
 """
 
-# Accept a submission: KEYS = ledger, history, counters, events, outbox, outbox messages;
-# ARGV = submit_id, now, spec JSON, type, history entry JSON, ttl, events max length, then
+# Accept a submission: KEYS = ledger, history, counters, events; ARGV = submit_id, now,
+# spec JSON, type, history entry JSON, ttl, events max length, then
 # the `task.submitted` event's field/value pairs. Returns {"new"} or {"resume", state} (the
 # same submit message redelivered before it finished routing) or {"duplicate", state}.
 ACCEPT = """
-redis.call('ZREM', KEYS[5], ARGV[1])
-redis.call('HDEL', KEYS[6], ARGV[1])
 if redis.call('HSETNX', KEYS[1], 'submit_id', ARGV[1]) == 1 then
   redis.call('HSET', KEYS[1], 'state', 'accepted', 'submitted_at', ARGV[2], 'spec', ARGV[3],
              'type', ARGV[4], 'attempts', 0, 'dispatch', 0)
@@ -80,7 +78,8 @@ return {1, state}
 
 # Hand a task to an agent: a new dispatch number, so any older copy of its message (a kombu
 # restore, a queue of a lost agent) is recognised as stale; counted and announced in the same
-# step. KEYS = ledger, history, counters, agent_stats, parked, events; ARGV = agent, now,
+# step, and the submission leaves the client's outbox. KEYS = ledger, history, counters,
+# agent_stats, parked, events, outbox, outbox messages; ARGV = agent, now,
 # history JSON, in-flight key prefix, task id, events max length, then the `task.routed`
 # event's field/value pairs. Returns {dispatch, previous state}, or {0, state} if it ended.
 ROUTE = """
@@ -100,6 +99,8 @@ redis.call('SADD', ARGV[4] .. ARGV[1], ARGV[5])
 redis.call('HINCRBY', KEYS[3], 'routed', 1)
 redis.call('HINCRBY', KEYS[4], ARGV[1] .. '|inflight', 1)
 redis.call('ZREM', KEYS[5], ARGV[5])
+redis.call('ZREM', KEYS[7], ARGV[5])
+redis.call('HDEL', KEYS[8], ARGV[5])
 redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[6], '*', unpack(ARGV, 7))
 return {dispatch, state}
 """

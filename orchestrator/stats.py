@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import bisect
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from orchestrator.models import ProductionMetrics, SLATarget, SystemHealth
 from orchestrator.slo import WindowCounts
@@ -276,3 +278,16 @@ def assess_health(metrics: ProductionMetrics, firing_severities: Iterable[str]) 
 def flag_clients(counts: Mapping[str, int], threshold: int) -> dict[str, int]:
     """Clients whose rejected submissions in the window reached the threshold."""
     return {client: n for client, n in sorted(counts.items()) if n >= threshold}
+
+
+REJECTIONS_TTL_S = 26 * 3600
+_CLIENT_RE = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+
+
+def client_label(value: Any) -> str:
+    """A rejected submission's client_id as a bounded label (it may be the invalid field)."""
+    if value is None:
+        return "anonymous"
+    if isinstance(value, str) and _CLIENT_RE.match(value):
+        return value
+    return "invalid"

@@ -24,6 +24,7 @@ from orchestrator.keys import (
     history_key,
     inflight_key,
     queue_lists,
+    rejections_key,
     task_key,
 )
 from orchestrator.models import (
@@ -34,6 +35,7 @@ from orchestrator.models import (
     TaskRecord,
     TaskState,
 )
+from orchestrator.stats import REJECTIONS_TTL_S, client_label
 from orchestrator.store_base import StoreBase, _event_fields, _history
 
 ACTIVE_STATES = (
@@ -85,8 +87,6 @@ class LedgerStore(StoreBase):
                     history_key(task.task_id),
                     COUNTERS,
                     EVENTS,
-                    OUTBOX,
-                    OUTBOX_MSG,
                 ],
                 args=[
                     submit_id,
@@ -103,27 +103,33 @@ class LedgerStore(StoreBase):
 
     # --- the submission outbox ------------------------------------------------------------
 
-    def outbox_put(self, submit_id: str, kwargs: dict[str, Any], queue: str, now: float) -> None:
-        """Remember a submission until a router accepts it (OrchestratorClient's side)."""
+    def outbox_put(
+        self, task_id: str, submit_id: str, kwargs: dict[str, Any], queue: str, now: float
+    ) -> None:
+        """Keep a client's submission until it is routed or parked (OrchestratorClient)."""
+        message = {"kwargs": kwargs, "queue": queue, "submit_id": submit_id}
         with self._translate():
             pipe = self.r.pipeline(transaction=True)
-            pipe.hset(OUTBOX_MSG, submit_id, json.dumps({"kwargs": kwargs, "queue": queue}))
-            pipe.zadd(OUTBOX, {submit_id: now})
+            pipe.hset(OUTBOX_MSG, task_id, json.dumps(message))
+            pipe.zadd(OUTBOX, {task_id: now})
             pipe.execute()
 
-    def outbox_drop(self, submit_id: str) -> None:
+    def outbox_drop(self, task_id: str, pipe: Any = None) -> None:
+        target = pipe if pipe is not None else self.r.pipeline(transaction=True)
         with self._translate():
-            pipe = self.r.pipeline(transaction=True)
-            pipe.zrem(OUTBOX, submit_id)
-            pipe.hdel(OUTBOX_MSG, submit_id)
-            pipe.execute()
+            target.zrem(OUTBOX, task_id)
+            target.hdel(OUTBOX_MSG, task_id)
+            if pipe is None:
+                target.execute()
 
     def outbox_due(
         self, older_than: float, now: float, limit: int = 500
     ) -> list[tuple[str, dict[str, Any]]]:
-        """Submissions no router accepted within the resend delay: their message was lost
-        (kombu's BRPOP hands a message over before it is recorded as unacknowledged, so a
-        router killed at that instant loses it). Each is stamped `now`, to be sent again."""
+        """Submissions neither routed nor parked within the resend delay: the client died
+        between recording and routing, or (through `orchestrator.submit`) a router was killed
+        holding the message, which kombu's BRPOP hands over before recording it as
+        unacknowledged. Each is stamped `now` and returned, to be sent again by name under
+        its original message id (so an accepted one resumes instead of repeating)."""
         with self._translate():
             ids = self.r.zrangebyscore(OUTBOX, "-inf", older_than, start=0, num=limit)
             if not ids:
@@ -137,9 +143,11 @@ class LedgerStore(StoreBase):
     ) -> None:
         with self._translate():
             pipe = self.r.pipeline(transaction=False)
-            pipe.zrem(OUTBOX, submit_id)
-            pipe.hdel(OUTBOX_MSG, submit_id)
             pipe.hincrby(COUNTERS, "rejected", 1)
+            # Per client and minute, for the security loop (both submission paths count).
+            minute_key = rejections_key(int(now // 60))
+            pipe.hincrby(minute_key, client_label(client_id), 1)
+            pipe.expire(minute_key, REJECTIONS_TTL_S)
             self.event(
                 "task.rejected",
                 now,
@@ -213,6 +221,8 @@ class LedgerStore(StoreBase):
                     AGENT_STATS,
                     PARKED,
                     EVENTS,
+                    OUTBOX,
+                    OUTBOX_MSG,
                 ],
                 args=[
                     agent_id,
@@ -237,6 +247,7 @@ class LedgerStore(StoreBase):
             pipe = self.r.pipeline(transaction=False)
             pipe.zadd(PARKED, {task.task_id: now}, nx=True)
             pipe.hincrby(COUNTERS, "parked", 1)
+            self.outbox_drop(task.task_id, pipe)
             self.event(
                 "task.parked",
                 now,
@@ -344,6 +355,7 @@ class LedgerStore(StoreBase):
             pipe.hdel(RECOVERY, task_id)
             pipe.zrem(RECOVERY_DEADLINES, task_id)
             pipe.zrem(PARKED, task_id)
+            self.outbox_drop(task_id, pipe)
             if owner:
                 pipe.srem(inflight_key(owner), task_id)
             if state is TaskState.DEAD_LETTERED:

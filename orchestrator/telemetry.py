@@ -15,7 +15,6 @@ A telemetry failure is logged and never fails the task.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Mapping
@@ -24,20 +23,16 @@ from typing import Any
 import redis
 from celery import signals
 
-from orchestrator.errors import InvalidTask
-from orchestrator.keys import TELEMETRY_TOTAL, rejections_key, task_key, telemetry_key
+from orchestrator.keys import TELEMETRY_TOTAL, task_key, telemetry_key
 from orchestrator.stats import run_fields
 
 log = logging.getLogger(__name__)
 
 EXECUTE = "orchestrator.execute"
-SUBMIT = "orchestrator.submit"
 MINUTE_TTL_S = 7 * 3600  # minute buckets serve windows up to MINUTE_WINDOW_MAX_S
 HOUR_TTL_S = 32 * 86400  # hour buckets serve windows up to 31 days
 MINUTE_WINDOW_MAX_S = 6 * 3600
-REJECTIONS_TTL_S = 26 * 3600
 CLOCK_SLACK_S = 0.001
-_CLIENT_RE = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 _LEDGER_FIELDS = ("state", "started_at", "finished_at", "latency_ms", "submitted_at", "attempts")
 _MAX_PENDING = 10_000
 
@@ -93,15 +88,6 @@ def run_measures(
     return latency, delegation
 
 
-def client_label(value: Any) -> str:
-    """A rejected submission's client_id as a bounded label (it may be the invalid field)."""
-    if value is None:
-        return "anonymous"
-    if isinstance(value, str) and _CLIENT_RE.match(value):
-        return value
-    return "invalid"
-
-
 class TelemetryWriter:
     """Adds counts to the minute, hour and cumulative telemetry hashes."""
 
@@ -122,13 +108,6 @@ class TelemetryWriter:
         if cumulative:
             for name, n in fields.items():
                 pipe.hincrby(TELEMETRY_TOTAL, name, n)
-        pipe.execute()
-
-    def add_rejection(self, client_id: str, now: float) -> None:
-        key = rejections_key(int(now // 60))
-        pipe = self.r.pipeline(transaction=False)
-        pipe.hincrby(key, client_id, 1)
-        pipe.expire(key, REJECTIONS_TTL_S)
         pipe.execute()
 
     def record_execute(
@@ -209,8 +188,6 @@ def _on_postrun(
                 state or "",
                 time.time(),
             )
-        elif task.name == SUBMIT and state == "FAILURE" and isinstance(retval, InvalidTask):
-            _writer(task).add_rejection(client_label((kwargs or {}).get("client_id")), time.time())
     except Exception as exc:  # telemetry must never fail a task
         log.warning("telemetry for %s %s not recorded: %s", task.name, task_id, exc)
 

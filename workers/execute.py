@@ -10,6 +10,7 @@ Redis itself is unreachable the message is left unacknowledged, to come back onc
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from typing import Any
@@ -29,6 +30,7 @@ from orchestrator.store import StateStore, now_s
 from workers._context import settings_of, store_of
 
 RECOVER = "orchestrator.recover"
+log = logging.getLogger(__name__)
 
 
 def _reason(exc: BaseException) -> str:
@@ -55,7 +57,36 @@ def _hand_to_recovery(
     )
 
 
-@app.task(name="orchestrator.execute", bind=True, throws=(PermanentError,))
+class ExecuteTask(Task):
+    """Records a success in the ledger after Celery stored the result (see _execute)."""
+
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+        done = getattr(self.request, "orchestrator_success", None)
+        if done is None:
+            return  # a copy that ran nothing (already ended): nothing to record
+        latency, encoded = done
+        settings, store = settings_of(self.app), store_of(self.app)
+        agent_id = current_agent_id()
+        circuit = settings.circuit_config() if settings.circuit_breaker_enabled else None
+        try:
+            store.record_outcome(
+                agent_id, ok=True, latency_ms=latency, circuit_cfg=circuit, now=now_s()
+            )
+            store.finish(
+                task_id,
+                TaskState.SUCCEEDED,
+                agent_id,
+                now_s(),
+                latency_ms=latency,
+                task_type=kwargs.get("type"),
+                result=encoded,
+            )
+        except (StoreUnavailable, OperationalError) as exc:
+            # The result is stored; the ledger catches up if the task is delivered again.
+            log.warning("task %s succeeded but the ledger could not record it: %s", task_id, exc)
+
+
+@app.task(name="orchestrator.execute", bind=True, base=ExecuteTask, throws=(PermanentError,))
 def execute(
     self: Task, type: str, payload: dict[str, Any], max_retries: int = 3, dispatch: int = 0
 ) -> Any:
@@ -159,15 +190,8 @@ def _execute(
             raise
         _hand_to_recovery(task, store, task_id, agent_id, kind, _reason(exc))
         raise Ignore() from exc
-    latency = (time.perf_counter() - started) * 1000
-    store.record_outcome(agent_id, ok=True, latency_ms=latency, circuit_cfg=circuit, now=now_s())
-    store.finish(
-        task_id,
-        TaskState.SUCCEEDED,
-        agent_id,
-        now_s(),
-        latency_ms=latency,
-        task_type=type,
-        result=encoded,
-    )
+    # The ledger records the success in on_success, once Celery has stored the result: an
+    # agent killed in between leaves the task `running`, to be run again, never `succeeded`
+    # with no result for AsyncResult.get() to find.
+    task.request.orchestrator_success = ((time.perf_counter() - started) * 1000, encoded)
     return result

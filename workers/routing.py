@@ -7,38 +7,12 @@ from typing import Any
 from celery import Celery, Task
 
 from orchestrator.app import app
+from orchestrator.celeryconf import execute_publisher
 from orchestrator.errors import InvalidTask, NoCapableAgent
-from orchestrator.models import TASK_ID_RE, OrchestrationTask, RegisteredAgent
-from orchestrator.router import Outcome, Publisher, Router
-from orchestrator.routing import to_broker_priority
+from orchestrator.models import TASK_ID_RE
+from orchestrator.router import Outcome, Router
 from orchestrator.store import now_s
 from workers._context import settings_of, store_of
-
-EXECUTE = "orchestrator.execute"
-
-
-def publisher(task_app: Celery) -> Publisher:
-    def publish(
-        task: OrchestrationTask, agent: RegisteredAgent, dispatch: int, countdown: float = 0.0
-    ) -> None:
-        task_app.send_task(
-            EXECUTE,
-            task_id=task.task_id,
-            kwargs={
-                "type": task.type,
-                "payload": task.payload,
-                "max_retries": task.max_retries,
-                "dispatch": dispatch,
-            },
-            queue=agent.queue,
-            priority=to_broker_priority(task.priority),
-            soft_time_limit=task.timeout_s,
-            time_limit=task.timeout_s + 10,
-            countdown=countdown or None,
-        )
-
-    return publish
-
 
 _routers: dict[int, Router] = {}
 
@@ -46,7 +20,9 @@ _routers: dict[int, Router] = {}
 def router_for(task_app: Celery) -> Router:
     key = id(task_app)
     if key not in _routers:
-        _routers[key] = Router(store_of(task_app), settings_of(task_app), publisher(task_app))
+        _routers[key] = Router(
+            store_of(task_app), settings_of(task_app), execute_publisher(task_app)
+        )
     return _routers[key]
 
 

@@ -16,7 +16,10 @@ from tests.support import RedisServer
 
 @pytest.fixture
 def chaos_client(redis_url: str) -> Iterator[OrchestratorClient]:
-    with OrchestratorClient(settings=load_settings(redis_url=redis_url)) as client:
+    """Submits through `orchestrator.submit`, so the control workers route: the faults hit
+    the by-name path (the client's local routing is what the Redis-crash scenario uses)."""
+    settings = load_settings(redis_url=redis_url)
+    with OrchestratorClient(settings=settings, route_locally=False) as client:
         yield client
 
 

@@ -66,13 +66,25 @@ def test_lua_breaker_matches_the_pure_state_machine(seed, redis_url):
 
 
 def test_failing_agent_is_avoided_its_tasks_succeed_elsewhere_and_circuit_recovers(
-    start_control, start_agent, client, redis_client
+    start_control, start_agent, redis_url, redis_client
 ):
     env = {
         "ORCH_CIRCUIT_FAILURE_THRESHOLD": "2",
         "ORCH_CIRCUIT_RECOVERY_TIMEOUT_S": "2",
         "ORCH_CIRCUIT_HALF_OPEN_MAX_CALLS": "1",
     }
+    # The client routes too, so it reads the breaker with the same settings as the cluster.
+    from orchestrator.client import OrchestratorClient
+    from orchestrator.config import load_settings
+
+    client = OrchestratorClient(
+        settings=load_settings(
+            redis_url=redis_url,
+            circuit_failure_threshold=2,
+            circuit_recovery_timeout_s=2,
+            circuit_half_open_max_calls=1,
+        )
+    )
     start_control(**env)
     start_agent("bad", "sometimes_fail_on", **env)
     start_agent("good", "sometimes_fail_on=0.5", **env)
@@ -97,6 +109,7 @@ def test_failing_agent_is_avoided_its_tasks_succeed_elsewhere_and_circuit_recove
         )
 
     wait_for(closed, timeout=40, interval=0.5, message="the circuit of `bad` never closed")
+    client.close()
 
 
 def test_poison_message_is_dead_lettered_after_the_redelivery_cap_and_replayable(

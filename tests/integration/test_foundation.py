@@ -21,20 +21,29 @@ from tests.support import wait_for
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.parametrize("routers", [1, 2])
+@pytest.mark.parametrize("path", ["client", "by-name"])
 def test_three_agents_share_tasks_by_proficiency(
-    routers, start_control, start_agent, client, redis_client
+    path, start_control, start_agent, client, redis_client
 ):
-    """Proficiencies 1.0 / 0.5 / 0.5 share 400 tasks about 50/25/25, with one router or two
-    routing at once (the round-robin state is shared in Redis, not per process)."""
-    for i in range(routers):
+    """Proficiencies 1.0 / 0.5 / 0.5 share 400 tasks about 50/25/25, whether the client
+    routes them itself or `orchestrator.submit` does on two control workers (four router
+    processes at once): the round-robin state is shared in Redis, not per process."""
+    for i in range(2 if path == "by-name" else 1):
         start_control(concurrency=2, name=f"control{i}", wait=False)
     start_agent("a", "echo=1.0", concurrency=2, wait=False)
     start_agent("b", "echo=0.5", concurrency=2, wait=False)
     start_agent("c", "echo=0.5", concurrency=2)
     wait_for(lambda: redis_client.hlen("orch:agents") == 3, timeout=60)
 
-    results = [client.submit("echo", {"i": i}) for i in range(400)]
+    if path == "client":
+        results = [client.submit("echo", {"i": i}) for i in range(400)]
+    else:
+        results = [
+            client.app.send_task(
+                "orchestrator.submit", kwargs={"type": "echo", "payload": {"i": i}}
+            )
+            for i in range(400)
+        ]
     assert [r.get(timeout=60) for r in results] == [{"i": i} for i in range(400)]
 
     shares = Counter(ledger(redis_client, r.id)["agent"] for r in results)
@@ -73,9 +82,18 @@ def test_bad_input_is_rejected_naming_every_field_and_workers_keep_serving(
 ):
     start_control()
     start_agent("a", "echo")
-    rejected = client.submit("echo", {"x": 1}, priority=99, priorty=3, task_id="mine-1")
+    by_name = client.app.send_task(
+        "orchestrator.submit",
+        kwargs={
+            "type": "echo",
+            "payload": {"x": 1},
+            "priority": 99,
+            "priorty": 3,
+            "task_id": "mine-1",
+        },
+    )
     with pytest.raises(InvalidTask) as info:
-        rejected.get(timeout=30)
+        by_name.get(timeout=30)
     message = str(info.value)
     assert "priority: must be between 0 and 9 (got 99)" in message
     assert "priorty: unknown field" in message
@@ -85,13 +103,14 @@ def test_bad_input_is_rejected_naming_every_field_and_workers_keep_serving(
     events = [e.type for e in client.store.read_events()]
     assert "task.rejected" in events and "task.routed" not in events
 
-    bad_type = client.submit("Not A Type")
+    # The Python client checks before anything is recorded, with the same message.
     with pytest.raises(InvalidTask, match=r"type: must be 1-64 chars"):
-        bad_type.get(timeout=30)
+        client.submit("Not A Type")
     # Positional arguments (a common by-name mistake) are rejected the same way.
     positional = client.app.send_task("orchestrator.submit", args=["echo"])
     with pytest.raises(InvalidTask, match="keyword arguments only"):
         positional.get(timeout=30)
+    assert redis_client.hget("orch:counters", "rejected") == "2"
 
     assert client.submit("echo", {"still": "serving"}).get(timeout=30) == {"still": "serving"}
 

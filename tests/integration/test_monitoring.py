@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator.errors import InvalidTask
 from orchestrator.keys import EVENTS
 from tests.support import free_port, wait_for
 
@@ -168,9 +169,8 @@ def test_loops_on_beat_reach_alertmanager_and_the_cli(
     results = [client.submit("echo", {"i": i}) for i in range(10)]
     assert [r.get(timeout=30) for r in results] == [{"i": i} for i in range(10)]
     for _ in range(3):
-        rejected = client.submit("echo", {}, priority=99, client_id="bad-svc")
-        with pytest.raises(Exception, match="priority"):
-            rejected.get(timeout=30)
+        with pytest.raises(InvalidTask, match="priority"):
+            client.submit("echo", {}, priority=99, client_id="bad-svc")
     wait_for(lambda: "security.threat" in event_types(redis_client), timeout=30)
     security = cli_json(env, "security")
     assert [t["client_id"] for t in security["threats"]] == ["bad-svc"]

@@ -196,8 +196,8 @@ def test_alert_loop_acks_and_history(ctx, redis_client):
 def test_security_loop_flags_a_client_once_per_episode(ctx, redis_client):
     threshold = ctx.settings.security_rejection_threshold
     for i in range(threshold):
-        ctx.mon.telemetry.add_rejection("bad-svc", BASE + i)
-    ctx.mon.telemetry.add_rejection("fine-svc", BASE)
+        ctx.store.record_rejection(["priority: bad"], f"s{i}", BASE + i, "bad-svc")
+    ctx.store.record_rejection(["priority: bad"], "s-fine", BASE, "fine-svc")
     assert run_security(ctx, BASE + 60)["threats"] == ["bad-svc"]
     assert run_security(ctx, BASE + 90)["threats"] == ["bad-svc"]
     found = events(redis_client, "security.threat")

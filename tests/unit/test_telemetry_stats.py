@@ -16,6 +16,7 @@ from orchestrator.stats import (
     assess_health,
     availability_fields,
     bucket_index,
+    client_label,
     count_above,
     flag_clients,
     parse_fields,
@@ -25,7 +26,7 @@ from orchestrator.stats import (
     sum_fields,
     window_counts,
 )
-from orchestrator.telemetry import classify_run, client_label, run_measures
+from orchestrator.telemetry import classify_run, run_measures
 
 
 def idx(ms: float) -> int:
