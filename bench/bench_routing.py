@@ -11,7 +11,7 @@ here. Each repeat runs every variant once, in alternating order (A B C D, then D
 - 2-hop+events: two plain workers, the first relaying each task to the second under the same
   id (`bench.relay`): the shape of the orchestrated path without the orchestrator;
 - orchestrated: one control worker and one agent worker (capability `echo`), each `-c 2`,
-  fed through `OrchestratorClient.submit("echo", ...)`: submit -> route -> execute.
+  fed through `OrchestratorClient.submit("echo", ...)`: validate and route in the client -> execute.
 
 Every run starts on a flushed server with freshly started workers, warms them up, then times
 N tasks from one producer (first send to last result) while measuring the CPU each process
