@@ -39,10 +39,15 @@ def submit(self: Task, *args: Any, **fields: Any) -> str:
     submit_id = self.request.id
     try:
         if args:
-            raise InvalidTask(
+            error = InvalidTask(
                 "args: orchestrator.submit takes keyword arguments only "
                 "(send kwargs={'type': ..., 'payload': {...}})"
             )
+            client = fields.get("client_id")
+            router.store.record_rejection(
+                error.problems, submit_id, now_s(), client if isinstance(client, str) else None
+            )
+            raise error
         outcome: Outcome = router.submit(fields, submit_id, now_s())
     except InvalidTask as exc:
         given = fields.get("task_id")

@@ -110,7 +110,8 @@ def test_bad_input_is_rejected_naming_every_field_and_workers_keep_serving(
     positional = client.app.send_task("orchestrator.submit", args=["echo"])
     with pytest.raises(InvalidTask, match="keyword arguments only"):
         positional.get(timeout=30)
-    assert redis_client.hget("orch:counters", "rejected") == "2"
+    assert redis_client.hget("orch:counters", "rejected") == "3"  # each announced too
+    assert [e.type for e in client.store.read_events()].count("task.rejected") == 3
 
     assert client.submit("echo", {"still": "serving"}).get(timeout=30) == {"still": "serving"}
 
