@@ -35,6 +35,7 @@ class OrchestratorClient:
             events_max_len=settings.events_max_len,
         )
         self.router = Router(self.store, settings, execute_publisher(self.app))
+        self.router.keep_outbox = True  # dropped only once the publish succeeded
         self.route_locally = route_locally
 
     def submit(

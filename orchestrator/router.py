@@ -66,6 +66,7 @@ class Router:
         self.circuit_cfg = settings.circuit_config() if settings.circuit_breaker_enabled else None
         self._fleet: Fleet | None = None
         self._fleet_at = 0.0
+        self.keep_outbox = False
 
     def fleet(self, now: float, fresh: bool = False) -> Fleet:
         """The fleet as of at most FLEET_CACHE_S ago. Submissions share one read; sweeps and
@@ -180,11 +181,19 @@ class Router:
         countdown: float = 0.0,
         **history: Any,
     ) -> bool:
-        """Record the assignment (a new dispatch number) and publish; False if it ended."""
-        dispatch = self.store.mark_routed(task, agent.agent_id, now, **history)
+        """Record the assignment (a new dispatch number) and publish; False if it ended.
+
+        A router inside OrchestratorClient (keep_outbox) leaves the submission in the outbox
+        until the publish succeeded: if it fails, nothing else would ever publish it."""
+        dispatch = self.store.mark_routed(
+            task, agent.agent_id, now, drop_outbox=not self.keep_outbox, **history
+        )
         if dispatch <= 0:
             return False
         self.publish(task, agent, dispatch, countdown)
+        if self.keep_outbox:
+            assert task.task_id is not None
+            self.store.outbox_drop(task.task_id)
         return True
 
     def route(

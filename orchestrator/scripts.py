@@ -78,10 +78,12 @@ return {1, state}
 
 # Hand a task to an agent: a new dispatch number, so any older copy of its message (a kombu
 # restore, a queue of a lost agent) is recognised as stale; counted and announced in the same
-# step, and the submission leaves the client's outbox. KEYS = ledger, history, counters,
-# agent_stats, parked, events, outbox, outbox messages; ARGV = agent, now,
-# history JSON, in-flight key prefix, task id, events max length, then the `task.routed`
-# event's field/value pairs. Returns {dispatch, previous state}, or {0, state} if it ended.
+# step; with drop-outbox 1 the submission also leaves the client's outbox (a router that
+# publishes in-process drops it itself once the publish succeeded). KEYS = ledger, history,
+# counters, agent_stats, parked, events, outbox, outbox messages; ARGV = agent, now, history
+# JSON, in-flight key prefix, task id, events max length, drop-outbox, then the
+# `task.routed` event's field/value pairs. Returns {dispatch, previous state}, or {0, state}
+# if it ended.
 ROUTE = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'accepted' and state ~= 'parked' and state ~= 'routed' and state ~= 'running'
@@ -99,9 +101,11 @@ redis.call('SADD', ARGV[4] .. ARGV[1], ARGV[5])
 redis.call('HINCRBY', KEYS[3], 'routed', 1)
 redis.call('HINCRBY', KEYS[4], ARGV[1] .. '|inflight', 1)
 redis.call('ZREM', KEYS[5], ARGV[5])
-redis.call('ZREM', KEYS[7], ARGV[5])
-redis.call('HDEL', KEYS[8], ARGV[5])
-redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[6], '*', unpack(ARGV, 7))
+if ARGV[7] == '1' then
+  redis.call('ZREM', KEYS[7], ARGV[5])
+  redis.call('HDEL', KEYS[8], ARGV[5])
+end
+redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[6], '*', unpack(ARGV, 8))
 return {dispatch, state}
 """
 

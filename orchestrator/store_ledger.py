@@ -200,7 +200,12 @@ class LedgerStore(StoreBase):
         return int(done), str(previous)
 
     def mark_routed(
-        self, task: OrchestrationTask, agent_id: str, now: float, **history: Any
+        self,
+        task: OrchestrationTask,
+        agent_id: str,
+        now: float,
+        drop_outbox: bool = True,
+        **history: Any,
     ) -> int:
         """Assign the task to an agent (one round trip); returns the new dispatch number, or
         0 when the task had already ended."""
@@ -231,6 +236,7 @@ class LedgerStore(StoreBase):
                     INFLIGHT_PREFIX,
                     task.task_id,
                     self.events_max_len,
+                    "1" if drop_outbox else "0",
                     *fields,
                 ],
             )

@@ -289,3 +289,44 @@ def test_open_recovery_plan_escalates_after_the_escalation_timeout(redis_url):
         assert store.dead_letters() and store.dead_letters()[0][0] == "slow-plan"
     finally:
         store.r.close()
+
+
+def test_a_failed_publish_leaves_the_submission_in_the_client_outbox(redis_url):
+    """The client records and routes in-process; if publishing then fails (broker down), the
+    outbox keeps the submission for the recovery monitor to send again by name."""
+    from orchestrator.config import load_settings
+    from orchestrator.models import OrchestrationTask, RegisteredAgent
+    from orchestrator.router import Router
+
+    def broker_down(*args, **kwargs):
+        raise ConnectionError("broker unreachable")
+
+    settings = load_settings(redis_url=redis_url)
+    store = StateStore.from_url(redis_url)
+    try:
+        router = Router(store, settings, publish=broker_down)
+        router.keep_outbox = True
+        agent = RegisteredAgent(agent_id="a", capabilities={"echo": 1.0}, queue="agent.a")
+        store.register_agent(agent, now=1000.0, source="test")
+        task = OrchestrationTask(type="echo", task_id="t-1")
+        store.outbox_put("t-1", "submit-1", {"type": "echo", "task_id": "t-1"}, "q", 1000.0)
+        with pytest.raises(ConnectionError):
+            router.submit_valid(task, "submit-1", now=1000.5)
+        assert store.task_fields("t-1")["state"] == "routed"
+        due = store.outbox_due(older_than=1100.0, now=1100.0)
+        assert due == [
+            (
+                "t-1",
+                {
+                    "kwargs": {"type": "echo", "task_id": "t-1"},
+                    "queue": "q",
+                    "submit_id": "submit-1",
+                },
+            )
+        ]
+        # Once a publish succeeds, the entry is gone.
+        router.publish = lambda *a, **k: None
+        router.reroute("t-1", now=1101.0)
+        assert store.outbox_due(older_than=2000.0, now=2000.0) == []
+    finally:
+        store.r.close()

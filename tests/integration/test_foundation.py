@@ -128,7 +128,10 @@ def test_parked_task_runs_once_a_capable_agent_starts(
 
     start_agent("r", "rare")
     assert parked.get(timeout=30) == {"rare": True, "n": 7}
-    record = client.task(parked.id)
+    # Celery stores the result first, then the agent records the success in the ledger.
+    record = wait_for(
+        lambda: (r := client.task(parked.id)).state.value == "succeeded" and r, timeout=10
+    )
     assert [h["state"] for h in record.history] == [
         "accepted",
         "parked",
@@ -236,7 +239,13 @@ def test_cli_reports_agents_and_a_task_ledger_as_json(start_control, start_agent
 
     submitted = json.loads(run("submit", "echo", "--payload", '{"k": "v"}', "--wait", "--json"))
     assert submitted["state"] == "succeeded" and submitted["result"] == {"k": "v"}
-    record = json.loads(run("task", submitted["task_id"], "--json"))
+    record = wait_for(
+        lambda: (
+            (r := json.loads(run("task", submitted["task_id"], "--json")))["state"] == "succeeded"
+            and r
+        ),
+        timeout=30,
+    )
     assert record["state"] == "succeeded" and record["agent_id"] == "a"
     assert record["attempts"] == 1 and record["history"][0]["state"] == "accepted"
     agents = json.loads(run("agents", "--json"))
