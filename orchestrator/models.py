@@ -272,11 +272,6 @@ class RegisteredAgent(BaseModel):
     in_flight: int = 0
     performance_score: float = 1.0
 
-    def capability_list(self) -> list[AgentCapability]:
-        return [
-            AgentCapability(name=n, proficiency=p) for n, p in sorted(self.capabilities.items())
-        ]
-
 
 # --- events, recovery, breakers ----------------------------------------------------------
 

@@ -19,7 +19,6 @@ from orchestrator.keys import (
     QUARANTINED_UNTIL,
     affinity_key,
     circuit_key,
-    inflight_key,
     wrr_key,
 )
 from orchestrator.models import (
@@ -140,14 +139,6 @@ class AgentStore(StoreBase):
             pipe = self.r.pipeline(transaction=True)
             pipe.hset(AGENT_STATUS, agent_id, AgentStatus.OFFLINE.value)
             self.event("agent.deregistered", now, source, pipe, agent_id=agent_id)
-            pipe.execute()
-
-    def forget_agent(self, agent_id: str) -> None:
-        with self._translate():
-            pipe = self.r.pipeline(transaction=True)
-            for key in (AGENTS, HEARTBEATS, AGENT_STATUS, QUARANTINED_UNTIL):
-                pipe.hdel(key, agent_id)
-            pipe.delete(circuit_key(agent_id), inflight_key(agent_id))
             pipe.execute()
 
     def load_fleet(
