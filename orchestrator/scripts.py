@@ -109,8 +109,53 @@ redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[6], '*', unpack(ARGV, 8))
 return {dispatch, state}
 """
 
+# Record a terminal state once, with everything that goes with the end of a task: counted,
+# expired after the ledger TTL, out of recovery, parking, the outbox and its agent's in-flight
+# set, into the dead-letter set when dead-lettered, announced. KEYS = ledger, history,
+# counters, recovery plans, recovery deadlines, parked, outbox, outbox messages, dead letters,
+# events; ARGV = new state, history JSON, now, ttl, task id, in-flight key ('' for none),
+# events max length, n, then n field/value items for the ledger, then the event's field/value
+# pairs. Returns {1, previous state}, {0, state} if it had already ended, {-1, ''} if no entry.
+FINISH = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return {-1, ''} end
+if state == 'succeeded' or state == 'failed' or state == 'dead_lettered' then
+  return {0, state}
+end
+local n = tonumber(ARGV[8])
+redis.call('HSET', KEYS[1], 'state', ARGV[1])
+for i = 9, 8 + n, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('RPUSH', KEYS[2], ARGV[2])
+redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('HDEL', KEYS[4], ARGV[5])
+redis.call('ZREM', KEYS[5], ARGV[5])
+redis.call('ZREM', KEYS[6], ARGV[5])
+redis.call('ZREM', KEYS[7], ARGV[5])
+redis.call('HDEL', KEYS[8], ARGV[5])
+if ARGV[6] ~= '' then redis.call('SREM', ARGV[6], ARGV[5]) end
+if ARGV[1] == 'dead_lettered' then redis.call('ZADD', KEYS[9], ARGV[3], ARGV[5]) end
+redis.call('XADD', KEYS[10], 'MAXLEN', '~', ARGV[7], '*', unpack(ARGV, 9 + n))
+return {1, state}
+"""
+
+# Add counts to the telemetry buckets. KEYS = minute bucket, hour bucket, and optionally the
+# cumulative hash; ARGV = minute TTL, hour TTL, then field/count pairs.
+TELEMETRY_ADD = """
+for i = 3, #ARGV, 2 do
+  redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
+  redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1])
+  if KEYS[3] then redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1]) end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return 1
+"""
+
 # Start running a delivered copy. KEYS = ledger, history; ARGV = agent, now, history JSON,
-# dispatch, pid, max deliveries, force. Returns {attempt, previous state} to run, or:
+# dispatch, pid, max deliveries, force. Returns {attempt, previous state, submitted_at} to run,
+# or:
 #   {-1, state}  already ended: do not run
 #   {-2, state}  a stale copy (an older dispatch): do not run
 #   {-3, n}      delivered more than max deliveries times: poison
@@ -119,7 +164,7 @@ return {dispatch, state}
 #                calls again with force=1 to run it
 #   {-5, ''}     no ledger entry (expired, or never accepted)
 BEGIN_ATTEMPT = """
-local f = redis.call('HMGET', KEYS[1], 'state', 'dispatch', 'agent', 'pid')
+local f = redis.call('HMGET', KEYS[1], 'state', 'dispatch', 'agent', 'pid', 'submitted_at')
 local state, dispatch, agent, pid = f[1], tonumber(f[2] or '0'), f[3], f[4]
 if not state then return {-5, ''} end
 if state == 'succeeded' or state == 'failed' or state == 'dead_lettered' then
@@ -133,7 +178,7 @@ local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSET', KEYS[1], 'state', 'running', 'agent', ARGV[1], 'started_at', ARGV[2],
            'pid', ARGV[5])
 redis.call('RPUSH', KEYS[2], ARGV[3])
-return {attempts, state}
+return {attempts, state, f[5] or ''}
 """
 
 # One outcome in an agent's stats. KEYS = stats hash; ARGV = agent, ok (1/0), latency ms,
@@ -242,5 +287,43 @@ RECORD_OUTCOME_AND_CIRCUIT = (
     + """
 outcome({KEYS[1]}, {ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]})
 return circuit({KEYS[2]}, {ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13]})
+"""
+)
+
+
+# How a composed script splits its ARGV: each part is a count, then that many items.
+_SECTIONS = """
+local function section(from)
+  local n = tonumber(ARGV[from])
+  local out = {}
+  for i = 1, n do out[i] = ARGV[from + i] end
+  return out, from + n + 1
+end
+"""
+
+# The end of a handler run on an agent, in one round trip (the agent's hot path): the agent's
+# stats, its breaker (when the circuit part is not empty), the ledger's terminal state, and,
+# when this run is the one that ended the task, its telemetry. KEYS = stats hash, circuit
+# hash, FINISH's ten keys, the three telemetry keys; ARGV = four sections (RECORD_OUTCOME's
+# six, RECORD_CIRCUIT's seven or none, FINISH's, TELEMETRY_ADD's). Returns {FINISH's two
+# items, RECORD_CIRCUIT's transition}.
+SETTLE_RUN = (
+    _as_function("outcome", RECORD_OUTCOME)
+    + _as_function("circuit", RECORD_CIRCUIT)
+    + _as_function("finish", FINISH)
+    + _as_function("count", TELEMETRY_ADD)
+    + _SECTIONS
+    + """
+local stats, at = section(1)
+local breaker, at2 = section(at)
+local ending, at3 = section(at2)
+local counts = section(at3)
+outcome({KEYS[1]}, stats)
+local transition = ''
+if #breaker > 0 then transition = circuit({KEYS[2]}, breaker) end
+local done = finish({KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10],
+                     KEYS[11], KEYS[12]}, ending)
+if done[1] == 1 and #counts > 2 then count({KEYS[13], KEYS[14], KEYS[15]}, counts) end
+return {done[1], done[2], transition}
 """
 )

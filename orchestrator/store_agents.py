@@ -45,6 +45,31 @@ class Fleet:
         return {a.agent_id: a for a in self.agents}
 
 
+def _outcome_args(agent_id: str, ok: bool, latency_ms: float, settle: bool) -> list[Any]:
+    """ARGV of scripts.RECORD_OUTCOME."""
+    return [
+        agent_id,
+        1 if ok else 0,
+        latency_ms,
+        SUCCESS_EWMA_ALPHA,
+        LATENCY_EWMA_ALPHA,
+        1 if settle else 0,
+    ]
+
+
+def _circuit_args(ok: bool, now: float, cfg: CircuitBreakerConfig) -> list[Any]:
+    """ARGV of scripts.RECORD_CIRCUIT."""
+    return [
+        1 if ok else 0,
+        repr(now),
+        cfg.failure_threshold,
+        min(cfg.success_threshold, cfg.half_open_max_calls),
+        cfg.window_size,
+        cfg.minimum_calls,
+        cfg.failure_rate_threshold,
+    ]
+
+
 class AgentStore(StoreBase):
     """Agents: registry, status, heartbeats, stats, circuit breakers and routing state."""
 
@@ -190,14 +215,8 @@ class AgentStore(StoreBase):
     ) -> str:
         """Update the agent's stats and (when given a config) its breaker in one round trip;
         returns the breaker transition ('opened', 'closed' or '') and announces it."""
-        stats = [
-            agent_id,
-            1 if ok else 0,
-            latency_ms,
-            SUCCESS_EWMA_ALPHA,
-            LATENCY_EWMA_ALPHA,
-            1 if settle else 0,
-        ]
+        now = now or time.time()
+        stats = _outcome_args(agent_id, ok, latency_ms, settle)
         with self._translate():
             if circuit_cfg is None:
                 self._outcome(keys=[AGENT_STATS], args=stats)
@@ -205,32 +224,22 @@ class AgentStore(StoreBase):
             transition = str(
                 self._outcome_circuit(
                     keys=[AGENT_STATS, circuit_key(agent_id)],
-                    args=[
-                        *stats,
-                        1 if ok else 0,
-                        repr(now or time.time()),
-                        circuit_cfg.failure_threshold,
-                        min(circuit_cfg.success_threshold, circuit_cfg.half_open_max_calls),
-                        circuit_cfg.window_size,
-                        circuit_cfg.minimum_calls,
-                        circuit_cfg.failure_rate_threshold,
-                    ],
+                    args=[*stats, *_circuit_args(ok, now, circuit_cfg)],
                 )
             )
-        if transition:
-            severity = (
-                ProductionEventSeverity.WARNING
-                if transition == "opened"
-                else ProductionEventSeverity.INFO
-            )
-            self.event(
-                f"circuit.{transition}",
-                now or time.time(),
-                agent_id,
-                severity=severity,
-                agent_id=agent_id,
-            )
+        self.announce_circuit(agent_id, transition, now)
         return transition
+
+    def announce_circuit(self, agent_id: str, transition: str, now: float) -> None:
+        """The `circuit.opened` / `circuit.closed` event of a breaker transition, if any."""
+        if not transition:
+            return
+        severity = (
+            ProductionEventSeverity.WARNING
+            if transition == "opened"
+            else ProductionEventSeverity.INFO
+        )
+        self.event(f"circuit.{transition}", now, agent_id, severity=severity, agent_id=agent_id)
 
     def admit_circuit(self, agent_id: str, cfg: CircuitBreakerConfig, now: float) -> bool:
         """Take a trial slot of a half-open breaker (or move an open one past its timeout to

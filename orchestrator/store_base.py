@@ -27,6 +27,7 @@ from orchestrator.models import (
     OrchestrationEvent,
     ProductionEventSeverity,
 )
+from orchestrator.telemetry import TelemetryWriter
 
 
 def _history(state: str, now: float, **data: Any) -> str:
@@ -67,6 +68,9 @@ class StoreBase:
         self._outcome_circuit = client.register_script(scripts.RECORD_OUTCOME_AND_CIRCUIT)
         self._heartbeat = client.register_script(scripts.HEARTBEAT)
         self._release = client.register_script(scripts.RELEASE_LOCK)
+        self._finish = client.register_script(scripts.FINISH)
+        self._settle = client.register_script(scripts.SETTLE_RUN)
+        self.telemetry = TelemetryWriter(client)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Self:

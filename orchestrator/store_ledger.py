@@ -53,6 +53,7 @@ class Attempt:
 
     code: int  # >0: the attempt number, run it; <0: see scripts.BEGIN_ATTEMPT
     info: str
+    submitted_at: float | None = None  # given with a copy to run
 
     @property
     def run(self) -> bool:
@@ -292,7 +293,7 @@ class LedgerStore(StoreBase):
         force: bool = False,
     ) -> Attempt:
         with self._translate():
-            code, info = self._begin(
+            code, info, *rest = self._begin(
                 keys=[task_key(task_id), history_key(task_id)],
                 args=[
                     agent_id,
@@ -304,7 +305,8 @@ class LedgerStore(StoreBase):
                     "1" if force else "0",
                 ],
             )
-        return Attempt(int(code), str(info))
+        submitted = rest[0] if rest and rest[0] else None
+        return Attempt(int(code), str(info), None if submitted is None else float(submitted))
 
     def mark_recovering(
         self, task_id: str, agent_id: str, now: float, error: str, kind: str
@@ -330,56 +332,82 @@ class LedgerStore(StoreBase):
         task_type: str | None = None,
         result: str | None = None,
     ) -> bool:
-        """Record a terminal state once; False when the task had already ended.
+        """Record a terminal state once (one round trip); False when the task had already
+        ended.
 
         The handler's encoded result is kept in the ledger so a redelivered copy of a task
         that already succeeded can hand it back without running the handler again."""
-        done, _ = self._move(
-            task_id,
-            state,
-            ACTIVE_STATES,
-            now,
-            history={"agent": agent_id, "error": error},
-            finished_at=repr(now),
-            error=error,
-            result=result,
-            latency_ms=None if latency_ms is None else repr(latency_ms),
-        )
-        if done != 1:
-            return False
-        severity = (
-            ProductionEventSeverity.INFO
-            if state is TaskState.SUCCEEDED
-            else ProductionEventSeverity.ERROR
-        )
         with self._translate():
             owner = agent_id or self.r.hget(task_key(task_id), "agent")
-            pipe = self.r.pipeline(transaction=False)
-            pipe.hincrby(COUNTERS, state.value, 1)
-            pipe.expire(task_key(task_id), self.ledger_ttl_s)
-            pipe.expire(history_key(task_id), self.ledger_ttl_s)
-            pipe.hdel(RECOVERY, task_id)
-            pipe.zrem(RECOVERY_DEADLINES, task_id)
-            pipe.zrem(PARKED, task_id)
-            self.outbox_drop(task_id, pipe)
-            if owner:
-                pipe.srem(inflight_key(owner), task_id)
-            if state is TaskState.DEAD_LETTERED:
-                pipe.zadd(DLQ, {task_id: now})
-            self.event(
-                f"task.{state.value}",
-                now,
-                agent_id or "recovery",
-                pipe,
-                severity=severity,
-                task_id=task_id,
-                agent_id=owner,
-                error=error,
-                latency_ms=latency_ms,
-                type=task_type,
+            keys, args = self._finish_step(
+                task_id, state, agent_id, owner, now, error, latency_ms, task_type, result
             )
-            pipe.execute()
-        return True
+            done, _ = self._finish(keys=keys, args=args)
+        return int(done) == 1
+
+    def _finish_step(
+        self,
+        task_id: str,
+        state: TaskState,
+        agent_id: str | None,
+        owner: str | None,
+        now: float,
+        error: str | None,
+        latency_ms: float | None,
+        task_type: str | None,
+        result: str | None,
+    ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of scripts.FINISH."""
+        fields: list[Any] = ["finished_at", repr(now)]
+        for name, value in (
+            ("error", error),
+            ("result", result),
+            ("latency_ms", None if latency_ms is None else repr(latency_ms)),
+        ):
+            if value is not None:
+                fields += [name, value]
+        event = OrchestrationEvent(
+            type=f"task.{state.value}",
+            ts=now,
+            severity=(
+                ProductionEventSeverity.INFO
+                if state is TaskState.SUCCEEDED
+                else ProductionEventSeverity.ERROR
+            ),
+            source=agent_id or "recovery",
+            data={
+                "task_id": task_id,
+                "agent_id": owner,
+                "error": error,
+                "latency_ms": latency_ms,
+                "type": task_type,
+            },
+        )
+        keys = [
+            task_key(task_id),
+            history_key(task_id),
+            COUNTERS,
+            RECOVERY,
+            RECOVERY_DEADLINES,
+            PARKED,
+            OUTBOX,
+            OUTBOX_MSG,
+            DLQ,
+            EVENTS,
+        ]
+        args: list[Any] = [
+            state.value,
+            _history(state.value, now, agent=agent_id, error=error),
+            repr(now),
+            self.ledger_ttl_s,
+            task_id,
+            inflight_key(owner) if owner else "",
+            self.events_max_len,
+            len(fields),
+            *fields,
+            *(item for pair in _event_fields(event).items() for item in pair),
+        ]
+        return keys, args
 
     def stored_result(self, task_id: str) -> str | None:
         with self._translate():

@@ -13,8 +13,10 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
+import redis
 from celery import Task
 from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded
 from kombu.exceptions import OperationalError
@@ -24,9 +26,11 @@ from orchestrator.app import app
 from orchestrator.config import Settings
 from orchestrator.errors import PermanentError, StoreUnavailable, TransientError
 from orchestrator.handlers import get_handler
-from orchestrator.models import TaskState
+from orchestrator.models import CircuitBreakerConfig, TaskState
 from orchestrator.recovery import ErrorKind
+from orchestrator.stats import run_fields
 from orchestrator.store import StateStore, now_s
+from orchestrator.telemetry import delegation_ms
 from workers._context import settings_of, store_of
 
 RECOVER = "orchestrator.recover"
@@ -57,29 +61,32 @@ def _hand_to_recovery(
     )
 
 
+@dataclass(frozen=True)
+class _Success:
+    latency_ms: float
+    encoded: str  # the return value as JSON, kept in the ledger
+    counts: dict[str, int]  # its telemetry
+
+
 class ExecuteTask(Task):
     """Records a success in the ledger after Celery stored the result (see _execute)."""
 
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
         done = getattr(self.request, "orchestrator_success", None)
-        if done is None:
+        if not isinstance(done, _Success):
             return  # a copy that ran nothing (already ended): nothing to record
-        latency, encoded = done
         settings, store = settings_of(self.app), store_of(self.app)
-        agent_id = current_agent_id()
-        circuit = settings.circuit_config() if settings.circuit_breaker_enabled else None
         try:
-            store.record_outcome(
-                agent_id, ok=True, latency_ms=latency, circuit_cfg=circuit, now=now_s()
-            )
-            store.finish(
+            store.settle_run(
                 task_id,
+                current_agent_id(),
                 TaskState.SUCCEEDED,
-                agent_id,
                 now_s(),
-                latency_ms=latency,
-                task_type=kwargs.get("type"),
-                result=encoded,
+                done.latency_ms,
+                str(kwargs.get("type", "")),
+                done.counts,
+                circuit_cfg=settings.circuit_config() if settings.circuit_breaker_enabled else None,
+                result=done.encoded,
             )
         except (StoreUnavailable, OperationalError) as exc:
             # The result is stored; the ledger catches up if the task is delivered again.
@@ -123,15 +130,17 @@ def _execute(
 ) -> Any:
     task_id = task.request.id
     pid = os.getpid()
+    started_at = now_s()
     attempt = store.begin_attempt(
-        task_id, agent_id, dispatch, now_s(), pid, settings.max_deliveries
+        task_id, agent_id, dispatch, started_at, pid, settings.max_deliveries
     )
     if attempt.code == -4:
         holder = int(attempt.info)
         if holder != pid and _alive(holder) and marker.holds(holder, task_id):
             raise Ignore()  # a restored copy of a task a live child of ours is running
+        started_at = now_s()
         attempt = store.begin_attempt(
-            task_id, agent_id, dispatch, now_s(), pid, settings.max_deliveries, force=True
+            task_id, agent_id, dispatch, started_at, pid, settings.max_deliveries, force=True
         )
     if attempt.code == -1:
         stored = store.stored_result(task_id)
@@ -148,16 +157,22 @@ def _execute(
 
     circuit = settings.circuit_config() if settings.circuit_breaker_enabled else None
     handler = get_handler(type)
+    delegation = delegation_ms(attempt.code, attempt.submitted_at, started_at)
 
-    def fail(exc: BaseException, latency: float) -> None:
-        store.finish(
+    def counts(outcome: str, latency: float, recovering: bool = False) -> dict[str, int]:
+        return run_fields(type, outcome, latency, delegation, recovering)
+
+    def fail(exc: BaseException, latency: float, cfg: CircuitBreakerConfig | None) -> None:
+        store.settle_run(
             task_id,
-            TaskState.FAILED,
             agent_id,
+            TaskState.FAILED,
             now_s(),
+            latency,
+            type,
+            counts("fail", latency),
+            circuit_cfg=cfg,
             error=_reason(exc),
-            latency_ms=latency,
-            task_type=type,
         )
 
     started = time.perf_counter()
@@ -167,9 +182,7 @@ def _execute(
         result = handler(payload)
         encoded = json.dumps(result)
     except PermanentError as exc:
-        latency = (time.perf_counter() - started) * 1000
-        store.record_outcome(agent_id, ok=False, latency_ms=latency, now=now_s())
-        fail(exc, latency)
+        fail(exc, (time.perf_counter() - started) * 1000, None)  # not the agent's fault
         raise
     except (StoreUnavailable, OperationalError):
         raise  # the handler's own Redis or broker calls failed: the same outage, retried
@@ -182,16 +195,21 @@ def _execute(
             if isinstance(exc, TransientError)
             else ErrorKind.CRASH
         )
+        if not settings.auto_recovery_enabled:
+            fail(exc, latency, circuit)
+            raise
         store.record_outcome(
             agent_id, ok=False, latency_ms=latency, circuit_cfg=circuit, now=now_s()
         )
-        if not settings.auto_recovery_enabled:
-            fail(exc, latency)
-            raise
         _hand_to_recovery(task, store, task_id, agent_id, kind, _reason(exc))
+        try:
+            store.telemetry.add(counts("fail", latency, recovering=True), now_s())
+        except redis.RedisError as count_exc:  # telemetry never fails a task
+            log.warning("telemetry of task %s not recorded: %s", task_id, count_exc)
         raise Ignore() from exc
     # The ledger records the success in on_success, once Celery has stored the result: an
     # agent killed in between leaves the task `running`, to be run again, never `succeeded`
     # with no result for AsyncResult.get() to find.
-    task.request.orchestrator_success = ((time.perf_counter() - started) * 1000, encoded)
+    latency = (time.perf_counter() - started) * 1000
+    task.request.orchestrator_success = _Success(latency, encoded, counts("ok", latency))
     return result

@@ -3,8 +3,7 @@
 Each task obeys its feature flag, holds its singleton lock for the run (a run that finds the
 lock held skips itself: the previous one is still going), records itself in the run log
 (`orchestrator.keys.MONITOR_RUNS`, what tests count ticks with), and returns the loop's
-summary. Importing this module also connects the telemetry signal handlers, in every worker
-(agents time their handler runs, control workers count rejected submissions).
+summary.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from typing import Any
 
 from celery import Task
 
-from orchestrator import telemetry
 from orchestrator.anomaly_loop import run_anomaly
 from orchestrator.app import app
 from orchestrator.beat import LOOPS_BY_TASK, lock_ttl_s
@@ -32,7 +30,6 @@ from orchestrator.store import now_s
 from workers._context import settings_of, store_of
 
 log = logging.getLogger(__name__)
-telemetry.install()
 
 LoopBody = Callable[[LoopContext, float], dict[str, Any]]
 

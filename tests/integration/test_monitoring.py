@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -293,3 +294,45 @@ def test_anomaly_backtest_and_sla_page_from_the_cli(orch_env, tmp_path):
     cli(orch_env, "sla", "--html", str(page))
     text = page.read_text()
     assert text.count("<svg") == 6 and "task-success" in text and "<script" not in text
+
+
+def test_every_handler_run_is_counted_once_in_telemetry(
+    start_control, start_agent, client, redis_client
+):
+    """Successes, permanent failures and failures handed to recovery each count once, with
+    their run time; submit-to-start time only for first attempts; a duplicate runs nothing
+    and counts nothing."""
+    from orchestrator.monitor_store import MonitorStore
+    from orchestrator.stats import parse_fields
+
+    start_control()
+    start_agent("a", "echo,flaky,broken", concurrency=2)
+    echoes = [client.submit("echo", {"i": i}) for i in range(5)]
+    flaky = client.submit("flaky", {"key": "tm", "fail_times": 1})
+    broken = client.submit("broken", {})
+    assert [r.get(timeout=30) for r in echoes] == [{"i": i} for i in range(5)]
+    assert flaky.get(timeout=60) == {"runs": 2}
+    with pytest.raises(Exception, match="broken on purpose"):
+        broken.get(timeout=30)
+    again = client.submit("echo", {"i": 0}, task_id=echoes[0].id)
+    assert again.get(timeout=30) == {"i": 0}
+
+    mon = MonitorStore(redis_client)
+
+    def counted() -> Any:
+        return parse_fields(mon.totals())
+
+    wait_for(lambda: counted().of("broken").fail == 1, timeout=20)
+    wait_for(lambda: counted().of("flaky").ok == 1, timeout=20)
+    stats = counted()
+    echo, fl, br = stats.of("echo"), stats.of("flaky"), stats.of("broken")
+    assert (echo.ok, echo.fail, echo.rec) == (5, 0, 0)
+    assert (fl.ok, fl.fail, fl.rec) == (1, 1, 1)
+    assert (br.ok, br.fail, br.rec) == (0, 1, 0)
+    # every run has a run time; only first attempts have a submit-to-start time
+    assert [sum(s.latency.values()) for s in (echo, fl, br)] == [5, 2, 1]
+    assert [sum(s.delegation.values()) for s in (echo, fl, br)] == [5, 1, 1]
+    assert echo.lsum > 0 and echo.dsum > 0
+    # the minute buckets hold the same runs as the cumulative totals
+    window, _ = mon.window(300, time.time())
+    assert (window.of("echo").ok, window.of("flaky").rec, window.of("broken").fail) == (5, 1, 1)

@@ -29,7 +29,7 @@ from orchestrator.loops import (
     run_sla,
     sla_reports,
 )
-from orchestrator.models import AlertState
+from orchestrator.models import AlertState, TaskState
 from orchestrator.stats import run_fields, sum_fields
 
 pytestmark = pytest.mark.integration
@@ -80,31 +80,33 @@ def test_queue_depth_counts_every_priority_list_and_unacked_messages(ctx, redis_
     app.close()
 
 
-def test_a_run_is_classified_from_the_ledger(ctx):
+def test_a_run_is_counted_with_the_state_that_ends_its_task_and_only_then(ctx):
     r = ctx.store.r
-    r.hset(
-        task_key("t1"),
-        mapping={
-            "state": "succeeded",
-            "type": "echo",
-            "attempts": 1,
-            "submitted_at": BASE - 0.5,
-            "started_at": BASE + 0.01,
-            "finished_at": BASE + 0.2,
-            "latency_ms": 150.0,
-        },
+    r.hset(task_key("t1"), mapping={"state": "running", "type": "echo", "agent": "a"})
+    r.sadd("orch:inflight:a", "t1")
+    counts = run_fields("echo", "ok", 150.0, 510.0)
+    ended = ctx.store.settle_run(
+        "t1", "a", TaskState.SUCCEEDED, BASE + 0.2, 150.0, "echo", counts, result="{}"
     )
-    fields = ctx.mon.telemetry.record_execute("t1", None, BASE, 190.0, "SUCCESS", BASE + 0.2)
-    assert fields is not None and fields["echo|ok"] == 1
+    assert ended
+    ledger = r.hgetall(task_key("t1"))
+    assert (ledger["state"], ledger["result"], ledger["latency_ms"]) == ("succeeded", "{}", "150.0")
+    assert not r.sismember("orch:inflight:a", "t1") and r.ttl(task_key("t1")) > 0
+    assert r.hget("orch:counters", "succeeded") == "1"
+    assert events(ctx.store.r, "task.succeeded") == [
+        {"task_id": "t1", "agent_id": "a", "error": None, "latency_ms": 150.0, "type": "echo"}
+    ]
     stats, _ = ctx.mon.window(300, BASE + 1)
     echo = stats.of("echo")
     assert (echo.ok, echo.fail, sum(echo.latency.values())) == (1, 0, 1)
     assert echo.lsum == 150_000 and echo.dsum == 510_000
-    # the same task delivered again later runs nothing and counts nothing
-    assert (
-        ctx.mon.telemetry.record_execute("t1", "echo", BASE + 5, 1.0, "SUCCESS", BASE + 5) is None
+    # a second copy of the same task ending it again records and counts nothing
+    again = ctx.store.settle_run(
+        "t1", "a", TaskState.FAILED, BASE + 5, 1.0, "echo", run_fields("echo", "fail", 1.0, None)
     )
-    assert ctx.mon.totals()["echo|ok"] == 1
+    assert not again
+    assert r.hget(task_key("t1"), "state") == "succeeded"
+    assert ctx.mon.totals() == {k: v for k, v in counts.items()}
 
 
 def test_anomaly_loop_pages_once_per_episode(ctx, redis_client):
