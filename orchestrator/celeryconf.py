@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery
+from celery.result import AsyncResult
 from kombu import Queue
 
 from orchestrator.beat import redbeat_config
@@ -37,8 +38,8 @@ def execute_publisher(celery_app: Celery) -> Publisher:
 
     def publish(
         task: OrchestrationTask, agent: RegisteredAgent, dispatch: int, countdown: float = 0.0
-    ) -> None:
-        celery_app.send_task(
+    ) -> AsyncResult:
+        return celery_app.send_task(
             EXECUTE,
             task_id=task.task_id,
             kwargs={

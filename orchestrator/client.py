@@ -58,10 +58,11 @@ class OrchestratorClient:
         now = time.time()
         task = self.router.validate(kwargs, submit_id, now)
         assert task.task_id is not None
-        self.store.outbox_put(task.task_id, submit_id, kwargs, ROUTING_QUEUE, now)
         if self.route_locally:
-            self.router.submit_valid(task, submit_id, now)
-            return self.app.AsyncResult(task.task_id)
+            outcome = self.router.submit_valid(task, submit_id, now, (kwargs, ROUTING_QUEUE))
+            # send_task's own result object is already subscribed to the result: reuse it.
+            return outcome.sent if outcome.sent is not None else self.app.AsyncResult(task.task_id)
+        self.store.outbox_put(task.task_id, submit_id, kwargs, ROUTING_QUEUE, now)
         try:
             sent = self.app.send_task(SUBMIT, kwargs=kwargs, task_id=submit_id, queue=ROUTING_QUEUE)
         except Exception:

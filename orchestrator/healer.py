@@ -99,9 +99,10 @@ class Healer:
         target = plan.failed_agent if plan.tier is RecoveryTier.RETRY else plan.target_agent
         if target in agents:
             spec = self.store.load_spec(plan.task_id)
-            if self.router.dispatch(
+            outcome = self.router.dispatch(
                 spec, agents[target], now, countdown=plan.delay_s, tier=plan.tier.value
-            ):
+            )
+            if outcome.status == "routed":
                 return
         # The planned agent vanished meanwhile: route anywhere but the agents that failed it.
         self.router.reroute(

@@ -8,8 +8,8 @@ recovery tasks that re-route work away from failed or lost agents.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from orchestrator.breaker import BreakerState, would_admit
@@ -36,9 +36,12 @@ FLEET_CACHE_S = 0.2  # how stale a router's view of circuits and heartbeats may 
 
 
 class Publisher(Protocol):
+    """Publishes the task to the agent; returns the broker's handle of the message (for
+    Celery, the AsyncResult send_task made: already subscribed to the result)."""
+
     def __call__(
         self, task: OrchestrationTask, agent: RegisteredAgent, dispatch: int, countdown: float = 0.0
-    ) -> None: ...
+    ) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class Outcome:
     task_id: str
     status: str  # routed | parked | duplicate | expired | ended
     agent_id: str | None = None
+    sent: Any = field(default=None, compare=False, repr=False)  # the Publisher's handle
 
 
 class Router:
@@ -103,11 +107,19 @@ class Router:
             task = task.model_copy(update={"task_id": submit_id})
         return task
 
-    def submit_valid(self, task: OrchestrationTask, submit_id: str, now: float) -> Outcome:
+    def submit_valid(
+        self,
+        task: OrchestrationTask,
+        submit_id: str,
+        now: float,
+        outbox: tuple[Mapping[str, Any], str] | None = None,
+    ) -> Outcome:
         """Record a valid task in the ledger and route it; a second submission of an id that
-        was already accepted (not a redelivery of the same message) runs nothing again."""
+        was already accepted (not a redelivery of the same message) runs nothing again.
+        `outbox` (fields, queue) keeps the submission in the outbox from the moment it is
+        recorded until it is published (OrchestratorClient)."""
         assert task.task_id is not None
-        status, state = self.store.accept(task, submit_id, now)
+        status, state = self.store.accept(task, submit_id, now, outbox)
         if status == "duplicate" or (
             status == "resume"
             and TaskState(state) not in (TaskState.ACCEPTED, TaskState.PARKED, TaskState.ROUTED)
@@ -180,21 +192,21 @@ class Router:
         now: float,
         countdown: float = 0.0,
         **history: Any,
-    ) -> bool:
-        """Record the assignment (a new dispatch number) and publish; False if it ended.
+    ) -> Outcome:
+        """Record the assignment (a new dispatch number) and publish: routed, or ended.
 
         A router inside OrchestratorClient (keep_outbox) leaves the submission in the outbox
         until the publish succeeded: if it fails, nothing else would ever publish it."""
+        assert task.task_id is not None
         dispatch = self.store.mark_routed(
             task, agent.agent_id, now, drop_outbox=not self.keep_outbox, **history
         )
         if dispatch <= 0:
-            return False
-        self.publish(task, agent, dispatch, countdown)
+            return Outcome(task.task_id, "ended")
+        sent = self.publish(task, agent, dispatch, countdown)
         if self.keep_outbox:
-            assert task.task_id is not None
             self.store.outbox_drop(task.task_id)
-        return True
+        return Outcome(task.task_id, "routed", agent.agent_id, sent)
 
     def route(
         self,
@@ -209,9 +221,7 @@ class Router:
         if chosen is None:
             self.store.park(task, now)
             return Outcome(task.task_id, "parked")
-        if not self.dispatch(task, chosen, now, **history):
-            return Outcome(task.task_id, "ended")
-        return Outcome(task.task_id, "routed", chosen.agent_id)
+        return self.dispatch(task, chosen, now, **history)
 
     def reroute(
         self,
@@ -263,6 +273,7 @@ class Router:
             if chosen is None:
                 self.store.unclaim_parked(task_id, parked_at)
                 continue
-            if self.dispatch(task, chosen, now):
-                outcomes.append(Outcome(task_id, "routed", chosen.agent_id))
+            outcome = self.dispatch(task, chosen, now)
+            if outcome.status == "routed":
+                outcomes.append(outcome)
         return outcomes

@@ -40,9 +40,10 @@ return {agents, redis.call('HGETALL', KEYS[2]), redis.call('HGETALL', KEYS[3]),
         redis.call('HGETALL', KEYS[4]), circuits}
 """
 
-# Accept a submission: KEYS = ledger, history, counters, events; ARGV = submit_id, now,
-# spec JSON, type, history entry JSON, ttl, events max length, then
-# the `task.submitted` event's field/value pairs. Returns {"new"} or {"resume", state} (the
+# Accept a submission: KEYS = ledger, history, counters, events, outbox, outbox messages;
+# ARGV = submit_id, now, spec JSON, type, history entry JSON, ttl, events max length, task id,
+# the outbox message ('' for none: kept in the outbox until routed), then the
+# `task.submitted` event's field/value pairs. Returns {"new"} or {"resume", state} (the
 # same submit message redelivered before it finished routing) or {"duplicate", state}.
 ACCEPT = """
 if redis.call('HSETNX', KEYS[1], 'submit_id', ARGV[1]) == 1 then
@@ -52,7 +53,11 @@ if redis.call('HSETNX', KEYS[1], 'submit_id', ARGV[1]) == 1 then
   redis.call('EXPIRE', KEYS[1], ARGV[6])
   redis.call('EXPIRE', KEYS[2], ARGV[6])
   redis.call('HINCRBY', KEYS[3], 'submitted', 1)
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', unpack(ARGV, 8))
+  if ARGV[9] ~= '' then
+    redis.call('ZADD', KEYS[5], ARGV[2], ARGV[8])
+    redis.call('HSET', KEYS[6], ARGV[8], ARGV[9])
+  end
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', unpack(ARGV, 10))
   return {'new', 'accepted'}
 end
 local owner = redis.call('HGET', KEYS[1], 'submit_id')

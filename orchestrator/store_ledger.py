@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +47,11 @@ ACTIVE_STATES = (
 )
 
 
+def _outbox_message(kwargs: Mapping[str, Any], submit_id: str, queue: str) -> str:
+    """An outbox entry: what the recovery monitor sends to `orchestrator.submit` again."""
+    return json.dumps({"kwargs": dict(kwargs), "queue": queue, "submit_id": submit_id})
+
+
 @dataclass(frozen=True)
 class Attempt:
     """What begin_attempt decided for one delivered copy of a task."""
@@ -65,9 +70,17 @@ class LedgerStore(StoreBase):
 
     # --- the ledger ----------------------------------------------------------------------
 
-    def accept(self, task: OrchestrationTask, submit_id: str, now: float) -> tuple[str, str]:
+    def accept(
+        self,
+        task: OrchestrationTask,
+        submit_id: str,
+        now: float,
+        outbox: tuple[Mapping[str, Any], str] | None = None,
+    ) -> tuple[str, str]:
         """Record a new task and announce it, in one round trip; tell a fresh acceptance from
-        a redelivery of the same submit message or a duplicate submission."""
+        a redelivery of the same submit message or a duplicate submission. With `outbox`
+        (the submission's fields and its queue) a new task also enters the outbox in the same
+        step (see outbox_put)."""
         assert task.task_id is not None
         event = OrchestrationEvent(
             type="task.submitted",
@@ -88,6 +101,8 @@ class LedgerStore(StoreBase):
                     history_key(task.task_id),
                     COUNTERS,
                     EVENTS,
+                    OUTBOX,
+                    OUTBOX_MSG,
                 ],
                 args=[
                     submit_id,
@@ -97,6 +112,8 @@ class LedgerStore(StoreBase):
                     _history("accepted", now, client_id=task.client_id),
                     self.ledger_ttl_s,
                     self.events_max_len,
+                    task.task_id,
+                    "" if outbox is None else _outbox_message(outbox[0], submit_id, outbox[1]),
                     *fields,
                 ],
             )
@@ -108,10 +125,9 @@ class LedgerStore(StoreBase):
         self, task_id: str, submit_id: str, kwargs: dict[str, Any], queue: str, now: float
     ) -> None:
         """Keep a client's submission until it is routed or parked (OrchestratorClient)."""
-        message = {"kwargs": kwargs, "queue": queue, "submit_id": submit_id}
         with self._translate():
             pipe = self.r.pipeline(transaction=True)
-            pipe.hset(OUTBOX_MSG, task_id, json.dumps(message))
+            pipe.hset(OUTBOX_MSG, task_id, _outbox_message(kwargs, submit_id, queue))
             pipe.zadd(OUTBOX, {task_id: now})
             pipe.execute()
 
