@@ -100,7 +100,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "orchestrator.monitor.*": {"queue": MONITORING_QUEUE},
             "orchestrator.optimize": {"queue": MONITORING_QUEUE},
         },
-        # kombu's Redis transport with one crash on Redis restarts fixed (see transport.py).
+        # kombu's Redis transport, hardened for Redis restarts and with one client per channel
+        # instead of one per publish and ack (see transport.py).
         "broker_transport": TRANSPORT,
         "broker_transport_options": transport,
         "result_backend_transport_options": {"visibility_timeout": visibility},
