@@ -15,10 +15,10 @@ from orchestrator.beat import redbeat_config
 from orchestrator.config import Settings
 from orchestrator.models import OrchestrationTask, RegisteredAgent
 from orchestrator.routing import to_broker_priority
-from orchestrator.transport import TRANSPORT
+from orchestrator.transport import TRANSPORT, Push, captured_pushes
 
 if TYPE_CHECKING:
-    from orchestrator.router import Publisher
+    from orchestrator.router import Preparer, Publisher
 
 ROUTING_QUEUE = "orchestrator.routing"
 RECOVERY_QUEUE = "orchestrator.recovery"
@@ -56,6 +56,24 @@ def execute_publisher(celery_app: Celery) -> Publisher:
         )
 
     return publish
+
+
+def execute_preparer(celery_app: Celery) -> Preparer:
+    """Builds `orchestrator.execute` for the chosen agent without sending it: the result
+    handle (send_task's own, already subscribed) and the Redis pushes that publish it, for
+    StateStore.accept_and_route to make atomically with the routing (see transport.py)."""
+    publish = execute_publisher(celery_app)
+
+    def prepare(
+        task: OrchestrationTask, agent: RegisteredAgent, dispatch: int
+    ) -> tuple[AsyncResult, list[Push]]:
+        with captured_pushes() as pushes:
+            sent = publish(task, agent, dispatch)
+        if len(pushes) != 1:
+            raise RuntimeError(f"the message to {agent.queue} made {len(pushes)} pushes, not 1")
+        return sent, pushes
+
+    return prepare
 
 
 def agent_queue(agent_id: str) -> str:

@@ -9,7 +9,13 @@ from uuid import uuid4
 from celery import Celery
 from celery.result import AsyncResult
 
-from orchestrator.celeryconf import ROUTING_QUEUE, SUBMIT, create_app, execute_publisher
+from orchestrator.celeryconf import (
+    ROUTING_QUEUE,
+    SUBMIT,
+    create_app,
+    execute_preparer,
+    execute_publisher,
+)
 from orchestrator.config import Settings, load_settings
 from orchestrator.models import RegisteredAgent, TaskRecord
 from orchestrator.router import Router
@@ -36,6 +42,9 @@ class OrchestratorClient:
         )
         self.router = Router(self.store, settings, execute_publisher(self.app))
         self.router.keep_outbox = True  # dropped only once the publish succeeded
+        # Accept, route and publish in one Lua step when the broker is the state store's Redis.
+        self._one_redis = settings.effective_broker_url == settings.effective_state_url
+        self._prepare = execute_preparer(self.app)
         self.route_locally = route_locally
 
     def submit(
@@ -50,16 +59,24 @@ class OrchestratorClient:
         With route_locally=False the task goes to `orchestrator.submit` on a control worker
         instead (one hop more; for producers that should not do the routing work).
 
-        Until the task is routed or parked it stays in an outbox in Redis: if this process,
-        or the control worker holding its message, dies in between, the recovery monitor
-        sends it to `orchestrator.submit` by name again under the same message id."""
+        When the broker is the state store's Redis (the default), recording, routing and
+        publishing are one atomic step in Redis: a crash leaves all or nothing. Otherwise, and
+        on the way to being parked, the submission stays in an outbox in Redis until it is
+        routed or parked: if this process, or the control worker holding its message, dies in
+        between, the recovery monitor sends it to `orchestrator.submit` by name again under
+        the same message id."""
         kwargs: dict[str, Any] = {"type": type, "payload": payload or {}, **fields}
         submit_id = str(uuid4())
         now = time.time()
         task = self.router.validate(kwargs, submit_id, now)
         assert task.task_id is not None
         if self.route_locally:
-            outcome = self.router.submit_valid(task, submit_id, now, (kwargs, ROUTING_QUEUE))
+            outbox = (kwargs, ROUTING_QUEUE)
+            outcome = (
+                self.router.submit_atomic(task, submit_id, now, self._prepare, outbox)
+                if self._one_redis
+                else self.router.submit_valid(task, submit_id, now, outbox)
+            )
             # send_task's own result object is already subscribed to the result: reuse it.
             return outcome.sent if outcome.sent is not None else self.app.AsyncResult(task.task_id)
         self.store.outbox_put(task.task_id, submit_id, kwargs, ROUTING_QUEUE, now)

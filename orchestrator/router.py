@@ -44,6 +44,15 @@ class Publisher(Protocol):
     ) -> Any: ...
 
 
+class Preparer(Protocol):
+    """Builds the message for the agent without sending it: (the Publisher's handle, the
+    (list key, payload) pushes that publish it)."""
+
+    def __call__(
+        self, task: OrchestrationTask, agent: RegisteredAgent, dispatch: int
+    ) -> tuple[Any, list[tuple[str, str]]]: ...
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What happened to one submission (for logs, the CLI and tests)."""
@@ -128,6 +137,29 @@ class Router:
             self.store.outbox_drop(task.task_id)
             return Outcome(task.task_id, "duplicate")
         return self.route(task, now)
+
+    def submit_atomic(
+        self,
+        task: OrchestrationTask,
+        submit_id: str,
+        now: float,
+        prepare: Preparer,
+        outbox: tuple[Mapping[str, Any], str],
+    ) -> Outcome:
+        """submit_valid in one atomic step when the broker and the state store are one Redis
+        (OrchestratorClient): choose the agent first, then accept, route and publish at once,
+        so there is no moment a crash could strand the task and it needs no outbox. A
+        duplicate still advances the round-robin by one. With no agent to take it, or for a
+        submission that is not new, it is submit_valid's way."""
+        assert task.task_id is not None
+        chosen = self.choose(task, self.fleet(now), now)
+        if chosen is None:
+            return self.submit_valid(task, submit_id, now, outbox)
+        sent, pushes = prepare(task, chosen, 1)
+        status, _state = self.store.accept_and_route(task, submit_id, chosen.agent_id, now, pushes)
+        if status != "routed":
+            return self.submit_valid(task, submit_id, now, outbox)  # counted as a duplicate
+        return Outcome(task.task_id, "routed", chosen.agent_id, sent)
 
     def eligible(
         self, task: OrchestrationTask, fleet: Fleet, now: float, exclude: Collection[str] = ()

@@ -70,6 +70,7 @@ class StoreBase:
         self._release = client.register_script(scripts.RELEASE_LOCK)
         self._finish = client.register_script(scripts.FINISH)
         self._settle = client.register_script(scripts.SETTLE_RUN)
+        self._accept_route = client.register_script(scripts.ACCEPT_AND_ROUTE)
         self.telemetry = TelemetryWriter(client)
 
     @classmethod

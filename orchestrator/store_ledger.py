@@ -81,6 +81,42 @@ class LedgerStore(StoreBase):
         a redelivery of the same submit message or a duplicate submission. With `outbox`
         (the submission's fields and its queue) a new task also enters the outbox in the same
         step (see outbox_put)."""
+        keys, args = self._accept_step(task, submit_id, now, outbox)
+        with self._translate():
+            status, state = self._accept(keys=keys, args=args)
+        return str(status), str(state)
+
+    def accept_and_route(
+        self,
+        task: OrchestrationTask,
+        submit_id: str,
+        agent_id: str,
+        now: float,
+        pushes: Sequence[tuple[str, str]],
+    ) -> tuple[str, str]:
+        """Accept a new task, route it to `agent_id` (dispatch 1) and publish its message by
+        pushing `pushes` ((list key, payload): the broker's own message, built for dispatch 1)
+        in one atomic step: all of it happens, or, for a task that is not new, none of it.
+        Returns ("routed", "1"), or accept's ("resume" | "duplicate", state)."""
+        accept_keys, accept_args = self._accept_step(task, submit_id, now, None)
+        route_keys, route_args = self._route_step(task, agent_id, now, drop_outbox=False)
+        args: list[Any] = []
+        for part in (accept_args, route_args, [payload for _, payload in pushes]):
+            args += [len(part), *part]
+        with self._translate():
+            status, state = self._accept_route(
+                keys=[*accept_keys, *route_keys, *(key for key, _ in pushes)], args=args
+            )
+        return str(status), str(state)
+
+    def _accept_step(
+        self,
+        task: OrchestrationTask,
+        submit_id: str,
+        now: float,
+        outbox: tuple[Mapping[str, Any], str] | None,
+    ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of scripts.ACCEPT."""
         assert task.task_id is not None
         event = OrchestrationEvent(
             type="task.submitted",
@@ -93,31 +129,27 @@ class LedgerStore(StoreBase):
                 "priority": task.priority,
             },
         )
-        fields = [item for pair in _event_fields(event).items() for item in pair]
-        with self._translate():
-            status, state = self._accept(
-                keys=[
-                    task_key(task.task_id),
-                    history_key(task.task_id),
-                    COUNTERS,
-                    EVENTS,
-                    OUTBOX,
-                    OUTBOX_MSG,
-                ],
-                args=[
-                    submit_id,
-                    repr(now),
-                    task.model_dump_json(),
-                    task.type,
-                    _history("accepted", now, client_id=task.client_id),
-                    self.ledger_ttl_s,
-                    self.events_max_len,
-                    task.task_id,
-                    "" if outbox is None else _outbox_message(outbox[0], submit_id, outbox[1]),
-                    *fields,
-                ],
-            )
-        return str(status), str(state)
+        keys = [
+            task_key(task.task_id),
+            history_key(task.task_id),
+            COUNTERS,
+            EVENTS,
+            OUTBOX,
+            OUTBOX_MSG,
+        ]
+        args: list[Any] = [
+            submit_id,
+            repr(now),
+            task.model_dump_json(),
+            task.type,
+            _history("accepted", now, client_id=task.client_id),
+            self.ledger_ttl_s,
+            self.events_max_len,
+            task.task_id,
+            "" if outbox is None else _outbox_message(outbox[0], submit_id, outbox[1]),
+            *(item for pair in _event_fields(event).items() for item in pair),
+        ]
+        return keys, args
 
     # --- the submission outbox ------------------------------------------------------------
 
@@ -226,6 +258,20 @@ class LedgerStore(StoreBase):
     ) -> int:
         """Assign the task to an agent (one round trip); returns the new dispatch number, or
         0 when the task had already ended."""
+        keys, args = self._route_step(task, agent_id, now, drop_outbox, **history)
+        with self._translate():
+            dispatch, _previous = self._route(keys=keys, args=args)
+        return max(0, int(dispatch))
+
+    def _route_step(
+        self,
+        task: OrchestrationTask,
+        agent_id: str,
+        now: float,
+        drop_outbox: bool,
+        **history: Any,
+    ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of scripts.ROUTE."""
         assert task.task_id is not None
         event = OrchestrationEvent(
             type="task.routed",
@@ -233,31 +279,27 @@ class LedgerStore(StoreBase):
             source="router",
             data={"task_id": task.task_id, "agent_id": agent_id, "type": task.type},
         )
-        fields = [item for pair in _event_fields(event).items() for item in pair]
-        with self._translate():
-            dispatch, _previous = self._route(
-                keys=[
-                    task_key(task.task_id),
-                    history_key(task.task_id),
-                    COUNTERS,
-                    AGENT_STATS,
-                    PARKED,
-                    EVENTS,
-                    OUTBOX,
-                    OUTBOX_MSG,
-                ],
-                args=[
-                    agent_id,
-                    repr(now),
-                    _history("routed", now, agent=agent_id, **history),
-                    INFLIGHT_PREFIX,
-                    task.task_id,
-                    self.events_max_len,
-                    "1" if drop_outbox else "0",
-                    *fields,
-                ],
-            )
-        return max(0, int(dispatch))
+        keys = [
+            task_key(task.task_id),
+            history_key(task.task_id),
+            COUNTERS,
+            AGENT_STATS,
+            PARKED,
+            EVENTS,
+            OUTBOX,
+            OUTBOX_MSG,
+        ]
+        args: list[Any] = [
+            agent_id,
+            repr(now),
+            _history("routed", now, agent=agent_id, **history),
+            INFLIGHT_PREFIX,
+            task.task_id,
+            self.events_max_len,
+            "1" if drop_outbox else "0",
+            *(item for pair in _event_fields(event).items() for item in pair),
+        ]
+        return keys, args
 
     def park(self, task: OrchestrationTask, now: float) -> bool:
         assert task.task_id is not None

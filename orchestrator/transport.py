@@ -11,14 +11,36 @@ kombu also builds a new redis.Redis for every publish, ack and event (`conn_or_a
 few percent of a worker's CPU for an object that only wraps the channel's connection pool and
 checks a connection out per command. A channel keeps one and builds another only when kombu
 has replaced the pool (after close, disconnect or fork). The asynchronous client is untouched.
+
+Inside `captured_pushes()`, a message published to a queue is not pushed: its list key and
+payload (kombu's own envelope, priority list and all) are handed back, so that a Lua step can
+push it atomically with the state change it belongs to (the client's accept-route-publish).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import redis
 from kombu.transport import redis as kombu_redis
+from kombu.utils.json import dumps
+
+Push = tuple[str, str]  # (Redis list key, payload)
+_captured: ContextVar[list[Push] | None] = ContextVar("orchestrator_captured", default=None)
+
+
+@contextmanager
+def captured_pushes() -> Iterator[list[Push]]:
+    """Collect the pushes of the messages published in this block instead of making them."""
+    pushes: list[Push] = []
+    token = _captured.set(pushes)
+    try:
+        yield pushes
+    finally:
+        _captured.reset(token)
 
 
 class Channel(kombu_redis.Channel):
@@ -40,6 +62,16 @@ class Channel(kombu_redis.Channel):
         if client is None or client.connection_pool is not pool:
             client = self._sync_client = super()._create_client()
         return client
+
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+        pushes = _captured.get()
+        if pushes is None or kwargs.get("_publish_batch") is not None:
+            return super()._put(queue, message, **kwargs)
+        if self._expires and queue in self._expires:
+            raise RuntimeError(f"queue {queue!r} expires: its pushes cannot be captured")
+        key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
+        pushes.append((self.global_keyprefix + key, dumps(message)))
+        return None
 
 
 class Transport(kombu_redis.Transport):

@@ -1,5 +1,6 @@
 """orchestrator.transport against a real redis-server: one synchronous client per channel pool,
-rebuilt when kombu replaces the pool, and the released-connection hardening still in force."""
+rebuilt when kombu replaces the pool, the released-connection hardening still in force, and
+publishes captured for a Lua step to push."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import redis
 from kombu import Connection, Consumer, Exchange, Message, Producer, Queue
 
-from orchestrator.transport import TRANSPORT, Channel
+from orchestrator.transport import TRANSPORT, Channel, captured_pushes
 from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
@@ -178,3 +179,25 @@ def test_closing_after_release_raises_connection_error(connection, channel, redi
 
     assert redis_client.hlen("unacked") == 1
     assert redis_client.llen("t.release") == 0
+
+
+def test_captured_publishes_are_handed_back_not_pushed(connection, channel, redis_client):
+    """Inside captured_pushes a message is not pushed: its priority list key and kombu's own
+    envelope come back, and pushing that payload later delivers the message unchanged."""
+    queue = Queue("t.cap", Exchange("t.cap", type="direct"), routing_key="t.cap")
+    producer = Producer(channel)
+    producer.publish("declare", exchange=queue.exchange, routing_key="t.cap", declare=[queue])
+    assert queue(channel).get(no_ack=True).payload == "declare"
+
+    with captured_pushes() as pushes:
+        producer.publish({"n": 1}, exchange=queue.exchange, routing_key="t.cap", priority=6)
+    assert [key for key, _ in pushes] == [channel._q_for_pri("t.cap", 6)]
+    assert not [k for k in redis_client.keys("t.cap*") if redis_client.llen(k)]
+
+    redis_client.lpush(*pushes[0])
+    message = queue(channel).get(no_ack=True)
+    assert message is not None and message.payload == {"n": 1}
+    assert message.properties["priority"] == 6
+    # Outside the block, publishing pushes again.
+    producer.publish("after", exchange=queue.exchange, routing_key="t.cap")
+    assert queue(channel).get(no_ack=True).payload == "after"

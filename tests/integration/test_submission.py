@@ -1,0 +1,94 @@
+"""A client's submission against a real redis-server, no workers: when the broker is the
+state store's Redis, accepting, routing and publishing are one atomic step (no outbox), and a
+duplicate changes nothing; with the broker elsewhere the outbox covers the gap."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+import redis
+
+from orchestrator.client import OrchestratorClient
+from orchestrator.config import load_settings
+from orchestrator.keys import COUNTERS, EVENTS, OUTBOX, OUTBOX_MSG, history_key, task_key
+from orchestrator.models import RegisteredAgent
+
+pytestmark = pytest.mark.integration
+
+
+def queued(client: redis.Redis, queue: str) -> list[dict[str, Any]]:
+    """Every message waiting in a queue's priority lists, as (headers, kwargs)."""
+    found = []
+    for key in sorted(client.keys(f"{queue}*")):
+        for raw in client.lrange(key, 0, -1):
+            envelope = json.loads(raw)
+            _args, kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
+            found.append({"key": key, "headers": envelope["headers"], "kwargs": kwargs})
+    return found
+
+
+def register(url: str, agent_id: str = "a") -> None:
+    client = OrchestratorClient(settings=load_settings(redis_url=url))
+    try:
+        agent = RegisteredAgent(
+            agent_id=agent_id, capabilities={"echo": 1.0}, queue=f"agent.{agent_id}"
+        )
+        client.store.register_agent(agent, now=client.store.r.time()[0], source="test")
+    finally:
+        client.close()
+
+
+def test_client_accepts_routes_and_publishes_in_one_step(redis_url, redis_client):
+    register(redis_url)
+    with OrchestratorClient(settings=load_settings(redis_url=redis_url)) as client:
+        client.submit("echo", {}, task_id="warm-up")  # loads the scripts and the fleet
+        redis_client.config_resetstat()
+        result = client.submit("echo", {"x": 1}, priority=9, task_id="t-1")
+        calls = redis_client.info("commandstats")
+    assert result.id == "t-1"
+    # two Lua steps (the round-robin pick, then accept + route + publish), no transaction
+    assert calls["cmdstat_evalsha"]["calls"] == 2
+    assert "cmdstat_exec" not in calls and "cmdstat_zadd" not in calls
+    ledger = redis_client.hgetall(task_key("t-1"))
+    assert (ledger["state"], ledger["agent"], ledger["dispatch"]) == ("routed", "a", "1")
+    states = [json.loads(h)["state"] for h in redis_client.lrange(history_key("t-1"), 0, -1)]
+    assert states == ["accepted", "routed"]
+    assert redis_client.hgetall(COUNTERS) == {"submitted": "2", "routed": "2"}
+    kinds = [f["type"] for _, f in redis_client.xrange(EVENTS) if "t-1" in f["data"]]
+    assert kinds == ["task.submitted", "task.routed"]
+    # nothing was ever in the outbox: there was no moment a crash could strand the task
+    assert redis_client.zcard(OUTBOX) == 0 and redis_client.hlen(OUTBOX_MSG) == 0
+    [message] = [m for m in queued(redis_client, "agent.a") if m["headers"]["id"] == "t-1"]
+    assert message["key"] == "agent.a"  # SPEC priority 9 is the broker's most urgent list
+    assert (message["headers"]["task"], message["headers"]["id"]) == ("orchestrator.execute", "t-1")
+    assert message["kwargs"]["dispatch"] == 1 and message["kwargs"]["payload"] == {"x": 1}
+
+
+def test_a_duplicate_submission_changes_nothing_and_publishes_nothing(redis_url, redis_client):
+    register(redis_url)
+    with OrchestratorClient(settings=load_settings(redis_url=redis_url)) as client:
+        client.submit("echo", {"x": 1}, task_id="t-1")
+        before = redis_client.hgetall(task_key("t-1"))
+        again = client.submit("echo", {"x": 2}, task_id="t-1")
+    assert again.id == "t-1"
+    assert redis_client.hgetall(task_key("t-1")) == before
+    assert len(queued(redis_client, "agent.a")) == 1
+    assert redis_client.hget(COUNTERS, "duplicates_ignored") == "1"
+    assert redis_client.zcard(OUTBOX) == 0
+
+
+def test_with_the_broker_on_another_redis_the_outbox_covers_the_gap(redis_url, redis_client):
+    broker = redis_url.rsplit("/", 1)[0] + "/1"
+    register(redis_url)
+    settings = load_settings(redis_url=redis_url, broker_url=broker)
+    with OrchestratorClient(settings=settings) as client:
+        assert client.submit("echo", {}, task_id="t-2").id == "t-2"
+    assert redis_client.hget(task_key("t-2"), "state") == "routed"
+    assert queued(redis_client, "agent.a") == []  # not on the state store's database
+    with redis.Redis.from_url(broker, decode_responses=True) as other:
+        [message] = queued(other, "agent.a")
+    assert message["kwargs"]["dispatch"] == 1
+    assert redis_client.zcard(OUTBOX) == 0  # dropped once the publish succeeded
