@@ -15,7 +15,7 @@ import socket
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from celery import Celery, bootsteps
 
@@ -45,7 +45,11 @@ class RunningMarker:
     copy is skipped only if that child is alive *and* still marked as running this task: a
     child that died (worker lost) or that finished without reaching Redis leaves the task to
     run again. A file survives the child being killed, which is why it is checked with the pid.
+    A child keeps its own file open and rewrites it in place (two system calls per task, where
+    creating and removing the file took about 0.1 ms).
     """
+
+    _open: ClassVar[dict[Path, int]] = {}  # this process's marker files, by path
 
     def __init__(self, agent_id: str) -> None:
         safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in agent_id)
@@ -55,11 +59,21 @@ class RunningMarker:
         return self.folder / str(pid)
 
     def mark(self, pid: int, task_id: str) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._path(pid).write_text(task_id, encoding="utf-8")
+        path = self._path(pid)
+        fd = self._open.get(path)
+        if fd is None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = self._open[path] = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, task_id.encode(), 0)
 
     def clear(self, pid: int) -> None:
-        self._path(pid).unlink(missing_ok=True)
+        path = self._path(pid)
+        fd = self._open.get(path)
+        if fd is not None:
+            os.ftruncate(fd, 0)
+        else:
+            path.unlink(missing_ok=True)  # never marked here: a file of an earlier same pid
 
     def holds(self, pid: int, task_id: str) -> bool:
         try:
