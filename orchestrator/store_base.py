@@ -45,6 +45,11 @@ def _event_fields(event: OrchestrationEvent) -> dict[str, str]:
     }
 
 
+def _event_args(event: OrchestrationEvent) -> list[str]:
+    """An event's stream fields as the flat field/value list a Lua step passes to XADD."""
+    return [item for pair in _event_fields(event).items() for item in pair]
+
+
 def _pairs(flat: Sequence[Any]) -> dict[str, str]:
     return {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat), 2)}
 

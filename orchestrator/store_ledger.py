@@ -36,7 +36,7 @@ from orchestrator.models import (
     TaskState,
 )
 from orchestrator.stats import REJECTIONS_TTL_S, client_label
-from orchestrator.store_base import StoreBase, _event_fields, _history
+from orchestrator.store_base import StoreBase, _event_args, _history
 
 ACTIVE_STATES = (
     TaskState.ACCEPTED,
@@ -147,7 +147,7 @@ class LedgerStore(StoreBase):
             self.events_max_len,
             task.task_id,
             "" if outbox is None else _outbox_message(outbox[0], submit_id, outbox[1]),
-            *(item for pair in _event_fields(event).items() for item in pair),
+            *_event_args(event),
         ]
         return keys, args
 
@@ -297,7 +297,7 @@ class LedgerStore(StoreBase):
             task.task_id,
             self.events_max_len,
             "1" if drop_outbox else "0",
-            *(item for pair in _event_fields(event).items() for item in pair),
+            *_event_args(event),
         ]
         return keys, args
 
@@ -463,7 +463,7 @@ class LedgerStore(StoreBase):
             self.events_max_len,
             len(fields),
             *fields,
-            *(item for pair in _event_fields(event).items() for item in pair),
+            *_event_args(event),
         ]
         return keys, args
 
