@@ -42,8 +42,6 @@ class OrchestratorClient:
         )
         self.router = Router(self.store, settings, execute_publisher(self.app))
         self.router.keep_outbox = True  # dropped only once the publish succeeded
-        # Accept, route and publish in one Lua step when the broker is the state store's Redis.
-        self._one_redis = settings.effective_broker_url == settings.effective_state_url
         self._prepare = execute_preparer(self.app)
         self.route_locally = route_locally
 
@@ -74,7 +72,7 @@ class OrchestratorClient:
             outbox = (kwargs, ROUTING_QUEUE)
             outcome = (
                 self.router.submit_atomic(task, submit_id, now, self._prepare, outbox)
-                if self._one_redis
+                if self.settings.broker_is_state_store
                 else self.router.submit_valid(task, submit_id, now, outbox)
             )
             # send_task's own result object is already subscribed to the result: reuse it.

@@ -199,6 +199,12 @@ class Settings(BaseSettings):
         return self.state_url or self.redis_url
 
     @property
+    def broker_is_state_store(self) -> bool:
+        """One Redis for the broker's queues and the state store (the default): a Lua step
+        can then see and change both at once."""
+        return self.effective_broker_url == self.effective_state_url
+
+    @property
     def is_agent(self) -> bool:
         return bool(self.agent_capabilities)
 

@@ -16,6 +16,7 @@ from orchestrator.models import (
     ProductionEventSeverity,
     RecoveryPlan,
     RecoveryTier,
+    RegisteredAgent,
     TaskState,
 )
 from orchestrator.recovery import ErrorKind, plan_recovery
@@ -40,6 +41,7 @@ class Healer:
         self.settings = router.settings
         self.fail_task = fail_task
         self.rng = rng or random.Random()
+        self._rescue_at = float("-inf")  # when rescue_vanished last scanned
 
     # --- one failed task -----------------------------------------------------------------
 
@@ -175,9 +177,34 @@ class Healer:
         log.warning("agent %s lost (%s): %d task(s) re-routed", agent_id, reason, moved)
         return moved
 
+    def rescue_vanished(self, agent: RegisteredAgent, now: float) -> int:
+        """Route again the agent's tasks `routed` for over twice the visibility timeout whose
+        message is nowhere in Redis (lost between kombu's pop and its unacked record by a
+        Redis restart); each only if still `routed` under the dispatch judged, so a copy that
+        started meanwhile never runs twice. Needs the broker on the state store's Redis.
+        The scan reads the agent's in-flight tasks and, when one is old enough, its queue: it
+        runs at most every half visibility timeout, not at every monitor tick."""
+        if not self.settings.broker_is_state_store:
+            return 0
+        routed_before = now - 2 * self.settings.visibility_timeout_s
+        rescued = 0
+        lost = self.store.vanished(agent.agent_id, agent.queue, routed_before)
+        for task_id, dispatch in lost.items():
+            outcome = self.router.reroute(
+                task_id, now, expect_dispatch=dispatch, reason="message lost"
+            )
+            if outcome.status == "routed":
+                rescued += 1
+                log.warning("task %s: message lost; routed again", task_id)
+        return rescued
+
     def monitor(self, now: float) -> dict[str, int]:
-        """The periodic sweep: lost agents, tasks stranded on offline agents, overdue plans."""
-        lost = escalated = moved = 0
+        """The periodic sweep: lost agents, tasks stranded on offline agents, messages lost
+        to a Redis restart, overdue plans."""
+        lost = escalated = moved = rescued = 0
+        rescue = now - self._rescue_at >= self.settings.visibility_timeout_s / 2
+        if rescue:
+            self._rescue_at = now
         for agent in self.store.load_agents():
             stale = now - agent.last_heartbeat > self.settings.agent_timeout_s
             if (
@@ -197,6 +224,8 @@ class Healer:
                 # Deregistered (warm shutdown) or lost earlier: whatever it still holds once
                 # its heartbeat is stale will not finish there.
                 moved += self.move_queued(agent.agent_id, now, only_queued=False)
+            elif agent.status is AgentStatus.ACTIVE and rescue:
+                rescued += self.rescue_vanished(agent, now)
         for plan in self.store.overdue_plans(now):
             state = self.store.task_fields(plan.task_id).get("state")
             if state and not TaskState(state).terminal:
@@ -208,4 +237,4 @@ class Healer:
                     f"({plan.tier.value}: {plan.reason})",
                     now,
                 )
-        return {"lost": lost, "moved": moved, "escalated": escalated}
+        return {"lost": lost, "moved": moved, "escalated": escalated, "rescued": rescued}

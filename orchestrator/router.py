@@ -223,15 +223,22 @@ class Router:
         agent: RegisteredAgent,
         now: float,
         countdown: float = 0.0,
+        expect_dispatch: int | None = None,
         **history: Any,
     ) -> Outcome:
-        """Record the assignment (a new dispatch number) and publish: routed, or ended.
+        """Record the assignment (a new dispatch number) and publish: routed, or ended (also
+        when, with `expect_dispatch`, the task is no longer `routed` under that dispatch).
 
         A router inside OrchestratorClient (keep_outbox) leaves the submission in the outbox
         until the publish succeeded: if it fails, nothing else would ever publish it."""
         assert task.task_id is not None
         dispatch = self.store.mark_routed(
-            task, agent.agent_id, now, drop_outbox=not self.keep_outbox, **history
+            task,
+            agent.agent_id,
+            now,
+            drop_outbox=not self.keep_outbox,
+            expect_dispatch=expect_dispatch,
+            **history,
         )
         if dispatch <= 0:
             return Outcome(task.task_id, "ended")
@@ -246,14 +253,17 @@ class Router:
         now: float,
         fleet: Fleet | None = None,
         exclude: Collection[str] = (),
+        expect_dispatch: int | None = None,
         **history: Any,
     ) -> Outcome:
         assert task.task_id is not None
         chosen = self.choose(task, fleet if fleet is not None else self.fleet(now), now, exclude)
+        if chosen is None and expect_dispatch is not None:
+            return Outcome(task.task_id, "ended")  # parking is not conditional: try later
         if chosen is None:
             self.store.park(task, now)
             return Outcome(task.task_id, "parked")
-        return self.dispatch(task, chosen, now, **history)
+        return self.dispatch(task, chosen, now, expect_dispatch=expect_dispatch, **history)
 
     def reroute(
         self,
@@ -261,14 +271,16 @@ class Router:
         now: float,
         fleet: Fleet | None = None,
         exclude: Collection[str] = (),
+        expect_dispatch: int | None = None,
         **history: Any,
     ) -> Outcome:
-        """Route an accepted task again (same id, new dispatch), away from `exclude`."""
+        """Route an accepted task again (same id, new dispatch), away from `exclude`; with
+        `expect_dispatch`, only if it is still `routed` under that dispatch."""
         try:
             task = self.store.load_spec(task_id)
         except UnknownTask:
             return Outcome(task_id, "ended")
-        return self.route(task, now, fleet, exclude, **history)
+        return self.route(task, now, fleet, exclude, expect_dispatch, **history)
 
     def route_parked(
         self, now: float, on_expired: Callable[[str, NoCapableAgent], None]

@@ -86,14 +86,19 @@ return {1, state}
 # step; with drop-outbox 1 the submission also leaves the client's outbox (a router that
 # publishes in-process drops it itself once the publish succeeded). KEYS = ledger, history,
 # counters, agent_stats, parked, events, outbox, outbox messages; ARGV = agent, now, history
-# JSON, in-flight key prefix, task id, events max length, drop-outbox, then the
-# `task.routed` event's field/value pairs. Returns {dispatch, previous state}, or {0, state}
-# if it ended.
+# JSON, in-flight key prefix, task id, events max length, drop-outbox, expected dispatch ('':
+# any; else only a task still `routed` under that dispatch moves), then the `task.routed`
+# event's field/value pairs. Returns {dispatch, previous state}, or {0, state} if it ended or
+# is not as expected.
 ROUTE = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'accepted' and state ~= 'parked' and state ~= 'routed' and state ~= 'running'
    and state ~= 'recovering' then
   return {0, state or ''}
+end
+if ARGV[8] ~= '' and (state ~= 'routed' or redis.call('HGET', KEYS[1], 'dispatch') ~= ARGV[8])
+then
+  return {0, state}
 end
 local prev = redis.call('HGET', KEYS[1], 'agent')
 if prev then redis.call('SREM', ARGV[4] .. prev, ARGV[5]) end
@@ -110,7 +115,7 @@ if ARGV[7] == '1' then
   redis.call('ZREM', KEYS[7], ARGV[5])
   redis.call('HDEL', KEYS[8], ARGV[5])
 end
-redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[6], '*', unpack(ARGV, 8))
+redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[6], '*', unpack(ARGV, 9))
 return {dispatch, state}
 """
 
@@ -269,6 +274,39 @@ if status == 'quarantined' then
   end
 end
 return status
+"""
+
+# Tasks of one agent still `routed` since before a moment whose message is nowhere: not in
+# the agent's queue lists, not among kombu's unacknowledged deliveries (kombu pops a message
+# before recording it as unacknowledged, and a Redis restart from its AOF can keep the first
+# and lose the second). Each message is parsed once for its header id. KEYS = in-flight set,
+# unacked hash, the queue's lists; ARGV = ledger key prefix, routed before. Returns
+# {task id, dispatch, ...}.
+VANISHED = """
+local old = {}
+local any = false
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local f = redis.call('HMGET', ARGV[1] .. id, 'state', 'routed_at', 'dispatch')
+  if f[1] == 'routed' and tonumber(f[2] or '0') < tonumber(ARGV[2]) then
+    old[id] = f[3]
+    any = true
+  end
+end
+if not any then return {} end
+local function seen(raw)
+  local id = string.match(raw, '"id": "([^"]*)"')
+  if id then old[id] = nil end
+end
+for _, raw in ipairs(redis.call('HVALS', KEYS[2])) do seen(raw) end
+for i = 3, #KEYS do
+  for _, raw in ipairs(redis.call('LRANGE', KEYS[i], 0, -1)) do seen(raw) end
+end
+local out = {}
+for id, dispatch in pairs(old) do
+  out[#out + 1] = id
+  out[#out + 1] = dispatch
+end
+return out
 """
 
 # Compare-and-delete: release a lock only if it still holds our token.

@@ -76,6 +76,7 @@ class StoreBase:
         self._finish = client.register_script(scripts.FINISH)
         self._settle = client.register_script(scripts.SETTLE_RUN)
         self._accept_route = client.register_script(scripts.ACCEPT_AND_ROUTE)
+        self._vanished = client.register_script(scripts.VANISHED)
         self.telemetry = TelemetryWriter(client)
 
     @classmethod

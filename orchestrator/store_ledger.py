@@ -254,11 +254,15 @@ class LedgerStore(StoreBase):
         agent_id: str,
         now: float,
         drop_outbox: bool = True,
+        expect_dispatch: int | None = None,
         **history: Any,
     ) -> int:
         """Assign the task to an agent (one round trip); returns the new dispatch number, or
-        0 when the task had already ended."""
-        keys, args = self._route_step(task, agent_id, now, drop_outbox, **history)
+        0 when the task had already ended (or, with `expect_dispatch`, is no longer `routed`
+        under that dispatch)."""
+        keys, args = self._route_step(
+            task, agent_id, now, drop_outbox, expect_dispatch=expect_dispatch, **history
+        )
         with self._translate():
             dispatch, _previous = self._route(keys=keys, args=args)
         return max(0, int(dispatch))
@@ -269,6 +273,7 @@ class LedgerStore(StoreBase):
         agent_id: str,
         now: float,
         drop_outbox: bool,
+        expect_dispatch: int | None = None,
         **history: Any,
     ) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV of scripts.ROUTE."""
@@ -297,6 +302,7 @@ class LedgerStore(StoreBase):
             task.task_id,
             self.events_max_len,
             "1" if drop_outbox else "0",
+            "" if expect_dispatch is None else expect_dispatch,
             *_event_args(event),
         ]
         return keys, args
@@ -538,6 +544,17 @@ class LedgerStore(StoreBase):
                 continue
             plans.append(RecoveryPlan.model_validate_json(raw))
         return plans
+
+    def vanished(self, agent_id: str, queue: str, routed_before: float) -> dict[str, int]:
+        """The agent's tasks `routed` before `routed_before` whose message is in neither its
+        queue nor kombu's unacknowledged deliveries (scripts.VANISHED), with their dispatch.
+        Only meaningful when the broker is the state store's Redis."""
+        with self._translate():
+            flat = self._vanished(
+                keys=[inflight_key(agent_id), KOMBU_UNACKED, *queue_lists(queue)],
+                args=[task_key(""), repr(routed_before)],
+            )
+        return {str(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
 
     def inflight(self, agent_id: str) -> list[str]:
         with self._translate():

@@ -200,6 +200,37 @@ def test_lost_agent_goes_offline_and_its_tasks_run_elsewhere_once(
     assert all(redis_client.get(f"test:done:{k}") == "1" for k in ids)
 
 
+def test_a_message_lost_to_a_redis_restart_is_sent_again_and_runs_once(
+    start_control, start_agent, beat, redis_url, redis_client
+):
+    """The ledger says `routed` but the message is gone (kombu popped it and its unacked
+    record died with Redis): the recovery monitor routes the task again and it runs once."""
+    from orchestrator.client import OrchestratorClient
+    from orchestrator.config import load_settings
+    from orchestrator.models import RegisteredAgent
+
+    timings = {"ORCH_VISIBILITY_TIMEOUT_S": "10", "ORCH_RETRY_MAX_DELAY_S": "5"}
+    settings = load_settings(redis_url=redis_url, visibility_timeout_s=10, retry_max_delay_s=5)
+    with OrchestratorClient(settings=settings) as client:
+        # The agent is registered, but no worker consumes its queue yet.
+        now = float(redis_client.time()[0])
+        agent = RegisteredAgent(agent_id="a", capabilities={"count": 1.0}, queue="agent.a")
+        client.store.register_agent(agent, now=now, source="test")
+        result = client.submit("count", {"key": "lost"}, task_id="lost-msg")
+        assert redis_client.llen("agent.a\x06\x164") == 1
+        redis_client.delete("agent.a\x06\x164")  # the message is gone
+        start_agent("a", "count", **timings)
+        start_control(**timings)
+        beat(**timings)
+        assert result.get(timeout=40) == {"runs": 1}
+    # The ledger's success follows Celery's stored result.
+    wait_for(lambda: ledger(redis_client, "lost-msg")["state"] == "succeeded", timeout=10)
+    assert ledger(redis_client, "lost-msg")["dispatch"] == "2"
+    history = [json.loads(h) for h in redis_client.lrange("orch:task:lost-msg:history", 0, -1)]
+    assert any(h.get("reason") == "message lost" for h in history)
+    assert redis_client.get("test:runs:lost") == "1"
+
+
 def test_outbound_circuit_breaker_is_shared_between_processes(redis_url):
     from orchestrator.config import load_settings
 

@@ -92,3 +92,76 @@ def test_with_the_broker_on_another_redis_the_outbox_covers_the_gap(redis_url, r
         [message] = queued(other, "agent.a")
     assert message["kwargs"]["dispatch"] == 1
     assert redis_client.zcard(OUTBOX) == 0  # dropped once the publish succeeded
+
+
+def test_a_routed_task_whose_message_vanished_is_routed_again_and_only_that_one(
+    redis_url, redis_client
+):
+    """kombu hands a message over (BRPOP) before recording it as unacknowledged; when Redis
+    dies in between and comes back from its AOF, the ledger says `routed` and the message is
+    nowhere. The recovery monitor routes such a task again (a new dispatch, so a copy that
+    does turn up is stale); a task whose message waits in a queue, is held by a worker, has
+    started, or was routed recently is left alone."""
+    from orchestrator.healer import Healer
+    from orchestrator.keys import KOMBU_UNACKED
+
+    register(redis_url)
+    settings = load_settings(
+        redis_url=redis_url, visibility_timeout_s=10, retry_max_delay_s=5, agent_timeout_s=3600
+    )
+
+    def message_of(task_id: str) -> tuple[str, str]:
+        for key in redis_client.keys("agent.a*"):
+            for raw in redis_client.lrange(key, 0, -1):
+                if json.loads(raw)["headers"]["id"] == task_id:
+                    return key, raw
+        raise AssertionError(f"no message for {task_id}")
+
+    with OrchestratorClient(settings=settings) as client:
+        for task_id in ("lost-1", "queued-2", "held-3", "started-4"):
+            client.submit("echo", {}, task_id=task_id)
+        routed_at = float(redis_client.hget(task_key("lost-1"), "routed_at"))
+        key, raw = message_of("lost-1")
+        redis_client.lrem(key, 0, raw)  # popped, and the worker's unacked record lost
+        key, raw = message_of("held-3")
+        redis_client.lrem(key, 0, raw)
+        redis_client.hset(KOMBU_UNACKED, "tag-3", json.dumps([json.loads(raw), "", "agent.a"]))
+        key, raw = message_of("started-4")
+        redis_client.lrem(key, 0, raw)
+        client.store.begin_attempt("started-4", "a", 1, routed_at + 1, 4242, 3)
+
+        healer = Healer(client.router, lambda task_id, exc: None)
+        assert healer.monitor(now=routed_at + 15)["rescued"] == 0  # not long enough
+        assert healer.monitor(now=routed_at + 25)["rescued"] == 1
+        assert healer.monitor(now=routed_at + 31)["rescued"] == 0  # its message is back
+
+    dispatches = {
+        t: redis_client.hget(task_key(t), "dispatch")
+        for t in ("lost-1", "queued-2", "held-3", "started-4")
+    }
+    assert dispatches == {"lost-1": "2", "queued-2": "1", "held-3": "1", "started-4": "1"}
+    assert json.loads(redis_client.lrange(history_key("lost-1"), -1, -1)[0])["reason"] == (
+        "message lost"
+    )
+    [again] = [m for m in queued(redis_client, "agent.a") if m["headers"]["id"] == "lost-1"]
+    assert again["kwargs"]["dispatch"] == 2
+
+
+def test_routing_again_on_condition_of_the_dispatch_changes_nothing_when_it_moved(redis_url):
+    """The rescue routes a task again only if it is still `routed` under the dispatch it
+    judged: a copy that started meanwhile is never run twice."""
+    from orchestrator.models import OrchestrationTask
+    from orchestrator.store import StateStore
+
+    store = StateStore.from_url(redis_url)
+    try:
+        task = OrchestrationTask(type="echo", task_id="t-3")
+        store.accept(task, "s-3", now=100.0)
+        assert store.mark_routed(task, "a", now=101.0) == 1
+        assert store.mark_routed(task, "b", now=102.0, expect_dispatch=5) == 0
+        store.begin_attempt("t-3", "a", 1, 103.0, 4242, 3)
+        assert store.mark_routed(task, "b", now=104.0, expect_dispatch=1) == 0
+        fields = store.task_fields("t-3")
+        assert (fields["state"], fields["agent"], fields["dispatch"]) == ("running", "a", "1")
+    finally:
+        store.r.close()
