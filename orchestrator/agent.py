@@ -220,5 +220,8 @@ class AgentPresence(bootsteps.StartStopStep):
 
 
 def install_agent_steps(app: Celery) -> None:
+    from orchestrator.gate import GateStep
+
+    app.steps["worker"].add(GateStep)
     app.steps["worker"].add(AgentInit)
     app.steps["consumer"].add(AgentPresence)

@@ -288,101 +288,6 @@ def events(follow: bool, types: tuple[str, ...], count: int, as_json: bool) -> N
         raise click.ClickException(str(exc)) from None
 
 
-@main.group()
-def dlq() -> None:
-    """The dead-letter store: tasks recovery gave up on, or parked past their timeout."""
-
-
-@dlq.command("list")
-@click.option("--limit", type=int, default=100, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
-def dlq_list(limit: int, as_json: bool) -> None:
-    """Dead-lettered tasks, newest first."""
-    store = _store(_settings())
-    rows = []
-    for task_id, ts in store.dead_letters(limit):
-        fields = store.task_fields(task_id)
-        rows.append(
-            {
-                "task_id": task_id,
-                "dead_lettered_at": ts,
-                "type": fields.get("type"),
-                "attempts": int(fields.get("attempts", 0)),
-                "error": fields.get("error"),
-            }
-        )
-    if as_json:
-        _print_json(rows)
-        return
-    table = Table("task", "type", "when", "attempts", "reason")
-    for row in rows:
-        table.add_row(
-            row["task_id"],
-            str(row["type"]),
-            _fmt_ts(row["dead_lettered_at"]),
-            str(row["attempts"]),
-            str(row["error"]),
-        )
-    console.print(table if rows else "the dead-letter store is empty")
-
-
-@dlq.command("show")
-@click.argument("task_id")
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_context
-def dlq_show(ctx: click.Context, task_id: str, as_json: bool) -> None:
-    """One dead letter with its whole history."""
-    ctx.invoke(task, task_id=task_id, as_json=as_json)
-
-
-@dlq.command("replay")
-@click.argument("task_ids", nargs=-1)
-@click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter.")
-@click.option("--json", "as_json", is_flag=True)
-def dlq_replay(task_ids: tuple[str, ...], replay_all: bool, as_json: bool) -> None:
-    """Run dead letters again: same id, fresh attempt count, history kept."""
-    from orchestrator.celeryconf import create_app
-    from orchestrator.store import now_s
-
-    settings = _settings()
-    store = _store(settings)
-    ids = [t for t, _ in store.dead_letters(100_000)] if replay_all else list(task_ids)
-    if not ids:
-        raise click.UsageError("name at least one TASK_ID, or --all")
-    replayed, errors = [], {}
-    for task_id in ids:
-        try:
-            store.reopen_dead_letter(task_id, now_s())
-            replayed.append(task_id)
-        except OrchestratorError as exc:
-            errors[task_id] = str(exc)
-    if replayed:
-        create_app(settings, with_tasks=False).send_task("orchestrator.route_parked")
-    if as_json:
-        _print_json({"replayed": replayed, "errors": errors})
-    else:
-        for task_id in replayed:
-            click.echo(f"replayed {task_id}")
-        for task_id, error in errors.items():
-            err_console.print(f"[red]{task_id}: {error}[/]")
-    if errors:
-        sys.exit(1)
-
-
-@dlq.command("purge")
-@click.argument("task_ids", nargs=-1)
-@click.option("--all", "purge_all", is_flag=True, help="Empty the whole store.")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def dlq_purge(task_ids: tuple[str, ...], purge_all: bool, yes: bool) -> None:
-    """Forget dead letters (their ledger entries expire on their own)."""
-    if not task_ids and not purge_all:
-        raise click.UsageError("name at least one TASK_ID, or --all")
-    if purge_all and not yes:
-        click.confirm("Remove every dead letter?", abort=True)
-    removed = _store(_settings()).purge_dead_letters(None if purge_all else list(task_ids))
-    click.echo(f"removed {removed} dead letter(s)")
-
-
 @main.command()
 @click.option("--task", "task_id", default=None, help="Re-route this task now.")
 @click.option(
@@ -457,9 +362,10 @@ def _fmt_ts(ts: Any) -> str:
 
 
 def _register_extensions() -> None:
-    from orchestrator.cli_monitor import register
+    from orchestrator import cli_dlq, cli_monitor
 
-    register(main)
+    cli_dlq.register(main)
+    cli_monitor.register(main)
 
 
 _register_extensions()

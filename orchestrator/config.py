@@ -120,6 +120,10 @@ class Settings(BaseSettings):
     beat_max_interval_s: PositiveSeconds = 5.0  # longest sleep of beat between ticks
     beat_lock_timeout_s: PositiveSeconds = 30.0  # a dead beat's lock frees after this
 
+    # Security at the edges (issue 8); see the README's Security chapter.
+    poison_keep: Annotated[int, Field(ge=1)] = 10_000  # refused messages kept for inspection
+    poison_raw_max_bytes: Annotated[int, Field(ge=64)] = 65_536  # raw bytes kept of each
+
     @field_validator("agent_capabilities", mode="before")
     @classmethod
     def _capabilities(cls, value: Any) -> dict[str, float]:

@@ -10,6 +10,9 @@ Key layout (prefix `orch:`):
   task:<id>:history   list  JSON entries, one per state change
   parked              zset  task_id -> parked-at time
   dlq                 zset  task_id -> dead-lettered-at time
+  poison              zset  poison id -> when a worker refused the message (orchestrator.gate)
+  poison:msg          hash  poison id -> {id, queue, reason, size, excerpt, raw (base64,
+                            capped), truncated, ts} JSON: the dead-letter store's "poison" kind
   counters            hash  cumulative counters (submitted, routed, succeeded, ...)
   (orchestrator:events stream: the event log of SPEC section 8, named by the SPEC)
   agent_status        hash  agent_id -> status (active|sleeping|quarantined|offline)
@@ -37,6 +40,8 @@ HEARTBEATS = PREFIX + "heartbeats"
 AGENT_STATS = PREFIX + "agent_stats"
 PARKED = PREFIX + "parked"
 DLQ = PREFIX + "dlq"
+POISON = PREFIX + "poison"
+POISON_MSG = PREFIX + "poison:msg"
 COUNTERS = PREFIX + "counters"
 EVENTS = "orchestrator:events"  # the name SPEC section 8 gives other services
 AGENT_STATUS = PREFIX + "agent_status"

@@ -220,6 +220,43 @@ class OrchestrationTask(BaseModel):
 ALLOWED_TASK_FIELDS = tuple(OrchestrationTask.model_fields)
 
 
+class ExecuteRequest(BaseModel):
+    """The keyword arguments of `orchestrator.execute`, as routers publish them; a message
+    that breaks them was not published by a router (orchestrator.screen refuses it). The
+    payload's size is bounded by the message size the gate admits, not re-measured here."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str
+    payload: dict[str, Any]
+    max_retries: int = 3
+    dispatch: int = 0
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _type(cls, v: Any) -> Any:
+        return OrchestrationTask._type(v)
+
+    @field_validator("payload", mode="before")
+    @classmethod
+    def _payload(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            raise ValueError(f"must be a JSON object (got {type(v).__name__})")
+        return v
+
+    @field_validator("max_retries", mode="before")
+    @classmethod
+    def _max_retries(cls, v: Any) -> Any:
+        return OrchestrationTask._max_retries(v)
+
+    @field_validator("dispatch", mode="before")
+    @classmethod
+    def _dispatch(cls, v: Any) -> Any:
+        if not _is_int(v) or v < 0:
+            raise ValueError(f"must be a non-negative integer (got {v!r})")
+        return v
+
+
 def parse_task(fields: dict[str, Any], max_payload_bytes: int) -> OrchestrationTask:
     """Validate raw submit kwargs; raise InvalidTask naming every offending field."""
     try:
@@ -230,12 +267,15 @@ def parse_task(fields: dict[str, Any], max_payload_bytes: int) -> OrchestrationT
         raise InvalidTask(describe_errors(exc)) from None
 
 
-def describe_errors(exc: ValidationError) -> list[str]:
+def describe_errors(exc: ValidationError, allowed: tuple[str, ...] | None = None) -> list[str]:
+    """One `field: reason` line per error; `allowed` names the fields of the model
+    (default: the task spec's)."""
     problems = []
+    names = ", ".join(ALLOWED_TASK_FIELDS if allowed is None else allowed)
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"]) or "task"
         if err["type"] == "extra_forbidden":
-            problems.append(f"{field}: unknown field (allowed: {', '.join(ALLOWED_TASK_FIELDS)})")
+            problems.append(f"{field}: unknown field (allowed: {names})")
         elif err["type"] == "missing":
             problems.append(f"{field}: is required")
         else:

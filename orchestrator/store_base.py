@@ -77,6 +77,7 @@ class StoreBase:
         self._settle = client.register_script(scripts.SETTLE_RUN)
         self._accept_route = client.register_script(scripts.ACCEPT_AND_ROUTE)
         self._vanished = client.register_script(scripts.VANISHED)
+        self._poison = client.register_script(scripts.POISON_RECORD)
         self.telemetry = TelemetryWriter(client)
 
     @classmethod

@@ -15,21 +15,78 @@ has replaced the pool (after close, disconnect or fork). The asynchronous client
 Inside `captured_pushes()`, a message published to a queue is not pushed: its list key and
 payload (kombu's own envelope, priority list and all) are handed back, so that a Lua step can
 push it atomically with the state change it belongs to (the client's accept-route-publish).
+
+No entry stops a consumer. kombu decodes a popped list entry with a bare `json.loads` and
+builds the message by indexing the envelope's fields, both inside the worker's event loop, so
+one entry that is not a kombu envelope stops the worker for good ("Unrecoverable error",
+celery#4308, kombu#2421). Here every entry is screened where kombu decodes it: the envelope
+(orchestrator.screen.check_envelope) before kombu builds a message from it, then, through the
+installed Gate (orchestrator.gate, set up by every worker of this project), the decoded task
+message. A refused entry is off its queue already (BRPOP took it; one that was recorded as
+unacknowledged is acknowledged), is handed to the gate to keep, and consuming goes on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 from kombu.transport import redis as kombu_redis
-from kombu.utils.json import dumps
+from kombu.transport.virtual import Empty
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import dumps, loads
+
+from orchestrator.screen import check_envelope, excerpt
+
+log = logging.getLogger(__name__)
 
 Push = tuple[str, str]  # (Redis list key, payload)
 _captured: ContextVar[list[Push] | None] = ContextVar("orchestrator_captured", default=None)
+
+
+class Gate(Protocol):
+    """What a consuming process lets through, and what it does with what it refuses."""
+
+    #: Entries longer than this are refused before they are decoded (None: no limit).
+    max_entry_bytes: int | None
+
+    def screen(self, queue: str, message: Any) -> str | None:
+        """None to deliver the kombu message, else the reason to refuse it."""
+
+    def refuse(self, queue: str, raw: bytes, reason: str) -> None:
+        """Keep (or report) a refused entry; must not raise."""
+
+
+class LoggingGate:
+    """The gate of a process that installed none: envelopes are checked, refusals logged."""
+
+    max_entry_bytes: int | None = None
+
+    def screen(self, queue: str, message: Any) -> str | None:
+        return None
+
+    def refuse(self, queue: str, raw: bytes, reason: str) -> None:
+        log.error("refused an entry of queue %s (%s): %s", queue, reason, excerpt(raw))
+
+
+_gate: Gate = LoggingGate()
+
+
+def install_gate(gate: Gate) -> None:
+    """Screen every message this process consumes through `gate` (one per process)."""
+    global _gate
+    _gate = gate
+
+
+def _refuse(queue: str, raw: bytes, reason: str) -> None:
+    try:
+        _gate.refuse(queue, raw, reason)
+    except Exception as exc:  # keeping it failed: report it, never stop consuming
+        log.error("refused an entry of queue %s (%s) and could not keep it: %s", queue, reason, exc)
 
 
 @contextmanager
@@ -72,6 +129,85 @@ class Channel(kombu_redis.Channel):
         key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
         pushes.append((self.global_keyprefix + key, dumps(message)))
         return None
+
+    # --- screening (see the module's docstring) -------------------------------------------
+
+    #: The last envelope _brpop_read checked, so the delivery callback does not check it again.
+    _checked: Any = None
+
+    def _admit_entry(self, queue: str, item: bytes | str) -> Any:
+        """The decoded envelope of a popped entry, or None when it was refused."""
+        raw = item if isinstance(item, bytes) else item.encode("utf-8", "surrogateescape")
+        limit = _gate.max_entry_bytes
+        if limit is not None and len(raw) > limit:
+            _refuse(queue, raw, f"entry of {len(raw)} bytes exceeds the limit of {limit}")
+            return None
+        try:
+            payload = loads(bytes_to_str(item))
+        except (ValueError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
+            _refuse(queue, raw, f"not JSON ({type(exc).__name__}: {exc})")
+            return None
+        reason = check_envelope(payload)
+        if reason is not None:
+            _refuse(queue, raw, reason)
+            return None
+        self._checked = payload
+        return payload
+
+    def _brpop_read(self, **options: Any) -> bool:
+        # kombu's own, but for the entry: screened instead of a bare loads().
+        try:
+            try:
+                dest__item = self.client.parse_response(self.client.connection, "BRPOP", **options)
+            except self.connection_errors:
+                # Disconnect, so the next iteration reconnects (as kombu does).
+                self.client.connection.disconnect()
+                raise
+            if not dest__item:
+                raise Empty()
+            dest, item = dest__item
+            queue = bytes_to_str(dest).rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(queue)
+            payload = self._admit_entry(queue, item)
+            if payload is not None:
+                self.connection._deliver(payload, queue)
+            return True
+        finally:
+            self._in_poll = None  # type: ignore[assignment]  # as kombu does
+            flush = getattr(self, "_flush_brpop_reauth", None)
+            if flush is not None:
+                flush()
+
+    def basic_consume(
+        self, queue: str, no_ack: bool, callback: Callable[[Any], Any], consumer_tag: str, **kw: Any
+    ) -> Any:
+        def screened(message: Any) -> Any:
+            try:
+                reason = _gate.screen(queue, message)
+            except Exception as exc:
+                reason = f"could not be screened ({type(exc).__name__}: {exc})"
+            if reason is None:
+                return callback(message)
+            if not no_ack:  # recorded as unacknowledged on delivery: take it off there
+                self.basic_ack(message.delivery_tag)
+            _refuse(queue, dumps(message._raw).encode(), reason)
+            return None
+
+        result = super().basic_consume(queue, no_ack, screened, consumer_tag, **kw)
+        deliver = self.connection._callbacks[queue]
+
+        def checked(payload: Any) -> Any:
+            # Entries of BRPOP were checked as they were popped; fanout ones arrive here.
+            if payload is not self._checked:
+                reason = check_envelope(payload)
+                if reason is not None:
+                    _refuse(queue, dumps(payload).encode(), reason)
+                    return None
+            self._checked = None
+            return deliver(payload)
+
+        self.connection._callbacks[queue] = checked
+        return result
 
 
 class Transport(kombu_redis.Transport):

@@ -1,0 +1,177 @@
+"""The edge's checks as tables: what a worker lets through from its queues, and why not."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import pytest
+
+from orchestrator.screen import TaskPolicy, check_envelope, check_task_message, excerpt
+
+GOOD: dict[str, Any] = {
+    "body": "W1tdLCB7fSwge31d",
+    "content-encoding": "utf-8",
+    "content-type": "application/json",
+    "headers": {"task": "orchestrator.execute", "id": "t-1"},
+    "properties": {
+        "delivery_tag": "d-1",
+        "body_encoding": "base64",
+        "delivery_info": {"exchange": "", "routing_key": "agent.a"},
+    },
+}
+
+
+def _without(path: str) -> dict[str, Any]:
+    copy: dict[str, Any] = {**GOOD, "properties": {**GOOD["properties"]}}
+    copy["properties"]["delivery_info"] = {**GOOD["properties"]["delivery_info"]}
+    *parents, last = path.split(".")
+    node = copy
+    for part in parents:
+        node = node[part]
+    del node[last]
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (GOOD, None),
+        ({**GOOD, "body": ""}, None),  # an empty body is Celery's to judge
+        ({**GOOD, "headers": None}, None),
+        ([1, 2], "a JSON list, not an object"),
+        ("text", "a JSON str, not an object"),
+        (None, "a JSON NoneType, not an object"),
+        ({"body": "x"}, "no properties object"),
+        ({**GOOD, "properties": []}, "no properties object"),
+        (_without("properties.delivery_tag"), "properties.delivery_tag missing"),
+        (_without("properties.delivery_info"), "properties.delivery_info missing"),
+        (_without("properties.delivery_info.exchange"), "delivery_info.exchange missing"),
+        (_without("properties.delivery_info.routing_key"), "delivery_info.routing_key missing"),
+        ({**GOOD, "headers": [1]}, "headers is not an object"),
+        ({**GOOD, "content-type": 7}, "content-type is not a string"),
+        ({**GOOD, "content-encoding": {}}, "content-encoding is not a string"),
+        ({**GOOD, "body": 12}, "body is not a string"),
+        ({**GOOD, "body": "%%%"}, "body is not valid base64"),
+        ({**GOOD, "body": "W1t"}, "body is not valid base64"),  # bad padding
+        ({**GOOD, "body": "é"}, "body is not valid base64"),
+        ({**GOOD, "properties": {**GOOD["properties"], "body_encoding": "rot13"}}, "rot13"),
+    ],
+)
+def test_check_envelope(payload: Any, reason: str | None) -> None:
+    got = check_envelope(payload)
+    if reason is None:
+        assert got is None
+    else:
+        assert got is not None and reason in got
+
+
+def _execute(type: str, payload: dict[str, Any], max_retries: int = 3, dispatch: int = 0) -> None:
+    """orchestrator.execute's signature (bound: no `self`)."""
+
+
+def _submit(*args: Any, **fields: Any) -> None:
+    """orchestrator.submit's signature."""
+
+
+def _recover(task_id: str, kind: str, agent_id: str | None = None, error: str = "") -> None:
+    """orchestrator.recover's signature."""
+
+
+POLICY = TaskPolicy(
+    {
+        "orchestrator.execute": inspect.signature(_execute),
+        "orchestrator.submit": inspect.signature(_submit),
+        "orchestrator.recover": inspect.signature(_recover),
+    },
+    max_payload_bytes=1024,
+)
+EXECUTE_KW = {"type": "echo", "payload": {"x": 1}, "max_retries": 3, "dispatch": 1}
+H_EXECUTE = {"task": "orchestrator.execute", "id": "task-1"}
+H_SUBMIT = {"task": "orchestrator.submit", "id": "3f2c"}
+
+
+@pytest.mark.parametrize(
+    ("queue", "headers", "body", "reason"),
+    [
+        ("agent.a", H_EXECUTE, [[], EXECUTE_KW, {}], None),
+        ("agent.a", H_EXECUTE, ([], EXECUTE_KW, None), None),
+        ("celery", H_SUBMIT, [[], {"type": "echo"}, {}], None),
+        ("orchestrator.routing", H_SUBMIT, [[1, 2], {"anything": 1}, {}], None),  # its own rules
+        (
+            "orchestrator.recovery",
+            {"task": "orchestrator.recover", "id": "r"},
+            [["t", "crash"], {}, {}],
+            None,
+        ),
+        ("agent.a", None, [[], {}, {}], "no task header"),
+        ("agent.a", {"id": "x"}, [[], {}, {}], "no task header"),
+        ("agent.a", {"task": "orchestrator.execute"}, [[], EXECUTE_KW, {}], "no id header"),
+        ("celery", {"task": "evil", "id": "1"}, [[], {}, {}], "unknown task 'evil'"),
+        ("agent.a", H_SUBMIT, [[], {"type": "echo"}, {}], "not run from an agent's queue"),
+        ("celery", H_EXECUTE, [[], EXECUTE_KW, {}], "only run from an agent's queue"),
+        ("orchestrator.routing", H_EXECUTE, [[], EXECUTE_KW, {}], "only run from an agent's queue"),
+        ("agent.a", H_EXECUTE, {"args": []}, "body is not [args, kwargs, embed]"),
+        ("agent.a", H_EXECUTE, [[], EXECUTE_KW], "body is not [args, kwargs, embed]"),
+        ("agent.a", H_EXECUTE, [{}, EXECUTE_KW, {}], "body is not [args, kwargs, embed]"),
+        ("agent.a", H_EXECUTE, [[], [], {}], "body is not [args, kwargs, embed]"),
+        ("agent.a", H_EXECUTE, [[], EXECUTE_KW, 5], "body is not [args, kwargs, embed]"),
+        ("agent.a", H_EXECUTE, "raw", "body is not [args, kwargs, embed]"),
+        ("agent.a", H_EXECUTE, [[], {**EXECUTE_KW, "x": 1}, {}], "do not match its signature"),
+        ("agent.a", H_EXECUTE, [[], {"payload": {}}, {}], "do not match its signature"),
+        (
+            "orchestrator.recovery",
+            {"task": "orchestrator.recover", "id": "r"},
+            [[], {"type": "echo", "payload": {}}, {}],
+            "do not match its signature",
+        ),
+        ("agent.a", H_EXECUTE, [["echo", {}], {}, {}], "takes keyword arguments only"),
+        ("agent.a", {**H_EXECUTE, "id": "a/b"}, [[], EXECUTE_KW, {}], "is not a valid task id"),
+        ("agent.a", H_EXECUTE, [[], {**EXECUTE_KW, "type": "Echo"}, {}], "type: must be"),
+        ("agent.a", H_EXECUTE, [[], {**EXECUTE_KW, "payload": [1]}, {}], "payload: must be a JSON"),
+        ("agent.a", H_EXECUTE, [[], {**EXECUTE_KW, "max_retries": 21}, {}], "max_retries:"),
+        ("agent.a", H_EXECUTE, [[], {**EXECUTE_KW, "max_retries": True}, {}], "max_retries:"),
+        ("agent.a", H_EXECUTE, [[], {**EXECUTE_KW, "dispatch": -1}, {}], "dispatch:"),
+        ("agent.a", H_EXECUTE, [[], {**EXECUTE_KW, "dispatch": "1"}, {}], "dispatch:"),
+    ],
+)
+def test_check_task_message(queue: str, headers: Any, body: Any, reason: str | None) -> None:
+    got = check_task_message(queue, headers, body, POLICY)
+    if reason is None:
+        assert got is None
+    else:
+        assert got is not None and reason in got, got
+
+
+def test_an_execute_message_names_every_broken_field() -> None:
+    broken = {"type": "Echo!", "payload": "x", "max_retries": -1, "dispatch": 1.5}
+    got = check_task_message("agent.a", H_EXECUTE, [[], broken, {}], POLICY)
+    assert got is not None
+    for field in ("type:", "payload:", "max_retries:", "dispatch:"):
+        assert field in got
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        (b"\x00\xffgarbage", "\\x00\\xffgarbage"),
+        (b"plain", "plain"),
+        (b"line\nbreak\ttab", "line\\nbreak\\ttab"),
+        ("é".encode(), "é"),
+        (b"x" * 100, "x" * 80 + "..."),
+    ],
+)
+def test_excerpt(raw: bytes, shown: str) -> None:
+    assert excerpt(raw) == shown
+
+
+@pytest.mark.parametrize(
+    ("entry_id", "poison"),
+    [("poison/1796218228890-3478dd37", True), ("poison-1", False), ("poison", False)],
+)
+def test_poison_ids_never_look_like_task_ids(entry_id: str, poison: bool) -> None:
+    from orchestrator.models import TASK_ID_RE
+    from orchestrator.store_poison import is_poison_id
+
+    assert is_poison_id(entry_id) is poison
+    assert bool(TASK_ID_RE.match(entry_id)) is not poison
