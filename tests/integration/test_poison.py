@@ -240,3 +240,55 @@ def test_the_store_keeps_at_most_the_configured_number(
     assert all(e["size"] == 207 and e["truncated"] for e in kept)
     assert all(len(base64.b64decode(e["raw"])) == 64 for e in kept)
     assert sorted(base64.b64decode(e["raw"])[:6] for e in kept) == [b"junk-2", b"junk-3", b"junk-4"]
+
+
+def test_a_replayed_message_runs_nothing_again(
+    start_control: Callable[..., Any],
+    start_agent: Callable[..., Any],
+    client: Any,
+    redis_client: redis.Redis,
+    redis_url: str,
+) -> None:
+    """A well-formed message pushed again after it ran (a replay, with or without an edited
+    id header) passes the gate: the ledger is what stops it from running twice."""
+    start_control(concurrency=1)
+    start_agent("gamma", "count")
+    settings = load_settings(redis_url=redis_url)
+    app = create_app(settings, with_tasks=False)
+    with captured_pushes() as pushes:
+        app.send_task(SUBMIT, kwargs={"type": "count", "payload": {"key": "r"}, "task_id": "r-1"})
+    (key, submit_entry), *_ = pushes
+    raw = redis.Redis.from_url(redis_url)
+    raw.lpush(key, submit_entry)
+    assert app.AsyncResult("r-1").get(timeout=30) == {"runs": 1}
+
+    with captured_pushes() as pushes:
+        app.send_task(
+            EXECUTE,
+            task_id="r-1",
+            kwargs={"type": "count", "payload": {"key": "r"}, "max_retries": 3, "dispatch": 1},
+            queue="agent.gamma",
+        )
+    (exec_key, exec_entry), *_ = pushes
+    replays = [
+        (key, submit_entry),  # the same submission again
+        (key, _with_headers(json.loads(submit_entry), id="edited-id").decode()),
+        (exec_key, exec_entry),  # the first dispatch's execute again
+    ]
+    for list_key, entry in replays:
+        raw.lpush(list_key, entry)
+    wait_for(
+        lambda: (
+            all(redis_client.llen(k) == 0 for k, _ in replays)
+            and redis_client.hlen(KOMBU_UNACKED) == 0
+        ),
+        timeout=30,
+        message="the replays were not consumed",
+    )
+    # Consumed and answered from the ledger: the handler ran once, and the task's record
+    # still says one attempt.
+    assert client.submit("count", {"key": "other"}).get(timeout=30) == {"runs": 1}
+    assert redis_client.get("test:runs:r") == "1"
+    assert client.task("r-1").attempts == 1
+    assert redis_client.zcard(POISON) == 0
+    app.close()
