@@ -117,8 +117,8 @@ H_SUBMIT = {"task": "orchestrator.submit", "id": "3f2c"}
         ("agent.a", H_EXECUTE, [[], [], {}], "body is not [args, kwargs, embed]"),
         ("agent.a", H_EXECUTE, [[], EXECUTE_KW, 5], "body is not [args, kwargs, embed]"),
         ("agent.a", H_EXECUTE, "raw", "body is not [args, kwargs, embed]"),
-        ("agent.a", H_EXECUTE, [[], {**EXECUTE_KW, "x": 1}, {}], "do not match its signature"),
-        ("agent.a", H_EXECUTE, [[], {"payload": {}}, {}], "do not match its signature"),
+        ("agent.a", H_EXECUTE, [[], {**EXECUTE_KW, "x": 1}, {}], "x: unknown field"),
+        ("agent.a", H_EXECUTE, [[], {"payload": {}}, {}], "type: is required"),
         (
             "orchestrator.recovery",
             {"task": "orchestrator.recover", "id": "r"},
