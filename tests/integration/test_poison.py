@@ -240,6 +240,12 @@ def test_the_store_keeps_at_most_the_configured_number(
     assert all(e["size"] == 207 and e["truncated"] for e in kept)
     assert all(len(base64.b64decode(e["raw"])) == 64 for e in kept)
     assert sorted(base64.b64decode(e["raw"])[:6] for e in kept) == [b"junk-2", b"junk-3", b"junk-4"]
+    # An entry longer than any message a router would publish is refused before decoding.
+    limit = 2 * 1_048_576 + 65_536
+    raw.lpush("agent.beta", b"[" + b" " * limit + b"]")
+    wait_for(lambda: int(redis_client.hget(COUNTERS, "poison") or 0) == 6, timeout=30)
+    newest = max(_poison(redis_client), key=lambda e: e["ts"])
+    assert newest["reason"] == f"entry of {limit + 2} bytes exceeds the limit of {limit}"
 
 
 def test_a_replayed_message_runs_nothing_again(
