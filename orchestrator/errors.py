@@ -59,6 +59,23 @@ class HandlerMissing(OrchestratorError):
     """An agent received a task type it has no handler for."""
 
 
+class MessageRefused(OrchestratorError):
+    """A worker refused a message at its edge (not JSON, a content type it does not accept, an
+    unknown task, arguments that do not fit): nothing ran. The message is kept in the
+    dead-letter store as kind poison (`orchestrator dlq list --kind poison`)."""
+
+    def __init__(self, queue: str, reason: str) -> None:
+        self.queue = queue
+        self.reason = reason
+        super().__init__(
+            f"message refused by a worker of queue {queue!r}: {reason}; nothing ran "
+            "(see `orchestrator dlq list --kind poison`)"
+        )
+
+    def __reduce__(self):
+        return (self.__class__, (self.queue, self.reason))
+
+
 class TransientError(OrchestratorError):
     """Raised by a handler: the failure may pass; retry (backoff, same or another agent)."""
 

@@ -14,13 +14,15 @@ import logging
 import socket
 from typing import Any
 
-from celery import Celery, bootsteps
+from celery import Celery, bootsteps, states
 from kombu.exceptions import ContentDisallowed
 from kombu.serialization import prepare_accept_content
 
 from orchestrator.agent import process_store
 from orchestrator.celeryconf import app_settings
 from orchestrator.config import Settings
+from orchestrator.errors import MessageRefused
+from orchestrator.models import TASK_ID_RE
 from orchestrator.screen import TaskPolicy, check_task_message, excerpt
 from orchestrator.store import StateStore, now_s
 from orchestrator.transport import install_gate
@@ -80,7 +82,7 @@ class WorkerGate:
             return f"body does not decode as {content_type!r} ({type(exc).__name__}: {exc})"
         return check_task_message(queue, message.headers, body, policy)
 
-    def refuse(self, queue: str, raw: bytes, reason: str) -> None:
+    def refuse(self, queue: str, raw: bytes, reason: str, task_id: str | None = None) -> None:
         poison_id = self.store.record_poison(
             queue,
             raw,
@@ -98,6 +100,25 @@ class WorkerGate:
             excerpt(raw),
             poison_id,
         )
+        if task_id is not None:
+            self._answer(queue, task_id, reason)
+
+    def _answer(self, queue: str, task_id: str, reason: str) -> None:
+        """Tell the sender of a refused task message why, as Celery does for an unknown task:
+        the refusal becomes the result of its id. Only for an id with no result yet and no
+        orchestration task behind it, so a forged message cannot overwrite a real task's
+        outcome."""
+        if not TASK_ID_RE.match(task_id):  # (Celery's uuids match it too)
+            return
+        try:
+            if self.store.task_exists(task_id):
+                return
+            backend = self.app.backend
+            if backend.get_task_meta(task_id).get("status") != states.PENDING:
+                return
+            backend.mark_as_failure(task_id, MessageRefused(queue, reason))
+        except Exception as exc:  # the refusal is kept either way
+            log.warning("could not store the refusal of %s as its result: %s", task_id, exc)
 
 
 class GateStep(bootsteps.Step):

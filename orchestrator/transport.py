@@ -57,8 +57,9 @@ class Gate(Protocol):
     def screen(self, queue: str, message: Any) -> str | None:
         """None to deliver the kombu message, else the reason to refuse it."""
 
-    def refuse(self, queue: str, raw: bytes, reason: str) -> None:
-        """Keep (or report) a refused entry; must not raise."""
+    def refuse(self, queue: str, raw: bytes, reason: str, task_id: str | None = None) -> None:
+        """Keep (or report) a refused entry; `task_id` is the id header of a refused task
+        message, so its sender can be told. Must not raise."""
 
 
 class LoggingGate:
@@ -69,7 +70,7 @@ class LoggingGate:
     def screen(self, queue: str, message: Any) -> str | None:
         return None
 
-    def refuse(self, queue: str, raw: bytes, reason: str) -> None:
+    def refuse(self, queue: str, raw: bytes, reason: str, task_id: str | None = None) -> None:
         log.error("refused an entry of queue %s (%s): %s", queue, reason, excerpt(raw))
 
 
@@ -82,9 +83,9 @@ def install_gate(gate: Gate) -> None:
     _gate = gate
 
 
-def _refuse(queue: str, raw: bytes, reason: str) -> None:
+def _refuse(queue: str, raw: bytes, reason: str, task_id: str | None = None) -> None:
     try:
-        _gate.refuse(queue, raw, reason)
+        _gate.refuse(queue, raw, reason, task_id)
     except Exception as exc:  # keeping it failed: report it, never stop consuming
         log.error("refused an entry of queue %s (%s) and could not keep it: %s", queue, reason, exc)
 
@@ -190,7 +191,10 @@ class Channel(kombu_redis.Channel):
                 return callback(message)
             if not no_ack:  # recorded as unacknowledged on delivery: take it off there
                 self.basic_ack(message.delivery_tag)
-            _refuse(queue, dumps(message._raw).encode(), reason)
+            headers = message.headers if isinstance(message.headers, dict) else {}
+            task_id = headers.get("id")
+            raw = dumps(message._raw).encode()
+            _refuse(queue, raw, reason, task_id if isinstance(task_id, str) else None)
             return None
 
         result = super().basic_consume(queue, no_ack, screened, consumer_tag, **kw)

@@ -298,3 +298,39 @@ def test_a_replayed_message_runs_nothing_again(
     assert client.task("r-1").attempts == 1
     assert redis_client.zcard(POISON) == 0
     app.close()
+
+
+def test_the_sender_of_a_refused_task_message_is_told_why(
+    start_control: Callable[..., Any],
+    start_agent: Callable[..., Any],
+    client: Any,
+    redis_client: redis.Redis,
+    redis_url: str,
+) -> None:
+    """A producer that names a task no worker has, or sends pickle, gets the refusal as its
+    result (as Celery answers an unknown task), not a result that never comes; a forged
+    message never overwrites the outcome of a real task."""
+    from celery import Celery
+
+    start_control(concurrency=1)
+    start_agent("delta", "echo")
+    plain = Celery(broker=redis_url, backend=redis_url)
+    typo = plain.send_task("orchestrator.submitt", kwargs={"type": "echo"})
+    with pytest.raises(Exception, match="unknown task 'orchestrator.submitt'; nothing ran"):
+        typo.get(timeout=30)
+    plain.close()
+    pickler = Celery(broker=redis_url, backend=redis_url)
+    pickler.conf.task_serializer = "pickle"
+    pickled = pickler.send_task(SUBMIT, kwargs={"type": "echo", "payload": {}})
+    with pytest.raises(Exception, match="content type 'application/x-python-serialize'"):
+        pickled.get(timeout=30)
+    pickler.close()
+
+    done = client.submit("echo", {"real": 1}, task_id="real-1")
+    assert done.get(timeout=30) == {"real": 1}
+    forged = _with_headers(
+        _template(redis_url, SUBMIT, {"type": "echo"}, "celery"), id="real-1", task="nope"
+    )
+    redis.Redis.from_url(redis_url).lpush("celery", forged)
+    wait_for(lambda: redis_client.zcard(POISON) == 3, timeout=30)
+    assert client.result("real-1").get(timeout=5) == {"real": 1}
