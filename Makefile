@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean venv sysdeps
+.PHONY: run test fuzz lint bench clean venv sysdeps
 
 venv: $(STAMP)
 
@@ -29,6 +29,13 @@ run: $(STAMP)
 
 test: $(STAMP) sysdeps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The submission fuzzer alone, with more examples than `make test` runs (1,000); FUZZ_SEED=N
+# regenerates a batch. -s shows its summary line (the split, the timings, the seed).
+FUZZ_EXAMPLES ?= 10000
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q -s --timeout=1800 \
+	  tests/integration/test_submit_fuzz.py $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

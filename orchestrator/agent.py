@@ -221,7 +221,9 @@ class AgentPresence(bootsteps.StartStopStep):
 
 def install_agent_steps(app: Celery) -> None:
     from orchestrator.gate import GateStep
+    from orchestrator.preflight import RedisPreflight
 
     app.steps["worker"].add(GateStep)
+    app.steps["worker"].add(RedisPreflight)
     app.steps["worker"].add(AgentInit)
     app.steps["consumer"].add(AgentPresence)

@@ -12,7 +12,7 @@ from celery.result import AsyncResult
 from kombu import Queue
 
 from orchestrator.beat import redbeat_config
-from orchestrator.config import Settings
+from orchestrator.config import SIGNING_DIGEST, Settings, redis_ssl_options
 from orchestrator.models import OrchestrationTask, RegisteredAgent
 from orchestrator.routing import to_broker_priority
 from orchestrator.transport import TRANSPORT, Push, captured_pushes
@@ -80,6 +80,32 @@ def agent_queue(agent_id: str) -> str:
     return f"agent.{agent_id}"
 
 
+def signing_config(settings: Settings) -> dict[str, Any]:
+    """Celery's message signing (the `auth` serializer), when ORCH_SIGNING_* are set.
+
+    Signed and verified: every task message (its body: task arguments, callbacks; not its
+    headers: task name, id, ETA, expiry) and every remote-control request and reply
+    (Celery's mailbox uses the task serializer and accept list). Not signed: results (JSON,
+    in the result backend), events (JSON: Flower's and `celery events`' view), and
+    everything in the state store and RedBeat's schedule (plain Redis data). A worker
+    refuses a task message that is not signed by a certificate in its store at its gate
+    (orchestrator.gate: content type not accepted, or a body that does not verify).
+    """
+    if not settings.signing_enabled:
+        return {}
+    return {
+        "task_serializer": "auth",
+        "accept_content": ["auth"],  # exactly this: Celery's setup_security insists
+        "result_serializer": "json",
+        "result_accept_content": ["json"],
+        "event_serializer": "json",
+        "security_key": settings.signing_key,
+        "security_certificate": settings.signing_cert,
+        "security_cert_store": settings.signing_cert_store,
+        "security_digest": SIGNING_DIGEST,
+    }
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Everything Celery is told, in one place."""
     visibility = settings.visibility_timeout_s
@@ -97,6 +123,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return {
         "broker_url": settings.effective_broker_url,
         "result_backend": settings.effective_result_backend,
+        # TLS as each rediss:// URL asks (see config.redis_ssl_options); kombu, Flower and
+        # RedBeat read these dicts, not the URL, for a bare rediss:// URL.
+        "broker_use_ssl": redis_ssl_options(settings.effective_broker_url),
+        "redis_backend_use_ssl": redis_ssl_options(settings.effective_result_backend),
+        "redbeat_redis_use_ssl": redis_ssl_options(settings.effective_state_url),
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
@@ -128,6 +159,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": True,
         "enable_utc": True,
         **redbeat_config(settings),
+        **signing_config(settings),
     }
 
 
@@ -147,6 +179,10 @@ def create_app(settings: Settings, *, with_tasks: bool = True) -> Celery:
     app = Celery("orchestrator", include=TASK_MODULES if with_tasks else [])
     app.conf.update(celery_config(settings))
     app.conf.orchestrator_settings = settings
+    if settings.signing_enabled:
+        # Registers the `auth` serializer with this role's key (kombu's registry: one per
+        # process) and makes it kombu's default; JSON stays the only other decoder enabled.
+        app.setup_security(allowed_serializers=["json"], digest=SIGNING_DIGEST)
     if with_tasks:
         from beat_schedule import build_beat_schedule
         from orchestrator.agent import install_agent_steps

@@ -30,9 +30,20 @@ def _print_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, default=str))
 
 
+def _preflight(settings: Settings, state_only: bool = False) -> None:
+    """A wrong password or an untrusted certificate, said in one line naming the variable."""
+    from orchestrator.preflight import preflight, redis_targets, state_target
+
+    try:
+        preflight([state_target(settings)] if state_only else redis_targets(settings))
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def _store(settings: Settings):
     from orchestrator.store import StateStore
 
+    _preflight(settings, state_only=True)
     return StateStore.from_url(settings.effective_state_url, ledger_ttl_s=settings.ledger_ttl_s)
 
 
@@ -153,8 +164,12 @@ def submit(
         parse_task({"type": task_type, "payload": body, **fields}, settings.max_payload_bytes)
     except InvalidTask as exc:
         raise click.ClickException(str(exc)) from None
+    _preflight(settings)
     with OrchestratorClient(settings=settings) as client:
-        result = client.submit(task_type, body, **fields)
+        try:
+            result = client.submit(task_type, body, **fields)
+        except OrchestratorError as exc:  # RateLimited, ClientBlocked, the store unreachable
+            raise click.ClickException(str(exc)) from None
         if not wait:
             _print_json({"task_id": result.id}) if as_json else click.echo(result.id)
             return

@@ -204,11 +204,14 @@ def sla(as_json: bool, html_file: str | None) -> None:
     console.print(table)
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True)
+@click.pass_context
 @_guard
-def security(as_json: bool) -> None:
-    """Rejected submissions per client over the window, and clients flagged as threats."""
+def security(click_ctx: click.Context, as_json: bool) -> None:
+    """Security findings (as the security loop last saw them) and the threat counters."""
+    if click_ctx.invoked_subcommand is not None:
+        return
     from orchestrator.loops import security_report
     from orchestrator.store import now_s
 
@@ -216,15 +219,45 @@ def security(as_json: bool) -> None:
     if as_json:
         _json(report)
         return
+    c = report["counters"]
     console.print(
-        f"{report['rejected_total']} rejected in total; window {report['window_s']:g}s, "
-        f"threshold {report['threshold']} per client"
+        f"in the last {report['window_s']:g}s: rejected {c['rejected']}, rate-limited "
+        f"{c['rate_limited']}, refused while blocked {c['refused_while_blocked']}, poison "
+        f"{c['poison']}; threshold {report['threshold']} per client; security loop last ran "
+        f"{_when(report['checked_at'])}"
     )
-    table = Table("client", "rejected in window", "threat")
-    flagged = {t["client_id"] for t in report["threats"]}
-    for client, n in report["rejections"].items():
-        table.add_row(client, str(n), "[red]yes[/]" if client in flagged else "")
-    console.print(table)
+    findings = Table("id", "severity", "summary", "since", title="findings")
+    for f in report["findings"]:
+        findings.add_row(f["id"], f["severity"], f["summary"], _when(f["since"]))
+    console.print(findings if report["findings"] else "no findings")
+    if report["rejections"] or report["blocked"]:
+        table = Table("client", "rejected in window", "rate-limited", "threat", "blocked until")
+        flagged = {t["client_id"] for t in report["threats"]}
+        for client in sorted({*report["rejections"], *report["blocked"]}):
+            table.add_row(
+                client,
+                str(report["rejections"].get(client, 0)),
+                str(report["rate_limited"].get(client, 0)),
+                "[red]yes[/]" if client in flagged else "",
+                _when(report["blocked"].get(client)),
+            )
+        console.print(table)
+
+
+@security.command("unblock")
+@click.argument("client_id")
+@click.option("--json", "as_json", is_flag=True)
+@_guard
+def security_unblock(client_id: str, as_json: bool) -> None:
+    """Lift CLIENT_ID's block (ORCH_SECURITY_AUTO_BLOCK) now."""
+    ctx = _ctx()
+    lifted = ctx.store.unblock_client(client_id)
+    if as_json:
+        _json({"client_id": client_id, "unblocked": lifted})
+    elif lifted:
+        click.echo(f"unblocked {client_id}: its submissions are accepted again")
+    else:
+        click.echo(f"{client_id} was not blocked")
 
 
 @click.group(invoke_without_command=True)

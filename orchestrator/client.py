@@ -44,6 +44,11 @@ class OrchestratorClient:
         self.router.keep_outbox = True  # dropped only once the publish succeeded
         self._prepare = execute_preparer(self.app)
         self.route_locally = route_locally
+        # A submit message expires when the ledger would forget its task (ORCH_LEDGER_TTL_S
+        # after acceptance, which comes after sending): until then a replayed copy is a
+        # duplicate to the ledger, after it a worker drops it as expired (unless the replay
+        # also removed the `expires` header: headers are not signed).
+        self.submit_expires_s = float(settings.ledger_ttl_s)
 
     def submit(
         self, type: str, payload: dict[str, Any] | None = None, **fields: Any
@@ -52,10 +57,14 @@ class OrchestratorClient:
         publish `orchestrator.execute` to its queue, with no hop through a control worker.
         The returned result's id is the orchestration id (`task_id` if given); `.get()` gives
         the handler's return value or raises the final failure. A spec that breaks a rule
-        raises InvalidTask here, naming every offending field.
+        raises InvalidTask here, naming every offending field; a client over its per-client
+        limits gets RateLimited or ClientBlocked here (ORCH_CLIENT_RATE_LIMIT,
+        ORCH_SECURITY_AUTO_BLOCK).
 
         With route_locally=False the task goes to `orchestrator.submit` on a control worker
-        instead (one hop more; for producers that should not do the routing work).
+        instead (one hop more; for producers that should not do the routing work). That
+        message carries the orchestration id in its kwargs (`task_id`) and expires after
+        ORCH_LEDGER_TTL_S, so a replayed copy is caught (see __init__).
 
         When the broker is the state store's Redis (the default), recording, routing and
         publishing are one atomic step in Redis: a crash leaves all or nothing. Otherwise, and
@@ -66,8 +75,13 @@ class OrchestratorClient:
         kwargs: dict[str, Any] = {"type": type, "payload": payload or {}, **fields}
         submit_id = str(uuid4())
         now = time.time()
-        task = self.router.validate(kwargs, submit_id, now)
+        # Handed to a control worker, the submission is admitted there (counted once).
+        task = self.router.validate(kwargs, submit_id, now, limit=self.route_locally)
         assert task.task_id is not None
+        # The orchestration id travels in the body, which signing covers (headers are not
+        # signed): a copy of the submit message replayed under an edited id header is still
+        # the same task to the ledger, and runs nothing again.
+        kwargs["task_id"] = task.task_id
         if self.route_locally:
             outbox = (kwargs, ROUTING_QUEUE)
             outcome = (
@@ -79,7 +93,13 @@ class OrchestratorClient:
             return outcome.sent if outcome.sent is not None else self.app.AsyncResult(task.task_id)
         self.store.outbox_put(task.task_id, submit_id, kwargs, ROUTING_QUEUE, now)
         try:
-            sent = self.app.send_task(SUBMIT, kwargs=kwargs, task_id=submit_id, queue=ROUTING_QUEUE)
+            sent = self.app.send_task(
+                SUBMIT,
+                kwargs=kwargs,
+                task_id=submit_id,
+                queue=ROUTING_QUEUE,
+                expires=self.submit_expires_s,
+            )
         except Exception:
             self.store.outbox_drop(task.task_id)
             raise

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import os
 import re
+import ssl
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl, urlsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from orchestrator.errors import ConfigError
@@ -44,6 +48,146 @@ def parse_capabilities(raw: str | dict[str, Any] | None) -> dict[str, float]:
             raise ValueError(f"proficiency of {name!r} must be in (0, 1] (got {value})")
         parsed[name] = proficiency
     return parsed
+
+
+#: `ssl_cert_reqs` values of a rediss:// URL that Celery, kombu and redis-py all read alike.
+SSL_CERT_REQS = {
+    "required": ssl.CERT_REQUIRED,
+    "optional": ssl.CERT_OPTIONAL,
+    "none": ssl.CERT_NONE,
+}
+#: Query parameters of a rediss:// URL that name files (CA bundle, client certificate and key).
+SSL_FILE_PARAMS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+
+
+def redis_ssl_options(url: str) -> dict[str, Any] | None:
+    """The TLS options a rediss:// URL asks for in its query, as Celery's `broker_use_ssl`
+    and `redis_backend_use_ssl` take them; None for a URL without TLS.
+
+    Without them, kombu under our transport (orchestrator.transport) speaks plain TCP to a
+    rediss:// broker, and Celery's result backend refuses the URL; given them, both verify
+    the server against the system's CAs unless the query says otherwise, as redis-py does
+    for the state store. The messages name the parameter, never the URL: it may hold a
+    password.
+    """
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    asked = sorted(k for k in query if k.startswith("ssl_"))
+    if parts.scheme != "rediss":
+        if asked:
+            raise ValueError(f"TLS options need a rediss:// URL (got {', '.join(asked)})")
+        return None
+    reqs = query.get("ssl_cert_reqs", "required")
+    if reqs not in SSL_CERT_REQS:
+        raise ValueError(
+            f"ssl_cert_reqs must be one of {', '.join(SSL_CERT_REQS)} (got ssl_cert_reqs={reqs})"
+        )
+    options: dict[str, Any] = {"ssl_cert_reqs": SSL_CERT_REQS[reqs]}
+    options.update({name: query[name] for name in SSL_FILE_PARAMS if query.get(name)})
+    if "ssl_check_hostname" in query:
+        options["ssl_check_hostname"] = query["ssl_check_hostname"].lower() not in (
+            "false",
+            "no",
+            "0",
+        )
+    return options
+
+
+#: The signing variables, all set or none (Celery's `auth` serializer, see celeryconf).
+SIGNING_VARIABLES = ("ORCH_SIGNING_KEY", "ORCH_SIGNING_CERT", "ORCH_SIGNING_CERT_STORE")
+#: Digest of the signatures (Celery's security_digest).
+SIGNING_DIGEST = "sha256"
+
+
+def load_signing_key(path: str) -> Any:
+    """This role's private key as Celery's `auth` serializer reads it (celery.security), so
+    what passes here is what `app.setup_security()` accepts: an unencrypted PEM RSA key."""
+    from celery.exceptions import SecurityError
+    from celery.security.key import PrivateKey
+
+    if not os.path.isfile(path):
+        raise ValueError("no such file")
+    try:
+        with open(path) as f:
+            return PrivateKey(f.read())
+    except (SecurityError, OSError, TypeError, ValueError) as exc:
+        raise ValueError(f"not an unencrypted PEM RSA private key ({exc})") from None
+
+
+def load_signing_cert(path: str) -> Any:
+    """This role's certificate (PEM, RSA, not expired), as Celery reads it."""
+    from celery.exceptions import SecurityError
+    from celery.security.certificate import Certificate
+
+    if not os.path.isfile(path):
+        raise ValueError("no such file")
+    try:
+        with open(path) as f:
+            cert = Certificate(f.read())
+    except (SecurityError, OSError, TypeError, ValueError) as exc:
+        raise ValueError(f"not a PEM RSA certificate ({exc})") from None
+    if cert.has_expired():
+        raise ValueError("the certificate has expired")
+    return cert
+
+
+def load_cert_store(path: str) -> Any:
+    """The certificates this role trusts: a PEM file, or a directory of them, as Celery's
+    FSCertStore reads it (none expired, no two of one issuer and serial)."""
+    from celery.exceptions import SecurityError
+    from celery.security.certificate import FSCertStore
+
+    if not os.path.exists(path):
+        raise ValueError("no such file or directory")
+    try:
+        store = FSCertStore(path)
+    except (SecurityError, OSError, TypeError, ValueError) as exc:
+        raise ValueError(f"not a store of PEM RSA certificates ({exc})") from None
+    if not list(store.itercerts()):
+        raise ValueError("holds no certificate")
+    return store
+
+
+def check_signing_identity(key: str, cert: str, store: str) -> str | None:
+    """Why this key, certificate and store would not sign and verify messages, or None: the
+    key must be the certificate's, and the store must trust the certificate (a role verifies
+    what it signs itself: tasks it sends itself, the replies to its remote-control
+    requests)."""
+    from celery.exceptions import SecurityError
+    from celery.security.utils import get_digest_algorithm
+
+    digest = get_digest_algorithm(SIGNING_DIGEST)
+    own = load_signing_cert(cert)
+    probe = b"hive-orchestrator signing probe"
+    signature = load_signing_key(key).sign(probe, digest)
+    # A signature that does not verify surfaces as TypeError in Celery 5.7 (its
+    # reraise_errors is handed the cryptography.exceptions module, not a class).
+    try:
+        own.verify(probe, signature, digest)
+    except (SecurityError, TypeError):
+        return "ORCH_SIGNING_KEY is not the key of ORCH_SIGNING_CERT"
+    try:
+        load_cert_store(store)[own.get_id()].verify(probe, signature, digest)
+    except (SecurityError, TypeError):
+        return "ORCH_SIGNING_CERT_STORE does not hold ORCH_SIGNING_CERT"
+    return None
+
+
+_SIGNING_LOADERS = {
+    "signing_key": load_signing_key,
+    "signing_cert": load_signing_cert,
+    "signing_cert_store": load_cert_store,
+}
+
+
+def mask_password(url: str) -> str:
+    """`url` with its password (if any) shown as ********."""
+    parts = urlsplit(url)
+    if "://" not in url or not parts.password:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{user}:********@{host}").geturl()
 
 
 class Settings(BaseSettings):
@@ -123,6 +267,24 @@ class Settings(BaseSettings):
     # Security at the edges (issue 8); see the README's Security chapter.
     poison_keep: Annotated[int, Field(ge=1)] = 10_000  # refused messages kept for inspection
     poison_raw_max_bytes: Annotated[int, Field(ge=64)] = 65_536  # raw bytes kept of each
+    # Per-client limits (checked in one Lua step, and only when one of them is on): a token
+    # bucket of `client_rate_limit` submissions/s per client_id (0: off) holding at most
+    # `client_rate_burst` (0: the rate rounded up, at least 1); and, with auto-block, a client
+    # the security loop flags is refused for `security_block_s`.
+    client_rate_limit: Annotated[float, Field(ge=0)] = 0.0
+    client_rate_burst: Annotated[int, Field(ge=0)] = 0
+    security_auto_block: bool = False
+    security_block_s: PositiveSeconds = 300.0
+    # The security loop's audit: how long it waits for workers' remote-control replies, and
+    # Flower's base URL to probe for an unauthenticated API (empty: not checked).
+    security_inspect_timeout_s: Annotated[float, Field(gt=0, le=10)] = 1.0
+    flower_url: str = ""
+    # Message signing (Celery's `auth` serializer), all three or none (empty: off): this
+    # role's private key and certificate, and the certificates of every signer it trusts (a
+    # PEM file or a directory of them). Set on every role; see celeryconf.signing_config.
+    signing_key: str = ""
+    signing_cert: str = ""
+    signing_cert_store: str = ""
 
     @field_validator("agent_capabilities", mode="before")
     @classmethod
@@ -145,7 +307,25 @@ class Settings(BaseSettings):
     @classmethod
     def _redis_scheme(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"must start with redis://, rediss:// or unix:// (got {value!r})")
+            raise ValueError(
+                f"must start with redis://, rediss:// or unix:// (got {mask_password(value)!r})"
+            )
+        if value is not None:
+            redis_ssl_options(value)  # raises on TLS options it cannot honour
+        return value
+
+    @field_validator("signing_key", "signing_cert", "signing_cert_store")
+    @classmethod
+    def _signing_file(cls, value: str, info: ValidationInfo) -> str:
+        if value:
+            _SIGNING_LOADERS[str(info.field_name)](value)  # raises naming what is wrong
+        return value
+
+    @field_validator("flower_url")
+    @classmethod
+    def _flower_url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https:// (or be empty: not checked)")
         return value
 
     @field_validator("agent_id")
@@ -183,6 +363,33 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _signing(self) -> Settings:
+        paths = dict(
+            zip(
+                SIGNING_VARIABLES,
+                (self.signing_key, self.signing_cert, self.signing_cert_store),
+                strict=True,
+            )
+        )
+        missing = [name for name, path in paths.items() if not path]
+        if missing and len(missing) < len(paths):
+            raise ValueError(
+                f"{', '.join(SIGNING_VARIABLES)} must be set together (missing: "
+                f"{', '.join(missing)})"
+            )
+        if not missing:
+            problem = check_signing_identity(*paths.values())
+            if problem:
+                raise ValueError(problem)
+        return self
+
+    def __repr_args__(self) -> Any:
+        # Never a URL's password: Celery's remote-control `conf` (asked by anyone who reaches
+        # the broker, and by the security loop) answers with this repr of the app's settings.
+        for name, value in super().__repr_args__():
+            yield name, mask_password(value) if isinstance(value, str) else value
+
     def circuit_config(self) -> CircuitBreakerConfig:
         return CircuitBreakerConfig(
             failure_threshold=self.circuit_failure_threshold,
@@ -207,6 +414,21 @@ class Settings(BaseSettings):
         """One Redis for the broker's queues and the state store (the default): a Lua step
         can then see and change both at once."""
         return self.effective_broker_url == self.effective_state_url
+
+    @property
+    def signing_enabled(self) -> bool:
+        """Every message this role sends is signed, and only signed ones are accepted."""
+        return bool(self.signing_key)
+
+    @property
+    def client_burst(self) -> int:
+        """Tokens a client's bucket holds: ORCH_CLIENT_RATE_BURST, else the rate rounded up."""
+        return self.client_rate_burst or max(1, math.ceil(self.client_rate_limit))
+
+    @property
+    def client_limits_on(self) -> bool:
+        """Whether a submission needs the limit check at all (off: no Redis call for it)."""
+        return self.client_rate_limit > 0 or self.security_auto_block
 
     @property
     def is_agent(self) -> bool:

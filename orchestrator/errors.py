@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 
 class OrchestratorError(Exception):
@@ -20,11 +22,15 @@ class InvalidTask(OrchestratorError):
     every mistake at once instead of fixing them one round trip at a time.
     """
 
+    PREFIX = "invalid task: "
+
     def __init__(self, problems: Sequence[str] | str) -> None:
         if isinstance(problems, str):
-            problems = [problems]
+            # Celery's JSON result backend rebuilds the error from its args, i.e. from the
+            # whole message: take the prefix off again so it is not doubled.
+            problems = [problems.removeprefix(self.PREFIX)]
         self.problems = list(problems)
-        super().__init__("invalid task: " + "; ".join(self.problems))
+        super().__init__(self.PREFIX + "; ".join(self.problems))
 
     def __reduce__(self):  # keep the message intact through pickling/JSON round trips
         return (self.__class__, (self.problems,))
@@ -47,6 +53,68 @@ class NoCapableAgent(OrchestratorError):
         return (self.__class__, (self.task_id, self.capabilities, self.waited_s))
 
 
+#: A refusal's only arg is its message: Celery's JSON result backend stores an error's args,
+#: and a client that cannot import this module rebuilds a plain exception from them (it then
+#: reads the message); one that can rebuilds the error from that message, fields and all.
+_RATE_LIMITED = re.compile(
+    r"client '(?P<client>[^']*)' is over its rate limit of (?P<limit>\S+) submissions/s "
+    r"\(ORCH_CLIENT_RATE_LIMIT\): retry in (?P<retry>\S+)s"
+)
+_BLOCKED = re.compile(
+    r"client '(?P<client>[^']*)' is blocked until (?P<until>\S+) \((?P<left>\d+)s left\).*",
+    re.S,
+)
+_REFUSED = re.compile(
+    r"message refused by a worker of queue '(?P<queue>[^']*)': (?P<reason>.*); nothing ran "
+    r"\(see `orchestrator dlq list --kind poison`\)",
+    re.S,
+)
+
+
+class RateLimited(OrchestratorError):
+    """A client sent submissions faster than ORCH_CLIENT_RATE_LIMIT allows; nothing was routed.
+    (`RateLimited(message)` rebuilds one from its message, as Celery does.)"""
+
+    def __init__(
+        self, client_id: str, limit_per_s: float | None = None, retry_after_s: float | None = None
+    ) -> None:
+        if limit_per_s is None and (m := _RATE_LIMITED.fullmatch(client_id)):
+            client_id, limit_per_s, retry_after_s = (
+                m["client"],
+                float(m["limit"]),
+                float(m["retry"]),
+            )
+        self.client_id = client_id
+        self.limit_per_s = float(limit_per_s or 0.0)
+        self.retry_after_s = float(retry_after_s or 0.0)
+        super().__init__(
+            f"client {self.client_id!r} is over its rate limit of {self.limit_per_s:g} "
+            f"submissions/s (ORCH_CLIENT_RATE_LIMIT): retry in {self.retry_after_s:.3f}s"
+        )
+
+
+class ClientBlocked(OrchestratorError):
+    """The security loop flagged the client and ORCH_SECURITY_AUTO_BLOCK refuses its
+    submissions until `until` (unix time); nothing was routed. (`ClientBlocked(message)`
+    rebuilds one from its message, as Celery does.)"""
+
+    def __init__(
+        self, client_id: str, until: float | None = None, seconds_left: float | None = None
+    ) -> None:
+        if until is None and (m := _BLOCKED.fullmatch(client_id)):
+            ends = datetime.strptime(m["until"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+            client_id, until, seconds_left = m["client"], ends.timestamp(), float(m["left"])
+        self.client_id = client_id
+        self.until = float(until or 0.0)
+        self.seconds_left = max(0.0, float(seconds_left or 0.0))
+        ends_at = datetime.fromtimestamp(self.until, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        super().__init__(
+            f"client {self.client_id!r} is blocked until {ends_at} ({self.seconds_left:.0f}s "
+            "left): the security loop flagged it for rejected submissions; an operator lifts it "
+            f"with `orchestrator security unblock {self.client_id}`"
+        )
+
+
 class StoreUnavailable(OrchestratorError):
     """Redis (the state store) did not answer; check ORCH_REDIS_URL / ORCH_STATE_URL."""
 
@@ -62,18 +130,19 @@ class HandlerMissing(OrchestratorError):
 class MessageRefused(OrchestratorError):
     """A worker refused a message at its edge (not JSON, a content type it does not accept, an
     unknown task, arguments that do not fit): nothing ran. The message is kept in the
-    dead-letter store as kind poison (`orchestrator dlq list --kind poison`)."""
+    dead-letter store as kind poison (`orchestrator dlq list --kind poison`).
+    (`MessageRefused(message)` rebuilds one from its message, as Celery does.)"""
 
-    def __init__(self, queue: str, reason: str) -> None:
+    def __init__(self, queue: str, reason: str | None = None) -> None:
+        if reason is None:
+            m = _REFUSED.fullmatch(queue)
+            queue, reason = (m["queue"], m["reason"]) if m else ("?", queue)
         self.queue = queue
         self.reason = reason
         super().__init__(
             f"message refused by a worker of queue {queue!r}: {reason}; nothing ran "
             "(see `orchestrator dlq list --kind poison`)"
         )
-
-    def __reduce__(self):
-        return (self.__class__, (self.queue, self.reason))
 
 
 class TransientError(OrchestratorError):

@@ -47,7 +47,7 @@ _GAUGES = (
     ("delegation_p95_ms", "delegation_p95_seconds", "p95 submit-to-start time (window)", 1e-3),
     ("circuits_open", "circuits_open", "Agents whose circuit breaker is open", 1),
     ("alerts_firing", "alerts_firing", "Alerts firing", 1),
-    ("security_threats", "security_threats", "Clients above the rejection threshold", 1),
+    ("security_threats", "security_threats", "Security findings of severity error/critical", 1),
     ("anomalies_active", "anomalies_active", "Metric series in an anomalous episode", 1),
     ("regressions_active", "regressions_active", "Task types with a latency regression", 1),
     ("backup_age_s", "backup_age_seconds", "Seconds since the newest backup", 1),

@@ -29,6 +29,10 @@ from orchestrator.transport import install_gate
 
 log = logging.getLogger(__name__)
 
+#: The content type of Celery's message signing (`auth` serializer): a body that fails to
+#: decode under it is unsigned, tampered with, or signed by a key this worker does not trust.
+SIGNED_CONTENT_TYPE = "application/data"
+
 #: Room for the envelope, headers and base64 around the largest payload a task may carry.
 ENVELOPE_ALLOWANCE_BYTES = 65_536
 
@@ -79,6 +83,8 @@ class WorkerGate:
             accepted = ", ".join(sorted(self._accept or ()))
             return f"content type {content_type!r} is not accepted (accepted: {accepted})"
         except Exception as exc:
+            if content_type == SIGNED_CONTENT_TYPE:  # Celery's `auth` serializer
+                return f"signed body does not verify ({type(exc).__name__}: {exc})"
             return f"body does not decode as {content_type!r} ({type(exc).__name__}: {exc})"
         return check_task_message(queue, message.headers, body, policy)
 

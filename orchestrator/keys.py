@@ -97,7 +97,14 @@ def queue_lists(queue: str, steps: range = range(10)) -> list[str]:
 #     (submit-to-start histogram), "<type>|lsum|dsum", "~avail|<cap>|good|total" (agent
 #     availability samples); minute buckets live ~7 h, hour buckets ~32 d (see stats.py)
 # tm:total              hash  the same fields, cumulative and never expiring (the exporter)
-# sec:m:<minute>        hash  client_id -> rejected submissions in that minute
+# sec:m:<minute>        hash  client_id -> rejected submissions in that minute (invalid
+#                             specs and rate-limited ones: what the threshold counts)
+# sec:rl:<minute>       hash  client_id -> submissions refused by the rate limit that minute
+# sec:blk:<minute>      hash  client_id -> submissions refused while blocked that minute
+# rate:<client_id>      hash  the client's token bucket {t: tokens, ts: last refill} (TTL:
+#                             until it would be full again)
+# block:<client_id>     str   unix time the client's block ends (TTL: until then)
+# blocks                zset  client_id -> when its block ends (the index the loop lists)
 # alerts                hash  rule name -> ProductionAlert JSON (rule alerts)
 # alerts:slo            hash  burn-rate alert name -> ProductionAlert JSON (SLA loop)
 # alerts:acks           hash  alert name -> active_since of the acknowledged episode
@@ -108,7 +115,9 @@ def queue_lists(queue: str, steps: range = range(10)) -> list[str]:
 # anomaly:state         hash  series -> {"slot": last minute fed, "state": DetectorState}
 # anomaly:slot          str   the last complete minute the anomaly loop consumed
 # regressions           hash  task type -> Regression JSON while the regression lasts
-# security:threats      hash  client_id -> {"since", "rejections"} while above the threshold
+# security:threats      hash  finding id -> {id, kind, severity, summary, since, data} JSON,
+#                             the security loop's findings while they last (security.py)
+# security:checked      str   {ts, workers, flower} JSON: when the loop last ran and what it saw
 # backup:last           hash  path, sha256, created_at, keys of the newest backup
 # monitor:since         str   when monitoring first ran (age of "no backup yet")
 # monitor:runs          list  {"loop", "ts", "task_id", "ran"} JSON per delivery, capped
@@ -125,6 +134,8 @@ ANOMALY_STATE = PREFIX + "anomaly:state"
 ANOMALY_SLOT = PREFIX + "anomaly:slot"
 REGRESSIONS = PREFIX + "regressions"
 SECURITY_THREATS = PREFIX + "security:threats"
+SECURITY_CHECKED = PREFIX + "security:checked"
+BLOCKS = PREFIX + "blocks"
 BACKUP_LAST = PREFIX + "backup:last"
 MONITOR_SINCE = PREFIX + "monitor:since"
 MONITOR_RUNS = PREFIX + "monitor:runs"
@@ -136,5 +147,19 @@ def telemetry_key(resolution: str, slot: int) -> str:
     return f"{PREFIX}tm:{resolution}:{slot}"
 
 
-def rejections_key(minute: int) -> str:
-    return f"{PREFIX}sec:m:{minute}"
+#: Per-minute refusal counts by kind: "m" counts toward the rejection threshold.
+REJECTION_KINDS = ("m", "rl", "blk")
+
+
+def rejections_key(minute: int, kind: str = "m") -> str:
+    """`kind`: "m" (every rejection the threshold counts), "rl" (rate-limited), "blk"
+    (refused while blocked)."""
+    return f"{PREFIX}sec:{kind}:{minute}"
+
+
+def rate_key(client_id: str) -> str:
+    return f"{PREFIX}rate:{client_id}"
+
+
+def block_key(client_id: str) -> str:
+    return f"{PREFIX}block:{client_id}"

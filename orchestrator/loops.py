@@ -9,10 +9,13 @@ live in orchestrator.anomaly_loop; backups in orchestrator.backup.
 from __future__ import annotations
 
 import logging
+import urllib.error
+import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
@@ -28,7 +31,7 @@ from orchestrator.alerting import (
 from orchestrator.backup import create_backup
 from orchestrator.config import Settings
 from orchestrator.errors import ConfigError
-from orchestrator.keys import ALERTS, METRICS_HISTORY, SECURITY_THREATS, SLA_HISTORY, SLO_ALERTS
+from orchestrator.keys import ALERTS, METRICS_HISTORY, SLA_HISTORY, SLO_ALERTS
 from orchestrator.metrics import gather
 from orchestrator.models import (
     AgentStatus,
@@ -40,6 +43,16 @@ from orchestrator.models import (
 )
 from orchestrator.monitor_store import MonitorStore
 from orchestrator.routing import effective_status
+from orchestrator.security import (
+    AuditFacts,
+    WorkerFacts,
+    audit,
+    consumer_findings,
+    counter_findings,
+    diff_findings,
+    ordered,
+    without_credentials,
+)
 from orchestrator.slo import (
     BUILTIN_TARGETS,
     BURN_WINDOWS_S,
@@ -70,6 +83,9 @@ class LoopContext:
     settings: Settings
     store: StateStore
     mon: MonitorStore
+    # A Celery app to ask the workers through remote control (the security loop's consumer
+    # and worker audit); None skips those checks (the CLI and the exporter need none).
+    app: Any = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LoopContext:
@@ -283,48 +299,191 @@ def run_sla(ctx: LoopContext, now: float) -> dict[str, Any]:
 
 # --- security ----------------------------------------------------------------------------
 
+#: Seconds the audit waits for Flower's answer.
+FLOWER_PROBE_TIMEOUT_S = 3.0
+#: Finding kinds that need remote control's answers (kept as they were when it is not asked).
+_WORKER_KINDS = ("unregistered_consumer", "foreign_consumer", "worker_unsafe_content")
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # a redirect (to a login page) is an answer, not an open API
+
+
+def probe_flower(url: str, timeout: float = FLOWER_PROBE_TIMEOUT_S) -> int | None:
+    """The status of `GET <url>/api/workers` asked without credentials (those in the URL are
+    dropped; redirects are not followed); None when Flower could not be reached."""
+    parts = urlsplit(without_credentials(url))
+    target = urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/api/workers", query=""))
+    opener = urllib.request.build_opener(_NoRedirect)
+    try:
+        with opener.open(target, timeout=timeout) as reply:
+            return int(reply.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except (OSError, ValueError) as exc:
+        log.warning("security: Flower at %s did not answer: %s", target, exc)
+        return None
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list | tuple):
+        return [str(v) for v in value]
+    return []
+
+
+def inspect_workers(app: Any, timeout: float) -> dict[str, WorkerFacts] | None:
+    """Every worker that answers remote control within `timeout`: the queues it consumes and
+    the content types it accepts (None when remote control could not be asked)."""
+    try:
+        replies = app.control.inspect(timeout=timeout).active_queues() or {}
+        nodes = sorted(replies)
+        confs: dict[str, Any] = {}
+        if nodes:  # the same workers again, and no longer than it takes them to answer
+            asked = app.control.inspect(destination=nodes, timeout=timeout, limit=len(nodes))
+            confs = asked.conf(with_defaults=False) or {}
+    except Exception as exc:  # the broker is unreachable: this check did not run
+        log.warning("security: remote control did not answer: %s", exc)
+        return None
+    workers = {}
+    for node, queues in replies.items():
+        conf = confs.get(node)
+        accepted: list[str] | None = None
+        if isinstance(conf, dict) and ("accept_content" in conf or "result_accept_content" in conf):
+            accepted = _strings(conf.get("accept_content")) + _strings(
+                conf.get("result_accept_content")
+            )
+        names = [str(q.get("name")) for q in queues or [] if isinstance(q, dict)]
+        workers[str(node)] = WorkerFacts(queues=names, accept_content=accepted)
+    return workers
+
+
+def audit_facts(ctx: LoopContext) -> AuditFacts:
+    """What the audit checks besides the settings: this deployment's Celery configuration,
+    every worker remote control reaches (with ctx.app), Flower (with ORCH_FLOWER_URL)."""
+    s = ctx.settings
+    if ctx.app is not None:
+        conf: Any = ctx.app.conf
+    else:
+        from orchestrator.celeryconf import celery_config
+
+        conf = celery_config(s)
+    accepted = _strings(conf.get("accept_content")) + _strings(conf.get("result_accept_content"))
+    return AuditFacts(
+        app_accept_content=accepted,
+        remote_control=bool(conf.get("worker_enable_remote_control", True)),
+        workers=(
+            None if ctx.app is None else inspect_workers(ctx.app, s.security_inspect_timeout_s)
+        ),
+        flower_status=probe_flower(s.flower_url) if s.flower_url else None,
+    )
+
 
 def security_report(ctx: LoopContext, now: float) -> dict[str, Any]:
-    """Rejected submissions per client over the window, and who is above the threshold."""
+    """The threat counters over the window (live), the clients above the rejection threshold
+    (live), and the findings as the security loop last saw them."""
     s = ctx.settings
-    counts = ctx.mon.rejections(s.security_window_s, now)
+    refusals = ctx.mon.refusals(s.security_window_s, now)
+    counts = refusals["m"]
     flagged = flag_clients(counts, s.security_rejection_threshold)
-    known = ctx.mon.threats()
+    findings = ctx.mon.findings()
+    totals = ctx.store.counters()
+    blocked = ctx.store.blocked_clients(now)
+
+    def since(client: str) -> float | None:
+        found = findings.get(f"rejections:{client}")
+        return found.since if found is not None else None
+
     return {
         "window_s": s.security_window_s,
         "threshold": s.security_rejection_threshold,
-        "rejected_total": ctx.store.counters().get("rejected", 0),
+        "rejected_total": totals.get("rejected", 0),
         "rejections": dict(sorted(counts.items())),
+        "rate_limited": dict(sorted(refusals["rl"].items())),
+        "blocked": dict(sorted(blocked.items())),
+        "counters": {
+            "rejected_total": totals.get("rejected", 0),
+            "rate_limited_total": totals.get("rate_limited", 0),
+            "blocked_total": totals.get("blocked", 0),
+            "poison_total": totals.get("poison", 0),
+            "rejected": sum(counts.values()),
+            "rate_limited": sum(refusals["rl"].values()),
+            "refused_while_blocked": sum(refusals["blk"].values()),
+            "poison": ctx.mon.poison_refused(s.security_window_s, now),
+            "clients_flagged": len(flagged),
+            "clients_blocked": len(blocked),
+        },
         "threats": [
-            {"client_id": c, "rejections": n, "since": known.get(c, {}).get("since")}
-            for c, n in flagged.items()
+            {"client_id": c, "rejections": n, "since": since(c)} for c, n in flagged.items()
         ],
+        "findings": [
+            f.model_dump(mode="json", include={"id", "severity", "summary", "since", "kind"})
+            for f in ordered(findings.values())
+        ],
+        "checked_at": ctx.mon.security_checked().get("ts"),
     }
 
 
 def run_security(ctx: LoopContext, now: float) -> dict[str, Any]:
+    """Find what is wrong now (security.py), keep the findings in Redis, announce each new one
+    as one `security.threat` event, and (ORCH_SECURITY_AUTO_BLOCK) block each client newly
+    flagged for rejected submissions for ORCH_SECURITY_BLOCK_S."""
     s = ctx.settings
-    counts = ctx.mon.rejections(s.security_window_s, now)
-    flagged = flag_clients(counts, s.security_rejection_threshold)
-    previous = ctx.mon.threats()
-    threats = {}
-    for client, n in flagged.items():
-        since = previous.get(client, {}).get("since", now)
-        threats[client] = {"since": since, "rejections": n}
-        if client not in previous:
-            ctx.store.event(
-                "security.threat",
-                now,
-                SOURCE,
-                severity=ProductionEventSeverity.CRITICAL,
-                kind="rejected_submissions",
-                client_id=client,
-                rejections=n,
-                window_s=s.security_window_s,
-                threshold=s.security_rejection_threshold,
-            )
-    ctx.mon.save_json_hash(SECURITY_THREATS, threats)
-    return {"clients": len(counts), "threats": sorted(threats)}
+    window = s.security_window_s
+    refusals = ctx.mon.refusals(window, now)
+    previous = ctx.mon.findings()
+    flagged = flag_clients(refusals["m"], s.security_rejection_threshold)
+    if s.security_auto_block:
+        for client in flagged:
+            if f"rejections:{client}" not in previous:
+                ctx.store.block_client(client, now + s.security_block_s, now)
+    blocked = ctx.store.blocked_clients(now)
+    current = counter_findings(
+        refusals["m"],
+        s.security_rejection_threshold,
+        refusals["rl"],
+        blocked,
+        refusals["blk"],
+        ctx.mon.poison_refused(window, now),
+        window,
+    )
+    facts = audit_facts(ctx)
+    unchecked: list[str] = []
+    if facts.workers is None:
+        unchecked += _WORKER_KINDS
+    else:
+        agents = {a.agent_id: a.hostname for a in ctx.store.load_agents()}
+        current += consumer_findings({n: w.queues for n, w in facts.workers.items()}, agents)
+    if s.flower_url and facts.flower_status is None:
+        unchecked.append("flower_open")
+    current += audit(s, facts)
+    standing, new = diff_findings(previous, current, now, unchecked)
+    for f in new:
+        ctx.store.event(
+            "security.threat",
+            now,
+            SOURCE,
+            severity=f.severity,
+            kind=f.kind,
+            finding=f.id,
+            summary=f.summary,
+            **f.data,
+        )
+    checked = {
+        "ts": now,
+        "workers": None if facts.workers is None else sorted(facts.workers),
+        "flower_status": facts.flower_status,
+    }
+    ctx.mon.save_findings(standing, checked)
+    return {
+        "clients": len(refusals["m"]),
+        "threats": sorted(flagged),
+        "findings": sorted(standing),
+        "new": [f.id for f in new],
+        "blocked": sorted(blocked),
+    }
 
 
 # --- performance optimization ------------------------------------------------------------

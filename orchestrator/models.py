@@ -19,10 +19,15 @@ from pydantic import (
 
 from orchestrator.errors import InvalidTask
 
-TASK_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-TYPE_RE = re.compile(r"^[a-z0-9_.-]{1,64}$")
+# `\Z`, not `$`: `$` also matches before a trailing newline, so "echo\n" would pass.
+TASK_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
+TYPE_RE = re.compile(r"^[a-z0-9_.-]{1,64}\Z")
+CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._:@-]{1,128}\Z")
 DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
 MAX_CAPABILITIES = 16
+#: Levels of objects and arrays a payload may nest ({} is one). Every hop recurses over it
+#: (pydantic's serializer gives up near 255 levels, the pool's pickle near 500).
+MAX_PAYLOAD_DEPTH = 100
 
 
 # --- enumerations ------------------------------------------------------------------------
@@ -109,6 +114,56 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _is_unicode(text: str) -> bool:
+    """False for a string holding a lone surrogate: JSON can carry one (as a \\u escape),
+    UTF-8, and so Redis and every store behind it, cannot."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _first_invalid_text(payload: Any) -> str | None:
+    """The payload's first string (key or value) that is not valid Unicode, if any."""
+    stack = [payload]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            if not _is_unicode(value):
+                return value
+        elif isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list | tuple):
+            stack.extend(value)
+    return None
+
+
+def nesting_depth(value: Any, limit: int) -> int:
+    """Levels of dicts, lists and tuples in `value` ({} is one, a scalar none), counted level
+    by level and only up to `limit` + 1: the input may be deeper than the recursion limit."""
+    containers = (dict, list, tuple)
+    depth = 0
+    level = [value] if isinstance(value, containers) else []
+    while level and depth <= limit:
+        depth += 1
+        level = [
+            item
+            for node in level
+            for item in (node.values() if isinstance(node, dict) else node)
+            if isinstance(item, containers)
+        ]
+    return depth
+
+
+def _shown(value: str, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(value)} chars)"
+
+
 class OrchestrationTask(BaseModel):
     """The task spec of SPEC section 4. Every rule's message names the field and the value."""
 
@@ -145,6 +200,11 @@ class OrchestrationTask(BaseModel):
             return {}
         if not isinstance(v, dict):
             raise ValueError(f"must be a JSON object (got {type(v).__name__})")
+        if nesting_depth(v, MAX_PAYLOAD_DEPTH) > MAX_PAYLOAD_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_PAYLOAD_DEPTH} levels of objects and arrays")
+        invalid = _first_invalid_text(v)
+        if invalid is not None:
+            raise ValueError(f"must be valid Unicode text ({_shown(invalid)} has a lone surrogate)")
         try:
             size = len(json.dumps(v, separators=(",", ":"), allow_nan=False).encode())
         except (TypeError, ValueError) as exc:
@@ -194,6 +254,8 @@ class OrchestrationTask(BaseModel):
     def _affinity(cls, v: Any) -> Any:
         if v is not None and not (isinstance(v, str) and 1 <= len(v) <= 256):
             raise ValueError(f"must be a string of 1-256 chars (got {v!r})")
+        if v is not None and not _is_unicode(v):
+            raise ValueError(f"must be valid Unicode text ({_shown(v)} has a lone surrogate)")
         return v
 
     @field_validator("client_id", mode="before")
@@ -201,7 +263,7 @@ class OrchestrationTask(BaseModel):
     def _client(cls, v: Any) -> Any:
         if v is None:
             return "anonymous"
-        if not (isinstance(v, str) and re.match(r"^[A-Za-z0-9._:@-]{1,128}$", v)):
+        if not (isinstance(v, str) and CLIENT_ID_RE.match(v)):
             raise ValueError(f"must be 1-128 chars of [A-Za-z0-9._:@-] (got {v!r})")
         return v
 
@@ -259,23 +321,47 @@ class ExecuteRequest(BaseModel):
 
 def parse_task(fields: dict[str, Any], max_payload_bytes: int) -> OrchestrationTask:
     """Validate raw submit kwargs; raise InvalidTask naming every offending field."""
+    # pydantic cannot even read a key with a lone surrogate (it reports it as the model's
+    # error, not the field's); no field has such a name, so it is an unknown one.
+    unreadable = [k for k in fields if isinstance(k, str) and not _is_unicode(k)]
+    if unreadable:
+        fields = {k: v for k, v in fields.items() if k not in unreadable}
+    unknown = [_unknown_field(field_label((k,)), ALLOWED_TASK_FIELDS) for k in unreadable]
     try:
-        return OrchestrationTask.model_validate(
+        task = OrchestrationTask.model_validate(
             fields, context={"max_payload_bytes": max_payload_bytes}
         )
     except ValidationError as exc:
-        raise InvalidTask(describe_errors(exc)) from None
+        raise InvalidTask(describe_errors(exc) + unknown) from None
+    if unknown:
+        raise InvalidTask(unknown)
+    return task
+
+
+def field_label(loc: tuple[Any, ...]) -> str:
+    """How a message names a field: as is when it is an identifier, else quoted (an empty,
+    spaced or control-character name must stay visible and on one line)."""
+    if not loc:
+        return "task"
+    return ".".join(
+        p if isinstance(p, str) and p.isidentifier() else repr(p) if isinstance(p, str) else str(p)
+        for p in loc
+    )
+
+
+def _unknown_field(label: str, allowed: tuple[str, ...]) -> str:
+    return f"{label}: unknown field (allowed: {', '.join(allowed)})"
 
 
 def describe_errors(exc: ValidationError, allowed: tuple[str, ...] | None = None) -> list[str]:
     """One `field: reason` line per error; `allowed` names the fields of the model
     (default: the task spec's)."""
     problems = []
-    names = ", ".join(ALLOWED_TASK_FIELDS if allowed is None else allowed)
+    names = ALLOWED_TASK_FIELDS if allowed is None else allowed
     for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "task"
+        field = field_label(tuple(err["loc"]))
         if err["type"] == "extra_forbidden":
-            problems.append(f"{field}: unknown field (allowed: {names})")
+            problems.append(_unknown_field(field, names))
         elif err["type"] == "missing":
             problems.append(f"{field}: is required")
         else:

@@ -26,7 +26,10 @@ from orchestrator.keys import (
     MONITOR_SINCE,
     PARKED,
     PERF_SCORES,
+    POISON,
     REGRESSIONS,
+    REJECTION_KINDS,
+    SECURITY_CHECKED,
     SECURITY_THREATS,
     SLA_COMPLIANT,
     SLO_ALERTS,
@@ -36,6 +39,7 @@ from orchestrator.keys import (
     telemetry_key,
 )
 from orchestrator.models import AlertState, ProductionAlert
+from orchestrator.security import Finding
 from orchestrator.stats import WindowStats, parse_fields, sum_fields
 from orchestrator.telemetry import MINUTE_WINDOW_MAX_S, TelemetryWriter
 
@@ -133,12 +137,27 @@ class MonitorStore:
     def totals(self) -> dict[str, int]:
         return {k: int(v) for k, v in self.r.hgetall(TELEMETRY_TOTAL).items()}
 
-    def rejections(self, window_s: float, now: float) -> dict[str, int]:
+    def rejections(self, window_s: float, now: float, kind: str = "m") -> dict[str, int]:
+        """Refused submissions per client over the window; `kind` as in keys.rejections_key."""
+        return self.refusals(window_s, now, (kind,))[kind]
+
+    def refusals(
+        self, window_s: float, now: float, kinds: Sequence[str] = REJECTION_KINDS
+    ) -> dict[str, dict[str, int]]:
+        """Several kinds of refusal counts over the window, in one round trip."""
         first, last = int((now - window_s) // 60) + 1, int(now // 60)
         pipe = self.r.pipeline(transaction=False)
-        for slot in range(first, last + 1):
-            pipe.hgetall(rejections_key(slot))
-        return sum_fields(pipe.execute())
+        for kind in kinds:
+            for slot in range(first, last + 1):
+                pipe.hgetall(rejections_key(slot, kind))
+        replies = pipe.execute()
+        per = last - first + 1
+        return {k: sum_fields(replies[i * per : (i + 1) * per]) for i, k in enumerate(kinds)}
+
+    def poison_refused(self, window_s: float, now: float) -> int:
+        """Messages a worker refused at its edge within the window (the poison store's zset,
+        scored by when each was refused; read only)."""
+        return int(self.r.zcount(POISON, f"({now - window_s!r}", repr(now)))
 
     # --- the broker --------------------------------------------------------------------
 
@@ -255,8 +274,34 @@ class MonitorStore:
     def regressions(self) -> dict[str, Any]:
         return self.json_hash(REGRESSIONS)
 
-    def threats(self) -> dict[str, Any]:
-        return self.json_hash(SECURITY_THREATS)
+    def findings(self) -> dict[str, Finding]:
+        """The security loop's standing findings (orchestrator.security), by id."""
+        out = {}
+        for key, raw in self.r.hgetall(SECURITY_THREATS).items():
+            try:
+                out[key] = Finding.model_validate_json(raw)
+            except ValueError:
+                continue  # written by an older version: found again at the next run
+        return out
+
+    def save_findings(self, findings: Mapping[str, Finding], checked: Mapping[str, Any]) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(SECURITY_THREATS)
+        if findings:
+            pipe.hset(
+                SECURITY_THREATS, mapping={k: f.model_dump_json() for k, f in findings.items()}
+            )
+        pipe.set(SECURITY_CHECKED, json.dumps(checked, default=str))
+        pipe.execute()
+
+    def security_checked(self) -> dict[str, Any]:
+        """When the security loop last ran and what it saw ({} before its first run)."""
+        raw = self.r.get(SECURITY_CHECKED)
+        return json.loads(raw) if raw else {}
+
+    def threats(self) -> dict[str, Finding]:
+        """Findings of severity error or critical: the `security_threats` metric."""
+        return {k: f for k, f in self.findings().items() if f.alerting}
 
     def last_backup(self) -> dict[str, str]:
         return {str(k): str(v) for k, v in self.r.hgetall(BACKUP_LAST).items()}

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from orchestrator.breaker import BreakerState, would_admit
 from orchestrator.config import Settings
-from orchestrator.errors import InvalidTask, NoCapableAgent, UnknownTask
+from orchestrator.errors import ClientBlocked, InvalidTask, NoCapableAgent, RateLimited, UnknownTask
 from orchestrator.models import (
     CircuitBreakerState,
     OrchestrationStrategy,
@@ -29,6 +29,7 @@ from orchestrator.routing import (
     pick_least_loaded,
     pick_power_of_two,
 )
+from orchestrator.stats import client_label
 from orchestrator.store import Fleet, StateStore
 
 AFFINITY_TTL_S = 24 * 3600
@@ -102,8 +103,18 @@ class Router:
         """Accept (or reject) one submission and route it. Raises InvalidTask on bad input."""
         return self.submit_valid(self.validate(fields, submit_id, now), submit_id, now)
 
-    def validate(self, fields: dict[str, Any], submit_id: str, now: float) -> OrchestrationTask:
-        """The task spec with its orchestration id, or InvalidTask (recorded and announced)."""
+    def validate(
+        self, fields: dict[str, Any], submit_id: str, now: float, limit: bool = True
+    ) -> OrchestrationTask:
+        """The task spec with its orchestration id, or InvalidTask (recorded and announced).
+
+        With a per-client limit on (ORCH_CLIENT_RATE_LIMIT, ORCH_SECURITY_AUTO_BLOCK) and
+        `limit`, the client is admitted first, in one round trip, before its spec is even
+        parsed: RateLimited or ClientBlocked (recorded and announced as rejections). With
+        both off this costs nothing. A producer that hands its submission to a control
+        worker passes limit=False: the worker admits it, so it is counted once."""
+        if limit and self.settings.client_limits_on:
+            self._admit(fields.get("client_id"), submit_id, now)
         try:
             task = parse_task(fields, self.settings.max_payload_bytes)
         except InvalidTask as exc:
@@ -115,6 +126,22 @@ class Router:
         if task.task_id is None:
             task = task.model_copy(update={"task_id": submit_id})
         return task
+
+    def _admit(self, client_id: Any, submit_id: str, now: float) -> None:
+        s = self.settings
+        client = client_label(client_id)
+        verdict, value = self.store.admit_client(
+            client, now, s.client_rate_limit, s.client_burst, s.security_auto_block
+        )
+        error: RateLimited | ClientBlocked
+        if verdict == "ok":
+            return
+        if verdict == "blocked":
+            error, reason = ClientBlocked(client, value, value - now), "blocked"
+        else:
+            error, reason = RateLimited(client, s.client_rate_limit, value), "rate_limited"
+        self.store.record_rejection([str(error)], submit_id, now, client, reason)
+        raise error
 
     def submit_valid(
         self,

@@ -19,11 +19,20 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from orchestrator.models import TASK_ID_RE, ExecuteRequest, describe_errors
+from orchestrator.models import (
+    MAX_PAYLOAD_DEPTH,
+    TASK_ID_RE,
+    ExecuteRequest,
+    describe_errors,
+    nesting_depth,
+)
 
 AGENT_QUEUE_PREFIX = "agent."
 EXECUTE = "orchestrator.execute"
 EXCERPT_BYTES = 80
+#: A worker hands each message to its pool by pickling it, and pickle recurses: ~500 levels
+#: killed the worker. Room for the deepest payload the spec allows, and its envelope.
+MAX_MESSAGE_DEPTH = 2 * MAX_PAYLOAD_DEPTH
 
 
 def excerpt(raw: bytes, limit: int = EXCERPT_BYTES) -> str:
@@ -122,10 +131,15 @@ def check_task_message(
         return f"task {name!r}: body is not [args, kwargs, embed]"
     if embed is not None and not isinstance(embed, dict):
         return f"task {name!r}: body is not [args, kwargs, embed]"
+    for part, value in (("headers", headers), ("body", body)):
+        if nesting_depth(value, MAX_MESSAGE_DEPTH) > MAX_MESSAGE_DEPTH:
+            return f"task {name!r}: {part} nested deeper than {MAX_MESSAGE_DEPTH} levels"
     if name == EXECUTE:  # the hot path: its model is stricter than its signature
         return _check_execute(task_id, args, kwargs, policy.max_payload_bytes)
     if not all(isinstance(k, str) for k in kwargs):
         return f"task {name!r}: keyword argument names must be strings"
+    if "self" in kwargs:  # it would bind to **fields, but Celery calls Task.__call__(self, ...)
+        return f"task {name!r}: no task takes a keyword argument 'self' (Celery's call does)"
     try:
         policy.signatures[name].bind(*args, **kwargs)
     except TypeError as exc:

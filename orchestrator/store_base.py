@@ -78,6 +78,7 @@ class StoreBase:
         self._accept_route = client.register_script(scripts.ACCEPT_AND_ROUTE)
         self._vanished = client.register_script(scripts.VANISHED)
         self._poison = client.register_script(scripts.POISON_RECORD)
+        self._admit = client.register_script(scripts.ADMIT_CLIENT)
         self.telemetry = TelemetryWriter(client)
 
     @classmethod

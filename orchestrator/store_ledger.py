@@ -188,15 +188,31 @@ class LedgerStore(StoreBase):
         return [(i, json.loads(raw)) for i, raw in zip(ids, raws, strict=True) if raw]
 
     def record_rejection(
-        self, problems: Sequence[str], submit_id: str, now: float, client_id: str | None
+        self,
+        problems: Sequence[str],
+        submit_id: str,
+        now: float,
+        client_id: str | None,
+        reason: str = "invalid",
     ) -> None:
+        """Count a refused submission and announce it (`task.rejected`). `reason`: "invalid"
+        (a bad spec), "rate_limited" or "blocked" (see admit_client). Invalid and
+        rate-limited ones count toward the security loop's rejection threshold; refusals of a
+        blocked client are counted apart, so a block runs its course instead of renewing the
+        finding that caused it."""
+        label = client_label(client_id)
+        minute = int(now // 60)
+        kinds = {"invalid": ("m",), "rate_limited": ("m", "rl"), "blocked": ("blk",)}[reason]
         with self._translate():
             pipe = self.r.pipeline(transaction=False)
             pipe.hincrby(COUNTERS, "rejected", 1)
+            if reason != "invalid":
+                pipe.hincrby(COUNTERS, reason, 1)
             # Per client and minute, for the security loop (both submission paths count).
-            minute_key = rejections_key(int(now // 60))
-            pipe.hincrby(minute_key, client_label(client_id), 1)
-            pipe.expire(minute_key, REJECTIONS_TTL_S)
+            for kind in kinds:
+                minute_key = rejections_key(minute, kind)
+                pipe.hincrby(minute_key, label, 1)
+                pipe.expire(minute_key, REJECTIONS_TTL_S)
             self.event(
                 "task.rejected",
                 now,
@@ -206,6 +222,7 @@ class LedgerStore(StoreBase):
                 submit_id=submit_id,
                 problems=list(problems),
                 client_id=client_id,
+                reason=reason,
             )
             pipe.execute()
 

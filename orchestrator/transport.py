@@ -145,7 +145,7 @@ class Channel(kombu_redis.Channel):
             return None
         try:
             payload = loads(bytes_to_str(item))
-        except (ValueError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
+        except (ValueError, TypeError, RecursionError) as exc:  # (UnicodeDecodeError is one)
             _refuse(queue, raw, f"not JSON ({type(exc).__name__}: {exc})")
             return None
         reason = check_envelope(payload)
@@ -178,6 +178,14 @@ class Channel(kombu_redis.Channel):
             flush = getattr(self, "_flush_brpop_reauth", None)
             if flush is not None:
                 flush()
+
+    def _receive_one(self, c: Any) -> Any:
+        # A fanout (pub/sub) message: kombu's own catches a JSON error, not a RecursionError.
+        try:
+            return super()._receive_one(c)
+        except RecursionError:
+            _refuse("(fanout)", b"", "a fanout message nested past the recursion limit")
+            raise Empty() from None
 
     def basic_consume(
         self, queue: str, no_ack: bool, callback: Callable[[Any], Any], consumer_tag: str, **kw: Any

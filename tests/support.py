@@ -17,9 +17,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
+from urllib.parse import quote
 
 import redis
 from redis.backoff import NoBackoff
@@ -123,12 +125,75 @@ def _reap(proc: subprocess.Popen[bytes], timeout: float) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """A certificate authority and a certificate it signed, as PEM files."""
+
+    ca_cert: Path
+    cert: Path
+    key: Path
+    ca_key: Path
+
+
+def _openssl(*args: object) -> None:
+    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, timeout=60)
+
+
+def _signed(ca_cert: Path, ca_key: Path, folder: Path, role: str, usage: str) -> TlsFiles:
+    """A key and a certificate for 127.0.0.1 and localhost that the CA signed."""
+    key, csr, cert = folder / f"{role}.key", folder / f"{role}.csr", folder / f"{role}.crt"
+    ext = folder / f"{role}.ext"
+    ext.write_text(
+        "basicConstraints=CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+        f"extendedKeyUsage={usage}\n"
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+        "authorityKeyIdentifier=keyid,issuer\n"
+    )
+    _openssl(
+        *("req", "-new", "-nodes", "-newkey", "rsa:2048"),
+        *("-keyout", key, "-out", csr, "-subj", f"/CN={role}"),
+    )
+    _openssl(
+        *("x509", "-req", "-in", csr, "-CA", ca_cert, "-CAkey", ca_key, "-CAcreateserial"),
+        *("-days", "2", "-extfile", ext, "-out", cert),
+    )
+    return TlsFiles(ca_cert=ca_cert, cert=cert, key=key, ca_key=ca_key)
+
+
+def make_tls_files(folder: str | os.PathLike[str], name: str = "Test") -> TlsFiles:
+    """A throwaway CA (`name`) and a server certificate it signed for 127.0.0.1 and localhost,
+    made with the `openssl` command (what an operator would run; see the README)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_key, ca_cert = folder / "ca.key", folder / "ca.crt"
+    _openssl(
+        *("req", "-x509", "-new", "-nodes", "-newkey", "rsa:2048", "-days", "2"),
+        *("-keyout", ca_key, "-out", ca_cert, "-subj", f"/CN={name} CA"),
+        *("-addext", "basicConstraints=critical,CA:TRUE"),
+        *("-addext", "keyUsage=critical,keyCertSign,cRLSign"),
+    )
+    return _signed(ca_cert, ca_key, folder, "server", "serverAuth")
+
+
+def make_client_cert(tls: TlsFiles, folder: str | os.PathLike[str]) -> TlsFiles:
+    """A client certificate signed by the same CA, for a server with --tls-auth-clients yes."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return _signed(tls.ca_cert, tls.ca_key, folder, "client", "clientAuth")
+
+
 class RedisServer:
     """A private redis-server on 127.0.0.1 with its own port and directory.
 
     Defaults favour tests: no RDB snapshots (nothing to load on restart, no fork pauses), no AOF,
     and `noeviction` so the broker never silently loses messages. Chaos tests pass extra args
     (e.g. `["--appendonly", "yes"]`) and use kill()/restart(), which keep port and directory.
+
+    `username`/`password` are what client() and `url` authenticate with (the server's own
+    `--requirepass` or `--aclfile` goes in `extra_args`); with `tls` the server listens only on
+    a TLS port (`--port 0 --tls-port PORT`) and client() and `url` trust `tls.ca_cert`; with
+    `tls_client` too, the server asks for a client certificate and they present that one.
     """
 
     DEFAULT_ARGS: tuple[str, ...] = (
@@ -146,6 +211,11 @@ class RedisServer:
         workdir: str | os.PathLike[str] | None = None,
         extra_args: Sequence[str] = (),
         start_timeout: float = 10.0,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        tls: TlsFiles | None = None,
+        tls_client: TlsFiles | None = None,
     ) -> None:
         if port == FORBIDDEN_PORT:
             raise ValueError(f"port {FORBIDDEN_PORT} belongs to the machine's own Redis")
@@ -153,14 +223,40 @@ class RedisServer:
         self.port = port if port is not None else free_port()
         self._owns_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="orch-redis-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.extra_args = list(extra_args)
         self.start_timeout = start_timeout
         self.binary = find_redis_server()
+        self.username = username
+        self.password = password
+        self.tls = tls
+        self.tls_client = tls_client
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return self.url_as(self.username, self.password)
+
+    def url_as(
+        self,
+        username: str | None,
+        password: str | None,
+        ca_cert: str | os.PathLike[str] | None = None,
+        client_cert: bool = True,
+    ) -> str:
+        """The server's URL with these credentials (and, over TLS, this CA, by default the
+        server's own, and the client certificate unless told not to), in the form Celery,
+        kombu and redis-py all read."""
+        auth = ""
+        if username or password:
+            auth = f"{quote(username or '', safe='')}:{quote(password or '', safe='')}@"
+        if self.tls is None:
+            return f"redis://{auth}127.0.0.1:{self.port}/0"
+        query = f"ssl_cert_reqs=required&ssl_ca_certs={quote(str(ca_cert or self.tls.ca_cert))}"
+        if self.tls_client is not None and client_cert:
+            query += f"&ssl_certfile={quote(str(self.tls_client.cert))}"
+            query += f"&ssl_keyfile={quote(str(self.tls_client.key))}"
+        return f"rediss://{auth}127.0.0.1:{self.port}/0?{query}"
 
     @property
     def log_path(self) -> Path:
@@ -180,6 +276,17 @@ class RedisServer:
         redis-py's default retry policy applies (as in production) unless `retry=` is passed;
         see no_retry() for a client that should fail at once.
         """
+        if self.username is not None:
+            kwargs.setdefault("username", self.username)
+        if self.password is not None:
+            kwargs.setdefault("password", self.password)
+        if self.tls is not None:
+            kwargs.setdefault("ssl", True)
+            kwargs.setdefault("ssl_ca_certs", str(self.tls.ca_cert))
+            kwargs.setdefault("ssl_cert_reqs", "required")
+        if self.tls_client is not None:
+            kwargs.setdefault("ssl_certfile", str(self.tls_client.cert))
+            kwargs.setdefault("ssl_keyfile", str(self.tls_client.key))
         return redis.Redis(host="127.0.0.1", port=self.port, db=0, **kwargs)
 
     def start(self) -> Self:
@@ -198,10 +305,16 @@ class RedisServer:
     def _spawn_and_wait(self) -> None:
         if self.alive:
             raise RuntimeError(f"redis-server already running on port {self.port}")
+        if self.tls is None:
+            listen = ["--port", str(self.port)]
+        else:
+            listen = ["--port", "0", "--tls-port", str(self.port)]
+            listen += ["--tls-cert-file", str(self.tls.cert), "--tls-key-file", str(self.tls.key)]
+            listen += ["--tls-ca-cert-file", str(self.tls.ca_cert)]
+            listen += ["--tls-auth-clients", "no" if self.tls_client is None else "yes"]
         cmd = [
             self.binary,
-            "--port",
-            str(self.port),
+            *listen,
             "--bind",
             "127.0.0.1",
             "--dir",
@@ -213,9 +326,12 @@ class RedisServer:
             *self.DEFAULT_ARGS,
             *self.extra_args,
         ]
-        self._proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        # Errors before the log file is open (a bad directive: e.g. no TLS in this build) go
+        # to stderr; kept next to the log so the failure below can show them.
+        with open(self.workdir / "redis.stderr", "wb") as stderr:
+            self._proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr
+            )
         deadline = time.monotonic() + self.start_timeout
         with self.client(socket_connect_timeout=0.5, socket_timeout=0.5, retry=no_retry()) as probe:
             while time.monotonic() < deadline:
@@ -234,10 +350,11 @@ class RedisServer:
         )
 
     def _read_log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no log)"
+        texts = []
+        for path in (self.workdir / "redis.stderr", self.log_path):
+            with contextlib.suppress(FileNotFoundError):
+                texts.append(path.read_text(errors="replace"))
+        return "\n".join(t for t in texts if t.strip()) or "(no log)"
 
     def _halt(self, sig: signal.Signals, timeout: float) -> None:
         proc = self._proc

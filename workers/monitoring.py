@@ -36,7 +36,7 @@ LoopBody = Callable[[LoopContext, float], dict[str, Any]]
 
 def _context(task: Task) -> LoopContext:
     store = store_of(task.app)
-    return LoopContext(settings_of(task.app), store, MonitorStore(store.r))
+    return LoopContext(settings_of(task.app), store, MonitorStore(store.r), app=task.app)
 
 
 def run_loop(task: Task, body: LoopBody) -> dict[str, Any]:
@@ -69,7 +69,7 @@ def sla(self: Task) -> dict[str, Any]:
 
 @app.task(name="orchestrator.monitor.security", bind=True, ignore_result=True)
 def security(self: Task) -> dict[str, Any]:
-    """Rejected submissions per client; security.threat above the threshold."""
+    """Threat counters, consumers of agent queues, the configuration audit: findings."""
     return run_loop(self, run_security)
 
 

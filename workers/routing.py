@@ -8,13 +8,15 @@ from celery import Celery, Task
 
 from orchestrator.app import app
 from orchestrator.celeryconf import execute_publisher
-from orchestrator.errors import InvalidTask, NoCapableAgent
+from orchestrator.errors import ClientBlocked, InvalidTask, NoCapableAgent, RateLimited
 from orchestrator.models import TASK_ID_RE
 from orchestrator.router import Outcome, Router
 from orchestrator.store import now_s
 from workers._context import settings_of, store_of
 
 _routers: dict[int, Router] = {}
+#: A submission refused before anything was accepted: the result of its ids, not a crash.
+REFUSALS = (InvalidTask, RateLimited, ClientBlocked)
 
 
 def router_for(task_app: Celery) -> Router:
@@ -31,7 +33,7 @@ def router_for(task_app: Celery) -> Router:
     bind=True,
     ignore_result=True,
     store_errors_even_if_ignored=True,
-    throws=(InvalidTask,),
+    throws=REFUSALS,
 )
 def submit(self: Task, *args: Any, **fields: Any) -> str:
     """Validate, record and route one task; its id becomes the orchestration id."""
@@ -49,7 +51,7 @@ def submit(self: Task, *args: Any, **fields: Any) -> str:
             )
             raise error
         outcome: Outcome = router.submit(fields, submit_id, now_s())
-    except InvalidTask as exc:
+    except REFUSALS as exc:
         given = fields.get("task_id")
         if (
             isinstance(given, str)
@@ -57,7 +59,7 @@ def submit(self: Task, *args: Any, **fields: Any) -> str:
             and given != submit_id
             and not router.store.task_exists(given)
         ):
-            # A client tracking its own id must see the rejection there too.
+            # A client tracking its own id must see the refusal there too.
             self.backend.mark_as_failure(given, exc)
         raise
     return outcome.status

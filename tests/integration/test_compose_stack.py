@@ -52,6 +52,8 @@ def test_compose_app_services_run_as_local_processes_and_serve_a_task(
         program, args = _local(service["command"], port_map)
         env = hermetic_environ(_service_env(service, redis_url))
         env["FLOWER_BASIC_AUTH"] = "ops:secret"
+        if "ORCH_FLOWER_URL" in env:  # compose names the flower service; here it is local
+            env["ORCH_FLOWER_URL"] = f"http://127.0.0.1:{flower_port}"
         if name == "exporter":
             env.update(ORCH_EXPORTER_PORT=str(exporter_port), ORCH_EXPORTER_ADDRESS="127.0.0.1")
         if program == "celery":

@@ -74,6 +74,7 @@ def hostile_entries(redis_url: str, queue: str) -> list[Entry]:
         ("garbage bytes", b"\x00\xffgarbage"),
         ("JSON, not an envelope", b'{"not": "an envelope"}'),
         ("a JSON list", b"[1, 2, 3]"),
+        ("JSON nested past the recursion limit", b"[" * 30_000 + b"]" * 30_000),
         ("an envelope without delivery info", json.dumps({"body": "", "properties": {}}).encode()),
         ("a body that is not base64", json.dumps({**legit, "body": "%%% not base64"}).encode()),
         (
@@ -316,7 +317,7 @@ def test_the_sender_of_a_refused_task_message_is_told_why(
     start_agent("delta", "echo")
     plain = Celery(broker=redis_url, backend=redis_url)
     typo = plain.send_task("orchestrator.submitt", kwargs={"type": "echo"})
-    with pytest.raises(Exception, match="unknown task 'orchestrator.submitt'; nothing ran"):
+    with pytest.raises(Exception, match=r"unknown task 'orchestrator\.submitt'; nothing ran"):
         typo.get(timeout=30)
     plain.close()
     pickler = Celery(broker=redis_url, backend=redis_url)
@@ -334,3 +335,26 @@ def test_the_sender_of_a_refused_task_message_is_told_why(
     redis.Redis.from_url(redis_url).lpush("celery", forged)
     wait_for(lambda: redis_client.zcard(POISON) == 3, timeout=30)
     assert client.result("real-1").get(timeout=5) == {"real": 1}
+
+
+def test_no_broadcast_stops_a_worker(
+    start_control: Callable[..., Any], redis_client: redis.Redis, orch_env: dict[str, str]
+) -> None:
+    """Remote control arrives by pub/sub (fanout): hostile entries published there do not
+    stop the worker either, and it still answers `celery inspect ping`."""
+    control = start_control(concurrency=1)
+    # kombu subscribes with a pattern (PSUBSCRIBE) when fanout patterns are on.
+    wait_for(lambda: redis_client.pubsub_channels() or redis_client.pubsub_numpat(), timeout=30)
+    channels = {*redis_client.pubsub_channels(), "/0.celery.pidbox", "/0.celery.pidbox/x"}
+    for channel in channels:
+        for entry in (b"\x00\xff", b'{"x": 1}', b"[" * 30_000 + b"]" * 30_000):
+            redis_client.publish(channel, entry)
+    pong = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "orchestrator.app", "inspect", "ping", "-t", "5"],
+        env=orch_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert pong.returncode == 0 and "pong" in pong.stdout, pong.stdout + pong.stderr
+    assert control.alive and "Unrecoverable error" not in control.log_text()

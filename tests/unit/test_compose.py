@@ -80,6 +80,11 @@ def environment_of(service: dict[str, Any]) -> dict[str, str]:
     return {key: "" if value is None else str(value) for key, value in env.items()}
 
 
+def defaults_in(value: str) -> str:
+    """`value` with every `${VAR:-default}` in it as Compose substitutes it, VAR unset."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", lambda m: m.group(1), value)
+
+
 def resolved(value: str) -> str:
     """The value Compose substitutes when the variable is unset (its default)."""
     match = INTERPOLATION.match(value)
@@ -165,8 +170,13 @@ def test_app_services_share_one_image_and_wait_for_redis(
     assert service["image"] == services["control"]["image"]
     assert service["depends_on"]["redis"]["condition"] == "service_healthy"
     env = environment_of(service)
-    assert env["ORCH_REDIS_URL"] == "redis://redis:6379/0"
+    # Redis requires a password and every role gives it (the security loop flags Redis
+    # beyond loopback without one).
+    password = defaults_in(command_of(services["redis"])[-1])
+    assert password and "${REDIS_PASSWORD" in env["ORCH_REDIS_URL"]
+    assert defaults_in(env["ORCH_REDIS_URL"]) == f"redis://:{password}@redis:6379/0"
     assert env["ORCH_ALERTMANAGER_URL"] == "http://alertmanager:9093"
+    assert env["ORCH_FLOWER_URL"] == "http://flower:5555"
 
 
 def test_worker_is_scalable(services: dict[str, Any]) -> None:
@@ -207,12 +217,21 @@ def test_redis_never_evicts_and_persists(services: dict[str, Any]) -> None:
     command = command_of(redis)
     assert command[0] == "redis-server"
     options = dict(zip(command[1::2], command[2::2], strict=True))
+    password = options.pop("--requirepass")
     assert options == {
         "--appendonly": "yes",
         "--appendfsync": "everysec",
         "--maxmemory-policy": "noeviction",
     }
-    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    assert password == "${REDIS_PASSWORD:-change-me}"
+    assert redis["healthcheck"]["test"] == [
+        "CMD",
+        "redis-cli",
+        "--no-auth-warning",
+        "-a",
+        password,
+        "ping",
+    ]
     volume = redis["volumes"][0].split(":")[0]
     assert not volume.startswith((".", "/")), "redis data belongs in a named volume"
 

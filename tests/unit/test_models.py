@@ -180,3 +180,111 @@ def test_settings_defaults_match_the_spec(monkeypatch, tmp_path):
 def test_backup_interval_accepts_a_float(monkeypatch):
     monkeypatch.setenv("ORCH_BACKUP_INTERVAL_HOURS", "0.5")
     assert load_settings().backup_interval_hours == 0.5
+
+
+# --- found by the submission fuzzer (tests/integration/test_submit_fuzz.py) ---------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"type": "echo\n"}, "type"),
+        ({"type": "echo", "task_id": "t-1\n"}, "task_id"),
+        ({"type": "echo", "client_id": "svc\n"}, "client_id"),
+        ({"type": "echo", "required_capabilities": ["echo\n"]}, "required_capabilities"),
+    ],
+)
+def test_a_trailing_newline_is_no_part_of_a_name(fields, field):
+    """`re.match("^...$")` lets one trailing newline through; names must match in full."""
+    assert [p.split(":")[0] for p in problems(fields)] == [field]
+
+
+def test_invalid_task_keeps_its_message_when_celery_rebuilds_it():
+    """A client with this package installed gets the rejection rebuilt from its stored
+    args (Celery's own round trip), and must read the same message, prefixed once."""
+    from celery import Celery
+
+    backend = Celery(set_as_current=False).backend
+    original = InvalidTask(["priority: must be between 0 and 9 (got 99)", "bogus: unknown"])
+    rebuilt = backend.exception_to_python(backend.prepare_exception(original, "json"))
+    assert type(rebuilt) is InvalidTask
+    assert str(rebuilt) == str(original)
+    assert str(rebuilt).startswith("invalid task: priority:")
+
+
+def test_message_refused_survives_celery_rebuilding_it():
+    """The gate stores MessageRefused as the refused message's result; Celery rebuilt it as
+    `MessageRefused(message)`, which failed, so a client read a bare `Exception`."""
+    from celery import Celery
+
+    from orchestrator.errors import MessageRefused
+
+    backend = Celery(set_as_current=False).backend
+    original = MessageRefused("celery", "body nested deeper than 200 levels")
+    rebuilt = backend.exception_to_python(backend.prepare_exception(original, "json"))
+    assert type(rebuilt) is MessageRefused
+    assert (rebuilt.queue, rebuilt.reason) == ("celery", "body nested deeper than 200 levels")
+    assert str(rebuilt) == str(original)
+    assert str(original).startswith("message refused by a worker of queue 'celery': body")
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"type": "echo", "payload": {"x": "\ud800"}}, "payload"),
+        ({"type": "echo", "payload": {"\udfff": 1}}, "payload"),
+        ({"type": "echo", "payload": {"x": [{"y": "a\udc80b"}]}}, "payload"),
+        ({"type": "echo", "affinity_key": "user-\ud800"}, "affinity_key"),
+    ],
+)
+def test_lone_surrogates_are_refused_where_they_could_not_be_stored(fields, field):
+    """JSON can carry a lone surrogate (as a \\u escape) but UTF-8 cannot: the ledger's write
+    failed with a UnicodeEncodeError after the spec had been accepted."""
+    [problem] = problems(fields)
+    assert problem.startswith(f"{field}: must be valid Unicode")
+
+
+def test_characters_beyond_the_basic_plane_are_fine():
+    task = parse_task(
+        {"type": "echo", "payload": {"\U0001f600": "\U0001f600"}, "affinity_key": "\U0001f600"},
+        1024,
+    )
+    assert task.payload == {"\U0001f600": "\U0001f600"}
+
+
+def _nested(depth):
+    """A payload `depth` levels deep: arrays inside, the object outermost."""
+    value: list | dict = []
+    for _ in range(depth - 2):
+        value = [value]
+    return {"d": value}
+
+
+def test_payload_nesting_is_bounded():
+    """Past ~255 levels pydantic cannot serialize the ledger entry, past ~500 the control
+    worker's pool hand-over (pickle) dies: a bound on nesting keeps every accepted payload
+    carriable, and the check itself must not recurse."""
+    from orchestrator.models import MAX_PAYLOAD_DEPTH
+
+    assert parse_task({"type": "echo", "payload": _nested(MAX_PAYLOAD_DEPTH)}, 10**6)
+    for depth in (MAX_PAYLOAD_DEPTH + 1, 5000):
+        [problem] = problems({"type": "echo", "payload": _nested(depth)}, 10**6)
+        assert problem.startswith(f"payload: nested deeper than {MAX_PAYLOAD_DEPTH} levels")
+
+
+@pytest.mark.parametrize(
+    ("name", "label"),
+    [
+        ("priorty", "priorty"),
+        ("", "''"),
+        ("a; type", "'a; type'"),
+        ("a\nb", "'a\\nb'"),
+        ("x: y", "'x: y'"),
+        ("\ud800", "'\\ud800'"),
+    ],
+)
+def test_an_unknown_field_is_named_even_when_its_name_is_odd(name, label):
+    """An empty name was reported as `task`; a name with a newline or "; " broke the message
+    into what looked like other problems."""
+    [problem] = problems({"type": "echo", name: 1})
+    assert problem.startswith(f"{label}: unknown field (allowed: task_id,")

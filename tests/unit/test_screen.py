@@ -175,3 +175,47 @@ def test_poison_ids_never_look_like_task_ids(entry_id: str, poison: bool) -> Non
 
     assert is_poison_id(entry_id) is poison
     assert bool(TASK_ID_RE.match(entry_id)) is not poison
+
+
+def _deep(levels: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("queue", "headers", "body"),
+    [
+        ("celery", H_SUBMIT, [[], {"type": "echo", "payload": {"d": _deep(600)}}, {}]),
+        ("celery", H_SUBMIT, [[], {"type": "echo"}, {"chain": _deep(600)}]),
+        ("agent.a", H_EXECUTE, [[], {**EXECUTE_KW, "payload": {"d": _deep(600)}}, {}]),
+        ("agent.a", H_EXECUTE, [[], EXECUTE_KW, {"callbacks": _deep(600)}]),
+        ("agent.a", {**H_EXECUTE, "x": _deep(600)}, [[], EXECUTE_KW, {}]),
+    ],
+)
+def test_a_message_nested_too_deep_is_refused(queue: str, headers: Any, body: Any) -> None:
+    """Found by the submission fuzzer: a worker hands each message to its pool by pickling
+    it, and pickle's recursion (at ~500 levels) killed the worker for good; the message came
+    back after the restart and killed it again."""
+    from orchestrator.screen import MAX_MESSAGE_DEPTH
+
+    got = check_task_message(queue, headers, body, POLICY)
+    assert got is not None and f"nested deeper than {MAX_MESSAGE_DEPTH} levels" in got, got
+
+
+def test_a_payload_as_deep_as_the_spec_allows_passes() -> None:
+    from orchestrator.models import MAX_PAYLOAD_DEPTH
+
+    payload = {"d": _deep(MAX_PAYLOAD_DEPTH - 1)}
+    body = [[], {**EXECUTE_KW, "payload": payload}, {}]
+    assert check_task_message("agent.a", H_EXECUTE, body, POLICY) is None
+
+
+def test_a_keyword_argument_named_self_is_refused() -> None:
+    """Found by the submission fuzzer: `self` binds to a task's `**fields`, but Celery calls
+    every task through `Task.__call__(self, *args, **kwargs)`, which fails with a TypeError
+    ("got multiple values for argument 'self'") before the task runs."""
+    body = [[], {"type": "echo", "self": 1}, {}]
+    got = check_task_message("celery", H_SUBMIT, body, POLICY)
+    assert got is not None and "keyword argument 'self'" in got, got

@@ -1,0 +1,196 @@
+"""Start-up checks of the Redis URLs: a wrong password, a refused ACL user or an untrusted
+certificate stops a process with one line naming the ORCH_ variable to fix.
+
+Celery treats every failure to reach the broker alike: "Cannot connect ... Trying again", a
+hundred times over, so a worker given a wrong password or the wrong CA never starts and never
+says why. Those failures do not heal by waiting; a Redis that is down does (Celery reconnects,
+and the chaos tests restart Redis under running workers), so it is only reported here.
+
+`classify_failure` is the pure decision; `preflight` pings each distinct URL once;
+`RedisPreflight` runs it in a worker before the pool forks, and the `import_modules` receiver
+below in `celery beat` and Flower, before RedBeat or Flower open their own clients.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import click
+import redis
+from celery import bootsteps, signals
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from orchestrator.config import SSL_FILE_PARAMS, Settings
+from orchestrator.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: Exit status of a process that refused to start (as for an invalid setting).
+EXIT_CODE = 2
+#: How long a ping may take; an unreachable host is reported, never waited out.
+PING_TIMEOUT_S = 3.0
+#: Celery commands checked through `import_modules` (workers have their own bootstep).
+CHECKED_COMMANDS = ("beat", "flower")
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """One Redis URL to check, and the variable an operator changes to fix it."""
+
+    variable: str
+    url: str
+
+
+def redis_targets(settings: Settings) -> list[RedisTarget]:
+    """The broker, result backend and state store URLs, each distinct URL once, under the
+    variable that set it: the override when given, else ORCH_REDIS_URL."""
+    found = [
+        RedisTarget(
+            "ORCH_BROKER_URL" if settings.broker_url else "ORCH_REDIS_URL",
+            settings.effective_broker_url,
+        ),
+        RedisTarget(
+            "ORCH_RESULT_BACKEND" if settings.result_backend else "ORCH_REDIS_URL",
+            settings.effective_result_backend,
+        ),
+        state_target(settings),
+    ]
+    distinct: dict[str, RedisTarget] = {}
+    for target in found:
+        distinct.setdefault(target.url, target)
+    return list(distinct.values())
+
+
+def state_target(settings: Settings) -> RedisTarget:
+    return RedisTarget(
+        "ORCH_STATE_URL" if settings.state_url else "ORCH_REDIS_URL", settings.effective_state_url
+    )
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and those it was raised from or during (redis-py wraps socket errors)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _server_said(exc: redis.RedisError) -> str:
+    """The server's reply as it sent it: redis-py keeps the error code apart."""
+    code = getattr(exc, "status_code", None)
+    text = str(exc).strip().rstrip(".")
+    return f"{code} {text}" if code and not text.startswith(code) else text
+
+
+def classify_failure(exc: BaseException) -> str | None:
+    """Why connecting failed, when waiting cannot fix it; None when it may (Redis down,
+    a timeout, a reset connection), so the process starts and Celery keeps retrying."""
+    if isinstance(exc, redis.AuthenticationError):
+        if getattr(exc, "status_code", None) == "NOAUTH":
+            return "authentication required: the server has a password and the URL gives none"
+        return f"authentication failed ({_server_said(exc)})"
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        return f"permission denied ({_server_said(exc)})"
+    for cause in _chain(exc):
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"TLS certificate not trusted ({cause.verify_message or cause.reason})"
+        if isinstance(cause, ssl.SSLError) and cause.reason == "WRONG_VERSION_NUMBER":
+            return "TLS handshake failed: the server does not speak TLS on this port"
+    return None
+
+
+def unreadable_tls_file(url: str) -> str | None:
+    """A file the URL's TLS options name that cannot be read (redis-py says only "No such
+    file or directory", without the name)."""
+    query = dict(parse_qsl(urlsplit(url).query))
+    for name in SSL_FILE_PARAMS:
+        path = query.get(name)
+        if not path:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            return f"{name} file {path} cannot be read ({exc.strerror or exc})"
+    return None
+
+
+def ping(url: str, timeout_s: float = PING_TIMEOUT_S) -> None:
+    """One PING with the options the URL gives, no retries: the answer now."""
+    client = redis.Redis.from_url(
+        url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s, retry=Retry(NoBackoff(), 0)
+    )
+    try:
+        client.ping()
+    finally:
+        client.close()
+
+
+def preflight(targets: Iterable[RedisTarget], connect: Callable[[str], Any] = ping) -> list[str]:
+    """Ping each target once. Raises ConfigError, one line `VARIABLE: reason`, at the first
+    failure waiting cannot fix; returns notes on the targets that did not answer."""
+    notes = []
+    for target in targets:
+        problem = unreadable_tls_file(target.url)
+        if problem is None:
+            try:
+                connect(target.url)
+            except (redis.RedisError, OSError) as exc:
+                problem = classify_failure(exc)
+                if problem is None:
+                    notes.append(f"{target.variable}: Redis not reachable yet ({exc})")
+        if problem is not None:
+            raise ConfigError(f"{target.variable}: {problem}")
+    return notes
+
+
+def stop_unless_usable(targets: Iterable[RedisTarget]) -> None:
+    """Run the preflight in a starting process: print the one line and exit on failure."""
+    try:
+        notes = preflight(targets)
+    except ConfigError as exc:
+        print(f"hive-orchestrator: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_CODE) from None
+    for note in notes:
+        log.warning("%s; starting anyway, Celery keeps retrying", note)
+
+
+def _settings_of(app: Any) -> Settings | None:
+    value = app.conf.get("orchestrator_settings")
+    return value if isinstance(value, Settings) else None
+
+
+class RedisPreflight(bootsteps.Step):
+    """Worker blueprint: checks every Redis URL before the pool forks or the consumer
+    connects, so a refused worker exits at once instead of retrying for ever."""
+
+    name = "orchestrator.preflight"
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        settings = _settings_of(worker.app)
+        if settings is not None:
+            stop_unless_usable(redis_targets(settings))
+
+
+def _command() -> str | None:
+    ctx = click.get_current_context(silent=True)
+    return ctx.info_name if ctx is not None else None
+
+
+@signals.import_modules.connect
+def _check_before_beat(sender: Any = None, **kwargs: Any) -> None:
+    """`celery beat` and Flower import the task modules before anything connects; beat's own
+    `beat_init` signal comes after RedBeat has already used Redis (with a traceback)."""
+    settings = _settings_of(sender) if sender is not None else None
+    if settings is not None and _command() in CHECKED_COMMANDS:
+        stop_unless_usable(redis_targets(settings))
