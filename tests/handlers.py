@@ -37,6 +37,16 @@ def sleep(payload: dict[str, Any]) -> dict[str, Any]:
     return {"slept": payload.get("seconds", 0.1)}
 
 
+@capability("hold")
+def hold(payload: dict[str, Any]) -> dict[str, Any]:
+    """Keeps its pool child busy until the test sets `test:release:<key>` (at most
+    `max_s`), so a test can hold an agent busy for exactly as long as it needs."""
+    key, deadline = payload["key"], time.monotonic() + float(payload.get("max_s", 30))
+    while not _redis().exists(f"test:release:{key}") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return {"held": key}
+
+
 @capability("count")
 def count(payload: dict[str, Any]) -> dict[str, Any]:
     """Counts its runs in Redis, so a test can tell one execution from two."""

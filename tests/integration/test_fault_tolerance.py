@@ -258,8 +258,9 @@ def test_manual_recover_agent_moves_its_queued_work_elsewhere(
     start_control, start_agent, client, redis_client, orch_env
 ):
     start_control()
-    start_agent("stuck", "sleep,echo", concurrency=1)
-    blocker = client.submit("sleep", {"seconds": 3}, task_id="blocker")
+    start_agent("stuck", "hold,echo", concurrency=1)
+    # Busy until released: `queued` waits behind it however long the steps below take.
+    blocker = client.submit("hold", {"key": "blocker"}, task_id="blocker")
     wait_for(lambda: ledger(redis_client, "blocker").get("state") == "running", timeout=30)
     queued = client.submit("echo", {"waiting": True}, task_id="queued")
     wait_for(lambda: ledger(redis_client, "queued").get("state") == "routed", timeout=30)
@@ -275,7 +276,8 @@ def test_manual_recover_agent_moves_its_queued_work_elsewhere(
     assert queued.get(timeout=30) == {"waiting": True}
     assert ledger(redis_client, "queued")["agent"] == "fresh"
     assert redis_client.hget("orch:agent_status", "stuck") == "offline"
-    blocker.get(timeout=30)  # it finished where it ran; nothing was lost
+    redis_client.set("test:release:blocker", 1)
+    assert blocker.get(timeout=30) == {"held": "blocker"}  # finished where it ran
     bad = subprocess.run(
         [sys.executable, "-m", "orchestrator.cli", "recover", "--task", "no-such-task"],
         env=orch_env,
