@@ -23,7 +23,7 @@ from orchestrator.celeryconf import app_settings
 from orchestrator.config import Settings
 from orchestrator.errors import MessageRefused
 from orchestrator.models import TASK_ID_RE
-from orchestrator.screen import TaskPolicy, check_task_message, excerpt
+from orchestrator.screen import TaskPolicy, check_task_message, depth_bound, excerpt
 from orchestrator.store import StateStore, now_s
 from orchestrator.transport import install_gate
 
@@ -86,7 +86,8 @@ class WorkerGate:
             if content_type == SIGNED_CONTENT_TYPE:  # Celery's `auth` serializer
                 return f"signed body does not verify ({type(exc).__name__}: {exc})"
             return f"body does not decode as {content_type!r} ({type(exc).__name__}: {exc})"
-        return check_task_message(queue, message.headers, body, policy)
+        bound = depth_bound(message.body)
+        return check_task_message(queue, message.headers, body, policy, bound)
 
     def refuse(self, queue: str, raw: bytes, reason: str, task_id: str | None = None) -> None:
         poison_id = self.store.record_poison(

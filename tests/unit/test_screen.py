@@ -219,3 +219,27 @@ def test_a_keyword_argument_named_self_is_refused() -> None:
     body = [[], {"type": "echo", "self": 1}, {}]
     got = check_task_message("celery", H_SUBMIT, body, POLICY)
     assert got is not None and "keyword argument 'self'" in got, got
+
+
+@pytest.mark.parametrize(
+    ("encoded", "bound"),
+    [(b"[[], {}, {}]", 4), ('[[{"a": "[x"}]]', 4), (b"7", 0), (None, None), ("", 0)],
+)
+def test_depth_bound_counts_every_opening_bracket(encoded: Any, bound: int | None) -> None:
+    from orchestrator.screen import depth_bound
+
+    assert depth_bound(encoded) == bound
+
+
+def test_a_deep_body_is_refused_whatever_bound_is_given_above_the_limit() -> None:
+    from orchestrator.screen import MAX_MESSAGE_DEPTH
+
+    deep: Any = {}
+    for _ in range(MAX_MESSAGE_DEPTH + 5):
+        deep = {"d": deep}
+    body = [[], {**EXECUTE_KW, "payload": deep}, {}]
+    got = check_task_message("agent.a", H_EXECUTE, body, POLICY, MAX_MESSAGE_DEPTH + 10)
+    assert got is not None and "body nested deeper than" in got
+    # A bound at or under the limit (from the encoded body) proves the body shallow.
+    shallow = check_task_message("agent.a", H_EXECUTE, [[], EXECUTE_KW, {}], POLICY, 4)
+    assert shallow is None
