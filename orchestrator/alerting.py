@@ -51,8 +51,8 @@ KNOWN_METRICS = (
 )
 
 # Alertmanager rejects label names outside this pattern; better to fail at start-up.
-_LABEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_RULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$")
+_LABEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+_RULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,127}\Z")
 _RESERVED_LABELS = frozenset({"alertname", "severity"})
 
 

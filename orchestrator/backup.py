@@ -30,7 +30,7 @@ from orchestrator.keys import EVENTS, PREFIX
 
 FORMAT = "hive-orchestrator-backup"
 VERSION = 1
-NAME_RE = re.compile(r"^orch-backup-\d{8}T\d{6}\d{3}Z\.jsonl\.gz$")
+NAME_RE = re.compile(r"^orch-backup-\d{8}T\d{6}\d{3}Z\.jsonl\.gz\Z")
 SCAN_COUNT = 1000
 
 

@@ -15,8 +15,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from orchestrator.errors import ConfigError
 from orchestrator.models import CircuitBreakerConfig
 
-NAME_RE = re.compile(r"^[a-z0-9_.-]{1,64}$")
-MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+NAME_RE = re.compile(r"^[a-z0-9_.-]{1,64}\Z")
+MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
 
@@ -331,7 +331,7 @@ class Settings(BaseSettings):
     @field_validator("agent_id")
     @classmethod
     def _agent_id(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^[A-Za-z0-9._@:-]{1,128}$", value):
+        if value is not None and not re.match(r"^[A-Za-z0-9._@:-]{1,128}\Z", value):
             raise ValueError("must be 1-128 chars of [A-Za-z0-9._@:-]")
         return value or None
 

@@ -28,7 +28,7 @@ from orchestrator.models import SLI, TYPE_RE, AlertRule, ProductionEventSeverity
 
 THIRTY_DAYS = 30 * 86_400.0
 _LATENCY_ALLOWED = {"latency_p95_ms": 0.05, "latency_p99_ms": 0.01}
-_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}\Z")
 
 
 class WindowCounts(BaseModel):

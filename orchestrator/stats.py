@@ -281,7 +281,7 @@ def flag_clients(counts: Mapping[str, int], threshold: int) -> dict[str, int]:
 
 
 REJECTIONS_TTL_S = 26 * 3600
-_CLIENT_RE = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+_CLIENT_RE = re.compile(r"^[A-Za-z0-9._:@-]{1,128}\Z")
 
 
 def client_label(value: Any) -> str:
