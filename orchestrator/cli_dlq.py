@@ -113,7 +113,7 @@ def dlq_list(kind: str, limit: int, as_json: bool) -> None:
 @click.pass_context
 def dlq_show(ctx: click.Context, entry_id: str, as_json: bool) -> None:
     """One dead letter: a task with its whole history, or a poison message with its bytes."""
-    from orchestrator.store_poison import is_poison_id
+    from orchestrator.store_dlq import is_poison_id
 
     if not is_poison_id(entry_id):
         ctx.invoke(_cli().task, task_id=entry_id, as_json=as_json)
@@ -145,7 +145,7 @@ def dlq_replay(task_ids: tuple[str, ...], replay_all: bool, as_json: bool) -> No
     """Run dead-lettered tasks again: same id, fresh attempt count, history kept."""
     from orchestrator.celeryconf import create_app
     from orchestrator.store import now_s
-    from orchestrator.store_poison import is_poison_id
+    from orchestrator.store_dlq import is_poison_id
 
     cli = _cli()
     settings = cli._settings()
@@ -189,7 +189,7 @@ def dlq_replay(task_ids: tuple[str, ...], replay_all: bool, as_json: bool) -> No
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def dlq_purge(entry_ids: tuple[str, ...], kind: str, purge_all: bool, yes: bool) -> None:
     """Forget dead letters (a task's ledger entry expires on its own)."""
-    from orchestrator.store_poison import is_poison_id
+    from orchestrator.store_dlq import is_poison_id
 
     if not entry_ids and not purge_all:
         raise click.UsageError("name at least one id, or --all")

@@ -1,10 +1,10 @@
 """The state store: every read and write of orchestrator state in Redis.
 
 One class, StateStore, made of the agent half (store_agents), the task half (store_ledger),
-the refused messages (store_poison) and the per-client limits (store_clients) over a shared
-base (store_base). Key names come from orchestrator.keys and the atomic steps from
-orchestrator.scripts, so a reader finds every key in one place and every multi-key change in
-another.
+the dead-letter store of both kinds (store_dlq) and the per-client limits (store_clients),
+over a shared base (store_base). Key names come from orchestrator.keys and the atomic steps
+from orchestrator.scripts, so a reader finds every key in one place and every multi-key
+change in another.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from orchestrator.models import CircuitBreakerConfig, TaskState
 from orchestrator.store_agents import AgentStore, Fleet, _circuit_args, _outcome_args
 from orchestrator.store_base import now_s
 from orchestrator.store_clients import ClientStore
-from orchestrator.store_ledger import Attempt, LedgerStore
-from orchestrator.store_poison import PoisonStore
+from orchestrator.store_dlq import DeadLetterStore
+from orchestrator.store_ledger import Attempt
 from orchestrator.telemetry import telemetry_step
 
 
-class StateStore(AgentStore, LedgerStore, PoisonStore, ClientStore):
+class StateStore(AgentStore, DeadLetterStore, ClientStore):
     """All reads and writes of orchestrator state. One instance per process."""
 
     def settle_run(

@@ -171,7 +171,7 @@ def test_excerpt(raw: bytes, shown: str) -> None:
 )
 def test_poison_ids_never_look_like_task_ids(entry_id: str, poison: bool) -> None:
     from orchestrator.models import TASK_ID_RE
-    from orchestrator.store_poison import is_poison_id
+    from orchestrator.store_dlq import is_poison_id
 
     assert is_poison_id(entry_id) is poison
     assert bool(TASK_ID_RE.match(entry_id)) is not poison

@@ -1,8 +1,10 @@
-"""The poison half of the dead-letter store: messages a worker refused at its edge.
+"""The dead-letter store, both its kinds (`orchestrator dlq`).
 
-A refused message is no task (nothing accepted it), so it has no ledger entry: it is kept
-here with its raw bytes (capped), the queue it came from and why it was refused, for an
-operator to inspect (`orchestrator dlq list --kind poison`) and purge.
+`task`: tasks recovery gave up on or parked past their timeout; their ledger entries stay
+in the ledger, the store indexes them and can park one again (replay). `poison`: messages a
+worker refused at its edge. A refused message is no task (nothing accepted it), so it has no
+ledger entry: it is kept here with its raw bytes (capped), the queue it came from and why it
+was refused, for an operator to inspect and purge.
 """
 
 from __future__ import annotations
@@ -13,10 +15,26 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from orchestrator.keys import COUNTERS, EVENTS, POISON, POISON_MSG
-from orchestrator.models import OrchestrationEvent, ProductionEventSeverity
+from orchestrator.errors import UnknownTask
+from orchestrator.keys import (
+    COUNTERS,
+    DLQ,
+    EVENTS,
+    PARKED,
+    POISON,
+    POISON_MSG,
+    history_key,
+    task_key,
+)
+from orchestrator.models import (
+    OrchestrationEvent,
+    OrchestrationTask,
+    ProductionEventSeverity,
+    TaskState,
+)
 from orchestrator.screen import excerpt
-from orchestrator.store_base import StoreBase, _event_args
+from orchestrator.store_base import _event_args
+from orchestrator.store_ledger import LedgerStore
 
 #: '/' is no character of a task id (models.TASK_ID_RE): the two kinds' ids never collide.
 POISON_PREFIX = "poison/"
@@ -26,7 +44,7 @@ def is_poison_id(entry_id: str) -> bool:
     return entry_id.startswith(POISON_PREFIX)
 
 
-class PoisonStore(StoreBase):
+class DeadLetterStore(LedgerStore):
     def record_poison(
         self,
         queue: str,
@@ -105,3 +123,46 @@ class PoisonStore(StoreBase):
             pipe.hdel(POISON_MSG, *poison_ids)
             removed, _ = pipe.execute()
         return int(removed)
+
+    # --- dead letters --------------------------------------------------------------------
+
+    def dead_letters(self, limit: int = 100) -> list[tuple[str, float]]:
+        with self._translate():
+            return [
+                (str(m), float(s)) for m, s in self.r.zrevrange(DLQ, 0, limit - 1, withscores=True)
+            ]
+
+    def reopen_dead_letter(self, task_id: str, now: float) -> OrchestrationTask:
+        """Park a dead-lettered task again with a fresh attempt count, for the next sweep to
+        route; its history (and its dispatch counter, so old copies stay stale) is kept."""
+        spec = self.load_spec(task_id)
+        done, state = self._move(
+            task_id,
+            TaskState.PARKED,
+            [TaskState.DEAD_LETTERED],
+            now,
+            history={"replayed": True},
+            attempts=0,
+            deliveries=0,
+            parked_at=repr(now),
+        )
+        if done != 1:
+            raise UnknownTask(f"task {task_id!r} is {state or 'unknown'}, not dead-lettered")
+        with self._translate():
+            pipe = self.r.pipeline(transaction=False)
+            pipe.zrem(DLQ, task_id)
+            pipe.hdel(task_key(task_id), "finished_at", "result", "error")
+            pipe.persist(task_key(task_id))
+            pipe.persist(history_key(task_id))
+            pipe.zadd(PARKED, {task_id: now})
+            self.event("task.replayed", now, "cli", pipe, task_id=task_id)
+            pipe.execute()
+        return spec
+
+    def purge_dead_letters(self, task_ids: Sequence[str] | None = None) -> int:
+        with self._translate():
+            if task_ids is None:
+                task_ids = [str(m) for m in self.r.zrange(DLQ, 0, -1)]
+            if not task_ids:
+                return 0
+            return int(self.r.zrem(DLQ, *task_ids))
