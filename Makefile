@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test fuzz lint bench clean venv sysdeps
+.PHONY: run test fuzz lint bench bench-anomaly clean venv sysdeps
 
 venv: $(STAMP)
 
@@ -44,6 +44,13 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_routing.py
+
+# The anomaly detector scored on ../shared/data/nab-tuning (when present) beside the published
+# detectors, with its cost per point and per series; updates bench/RESULTS.md. Then regression
+# detection on synthetic run-time series (steps, drifts, noise): detection delay, false alarms.
+bench-anomaly: $(STAMP)
+	$(BIN)/python bench/bench_anomaly.py $(BENCH_ARGS)
+	$(BIN)/python bench/bench_regression.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

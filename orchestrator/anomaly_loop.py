@@ -7,8 +7,9 @@ loop remembers the last minute it consumed, so ticks more frequent than a minute
 Redis read and feed nothing twice, and a loop that was down catches up (at most an hour).
 Queue depth is a gauge read at the tick, so only the newest minute gets it.
 
-Regression: per task type, the per-minute median run times of the last 15 minutes against
-those of the six hours before, through anomaly.detect_regression (large AND significant).
+Regression: per task type, the per-minute median run times of the last six hours, judged by
+regression.judge_regression (recent 15 minutes against the rest: large AND significant to
+enter, a 5 % shift to stay).
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ import logging
 import math
 from typing import Any
 
-from orchestrator.anomaly import DetectorState, detect_regression, new_state, step
+from pydantic import ValidationError
+
+from orchestrator.anomaly import DetectorState, new_state, step
 from orchestrator.keys import REGRESSIONS
 from orchestrator.loops import SOURCE, LoopContext
 from orchestrator.metrics import gather
 from orchestrator.models import ProductionEventSeverity
 from orchestrator.monitor_store import TelemetrySeries
+from orchestrator.regression import judge_regression, minute_median
 from orchestrator.stats import WindowStats, quantile
 from orchestrator.telemetry import MINUTE_WINDOW_MAX_S
 
@@ -30,8 +34,6 @@ log = logging.getLogger(__name__)
 
 MAX_CATCH_UP_MINUTES = 60
 IDLE_PRUNE_MINUTES = 360
-RECENT_MINUTES = 15
-MIN_RUNS_PER_MINUTE = 3
 
 # Per metric: which way is bad, and the smallest change worth a page (in the metric's unit).
 DETECTOR_PARAMS: dict[str, dict[str, Any]] = {
@@ -61,8 +63,13 @@ def minute_points(
 
 
 def _state(entry: dict[str, Any] | None, series: str) -> DetectorState:
+    """The series' stored state, or a fresh one: for a new series, and for a state an older
+    detector wrote (it does not validate), which would otherwise stop the loop for good."""
     if entry and "state" in entry:
-        return DetectorState.model_validate(entry["state"])
+        try:
+            return DetectorState.model_validate(entry["state"])
+        except ValidationError:
+            log.warning("anomaly: series %s: stored detector state is outdated; restarting", series)
     return new_state(**DETECTOR_PARAMS[series.split(":", 1)[0]])
 
 
@@ -103,22 +110,16 @@ def _types(bucket: dict[str, int]) -> set[str]:
     return {f.split("|", 1)[0] for f in bucket if not f.startswith("~")}
 
 
-def regression_samples(
+def regression_medians(
     series: TelemetrySeries, task_type: str, current_slot: int
-) -> tuple[list[float], list[float]]:
-    """Per-minute median run times: (baseline, recent), minutes with too few runs skipped."""
-    baseline: list[float] = []
-    recent: list[float] = []
+) -> list[float | None]:
+    """Per-minute median run times of the six hours before current_slot, oldest first
+    (None: a minute with too few runs)."""
     first = current_slot - MINUTE_WINDOW_MAX_S // 60
-    for slot in range(first, current_slot):
-        hist = series.minute(slot).of(task_type).latency
-        if sum(hist.values()) < MIN_RUNS_PER_MINUTE:
-            continue
-        median = quantile(hist, 0.5)
-        if median is None:
-            continue
-        (recent if slot >= current_slot - RECENT_MINUTES else baseline).append(median)
-    return baseline, recent
+    return [
+        minute_median(series.minute(slot).of(task_type).latency)
+        for slot in range(first, current_slot)
+    ]
 
 
 def find_regressions(ctx: LoopContext, series: TelemetrySeries) -> dict[str, Any]:
@@ -128,8 +129,8 @@ def find_regressions(ctx: LoopContext, series: TelemetrySeries) -> dict[str, Any
     previous = ctx.mon.regressions()
     found: dict[str, Any] = {}
     for kind in sorted(types):
-        baseline, recent = regression_samples(series, kind, current)
-        regression = detect_regression(baseline, recent)
+        medians = regression_medians(series, kind, current)
+        regression = judge_regression(medians, regressed=kind in previous)
         if regression is None:
             continue
         found[kind] = previous.get(kind) or {

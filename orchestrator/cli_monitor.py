@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -265,7 +266,7 @@ def security_unblock(client_id: str, as_json: bool) -> None:
 @click.pass_context
 @_guard
 def anomaly(click_ctx: click.Context, as_json: bool) -> None:
-    """Series in an anomalous episode and task types with a regression (or: backtest)."""
+    """Series in an anomalous episode and task types with a regression (or: backtest, evaluate)."""
     if click_ctx.invoked_subcommand is not None:
         return
     ctx = _ctx()
@@ -309,6 +310,108 @@ def anomaly_backtest(csv_file: str, sensitivity: float | None, as_json: bool) ->
     click.echo(f"{len(points)} points, sensitivity {sensitivity:g}: {len(fired)} episode(s)")
     for ts in fired:
         click.echo(ts)
+
+
+@anomaly.command("evaluate")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--labels",
+    "labels_file",
+    type=click.Path(exists=True, dir_okay=False),
+    required=True,
+    help='JSON: {"series.csv": [[start, end], ...], ...}, paths relative to DIRECTORY.',
+)
+@click.option(
+    "--sensitivity",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="z-score threshold (default ORCH_ANOMALY_DETECTION_SENSITIVITY).",
+)
+@click.option("--json", "as_json", is_flag=True)
+def anomaly_evaluate(
+    directory: str, labels_file: str, sensitivity: float | None, as_json: bool
+) -> None:
+    """Backtest every labelled series in DIRECTORY and score it: windows hit and missed,
+    false flags, and the simplified NAB score (per series and in total)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from orchestrator.anomaly_eval import (
+        evaluate,
+        missing_series,
+        read_labelled,
+        read_labels,
+        total,
+        unlabelled_series,
+    )
+
+    if sensitivity is None:
+        sensitivity = _settings().anomaly_detection_sensitivity
+    root = Path(directory)
+    err = Console(stderr=True)
+    try:
+        labels = read_labels(Path(labels_file))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    missing = missing_series(root, labels)
+    if missing:
+        raise click.ClickException(
+            f"{len(missing)} labelled series not found in {root}: {', '.join(missing)}"
+        )
+    ignored = unlabelled_series(root, labels)
+    if ignored:
+        click.echo(
+            f"note: {len(ignored)} CSV file(s) in {root} have no labels and are ignored: "
+            + ", ".join(ignored),
+            err=True,
+        )
+    progress = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
+    with progress:
+        task = progress.add_task("evaluating", total=len(labels))
+
+        def announced() -> Iterator[Any]:
+            for series in read_labelled(root, labels):
+                progress.update(task, description=series[0])
+                yield series
+
+        def advance(_score: Any) -> None:
+            progress.advance(task)
+
+        try:
+            scores = evaluate(announced(), sensitivity, on_series=advance)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+    summed = total(scores)
+    if as_json:
+        _json(
+            {
+                "sensitivity": sensitivity,
+                "series": [s.model_dump() for s in scores],
+                "total": summed.model_dump(),
+            }
+        )
+        return
+    table = Table(title=f"sensitivity {sensitivity:g}")
+    table.add_column("series", overflow="fold")
+    for column in ("points", "windows", "hit", "missed", "false flags", "score"):
+        table.add_column(column, justify="right")
+    for i, s in enumerate([*scores, summed]):
+        score = "-" if s.score is None else f"{s.score:.1f}"
+        counts = (s.points, s.windows, s.hit, s.missed, s.false_flags)
+        table.add_row(s.name, *map(str, counts), score, end_section=i == len(scores) - 1)
+    if console.is_terminal:
+        console.print(table)
+        return
+    # Piped into a file, the table takes the width it needs: whole series names, one per line.
+    wide = console.measure(table, options=console.options.update_width(10_000)).maximum
+    Console(width=max(console.width, wide)).print(table)
 
 
 @click.group()

@@ -8,6 +8,7 @@ test_monitoring_edges.py.
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ import pytest
 
 from orchestrator.errors import InvalidTask
 from orchestrator.keys import EVENTS
-from tests.support import free_port, wait_for
+from tests.support import REPO_ROOT, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -294,6 +296,150 @@ def test_anomaly_backtest_and_sla_page_from_the_cli(orch_env, tmp_path):
     cli(orch_env, "sla", "--html", str(page))
     text = page.read_text()
     assert text.count("<svg") == 6 and "task-success" in text and "<script" not in text
+
+
+def minutes(n: int) -> list[str]:
+    """NAB-style timestamps, one a minute from 2024-01-01 00:00."""
+    start = datetime(2024, 1, 1)
+    return [(start + timedelta(minutes=i)).strftime("%Y-%m-%d %H:%M:%S") for i in range(n)]
+
+
+def write_series(path: Path, ts: list[str], values: list[float]) -> list[tuple[str, float]]:
+    pairs = [(t, float(v)) for t, v in zip(ts, values, strict=True)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("timestamp,value\n" + "".join(f"{t},{v}\n" for t, v in pairs))
+    return pairs
+
+
+def labelled_dir(root: Path, n: int = 4000) -> tuple[dict[str, list[list[str]]], dict[str, Any]]:
+    """Three labelled series of about `n` points and one unlabelled: (windows, points by name)."""
+    ts = minutes(n)
+    at = [round(n * share) for share in (0.375, 0.55, 0.75, 0.825)]
+    # A flat line with a 30-minute jump to 100x its level long after probation: certainly hit.
+    spike = [100.0] * n
+    spike[at[2] : at[2] + 30] = [10_000.0] * 30
+    # Noise with two bursts: its outcome is whatever the backtest says.
+    rng = random.Random(9)
+    noisy = [50 + rng.gauss(0, 3) for _ in range(n)]
+    for start in (at[0], at[3]):
+        noisy[start : start + 20] = [v + 40 for v in noisy[start : start + 20]]
+    points = {
+        "spike.csv": write_series(root / "spike.csv", ts, spike),
+        "sub/flat.csv": write_series(root / "sub" / "flat.csv", ts[: n // 2], [7.0] * (n // 2)),
+        "noisy.csv": write_series(root / "noisy.csv", ts, noisy),
+    }
+    write_series(root / "unlabelled.csv", ts[:10], [1.0] * 10)
+    windows = {
+        "spike.csv": [[ts[at[2]], ts[at[2] + 200]]],
+        "sub/flat.csv": [],
+        "noisy.csv": [
+            [ts[at[0] - 10], ts[at[0] + 100]],
+            [ts[at[3] - 10], ts[at[3] + 100]],
+            [ts[at[1]], ts[at[1] + 10]],
+        ],
+    }
+    return windows, points
+
+
+def test_anomaly_evaluate_scores_the_backtest_from_the_cli(orch_env, tmp_path):
+    from orchestrator.anomaly import backtest
+    from orchestrator.anomaly_eval import score_series, total
+
+    data = tmp_path / "data"
+    windows, points = labelled_dir(data)
+    labels = tmp_path / "windows.json"
+    labels.write_text(json.dumps(windows))
+
+    for sensitivity, env in (
+        (2.0, orch_env),  # ORCH_ANOMALY_DETECTION_SENSITIVITY's default
+        (3.0, orch_env | {"ORCH_ANOMALY_DETECTION_SENSITIVITY": "3"}),
+    ):
+        done = cli(env, "anomaly", "evaluate", str(data), "--labels", str(labels), "--json")
+        assert "unlabelled.csv" in done.stderr and "ignored" in done.stderr
+        report = json.loads(done.stdout)
+        expected = [
+            score_series(name, [t for t, _ in pts], backtest(pts, sensitivity), windows[name])
+            for name, pts in points.items()
+        ]
+        assert report == {
+            "sensitivity": sensitivity,
+            "series": [s.model_dump() for s in expected],
+            "total": total(expected).model_dump(),
+        }
+        spike, flat, _ = report["series"]
+        assert (spike["windows"], spike["hit"], spike["missed"]) == (1, 1, 0)
+        assert (flat["false_flags"], flat["flags"], flat["score"]) == (0, 0, None)
+        assert report["total"]["windows"] == 4
+
+    at_1000 = cli_json(
+        orch_env, "anomaly", "evaluate", str(data), "--labels", str(labels), "--sensitivity", "1000"
+    )
+    assert at_1000["sensitivity"] == 1000.0
+
+    table = cli(orch_env, "anomaly", "evaluate", str(data), "--labels", str(labels)).stdout
+    assert "sub/flat.csv" in table and "false flags" in table
+    total_row = next(line for line in table.splitlines() if "total" in line)
+    assert total_row.split("│")[2].strip() == str(sum(len(p) for p in points.values()))
+
+
+@pytest.mark.parametrize(
+    "case,labels,message",
+    [
+        ("missing file", {"gone.csv": []}, "gone.csv"),
+        ("bad labels", '{\n  "spike.csv": [\n    [1, 2],\n  ]\n}', "windows.json: line 4"),
+        ("bad window", {"spike.csv": [["later", "2024-01-01"]]}, "timestamp 'later'"),
+        ("bad csv", {"bad.csv": []}, "bad.csv: line 3: value 'oops' is not a number"),
+        ("bad timestamp", {"words.csv": []}, "words.csv: point 2: timestamp 'noon'"),
+    ],
+)
+def test_anomaly_evaluate_errors_name_the_file(orch_env, tmp_path, case, labels, message):
+    data = tmp_path / "data"
+    labelled_dir(data)
+    (data / "bad.csv").write_text("timestamp,value\n2024-01-01,1\n2024-01-02,oops\n")
+    (data / "words.csv").write_text("timestamp,value\n2024-01-01,1\nnoon,2\n")
+    path = tmp_path / "windows.json"
+    path.write_text(labels if isinstance(labels, str) else json.dumps(labels))
+    done = cli(orch_env, "anomaly", "evaluate", str(data), "--labels", str(path), check=False)
+    assert done.returncode == 1, case
+    assert message in done.stderr, done.stderr
+    assert done.stdout == ""
+
+
+def test_bench_anomaly_writes_results_beside_the_published(tmp_path):
+    data = tmp_path / "data"
+    windows, points = labelled_dir(data, n=1000)
+    (data / "windows.json").write_text(json.dumps(windows))
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n\nkept by hand\n")
+    bench = [sys.executable, str(REPO_ROOT / "bench" / "bench_anomaly.py"), "--data", str(data)]
+    args = [*bench, "--results", str(results), "--sensitivities", "2,4", "--json"]
+    for _ in range(2):  # the second run replaces the generated section
+        done = subprocess.run(args, capture_output=True, text=True, timeout=60, check=True)
+    report = json.loads(done.stdout)
+    assert report["sensitivity"] == 2.0
+    assert [row["sensitivity"] for row in report["sweep"]] == [2.0, 4.0]
+    assert report["total"]["points"] == sum(len(p) for p in points.values())
+    assert report["us_per_point"] > 0
+    assert 0 < report["state_redis_bytes_max"] < 1_000_000
+    assert 0 < report["state_heap_bytes_max"] < 1_000_000
+
+    text = results.read_text()
+    assert text.startswith("# Benchmark results\n\nkept by hand\n")
+    assert text.count("## Anomaly detector on labelled series") == 1
+    assert "| Numenta HTM | 55 / 64 | 59 | 80.9 |" in text
+    hit, false_flags = report["total"]["hit"], report["total"]["false_flags"]
+    assert f"| **this orchestrator (sensitivity 2)** | **{hit} / 4** | **{false_flags}** |" in text
+    assert "so they do not compare" in text  # 4 windows here, not the tuning set's 64
+    assert "| sub/flat.csv | 500 | 0 | 0 | 0 | 0 | - |" in text
+    assert "| 4 | 4 |" in text  # the sweep's row at sensitivity 4
+
+    absent = subprocess.run(
+        [*bench[:2], "--data", str(tmp_path / "nowhere")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert absent.returncode == 0 and "nothing to measure" in absent.stderr
 
 
 def test_every_handler_run_is_counted_once_in_telemetry(
