@@ -18,8 +18,13 @@ from dataclasses import dataclass
 from statistics import median
 from typing import Literal
 
-from orchestrator.regression import Regression, detect_regression
-from orchestrator.regression import judge_regression, minute_median, split_window
+from orchestrator.regression import (
+    Regression,
+    detect_regression,
+    judge_regression,
+    minute_median,
+    split_window,
+)
 from orchestrator.stats import Histogram, bucket_index
 from orchestrator.telemetry import MINUTE_WINDOW_MAX_S
 

@@ -279,13 +279,13 @@ def test_exporter_serves_metrics_and_stops_on_ctrl_c(orch_env, redis_client, tmp
 
 
 def test_anomaly_backtest_and_sla_page_from_the_cli(orch_env, tmp_path):
-    rows = ["timestamp,value"] + [f"t{i},{100 + (i % 5)}" for i in range(60)]
-    rows += [f"t{i},{400 + i}" for i in range(60, 70)] + [
-        f"t{i},{100 + (i % 5)}" for i in range(70, 100)
+    rows = ["timestamp,value"] + [f"t{i},{100 + (i % 5)}" for i in range(240)]
+    rows += [f"t{i},{400 + i}" for i in range(240, 250)] + [
+        f"t{i},{100 + (i % 5)}" for i in range(250, 280)
     ]
     series = tmp_path / "series.csv"
     series.write_text("\n".join(rows) + "\n")
-    assert cli_json(orch_env, "anomaly", "backtest", str(series)) == ["t63"]
+    assert cli_json(orch_env, "anomaly", "backtest", str(series)) == ["t240"]
     assert cli_json(orch_env, "anomaly", "backtest", str(series), "--sensitivity", "1000") == []
     bad = tmp_path / "bad.csv"
     bad.write_text("timestamp,value\nt0,1\nt1,oops\n")

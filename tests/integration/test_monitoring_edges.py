@@ -110,7 +110,7 @@ def test_a_run_is_counted_with_the_state_that_ends_its_task_and_only_then(ctx):
 
 
 def test_anomaly_loop_pages_once_per_episode(ctx, redis_client):
-    steady, spike = 36, 6
+    steady, spike = 244, 6  # past the detector's warm-up of 240 points
     for m in range(steady + spike):
         per_minute = 300 if m >= steady else 30 + (m % 3)
         ctx.mon.telemetry.add(runs("echo", per_minute, 20.0), BASE + m * 60 + 1)
@@ -118,7 +118,7 @@ def test_anomaly_loop_pages_once_per_episode(ctx, redis_client):
     found = events(redis_client, "anomaly.detected")
     assert sorted(e["series"] for e in found) == ["throughput", "throughput:echo"]
     assert {e["direction"] for e in found} == {"up"}
-    assert all(e["ts"] == BASE + (steady + 4) * 60 for e in found), "onset after min_run points"
+    assert all(e["ts"] == BASE + (steady + 1) * 60 for e in found), "paged at the first point"
     # ticks within the same minute feed nothing twice
     assert run_anomaly(ctx, BASE + (steady + spike) * 60 + 30) == {"fed": 0}
     states = ctx.mon.detector_states()
