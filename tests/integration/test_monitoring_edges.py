@@ -126,6 +126,16 @@ def test_anomaly_loop_pages_once_per_episode(ctx, redis_client):
     assert states["throughput"]["state"]["in_episode"] is True
 
 
+def test_a_state_the_earlier_detector_stored_is_replaced_not_fatal(ctx, redis_client):
+    old = {"params": {"window": 120, "min_run": 4, "baseline": "median"}, "window": [30.0] * 5}
+    slot = int(BASE // 60)
+    ctx.mon.save_detector_states({"throughput": {"slot": slot, "state": old}})
+    ctx.mon.telemetry.add(runs("echo", 30, 20.0), BASE + 1)
+    assert run_anomaly(ctx, BASE + 62)["fed"] == 1
+    state = ctx.mon.detector_states()["throughput"]["state"]
+    assert state["seen"] == 1 and "min_run" not in state["params"]
+
+
 def test_regression_needs_a_large_and_significant_shift(ctx, redis_client):
     now = BASE + 400 * 60 + 5
     current = int(now // 60)
