@@ -284,14 +284,18 @@ def anomaly(click_ctx: click.Context, as_json: bool) -> None:
     console.print(f"regressions: {', '.join(report['regressions']) or 'none'}")
 
 
-@anomaly.command("backtest")
-@click.argument("csv_file", type=click.Path(exists=True, dir_okay=False))
-@click.option(
+SENSITIVITY = click.option(
     "--sensitivity",
     type=click.FloatRange(min=0, min_open=True),
     default=None,
-    help="z-score threshold (default ORCH_ANOMALY_DETECTION_SENSITIVITY).",
+    help="How far beyond its recent range a point must lie to page, in 0.45 noise scales: "
+    "higher = fewer, surer pages (default ORCH_ANOMALY_DETECTION_SENSITIVITY, 2.0).",
 )
+
+
+@anomaly.command("backtest")
+@click.argument("csv_file", type=click.Path(exists=True, dir_okay=False))
+@SENSITIVITY
 @click.option("--json", "as_json", is_flag=True)
 def anomaly_backtest(csv_file: str, sensitivity: float | None, as_json: bool) -> None:
     """Replay a `timestamp,value` CSV through the live detector; print where it would page."""
@@ -321,12 +325,7 @@ def anomaly_backtest(csv_file: str, sensitivity: float | None, as_json: bool) ->
     required=True,
     help='JSON: {"series.csv": [[start, end], ...], ...}, paths relative to DIRECTORY.',
 )
-@click.option(
-    "--sensitivity",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    help="z-score threshold (default ORCH_ANOMALY_DETECTION_SENSITIVITY).",
-)
+@SENSITIVITY
 @click.option("--json", "as_json", is_flag=True)
 def anomaly_evaluate(
     directory: str, labels_file: str, sensitivity: float | None, as_json: bool
