@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_anomaly.py [--data DIR] [--sensitivities 1 1.5 2 ...] [--json]
     make bench-anomaly
 
-Runs the evaluation of `orchestrator anomaly evaluate` (orchestrator.anomaly_eval.evaluate: the
+Runs the evaluation of `orchestrator anomaly evaluate` (monitoring.anomaly_eval.evaluate: the
 live loop's backtest, scored by the simplified NAB rule) over the labelled series in `--data`
 (default ../shared/data/nab-tuning beside the repository; when it is absent there is nothing to
 measure and the bench says so and exits 0):
@@ -44,8 +44,9 @@ if str(REPO_ROOT) not in sys.path:
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from orchestrator.anomaly import DetectorState, backtest, new_state, step  # noqa: E402
-from orchestrator.anomaly_eval import (  # noqa: E402
+from orchestrator.config import load_settings  # noqa: E402
+from orchestrator.monitoring.anomaly import DetectorState, backtest, new_state, step  # noqa: E402
+from orchestrator.monitoring.anomaly_eval import (  # noqa: E402
     PUBLISHED,
     Score,
     Series,
@@ -55,7 +56,6 @@ from orchestrator.anomaly_eval import (  # noqa: E402
     read_labels,
     total,
 )
-from orchestrator.config import load_settings  # noqa: E402
 
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "nab-tuning"
 DEFAULT_RESULTS = REPO_ROOT / "bench" / "RESULTS.md"

@@ -257,7 +257,7 @@ def ledger_delays(
     r: redis.Redis, ids: Sequence[str], sent_at: dict[str, float]
 ) -> dict[str, list[float]]:
     """Per task, from the ledger: submit->start (delegation) and client send->start."""
-    from orchestrator.keys import task_key
+    from orchestrator.store.keys import task_key
 
     pipe = r.pipeline(transaction=False)
     for task_id in ids:
@@ -274,7 +274,7 @@ def ledger_delays(
 def run_orchestrated(url: str, cluster: Cluster, n: int, probe: int) -> dict[str, Any]:
     from orchestrator.client import OrchestratorClient
     from orchestrator.config import load_settings
-    from orchestrator.keys import AGENTS
+    from orchestrator.store.keys import AGENTS
 
     control = cluster.start("orchestrator.app", "control")
     agent = cluster.start(
@@ -346,7 +346,7 @@ def run_orchestrated(url: str, cluster: Cluster, n: int, probe: int) -> dict[str
 def bench_registration(url: str, samples: int) -> dict[str, Any]:
     from orchestrator.config import load_settings
     from orchestrator.models import RegisteredAgent, parse_task
-    from orchestrator.router import Router
+    from orchestrator.routing.router import Router
     from orchestrator.store import StateStore
 
     store = StateStore.from_url(url)

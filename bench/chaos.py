@@ -43,7 +43,7 @@ import redis  # noqa: E402
 
 from orchestrator.client import OrchestratorClient  # noqa: E402
 from orchestrator.config import load_settings  # noqa: E402
-from orchestrator.keys import AGENTS  # noqa: E402
+from orchestrator.store.keys import AGENTS  # noqa: E402
 from tests.chaos.checker import check, counter_total, read_events  # noqa: E402
 from tests.chaos.cluster import Cluster, ProcessSet, chaos_env  # noqa: E402
 from tests.support import CeleryProcess, RedisServer, terminate_all  # noqa: E402

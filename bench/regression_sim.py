@@ -18,15 +18,15 @@ from dataclasses import dataclass
 from statistics import median
 from typing import Literal
 
-from orchestrator.regression import (
+from orchestrator.monitoring.regression import (
     Regression,
     detect_regression,
     judge_regression,
     minute_median,
     split_window,
 )
-from orchestrator.stats import Histogram, bucket_index
-from orchestrator.telemetry import MINUTE_WINDOW_MAX_S
+from orchestrator.monitoring.stats import Histogram, bucket_index
+from orchestrator.store.telemetry import MINUTE_WINDOW_MAX_S
 
 WINDOW_MINUTES = MINUTE_WINDOW_MAX_S // 60
 BASE_MS = 100.0

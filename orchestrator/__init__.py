@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.handlers import capability
+from orchestrator.runtime.handlers import capability
 
 if TYPE_CHECKING:
     import pybreaker
@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 def circuit_breaker(name: str, **kwargs: Any) -> pybreaker.CircuitBreaker:
     """A circuit breaker shared by every agent, for a handler's outbound calls."""
-    from orchestrator.outbound import circuit_breaker as shared
+    from orchestrator.recovery.outbound import circuit_breaker as shared
 
     return shared(name, **kwargs)
 

@@ -1,16 +1,23 @@
 """The module-level Celery app `app`: `celery -A orchestrator.app worker|beat|flower`.
 
 A worker is a control worker; with ORCH_AGENT_CAPABILITIES set it is an agent (see
-orchestrator.agent). Invalid ORCH_* settings stop the process here, naming the variable.
+orchestrator.runtime.agent). This module puts the runtime together: the app of
+runtime.celeryconf with the worker's bootsteps, the gate first. Invalid ORCH_* settings stop
+the process here, naming the variable.
 """
 
 from __future__ import annotations
 
 import sys
 
-from orchestrator.celeryconf import create_app
+from celery import Celery
+
 from orchestrator.config import Settings, load_settings
 from orchestrator.errors import ConfigError
+from orchestrator.runtime.agent import AgentInit, AgentPresence
+from orchestrator.runtime.celeryconf import create_app
+from orchestrator.runtime.gate import GateStep
+from orchestrator.security.preflight import RedisPreflight
 
 
 def _load() -> Settings:
@@ -22,5 +29,13 @@ def _load() -> Settings:
         raise SystemExit(2) from None
 
 
+def install_worker_steps(celery_app: Celery) -> None:
+    celery_app.steps["worker"].add(GateStep)
+    celery_app.steps["worker"].add(RedisPreflight)
+    celery_app.steps["worker"].add(AgentInit)
+    celery_app.steps["consumer"].add(AgentPresence)
+
+
 settings = _load()
 app = create_app(settings)
+install_worker_steps(app)

@@ -9,16 +9,16 @@ from uuid import uuid4
 from celery import Celery
 from celery.result import AsyncResult
 
-from orchestrator.celeryconf import (
+from orchestrator.config import Settings, load_settings
+from orchestrator.models import RegisteredAgent, TaskRecord
+from orchestrator.routing.router import Router
+from orchestrator.runtime.celeryconf import (
     ROUTING_QUEUE,
     SUBMIT,
     create_app,
     execute_preparer,
     execute_publisher,
 )
-from orchestrator.config import Settings, load_settings
-from orchestrator.models import RegisteredAgent, TaskRecord
-from orchestrator.router import Router
 from orchestrator.store import StateStore
 
 

@@ -64,7 +64,7 @@ def redis_ssl_options(url: str) -> dict[str, Any] | None:
     """The TLS options a rediss:// URL asks for in its query, as Celery's `broker_use_ssl`
     and `redis_backend_use_ssl` take them; None for a URL without TLS.
 
-    Without them, kombu under our transport (orchestrator.transport) speaks plain TCP to a
+    Without them, kombu under our transport (orchestrator.runtime.transport) speaks plain TCP to a
     rediss:// broker, and Celery's result backend refuses the URL; given them, both verify
     the server against the system's CAs unless the query says otherwise, as redis-py does
     for the state store. The messages name the parameter, never the URL: it may hold a

@@ -284,7 +284,7 @@ ALLOWED_TASK_FIELDS = tuple(OrchestrationTask.model_fields)
 
 class ExecuteRequest(BaseModel):
     """The keyword arguments of `orchestrator.execute`, as routers publish them; a message
-    that breaks them was not published by a router (orchestrator.screen refuses it). The
+    that breaks them was not published by a router (orchestrator.security.screen refuses it). The
     payload's size is bounded by the message size the gate admits, not re-measured here."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -50,7 +50,7 @@ MAX_BODY_BYTES = 45_000
 MAX_DEPTH = 2_000
 #: README: a payload nests at most this many levels of objects and arrays ({} is one).
 PAYLOAD_MAX_DEPTH = 100
-#: The worker's gate refuses a message body nested deeper than this (orchestrator.screen):
+#: The worker's gate refuses a message body nested deeper than this (orchestrator.security.screen):
 #: past it, the worker itself could not hand the message on (pickle recursion).
 EDGE_MAX_DEPTH = 200
 

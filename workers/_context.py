@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from celery import Celery
 
-from orchestrator.agent import process_store
-from orchestrator.celeryconf import app_settings
 from orchestrator.config import Settings
+from orchestrator.runtime.agent import process_store
+from orchestrator.runtime.celeryconf import app_settings
 from orchestrator.store import StateStore
 
 

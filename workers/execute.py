@@ -21,16 +21,16 @@ from celery import Task
 from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded
 from kombu.exceptions import OperationalError
 
-from orchestrator.agent import RunningMarker, current_agent_id
 from orchestrator.app import app
 from orchestrator.config import Settings
 from orchestrator.errors import PermanentError, StoreUnavailable, TransientError
-from orchestrator.handlers import get_handler
 from orchestrator.models import CircuitBreakerConfig, TaskState
-from orchestrator.recovery import ErrorKind
-from orchestrator.stats import run_fields
+from orchestrator.monitoring.stats import run_fields
+from orchestrator.recovery.plan import ErrorKind
+from orchestrator.runtime.agent import RunningMarker, current_agent_id
+from orchestrator.runtime.handlers import get_handler
 from orchestrator.store import StateStore, now_s
-from orchestrator.telemetry import delegation_ms
+from orchestrator.store.telemetry import delegation_ms
 from workers._context import settings_of, store_of
 
 RECOVER = "orchestrator.recover"

@@ -1,8 +1,8 @@
-"""Monitoring tasks run by beat (SPEC section 9): thin wrappers around orchestrator.loops.
+"""Monitoring tasks run by beat (SPEC section 9): thin wrappers around monitoring.loops.
 
 Each task obeys its feature flag, holds its singleton lock for the run (a run that finds the
 lock held skips itself: the previous one is still going), records itself in the run log
-(`orchestrator.keys.MONITOR_RUNS`, what tests count ticks with), and returns the loop's
+(`orchestrator.store.keys.MONITOR_RUNS`, what tests count ticks with), and returns the loop's
 summary.
 """
 
@@ -14,10 +14,9 @@ from typing import Any
 
 from celery import Task
 
-from orchestrator.anomaly_loop import run_anomaly
 from orchestrator.app import app
-from orchestrator.beat import LOOPS_BY_TASK, lock_ttl_s
-from orchestrator.loops import (
+from orchestrator.monitoring.anomaly_loop import run_anomaly
+from orchestrator.monitoring.loops import (
     LoopContext,
     run_alerts,
     run_backup,
@@ -25,8 +24,9 @@ from orchestrator.loops import (
     run_security,
     run_sla,
 )
-from orchestrator.monitor_store import MonitorStore
+from orchestrator.monitoring.schedule import LOOPS_BY_TASK, lock_ttl_s
 from orchestrator.store import now_s
+from orchestrator.store.monitor import MonitorStore
 from workers._context import settings_of, store_of
 
 log = logging.getLogger(__name__)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from celery import Celery, Task
 
 from orchestrator.app import app
-from orchestrator.healer import Healer
-from orchestrator.recovery import ErrorKind
+from orchestrator.recovery.healer import Healer
+from orchestrator.recovery.plan import ErrorKind
 from orchestrator.store import now_s
 from workers.routing import router_for
 

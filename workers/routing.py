@@ -7,10 +7,10 @@ from typing import Any
 from celery import Celery, Task
 
 from orchestrator.app import app
-from orchestrator.celeryconf import execute_publisher
 from orchestrator.errors import ClientBlocked, InvalidTask, NoCapableAgent, RateLimited
 from orchestrator.models import TASK_ID_RE
-from orchestrator.router import Outcome, Router
+from orchestrator.routing.router import Outcome, Router
+from orchestrator.runtime.celeryconf import execute_publisher
 from orchestrator.store import now_s
 from workers._context import settings_of, store_of
 

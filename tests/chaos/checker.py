@@ -25,7 +25,7 @@ from typing import Any
 
 import redis
 
-from orchestrator.keys import DLQ, EVENTS, history_key, task_key
+from orchestrator.store.keys import DLQ, EVENTS, history_key, task_key
 
 TERMINAL_STATES = frozenset({"succeeded", "failed", "dead_lettered"})
 #: Event type -> the ledger end state it announces.

@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from orchestrator.keys import AGENTS
+from orchestrator.store.keys import AGENTS
 from tests.support import REPO_ROOT, CeleryProcess, hermetic_environ, wait_for
 
 WORKER_FLAGS = ["--without-gossip", "--without-mingle", "-l", "info"]

@@ -26,7 +26,7 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 
 from orchestrator.client import OrchestratorClient
 from orchestrator.config import load_settings
-from orchestrator.keys import DLQ
+from orchestrator.store.keys import DLQ
 from tests.chaos.checker import (
     ChaosReport,
     broker_holdings,

@@ -9,9 +9,14 @@ import sys
 
 import pytest
 
-from orchestrator.breaker import BreakerState, record_failure, record_success, to_redis_hash
 from orchestrator.models import CircuitBreakerConfig, CircuitBreakerState
-from orchestrator.outbound import CircuitBreakerError, circuit_breaker
+from orchestrator.recovery.breaker import (
+    BreakerState,
+    record_failure,
+    record_success,
+    to_redis_hash,
+)
+from orchestrator.recovery.outbound import CircuitBreakerError, circuit_breaker
 from orchestrator.store import StateStore
 from tests.integration.conftest import ledger
 from tests.support import wait_for
@@ -246,7 +251,7 @@ def test_outbound_circuit_breaker_is_shared_between_processes(redis_url):
     # Another process (here: a fresh interpreter) sees the same open breaker.
     script = (
         "from orchestrator.config import load_settings\n"
-        "from orchestrator.outbound import circuit_breaker\n"
+        "from orchestrator.recovery.outbound import circuit_breaker\n"
         f"b = circuit_breaker('payments-api', settings=load_settings(redis_url={redis_url!r}))\n"
         "print(b.current_state)\n"
     )
@@ -291,9 +296,9 @@ def test_manual_recover_agent_moves_its_queued_work_elsewhere(
 def test_open_recovery_plan_escalates_after_the_escalation_timeout(redis_url):
     """The recovery monitor dead-letters a task whose plan stays open past its deadline."""
     from orchestrator.config import load_settings
-    from orchestrator.healer import Healer
     from orchestrator.models import OrchestrationTask, RecoveryPlan, RecoveryTier, TaskState
-    from orchestrator.router import Router
+    from orchestrator.recovery.healer import Healer
+    from orchestrator.routing.router import Router
 
     settings = load_settings(redis_url=redis_url)
     store = StateStore.from_url(redis_url)
@@ -329,7 +334,7 @@ def test_a_failed_publish_leaves_the_submission_in_the_client_outbox(redis_url):
     outbox keeps the submission for the recovery monitor to send again by name."""
     from orchestrator.config import load_settings
     from orchestrator.models import OrchestrationTask, RegisteredAgent
-    from orchestrator.router import Router
+    from orchestrator.routing.router import Router
 
     def broker_down(*args, **kwargs):
         raise ConnectionError("broker unreachable")

@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from orchestrator.routing import wrr_step
+from orchestrator.routing.weights import wrr_step
 from orchestrator.store import StateStore
 from tests.support import free_port, wait_for
 

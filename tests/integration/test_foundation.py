@@ -14,7 +14,7 @@ from collections import Counter
 import pytest
 
 from orchestrator.errors import InvalidTask
-from orchestrator.keys import EVENTS
+from orchestrator.store.keys import EVENTS
 from tests.integration.conftest import ledger
 from tests.support import wait_for
 

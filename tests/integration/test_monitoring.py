@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from orchestrator.errors import InvalidTask
-from orchestrator.keys import EVENTS
+from orchestrator.store.keys import EVENTS
 from tests.support import REPO_ROOT, free_port, wait_for
 
 pytestmark = pytest.mark.integration
@@ -342,8 +342,8 @@ def labelled_dir(root: Path, n: int = 4000) -> tuple[dict[str, list[list[str]]],
 
 
 def test_anomaly_evaluate_scores_the_backtest_from_the_cli(orch_env, tmp_path):
-    from orchestrator.anomaly import backtest
-    from orchestrator.anomaly_eval import score_series, total
+    from orchestrator.monitoring.anomaly import backtest
+    from orchestrator.monitoring.anomaly_eval import score_series, total
 
     data = tmp_path / "data"
     windows, points = labelled_dir(data)
@@ -448,8 +448,8 @@ def test_every_handler_run_is_counted_once_in_telemetry(
     """Successes, permanent failures and failures handed to recovery each count once, with
     their run time; submit-to-start time only for first attempts; a duplicate runs nothing
     and counts nothing."""
-    from orchestrator.monitor_store import MonitorStore
-    from orchestrator.stats import parse_fields
+    from orchestrator.monitoring.stats import parse_fields
+    from orchestrator.store.monitor import MonitorStore
 
     start_control()
     start_agent("a", "echo,flaky,broken", concurrency=2)

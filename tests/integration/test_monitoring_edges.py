@@ -16,12 +16,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from orchestrator.anomaly_loop import find_regressions, run_anomaly
-from orchestrator.backup import list_backups, verify_backup
-from orchestrator.celeryconf import create_app
+from orchestrator.backup.archive import list_backups, verify_backup
 from orchestrator.config import load_settings
-from orchestrator.keys import ALERTS, EVENTS, METRICS_HISTORY, REGRESSIONS, SLO_ALERTS, task_key
-from orchestrator.loops import (
+from orchestrator.models import AlertState, TaskState
+from orchestrator.monitoring.anomaly_loop import find_regressions, run_anomaly
+from orchestrator.monitoring.loops import (
     LoopContext,
     run_alerts,
     run_backup,
@@ -29,8 +28,16 @@ from orchestrator.loops import (
     run_sla,
     sla_reports,
 )
-from orchestrator.models import AlertState, TaskState
-from orchestrator.stats import run_fields, sum_fields
+from orchestrator.monitoring.stats import run_fields, sum_fields
+from orchestrator.runtime.celeryconf import create_app
+from orchestrator.store.keys import (
+    ALERTS,
+    EVENTS,
+    METRICS_HISTORY,
+    REGRESSIONS,
+    SLO_ALERTS,
+    task_key,
+)
 
 pytestmark = pytest.mark.integration
 BASE = 1_800_000_000.0  # a minute boundary

@@ -21,10 +21,10 @@ import pytest
 import redis
 import yaml
 
-from orchestrator.celeryconf import CONTROL_QUEUES, EXECUTE, SUBMIT, create_app
 from orchestrator.config import load_settings
-from orchestrator.keys import COUNTERS, KOMBU_UNACKED, POISON, POISON_MSG, queue_lists
-from orchestrator.transport import captured_pushes
+from orchestrator.runtime.celeryconf import CONTROL_QUEUES, EXECUTE, SUBMIT, create_app
+from orchestrator.runtime.transport import captured_pushes
+from orchestrator.store.keys import COUNTERS, KOMBU_UNACKED, POISON, POISON_MSG, queue_lists
 from tests.support import wait_for
 
 pytestmark = pytest.mark.integration

@@ -16,16 +16,16 @@ import pytest
 import redis
 from celery import Celery
 
-from orchestrator.celeryconf import MONITORING_QUEUE, ROUTING_QUEUE, create_app
 from orchestrator.client import OrchestratorClient
 from orchestrator.config import Settings, load_settings
 from orchestrator.errors import ClientBlocked, InvalidTask, RateLimited
-from orchestrator.keys import COUNTERS, EVENTS, POISON, POISON_MSG, SECURITY_CHECKED
-from orchestrator.loops import LoopContext, run_alerts, run_security
 from orchestrator.models import RegisteredAgent
-from orchestrator.router import Router
-from orchestrator.security import Bucket, take_token
+from orchestrator.monitoring.loops import LoopContext, run_alerts, run_security
+from orchestrator.routing.router import Router
+from orchestrator.runtime.celeryconf import MONITORING_QUEUE, ROUTING_QUEUE, create_app
+from orchestrator.security.policy import Bucket, take_token
 from orchestrator.store import StateStore
+from orchestrator.store.keys import COUNTERS, EVENTS, POISON, POISON_MSG, SECURITY_CHECKED
 from tests.integration.conftest import WORKER_FLAGS
 from tests.support import free_port, wait_for
 

@@ -28,11 +28,11 @@ from celery.security.key import PrivateKey
 from celery.security.serialization import DEFAULT_SEPARATOR, SecureSerializer
 from kombu.serialization import loads, registry
 
-from orchestrator.celeryconf import EXECUTE, SUBMIT, create_app
 from orchestrator.client import OrchestratorClient
 from orchestrator.config import load_settings
-from orchestrator.keys import KOMBU_UNACKED, POISON, POISON_MSG, queue_lists
-from orchestrator.transport import Push, captured_pushes
+from orchestrator.runtime.celeryconf import EXECUTE, SUBMIT, create_app
+from orchestrator.runtime.transport import Push, captured_pushes
+from orchestrator.store.keys import KOMBU_UNACKED, POISON, POISON_MSG, queue_lists
 from tests.support import free_port, wait_for
 from tests.unit.test_signing_settings import Identity, openssl_identity
 
@@ -267,7 +267,7 @@ def test_unsigned_foreign_and_tampered_messages_run_nothing(
     redis_url: str,
     pki: dict[str, Identity],
 ) -> None:
-    """Waits for the gate (orchestrator.gate): refused at the point where kombu decodes."""
+    """Waits for the gate (orchestrator.runtime.gate): refused at the point where kombu decodes."""
     hive, stranger = pki["hive"], pki["stranger"]
     control = start_control(concurrency=1, **hive.env())
     agent = start_agent("alpha", "echo,count", **hive.env())

@@ -13,8 +13,8 @@ import redis
 
 from orchestrator.client import OrchestratorClient
 from orchestrator.config import load_settings
-from orchestrator.keys import COUNTERS, EVENTS, OUTBOX, OUTBOX_MSG, history_key, task_key
 from orchestrator.models import RegisteredAgent
+from orchestrator.store.keys import COUNTERS, EVENTS, OUTBOX, OUTBOX_MSG, history_key, task_key
 
 pytestmark = pytest.mark.integration
 
@@ -102,8 +102,8 @@ def test_a_routed_task_whose_message_vanished_is_routed_again_and_only_that_one(
     nowhere. The recovery monitor routes such a task again (a new dispatch, so a copy that
     does turn up is stale); a task whose message waits in a queue, is held by a worker, has
     started, or was routed recently is left alone."""
-    from orchestrator.healer import Healer
-    from orchestrator.keys import KOMBU_UNACKED
+    from orchestrator.recovery.healer import Healer
+    from orchestrator.store.keys import KOMBU_UNACKED
 
     register(redis_url)
     settings = load_settings(

@@ -34,7 +34,7 @@ from celery import Celery
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from kombu.utils import json as kombu_json
 
-from orchestrator.keys import COUNTERS, PARKED, POISON, task_key
+from orchestrator.store.keys import COUNTERS, PARKED, POISON, task_key
 from tests.fuzz_specs import (
     MAX_BODY_BYTES,
     MAX_DEPTH,

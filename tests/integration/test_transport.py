@@ -12,7 +12,7 @@ import pytest
 import redis
 from kombu import Connection, Consumer, Exchange, Message, Producer, Queue
 
-from orchestrator.transport import TRANSPORT, Channel, captured_pushes
+from orchestrator.runtime.transport import TRANSPORT, Channel, captured_pushes
 from tests.support import wait_for
 
 pytestmark = pytest.mark.integration

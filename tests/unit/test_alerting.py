@@ -2,7 +2,9 @@ import math
 
 import pytest
 
-from orchestrator.alerting import (
+from orchestrator.errors import ConfigError
+from orchestrator.models import AlertRule, AlertState, ProductionAlert, ProductionMetrics
+from orchestrator.monitoring.alerting import (
     BUILTIN_RULES,
     Transition,
     alertmanager_payload,
@@ -16,8 +18,6 @@ from orchestrator.alerting import (
     rfc3339,
     to_alertmanager,
 )
-from orchestrator.errors import ConfigError
-from orchestrator.models import AlertRule, AlertState, ProductionAlert, ProductionMetrics
 
 P, F, R = AlertState.PENDING, AlertState.FIRING, AlertState.RESOLVED
 

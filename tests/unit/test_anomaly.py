@@ -4,7 +4,7 @@ import random
 import pytest
 from pydantic import ValidationError
 
-from orchestrator.anomaly import (
+from orchestrator.monitoring.anomaly import (
     SCORE_UNIT,
     DetectorParams,
     DetectorState,

@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from orchestrator.anomaly_eval import (
+from orchestrator.monitoring.anomaly_eval import (
     PUBLISHED,
     Score,
     check_timestamps,

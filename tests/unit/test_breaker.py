@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.breaker import (
+from orchestrator.models import CircuitBreakerConfig, CircuitBreakerState
+from orchestrator.recovery.breaker import (
     Admission,
     BreakerState,
     BreakerTransition,
@@ -16,7 +17,6 @@ from orchestrator.breaker import (
     to_redis_hash,
     would_admit,
 )
-from orchestrator.models import CircuitBreakerConfig, CircuitBreakerState
 
 CLOSED, OPEN, HALF = (
     CircuitBreakerState.CLOSED,

@@ -268,7 +268,8 @@ def test_dockerfile_builds_a_small_non_root_image() -> None:
 def test_dockerfile_copies_everything_the_package_is_built_from() -> None:
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
     setuptools = pyproject["tool"]["setuptools"]
-    needed = {f"{package}/" for package in setuptools["packages"]}
+    included = setuptools["packages"]["find"]["include"]
+    needed = {f"{package.split('.')[0]}/" for package in included}
     needed |= {f"{module}.py" for module in setuptools.get("py-modules", [])}
     needed |= {"pyproject.toml", pyproject["project"]["readme"]}
     copied: set[str] = set()

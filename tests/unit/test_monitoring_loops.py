@@ -9,9 +9,7 @@ import math
 import pytest
 
 from beat_schedule import build_beat_schedule
-from orchestrator.alerting import builtin_rules, evaluate_rules
-from orchestrator.anomaly_loop import minute_points
-from orchestrator.backup import (
+from orchestrator.backup.archive import (
     BackupError,
     backup_name,
     list_backups,
@@ -19,14 +17,16 @@ from orchestrator.backup import (
     to_prune,
     verify_backup,
 )
-from orchestrator.beat import LOOPS, lock_ttl_s, redbeat_config
+from orchestrator.cli.exporter import EXPORT_BOUNDS_MS
 from orchestrator.config import load_settings
 from orchestrator.errors import ConfigError
-from orchestrator.exporter import EXPORT_BOUNDS_MS
 from orchestrator.models import AlertState, SLATarget
-from orchestrator.sla_html import line_chart, render_sla_html
-from orchestrator.slo import THIRTY_DAYS, SLAReport, burn_alert_rules
-from orchestrator.stats import LATENCY_BOUNDS_MS, parse_fields, run_fields, sum_fields
+from orchestrator.monitoring.alerting import builtin_rules, evaluate_rules
+from orchestrator.monitoring.anomaly_loop import minute_points
+from orchestrator.monitoring.report import line_chart, render_sla_html
+from orchestrator.monitoring.schedule import LOOPS, lock_ttl_s, redbeat_config
+from orchestrator.monitoring.slo import THIRTY_DAYS, SLAReport, burn_alert_rules
+from orchestrator.monitoring.stats import LATENCY_BOUNDS_MS, parse_fields, run_fields, sum_fields
 
 SPEC_ENTRIES = {
     "alert-evaluation": ("orchestrator.monitor.alerts", 30.0),

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import redis
 
-from orchestrator.celeryconf import celery_config, create_app
 from orchestrator.config import load_settings, redis_ssl_options
 from orchestrator.errors import ConfigError
-from orchestrator.preflight import (
+from orchestrator.runtime.celeryconf import celery_config, create_app
+from orchestrator.security.preflight import (
     RedisTarget,
     classify_failure,
     preflight,

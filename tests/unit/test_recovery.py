@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from orchestrator.models import AgentStatus, RecoveryTier, RegisteredAgent
-from orchestrator.recovery import (
+from orchestrator.recovery.plan import (
     ErrorKind,
     backoff_delay,
     capable,

@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from orchestrator.regression import detect_regression, mann_whitney_u
+from orchestrator.monitoring.regression import detect_regression, mann_whitney_u
 
 
 def noise(n, seed, mu=100.0, sigma=5.0):

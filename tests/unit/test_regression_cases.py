@@ -9,7 +9,7 @@ from bench.regression_sim import (
     simulate,
     summarise,
 )
-from orchestrator.regression import (
+from orchestrator.monitoring.regression import (
     CLEAR_SHIFT,
     MIN_SHIFT,
     RECENT_MINUTES,
@@ -17,8 +17,8 @@ from orchestrator.regression import (
     minute_median,
     split_window,
 )
-from orchestrator.stats import bucket_index
-from orchestrator.telemetry import MINUTE_WINDOW_MAX_S
+from orchestrator.monitoring.stats import bucket_index
+from orchestrator.store.telemetry import MINUTE_WINDOW_MAX_S
 
 CHANGE = WINDOW_MINUTES  # the change comes once the window holds a full six hours
 

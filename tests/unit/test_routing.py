@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from orchestrator.models import AgentStatus, CircuitBreakerState, RegisteredAgent
-from orchestrator.routing import (
+from orchestrator.routing.weights import (
     agent_weight,
     effective_status,
     integer_weights,

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from orchestrator.agent import RunningMarker
+from orchestrator.runtime.agent import RunningMarker
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.screen import TaskPolicy, check_envelope, check_task_message, excerpt
+from orchestrator.security.screen import TaskPolicy, check_envelope, check_task_message, excerpt
 
 GOOD: dict[str, Any] = {
     "body": "W1tdLCB7fSwge31d",
@@ -171,7 +171,7 @@ def test_excerpt(raw: bytes, shown: str) -> None:
 )
 def test_poison_ids_never_look_like_task_ids(entry_id: str, poison: bool) -> None:
     from orchestrator.models import TASK_ID_RE
-    from orchestrator.store_dlq import is_poison_id
+    from orchestrator.store.dlq import is_poison_id
 
     assert is_poison_id(entry_id) is poison
     assert bool(TASK_ID_RE.match(entry_id)) is not poison
@@ -198,7 +198,7 @@ def test_a_message_nested_too_deep_is_refused(queue: str, headers: Any, body: An
     """Found by the submission fuzzer: a worker hands each message to its pool by pickling
     it, and pickle's recursion (at ~500 levels) killed the worker for good; the message came
     back after the restart and killed it again."""
-    from orchestrator.screen import MAX_MESSAGE_DEPTH
+    from orchestrator.security.screen import MAX_MESSAGE_DEPTH
 
     got = check_task_message(queue, headers, body, POLICY)
     assert got is not None and f"nested deeper than {MAX_MESSAGE_DEPTH} levels" in got, got
@@ -226,13 +226,13 @@ def test_a_keyword_argument_named_self_is_refused() -> None:
     [(b"[[], {}, {}]", 4), ('[[{"a": "[x"}]]', 4), (b"7", 0), (None, None), ("", 0)],
 )
 def test_depth_bound_counts_every_opening_bracket(encoded: Any, bound: int | None) -> None:
-    from orchestrator.screen import depth_bound
+    from orchestrator.security.screen import depth_bound
 
     assert depth_bound(encoded) == bound
 
 
 def test_a_deep_body_is_refused_whatever_bound_is_given_above_the_limit() -> None:
-    from orchestrator.screen import MAX_MESSAGE_DEPTH
+    from orchestrator.security.screen import MAX_MESSAGE_DEPTH
 
     deep: Any = {}
     for _ in range(MAX_MESSAGE_DEPTH + 5):

@@ -10,7 +10,7 @@ import pytest
 from orchestrator.config import load_settings, mask_password
 from orchestrator.errors import ClientBlocked, ConfigError, RateLimited
 from orchestrator.models import ProductionEventSeverity as Sev
-from orchestrator.security import (
+from orchestrator.security.policy import (
     AuditFacts,
     Bucket,
     Finding,
@@ -477,7 +477,7 @@ def test_the_conf_reply_of_remote_control_shows_no_settings_password() -> None:
     repr: it must not carry the Redis passwords."""
     from celery.worker import control
 
-    from orchestrator.celeryconf import create_app
+    from orchestrator.runtime.celeryconf import create_app
 
     settings = load_settings(
         redis_url="redis://:hunter2@10.0.0.1:6379/0", state_url="redis://:s3cret@10.0.0.2/1"

@@ -18,9 +18,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from orchestrator.celeryconf import celery_config
 from orchestrator.config import SIGNING_VARIABLES, load_settings
 from orchestrator.errors import ConfigError
+from orchestrator.runtime.celeryconf import celery_config
 
 URL = "redis://127.0.0.1:1/0"  # never connected to: settings only
 

@@ -3,7 +3,7 @@ from pydantic import ValidationError
 
 from orchestrator.errors import ConfigError
 from orchestrator.models import SLATarget
-from orchestrator.slo import (
+from orchestrator.monitoring.slo import (
     BUILTIN_TARGETS,
     BURN_RATE_POLICIES,
     THIRTY_DAYS,

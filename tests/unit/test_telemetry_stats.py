@@ -8,9 +8,8 @@ import math
 import pytest
 
 from orchestrator.models import ProductionMetrics, SLATarget, SystemHealth
-from orchestrator.monitor_store import window_slots
-from orchestrator.slo import WindowCounts
-from orchestrator.stats import (
+from orchestrator.monitoring.slo import WindowCounts
+from orchestrator.monitoring.stats import (
     LATENCY_BOUNDS_MS,
     OVERFLOW,
     assess_health,
@@ -26,7 +25,8 @@ from orchestrator.stats import (
     sum_fields,
     window_counts,
 )
-from orchestrator.telemetry import delegation_ms
+from orchestrator.store.monitor import window_slots
+from orchestrator.store.telemetry import delegation_ms
 
 
 def idx(ms: float) -> int:

@@ -1,0 +1,1 @@
+"""Backups of the orchestrator's Redis state: create, list, verify."""

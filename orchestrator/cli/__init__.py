@@ -1,0 +1,1 @@
+"""The `orchestrator` command: its verbs, `orchestrator dev` and the Prometheus exporter."""

@@ -1,0 +1,243 @@
+"""`orchestrator dev`: the whole stack on one machine, as child processes it supervises."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator.cli.embedded import reachable, start_redis
+from orchestrator.config import Settings
+
+console = Console()
+
+# Demo agents: every one runs echo, at different proficiencies, so the weighted sequence shows.
+DEMO_AGENTS = [
+    ("agent-1", "echo=1.0,sleep=1.0,fail=1.0"),
+    ("agent-2", "echo=0.6,sleep=0.8"),
+    ("agent-3", "echo=0.3,fail=0.5"),
+]
+DEMO_HANDLERS = "examples.handlers"
+STOP_GRACE_S = 20.0
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    log: IO[bytes] | None = field(default=None, repr=False)
+    restart_at: float | None = None
+    backoff_s: float = 1.0
+
+    def start(self) -> None:
+        self.log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the child
+        self.proc = subprocess.Popen(
+            self.argv,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal_group(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+
+
+def celery_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "orchestrator.app", *args]
+
+
+class DevStack:
+    def __init__(
+        self,
+        settings: Settings,
+        run_dir: str,
+        n_agents: int = 3,
+        flower_port: int = 5555,
+        beat: bool = True,
+        flower: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.run_dir = Path(run_dir).resolve()
+        self.logs = self.run_dir / "logs"
+        self.n_agents = n_agents
+        self.flower_port = flower_port
+        self.beat = beat
+        self.flower = flower
+        self.children: list[Child] = []
+        self.redis_proc: subprocess.Popen[bytes] | None = None
+        self._stopping = False
+
+    def _env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_AGENT_")}
+        env.update({"ORCH_REDIS_URL": self.settings.redis_url, "PYTHONUNBUFFERED": "1"})
+        env.update(extra)
+        return env
+
+    def plan(self) -> list[Child]:
+        children = [
+            Child(
+                "control",
+                celery_argv("worker", "-n", "control@%h", "-c", "2", "-l", "info"),
+                self._env(),
+                self.logs / "control.log",
+            )
+        ]
+        for i in range(self.n_agents):
+            agent_id, caps = DEMO_AGENTS[i % len(DEMO_AGENTS)]
+            if i >= len(DEMO_AGENTS):
+                agent_id = f"agent-{i + 1}"
+            children.append(
+                Child(
+                    agent_id,
+                    celery_argv("worker", "-n", f"{agent_id}@%h", "-c", "2", "-l", "info"),
+                    self._env(
+                        ORCH_AGENT_ID=agent_id,
+                        ORCH_AGENT_CAPABILITIES=caps,
+                        ORCH_HANDLERS=DEMO_HANDLERS,
+                    ),
+                    self.logs / f"{agent_id}.log",
+                )
+            )
+        if self.beat:
+            children.append(
+                Child(
+                    "beat",
+                    celery_argv("beat", "-l", "info"),
+                    self._env(),
+                    self.logs / "beat.log",
+                )
+            )
+        if self.flower:
+            flower_env = self._env()
+            if "FLOWER_BASIC_AUTH" not in flower_env:
+                # Loopback only, for local use: the API is open so curl examples work.
+                flower_env["FLOWER_UNAUTHENTICATED_API"] = "true"
+            children.append(
+                Child(
+                    "flower",
+                    celery_argv("flower", f"--port={self.flower_port}", "--address=127.0.0.1"),
+                    flower_env,
+                    self.logs / "flower.log",
+                )
+            )
+        return children
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self._stopping = True
+
+    def run(self) -> int:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        url = self.settings.redis_url
+        try:
+            if reachable(url):
+                console.print(f"Redis: using the server at {url}")
+            else:
+                console.print(f"Redis: nothing answers at {url}; starting an embedded one")
+                self.redis_proc = start_redis(url, self.run_dir / "redis", self.logs / "redis.log")
+            self.children = self.plan()
+            for child in self.children:
+                child.start()
+            self._banner()
+            while not self._stopping:
+                for child in self.children:
+                    self._supervise(child)
+                time.sleep(0.5)
+        finally:
+            self.stop()
+        return 0
+
+    def _supervise(self, child: Child) -> None:
+        """Restart a child that died, as a container runtime's restart policy would, with a
+        backoff that doubles up to a minute so a child that cannot start does not spin."""
+        if child.proc is None or child.proc.poll() is None:
+            return
+        now = time.monotonic()
+        if child.restart_at is None:
+            console.print(
+                f"[red]{child.name} exited with {child.proc.returncode}; restarting "
+                f"in {child.backoff_s:.0f}s (log: {child.log_path})[/]"
+            )
+            child.restart_at = now + child.backoff_s
+        elif now >= child.restart_at:
+            child.close()
+            child.start()
+            child.restart_at = None
+            child.backoff_s = min(60.0, child.backoff_s * 2)
+
+    def stop(self) -> None:
+        console.print("stopping: warm shutdown of every child (Ctrl-C again is ignored)")
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for child in reversed(self.children):
+            child.signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for child in self.children:
+            if child.proc is None:
+                continue
+            try:
+                child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                console.print(f"{child.name} did not stop in {STOP_GRACE_S:.0f}s: killing it")
+                child.signal_group(signal.SIGKILL)
+                child.proc.wait()
+            child.close()
+        if self.redis_proc is not None:
+            self.redis_proc.terminate()
+            try:
+                self.redis_proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.redis_proc.kill()
+                self.redis_proc.wait()
+        console.print("stopped")
+
+    def _banner(self) -> None:
+        table = Table("role", "pid", "where", "log", title="Hive Orchestrator (dev)")
+        table.add_row(
+            "redis",
+            str(self.redis_proc.pid) if self.redis_proc else "-",
+            self.settings.redis_url,
+            str(self.logs / "redis.log"),
+        )
+        for child in self.children:
+            where = ""
+            if child.name == "flower":
+                where = f"http://127.0.0.1:{self.flower_port}  (metrics: /metrics)"
+            elif child.name.startswith("agent"):
+                where = child.env.get("ORCH_AGENT_CAPABILITIES", "")
+            pid = str(child.proc.pid) if child.proc else "-"
+            table.add_row(child.name, pid, where, str(child.log_path))
+        console.print(table)
+        console.print(
+            "Submit a task:  .venv/bin/orchestrator submit echo --payload '{\"x\": 1}' --wait\n"
+            "Agents:         .venv/bin/orchestrator agents\n"
+            "Events:         .venv/bin/orchestrator events --follow\n"
+            f"Flower API:     curl -X POST http://127.0.0.1:{self.flower_port}/api/task/send-task/"
+            "orchestrator.submit -H 'Content-Type: application/json' "
+            '-d \'{"kwargs": {"type": "echo", "payload": {"x": 1}}}\'\n'
+            "Ctrl-C stops everything."
+        )

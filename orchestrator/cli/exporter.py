@@ -1,0 +1,211 @@
+"""`orchestrator exporter`: cluster-level Prometheus metrics, read from Redis at each scrape.
+
+A custom collector, so every scrape reflects Redis at that moment and the exporter keeps no
+state: any number of exporters may run. Names start with `orchestrator_`; times are in
+seconds, as Prometheus expects (the snapshot's `*_ms` figures are divided by 1000).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from orchestrator.models import AgentStatus, SystemHealth
+from orchestrator.monitoring.loops import LoopContext
+from orchestrator.monitoring.snapshot import gather
+from orchestrator.monitoring.stats import LATENCY_BOUNDS_MS, OVERFLOW, TypeStats, parse_fields
+from orchestrator.store import now_s
+from orchestrator.store.keys import SLA_HISTORY
+
+log = logging.getLogger(__name__)
+
+# Coarse, exact buckets of the telemetry histograms (1-2.5-5 x 10^k ms up to 1000 s).
+EXPORT_BOUNDS_MS = tuple(
+    b
+    for b in LATENCY_BOUNDS_MS
+    if 1 <= b <= 1e6 and round(b / 10 ** math.floor(math.log10(b)), 6) in (1.0, 2.5, 5.0)
+)
+_GAUGES = (
+    # snapshot field, metric name, help, scale
+    ("queue_depth", "queue_depth", "Tasks waiting in agent queues (all priorities, unacked)", 1),
+    ("parked_tasks", "parked_tasks", "Tasks parked until a capable agent appears", 1),
+    ("dead_letters", "dead_letters", "Tasks in the dead-letter store", 1),
+    ("error_rate", "error_rate", "Failed share of handler runs in the metrics window", 1),
+    ("throughput_per_s", "throughput_per_second", "Handler runs per second (window)", 1),
+    ("delegation_p95_ms", "delegation_p95_seconds", "p95 submit-to-start time (window)", 1e-3),
+    ("circuits_open", "circuits_open", "Agents whose circuit breaker is open", 1),
+    ("alerts_firing", "alerts_firing", "Alerts firing", 1),
+    ("security_threats", "security_threats", "Security findings of severity error/critical", 1),
+    ("anomalies_active", "anomalies_active", "Metric series in an anomalous episode", 1),
+    ("regressions_active", "regressions_active", "Task types with a latency regression", 1),
+    ("backup_age_s", "backup_age_seconds", "Seconds since the newest backup", 1),
+)
+
+
+def _histogram(name: str, doc: str, per_type: dict[str, TypeStats], delegation: bool) -> Metric:
+    family = HistogramMetricFamily(name, doc, labels=["type"])
+    for kind, stats in sorted(per_type.items()):
+        hist = stats.delegation if delegation else stats.latency
+        if not hist:
+            continue
+        buckets: list[tuple[str, float]] = []
+        for bound in EXPORT_BOUNDS_MS:
+            cumulative = sum(
+                n for i, n in hist.items() if i < OVERFLOW and LATENCY_BOUNDS_MS[i] <= bound
+            )
+            buckets.append((f"{bound / 1000:g}", float(cumulative)))
+        buckets.append(("+Inf", float(sum(hist.values()))))
+        total_us = stats.dsum if delegation else stats.lsum
+        family.add_metric([kind], buckets, sum_value=total_us / 1e6)
+    return family
+
+
+class OrchestratorCollector:
+    """Reads the snapshot, counters and cumulative telemetry at every scrape."""
+
+    def __init__(self, ctx: LoopContext) -> None:
+        self.ctx = ctx
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("orchestrator_up", "1 when Redis answered this scrape")
+        try:
+            metrics = list(self._collect())
+        except Exception as exc:  # a scrape must answer even when Redis does not
+            log.warning("scrape failed: %s", exc)
+            up.add_metric([], 0.0)
+            yield up
+            return
+        up.add_metric([], 1.0)
+        yield up
+        yield from metrics
+
+    def _collect(self) -> Iterator[Metric]:
+        ctx = self.ctx
+        snap = gather(ctx.store, ctx.mon, ctx.settings, now_s())
+        m = snap.metrics
+        agents = GaugeMetricFamily(
+            "orchestrator_agents", "Registered agents by effective status", labels=["status"]
+        )
+        for status in AgentStatus:
+            agents.add_metric([status.value], float(sum(a.status is status for a in snap.agents)))
+        yield agents
+        for field_name, name, doc, scale in _GAUGES:
+            yield GaugeMetricFamily(
+                f"orchestrator_{name}", doc, value=float(getattr(m, field_name)) * scale
+            )
+        latency = GaugeMetricFamily(
+            "orchestrator_task_latency_seconds",
+            "Handler run time quantiles over the metrics window",
+            labels=["quantile"],
+        )
+        for q, value in (
+            ("0.5", m.latency_p50_ms),
+            ("0.95", m.latency_p95_ms),
+            ("0.99", m.latency_p99_ms),
+        ):
+            latency.add_metric([q], value / 1000)
+        yield latency
+        health = GaugeMetricFamily(
+            "orchestrator_health", "1 for the current health", labels=["state"]
+        )
+        for state in SystemHealth:
+            health.add_metric([state.value], 1.0 if m.health is state else 0.0)
+        yield health
+        depth = GaugeMetricFamily(
+            "orchestrator_agent_queue_depth", "Tasks waiting per agent", labels=["agent"]
+        )
+        score = GaugeMetricFamily(
+            "orchestrator_agent_performance_score", "Routing performance score", labels=["agent"]
+        )
+        for a in snap.agents:
+            depth.add_metric([a.agent_id], float(snap.depths.get(a.queue, 0)))
+            score.add_metric([a.agent_id], a.performance_score)
+        yield depth
+        yield score
+        alerts = GaugeMetricFamily(
+            "orchestrator_alert",
+            "1 per pending or firing alert",
+            labels=["alertname", "severity", "state"],
+        )
+        for alert in snap.alerts:
+            alerts.add_metric([alert.name, alert.severity.value, alert.state.value], 1.0)
+        yield alerts
+        yield from self._counters()
+        yield from self._sla()
+
+    def _counters(self) -> Iterator[Metric]:
+        events = CounterMetricFamily(
+            "orchestrator_tasks", "Task lifecycle events since the start", labels=["event"]
+        )
+        for name, value in sorted(self.ctx.store.counters().items()):
+            events.add_metric([name], float(value))
+        yield events
+        totals = parse_fields(self.ctx.mon.totals())
+        runs = CounterMetricFamily(
+            "orchestrator_task_runs", "Handler runs by type and outcome", labels=["type", "outcome"]
+        )
+        for kind, stats in sorted(totals.types.items()):
+            runs.add_metric([kind, "succeeded"], float(stats.ok))
+            runs.add_metric([kind, "failed"], float(stats.fail))
+            runs.add_metric([kind, "recovered"], float(stats.rec))
+        yield runs
+        yield _histogram("orchestrator_task_run_seconds", "Handler run time", totals.types, False)
+        yield _histogram(
+            "orchestrator_task_delegation_seconds", "Submit-to-start time", totals.types, True
+        )
+
+    def _sla(self) -> Iterator[Metric]:
+        latest = self.ctx.mon.history(SLA_HISTORY, 1)
+        compliant = GaugeMetricFamily(
+            "orchestrator_sla_compliant",
+            "1 when the SLA target was met at the last evaluation",
+            labels=["slo"],
+        )
+        budget = GaugeMetricFamily(
+            "orchestrator_sla_error_budget_remaining",
+            "Share of the error budget left",
+            labels=["slo"],
+        )
+        targets: dict[str, Any] = latest[-1]["targets"] if latest else {}
+        for name, point in sorted(targets.items()):
+            compliant.add_metric([name], 1.0 if point.get("compliant") else 0.0)
+            budget.add_metric([name], float(point.get("budget", 1.0)))
+        yield compliant
+        yield budget
+
+
+def serve(ctx: LoopContext, address: str, port: int, ready: threading.Event | None = None) -> None:
+    """Serve /metrics until SIGINT or SIGTERM, then shut the server down cleanly."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(OrchestratorCollector(ctx))
+    server, thread = start_http_server(port, addr=address, registry=registry)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    log.info("exporter serving http://%s:%d/metrics", address, server.server_port)
+    if ready is not None:
+        ready.set()
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,357 @@
+"""The `orchestrator` command: start roles, submit work, and read the cluster's state."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+from rich.table import Table
+
+from orchestrator.cli import common
+from orchestrator.config import parse_capabilities
+from orchestrator.errors import InvalidTask, OrchestratorError, UnknownTask
+
+console = common.console
+err_console = common.err_console
+_settings = common.settings
+_print_json = common.print_json
+_preflight = common.preflight
+_store = common.store
+_fmt_ts = common.fmt_ts
+
+
+def _exec_celery(args: list[str], env: dict[str, str]) -> None:
+    """Replace this process with celery, so signals (Ctrl-C, SIGTERM) reach it directly."""
+    argv = [sys.executable, "-m", "celery", "-A", "orchestrator.app", *args]
+    os.execvpe(argv[0], argv, {**os.environ, **env})
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="hive-orchestrator")
+def main() -> None:
+    """Hive Orchestrator: capability-weighted task routing for agent fleets.
+
+    Configuration comes from ORCH_* environment variables (or .env); see the README.
+    """
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option(
+    "--capabilities",
+    "-c",
+    required=True,
+    help="name=proficiency,... (0 < p <= 1; a bare name means 1.0)",
+)
+@click.option("--handlers", default=None, help="Modules to import handlers from (ORCH_HANDLERS).")
+@click.option("--id", "agent_id", default=None, help="Agent id (default: the worker hostname).")
+@click.option("--concurrency", type=click.IntRange(min=1), default=None)
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def agent(
+    capabilities: str,
+    handlers: str | None,
+    agent_id: str | None,
+    concurrency: int | None,
+    celery_args: tuple[str, ...],
+) -> None:
+    """Start an agent worker (extra arguments go to `celery worker`)."""
+    try:
+        parse_capabilities(capabilities)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--capabilities") from None
+    env = {"ORCH_AGENT_CAPABILITIES": capabilities}
+    if handlers:
+        env["ORCH_HANDLERS"] = handlers
+    if agent_id:
+        env["ORCH_AGENT_ID"] = agent_id
+    args = ["worker", "-l", "info"]
+    if agent_id:
+        args += ["-n", f"{agent_id}@%h"]
+    if concurrency:
+        args += ["-c", str(concurrency)]
+    _exec_celery([*args, *celery_args], env)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def control(celery_args: tuple[str, ...]) -> None:
+    """Start a control worker (routing, recovery, monitoring queues)."""
+    _exec_celery(
+        ["worker", "-n", "control@%h", "-l", "info", *celery_args], {"ORCH_AGENT_CAPABILITIES": ""}
+    )
+
+
+@main.command()
+@click.argument("task_type")
+@click.option("--payload", default="{}", help="JSON object given to the handler.")
+@click.option("--priority", type=int, default=None, help="0-9, 9 is most urgent (default 5).")
+@click.option("--task-id", default=None, help="Your own id (idempotent resubmission).")
+@click.option(
+    "--capability",
+    "capabilities",
+    multiple=True,
+    help="Required capability (repeatable; default: the task type).",
+)
+@click.option("--timeout", "timeout_s", type=float, default=None, help="Handler timeout, s.")
+@click.option("--max-retries", type=int, default=None)
+@click.option("--affinity-key", default=None)
+@click.option("--client-id", default="cli")
+@click.option("--wait", is_flag=True, help="Wait for the result and print it.")
+@click.option("--wait-timeout", type=float, default=300.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def submit(
+    task_type: str,
+    payload: str,
+    priority: int | None,
+    task_id: str | None,
+    capabilities: tuple[str, ...],
+    timeout_s: float | None,
+    max_retries: int | None,
+    affinity_key: str | None,
+    client_id: str,
+    wait: bool,
+    wait_timeout: float,
+    as_json: bool,
+) -> None:
+    """Submit a task of TASK_TYPE; prints its id (and its result with --wait)."""
+    from orchestrator.client import OrchestratorClient
+    from orchestrator.models import parse_task
+
+    try:
+        body = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--payload") from None
+    fields: dict[str, Any] = {"client_id": client_id}
+    for name, value in (
+        ("priority", priority),
+        ("task_id", task_id),
+        ("timeout_s", timeout_s),
+        ("max_retries", max_retries),
+        ("affinity_key", affinity_key),
+    ):
+        if value is not None:
+            fields[name] = value
+    if capabilities:
+        fields["required_capabilities"] = list(capabilities)
+    settings = _settings()
+    try:  # the router checks again; checking here too gives the error before a round trip
+        parse_task({"type": task_type, "payload": body, **fields}, settings.max_payload_bytes)
+    except InvalidTask as exc:
+        raise click.ClickException(str(exc)) from None
+    _preflight(settings)
+    with OrchestratorClient(settings=settings) as client:
+        try:
+            result = client.submit(task_type, body, **fields)
+        except OrchestratorError as exc:  # RateLimited, ClientBlocked, the store unreachable
+            raise click.ClickException(str(exc)) from None
+        if not wait:
+            _print_json({"task_id": result.id}) if as_json else click.echo(result.id)
+            return
+        try:
+            value = result.get(timeout=wait_timeout, propagate=True)
+        except Exception as exc:
+            if as_json:
+                _print_json({"task_id": result.id, "state": "failed", "error": str(exc)})
+            raise click.ClickException(f"task {result.id} failed: {exc}") from None
+        if as_json:
+            _print_json({"task_id": result.id, "state": "succeeded", "result": value})
+        else:
+            click.echo(f"{result.id}: {json.dumps(value)}")
+
+
+@main.command()
+@click.argument("task_id")
+@click.option("--json", "as_json", is_flag=True)
+def task(task_id: str, as_json: bool) -> None:
+    """Show a task's ledger entry: state, agent, attempts, history."""
+    try:
+        record = _store(_settings()).task_record(task_id)
+    except UnknownTask as exc:
+        raise click.ClickException(str(exc)) from None
+    except OrchestratorError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        _print_json(record.model_dump(mode="json"))
+        return
+    console.print(
+        f"[bold]{record.task_id}[/] {record.type}: [bold]{record.state.value}[/] "
+        f"on {record.agent_id or '-'} after {record.attempts} attempt(s)"
+    )
+    if record.error:
+        console.print(f"error: {record.error}")
+    table = Table("time", "state", "details")
+    for entry in record.history:
+        details = {k: v for k, v in entry.items() if k not in ("ts", "state")}
+        table.add_row(
+            _fmt_ts(entry.get("ts")),
+            str(entry.get("state")),
+            json.dumps(details) if details else "",
+        )
+    console.print(table)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def agents(as_json: bool) -> None:
+    """List agents: capabilities, status, circuit, performance."""
+    from orchestrator.routing.weights import effective_status
+    from orchestrator.store import now_s
+
+    settings = _settings()
+    try:
+        found = _store(settings).load_agents()
+    except OrchestratorError as exc:
+        raise click.ClickException(str(exc)) from None
+    now = now_s()
+    for a in found:
+        a.status = effective_status(a, now, settings.agent_timeout_s)
+    if as_json:
+        _print_json([a.model_dump(mode="json") for a in found])
+        return
+    table = Table(
+        "agent",
+        "status",
+        "capabilities",
+        "circuit",
+        "score",
+        "ok",
+        "failed",
+        "latency ms",
+        "in flight",
+        "heartbeat",
+    )
+    for a in found:
+        caps = ", ".join(f"{n}={p:g}" for n, p in sorted(a.capabilities.items()))
+        table.add_row(
+            a.agent_id,
+            a.status.value,
+            caps,
+            a.circuit.value,
+            f"{a.performance_score:.2f}",
+            str(a.tasks_succeeded),
+            str(a.tasks_failed),
+            "-" if a.latency_ms is None else f"{a.latency_ms:.1f}",
+            str(a.in_flight),
+            f"{now - a.last_heartbeat:.1f}s ago",
+        )
+    console.print(table if found else "no agents registered")
+
+
+@main.command()
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events (Ctrl-C stops).")
+@click.option("--type", "types", multiple=True, help="Only events of this type (repeatable).")
+@click.option("--count", "-n", type=int, default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def events(follow: bool, types: tuple[str, ...], count: int, as_json: bool) -> None:
+    """Read the event stream (orchestrator:events)."""
+    from orchestrator.models import OrchestrationEvent
+
+    store = _store(_settings())
+
+    def show(event: OrchestrationEvent) -> None:
+        if types and event.type not in types:
+            return
+        if as_json:
+            click.echo(event.model_dump_json())
+        else:
+            click.echo(
+                f"{_fmt_ts(event.ts)} {event.severity.value:8} {event.type:20} "
+                f"{event.source:24} {json.dumps(event.data, default=str)}"
+            )
+
+    try:
+        recent = store.tail_events(count if not types else count * 20)
+        for event in (
+            recent[-count:] if not types else [e for e in recent if e.type in types][-count:]
+        ):
+            show(event)
+        if follow:
+            last = recent[-1].id if recent and recent[-1].id else "$"
+            while True:
+                last, batch = store.follow_events(last)
+                for event in batch:
+                    show(event)
+    except KeyboardInterrupt:
+        pass
+    except OrchestratorError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.option("--task", "task_id", default=None, help="Re-route this task now.")
+@click.option(
+    "--agent",
+    "agent_id",
+    default=None,
+    help="Treat this agent as lost: move everything it holds elsewhere.",
+)
+def recover(task_id: str | None, agent_id: str | None) -> None:
+    """Trigger recovery by hand (runs on a control worker)."""
+    from orchestrator.runtime.celeryconf import create_app
+
+    if bool(task_id) == bool(agent_id):
+        raise click.UsageError("give exactly one of --task or --agent")
+    settings = _settings()
+    sender = create_app(settings, with_tasks=False)
+    if task_id:
+        if not _store(settings).task_exists(task_id):
+            raise click.ClickException(f"no task {task_id!r} in the ledger")
+        sender.send_task(
+            "orchestrator.recover", kwargs={"task_id": task_id, "kind": "crash", "error": "manual"}
+        )
+        click.echo(f"recovery of task {task_id} requested")
+    else:
+        sender.send_task(
+            "orchestrator.recover_agent", kwargs={"agent_id": agent_id, "reason": "manual"}
+        )
+        click.echo(f"recovery of agent {agent_id} requested")
+
+
+@main.command()
+@click.option(
+    "--agents",
+    "n_agents",
+    type=click.IntRange(0, 16),
+    default=3,
+    show_default=True,
+    help="Demo agents running examples/handlers.py.",
+)
+@click.option("--flower-port", type=int, default=5555, show_default=True)
+@click.option("--no-beat", is_flag=True, help="Do not start celery beat.")
+@click.option("--no-flower", is_flag=True, help="Do not start Flower.")
+@click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False),
+    default=".run",
+    show_default=True,
+    help="Where logs and the embedded Redis's data go.",
+)
+def dev(n_agents: int, flower_port: int, no_beat: bool, no_flower: bool, run_dir: str) -> None:
+    """Start everything locally (Redis if none answers, control, agents, beat, Flower)."""
+    from orchestrator.cli.dev import DevStack
+
+    stack = DevStack(
+        _settings(),
+        run_dir=run_dir,
+        n_agents=n_agents,
+        flower_port=flower_port,
+        beat=not no_beat,
+        flower=not no_flower,
+    )
+    sys.exit(stack.run())
+
+
+def _register_extensions() -> None:
+    from orchestrator.cli import dlq as cli_dlq
+    from orchestrator.cli import monitor as cli_monitor
+
+    cli_dlq.register(main)
+    cli_monitor.register(main)
+
+
+_register_extensions()
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,480 @@
+"""CLI verbs of the monitoring loops (status, alerts, sla, anomaly, security, backup, exporter).
+
+Each verb reads what the loops store (or computes the same read-only figures live) through
+orchestrator.monitoring.loops; `--json` prints machine-readable output, otherwise a table.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator.cli import common
+from orchestrator.config import Settings
+from orchestrator.errors import OrchestratorError
+
+console = common.console
+_settings = common.settings
+_json = common.print_json
+
+
+def _ctx(settings: Settings | None = None) -> Any:
+    from orchestrator.monitoring.loops import LoopContext
+
+    return LoopContext.from_settings(settings or _settings())
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _guard(fn: Any) -> Any:
+    """Turn the orchestrator's own errors (Redis down, a bad rules file) into clean exits."""
+    import functools
+
+    import redis
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (OrchestratorError, redis.RedisError) as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+@_guard
+def status(as_json: bool) -> None:
+    """The current metrics snapshot and health."""
+    from orchestrator.monitoring.snapshot import gather
+    from orchestrator.store import now_s
+
+    ctx = _ctx()
+    metrics = gather(ctx.store, ctx.mon, ctx.settings, now_s()).metrics
+    if as_json:
+        _json(metrics.model_dump(mode="json"))
+        return
+    table = Table("metric", "value", title=f"health: {metrics.health.value}")
+    for name, value in metrics.model_dump(mode="json").items():
+        if name not in ("ts", "health"):
+            table.add_row(name, f"{value:.4g}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
+def _alert_rows(ctx: Any) -> list[dict[str, Any]]:
+    order = {"firing": 0, "pending": 1, "resolved": 2}
+    alerts = sorted(ctx.mon.all_alerts(), key=lambda a: (order[a.state.value], a.name))
+    return [
+        {
+            "name": a.name,
+            "state": a.state.value,
+            "severity": a.severity.value,
+            "value": a.value,
+            "since": a.since,
+            "labels": a.labels,
+            "_ack": a.acknowledged,
+        }
+        for a in alerts
+    ]
+
+
+@click.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@_guard
+def alerts(click_ctx: click.Context, as_json: bool) -> None:
+    """Alerts pending or firing (and those resolved at the last evaluation)."""
+    if click_ctx.invoked_subcommand is not None:
+        return
+    rows = _alert_rows(_ctx())
+    if as_json:
+        _json([{k: v for k, v in r.items() if k != "_ack"} for r in rows])
+        return
+    if not rows:
+        console.print("no alerts")
+        return
+    table = Table("name", "state", "severity", "value", "since", "ack", "labels")
+    for r in rows:
+        extra = {k: v for k, v in r["labels"].items() if k not in ("alertname", "severity")}
+        table.add_row(
+            r["name"],
+            r["state"],
+            r["severity"],
+            "-" if r["value"] is None else f"{r['value']:.4g}",
+            _when(r["since"]),
+            "yes" if r["_ack"] else "",
+            json.dumps(extra) if extra else "",
+        )
+    console.print(table)
+
+
+@alerts.command("ack")
+@click.argument("alert_id")
+@_guard
+def alerts_ack(alert_id: str) -> None:
+    """Acknowledge ALERT_ID (its name) for its current episode."""
+    from orchestrator.models import AlertState
+    from orchestrator.store.keys import ALERTS, SLO_ALERTS
+
+    ctx = _ctx()
+    for key in (ALERTS, SLO_ALERTS):
+        stored = ctx.mon.alerts(key)
+        alert = stored.get(alert_id)
+        if alert is None or alert.state is AlertState.RESOLVED:
+            continue
+        since = alert.active_since if alert.active_since is not None else alert.since
+        ctx.mon.ack(alert_id, since)
+        stored[alert_id] = alert.model_copy(update={"acknowledged": True})
+        ctx.mon.save_alerts(stored, key)
+        click.echo(f"acknowledged {alert_id} ({alert.state.value} since {_when(since)})")
+        return
+    raise click.ClickException(
+        f"no pending or firing alert named {alert_id!r} (see `orchestrator alerts`)"
+    )
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Write a self-contained HTML report with charts to this file.",
+)
+@_guard
+def sla(as_json: bool, html_file: str | None) -> None:
+    """SLA targets: SLI, compliance, error budget left, burn rates."""
+    from orchestrator.monitoring.loops import sla_reports
+    from orchestrator.monitoring.report import render_sla_html
+    from orchestrator.store import now_s
+    from orchestrator.store.keys import SLA_HISTORY
+
+    ctx = _ctx()
+    now = now_s()
+    reports = sla_reports(ctx, now)
+    if html_file:
+        page = render_sla_html(
+            reports, ctx.mon.history(SLA_HISTORY, ctx.settings.metrics_history_len), now
+        )
+        Path(html_file).write_text(page, encoding="utf-8")
+        if not as_json:
+            click.echo(f"wrote {html_file}")
+    fields = (
+        "name",
+        "sli",
+        "objective",
+        "value",
+        "compliant",
+        "error_budget_remaining",
+        "burn_rates",
+    )
+    if as_json:
+        _json([r.model_dump(mode="json", include=set(fields)) for r in reports])
+        return
+    if html_file:
+        return
+    table = Table("target", "SLI", "objective", "value", "compliant", "budget left", "burn rates")
+    for r in reports:
+        table.add_row(
+            r.name,
+            r.sli,
+            f"{r.objective:g}",
+            "-" if r.value is None else f"{r.value:.4g}",
+            "yes" if r.compliant else "[red]NO[/]",
+            f"{r.error_budget_remaining:.1%}",
+            " ".join(f"{k}={v:.2f}" for k, v in r.burn_rates.items()),
+        )
+    console.print(table)
+
+
+@click.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@_guard
+def security(click_ctx: click.Context, as_json: bool) -> None:
+    """Security findings (as the security loop last saw them) and the threat counters."""
+    if click_ctx.invoked_subcommand is not None:
+        return
+    from orchestrator.monitoring.loops import security_report
+    from orchestrator.store import now_s
+
+    report = security_report(_ctx(), now_s())
+    if as_json:
+        _json(report)
+        return
+    c = report["counters"]
+    console.print(
+        f"in the last {report['window_s']:g}s: rejected {c['rejected']}, rate-limited "
+        f"{c['rate_limited']}, refused while blocked {c['refused_while_blocked']}, poison "
+        f"{c['poison']}; threshold {report['threshold']} per client; security loop last ran "
+        f"{_when(report['checked_at'])}"
+    )
+    findings = Table("id", "severity", "summary", "since", title="findings")
+    for f in report["findings"]:
+        findings.add_row(f["id"], f["severity"], f["summary"], _when(f["since"]))
+    console.print(findings if report["findings"] else "no findings")
+    if report["rejections"] or report["blocked"]:
+        table = Table("client", "rejected in window", "rate-limited", "threat", "blocked until")
+        flagged = {t["client_id"] for t in report["threats"]}
+        for client in sorted({*report["rejections"], *report["blocked"]}):
+            table.add_row(
+                client,
+                str(report["rejections"].get(client, 0)),
+                str(report["rate_limited"].get(client, 0)),
+                "[red]yes[/]" if client in flagged else "",
+                _when(report["blocked"].get(client)),
+            )
+        console.print(table)
+
+
+@security.command("unblock")
+@click.argument("client_id")
+@click.option("--json", "as_json", is_flag=True)
+@_guard
+def security_unblock(client_id: str, as_json: bool) -> None:
+    """Lift CLIENT_ID's block (ORCH_SECURITY_AUTO_BLOCK) now."""
+    ctx = _ctx()
+    lifted = ctx.store.unblock_client(client_id)
+    if as_json:
+        _json({"client_id": client_id, "unblocked": lifted})
+    elif lifted:
+        click.echo(f"unblocked {client_id}: its submissions are accepted again")
+    else:
+        click.echo(f"{client_id} was not blocked")
+
+
+@click.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@_guard
+def anomaly(click_ctx: click.Context, as_json: bool) -> None:
+    """Series in an anomalous episode and task types with a regression (or: backtest, evaluate)."""
+    if click_ctx.invoked_subcommand is not None:
+        return
+    ctx = _ctx()
+    states = ctx.mon.detector_states()
+    report = {
+        "episodes": sorted(n for n, e in states.items() if e.get("state", {}).get("in_episode")),
+        "series": len(states),
+        "regressions": ctx.mon.regressions(),
+    }
+    if as_json:
+        _json(report)
+        return
+    console.print(f"{report['series']} series watched")
+    console.print(f"in an anomalous episode: {', '.join(report['episodes']) or 'none'}")
+    console.print(f"regressions: {', '.join(report['regressions']) or 'none'}")
+
+
+SENSITIVITY = click.option(
+    "--sensitivity",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="How far beyond its recent range a point must lie to page, in 0.45 noise scales: "
+    "higher = fewer, surer pages (default ORCH_ANOMALY_DETECTION_SENSITIVITY, 2.0).",
+)
+
+
+@anomaly.command("backtest")
+@click.argument("csv_file", type=click.Path(exists=True, dir_okay=False))
+@SENSITIVITY
+@click.option("--json", "as_json", is_flag=True)
+def anomaly_backtest(csv_file: str, sensitivity: float | None, as_json: bool) -> None:
+    """Replay a `timestamp,value` CSV through the live detector; print where it would page."""
+    from orchestrator.monitoring.anomaly import backtest, read_series_csv
+
+    if sensitivity is None:
+        sensitivity = _settings().anomaly_detection_sensitivity
+    try:
+        points = read_series_csv(Path(csv_file).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise click.ClickException(f"{csv_file}: {exc}") from None
+    fired = backtest(points, sensitivity)
+    if as_json:
+        _json(fired)
+        return
+    click.echo(f"{len(points)} points, sensitivity {sensitivity:g}: {len(fired)} episode(s)")
+    for ts in fired:
+        click.echo(ts)
+
+
+@anomaly.command("evaluate")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--labels",
+    "labels_file",
+    type=click.Path(exists=True, dir_okay=False),
+    required=True,
+    help='JSON: {"series.csv": [[start, end], ...], ...}, paths relative to DIRECTORY.',
+)
+@SENSITIVITY
+@click.option("--json", "as_json", is_flag=True)
+def anomaly_evaluate(
+    directory: str, labels_file: str, sensitivity: float | None, as_json: bool
+) -> None:
+    """Backtest every labelled series in DIRECTORY and score it: windows hit and missed,
+    false flags, and the simplified NAB score (per series and in total)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from orchestrator.monitoring.anomaly_eval import (
+        evaluate,
+        missing_series,
+        read_labelled,
+        read_labels,
+        total,
+        unlabelled_series,
+    )
+
+    if sensitivity is None:
+        sensitivity = _settings().anomaly_detection_sensitivity
+    root = Path(directory)
+    err = Console(stderr=True)
+    try:
+        labels = read_labels(Path(labels_file))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    missing = missing_series(root, labels)
+    if missing:
+        raise click.ClickException(
+            f"{len(missing)} labelled series not found in {root}: {', '.join(missing)}"
+        )
+    ignored = unlabelled_series(root, labels)
+    if ignored:
+        click.echo(
+            f"note: {len(ignored)} CSV file(s) in {root} have no labels and are ignored: "
+            + ", ".join(ignored),
+            err=True,
+        )
+    progress = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
+    with progress:
+        task = progress.add_task("evaluating", total=len(labels))
+
+        def announced() -> Iterator[Any]:
+            for series in read_labelled(root, labels):
+                progress.update(task, description=series[0])
+                yield series
+
+        def advance(_score: Any) -> None:
+            progress.advance(task)
+
+        try:
+            scores = evaluate(announced(), sensitivity, on_series=advance)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+    summed = total(scores)
+    if as_json:
+        _json(
+            {
+                "sensitivity": sensitivity,
+                "series": [s.model_dump() for s in scores],
+                "total": summed.model_dump(),
+            }
+        )
+        return
+    table = Table(title=f"sensitivity {sensitivity:g}")
+    table.add_column("series", overflow="fold")
+    for column in ("points", "windows", "hit", "missed", "false flags", "score"):
+        table.add_column(column, justify="right")
+    for i, s in enumerate([*scores, summed]):
+        score = "-" if s.score is None else f"{s.score:.1f}"
+        counts = (s.points, s.windows, s.hit, s.missed, s.false_flags)
+        table.add_row(s.name, *map(str, counts), score, end_section=i == len(scores) - 1)
+    if console.is_terminal:
+        console.print(table)
+        return
+    # Piped into a file, the table takes the width it needs: whole series names, one per line.
+    wide = console.measure(table, options=console.options.update_width(10_000)).maximum
+    Console(width=max(console.width, wide)).print(table)
+
+
+@click.group()
+def backup() -> None:
+    """Backups of the orchestrator's Redis state (ORCH_BACKUP_DIR)."""
+
+
+@backup.command("create")
+@click.option("--json", "as_json", is_flag=True)
+@_guard
+def backup_create(as_json: bool) -> None:
+    """Write a backup now (as the backup loop does) and print where."""
+    from orchestrator.monitoring.loops import run_backup
+    from orchestrator.store import now_s
+
+    info = run_backup(_ctx(), now_s())
+    if as_json:
+        _json(info)
+    else:
+        click.echo(f"{info['path']}  sha256 {info['sha256']}")
+
+
+@backup.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def backup_list(as_json: bool) -> None:
+    """Backups in ORCH_BACKUP_DIR, oldest first."""
+    from orchestrator.backup.archive import list_backups
+
+    found = list_backups(_settings().backup_dir)
+    if as_json:
+        _json([b.public() for b in found])
+        return
+    table = Table("path", "created", "bytes", "sha256")
+    for b in found:
+        table.add_row(b.path, _when(b.created_at), str(b.bytes), b.sha256[:16])
+    console.print(table if found else "no backups")
+
+
+@backup.command("verify")
+@click.argument("path", type=click.Path(dir_okay=False))
+def backup_verify(path: str) -> None:
+    """Check a backup's checksum and contents; non-zero exit when damaged."""
+    from orchestrator.backup.archive import BackupError, verify_backup
+
+    try:
+        info = verify_backup(path)
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"ok: {info.keys} keys, sha256 {info.sha256}")
+
+
+@click.command()
+@click.option("--port", type=click.IntRange(0, 65535), default=None, help="ORCH_EXPORTER_PORT")
+@click.option("--address", default=None, help="ORCH_EXPORTER_ADDRESS")
+def exporter(port: int | None, address: str | None) -> None:
+    """Serve cluster-level Prometheus metrics on /metrics (Ctrl-C stops)."""
+    import logging
+
+    from orchestrator.cli.exporter import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    settings = _settings()
+    port = settings.exporter_port if port is None else port
+    address = settings.exporter_address if address is None else address
+    try:
+        serve(_ctx(settings), address, port)
+    except OSError as exc:
+        raise click.ClickException(f"cannot serve on {address}:{port}: {exc}") from None
+    click.echo("exporter stopped")
+
+
+def register(group: click.Group) -> None:
+    """Attach this module's commands to the `orchestrator` group."""
+    for command in (status, alerts, sla, security, anomaly, backup, exporter):
+        group.add_command(command)

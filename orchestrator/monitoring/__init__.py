@@ -1,0 +1,1 @@
+"""Monitoring: alerts, SLOs, anomalies, regressions (pure) and the beat loops running them."""

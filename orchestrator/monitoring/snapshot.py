@@ -1,0 +1,95 @@
+"""The metrics snapshot (`ProductionMetrics`, SPEC section 9), gathered cheaply from Redis.
+
+Read-only: `orchestrator status`, the exporter and the alert loop all call `gather`; only the
+alert loop stores the result in the bounded history.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from orchestrator.config import Settings
+from orchestrator.models import (
+    AgentStatus,
+    AlertState,
+    CircuitBreakerState,
+    ProductionAlert,
+    ProductionMetrics,
+    RegisteredAgent,
+)
+from orchestrator.monitoring.stats import assess_health, run_figures
+from orchestrator.routing.weights import effective_status
+from orchestrator.store import StateStore
+from orchestrator.store.keys import MONITOR_SINCE
+from orchestrator.store.monitor import MonitorStore
+
+
+@dataclass
+class Snapshot:
+    """The metrics plus what they were computed from (the loops reuse it)."""
+
+    metrics: ProductionMetrics
+    agents: list[RegisteredAgent] = field(default_factory=list)
+    depths: dict[str, int] = field(default_factory=dict)  # agent queue -> depth
+    alerts: list[ProductionAlert] = field(default_factory=list)
+
+    def capability_depths(self) -> dict[str, int]:
+        """Tasks waiting for the agents offering each capability (an agent with several
+        capabilities counts toward each)."""
+        out: dict[str, int] = {}
+        for agent in self.agents:
+            for cap in agent.capabilities:
+                out[cap] = out.get(cap, 0) + self.depths.get(agent.queue, 0)
+        return out
+
+
+def backup_age_s(mon: MonitorStore, now: float) -> float:
+    """Seconds since the newest backup; without one, since monitoring first ran (so a
+    deployment whose backups never succeed still trips BackupStale), else 0."""
+    last = mon.last_backup().get("created_at")
+    if last is not None:
+        return max(0.0, now - float(last))
+    since = mon.r.get(MONITOR_SINCE)
+    return max(0.0, now - float(since)) if since is not None else 0.0
+
+
+def gather(store: StateStore, mon: MonitorStore, settings: Settings, now: float) -> Snapshot:
+    agents = store.load_agents()
+    for agent in agents:
+        agent.status = effective_status(agent, now, settings.agent_timeout_s)
+    statuses = [a.status for a in agents]
+    depths = mon.queue_depths([a.queue for a in agents])
+    parked, dead = mon.backlog()
+    stats, span = mon.window(settings.metrics_window_s, now)
+    runs = run_figures(stats.of(None), span)
+    alerts = mon.all_alerts()
+    firing = [a for a in alerts if a.state is AlertState.FIRING]
+    episodes = mon.detector_states()
+    metrics = ProductionMetrics(
+        ts=now,
+        agents_total=len(agents),
+        agents_active=statuses.count(AgentStatus.ACTIVE),
+        agents_sleeping=statuses.count(AgentStatus.SLEEPING),
+        agents_quarantined=statuses.count(AgentStatus.QUARANTINED),
+        agents_offline=statuses.count(AgentStatus.OFFLINE),
+        queue_depth=sum(depths.values()),
+        parked_tasks=parked,
+        dead_letters=dead,
+        tasks_succeeded=runs.succeeded,
+        tasks_failed=runs.failed,
+        tasks_retried=runs.retried,
+        error_rate=runs.error_rate,
+        throughput_per_s=runs.throughput_per_s,
+        latency_p50_ms=runs.p50,
+        latency_p95_ms=runs.p95,
+        latency_p99_ms=runs.p99,
+        delegation_p95_ms=runs.delegation_p95,
+        circuits_open=sum(1 for a in agents if a.circuit is CircuitBreakerState.OPEN),
+        alerts_firing=len(firing),
+        backup_age_s=backup_age_s(mon, now),
+        security_threats=len(mon.threats()),
+        anomalies_active=sum(1 for s in episodes.values() if s.get("state", {}).get("in_episode")),
+        regressions_active=len(mon.regressions()),
+    )
+    metrics.health = assess_health(metrics, (a.severity.value for a in firing))
+    return Snapshot(metrics=metrics, agents=agents, depths=depths, alerts=alerts)

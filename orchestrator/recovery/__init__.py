@@ -1,0 +1,1 @@
+"""Recovery: breakers and plans (pure), the healer, and handlers' outbound breakers."""

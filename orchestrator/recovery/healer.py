@@ -1,0 +1,240 @@
+"""The healer: carries out recovery plans and takes work away from lost agents.
+
+`recovery.plan_recovery` decides (pure); this applies the decision through the router and the
+store. The Celery tasks in workers/recovery.py are thin wrappers around these methods.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+
+from orchestrator.errors import OrchestratorError, UnknownTask
+from orchestrator.models import (
+    AgentStatus,
+    ProductionEventSeverity,
+    RecoveryPlan,
+    RecoveryTier,
+    RegisteredAgent,
+    TaskState,
+)
+from orchestrator.recovery.plan import ErrorKind, plan_recovery
+from orchestrator.routing.router import Router
+from orchestrator.routing.weights import effective_status
+
+log = logging.getLogger(__name__)
+
+FailTask = Callable[[str, Exception], None]
+
+
+class RecoveryEscalated(OrchestratorError):
+    """The final failure of a task that recovery gave up on (it is in the dead-letter store)."""
+
+
+class Healer:
+    def __init__(
+        self, router: Router, fail_task: FailTask, rng: random.Random | None = None
+    ) -> None:
+        self.router = router
+        self.store = router.store
+        self.settings = router.settings
+        self.fail_task = fail_task
+        self.rng = rng or random.Random()
+        self._rescue_at = float("-inf")  # when rescue_vanished last scanned
+
+    # --- one failed task -----------------------------------------------------------------
+
+    def recover_task(
+        self, task_id: str, kind: ErrorKind, agent_id: str | None, error: str, now: float
+    ) -> RecoveryPlan | None:
+        fields = self.store.task_fields(task_id)
+        if not fields or TaskState(fields["state"]).terminal:
+            return None
+        spec = self.store.load_spec(task_id)
+        fleet = self.router.fleet(now, fresh=True)
+        breaker = self.store.circuit(agent_id) if agent_id else None
+        plan = plan_recovery(
+            task_id=task_id,
+            error_kind=kind,
+            attempts=int(fields.get("attempts", 0)),
+            max_retries=spec.max_retries,
+            failed_agent=agent_id,
+            failed_agents_for_task=self.store.failed_agents(task_id),
+            agents=self.router.eligible(spec, fleet, now),
+            required_capabilities=spec.required_capabilities,
+            agent_recent_failures=breaker.outcomes.count("F") if breaker else 0,
+            quarantine_threshold=self.settings.quarantine_failures,
+            now=now,
+            rng=self.rng,
+            base_delay_s=self.settings.retry_base_delay_s,
+            max_delay_s=self.settings.retry_max_delay_s,
+            escalation_timeout_s=self.settings.recovery_escalation_timeout,
+        )
+        plan = plan.model_copy(
+            update={"reason": f"{plan.reason} ({error})" if error else plan.reason}
+        )
+        self.store.save_plan(plan)
+        self.store.event(
+            "recovery.started",
+            now,
+            "recovery",
+            task_id=task_id,
+            tier=plan.tier.value,
+            agent_id=agent_id,
+            target=plan.target_agent,
+            kind=kind.value,
+            delay_s=round(plan.delay_s, 3),
+            reason=plan.reason,
+        )
+        self.apply(plan, now)
+        return plan
+
+    def apply(self, plan: RecoveryPlan, now: float) -> None:
+        if plan.tier is RecoveryTier.ESCALATE:
+            self.escalate(plan.task_id, plan.reason, now)
+            return
+        if plan.tier is RecoveryTier.QUARANTINE and plan.failed_agent:
+            self.quarantine(plan.failed_agent, plan.reason, now)
+        fleet = self.router.fleet(now, fresh=True)
+        agents = fleet.by_id()
+        target = plan.failed_agent if plan.tier is RecoveryTier.RETRY else plan.target_agent
+        if target in agents:
+            spec = self.store.load_spec(plan.task_id)
+            outcome = self.router.dispatch(
+                spec, agents[target], now, countdown=plan.delay_s, tier=plan.tier.value
+            )
+            if outcome.status == "routed":
+                return
+        # The planned agent vanished meanwhile: route anywhere but the agents that failed it.
+        self.router.reroute(
+            plan.task_id,
+            now,
+            fleet,
+            exclude=self.store.failed_agents(plan.task_id),
+            tier=plan.tier.value,
+        )
+
+    def escalate(self, task_id: str, reason: str, now: float) -> None:
+        try:
+            spec = self.store.load_spec(task_id)
+        except UnknownTask:
+            return
+        if self.store.finish(
+            task_id, TaskState.DEAD_LETTERED, None, now, error=reason, task_type=spec.type
+        ):
+            self.store.event(
+                "recovery.escalated",
+                now,
+                "recovery",
+                severity=ProductionEventSeverity.CRITICAL,
+                task_id=task_id,
+                reason=reason,
+            )
+            self.fail_task(task_id, RecoveryEscalated(f"task {task_id} dead-lettered: {reason}"))
+
+    # --- agents --------------------------------------------------------------------------
+
+    def quarantine(self, agent_id: str, reason: str, now: float) -> None:
+        if self.store.quarantine(agent_id, now + self.settings.quarantine_s, now, reason):
+            self.move_queued(agent_id, now, only_queued=True)
+
+    def move_queued(self, agent_id: str, now: float, only_queued: bool) -> int:
+        """Re-route the agent's tasks elsewhere: those still waiting in its queue, and with
+        only_queued=False those it was running too (it is gone)."""
+        moved = 0
+        fleet = self.router.fleet(now, fresh=True)
+        for task_id in self.store.inflight(agent_id):
+            state = self.store.task_fields(task_id).get("state")
+            movable = (
+                {TaskState.ROUTED.value}
+                if only_queued
+                else {TaskState.ROUTED.value, TaskState.RUNNING.value}
+            )
+            if state in movable:
+                outcome = self.router.reroute(
+                    task_id, now, fleet, exclude={agent_id}, moved_from=agent_id
+                )
+                moved += outcome.status in ("routed", "parked")
+        return moved
+
+    def agent_lost(self, agent_id: str, now: float, reason: str) -> int:
+        """Mark the agent offline and move everything it held; empty its queue."""
+        self.store.set_status(
+            agent_id,
+            AgentStatus.OFFLINE,
+            now,
+            "recovery",
+            event="agent.lost",
+            severity=ProductionEventSeverity.ERROR,
+            reason=reason,
+        )
+        moved = self.move_queued(agent_id, now, only_queued=False)
+        fleet = self.store.load_agents()
+        queue = next((a.queue for a in fleet if a.agent_id == agent_id), None)
+        if queue is not None:
+            self.store.purge_agent_queue(queue)
+        log.warning("agent %s lost (%s): %d task(s) re-routed", agent_id, reason, moved)
+        return moved
+
+    def rescue_vanished(self, agent: RegisteredAgent, now: float) -> int:
+        """Route again the agent's tasks `routed` for over twice the visibility timeout whose
+        message is nowhere in Redis (lost between kombu's pop and its unacked record by a
+        Redis restart); each only if still `routed` under the dispatch judged, so a copy that
+        started meanwhile never runs twice. Needs the broker on the state store's Redis.
+        The scan reads the agent's in-flight tasks and, when one is old enough, its queue: it
+        runs at most every half visibility timeout, not at every monitor tick."""
+        if not self.settings.broker_is_state_store:
+            return 0
+        routed_before = now - 2 * self.settings.visibility_timeout_s
+        rescued = 0
+        lost = self.store.vanished(agent.agent_id, agent.queue, routed_before)
+        for task_id, dispatch in lost.items():
+            outcome = self.router.reroute(
+                task_id, now, expect_dispatch=dispatch, reason="message lost"
+            )
+            if outcome.status == "routed":
+                rescued += 1
+                log.warning("task %s: message lost; routed again", task_id)
+        return rescued
+
+    def monitor(self, now: float) -> dict[str, int]:
+        """The periodic sweep: lost agents, tasks stranded on offline agents, messages lost
+        to a Redis restart, overdue plans."""
+        lost = escalated = moved = rescued = 0
+        rescue = now - self._rescue_at >= self.settings.visibility_timeout_s / 2
+        if rescue:
+            self._rescue_at = now
+        for agent in self.store.load_agents():
+            stale = now - agent.last_heartbeat > self.settings.agent_timeout_s
+            if (
+                agent.status is AgentStatus.ACTIVE
+                and effective_status(agent, now, self.settings.agent_timeout_s)
+                is AgentStatus.OFFLINE
+            ):
+                lost += 1
+                moved += self.agent_lost(
+                    agent.agent_id, now, f"no heartbeat for {now - agent.last_heartbeat:.1f}s"
+                )
+            elif (
+                agent.status is AgentStatus.OFFLINE
+                and (stale or not agent.last_heartbeat)
+                and self.store.inflight(agent.agent_id)
+            ):
+                # Deregistered (warm shutdown) or lost earlier: whatever it still holds once
+                # its heartbeat is stale will not finish there.
+                moved += self.move_queued(agent.agent_id, now, only_queued=False)
+            elif agent.status is AgentStatus.ACTIVE and rescue:
+                rescued += self.rescue_vanished(agent, now)
+        for plan in self.store.overdue_plans(now):
+            state = self.store.task_fields(plan.task_id).get("state")
+            if state and not TaskState(state).terminal:
+                escalated += 1
+                self.escalate(
+                    plan.task_id,
+                    f"recovery unfinished after "
+                    f"{self.settings.recovery_escalation_timeout:.0f}s "
+                    f"({plan.tier.value}: {plan.reason})",
+                    now,
+                )
+        return {"lost": lost, "moved": moved, "escalated": escalated, "rescued": rescued}

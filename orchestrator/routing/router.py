@@ -1,0 +1,350 @@
+"""The router: validate, record, pick an agent, and hand the task to a publisher.
+
+It sits between the pure decisions (`routing`) and the Celery edge: publishing is a callable
+passed in, so the same router serves `orchestrator.submit`, the parked-task sweep, and the
+recovery tasks that re-route work away from failed or lost agents.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from orchestrator.config import Settings
+from orchestrator.errors import ClientBlocked, InvalidTask, NoCapableAgent, RateLimited, UnknownTask
+from orchestrator.models import (
+    CircuitBreakerState,
+    OrchestrationStrategy,
+    OrchestrationTask,
+    RegisteredAgent,
+    TaskState,
+    parse_task,
+)
+from orchestrator.monitoring.stats import client_label
+from orchestrator.recovery.breaker import BreakerState, would_admit
+from orchestrator.routing.weights import (
+    integer_weights,
+    is_eligible,
+    pick_least_loaded,
+    pick_power_of_two,
+)
+from orchestrator.store import Fleet, StateStore
+
+AFFINITY_TTL_S = 24 * 3600
+FLEET_CACHE_S = 0.2  # how stale a router's view of circuits and heartbeats may be
+
+
+class Publisher(Protocol):
+    """Publishes the task to the agent; returns the broker's handle of the message (for
+    Celery, the AsyncResult send_task made: already subscribed to the result)."""
+
+    def __call__(
+        self, task: OrchestrationTask, agent: RegisteredAgent, dispatch: int, countdown: float = 0.0
+    ) -> Any: ...
+
+
+class Preparer(Protocol):
+    """Builds the message for the agent without sending it: (the Publisher's handle, the
+    (list key, payload) pushes that publish it)."""
+
+    def __call__(
+        self, task: OrchestrationTask, agent: RegisteredAgent, dispatch: int
+    ) -> tuple[Any, list[tuple[str, str]]]: ...
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one submission (for logs, the CLI and tests)."""
+
+    task_id: str
+    status: str  # routed | parked | duplicate | expired | ended
+    agent_id: str | None = None
+    sent: Any = field(default=None, compare=False, repr=False)  # the Publisher's handle
+
+
+class Router:
+    def __init__(
+        self,
+        store: StateStore,
+        settings: Settings,
+        publish: Publisher,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.publish = publish
+        self.rng = rng or random.Random()
+        self.strategy = OrchestrationStrategy(settings.load_balancing_algorithm)
+        self.circuit_cfg = settings.circuit_config() if settings.circuit_breaker_enabled else None
+        self._fleet: Fleet | None = None
+        self._fleet_at = 0.0
+        self.keep_outbox = False
+
+    def fleet(self, now: float, fresh: bool = False) -> Fleet:
+        """The fleet as of at most FLEET_CACHE_S ago. Submissions share one read; sweeps and
+        recovery ask for a fresh one. The round-robin state and half-open trial slots are
+        taken atomically in Redis either way, so a cached view never skews the sequence."""
+        # Only the round-robin may share a view: least-loaded and power-of-two read in-flight
+        # counts that a cached view would leave stale, herding a burst onto one agent.
+        cacheable = self.strategy is OrchestrationStrategy.WEIGHTED_ROUND_ROBIN
+        if (
+            fresh
+            or not cacheable
+            or self._fleet is None
+            or not 0 <= now - self._fleet_at <= FLEET_CACHE_S
+        ):
+            self._fleet = self.store.load_fleet(self.circuit_cfg, now)
+            self._fleet_at = now
+        return self._fleet
+
+    def submit(self, fields: dict[str, Any], submit_id: str, now: float) -> Outcome:
+        """Accept (or reject) one submission and route it. Raises InvalidTask on bad input."""
+        return self.submit_valid(self.validate(fields, submit_id, now), submit_id, now)
+
+    def validate(
+        self, fields: dict[str, Any], submit_id: str, now: float, limit: bool = True
+    ) -> OrchestrationTask:
+        """The task spec with its orchestration id, or InvalidTask (recorded and announced).
+
+        With a per-client limit on (ORCH_CLIENT_RATE_LIMIT, ORCH_SECURITY_AUTO_BLOCK) and
+        `limit`, the client is admitted first, in one round trip, before its spec is even
+        parsed: RateLimited or ClientBlocked (recorded and announced as rejections). With
+        both off this costs nothing. A producer that hands its submission to a control
+        worker passes limit=False: the worker admits it, so it is counted once."""
+        if limit and self.settings.client_limits_on:
+            self._admit(fields.get("client_id"), submit_id, now)
+        try:
+            task = parse_task(fields, self.settings.max_payload_bytes)
+        except InvalidTask as exc:
+            client = fields.get("client_id")
+            self.store.record_rejection(
+                exc.problems, submit_id, now, client if isinstance(client, str) else None
+            )
+            raise
+        if task.task_id is None:
+            task = task.model_copy(update={"task_id": submit_id})
+        return task
+
+    def _admit(self, client_id: Any, submit_id: str, now: float) -> None:
+        s = self.settings
+        client = client_label(client_id)
+        verdict, value = self.store.admit_client(
+            client, now, s.client_rate_limit, s.client_burst, s.security_auto_block
+        )
+        error: RateLimited | ClientBlocked
+        if verdict == "ok":
+            return
+        if verdict == "blocked":
+            error, reason = ClientBlocked(client, value, value - now), "blocked"
+        else:
+            error, reason = RateLimited(client, s.client_rate_limit, value), "rate_limited"
+        self.store.record_rejection([str(error)], submit_id, now, client, reason)
+        raise error
+
+    def submit_valid(
+        self,
+        task: OrchestrationTask,
+        submit_id: str,
+        now: float,
+        outbox: tuple[Mapping[str, Any], str] | None = None,
+    ) -> Outcome:
+        """Record a valid task in the ledger and route it; a second submission of an id that
+        was already accepted (not a redelivery of the same message) runs nothing again.
+        `outbox` (fields, queue) keeps the submission in the outbox from the moment it is
+        recorded until it is published (OrchestratorClient)."""
+        assert task.task_id is not None
+        status, state = self.store.accept(task, submit_id, now, outbox)
+        if status == "duplicate" or (
+            status == "resume"
+            and TaskState(state) not in (TaskState.ACCEPTED, TaskState.PARKED, TaskState.ROUTED)
+        ):
+            self.store.count_duplicate(task.task_id, now)
+            self.store.outbox_drop(task.task_id)
+            return Outcome(task.task_id, "duplicate")
+        return self.route(task, now)
+
+    def submit_atomic(
+        self,
+        task: OrchestrationTask,
+        submit_id: str,
+        now: float,
+        prepare: Preparer,
+        outbox: tuple[Mapping[str, Any], str],
+    ) -> Outcome:
+        """submit_valid in one atomic step when the broker and the state store are one Redis
+        (OrchestratorClient): choose the agent first, then accept, route and publish at once,
+        so there is no moment a crash could strand the task and it needs no outbox. A
+        duplicate still advances the round-robin by one. With no agent to take it, or for a
+        submission that is not new, it is submit_valid's way."""
+        assert task.task_id is not None
+        chosen = self.choose(task, self.fleet(now), now)
+        if chosen is None:
+            return self.submit_valid(task, submit_id, now, outbox)
+        sent, pushes = prepare(task, chosen, 1)
+        status, _state = self.store.accept_and_route(task, submit_id, chosen.agent_id, now, pushes)
+        if status != "routed":
+            return self.submit_valid(task, submit_id, now, outbox)  # counted as a duplicate
+        return Outcome(task.task_id, "routed", chosen.agent_id, sent)
+
+    def eligible(
+        self, task: OrchestrationTask, fleet: Fleet, now: float, exclude: Collection[str] = ()
+    ) -> list[RegisteredAgent]:
+        def admits(agent: RegisteredAgent) -> bool:
+            if self.circuit_cfg is None:
+                return True
+            return would_admit(
+                fleet.breakers.get(agent.agent_id, BreakerState()), self.circuit_cfg, now
+            )
+
+        required = task.required_capabilities
+        return [
+            a
+            for a in fleet.agents
+            if a.agent_id not in exclude
+            and is_eligible(a, required, now, self.settings.agent_timeout_s, admits(a))
+        ]
+
+    def choose(
+        self, task: OrchestrationTask, fleet: Fleet, now: float, exclude: Collection[str] = ()
+    ) -> RegisteredAgent | None:
+        """The agent for this task, or None. A half-open agent is chosen only if it still has
+        a trial slot when asked atomically; otherwise the choice is made again without it."""
+        skipped = set(exclude)
+        while True:
+            chosen = self._pick(task, self.eligible(task, fleet, now, skipped), now)
+            if chosen is None or self.circuit_cfg is None:
+                return chosen
+            if chosen.circuit is CircuitBreakerState.CLOSED or self.store.admit_circuit(
+                chosen.agent_id, self.circuit_cfg, now
+            ):
+                return chosen
+            skipped.add(chosen.agent_id)
+
+    def _pick(
+        self, task: OrchestrationTask, eligible: list[RegisteredAgent], now: float
+    ) -> RegisteredAgent | None:
+        if not eligible:
+            return None
+        by_id = {a.agent_id: a for a in eligible}
+        if task.affinity_key:
+            sticky = self.store.get_affinity(task.affinity_key)
+            if sticky in by_id:
+                return by_id[sticky]
+        required = task.required_capabilities
+        weights = integer_weights(eligible, required, self.settings.intelligent_routing_enabled)
+        if self.strategy is OrchestrationStrategy.LEAST_LOADED:
+            chosen = pick_least_loaded(eligible, weights)
+        elif self.strategy is OrchestrationStrategy.POWER_OF_TWO:
+            chosen = pick_power_of_two(eligible, self.rng)
+        else:
+            chosen = by_id[self.store.wrr_pick(task.capability_key, weights)]
+        if task.affinity_key:
+            self.store.set_affinity(task.affinity_key, chosen.agent_id, AFFINITY_TTL_S)
+        return chosen
+
+    def dispatch(
+        self,
+        task: OrchestrationTask,
+        agent: RegisteredAgent,
+        now: float,
+        countdown: float = 0.0,
+        expect_dispatch: int | None = None,
+        **history: Any,
+    ) -> Outcome:
+        """Record the assignment (a new dispatch number) and publish: routed, or ended (also
+        when, with `expect_dispatch`, the task is no longer `routed` under that dispatch).
+
+        A router inside OrchestratorClient (keep_outbox) leaves the submission in the outbox
+        until the publish succeeded: if it fails, nothing else would ever publish it."""
+        assert task.task_id is not None
+        dispatch = self.store.mark_routed(
+            task,
+            agent.agent_id,
+            now,
+            drop_outbox=not self.keep_outbox,
+            expect_dispatch=expect_dispatch,
+            **history,
+        )
+        if dispatch <= 0:
+            return Outcome(task.task_id, "ended")
+        sent = self.publish(task, agent, dispatch, countdown)
+        if self.keep_outbox:
+            self.store.outbox_drop(task.task_id)
+        return Outcome(task.task_id, "routed", agent.agent_id, sent)
+
+    def route(
+        self,
+        task: OrchestrationTask,
+        now: float,
+        fleet: Fleet | None = None,
+        exclude: Collection[str] = (),
+        expect_dispatch: int | None = None,
+        **history: Any,
+    ) -> Outcome:
+        assert task.task_id is not None
+        chosen = self.choose(task, fleet if fleet is not None else self.fleet(now), now, exclude)
+        if chosen is None and expect_dispatch is not None:
+            return Outcome(task.task_id, "ended")  # parking is not conditional: try later
+        if chosen is None:
+            self.store.park(task, now)
+            return Outcome(task.task_id, "parked")
+        return self.dispatch(task, chosen, now, expect_dispatch=expect_dispatch, **history)
+
+    def reroute(
+        self,
+        task_id: str,
+        now: float,
+        fleet: Fleet | None = None,
+        exclude: Collection[str] = (),
+        expect_dispatch: int | None = None,
+        **history: Any,
+    ) -> Outcome:
+        """Route an accepted task again (same id, new dispatch), away from `exclude`; with
+        `expect_dispatch`, only if it is still `routed` under that dispatch."""
+        try:
+            task = self.store.load_spec(task_id)
+        except UnknownTask:
+            return Outcome(task_id, "ended")
+        return self.route(task, now, fleet, exclude, expect_dispatch, **history)
+
+    def route_parked(
+        self, now: float, on_expired: Callable[[str, NoCapableAgent], None]
+    ) -> list[Outcome]:
+        """Route every parked task that has a capable agent now; expire the ones parked too
+        long. Each task is claimed first, so concurrent sweeps never route one twice."""
+        outcomes: list[Outcome] = []
+        parked = self.store.parked()
+        if not parked:
+            return outcomes
+        fleet = self.fleet(now, fresh=True)
+        for task_id, parked_at in parked:
+            if not self.store.claim_parked(task_id):
+                continue
+            try:
+                task = self.store.load_spec(task_id)
+            except UnknownTask:
+                continue  # the ledger expired: nothing left to route
+            waited = now - parked_at
+            if waited > self.settings.pending_timeout_s:
+                error = NoCapableAgent(task_id, task.required_capabilities, waited)
+                self.store.finish(
+                    task_id,
+                    TaskState.DEAD_LETTERED,
+                    None,
+                    now,
+                    error=str(error),
+                    task_type=task.type,
+                )
+                on_expired(task_id, error)
+                outcomes.append(Outcome(task_id, "expired"))
+                continue
+            chosen = self.choose(task, fleet, now)
+            if chosen is None:
+                self.store.unclaim_parked(task_id, parked_at)
+                continue
+            outcome = self.dispatch(task, chosen, now)
+            if outcome.status == "routed":
+                outcomes.append(outcome)
+        return outcomes

@@ -1,0 +1,1 @@
+"""The Celery runtime: configuration, agent bootsteps, the gate, handlers, the transport."""

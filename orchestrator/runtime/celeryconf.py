@@ -1,0 +1,197 @@
+"""Celery configuration: broker, serialisation, queues, priorities, beat, and the app's build.
+
+Importing this builds nothing; `orchestrator.app` builds the module-level app from it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from celery import Celery
+from celery.result import AsyncResult
+from kombu import Queue
+
+from orchestrator.config import SIGNING_DIGEST, Settings, redis_ssl_options
+from orchestrator.models import OrchestrationTask, RegisteredAgent
+from orchestrator.monitoring.schedule import redbeat_config
+from orchestrator.routing.weights import to_broker_priority
+from orchestrator.runtime.transport import TRANSPORT, Push, captured_pushes
+
+if TYPE_CHECKING:
+    from orchestrator.routing.router import Preparer, Publisher
+
+ROUTING_QUEUE = "orchestrator.routing"
+RECOVERY_QUEUE = "orchestrator.recovery"
+MONITORING_QUEUE = "orchestrator.monitoring"
+DEFAULT_QUEUE = "celery"
+SUBMIT = "orchestrator.submit"
+EXECUTE = "orchestrator.execute"
+CONTROL_QUEUES = (DEFAULT_QUEUE, ROUTING_QUEUE, RECOVERY_QUEUE, MONITORING_QUEUE)
+
+TASK_MODULES = ["workers.routing", "workers.execute", "workers.recovery", "workers.monitoring"]
+
+BROKER_PRIORITY_STEPS = list(range(10))
+
+
+def execute_publisher(celery_app: Celery) -> Publisher:
+    """Publishes `orchestrator.execute` to the chosen agent's queue under the task's id."""
+
+    def publish(
+        task: OrchestrationTask, agent: RegisteredAgent, dispatch: int, countdown: float = 0.0
+    ) -> AsyncResult:
+        return celery_app.send_task(
+            EXECUTE,
+            task_id=task.task_id,
+            kwargs={
+                "type": task.type,
+                "payload": task.payload,
+                "max_retries": task.max_retries,
+                "dispatch": dispatch,
+            },
+            queue=agent.queue,
+            priority=to_broker_priority(task.priority),
+            soft_time_limit=task.timeout_s,
+            time_limit=task.timeout_s + 10,
+            countdown=countdown or None,
+        )
+
+    return publish
+
+
+def execute_preparer(celery_app: Celery) -> Preparer:
+    """Builds `orchestrator.execute` for the chosen agent without sending it: the result
+    handle (send_task's own, already subscribed) and the Redis pushes that publish it, for
+    StateStore.accept_and_route to make atomically with the routing (see transport.py)."""
+    publish = execute_publisher(celery_app)
+
+    def prepare(
+        task: OrchestrationTask, agent: RegisteredAgent, dispatch: int
+    ) -> tuple[AsyncResult, list[Push]]:
+        with captured_pushes() as pushes:
+            sent = publish(task, agent, dispatch)
+        if len(pushes) != 1:
+            raise RuntimeError(f"the message to {agent.queue} made {len(pushes)} pushes, not 1")
+        return sent, pushes
+
+    return prepare
+
+
+def agent_queue(agent_id: str) -> str:
+    return f"agent.{agent_id}"
+
+
+def signing_config(settings: Settings) -> dict[str, Any]:
+    """Celery's message signing (the `auth` serializer), when ORCH_SIGNING_* are set.
+
+    Signed and verified: every task message (its body: task arguments, callbacks; not its
+    headers: task name, id, ETA, expiry) and every remote-control request and reply
+    (Celery's mailbox uses the task serializer and accept list). Not signed: results (JSON,
+    in the result backend), events (JSON: Flower's and `celery events`' view), and
+    everything in the state store and RedBeat's schedule (plain Redis data). A worker
+    refuses a task message that is not signed by a certificate in its store at its gate
+    (orchestrator.runtime.gate: content type not accepted, or a body that does not verify).
+    """
+    if not settings.signing_enabled:
+        return {}
+    return {
+        "task_serializer": "auth",
+        "accept_content": ["auth"],  # exactly this: Celery's setup_security insists
+        "result_serializer": "json",
+        "result_accept_content": ["json"],
+        "event_serializer": "json",
+        "security_key": settings.signing_key,
+        "security_certificate": settings.signing_cert,
+        "security_cert_store": settings.signing_cert_store,
+        "security_digest": SIGNING_DIGEST,
+    }
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Everything Celery is told, in one place."""
+    visibility = settings.visibility_timeout_s
+    transport = {
+        # Redis serves priority 0 first; SPEC priority 9 is published as 0 (routing.py).
+        "queue_order_strategy": "priority",
+        "priority_steps": BROKER_PRIORITY_STEPS,
+        # Messages a dead worker held come back after this. Lost agents are handled sooner
+        # through the ledger; this bounds what a dead *control* worker held. Restored copies
+        # of tasks still running are recognised by the ledger and skipped.
+        "visibility_timeout": visibility,
+        "unacked_restore_interval": max(1.0, min(10.0, visibility / 5)),
+        "unacked_restore_throttle": 1,  # every sweep really scans: the interval is the period
+    }
+    return {
+        "broker_url": settings.effective_broker_url,
+        "result_backend": settings.effective_result_backend,
+        # TLS as each rediss:// URL asks (see config.redis_ssl_options); kombu, Flower and
+        # RedBeat read these dicts, not the URL, for a bare rediss:// URL.
+        "broker_use_ssl": redis_ssl_options(settings.effective_broker_url),
+        "redis_backend_use_ssl": redis_ssl_options(settings.effective_result_backend),
+        "redbeat_redis_use_ssl": redis_ssl_options(settings.effective_state_url),
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "event_serializer": "json",
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_send_task_events": True,
+        # Workers' task events (received, started, succeeded...) are what Flower needs; a
+        # `task-sent` event per publish would cost every producer one more round trip.
+        "task_send_sent_event": False,
+        "task_default_queue": DEFAULT_QUEUE,
+        "task_queues": [Queue(name) for name in CONTROL_QUEUES],
+        "task_routes": {
+            "orchestrator.submit": {"queue": ROUTING_QUEUE},
+            "orchestrator.route_parked": {"queue": ROUTING_QUEUE},
+            "orchestrator.recover*": {"queue": RECOVERY_QUEUE},
+            "orchestrator.monitor.*": {"queue": MONITORING_QUEUE},
+            "orchestrator.optimize": {"queue": MONITORING_QUEUE},
+        },
+        # kombu's Redis transport, hardened for Redis restarts and with one client per channel
+        # instead of one per publish and ack (see transport.py).
+        "broker_transport": TRANSPORT,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": {"visibility_timeout": visibility},
+        "broker_connection_retry_on_startup": True,
+        "result_expires": 24 * 3600,
+        "worker_hijack_root_logger": True,
+        "enable_utc": True,
+        **redbeat_config(settings),
+        **signing_config(settings),
+    }
+
+
+def recovery_schedule(settings: Settings) -> dict[str, Any]:
+    every = settings.recovery_monitor_interval_s
+    return {
+        "recovery-monitor": {
+            "task": "orchestrator.recovery.monitor",
+            "schedule": every,
+            "options": {"expires": every},
+        },
+    }
+
+
+def create_app(settings: Settings, *, with_tasks: bool = True) -> Celery:
+    """Build a Celery app. Clients pass with_tasks=False: they only send by name."""
+    app = Celery("orchestrator", include=TASK_MODULES if with_tasks else [])
+    app.conf.update(celery_config(settings))
+    app.conf.orchestrator_settings = settings
+    if settings.signing_enabled:
+        # Registers the `auth` serializer with this role's key (kombu's registry: one per
+        # process) and makes it kombu's default; JSON stays the only other decoder enabled.
+        app.setup_security(allowed_serializers=["json"], digest=SIGNING_DIGEST)
+    if with_tasks:
+        from beat_schedule import build_beat_schedule
+
+        app.conf.beat_schedule = {**build_beat_schedule(settings), **recovery_schedule(settings)}
+    return app
+
+
+def app_settings(celery_app: Celery) -> Settings:
+    value = celery_app.conf.get("orchestrator_settings")
+    if not isinstance(value, Settings):
+        raise RuntimeError("this Celery app was not built by runtime.celeryconf.create_app")
+    return value

@@ -1,0 +1,62 @@
+"""The state store: every read and write of orchestrator state in Redis.
+
+One class, StateStore, made of the agent half (store_agents), the task half (store_ledger),
+the dead-letter store of both kinds (store_dlq) and the per-client limits (store_clients),
+over a shared base (store_base). Key names come from orchestrator.store.keys and the atomic steps
+from orchestrator.store.scripts, so a reader finds every key in one place and every multi-key
+change in another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from orchestrator.models import CircuitBreakerConfig, TaskState
+from orchestrator.store.agents import AgentStore, Fleet, _circuit_args, _outcome_args
+from orchestrator.store.base import now_s
+from orchestrator.store.clients import ClientStore
+from orchestrator.store.dlq import DeadLetterStore
+from orchestrator.store.keys import AGENT_STATS, circuit_key
+from orchestrator.store.ledger import Attempt
+from orchestrator.store.telemetry import telemetry_step
+
+
+class StateStore(AgentStore, DeadLetterStore, ClientStore):
+    """All reads and writes of orchestrator state. One instance per process."""
+
+    def settle_run(
+        self,
+        task_id: str,
+        agent_id: str,
+        state: TaskState,
+        now: float,
+        latency_ms: float,
+        task_type: str,
+        counts: Mapping[str, int],
+        circuit_cfg: CircuitBreakerConfig | None = None,
+        result: str | None = None,
+        error: str | None = None,
+    ) -> bool:
+        """The end of a handler run that ends its task, in one round trip: the agent's stats
+        and breaker (record_outcome), the terminal state (finish) and, only if this run is the
+        one that ended the task, its telemetry `counts`. False when it had already ended."""
+        ok = state is TaskState.SUCCEEDED
+        stats = _outcome_args(agent_id, ok, latency_ms, settle=True)
+        breaker = _circuit_args(ok, now, circuit_cfg) if circuit_cfg is not None else []
+        keys, ending = self._finish_step(
+            task_id, state, agent_id, agent_id, now, error, latency_ms, task_type, result
+        )
+        count_keys, counting = telemetry_step(counts, now)
+        args: list[Any] = []
+        for part in (stats, breaker, ending, counting):
+            args += [len(part), *part]
+        with self._translate():
+            done, _previous, transition = self._settle(
+                keys=[AGENT_STATS, circuit_key(agent_id), *keys, *count_keys], args=args
+            )
+        self.announce_circuit(agent_id, str(transition), now)
+        return int(done) == 1
+
+
+__all__ = ["Attempt", "Fleet", "StateStore", "now_s"]

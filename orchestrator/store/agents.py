@@ -1,0 +1,306 @@
+"""The agent half of the state store: registry, heartbeats, stats, breakers, routing state."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from orchestrator.models import (
+    AgentStatus,
+    CircuitBreakerConfig,
+    ProductionEventSeverity,
+    RegisteredAgent,
+)
+from orchestrator.recovery.breaker import (
+    BreakerState,
+    admit,
+    current_state,
+    from_redis_hash,
+    to_redis_hash,
+)
+from orchestrator.routing.weights import performance_score
+from orchestrator.store.base import StoreBase, _pairs
+from orchestrator.store.keys import (
+    AGENT_STATS,
+    AGENT_STATUS,
+    AGENTS,
+    CIRCUIT_PREFIX,
+    HEARTBEATS,
+    QUARANTINED_UNTIL,
+    affinity_key,
+    circuit_key,
+    wrr_key,
+)
+
+SUCCESS_EWMA_ALPHA = 0.1
+LATENCY_EWMA_ALPHA = 0.2
+
+
+@dataclass
+class Fleet:
+    """Every agent with its live figures, and each one's circuit breaker as stored."""
+
+    agents: list[RegisteredAgent]
+    breakers: dict[str, BreakerState] = field(default_factory=dict)
+
+    def by_id(self) -> dict[str, RegisteredAgent]:
+        return {a.agent_id: a for a in self.agents}
+
+
+def _outcome_args(agent_id: str, ok: bool, latency_ms: float, settle: bool) -> list[Any]:
+    """ARGV of scripts.RECORD_OUTCOME."""
+    return [
+        agent_id,
+        1 if ok else 0,
+        latency_ms,
+        SUCCESS_EWMA_ALPHA,
+        LATENCY_EWMA_ALPHA,
+        1 if settle else 0,
+    ]
+
+
+def _circuit_args(ok: bool, now: float, cfg: CircuitBreakerConfig) -> list[Any]:
+    """ARGV of scripts.RECORD_CIRCUIT."""
+    return [
+        1 if ok else 0,
+        repr(now),
+        cfg.failure_threshold,
+        min(cfg.success_threshold, cfg.half_open_max_calls),
+        cfg.window_size,
+        cfg.minimum_calls,
+        cfg.failure_rate_threshold,
+    ]
+
+
+class AgentStore(StoreBase):
+    """Agents: registry, status, heartbeats, stats, circuit breakers and routing state."""
+
+    # --- agents --------------------------------------------------------------------------
+
+    def register_agent(self, agent: RegisteredAgent, now: float, source: str) -> None:
+        record = agent.model_dump_json(
+            include={
+                "agent_id",
+                "capabilities",
+                "queue",
+                "hostname",
+                "pid",
+                "concurrency",
+                "registered_at",
+            }
+        )
+        with self._translate():
+            pipe = self.r.pipeline(transaction=True)
+            pipe.hset(AGENTS, agent.agent_id, record)
+            pipe.hset(HEARTBEATS, agent.agent_id, repr(now))
+            pipe.hset(AGENT_STATUS, agent.agent_id, AgentStatus.ACTIVE.value)
+            pipe.hdel(QUARANTINED_UNTIL, agent.agent_id)
+            self.event(
+                "agent.registered",
+                now,
+                source,
+                pipe,
+                agent_id=agent.agent_id,
+                capabilities=agent.capabilities,
+                queue=agent.queue,
+            )
+            pipe.execute()
+
+    def heartbeat(self, agent_id: str, now: float) -> str:
+        """Beat; returns the agent's status afterwards ('' if it is not registered)."""
+        with self._translate():
+            return str(
+                self._heartbeat(
+                    keys=[HEARTBEATS, AGENT_STATUS, QUARANTINED_UNTIL], args=[agent_id, repr(now)]
+                )
+            )
+
+    def set_status(
+        self,
+        agent_id: str,
+        status: AgentStatus,
+        now: float,
+        source: str,
+        event: str | None = None,
+        severity: ProductionEventSeverity = ProductionEventSeverity.INFO,
+        **data: Any,
+    ) -> bool:
+        """Change an agent's status; False (and no event) when it already had it."""
+        with self._translate():
+            previous = self.r.hget(AGENT_STATUS, agent_id)
+            if previous == status.value:
+                return False
+            pipe = self.r.pipeline(transaction=True)
+            pipe.hset(AGENT_STATUS, agent_id, status.value)
+            if event:
+                self.event(
+                    event,
+                    now,
+                    source,
+                    pipe,
+                    severity=severity,
+                    agent_id=agent_id,
+                    previous=previous,
+                    **data,
+                )
+            pipe.execute()
+        return True
+
+    def quarantine(self, agent_id: str, until: float, now: float, reason: str) -> bool:
+        with self._translate():
+            self.r.hset(QUARANTINED_UNTIL, agent_id, repr(until))
+        return self.set_status(
+            agent_id,
+            AgentStatus.QUARANTINED,
+            now,
+            "recovery",
+            event="agent.quarantined",
+            severity=ProductionEventSeverity.WARNING,
+            reason=reason,
+            until=until,
+        )
+
+    def deregister_agent(self, agent_id: str, now: float, source: str) -> None:
+        """Warm shutdown: the agent stays listed as offline so its queue can be re-routed."""
+        with self._translate():
+            pipe = self.r.pipeline(transaction=True)
+            pipe.hset(AGENT_STATUS, agent_id, AgentStatus.OFFLINE.value)
+            self.event("agent.deregistered", now, source, pipe, agent_id=agent_id)
+            pipe.execute()
+
+    def load_fleet(
+        self, circuit_cfg: CircuitBreakerConfig | None = None, now: float | None = None
+    ) -> Fleet:
+        """Every registered agent with its live figures and breaker, in one round trip."""
+        with self._translate():
+            records, beats, stats, statuses, circuits = self._fleet(
+                keys=[AGENTS, HEARTBEATS, AGENT_STATS, AGENT_STATUS], args=[CIRCUIT_PREFIX]
+            )
+        beats, stats, statuses = _pairs(beats), _pairs(stats), _pairs(statuses)
+        breakers = {
+            str(circuits[i]): from_redis_hash(_pairs(circuits[i + 1]))
+            for i in range(0, len(circuits), 2)
+        }
+        agents = []
+        for agent_id, raw in _pairs(records).items():
+            agent = RegisteredAgent.model_validate_json(raw)
+            agent.status = AgentStatus(statuses.get(agent_id, AgentStatus.ACTIVE.value))
+            agent.last_heartbeat = float(beats.get(agent_id, 0.0))
+            agent.tasks_succeeded = int(stats.get(f"{agent_id}|ok", 0))
+            agent.tasks_failed = int(stats.get(f"{agent_id}|fail", 0))
+            lat = stats.get(f"{agent_id}|lat")
+            sr = stats.get(f"{agent_id}|sr")
+            agent.latency_ms = float(lat) if lat is not None else None
+            agent.in_flight = max(0, int(stats.get(f"{agent_id}|inflight", 0)))
+            agent.performance_score = float(sr) if sr is not None else 1.0
+            breaker = breakers.get(agent_id, BreakerState())
+            agent.circuit = (
+                current_state(breaker, circuit_cfg, now)
+                if circuit_cfg is not None and now is not None
+                else breaker.state
+            )
+            agents.append(agent)
+        _score(agents)
+        return Fleet(sorted(agents, key=lambda a: a.agent_id), breakers)
+
+    def load_agents(self) -> list[RegisteredAgent]:
+        return self.load_fleet().agents
+
+    def record_outcome(
+        self,
+        agent_id: str,
+        ok: bool,
+        latency_ms: float,
+        settle: bool = True,
+        circuit_cfg: CircuitBreakerConfig | None = None,
+        now: float | None = None,
+    ) -> str:
+        """Update the agent's stats and (when given a config) its breaker in one round trip;
+        returns the breaker transition ('opened', 'closed' or '') and announces it."""
+        now = now or time.time()
+        stats = _outcome_args(agent_id, ok, latency_ms, settle)
+        with self._translate():
+            if circuit_cfg is None:
+                self._outcome(keys=[AGENT_STATS], args=stats)
+                return ""
+            transition = str(
+                self._outcome_circuit(
+                    keys=[AGENT_STATS, circuit_key(agent_id)],
+                    args=[*stats, *_circuit_args(ok, now, circuit_cfg)],
+                )
+            )
+        self.announce_circuit(agent_id, transition, now)
+        return transition
+
+    def announce_circuit(self, agent_id: str, transition: str, now: float) -> None:
+        """The `circuit.opened` / `circuit.closed` event of a breaker transition, if any."""
+        if not transition:
+            return
+        severity = (
+            ProductionEventSeverity.WARNING
+            if transition == "opened"
+            else ProductionEventSeverity.INFO
+        )
+        self.event(f"circuit.{transition}", now, agent_id, severity=severity, agent_id=agent_id)
+
+    def admit_circuit(self, agent_id: str, cfg: CircuitBreakerConfig, now: float) -> bool:
+        """Take a trial slot of a half-open breaker (or move an open one past its timeout to
+        half-open); atomic with WATCH so concurrent routers never over-admit."""
+        key = circuit_key(agent_id)
+        with self._translate(), self.r.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    state = from_redis_hash(pipe.hgetall(key))  # type: ignore[arg-type]
+                    decision = admit(state, cfg, now)
+                    if decision.state == state:
+                        pipe.unwatch()
+                        return decision.admitted
+                    pipe.multi()
+                    pipe.delete(key)
+                    pipe.hset(key, mapping=dict(to_redis_hash(decision.state)))  # type: ignore[arg-type]
+                    if decision.transition is not None:
+                        self.event(
+                            decision.transition.event_type, now, "router", pipe, agent_id=agent_id
+                        )
+                    pipe.execute()
+                    return decision.admitted
+                except redis.WatchError:
+                    continue
+
+    def circuit(self, agent_id: str) -> BreakerState:
+        with self._translate():
+            return from_redis_hash(self.r.hgetall(circuit_key(agent_id)))
+
+    # --- routing state -------------------------------------------------------------------
+
+    def wrr_pick(self, capability_key: str, weights: Mapping[str, int]) -> str:
+        args: list[Any] = []
+        for agent_id in sorted(weights):
+            args += [agent_id, weights[agent_id]]
+        with self._translate():
+            return str(self._wrr(keys=[wrr_key(capability_key)], args=args))
+
+    def get_affinity(self, key: str) -> str | None:
+        with self._translate():
+            value = self.r.get(affinity_key(key))
+        return str(value) if value is not None else None
+
+    def set_affinity(self, key: str, agent_id: str, ttl_s: int) -> None:
+        with self._translate():
+            self.r.set(affinity_key(key), agent_id, ex=ttl_s)
+
+
+def _score(agents: list[RegisteredAgent]) -> None:
+    """Fill each agent's performance score against the fleet's median latency."""
+    latencies = sorted(a.latency_ms for a in agents if a.latency_ms is not None)
+    reference = latencies[len(latencies) // 2] if latencies else None
+    for agent in agents:
+        recent = agent.performance_score if agent.tasks_succeeded + agent.tasks_failed else None
+        agent.performance_score = performance_score(
+            agent.tasks_succeeded, agent.tasks_failed, agent.latency_ms, reference, recent
+        )

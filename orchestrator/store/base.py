@@ -1,0 +1,180 @@
+"""The state store's foundation: the connection, error translation, events and locks.
+
+store_agents and store_ledger add the agent and the task halves; orchestrator.store puts
+them together as StateStore. Key names come from orchestrator.store.keys, Lua from scripts.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Self
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from orchestrator.errors import StoreUnavailable
+from orchestrator.models import (
+    OrchestrationEvent,
+    ProductionEventSeverity,
+)
+from orchestrator.store import scripts
+from orchestrator.store.keys import (
+    EVENTS,
+    lock_key,
+)
+from orchestrator.store.telemetry import TelemetryWriter
+
+
+def _history(state: str, now: float, **data: Any) -> str:
+    entry = {"ts": now, "state": state, **{k: v for k, v in data.items() if v is not None}}
+    return json.dumps(entry)
+
+
+def _event_fields(event: OrchestrationEvent) -> dict[str, str]:
+    return {
+        "type": event.type,
+        "ts": repr(event.ts),
+        "severity": event.severity.value,
+        "source": event.source,
+        "data": json.dumps(event.data, default=str),
+    }
+
+
+def _event_args(event: OrchestrationEvent) -> list[str]:
+    """An event's stream fields as the flat field/value list a Lua step passes to XADD."""
+    return [item for pair in _event_fields(event).items() for item in pair]
+
+
+def _pairs(flat: Sequence[Any]) -> dict[str, str]:
+    return {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
+class StoreBase:
+    """Connection, scripts, events and locks, shared by both halves of the store."""
+
+    def __init__(
+        self, client: redis.Redis, ledger_ttl_s: int = 7 * 24 * 3600, events_max_len: int = 100_000
+    ) -> None:
+        self.r = client
+        self.ledger_ttl_s = ledger_ttl_s
+        self.events_max_len = events_max_len
+        self._wrr = client.register_script(scripts.WRR_PICK)
+        self._fleet = client.register_script(scripts.LOAD_FLEET)
+        self._accept = client.register_script(scripts.ACCEPT)
+        self._transition = client.register_script(scripts.TRANSITION)
+        self._route = client.register_script(scripts.ROUTE)
+        self._begin = client.register_script(scripts.BEGIN_ATTEMPT)
+        self._outcome = client.register_script(scripts.RECORD_OUTCOME)
+        self._outcome_circuit = client.register_script(scripts.RECORD_OUTCOME_AND_CIRCUIT)
+        self._heartbeat = client.register_script(scripts.HEARTBEAT)
+        self._release = client.register_script(scripts.RELEASE_LOCK)
+        self._finish = client.register_script(scripts.FINISH)
+        self._settle = client.register_script(scripts.SETTLE_RUN)
+        self._accept_route = client.register_script(scripts.ACCEPT_AND_ROUTE)
+        self._vanished = client.register_script(scripts.VANISHED)
+        self._poison = client.register_script(scripts.POISON_RECORD)
+        self._admit = client.register_script(scripts.ADMIT_CLIENT)
+        self.telemetry = TelemetryWriter(client)
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> Self:
+        # Fail within about a second when Redis is down (redis-py's default retries for
+        # several seconds): callers turn StoreUnavailable into a clear error or a redelivery.
+        retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3)
+        client = redis.Redis.from_url(
+            url, decode_responses=True, health_check_interval=30, retry=retry
+        )
+        return cls(client, **kwargs)
+
+    @contextmanager
+    def _translate(self) -> Iterator[None]:
+        try:
+            yield
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise StoreUnavailable(f"Redis state store unreachable: {exc}") from exc
+
+    def ping(self) -> bool:
+        with self._translate():
+            return bool(self.r.ping())
+
+    # --- events --------------------------------------------------------------------------
+
+    def emit(self, event: OrchestrationEvent, pipe: Any = None) -> None:
+        target = pipe if pipe is not None else self.r
+        with self._translate():
+            target.xadd(EVENTS, _event_fields(event), maxlen=self.events_max_len, approximate=True)
+
+    def event(
+        self,
+        type_: str,
+        now: float,
+        source: str,
+        pipe: Any = None,
+        severity: ProductionEventSeverity = ProductionEventSeverity.INFO,
+        **data: Any,
+    ) -> None:
+        self.emit(
+            OrchestrationEvent(type=type_, ts=now, severity=severity, source=source, data=data),
+            pipe,
+        )
+
+    def read_events(
+        self, since_id: str = "-", count: int = 1000, types: Sequence[str] = ()
+    ) -> list[OrchestrationEvent]:
+        with self._translate():
+            entries = self.r.xrange(EVENTS, min=since_id, count=count)
+        events = (_parse_event(i, f) for i, f in entries)
+        return [e for e in events if not types or e.type in types]
+
+    def tail_events(self, count: int = 20) -> list[OrchestrationEvent]:
+        with self._translate():
+            entries = self.r.xrevrange(EVENTS, count=count)
+        return [_parse_event(i, f) for i, f in reversed(entries)]
+
+    def follow_events(
+        self, last_id: str = "$", block_ms: int = 1000
+    ) -> tuple[str, list[OrchestrationEvent]]:
+        with self._translate():
+            reply = self.r.xread({EVENTS: last_id}, block=block_ms, count=100)
+        events = []
+        for _stream, entries in reply or []:
+            for entry_id, fields in entries:
+                events.append(_parse_event(entry_id, fields))
+                last_id = entry_id
+        return last_id, events
+
+    # --- locks ---------------------------------------------------------------------------
+
+    @contextmanager
+    def singleton(self, name: str, ttl_s: float) -> Iterator[bool]:
+        """Yields True when this caller holds the lock `name` (for at most ttl_s)."""
+        token = uuid.uuid4().hex
+        with self._translate():
+            held = bool(self.r.set(lock_key(name), token, nx=True, px=max(1, int(ttl_s * 1000))))
+        try:
+            yield held
+        finally:
+            if held:
+                with self._translate():
+                    self._release(keys=[lock_key(name)], args=[token])
+
+
+def _parse_event(entry_id: str, fields: Mapping[str, str]) -> OrchestrationEvent:
+    return OrchestrationEvent(
+        id=entry_id,
+        type=fields.get("type", ""),
+        ts=float(fields.get("ts", 0.0)),
+        severity=ProductionEventSeverity(fields.get("severity", "info")),
+        source=fields.get("source", ""),
+        data=json.loads(fields.get("data", "{}")),
+    )
+
+
+def now_s() -> float:
+    """The edge's clock (the core never reads one)."""
+    return time.time()

@@ -1,0 +1,165 @@
+"""Every Redis key the orchestrator uses, in one place (Celery's and kombu's own aside).
+
+Key layout (prefix `orch:`):
+  agents              hash  agent_id -> RegisteredAgent JSON (identity, capabilities, status)
+  heartbeats          hash  agent_id -> unix time of the last heartbeat
+  agent_stats         hash  "<agent_id>|<ok|fail|lat|sr|inflight>" -> number
+  wrr:<capabilities>  hash  agent_id -> smooth weighted round-robin `current`
+  affinity:<key>      str   agent_id the affinity key sticks to
+  task:<id>           hash  the ledger entry (spec JSON, state, agent, attempts, times, error)
+  task:<id>:history   list  JSON entries, one per state change
+  parked              zset  task_id -> parked-at time
+  dlq                 zset  task_id -> dead-lettered-at time
+  poison              zset  poison id -> when a worker refused the message (runtime.gate)
+  poison:msg          hash  poison id -> {id, queue, reason, size, excerpt, raw (base64,
+                            capped), truncated, ts} JSON: the dead-letter store's "poison" kind
+  counters            hash  cumulative counters (submitted, routed, succeeded, ...)
+  (orchestrator:events stream: the event log of SPEC section 8, named by the SPEC)
+  agent_status        hash  agent_id -> status (active|sleeping|quarantined|offline)
+  quarantined_until   hash  agent_id -> unix time its quarantine ends
+  circuit:<agent>     hash  the agent's breaker (orchestrator.recovery.breaker.to_redis_hash)
+  inflight:<agent>    set   task ids routed to the agent and not yet ended
+  recovery            hash  task_id -> the open RecoveryPlan JSON
+  recovery_deadlines  zset  task_id -> when its open plan escalates
+  lock:<name>         str   a periodic task's singleton lock (token)
+  outbox              zset  submit message id -> when OrchestratorClient last sent it
+  outbox:msg          hash  submit message id -> {"kwargs", "queue"} JSON, until accepted
+  handler_circuit:<n> keys  pybreaker's state for a handler's own outbound breaker (pybreaker
+                            puts its own `pybreaker:` prefix in front)
+
+Celery's broker lists `agent.<agent_id>` (and `agent.<agent_id>\x06\x16<p>` per priority) and
+kombu's `unacked` / `unacked_index` are read, never written, except when a lost agent's queue
+is emptied after its tasks were re-routed.
+"""
+
+from __future__ import annotations
+
+PREFIX = "orch:"
+AGENTS = PREFIX + "agents"
+HEARTBEATS = PREFIX + "heartbeats"
+AGENT_STATS = PREFIX + "agent_stats"
+PARKED = PREFIX + "parked"
+DLQ = PREFIX + "dlq"
+POISON = PREFIX + "poison"
+POISON_MSG = PREFIX + "poison:msg"
+COUNTERS = PREFIX + "counters"
+EVENTS = "orchestrator:events"  # the name SPEC section 8 gives other services
+AGENT_STATUS = PREFIX + "agent_status"
+QUARANTINED_UNTIL = PREFIX + "quarantined_until"
+RECOVERY = PREFIX + "recovery"
+RECOVERY_DEADLINES = PREFIX + "recovery_deadlines"
+OUTBOX = PREFIX + "outbox"
+OUTBOX_MSG = PREFIX + "outbox:msg"
+CIRCUIT_PREFIX = PREFIX + "circuit:"
+INFLIGHT_PREFIX = PREFIX + "inflight:"
+HANDLER_CIRCUIT_PREFIX = PREFIX + "handler_circuit:"
+KOMBU_UNACKED = "unacked"
+KOMBU_UNACKED_INDEX = "unacked_index"
+PRIORITY_SEP = "\x06\x16"
+
+
+def task_key(task_id: str) -> str:
+    return f"{PREFIX}task:{task_id}"
+
+
+def history_key(task_id: str) -> str:
+    return f"{PREFIX}task:{task_id}:history"
+
+
+def wrr_key(capability_key: str) -> str:
+    return f"{PREFIX}wrr:{capability_key}"
+
+
+def affinity_key(key: str) -> str:
+    return f"{PREFIX}affinity:{key}"
+
+
+def circuit_key(agent_id: str) -> str:
+    return CIRCUIT_PREFIX + agent_id
+
+
+def inflight_key(agent_id: str) -> str:
+    return INFLIGHT_PREFIX + agent_id
+
+
+def lock_key(name: str) -> str:
+    return f"{PREFIX}lock:{name}"
+
+
+def queue_lists(queue: str, steps: range = range(10)) -> list[str]:
+    """Every Redis list kombu keeps for one queue under the priority strategy."""
+    return [queue] + [f"{queue}{PRIORITY_SEP}{p}" for p in steps if p]
+
+
+# --- monitoring loops (issue 4: telemetry, alerts, SLA, anomaly, security, backup) --------
+# tm:m:<minute> / tm:h:<hour>  hash  per-minute / per-hour telemetry buckets, fields
+#     "<type>|ok|fail|rec", "<type>|l|<i>" (run-time histogram), "<type>|d|<i>"
+#     (submit-to-start histogram), "<type>|lsum|dsum", "~avail|<cap>|good|total" (agent
+#     availability samples); minute buckets live ~7 h, hour buckets ~32 d (see stats.py)
+# tm:total              hash  the same fields, cumulative and never expiring (the exporter)
+# sec:m:<minute>        hash  client_id -> rejected submissions in that minute (invalid
+#                             specs and rate-limited ones: what the threshold counts)
+# sec:rl:<minute>       hash  client_id -> submissions refused by the rate limit that minute
+# sec:blk:<minute>      hash  client_id -> submissions refused while blocked that minute
+# rate:<client_id>      hash  the client's token bucket {t: tokens, ts: last refill} (TTL:
+#                             until it would be full again)
+# block:<client_id>     str   unix time the client's block ends (TTL: until then)
+# blocks                zset  client_id -> when its block ends (the index the loop lists)
+# alerts                hash  rule name -> ProductionAlert JSON (rule alerts)
+# alerts:slo            hash  burn-rate alert name -> ProductionAlert JSON (SLA loop)
+# alerts:acks           hash  alert name -> active_since of the acknowledged episode
+# alerts:unsent         hash  alert name -> resolved alert JSON Alertmanager has not taken yet
+# metrics:history       list  ProductionMetrics JSON snapshots, newest last, capped
+# sla:compliant         hash  target name -> "1" | "0" at the last SLA evaluation
+# sla:history           list  {ts, targets: {name: {value, budget, compliant}}} JSON, capped
+# anomaly:state         hash  series -> {"slot": last minute fed, "state": DetectorState}
+# anomaly:slot          str   the last complete minute the anomaly loop consumed
+# regressions           hash  task type -> Regression JSON while the regression lasts
+# security:threats      hash  finding id -> {id, kind, severity, summary, since, data} JSON,
+#                             the security loop's findings while they last (security.py)
+# security:checked      str   {ts, workers, flower} JSON: when the loop last ran and what it saw
+# backup:last           hash  path, sha256, created_at, keys of the newest backup
+# monitor:since         str   when monitoring first ran (age of "no backup yet")
+# monitor:runs          list  {"loop", "ts", "task_id", "ran"} JSON per delivery, capped
+# perf:scores           hash  agent_id -> performance score at the last optimize run
+TELEMETRY_TOTAL = PREFIX + "tm:total"
+ALERTS = PREFIX + "alerts"
+SLO_ALERTS = PREFIX + "alerts:slo"
+ALERT_ACKS = PREFIX + "alerts:acks"
+ALERTS_UNSENT = PREFIX + "alerts:unsent"
+METRICS_HISTORY = PREFIX + "metrics:history"
+SLA_COMPLIANT = PREFIX + "sla:compliant"
+SLA_HISTORY = PREFIX + "sla:history"
+ANOMALY_STATE = PREFIX + "anomaly:state"
+ANOMALY_SLOT = PREFIX + "anomaly:slot"
+REGRESSIONS = PREFIX + "regressions"
+SECURITY_THREATS = PREFIX + "security:threats"
+SECURITY_CHECKED = PREFIX + "security:checked"
+BLOCKS = PREFIX + "blocks"
+BACKUP_LAST = PREFIX + "backup:last"
+MONITOR_SINCE = PREFIX + "monitor:since"
+MONITOR_RUNS = PREFIX + "monitor:runs"
+PERF_SCORES = PREFIX + "perf:scores"
+
+
+def telemetry_key(resolution: str, slot: int) -> str:
+    """`resolution` is "m" (slot = unix minute) or "h" (slot = unix hour)."""
+    return f"{PREFIX}tm:{resolution}:{slot}"
+
+
+#: Per-minute refusal counts by kind: "m" counts toward the rejection threshold.
+REJECTION_KINDS = ("m", "rl", "blk")
+
+
+def rejections_key(minute: int, kind: str = "m") -> str:
+    """`kind`: "m" (every rejection the threshold counts), "rl" (rate-limited), "blk"
+    (refused while blocked)."""
+    return f"{PREFIX}sec:{kind}:{minute}"
+
+
+def rate_key(client_id: str) -> str:
+    return f"{PREFIX}rate:{client_id}"
+
+
+def block_key(client_id: str) -> str:
+    return f"{PREFIX}block:{client_id}"

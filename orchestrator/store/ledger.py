@@ -1,0 +1,603 @@
+"""The task half of the state store: the ledger, parking, recovery plans, dead letters."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.errors import UnknownTask
+from orchestrator.models import (
+    OrchestrationEvent,
+    OrchestrationTask,
+    ProductionEventSeverity,
+    RecoveryPlan,
+    TaskRecord,
+    TaskState,
+)
+from orchestrator.monitoring.stats import REJECTIONS_TTL_S, client_label
+from orchestrator.store.base import StoreBase, _event_args, _history
+from orchestrator.store.keys import (
+    AGENT_STATS,
+    COUNTERS,
+    DLQ,
+    EVENTS,
+    INFLIGHT_PREFIX,
+    KOMBU_UNACKED,
+    KOMBU_UNACKED_INDEX,
+    OUTBOX,
+    OUTBOX_MSG,
+    PARKED,
+    RECOVERY,
+    RECOVERY_DEADLINES,
+    history_key,
+    inflight_key,
+    queue_lists,
+    rejections_key,
+    task_key,
+)
+
+ACTIVE_STATES = (
+    TaskState.ACCEPTED,
+    TaskState.PARKED,
+    TaskState.ROUTED,
+    TaskState.RUNNING,
+    TaskState.RECOVERING,
+)
+
+
+def _outbox_message(kwargs: Mapping[str, Any], submit_id: str, queue: str) -> str:
+    """An outbox entry: what the recovery monitor sends to `orchestrator.submit` again."""
+    return json.dumps({"kwargs": dict(kwargs), "queue": queue, "submit_id": submit_id})
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What begin_attempt decided for one delivered copy of a task."""
+
+    code: int  # >0: the attempt number, run it; <0: see scripts.BEGIN_ATTEMPT
+    info: str
+    submitted_at: float | None = None  # given with a copy to run
+
+    @property
+    def run(self) -> bool:
+        return self.code > 0
+
+
+class LedgerStore(StoreBase):
+    """Tasks: the ledger, parking, recovery plans and the dead-letter store."""
+
+    # --- the ledger ----------------------------------------------------------------------
+
+    def accept(
+        self,
+        task: OrchestrationTask,
+        submit_id: str,
+        now: float,
+        outbox: tuple[Mapping[str, Any], str] | None = None,
+    ) -> tuple[str, str]:
+        """Record a new task and announce it, in one round trip; tell a fresh acceptance from
+        a redelivery of the same submit message or a duplicate submission. With `outbox`
+        (the submission's fields and its queue) a new task also enters the outbox in the same
+        step (see outbox_put)."""
+        keys, args = self._accept_step(task, submit_id, now, outbox)
+        with self._translate():
+            status, state = self._accept(keys=keys, args=args)
+        return str(status), str(state)
+
+    def accept_and_route(
+        self,
+        task: OrchestrationTask,
+        submit_id: str,
+        agent_id: str,
+        now: float,
+        pushes: Sequence[tuple[str, str]],
+    ) -> tuple[str, str]:
+        """Accept a new task, route it to `agent_id` (dispatch 1) and publish its message by
+        pushing `pushes` ((list key, payload): the broker's own message, built for dispatch 1)
+        in one atomic step: all of it happens, or, for a task that is not new, none of it.
+        Returns ("routed", "1"), or accept's ("resume" | "duplicate", state)."""
+        accept_keys, accept_args = self._accept_step(task, submit_id, now, None)
+        route_keys, route_args = self._route_step(task, agent_id, now, drop_outbox=False)
+        args: list[Any] = []
+        for part in (accept_args, route_args, [payload for _, payload in pushes]):
+            args += [len(part), *part]
+        with self._translate():
+            status, state = self._accept_route(
+                keys=[*accept_keys, *route_keys, *(key for key, _ in pushes)], args=args
+            )
+        return str(status), str(state)
+
+    def _accept_step(
+        self,
+        task: OrchestrationTask,
+        submit_id: str,
+        now: float,
+        outbox: tuple[Mapping[str, Any], str] | None,
+    ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of scripts.ACCEPT."""
+        assert task.task_id is not None
+        event = OrchestrationEvent(
+            type="task.submitted",
+            ts=now,
+            source="router",
+            data={
+                "task_id": task.task_id,
+                "type": task.type,
+                "client_id": task.client_id,
+                "priority": task.priority,
+            },
+        )
+        keys = [
+            task_key(task.task_id),
+            history_key(task.task_id),
+            COUNTERS,
+            EVENTS,
+            OUTBOX,
+            OUTBOX_MSG,
+        ]
+        args: list[Any] = [
+            submit_id,
+            repr(now),
+            task.model_dump_json(),
+            task.type,
+            _history("accepted", now, client_id=task.client_id),
+            self.ledger_ttl_s,
+            self.events_max_len,
+            task.task_id,
+            "" if outbox is None else _outbox_message(outbox[0], submit_id, outbox[1]),
+            *_event_args(event),
+        ]
+        return keys, args
+
+    # --- the submission outbox ------------------------------------------------------------
+
+    def outbox_put(
+        self, task_id: str, submit_id: str, kwargs: dict[str, Any], queue: str, now: float
+    ) -> None:
+        """Keep a client's submission until it is routed or parked (OrchestratorClient)."""
+        with self._translate():
+            pipe = self.r.pipeline(transaction=True)
+            pipe.hset(OUTBOX_MSG, task_id, _outbox_message(kwargs, submit_id, queue))
+            pipe.zadd(OUTBOX, {task_id: now})
+            pipe.execute()
+
+    def outbox_drop(self, task_id: str, pipe: Any = None) -> None:
+        target = pipe if pipe is not None else self.r.pipeline(transaction=True)
+        with self._translate():
+            target.zrem(OUTBOX, task_id)
+            target.hdel(OUTBOX_MSG, task_id)
+            if pipe is None:
+                target.execute()
+
+    def outbox_due(
+        self, older_than: float, now: float, limit: int = 500
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Submissions neither routed nor parked within the resend delay: the client died
+        between recording and routing, or (through `orchestrator.submit`) a router was killed
+        holding the message, which kombu's BRPOP hands over before recording it as
+        unacknowledged. Each is stamped `now` and returned, to be sent again by name under
+        its original message id (so an accepted one resumes instead of repeating)."""
+        with self._translate():
+            ids = self.r.zrangebyscore(OUTBOX, "-inf", older_than, start=0, num=limit)
+            if not ids:
+                return []
+            raws = self.r.hmget(OUTBOX_MSG, ids)
+            self.r.zadd(OUTBOX, dict.fromkeys(ids, now), xx=True)
+        return [(i, json.loads(raw)) for i, raw in zip(ids, raws, strict=True) if raw]
+
+    def record_rejection(
+        self,
+        problems: Sequence[str],
+        submit_id: str,
+        now: float,
+        client_id: str | None,
+        reason: str = "invalid",
+    ) -> None:
+        """Count a refused submission and announce it (`task.rejected`). `reason`: "invalid"
+        (a bad spec), "rate_limited" or "blocked" (see admit_client). Invalid and
+        rate-limited ones count toward the security loop's rejection threshold; refusals of a
+        blocked client are counted apart, so a block runs its course instead of renewing the
+        finding that caused it."""
+        label = client_label(client_id)
+        minute = int(now // 60)
+        kinds = {"invalid": ("m",), "rate_limited": ("m", "rl"), "blocked": ("blk",)}[reason]
+        with self._translate():
+            pipe = self.r.pipeline(transaction=False)
+            pipe.hincrby(COUNTERS, "rejected", 1)
+            if reason != "invalid":
+                pipe.hincrby(COUNTERS, reason, 1)
+            # Per client and minute, for the security loop (both submission paths count).
+            for kind in kinds:
+                minute_key = rejections_key(minute, kind)
+                pipe.hincrby(minute_key, label, 1)
+                pipe.expire(minute_key, REJECTIONS_TTL_S)
+            self.event(
+                "task.rejected",
+                now,
+                "router",
+                pipe,
+                severity=ProductionEventSeverity.WARNING,
+                submit_id=submit_id,
+                problems=list(problems),
+                client_id=client_id,
+                reason=reason,
+            )
+            pipe.execute()
+
+    def count_duplicate(self, task_id: str, now: float) -> None:
+        with self._translate():
+            self.r.hincrby(COUNTERS, "duplicates_ignored", 1)
+
+    def task_exists(self, task_id: str) -> bool:
+        with self._translate():
+            return bool(self.r.exists(task_key(task_id)))
+
+    def task_fields(self, task_id: str) -> dict[str, str]:
+        with self._translate():
+            return dict(self.r.hgetall(task_key(task_id)))
+
+    def load_spec(self, task_id: str) -> OrchestrationTask:
+        with self._translate():
+            raw = self.r.hget(task_key(task_id), "spec")
+        if raw is None:
+            raise UnknownTask(f"no task {task_id!r} in the ledger (expired, or never accepted)")
+        return OrchestrationTask.model_validate_json(raw)
+
+    def _move(
+        self,
+        task_id: str,
+        new: TaskState,
+        allowed: Sequence[TaskState],
+        now: float,
+        history: dict[str, Any] | None = None,
+        **fields: Any,
+    ) -> tuple[int, str]:
+        args: list[Any] = [new.value, _history(new.value, now, **(history or {})), len(allowed)]
+        args += [s.value for s in allowed]
+        for name, value in fields.items():
+            if value is not None:
+                args += [name, value]
+        with self._translate():
+            done, previous = self._transition(
+                keys=[task_key(task_id), history_key(task_id)], args=args
+            )
+        return int(done), str(previous)
+
+    def mark_routed(
+        self,
+        task: OrchestrationTask,
+        agent_id: str,
+        now: float,
+        drop_outbox: bool = True,
+        expect_dispatch: int | None = None,
+        **history: Any,
+    ) -> int:
+        """Assign the task to an agent (one round trip); returns the new dispatch number, or
+        0 when the task had already ended (or, with `expect_dispatch`, is no longer `routed`
+        under that dispatch)."""
+        keys, args = self._route_step(
+            task, agent_id, now, drop_outbox, expect_dispatch=expect_dispatch, **history
+        )
+        with self._translate():
+            dispatch, _previous = self._route(keys=keys, args=args)
+        return max(0, int(dispatch))
+
+    def _route_step(
+        self,
+        task: OrchestrationTask,
+        agent_id: str,
+        now: float,
+        drop_outbox: bool,
+        expect_dispatch: int | None = None,
+        **history: Any,
+    ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of scripts.ROUTE."""
+        assert task.task_id is not None
+        event = OrchestrationEvent(
+            type="task.routed",
+            ts=now,
+            source="router",
+            data={"task_id": task.task_id, "agent_id": agent_id, "type": task.type},
+        )
+        keys = [
+            task_key(task.task_id),
+            history_key(task.task_id),
+            COUNTERS,
+            AGENT_STATS,
+            PARKED,
+            EVENTS,
+            OUTBOX,
+            OUTBOX_MSG,
+        ]
+        args: list[Any] = [
+            agent_id,
+            repr(now),
+            _history("routed", now, agent=agent_id, **history),
+            INFLIGHT_PREFIX,
+            task.task_id,
+            self.events_max_len,
+            "1" if drop_outbox else "0",
+            "" if expect_dispatch is None else expect_dispatch,
+            *_event_args(event),
+        ]
+        return keys, args
+
+    def park(self, task: OrchestrationTask, now: float) -> bool:
+        assert task.task_id is not None
+        done, _ = self._move(
+            task.task_id, TaskState.PARKED, ACTIVE_STATES, now, parked_at=repr(now)
+        )
+        if done != 1:
+            return False
+        with self._translate():
+            pipe = self.r.pipeline(transaction=False)
+            pipe.zadd(PARKED, {task.task_id: now}, nx=True)
+            pipe.hincrby(COUNTERS, "parked", 1)
+            self.outbox_drop(task.task_id, pipe)
+            self.event(
+                "task.parked",
+                now,
+                "router",
+                pipe,
+                task_id=task.task_id,
+                type=task.type,
+                required_capabilities=task.required_capabilities,
+            )
+            pipe.execute()
+        return True
+
+    def parked(self, limit: int = 1000) -> list[tuple[str, float]]:
+        with self._translate():
+            return [
+                (str(m), float(s)) for m, s in self.r.zrange(PARKED, 0, limit - 1, withscores=True)
+            ]
+
+    def claim_parked(self, task_id: str) -> bool:
+        """Take a parked task out of the parked set; only one router wins it."""
+        with self._translate():
+            return bool(self.r.zrem(PARKED, task_id))
+
+    def unclaim_parked(self, task_id: str, parked_at: float) -> None:
+        with self._translate():
+            self.r.zadd(PARKED, {task_id: parked_at})
+
+    def begin_attempt(
+        self,
+        task_id: str,
+        agent_id: str,
+        dispatch: int,
+        now: float,
+        pid: int,
+        max_deliveries: int,
+        force: bool = False,
+    ) -> Attempt:
+        with self._translate():
+            code, info, *rest = self._begin(
+                keys=[task_key(task_id), history_key(task_id)],
+                args=[
+                    agent_id,
+                    repr(now),
+                    _history("running", now, agent=agent_id),
+                    dispatch,
+                    pid,
+                    max_deliveries,
+                    "1" if force else "0",
+                ],
+            )
+        submitted = rest[0] if rest and rest[0] else None
+        return Attempt(int(code), str(info), None if submitted is None else float(submitted))
+
+    def mark_recovering(
+        self, task_id: str, agent_id: str, now: float, error: str, kind: str
+    ) -> bool:
+        done, _ = self._move(
+            task_id,
+            TaskState.RECOVERING,
+            [TaskState.RUNNING, TaskState.ROUTED],
+            now,
+            history={"agent": agent_id, "error": error, "kind": kind},
+            error=error,
+        )
+        return done == 1
+
+    def finish(
+        self,
+        task_id: str,
+        state: TaskState,
+        agent_id: str | None,
+        now: float,
+        error: str | None = None,
+        latency_ms: float | None = None,
+        task_type: str | None = None,
+        result: str | None = None,
+    ) -> bool:
+        """Record a terminal state once (one round trip); False when the task had already
+        ended.
+
+        The handler's encoded result is kept in the ledger so a redelivered copy of a task
+        that already succeeded can hand it back without running the handler again."""
+        with self._translate():
+            owner = agent_id or self.r.hget(task_key(task_id), "agent")
+            keys, args = self._finish_step(
+                task_id, state, agent_id, owner, now, error, latency_ms, task_type, result
+            )
+            done, _ = self._finish(keys=keys, args=args)
+        return int(done) == 1
+
+    def _finish_step(
+        self,
+        task_id: str,
+        state: TaskState,
+        agent_id: str | None,
+        owner: str | None,
+        now: float,
+        error: str | None,
+        latency_ms: float | None,
+        task_type: str | None,
+        result: str | None,
+    ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of scripts.FINISH."""
+        fields: list[Any] = ["finished_at", repr(now)]
+        for name, value in (
+            ("error", error),
+            ("result", result),
+            ("latency_ms", None if latency_ms is None else repr(latency_ms)),
+        ):
+            if value is not None:
+                fields += [name, value]
+        event = OrchestrationEvent(
+            type=f"task.{state.value}",
+            ts=now,
+            severity=(
+                ProductionEventSeverity.INFO
+                if state is TaskState.SUCCEEDED
+                else ProductionEventSeverity.ERROR
+            ),
+            source=agent_id or "recovery",
+            data={
+                "task_id": task_id,
+                "agent_id": owner,
+                "error": error,
+                "latency_ms": latency_ms,
+                "type": task_type,
+            },
+        )
+        keys = [
+            task_key(task_id),
+            history_key(task_id),
+            COUNTERS,
+            RECOVERY,
+            RECOVERY_DEADLINES,
+            PARKED,
+            OUTBOX,
+            OUTBOX_MSG,
+            DLQ,
+            EVENTS,
+        ]
+        args: list[Any] = [
+            state.value,
+            _history(state.value, now, agent=agent_id, error=error),
+            repr(now),
+            self.ledger_ttl_s,
+            task_id,
+            inflight_key(owner) if owner else "",
+            self.events_max_len,
+            len(fields),
+            *fields,
+            *_event_args(event),
+        ]
+        return keys, args
+
+    def stored_result(self, task_id: str) -> str | None:
+        with self._translate():
+            value = self.r.hget(task_key(task_id), "result")
+        return str(value) if value is not None else None
+
+    def task_record(self, task_id: str) -> TaskRecord:
+        with self._translate():
+            pipe = self.r.pipeline(transaction=False)
+            pipe.hgetall(task_key(task_id))
+            pipe.lrange(history_key(task_id), 0, -1)
+            fields, history = pipe.execute()
+        if not fields:
+            raise UnknownTask(f"no task {task_id!r} in the ledger (expired, or never accepted)")
+        spec = json.loads(fields.get("spec", "{}"))
+
+        def num(name: str) -> float | None:
+            return float(fields[name]) if name in fields else None
+
+        return TaskRecord(
+            task_id=task_id,
+            type=fields.get("type", spec.get("type", "")),
+            state=TaskState(fields["state"]),
+            agent_id=fields.get("agent"),
+            attempts=int(fields.get("attempts", 0)),
+            priority=spec.get("priority", 5),
+            required_capabilities=spec.get("required_capabilities", []),
+            client_id=spec.get("client_id", "anonymous"),
+            submitted_at=num("submitted_at"),
+            routed_at=num("routed_at"),
+            started_at=num("started_at"),
+            finished_at=num("finished_at"),
+            error=fields.get("error"),
+            history=[json.loads(h) for h in history],
+        )
+
+    def failed_agents(self, task_id: str) -> set[str]:
+        """Agents on which this task already failed (its `recovering` history entries)."""
+        with self._translate():
+            entries = self.r.lrange(history_key(task_id), 0, -1)
+        failed = set()
+        for raw in entries:
+            entry = json.loads(raw)
+            if entry.get("state") == TaskState.RECOVERING.value and entry.get("agent"):
+                failed.add(entry["agent"])
+        return failed
+
+    def counters(self) -> dict[str, int]:
+        with self._translate():
+            return {k: int(v) for k, v in self.r.hgetall(COUNTERS).items()}
+
+    # --- recovery ------------------------------------------------------------------------
+
+    def save_plan(self, plan: RecoveryPlan) -> None:
+        with self._translate():
+            pipe = self.r.pipeline(transaction=True)
+            pipe.hset(RECOVERY, plan.task_id, plan.model_dump_json())
+            pipe.zadd(RECOVERY_DEADLINES, {plan.task_id: plan.deadline})
+            pipe.execute()
+
+    def overdue_plans(self, now: float, limit: int = 500) -> list[RecoveryPlan]:
+        with self._translate():
+            ids = self.r.zrangebyscore(RECOVERY_DEADLINES, "-inf", now, start=0, num=limit)
+            raws = self.r.hmget(RECOVERY, ids) if ids else []
+        plans = []
+        for task_id, raw in zip(ids, raws, strict=True):
+            if raw is None:
+                with self._translate():
+                    self.r.zrem(RECOVERY_DEADLINES, task_id)
+                continue
+            plans.append(RecoveryPlan.model_validate_json(raw))
+        return plans
+
+    def vanished(self, agent_id: str, queue: str, routed_before: float) -> dict[str, int]:
+        """The agent's tasks `routed` before `routed_before` whose message is in neither its
+        queue nor kombu's unacknowledged deliveries (scripts.VANISHED), with their dispatch.
+        Only meaningful when the broker is the state store's Redis."""
+        with self._translate():
+            flat = self._vanished(
+                keys=[inflight_key(agent_id), KOMBU_UNACKED, *queue_lists(queue)],
+                args=[task_key(""), repr(routed_before)],
+            )
+        return {str(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+    def inflight(self, agent_id: str) -> list[str]:
+        with self._translate():
+            return sorted(self.r.smembers(inflight_key(agent_id)))
+
+    def purge_agent_queue(self, queue: str) -> int:
+        """Empty a lost agent's broker lists and its unacked entries, once every task in them
+        has been re-routed under a new dispatch (the copies left there are stale)."""
+        removed = 0
+        with self._translate():
+            pipe = self.r.pipeline(transaction=False)
+            for name in queue_lists(queue):
+                pipe.llen(name)
+            removed = sum(int(n) for n in pipe.execute())
+            self.r.delete(*queue_lists(queue))
+            stale = []
+            for tag, raw in self.r.hscan_iter(KOMBU_UNACKED, count=500):
+                try:
+                    _payload, _exchange, routing_key = json.loads(raw)
+                except (ValueError, TypeError):
+                    continue
+                if routing_key == queue:
+                    stale.append(tag)
+            if stale:
+                pipe = self.r.pipeline(transaction=True)
+                pipe.hdel(KOMBU_UNACKED, *stale)
+                pipe.zrem(KOMBU_UNACKED_INDEX, *stale)
+                pipe.execute()
+        return removed + len(stale)

@@ -1,0 +1,27 @@
+-- A submission's per-client limits in one round trip (run only when one of them is on):
+-- KEYS = the client's block key, its token bucket; ARGV = now, rate per second (0: no rate
+-- limit), burst, "1" to check the block. The bucket is security.take_token's: refill at `rate`
+-- up to `burst` since the last refill (never backwards), then take one token if there is one.
+-- Returns {"ok", ""}, {"blocked", until} or {"limited", seconds until a token is there}.
+local now = tonumber(ARGV[1])
+if ARGV[4] == '1' then
+  local untl = redis.call('GET', KEYS[1])
+  if untl and tonumber(untl) > now then return {'blocked', untl} end
+end
+local rate = tonumber(ARGV[2])
+if rate <= 0 then return {'ok', ''} end
+local burst = tonumber(ARGV[3])
+local b = redis.call('HMGET', KEYS[2], 't', 'ts')
+local tokens, ts = tonumber(b[1]), tonumber(b[2])
+if tokens == nil or ts == nil then tokens, ts = burst, now end
+tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+ts = math.max(ts, now)
+local verdict, value = 'ok', ''
+if tokens >= 1 then
+  tokens = tokens - 1
+else
+  verdict, value = 'limited', string.format('%.17g', (1 - tokens) / rate)
+end
+redis.call('HSET', KEYS[2], 't', string.format('%.17g', tokens), 'ts', string.format('%.17g', ts))
+redis.call('PEXPIRE', KEYS[2], math.ceil(burst / rate * 1000) + 1000)
+return {verdict, value}

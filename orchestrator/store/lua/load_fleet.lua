@@ -1,0 +1,10 @@
+-- The whole fleet in one round trip. KEYS = agents, heartbeats, agent_stats, agent_status;
+-- ARGV = circuit key prefix. Returns {agents, heartbeats, stats, statuses, {id, circuit}...}.
+local agents = redis.call('HGETALL', KEYS[1])
+local circuits = {}
+for i = 1, #agents, 2 do
+  circuits[#circuits + 1] = agents[i]
+  circuits[#circuits + 1] = redis.call('HGETALL', ARGV[1] .. agents[i])
+end
+return {agents, redis.call('HGETALL', KEYS[2]), redis.call('HGETALL', KEYS[3]),
+        redis.call('HGETALL', KEYS[4]), circuits}

@@ -1,0 +1,35 @@
+-- Hand a task to an agent: a new dispatch number, so any older copy of its message (a kombu
+-- restore, a queue of a lost agent) is recognised as stale; counted and announced in the same
+-- step; with drop-outbox 1 the submission also leaves the client's outbox (a router that
+-- publishes in-process drops it itself once the publish succeeded). KEYS = ledger, history,
+-- counters, agent_stats, parked, events, outbox, outbox messages; ARGV = agent, now, history
+-- JSON, in-flight key prefix, task id, events max length, drop-outbox, expected dispatch ('':
+-- any; else only a task still `routed` under that dispatch moves), then the `task.routed`
+-- event's field/value pairs. Returns {dispatch, previous state}, or {0, state} if it ended or
+-- is not as expected.
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'accepted' and state ~= 'parked' and state ~= 'routed' and state ~= 'running'
+   and state ~= 'recovering' then
+  return {0, state or ''}
+end
+if ARGV[8] ~= '' and (state ~= 'routed' or redis.call('HGET', KEYS[1], 'dispatch') ~= ARGV[8])
+then
+  return {0, state}
+end
+local prev = redis.call('HGET', KEYS[1], 'agent')
+if prev then redis.call('SREM', ARGV[4] .. prev, ARGV[5]) end
+local dispatch = redis.call('HINCRBY', KEYS[1], 'dispatch', 1)
+redis.call('HSET', KEYS[1], 'state', 'routed', 'agent', ARGV[1], 'routed_at', ARGV[2],
+           'deliveries', 0)
+redis.call('HDEL', KEYS[1], 'pid')
+redis.call('RPUSH', KEYS[2], ARGV[3])
+redis.call('SADD', ARGV[4] .. ARGV[1], ARGV[5])
+redis.call('HINCRBY', KEYS[3], 'routed', 1)
+redis.call('HINCRBY', KEYS[4], ARGV[1] .. '|inflight', 1)
+redis.call('ZREM', KEYS[5], ARGV[5])
+if ARGV[7] == '1' then
+  redis.call('ZREM', KEYS[7], ARGV[5])
+  redis.call('HDEL', KEYS[8], ARGV[5])
+end
+redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[6], '*', unpack(ARGV, 9))
+return {dispatch, state}

@@ -1,0 +1,329 @@
+"""Redis I/O of the monitoring loops: telemetry windows, queue depths, and each loop's state.
+
+Key names come from orchestrator.store.keys; the decisions made over what is read here live in the
+pure modules (stats, alerting, slo, anomaly). Telemetry is written by orchestrator.store.telemetry.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from orchestrator.models import AlertState, ProductionAlert
+from orchestrator.monitoring.stats import WindowStats, parse_fields, sum_fields
+from orchestrator.security.policy import Finding
+from orchestrator.store.keys import (
+    ALERT_ACKS,
+    ALERTS,
+    ALERTS_UNSENT,
+    ANOMALY_SLOT,
+    ANOMALY_STATE,
+    BACKUP_LAST,
+    DLQ,
+    KOMBU_UNACKED,
+    MONITOR_RUNS,
+    MONITOR_SINCE,
+    PARKED,
+    PERF_SCORES,
+    POISON,
+    REGRESSIONS,
+    REJECTION_KINDS,
+    SECURITY_CHECKED,
+    SECURITY_THREATS,
+    SLA_COMPLIANT,
+    SLO_ALERTS,
+    TELEMETRY_TOTAL,
+    queue_lists,
+    rejections_key,
+    telemetry_key,
+)
+from orchestrator.store.telemetry import MINUTE_WINDOW_MAX_S, TelemetryWriter
+
+RUNS_KEPT = 1000
+MAX_HOUR_WINDOW_S = 31 * 86400
+
+# Count kombu's unacked entries per routing key without shipping their (maybe large) bodies:
+# each value is JSON `[message, exchange, routing_key]`, so the last string is the key.
+_UNACKED_BY_ROUTING_KEY = """
+local counts = {}
+for _, v in ipairs(redis.call('HVALS', KEYS[1])) do
+  local rk = string.match(v, '"([^"]*)"%s*%]%s*$')
+  if rk then counts[rk] = (counts[rk] or 0) + 1 end
+end
+local out = {}
+for k, n in pairs(counts) do out[#out + 1] = k; out[#out + 1] = n end
+return out
+"""
+
+
+def window_slots(window_s: float, now: float) -> tuple[str, int, int]:
+    """(resolution, first slot, last slot) of the buckets covering [now - window, now].
+
+    Minute buckets up to six hours, hour buckets beyond (they are kept ~31 days); the
+    current, partial bucket is included.
+    """
+    if window_s <= MINUTE_WINDOW_MAX_S:
+        return "m", int((now - window_s) // 60) + 1, int(now // 60)
+    window_s = min(window_s, MAX_HOUR_WINDOW_S)
+    return "h", int((now - window_s) // 3600) + 1, int(now // 3600)
+
+
+def _slot_s(resolution: str) -> int:
+    return 60 if resolution == "m" else 3600
+
+
+@dataclass
+class TelemetrySeries:
+    """Telemetry buckets fetched once and summed into any number of windows."""
+
+    now: float
+    buckets: dict[str, dict[int, dict[str, int]]] = field(default_factory=dict)
+
+    def fields(self, window_s: float) -> tuple[dict[str, int], float]:
+        """Summed fields of a window and the seconds it actually covers."""
+        res, first, last = window_slots(window_s, self.now)
+        got = self.buckets.get(res, {})
+        summed = sum_fields(got[s] for s in range(first, last + 1) if s in got)
+        return summed, max(self.now - first * _slot_s(res), 1.0)
+
+    def window(self, window_s: float) -> tuple[WindowStats, float]:
+        summed, span = self.fields(window_s)
+        return parse_fields(summed), span
+
+    def minute(self, slot: int) -> WindowStats:
+        return parse_fields(self.buckets.get("m", {}).get(slot, {}))
+
+
+class MonitorStore:
+    """All reads and writes of monitoring state. One instance per process."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.r = client
+        self.telemetry = TelemetryWriter(client)
+        self._unacked = client.register_script(_UNACKED_BY_ROUTING_KEY)
+
+    @classmethod
+    def from_url(cls, url: str) -> MonitorStore:
+        return cls(redis.Redis.from_url(url, decode_responses=True, health_check_interval=30))
+
+    # --- telemetry ---------------------------------------------------------------------
+
+    def series(self, windows: Iterable[float], now: float) -> TelemetrySeries:
+        """Fetch every bucket the given windows need, in one round trip."""
+        spans: dict[str, tuple[int, int]] = {}
+        for w in windows:
+            res, first, last = window_slots(w, now)
+            lo, hi = spans.get(res, (first, last))
+            spans[res] = (min(lo, first), max(hi, last))
+        pipe = self.r.pipeline(transaction=False)
+        order: list[tuple[str, int]] = []
+        for res, (first, last) in spans.items():
+            for slot in range(first, last + 1):
+                pipe.hgetall(telemetry_key(res, slot))
+                order.append((res, slot))
+        series = TelemetrySeries(now=now)
+        for (res, slot), raw in zip(order, pipe.execute(), strict=True):
+            if raw:
+                series.buckets.setdefault(res, {})[slot] = {k: int(v) for k, v in raw.items()}
+        return series
+
+    def window(self, window_s: float, now: float) -> tuple[WindowStats, float]:
+        return self.series([window_s], now).window(window_s)
+
+    def totals(self) -> dict[str, int]:
+        return {k: int(v) for k, v in self.r.hgetall(TELEMETRY_TOTAL).items()}
+
+    def rejections(self, window_s: float, now: float, kind: str = "m") -> dict[str, int]:
+        """Refused submissions per client over the window; `kind` as in keys.rejections_key."""
+        return self.refusals(window_s, now, (kind,))[kind]
+
+    def refusals(
+        self, window_s: float, now: float, kinds: Sequence[str] = REJECTION_KINDS
+    ) -> dict[str, dict[str, int]]:
+        """Several kinds of refusal counts over the window, in one round trip."""
+        first, last = int((now - window_s) // 60) + 1, int(now // 60)
+        pipe = self.r.pipeline(transaction=False)
+        for kind in kinds:
+            for slot in range(first, last + 1):
+                pipe.hgetall(rejections_key(slot, kind))
+        replies = pipe.execute()
+        per = last - first + 1
+        return {k: sum_fields(replies[i * per : (i + 1) * per]) for i, k in enumerate(kinds)}
+
+    def poison_refused(self, window_s: float, now: float) -> int:
+        """Messages a worker refused at its edge within the window (the poison store's zset,
+        scored by when each was refused; read only)."""
+        return int(self.r.zcount(POISON, f"({now - window_s!r}", repr(now)))
+
+    # --- the broker --------------------------------------------------------------------
+
+    def queue_depths(self, queues: Sequence[str]) -> dict[str, int]:
+        """Messages waiting in each queue (every priority list) plus those fetched by a worker
+        and not yet acknowledged (kombu's `unacked` hash, matched by routing key)."""
+        pipe = self.r.pipeline(transaction=False)
+        for queue in queues:
+            for name in queue_lists(queue):
+                pipe.llen(name)
+        lengths = pipe.execute()
+        per = len(queue_lists("q"))
+        depths = {q: sum(lengths[i * per : (i + 1) * per]) for i, q in enumerate(queues)}
+        flat = self._unacked(keys=[KOMBU_UNACKED])
+        for i in range(0, len(flat), 2):
+            routing_key = str(flat[i])
+            if routing_key in depths:
+                depths[routing_key] += int(flat[i + 1])
+        return depths
+
+    def backlog(self) -> tuple[int, int]:
+        """(parked tasks, dead letters)."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zcard(PARKED)
+        pipe.zcard(DLQ)
+        parked, dead = pipe.execute()
+        return int(parked), int(dead)
+
+    # --- alerts ------------------------------------------------------------------------
+
+    def alerts(self, key: str = ALERTS) -> dict[str, ProductionAlert]:
+        return {
+            name: ProductionAlert.model_validate_json(raw)
+            for name, raw in self.r.hgetall(key).items()
+        }
+
+    def all_alerts(self) -> list[ProductionAlert]:
+        return [*self.alerts(ALERTS).values(), *self.alerts(SLO_ALERTS).values()]
+
+    def save_alerts(self, alerts: Mapping[str, ProductionAlert], key: str = ALERTS) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(key)
+        if alerts:
+            pipe.hset(key, mapping={n: a.model_dump_json() for n, a in alerts.items()})
+        pipe.execute()
+
+    def acks(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.r.hgetall(ALERT_ACKS).items()}
+
+    def ack(self, name: str, active_since: float) -> None:
+        self.r.hset(ALERT_ACKS, name, repr(active_since))
+
+    def forget_acks(self, names: Iterable[str]) -> None:
+        names = list(names)
+        if names:
+            self.r.hdel(ALERT_ACKS, *names)
+
+    def unsent(self) -> dict[str, ProductionAlert]:
+        """Resolved alerts Alertmanager has not accepted yet (sent again next time)."""
+        return self.alerts(ALERTS_UNSENT)
+
+    def keep_unsent(self, alerts: Iterable[ProductionAlert]) -> None:
+        resolved: dict[str | bytes, str] = {
+            a.name: a.model_dump_json() for a in alerts if a.state is AlertState.RESOLVED
+        }
+        if resolved:
+            self.r.hset(ALERTS_UNSENT, mapping=resolved)
+
+    def drop_unsent(self, names: Iterable[str]) -> None:
+        names = list(names)
+        if names:
+            self.r.hdel(ALERTS_UNSENT, *names)
+
+    # --- lists, small hashes, markers --------------------------------------------------
+
+    def push_history(self, key: str, entry: Mapping[str, Any], keep: int) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        pipe.rpush(key, json.dumps(entry, default=str))
+        pipe.ltrim(key, -keep, -1)
+        pipe.execute()
+
+    def history(self, key: str, count: int = 1440) -> list[dict[str, Any]]:
+        return [json.loads(x) for x in self.r.lrange(key, -count, -1)]
+
+    def json_hash(self, key: str) -> dict[str, Any]:
+        return {k: json.loads(v) for k, v in self.r.hgetall(key).items()}
+
+    def save_json_hash(self, key: str, values: Mapping[str, Any]) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(key)
+        if values:
+            pipe.hset(key, mapping={k: json.dumps(v, default=str) for k, v in values.items()})
+        pipe.execute()
+
+    def compliance(self) -> dict[str, bool]:
+        return {k: v == "1" for k, v in self.r.hgetall(SLA_COMPLIANT).items()}
+
+    def save_compliance(self, values: Mapping[str, bool]) -> None:
+        self.save_json_hash(SLA_COMPLIANT, {k: int(v) for k, v in values.items()})
+
+    def anomaly_slot(self) -> int | None:
+        value = self.r.get(ANOMALY_SLOT)
+        return int(value) if value is not None else None
+
+    def set_anomaly_slot(self, slot: int) -> None:
+        self.r.set(ANOMALY_SLOT, slot)
+
+    def detector_states(self) -> dict[str, Any]:
+        return self.json_hash(ANOMALY_STATE)
+
+    def save_detector_states(self, states: Mapping[str, Any]) -> None:
+        self.save_json_hash(ANOMALY_STATE, states)
+
+    def regressions(self) -> dict[str, Any]:
+        return self.json_hash(REGRESSIONS)
+
+    def findings(self) -> dict[str, Finding]:
+        """The security loop's standing findings (orchestrator.security), by id."""
+        out = {}
+        for key, raw in self.r.hgetall(SECURITY_THREATS).items():
+            try:
+                out[key] = Finding.model_validate_json(raw)
+            except ValueError:
+                continue  # written by an older version: found again at the next run
+        return out
+
+    def save_findings(self, findings: Mapping[str, Finding], checked: Mapping[str, Any]) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(SECURITY_THREATS)
+        if findings:
+            pipe.hset(
+                SECURITY_THREATS, mapping={k: f.model_dump_json() for k, f in findings.items()}
+            )
+        pipe.set(SECURITY_CHECKED, json.dumps(checked, default=str))
+        pipe.execute()
+
+    def security_checked(self) -> dict[str, Any]:
+        """When the security loop last ran and what it saw ({} before its first run)."""
+        raw = self.r.get(SECURITY_CHECKED)
+        return json.loads(raw) if raw else {}
+
+    def threats(self) -> dict[str, Finding]:
+        """Findings of severity error or critical: the `security_threats` metric."""
+        return {k: f for k, f in self.findings().items() if f.alerting}
+
+    def last_backup(self) -> dict[str, str]:
+        return {str(k): str(v) for k, v in self.r.hgetall(BACKUP_LAST).items()}
+
+    def set_last_backup(self, info: Mapping[str, Any]) -> None:
+        self.r.hset(BACKUP_LAST, mapping={k: str(v) for k, v in info.items()})
+
+    def monitoring_since(self, now: float) -> float:
+        """When monitoring first ran here (set once); the age of "no backup yet"."""
+        self.r.set(MONITOR_SINCE, repr(now), nx=True)
+        return float(self.r.get(MONITOR_SINCE) or now)
+
+    def record_run(self, loop: str, now: float, task_id: str | None, ran: bool = True) -> None:
+        """Log every delivery of a loop's task, also those that skipped (lock held)."""
+        entry = {"loop": loop, "ts": now, "task_id": task_id, "ran": ran}
+        self.push_history(MONITOR_RUNS, entry, RUNS_KEPT)
+
+    def runs(self, count: int = RUNS_KEPT) -> list[dict[str, Any]]:
+        return self.history(MONITOR_RUNS, count)
+
+    def save_scores(self, scores: Mapping[str, float]) -> None:
+        self.save_json_hash(PERF_SCORES, scores)
+
+    def scores(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.json_hash(PERF_SCORES).items()}
