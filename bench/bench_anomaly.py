@@ -28,7 +28,6 @@ import multiprocessing
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import time
 import tracemalloc
@@ -44,6 +43,7 @@ if str(REPO_ROOT) not in sys.path:
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from bench.common import source_version  # noqa: E402
 from orchestrator.config import load_settings  # noqa: E402
 from orchestrator.monitoring.anomaly import DetectorState, backtest, new_state, step  # noqa: E402
 from orchestrator.monitoring.anomaly_eval import (  # noqa: E402
@@ -322,21 +322,6 @@ def print_tables(report: dict[str, Any], console: Console) -> None:
 # --- main ----------------------------------------------------------------------------------
 
 
-def _git(*args: str) -> str:
-    return subprocess.run(
-        ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-    ).stdout.strip()
-
-
-def _commit() -> str:
-    try:
-        head = _git("rev-parse", "--short", "HEAD")
-        dirty = _git("status", "--porcelain", "--untracked-files=no")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + (" plus uncommitted changes" if dirty else "")
-
-
 def say(message: str) -> None:
     """Progress and notes on stderr, so --json's stdout stays one object."""
     print(message, file=sys.stderr, flush=True)
@@ -422,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": _command(argv),
         "machine": f"{os.cpu_count()} CPUs, Python {platform.python_version()}, "
         f"load average {load_average:.2f} at start",
-        "commit": _commit(),
+        "commit": source_version() or "unknown",
     }
     report["published"] = compared(summed, sensitivity)
     if not args.no_results:

@@ -1,5 +1,6 @@
-"""Synthetic run-time series for one task type, fed minute by minute through the loop's
-regression decision: pure (a seed in, the minutes where regression.detected fired out).
+"""Synthetic run-time series for one task type, fed through the loop's regression decision.
+
+Pure: a seed in, the minutes where regression.detected fired out.
 
 Each minute has a random number of runs, each run's time is lognormal around the case's level
 (100 ms times a factor), the runs go into the telemetry histogram a worker writes

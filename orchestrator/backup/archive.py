@@ -1,5 +1,4 @@
-"""Backups of the orchestrator's state (every `orch:*` key and the event stream) as
-checksummed files.
+"""Backups of the orchestrator's state (every `orch:*` key, the event stream): checksummed files.
 
 A backup is a gzip'd JSON-lines file: a header line, then one line per key with its
 remaining TTL and Redis' own DUMP serialization (base64), which RESTORE takes back as is.

@@ -427,7 +427,7 @@ def security_report(ctx: LoopContext, now: float) -> dict[str, Any]:
 
 
 def run_security(ctx: LoopContext, now: float) -> dict[str, Any]:
-    """Find what is wrong now (security.py), keep the findings in Redis, announce each new one
+    """Find what is wrong now (security.policy), keep the findings in Redis, announce each new one
     as one `security.threat` event, and (ORCH_SECURITY_AUTO_BLOCK) block each client newly
     flagged for rejected submissions for ORCH_SECURITY_BLOCK_S."""
     s = ctx.settings

@@ -110,7 +110,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     """Everything Celery is told, in one place."""
     visibility = settings.visibility_timeout_s
     transport = {
-        # Redis serves priority 0 first; SPEC priority 9 is published as 0 (routing.py).
+        # Redis serves priority 0 first; SPEC priority 9 is published as 0 (routing/weights.py).
         "queue_order_strategy": "priority",
         "priority_steps": BROKER_PRIORITY_STEPS,
         # Messages a dead worker held come back after this. Lost agents are handled sooner

@@ -14,13 +14,15 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.config import Settings
 from orchestrator.models import ProductionEventSeverity as Severity
+
+if TYPE_CHECKING:  # the audit reads the settings; the pure core does not load them
+    from orchestrator.config import Settings
 
 #: Severities that make a finding a threat: counted in `security_threats`, fire the alert.
 ALERTING = frozenset({Severity.ERROR, Severity.CRITICAL})

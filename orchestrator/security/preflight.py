@@ -1,5 +1,7 @@
-"""Start-up checks of the Redis URLs: a wrong password, a refused ACL user or an untrusted
-certificate stops a process with one line naming the ORCH_ variable to fix.
+"""Start-up checks of the Redis URLs: a bad credential or certificate stops with one line.
+
+A wrong password, a refused ACL user or an untrusted certificate stops a process with one line
+naming the ORCH_ variable to fix.
 
 Celery treats every failure to reach the broker alike: "Cannot connect ... Trying again", a
 hundred times over, so a worker given a wrong password or the wrong CA never starts and never

@@ -1,10 +1,10 @@
 """The state store: every read and write of orchestrator state in Redis.
 
-One class, StateStore, made of the agent half (store_agents), the task half (store_ledger),
-the dead-letter store of both kinds (store_dlq) and the per-client limits (store_clients),
-over a shared base (store_base). Key names come from orchestrator.store.keys and the atomic steps
-from orchestrator.store.scripts, so a reader finds every key in one place and every multi-key
-change in another.
+One class, StateStore, made of the agent half (agents), the task half (ledger), the
+dead-letter store of both kinds (dlq), recovery's plans and lost agents' tasks (recovery) and
+the per-client limits (clients), over a shared base (base). Key names come from keys, and the
+atomic steps from scripts (Lua in lua/), so a reader finds every key in one place and every
+multi-key change in another.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ from orchestrator.store.clients import ClientStore
 from orchestrator.store.dlq import DeadLetterStore
 from orchestrator.store.keys import AGENT_STATS, circuit_key
 from orchestrator.store.ledger import Attempt
+from orchestrator.store.recovery import RecoveryStore
 from orchestrator.store.telemetry import telemetry_step
 
 
-class StateStore(AgentStore, DeadLetterStore, ClientStore):
+class StateStore(AgentStore, DeadLetterStore, RecoveryStore, ClientStore):
     """All reads and writes of orchestrator state. One instance per process."""
 
     def settle_run(

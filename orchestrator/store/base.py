@@ -1,7 +1,7 @@
 """The state store's foundation: the connection, error translation, events and locks.
 
-store_agents and store_ledger add the agent and the task halves; orchestrator.store puts
-them together as StateStore. Key names come from orchestrator.store.keys, Lua from scripts.
+The agents, ledger, dlq, recovery and clients modules add the rest; orchestrator.store puts
+them together as StateStore. Key names come from keys, Lua from scripts.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""The per-client half of the state store: rate limits and blocks (ORCH_CLIENT_RATE_LIMIT,
-ORCH_SECURITY_AUTO_BLOCK). Rejections themselves are counted with the ledger
-(LedgerStore.record_rejection), where every refused submission is."""
+"""The per-client half of the state store: rate limits and blocks.
+
+ORCH_CLIENT_RATE_LIMIT and ORCH_SECURITY_AUTO_BLOCK. Rejections themselves are counted with the
+ledger (LedgerStore.record_rejection), where every refused submission is."""
 
 from __future__ import annotations
 

@@ -95,7 +95,7 @@ def queue_lists(queue: str, steps: range = range(10)) -> list[str]:
 # tm:m:<minute> / tm:h:<hour>  hash  per-minute / per-hour telemetry buckets, fields
 #     "<type>|ok|fail|rec", "<type>|l|<i>" (run-time histogram), "<type>|d|<i>"
 #     (submit-to-start histogram), "<type>|lsum|dsum", "~avail|<cap>|good|total" (agent
-#     availability samples); minute buckets live ~7 h, hour buckets ~32 d (see stats.py)
+#     availability samples); minute buckets live ~7 h, hour buckets ~32 d (see monitoring/stats.py)
 # tm:total              hash  the same fields, cumulative and never expiring (the exporter)
 # sec:m:<minute>        hash  client_id -> rejected submissions in that minute (invalid
 #                             specs and rate-limited ones: what the threshold counts)
@@ -116,7 +116,7 @@ def queue_lists(queue: str, steps: range = range(10)) -> list[str]:
 # anomaly:slot          str   the last complete minute the anomaly loop consumed
 # regressions           hash  task type -> Regression JSON while the regression lasts
 # security:threats      hash  finding id -> {id, kind, severity, summary, since, data} JSON,
-#                             the security loop's findings while they last (security.py)
+#                             the security loop's findings while they last (security/policy.py)
 # security:checked      str   {ts, workers, flower} JSON: when the loop last ran and what it saw
 # backup:last           hash  path, sha256, created_at, keys of the newest backup
 # monitor:since         str   when monitoring first ran (age of "no backup yet")

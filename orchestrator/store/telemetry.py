@@ -6,7 +6,7 @@ run is counted exactly when it ended the task; a failure handed to recovery righ
 recovery takes it over. A copy that runs no handler (a duplicate, stale or restored copy)
 counts nothing. The monitoring loops add their availability samples through TelemetryWriter.
 
-Counts go to a per-minute and a per-hour hash (see orchestrator.store.keys and stats.py) and, for
+Counts go to a per-minute and a per-hour hash (see store.keys and monitoring/stats.py) and, for
 handler runs, to one cumulative hash for the exporter, by one Lua step (scripts.TELEMETRY_ADD).
 """
 
