@@ -28,7 +28,6 @@ from orchestrator.client import OrchestratorClient
 from orchestrator.config import load_settings
 from orchestrator.store.keys import DLQ
 from tests.chaos.checker import (
-    ChaosReport,
     broker_holdings,
     check,
     counter_total,
@@ -36,6 +35,7 @@ from tests.chaos.checker import (
     read_events,
 )
 from tests.chaos.cluster import Cluster, chaos_env, submit_chaos
+from tests.chaos.verdict import ChaosReport
 from tests.support import RedisServer, terminate_all, wait_for
 
 pytestmark = pytest.mark.integration

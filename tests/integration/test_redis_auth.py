@@ -1,4 +1,6 @@
-"""Redis with a password, with the ACL file of deploy/redis/users.acl, and over TLS: a control
+"""Redis with a password, an ACL user and TLS: the cluster over each, and clear refusals.
+
+Redis with a password, with the ACL file of deploy/redis/users.acl, and over TLS: a control
 worker, an agent and beat over each, a task routed end to end; and the one line that stops a
 worker, beat or the CLI given a wrong password or a CA that did not sign the server's
 certificate, while a Redis that is only down lets a worker start and wait for it."""
@@ -21,11 +23,10 @@ from tests.support import (
     CeleryProcess,
     RedisServer,
     free_port,
-    make_client_cert,
-    make_tls_files,
     no_retry,
     wait_for,
 )
+from tests.tls import make_client_cert, make_tls_files
 
 ACL_FILE = REPO_ROOT / "deploy" / "redis" / "users.acl"
 ADMIN_PLACEHOLDER = "CHANGE-ME-ADMIN-PASSWORD"

@@ -1,4 +1,6 @@
-"""Issue 8, parts 2 and 5: per-client limits and blocking, and the security loop's findings,
+"""Per-client limits and blocking, and the security loop's findings, on a real cluster.
+
+Issue 8, parts 2 and 5: per-client limits and blocking, and the security loop's findings,
 against a real redis-server and real celery workers (and a real Flower)."""
 
 from __future__ import annotations

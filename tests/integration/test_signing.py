@@ -1,4 +1,6 @@
-"""Message signing (Celery's `auth` serializer) on a real cluster: ORCH_SIGNING_KEY, _CERT and
+"""Message signing (Celery's `auth` serializer) on a real cluster.
+
+Message signing (Celery's `auth` serializer) on a real cluster: ORCH_SIGNING_KEY, _CERT and
 _CERT_STORE set on every role.
 
 Signed tasks route and complete on every submission path; unsigned, foreign-signed and

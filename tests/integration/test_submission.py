@@ -1,4 +1,6 @@
-"""A client's submission against a real redis-server, no workers: when the broker is the
+"""A client's submission against a real redis-server: one atomic step, or the outbox.
+
+A client's submission against a real redis-server, no workers: when the broker is the
 state store's Redis, accepting, routing and publishing are one atomic step (no outbox), and a
 duplicate changes nothing; with the broker elsewhere the outbox covers the gap."""
 

@@ -35,18 +35,17 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from kombu.utils import json as kombu_json
 
 from orchestrator.store.keys import COUNTERS, PARKED, POISON, task_key
-from tests.fuzz_specs import (
+from tests.fuzz_oracle import (
     MAX_BODY_BYTES,
     MAX_DEPTH,
     RUNNABLE,
     SPEC_FIELDS,
     Undeliverable,
     Verdict,
-    edge_cases,
     field_label,
     judge,
-    submissions,
 )
+from tests.fuzz_specs import edge_cases, submissions
 from tests.support import wait_for
 
 pytestmark = pytest.mark.integration

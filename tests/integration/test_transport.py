@@ -1,6 +1,7 @@
-"""orchestrator.transport against a real redis-server: one synchronous client per channel pool,
-rebuilt when kombu replaces the pool, the released-connection hardening still in force, and
-publishes captured for a Lua step to push."""
+"""runtime.transport against a real redis-server: the kombu Redis transport, hardened.
+
+One synchronous client per channel pool, rebuilt when kombu replaces the pool, the
+released-connection hardening still in force, and publishes captured for a Lua step to push."""
 
 from __future__ import annotations
 

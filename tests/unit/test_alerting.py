@@ -1,3 +1,5 @@
+"""The alert state machine and the rules files, as tables."""
+
 import math
 
 import pytest

@@ -1,3 +1,5 @@
+"""The anomaly detector on small synthetic series, and the CSV reader."""
+
 import math
 import random
 

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.chaos.checker import Fate, Observation, _message_task_ids, judge, judge_one
+from tests.chaos.checker import _message_task_ids
+from tests.chaos.verdict import Fate, Observation, judge, judge_one
 
 
 def obs(**overrides: Any) -> Observation:

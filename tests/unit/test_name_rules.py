@@ -1,4 +1,6 @@
-"""Every name rule matches the whole name: `re.match("^...$")` lets one trailing newline
+"""Every name rule matches the whole name, a trailing newline included.
+
+Every name rule matches the whole name: `re.match("^...$")` lets one trailing newline
 through (`$` also matches before it), which the fuzzer found in the task spec's rules."""
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Redis URLs with a password, an ACL user or TLS: the TLS options read from a rediss:// URL,
+"""Redis URLs with a password, an ACL user or TLS: options, and failures that stop a start.
+
+Redis URLs with a password, an ACL user or TLS: the TLS options read from a rediss:// URL,
 what Celery is told, and which connection failures stop a process at start-up."""
 
 from __future__ import annotations

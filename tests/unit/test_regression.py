@@ -1,3 +1,5 @@
+"""Mann-Whitney and the large-and-significant regression test, as tables."""
+
 import random
 
 import pytest

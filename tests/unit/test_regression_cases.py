@@ -1,3 +1,5 @@
+"""The regression rule on synthetic run times: entering, staying, and the simulator."""
+
 import pytest
 
 from bench.regression_sim import (

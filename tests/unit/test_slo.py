@@ -1,3 +1,5 @@
+"""SLO arithmetic: compliance, error budgets, burn-rate alerts and the targets file."""
+
 import pytest
 from pydantic import ValidationError
 
