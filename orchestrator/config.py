@@ -247,6 +247,9 @@ class Settings(BaseSettings):
 
     backup_dir: str = "./backups"
     backup_retention: Annotated[int, Field(ge=1)] = 10
+    # The recovery point objective: the newest good backup may be this old (default: twice
+    # the backup interval); the BackupStale alert and `backup status` judge it.
+    backup_rpo_s: PositiveSeconds | None = None
 
     alertmanager_url: str = ""
     alert_rules_file: str = ""
@@ -404,6 +407,10 @@ class Settings(BaseSettings):
     @property
     def effective_result_backend(self) -> str:
         return self.result_backend or self.redis_url
+
+    @property
+    def effective_backup_rpo_s(self) -> float:
+        return self.backup_rpo_s or 2 * self.backup_interval_hours * 3600
 
     @property
     def effective_state_url(self) -> str:

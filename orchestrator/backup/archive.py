@@ -6,7 +6,7 @@ Beside it, `<file>.sha256` in `sha256sum` format. Keys are read with SCAN, so a 
 consistent per key, not across keys (each key as it was at its moment of reading); a
 point-in-time copy of the whole Redis is the RDB/AOF persistence's job.
 
-Only the cheap part lives here (create, list, verify); restore comes with disaster recovery.
+Create, list and verify live here; restore is backup.restore.
 """
 
 from __future__ import annotations
@@ -161,6 +161,11 @@ def verify_backup(path: str | os.PathLike[str]) -> BackupInfo:
             header = json.loads(fh.readline())
             if header.get("format") != FORMAT:
                 raise BackupError(f"{file}: not a {FORMAT} file")
+            if header.get("version") != VERSION:
+                raise BackupError(
+                    f"{file}: format version {header.get('version')!r}; this orchestrator "
+                    f"reads version {VERSION}"
+                )
             keys, trailer = 0, None
             for line in fh:
                 entry = json.loads(line)

@@ -454,6 +454,68 @@ def backup_verify(path: str) -> None:
     click.echo(f"ok: {info.keys} keys, sha256 {info.sha256}")
 
 
+@backup.command("restore")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="Print what would change, per kind; write nothing.")
+@click.option("--json", "as_json", is_flag=True)
+@_guard
+def backup_restore(path: str, dry_run: bool, as_json: bool) -> None:
+    """Restore a backup into an empty or a live Redis; the live state wins where both have it.
+
+    The file is verified first: a damaged, truncated or wrong-version file is refused and
+    Redis is not touched. Unfinished tasks of the snapshot are parked again so they run once.
+    """
+    import redis
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress
+
+    from orchestrator.backup.archive import BackupError, verify_backup
+    from orchestrator.backup.restore import restore_backup
+    from orchestrator.store import now_s
+
+    ctx = _ctx()
+    try:
+        total = verify_backup(path).keys
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    err = common.err_console
+    progress = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
+    binary = redis.Redis.from_url(ctx.settings.effective_state_url)
+    try:
+        with progress:
+            bar = progress.add_task("restoring", total=total)
+            report = restore_backup(
+                binary,
+                ctx.store,
+                path,
+                now_s(),
+                dry_run=dry_run,
+                on_key=lambda done: progress.update(bar, completed=done),
+            )
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        binary.close()
+    if as_json:
+        _json(report.as_dict())
+        return
+    verb = "would change" if dry_run else "restored"
+    table = Table(title=f"{report.path}: {report.keys} keys, {verb}")
+    actions = ["restore", "merge", "keep", "skip", "park_again"]
+    table.add_column("kind")
+    for action in actions:
+        table.add_column(action.replace("_", " "), justify="right")
+    for kind, counts in report.kinds.items():
+        table.add_row(kind, *(str(counts.get(a, 0)) for a in actions))
+    console.print(table)
+
+
 @click.command()
 @click.option("--port", type=click.IntRange(0, 65535), default=None, help="ORCH_EXPORTER_PORT")
 @click.option("--address", default=None, help="ORCH_EXPORTER_ADDRESS")

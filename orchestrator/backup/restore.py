@@ -1,0 +1,193 @@
+"""`orchestrator backup restore`: a verified backup back into an empty or a live Redis.
+
+The file is verified first (checksum, every line, the trailer's key count, the format
+version); a file that fails is refused before Redis is touched. Then each key goes back as
+backup.merge decides: restored where the live Redis lacks it, merged entry by entry into the
+collections of independent entries, left alone where the live Redis has its own. A task the
+snapshot had not finished and the live ledger did not know is parked again through the store's
+own `park`, so the parked sweep routes it under a new dispatch and it runs once (a copy of an
+older dispatch is acknowledged without running). With `dry_run` nothing is written but one
+scratch key per restored task, read for its state and deleted at once.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from orchestrator.backup.archive import BackupError, verify_backup
+from orchestrator.backup.merge import Action, action_for, by_task, kind_of, tally, unfinished
+from orchestrator.store import StateStore
+from orchestrator.store.keys import PREFIX, RECOVERY, RECOVERY_DEADLINES
+
+SCRATCH = PREFIX + "restore:scratch"
+RESTORE_LAST = PREFIX + "backup:restored"
+BATCH = 500
+
+
+@dataclass
+class RestoreReport:
+    path: str
+    created_at: float
+    dry_run: bool
+    keys: int = 0
+    kinds: dict[str, dict[str, int]] = field(default_factory=dict)
+    parked_again: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "created_at": self.created_at,
+            "dry_run": self.dry_run,
+            "keys": self.keys,
+            "kinds": self.kinds,
+            "parked_again": self.parked_again,
+        }
+
+
+def _entries(path: Path) -> Iterator[dict[str, Any]]:
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        fh.readline()  # the header, checked by verify_backup
+        for line in fh:
+            entry = json.loads(line)
+            if entry.get("end"):
+                return
+            yield entry
+
+
+def restore_backup(
+    binary: redis.Redis,
+    store: StateStore,
+    path: str | os.PathLike[str],
+    now: float,
+    *,
+    dry_run: bool = False,
+    on_key: Callable[[int], None] | None = None,
+) -> RestoreReport:
+    """Restore `path` (see the module docstring). `binary` is a client that does not decode
+    responses (DUMP payloads are bytes), `store` the state store on the same Redis; `on_key`
+    sees the number of keys done after each batch (a progress bar). Raises BackupError for a
+    file that fails verification, before anything is written."""
+    info = verify_backup(path)
+    report = RestoreReport(info.path, info.created_at, dry_run)
+    rows: list[tuple[str, str]] = []
+    restored: set[str] = set()  # ids of the tasks whose ledger entry came back
+    merges: list[tuple[str, bytes]] = []
+    batch: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        _restore_batch(binary, batch, dry_run, rows, report, restored, merges)
+        report.keys += len(batch)
+        batch.clear()
+        if on_key is not None:
+            on_key(report.keys)
+
+    for entry in _entries(Path(info.path)):
+        batch.append(entry)
+        if len(batch) >= BATCH:
+            flush()
+    flush()
+    if not dry_run:
+        for key, payload in merges:
+            _merge(binary, key, payload, restored)
+        for task_id in report.parked_again:
+            # The live Redis did not know the task, so any open plan for it is the snapshot's:
+            # parking starts it over, and the healer must not escalate the old attempt.
+            binary.hdel(RECOVERY, task_id)
+            binary.zrem(RECOVERY_DEADLINES, task_id)
+            store.park(store.load_spec(task_id), now)
+    rows += [("tasks", "park_again")] * len(report.parked_again)
+    report.kinds = tally(rows)
+    if not dry_run:
+        binary.set(RESTORE_LAST, json.dumps(report.as_dict() | {"restored_at": now}))
+    return report
+
+
+def _restore_batch(
+    binary: redis.Redis,
+    batch: list[dict[str, Any]],
+    dry_run: bool,
+    rows: list[tuple[str, str]],
+    report: RestoreReport,
+    restored: set[str],
+    merges: list[tuple[str, bytes]],
+) -> None:
+    if not batch:
+        return
+    pipe = binary.pipeline(transaction=False)
+    for entry in batch:
+        pipe.exists(entry["key"])
+    live = pipe.execute()
+    for entry, exists in zip(batch, live, strict=True):
+        key = entry["key"]
+        action = action_for(key, bool(exists))
+        rows.append((kind_of(key), action.value))
+        payload = base64.b64decode(entry["dump"])
+        if action is Action.MERGE:
+            merges.append((key, payload))
+            continue
+        if action is not Action.RESTORE:
+            continue
+        if _is_ledger(key):
+            task_id = key.removeprefix(PREFIX + "task:")
+            restored.add(task_id)
+            if _unfinished_in(binary, payload):
+                report.parked_again.append(task_id)
+        if dry_run:
+            continue
+        try:
+            binary.restore(key, int(entry["pttl"]), payload)
+        except redis.ResponseError as exc:  # written live since EXISTS: the live one wins
+            if "BUSYKEY" not in str(exc):
+                raise BackupError(f"{key}: Redis refused the restore ({exc})") from None
+
+
+def _is_ledger(key: str) -> bool:
+    return key.startswith(PREFIX + "task:") and not key.endswith(":history")
+
+
+def _unfinished_in(binary: redis.Redis, payload: bytes) -> bool:
+    """Whether a ledger entry's DUMP holds an unfinished state (read from a scratch copy)."""
+    binary.restore(SCRATCH, 0, payload, replace=True)
+    try:
+        state = binary.hget(SCRATCH, "state")
+    finally:
+        binary.delete(SCRATCH)
+    return unfinished(state.decode() if isinstance(state, bytes) else state)
+
+
+def _merge(binary: redis.Redis, key: str, payload: bytes, restored: set[str]) -> None:
+    """Add the snapshot's entries the live collection lacks, the live entries winning. In
+    the collections of task ids only the tasks this restore brought back are added: a task
+    the live ledger knows is wherever the live Redis has put it since."""
+    binary.restore(SCRATCH, 0, payload, replace=True)
+    try:
+        kind = binary.type(SCRATCH)
+        if kind in (b"zset", "zset"):
+            members = {
+                m: score
+                for m, score in binary.zrange(SCRATCH, 0, -1, withscores=True)
+                if not by_task(key) or _text(m) in restored
+            }
+            if members:
+                binary.zadd(key, members, nx=True)
+        elif kind in (b"hash", "hash"):
+            pipe = binary.pipeline(transaction=False)
+            for name, value in binary.hgetall(SCRATCH).items():
+                if not by_task(key) or _text(name) in restored:
+                    pipe.hsetnx(key, name, value)
+            pipe.execute()
+    finally:
+        binary.delete(SCRATCH)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
