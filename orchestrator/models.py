@@ -467,6 +467,7 @@ class ProductionMetrics(BaseModel):
     health: SystemHealth = SystemHealth.HEALTHY
     # Filled by the monitoring loops (alert rules read them like any other metric).
     backup_age_s: float = 0.0  # since the newest backup, or since monitoring began
+    backup_rpo_met: int = 0  # 1 while the newest good backup is within ORCH_BACKUP_RPO_S
     security_threats: int = 0  # clients currently above the rejection threshold
     anomalies_active: int = 0  # metric series inside an anomalous episode
     regressions_active: int = 0  # task types whose latency regressed
@@ -522,12 +523,19 @@ class ProductionAlert(BaseModel):
 
 
 class DisasterRecoveryStatus(BaseModel):
+    """`orchestrator backup status`: the newest good backup against the RPO, the last restore."""
+
     last_backup_at: float | None = None
     last_backup_path: str | None = None
     last_backup_sha256: str | None = None
+    last_verified_at: float | None = None  # the newest backup, read back after writing
     backups_kept: int = 0
-    rpo_s: float | None = None
-    healthy: bool = False
+    backup_age_s: float | None = None
+    rpo_s: float | None = None  # ORCH_BACKUP_RPO_S (default twice the backup interval)
+    rpo_met: bool = False
+    last_restore_at: float | None = None
+    last_restore_path: str | None = None
+    healthy: bool = False  # a verified backup within the RPO
 
 
 class OrchestrationMetrics(BaseModel):

@@ -1,1 +1,1 @@
-"""Backups of the orchestrator's Redis state: create, list, verify."""
+"""Backups of the orchestrator's Redis state: create, verify, restore, and the DR status."""

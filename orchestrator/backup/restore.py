@@ -191,3 +191,9 @@ def _merge(binary: redis.Redis, key: str, payload: bytes, restored: set[str]) ->
 
 def _text(value: Any) -> str:
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
+
+
+def last_restore(client: redis.Redis) -> dict[str, Any] | None:
+    """The report of the last restore into this Redis (with `restored_at`), if any."""
+    raw = client.get(RESTORE_LAST)
+    return None if raw is None else dict(json.loads(raw))

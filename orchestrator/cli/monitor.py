@@ -454,6 +454,38 @@ def backup_verify(path: str) -> None:
     click.echo(f"ok: {info.keys} keys, sha256 {info.sha256}")
 
 
+@backup.command("status")
+@click.option("--json", "as_json", is_flag=True)
+@_guard
+def backup_status(as_json: bool) -> None:
+    """Disaster-recovery status: the newest good backup against the RPO, the last restore."""
+    from orchestrator.backup.archive import list_backups
+    from orchestrator.backup.restore import last_restore
+    from orchestrator.backup.status import dr_status
+    from orchestrator.store import now_s
+
+    ctx = _ctx()
+    status = dr_status(
+        ctx.mon.last_backup(),
+        len(list_backups(ctx.settings.backup_dir)),
+        last_restore(ctx.store.r),
+        ctx.settings.effective_backup_rpo_s,
+        now_s(),
+    )
+    if as_json:
+        _json(status.model_dump(mode="json"))
+        return
+    age = "-" if status.backup_age_s is None else f"{status.backup_age_s:.0f} s"
+    console.print(
+        f"newest backup: {status.last_backup_path or 'none'} ({_when(status.last_backup_at)}, "
+        f"age {age}, verified {_when(status.last_verified_at)})"
+    )
+    verdict = "met" if status.rpo_met else "NOT met"
+    console.print(f"RPO {status.rpo_s:.0f} s: {verdict}; {status.backups_kept} backups kept")
+    restore = status.last_restore_path or "none"
+    console.print(f"last restore: {restore} ({_when(status.last_restore_at)})")
+
+
 @backup.command("restore")
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--dry-run", is_flag=True, help="Print what would change, per kind; write nothing.")

@@ -198,9 +198,12 @@ def _note(
         out.append(Transition(name=name, from_state=before, to_state=after, alert=alert))
 
 
-def builtin_rules(backup_interval_hours: float = 6.0) -> list[AlertRule]:
-    """The rules every deployment gets; the stale-backup threshold is two backup intervals."""
-    backup_s = 2 * backup_interval_hours * 3600
+def builtin_rules(
+    backup_interval_hours: float = 6.0, backup_rpo_s: float | None = None
+) -> list[AlertRule]:
+    """The rules every deployment gets; BackupStale fires when the newest good backup is older
+    than the RPO (ORCH_BACKUP_RPO_S, default two backup intervals)."""
+    backup_s = backup_rpo_s or 2 * backup_interval_hours * 3600
     rows: list[tuple[str, str, str, float, float, str, str]] = [
         # name, metric, op, threshold, for_s, severity, summary
         ("NoActiveAgents", "agents_active", "<", 1, 0, "critical", "No agent is alive"),
@@ -209,7 +212,15 @@ def builtin_rules(backup_interval_hours: float = 6.0) -> list[AlertRule]:
         ("HighLatencyP95", "latency_p95_ms", ">", 5000, 300, "warning", "p95 run time over 5 s"),
         ("QueueBacklog", "queue_depth", ">", 1000, 300, "warning", "Over 1000 tasks queued"),
         ("CircuitsOpen", "circuits_open", ">", 0, 0, "warning", "An agent's circuit is open"),
-        ("BackupStale", "backup_age_s", ">", backup_s, 0, "warning", "No recent good backup"),
+        (
+            "BackupStale",
+            "backup_age_s",
+            ">",
+            backup_s,
+            0,
+            "warning",
+            "No good backup within the RPO",
+        ),
         ("SecurityThreat", "security_threats", ">", 0, 0, "critical", "A threat was reported"),
         ("AnomalyDetected", "anomalies_active", ">", 0, 0, "warning", "A metric left its range"),
         ("PerformanceRegression", "regressions_active", ">", 0, 0, "warning", "A task got slower"),

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-from orchestrator.backup.archive import create_backup
+from orchestrator.backup.archive import create_backup, verify_backup
 from orchestrator.config import Settings
 from orchestrator.errors import ConfigError
 from orchestrator.models import (
@@ -106,7 +106,7 @@ def _read(path: str, variable: str) -> str:
 
 def alert_rules(settings: Settings) -> list[AlertRule]:
     """Built-in rules merged with ORCH_ALERT_RULES_FILE (ConfigError naming it when bad)."""
-    rules = builtin_rules(settings.backup_interval_hours)
+    rules = builtin_rules(settings.backup_interval_hours, settings.effective_backup_rpo_s)
     path = settings.alert_rules_file
     if not path:
         return rules
@@ -512,6 +512,7 @@ def run_backup(ctx: LoopContext, now: float) -> dict[str, Any]:
         info = create_backup(raw, s.backup_dir, s.backup_retention, now)
     finally:
         raw.close()
-    ctx.mon.set_last_backup(info.as_dict())
+    verify_backup(info.path)  # read back before it counts: a bad disk must not look like a backup
+    ctx.mon.set_last_backup(info.as_dict() | {"verified_at": now})
     ctx.store.event("backup.completed", now, SOURCE, **info.as_dict())
     return info.public()

@@ -53,6 +53,14 @@ def backup_age_s(mon: MonitorStore, now: float) -> float:
     return max(0.0, now - float(since)) if since is not None else 0.0
 
 
+def backup_rpo_met(mon: MonitorStore, settings: Settings, now: float) -> bool:
+    """Whether the newest backup, verified after writing, is within ORCH_BACKUP_RPO_S."""
+    last = mon.last_backup()
+    if "created_at" not in last or "verified_at" not in last:
+        return False
+    return now - float(last["created_at"]) <= settings.effective_backup_rpo_s
+
+
 def gather(store: StateStore, mon: MonitorStore, settings: Settings, now: float) -> Snapshot:
     agents = store.load_agents()
     for agent in agents:
@@ -87,6 +95,7 @@ def gather(store: StateStore, mon: MonitorStore, settings: Settings, now: float)
         circuits_open=sum(1 for a in agents if a.circuit is CircuitBreakerState.OPEN),
         alerts_firing=len(firing),
         backup_age_s=backup_age_s(mon, now),
+        backup_rpo_met=int(backup_rpo_met(mon, settings, now)),
         security_threats=len(mon.threats()),
         anomalies_active=sum(1 for s in episodes.values() if s.get("state", {}).get("in_episode")),
         regressions_active=len(mon.regressions()),

@@ -263,6 +263,7 @@ def test_exporter_serves_metrics_and_stops_on_ctrl_c(orch_env, redis_client, tmp
         assert 'orchestrator_tasks_total{event="succeeded"} 3.0' in text
         assert 'orchestrator_agents{status="active"} 0.0' in text
         assert 'orchestrator_health{state="critical"} 1.0' in text
+        assert "orchestrator_backup_rpo_met 0.0" in text  # no backup yet
         names = {
             line.split("{")[0].split(" ")[0]
             for line in text.splitlines()

@@ -1,4 +1,4 @@
-"""`orchestrator backup restore` on a real redis-server and real workers: nothing lost, nothing twice.
+"""`orchestrator backup restore` on a real redis-server and workers: nothing lost, nothing twice.
 
 A flushed Redis gets its agents, breakers, dead letters and parked tasks back as they were,
 and an unfinished task runs once; a live Redis that accepted work since the snapshot loses
@@ -87,6 +87,8 @@ def test_a_flushed_redis_comes_back_and_unfinished_tasks_run_once(
     assert "would change" in table and "tasks" in table
 
     report = cli_json(env, "backup", "restore", path)
+    status = cli_json(env, "backup", "status")
+    assert status["last_restore_path"] == path and status["last_restore_at"] is not None
     assert report["parked_again"] == [ids[0]]
     assert report["kinds"]["tasks"]["restore"] == 4 and report["kinds"]["tasks"]["park_again"] == 1
     after = view(redis_client)
@@ -168,3 +170,15 @@ def test_a_bad_file_is_refused_and_redis_is_left_alone(env, redis_client, spoil,
     assert redis_client.keys("*") == ["orch:marker"]
     verify = cli(env, "backup", "verify", str(path), check=False)
     assert verify.returncode != 0 and message in verify.stderr
+
+
+def test_backup_status_judges_the_newest_verified_backup_against_the_rpo(env, redis_client):
+    assert cli_json(env, "backup", "status")["rpo_met"] is False  # no backup yet
+    created = cli_json(env, "backup", "create")
+    status = cli_json(env, "backup", "status")
+    assert status["last_backup_path"] == created["path"] and status["backups_kept"] == 1
+    assert status["rpo_met"] and status["healthy"] and status["last_verified_at"] is not None
+    assert status["rpo_s"] == 2 * 6 * 3600
+    strict = cli_json({**env, "ORCH_BACKUP_RPO_S": "0.001"}, "backup", "status")
+    assert strict["rpo_met"] is False and strict["rpo_s"] == 0.001
+    assert "RPO" in cli(env, "backup", "status").stdout

@@ -1,0 +1,42 @@
+"""Disaster-recovery status, pure: the newest good backup against the RPO, and the last restore."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from orchestrator.models import DisasterRecoveryStatus
+
+
+def _float(value: Any) -> float | None:
+    return None if value in (None, "") else float(value)
+
+
+def dr_status(
+    last: Mapping[str, Any],
+    kept: int,
+    restored: Mapping[str, Any] | None,
+    rpo_s: float,
+    now: float,
+) -> DisasterRecoveryStatus:
+    """`last` is what the backup loop recorded of its newest backup (created_at, path, sha256,
+    verified_at), `kept` the files in ORCH_BACKUP_DIR, `restored` the last restore's report.
+    The RPO is met while the newest backup that was read back after writing is at most
+    `rpo_s` old; healthy is the same."""
+    created = _float(last.get("created_at"))
+    verified = _float(last.get("verified_at"))
+    age = None if created is None else max(0.0, now - created)
+    met = age is not None and verified is not None and age <= rpo_s
+    return DisasterRecoveryStatus(
+        last_backup_at=created,
+        last_backup_path=last.get("path") or None,
+        last_backup_sha256=last.get("sha256") or None,
+        last_verified_at=verified,
+        backups_kept=kept,
+        backup_age_s=age,
+        rpo_s=rpo_s,
+        rpo_met=met,
+        last_restore_at=_float((restored or {}).get("restored_at")),
+        last_restore_path=(restored or {}).get("path"),
+        healthy=met,
+    )
