@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -564,3 +565,19 @@ def terminate_all(procs: Iterable[CeleryProcess], timeout: float = 15.0) -> None
     deadline = time.monotonic() + timeout
     for proc in procs:
         proc._finish(max(deadline - time.monotonic(), 0))
+
+
+#: The `orchestrator` command as the tests run it (the console script's module).
+CLI = [sys.executable, "-m", "orchestrator.cli"]
+
+
+def cli(env: Mapping[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the `orchestrator` command; with `check`, fail the test on a non-zero exit."""
+    done = subprocess.run([*CLI, *args], env=dict(env), capture_output=True, text=True, timeout=60)
+    if check:
+        assert done.returncode == 0, f"{args}: {done.stderr}"
+    return done
+
+
+def cli_json(env: Mapping[str, str], *args: str) -> Any:
+    return json.loads(cli(env, *args, "--json").stdout)

@@ -24,11 +24,10 @@ import pytest
 
 from orchestrator.errors import InvalidTask
 from orchestrator.store.keys import EVENTS
-from tests.support import REPO_ROOT, free_port, wait_for
+from tests.support import CLI, REPO_ROOT, cli, cli_json, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
-CLI = [sys.executable, "-m", "orchestrator.cli"]
 FAST = {
     "ORCH_ALERT_EVALUATION_INTERVAL": "1",
     "ORCH_SLA_MONITORING_INTERVAL": "1",
@@ -57,17 +56,6 @@ rules:
     labels: {team: ops}
     annotations: {summary: "No agent is alive"}
 """
-
-
-def cli(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=60)
-    if check:
-        assert done.returncode == 0, f"{args}: {done.stderr}"
-    return done
-
-
-def cli_json(env: dict[str, str], *args: str) -> Any:
-    return json.loads(cli(env, *args, "--json").stdout)
 
 
 def get_json(url: str) -> Any:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,21 +16,9 @@ from typing import Any
 import pytest
 
 from orchestrator.backup.archive import sha256_file
-from tests.support import wait_for
+from tests.support import cli, cli_json, wait_for
 
 pytestmark = pytest.mark.integration
-CLI = [sys.executable, "-m", "orchestrator.cli"]
-
-
-def cli(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=60)
-    if check:
-        assert done.returncode == 0, f"{args}: {done.stderr}"
-    return done
-
-
-def cli_json(env: dict[str, str], *args: str) -> Any:
-    return json.loads(cli(env, *args, "--json").stdout)
 
 
 @pytest.fixture
