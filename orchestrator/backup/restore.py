@@ -70,12 +70,12 @@ def restore_backup(
     now: float,
     *,
     dry_run: bool = False,
-    on_key: Callable[[int], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> RestoreReport:
     """Restore `path` (see the module docstring). `binary` is a client that does not decode
-    responses (DUMP payloads are bytes), `store` the state store on the same Redis; `on_key`
-    sees the number of keys done after each batch (a progress bar). Raises BackupError for a
-    file that fails verification, before anything is written."""
+    responses (DUMP payloads are bytes), `store` the state store on the same Redis;
+    `on_progress` sees (keys done, keys in the file) after each batch (a progress bar).
+    Raises BackupError for a file that fails verification, before anything is written."""
     info = verify_backup(path)
     report = RestoreReport(info.path, info.created_at, dry_run)
     rows: list[tuple[str, str]] = []
@@ -87,8 +87,8 @@ def restore_backup(
         _restore_batch(binary, batch, dry_run, rows, report, restored, merges)
         report.keys += len(batch)
         batch.clear()
-        if on_key is not None:
-            on_key(report.keys)
+        if on_progress is not None:
+            on_progress(report.keys, info.keys)
 
     for entry in _entries(Path(info.path)):
         batch.append(entry)
@@ -136,32 +136,28 @@ def _restore_batch(
             continue
         if action is not Action.RESTORE:
             continue
-        if _is_ledger(key):
-            task_id = key.removeprefix(PREFIX + "task:")
-            restored.add(task_id)
-            if _unfinished_in(binary, payload):
-                report.parked_again.append(task_id)
-        if dry_run:
+        # A dry run reads a ledger entry's state from a scratch copy; a restore from the key.
+        target = SCRATCH if dry_run else key
+        if dry_run and not _is_ledger(key):
             continue
         try:
-            binary.restore(key, int(entry["pttl"]), payload)
+            binary.restore(target, int(entry["pttl"]), payload, replace=dry_run)
         except redis.ResponseError as exc:  # written live since EXISTS: the live one wins
             if "BUSYKEY" not in str(exc):
                 raise BackupError(f"{key}: Redis refused the restore ({exc})") from None
+            continue
+        if _is_ledger(key):
+            task_id = key.removeprefix(PREFIX + "task:")
+            restored.add(task_id)
+            state = binary.hget(target, "state")
+            if unfinished(_text(state) if state is not None else None):
+                report.parked_again.append(task_id)
+        if dry_run:
+            binary.delete(SCRATCH)
 
 
 def _is_ledger(key: str) -> bool:
     return key.startswith(PREFIX + "task:") and not key.endswith(":history")
-
-
-def _unfinished_in(binary: redis.Redis, payload: bytes) -> bool:
-    """Whether a ledger entry's DUMP holds an unfinished state (read from a scratch copy)."""
-    binary.restore(SCRATCH, 0, payload, replace=True)
-    try:
-        state = binary.hget(SCRATCH, "state")
-    finally:
-        binary.delete(SCRATCH)
-    return unfinished(state.decode() if isinstance(state, bytes) else state)
 
 
 def _merge(binary: redis.Redis, key: str, payload: bytes, restored: set[str]) -> None:

@@ -12,6 +12,13 @@ def _float(value: Any) -> float | None:
     return None if value in (None, "") else float(value)
 
 
+def rpo_met(last: Mapping[str, Any], rpo_s: float, now: float) -> bool:
+    """Whether the newest backup was read back after writing and is at most `rpo_s` old."""
+    created = _float(last.get("created_at"))
+    verified = _float(last.get("verified_at"))
+    return created is not None and verified is not None and now - created <= rpo_s
+
+
 def dr_status(
     last: Mapping[str, Any],
     kept: int,
@@ -26,7 +33,7 @@ def dr_status(
     created = _float(last.get("created_at"))
     verified = _float(last.get("verified_at"))
     age = None if created is None else max(0.0, now - created)
-    met = age is not None and verified is not None and age <= rpo_s
+    met = rpo_met(last, rpo_s, now)
     return DisasterRecoveryStatus(
         last_backup_at=created,
         last_backup_path=last.get("path") or None,

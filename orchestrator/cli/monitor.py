@@ -500,15 +500,11 @@ def backup_restore(path: str, dry_run: bool, as_json: bool) -> None:
     import redis
     from rich.progress import BarColumn, MofNCompleteColumn, Progress
 
-    from orchestrator.backup.archive import BackupError, verify_backup
+    from orchestrator.backup.archive import BackupError
     from orchestrator.backup.restore import restore_backup
     from orchestrator.store import now_s
 
     ctx = _ctx()
-    try:
-        total = verify_backup(path).keys
-    except BackupError as exc:
-        raise click.ClickException(str(exc)) from None
     err = common.err_console
     progress = Progress(
         "[progress.description]{task.description}",
@@ -521,14 +517,14 @@ def backup_restore(path: str, dry_run: bool, as_json: bool) -> None:
     binary = redis.Redis.from_url(ctx.settings.effective_state_url)
     try:
         with progress:
-            bar = progress.add_task("restoring", total=total)
+            bar = progress.add_task("restoring", total=None)
             report = restore_backup(
                 binary,
                 ctx.store,
                 path,
                 now_s(),
                 dry_run=dry_run,
-                on_key=lambda done: progress.update(bar, completed=done),
+                on_progress=lambda done, total: progress.update(bar, completed=done, total=total),
             )
     except BackupError as exc:
         raise click.ClickException(str(exc)) from None

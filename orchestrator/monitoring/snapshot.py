@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from orchestrator.backup.status import rpo_met
 from orchestrator.config import Settings
 from orchestrator.models import (
     AgentStatus,
@@ -43,22 +44,14 @@ class Snapshot:
         return out
 
 
-def backup_age_s(mon: MonitorStore, now: float) -> float:
+def backup_age_s(mon: MonitorStore, last_backup: dict[str, str], now: float) -> float:
     """Seconds since the newest backup; without one, since monitoring first ran (so a
     deployment whose backups never succeed still trips BackupStale), else 0."""
-    last = mon.last_backup().get("created_at")
+    last = last_backup.get("created_at")
     if last is not None:
         return max(0.0, now - float(last))
     since = mon.r.get(MONITOR_SINCE)
     return max(0.0, now - float(since)) if since is not None else 0.0
-
-
-def backup_rpo_met(mon: MonitorStore, settings: Settings, now: float) -> bool:
-    """Whether the newest backup, verified after writing, is within ORCH_BACKUP_RPO_S."""
-    last = mon.last_backup()
-    if "created_at" not in last or "verified_at" not in last:
-        return False
-    return now - float(last["created_at"]) <= settings.effective_backup_rpo_s
 
 
 def gather(store: StateStore, mon: MonitorStore, settings: Settings, now: float) -> Snapshot:
@@ -68,6 +61,7 @@ def gather(store: StateStore, mon: MonitorStore, settings: Settings, now: float)
     statuses = [a.status for a in agents]
     depths = mon.queue_depths([a.queue for a in agents])
     parked, dead = mon.backlog()
+    last_backup = mon.last_backup()
     stats, span = mon.window(settings.metrics_window_s, now)
     runs = run_figures(stats.of(None), span)
     alerts = mon.all_alerts()
@@ -94,8 +88,8 @@ def gather(store: StateStore, mon: MonitorStore, settings: Settings, now: float)
         delegation_p95_ms=runs.delegation_p95,
         circuits_open=sum(1 for a in agents if a.circuit is CircuitBreakerState.OPEN),
         alerts_firing=len(firing),
-        backup_age_s=backup_age_s(mon, now),
-        backup_rpo_met=int(backup_rpo_met(mon, settings, now)),
+        backup_age_s=backup_age_s(mon, last_backup, now),
+        backup_rpo_met=int(rpo_met(last_backup, settings.effective_backup_rpo_s, now)),
         security_threats=len(mon.threats()),
         anomalies_active=sum(1 for s in episodes.values() if s.get("state", {}).get("in_episode")),
         regressions_active=len(mon.regressions()),
