@@ -1,10 +1,12 @@
 """Backups of the orchestrator's state (every `orch:*` key, the event stream): checksummed files.
 
-A backup is a gzip'd JSON-lines file: a header line, then one line per key with its
-remaining TTL and Redis' own DUMP serialization (base64), which RESTORE takes back as is.
-Beside it, `<file>.sha256` in `sha256sum` format. Keys are read with SCAN, so a backup is
-consistent per key, not across keys (each key as it was at its moment of reading); a
-point-in-time copy of the whole Redis is the RDB/AOF persistence's job.
+A backup is a gzip'd JSON-lines file: a header line (format, version, created_at), one line
+per key with its remaining TTL and Redis' own DUMP serialization (base64), which RESTORE takes
+back as is, and a trailer (the key count, the count per kind). Beside it, `<file>.sha256` in
+`sha256sum` format. The keys are copied by one Lua script (store/lua/snapshot.lua), so a
+backup is one point in time across all keys; Redis serves nobody else while it runs (0.7 s
+per 100,000 ledger entries measured: README, Backups). The file is written under a temporary
+name, fsynced with its checksum and renamed, so a crash leaves no file that lists as a backup.
 
 Create, list and verify live here; restore is backup.restore.
 """
@@ -18,19 +20,21 @@ import json
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import redis
 
+from orchestrator.backup.merge import kind_of
 from orchestrator.store.keys import EVENTS, PREFIX
+from orchestrator.store.scripts import SNAPSHOT
 
 FORMAT = "hive-orchestrator-backup"
 VERSION = 1
 NAME_RE = re.compile(r"^orch-backup-\d{8}T\d{6}\d{3}Z\.jsonl\.gz\Z")
-SCAN_COUNT = 1000
+SCAN_COUNT = 1000  # keys per SCAN step inside the snapshot script
 
 
 class BackupError(Exception):
@@ -44,10 +48,24 @@ class BackupInfo:
     created_at: float
     keys: int = 0
     bytes: int = 0
+    #: Keys per kind (backup.merge.kind_of), from the file's trailer.
+    kinds: dict[str, int] = field(default_factory=dict)
 
     def public(self) -> dict[str, Any]:
         """What `backup create --json` prints."""
         return {"path": self.path, "sha256": self.sha256, "created_at": self.created_at}
+
+    def manifest(self) -> dict[str, Any]:
+        """What `backup create --json` and `backup verify --json` print."""
+        return (
+            {"format": FORMAT, "version": VERSION}
+            | self.public()
+            | {
+                "keys": self.keys,
+                "kinds": self.kinds,
+                "bytes": self.bytes,
+            }
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,55 +95,66 @@ def create_backup(
 ) -> BackupInfo:
     """Write a backup of every `orch:*` key, then prune beyond `retention` files.
 
-    `client` must not decode responses (DUMP payloads are bytes). The file is written under
-    a temporary name and renamed, so a crash never leaves a half file that looks whole.
+    `client` must not decode responses (DUMP payloads are bytes). Partial files of a backup
+    that died on the way are removed first; see the module docstring for the rest.
     """
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("orch-backup-*.partial"):
+        stale.unlink(missing_ok=True)
     final = folder / backup_name(now)
     partial = final.with_name(final.name + ".partial")
-    count = 0
-    with gzip.open(partial, "wt", encoding="utf-8") as out:
+    kinds: dict[str, int] = {}
+    with open(partial, "wb") as raw, gzip.open(raw, "wt", encoding="utf-8") as out:
         out.write(json.dumps({"format": FORMAT, "version": VERSION, "created_at": now}) + "\n")
-        batch: list[bytes] = []
-        for key in client.scan_iter(match=PREFIX.encode() + b"*", count=SCAN_COUNT):
-            batch.append(key)
-            if len(batch) >= SCAN_COUNT:
-                count += _write_batch(client, batch, out)
-                batch = []
-        batch.append(EVENTS.encode())  # the event stream keeps the name SPEC gives it
-        count += _write_batch(client, batch, out)
-        out.write(json.dumps({"end": True, "keys": count}) + "\n")
+        copied = client.eval(SNAPSHOT, 0, PREFIX + "*", SCAN_COUNT, EVENTS)
+        for i in range(0, len(copied), 3):
+            key = copied[i].decode("utf-8", "surrogateescape")
+            pttl = int(copied[i + 1])
+            line = {
+                "key": key,
+                "pttl": pttl if pttl > 0 else 0,
+                "dump": base64.b64encode(copied[i + 2]).decode("ascii"),
+            }
+            out.write(json.dumps(line) + "\n")
+            kind = kind_of(key)
+            kinds[kind] = kinds.get(kind, 0) + 1
+        count = len(copied) // 3
+        del copied
+        out.write(json.dumps({"end": True, "keys": count, "kinds": dict(sorted(kinds.items()))}))
+        out.write("\n")
+        out.close()
+        raw.flush()
+        os.fsync(raw.fileno())
+    digest = sha256_file(partial)
+    _write_durably(Path(str(final) + ".sha256"), f"{digest}  {final.name}\n")
     os.replace(partial, final)
-    digest = sha256_file(final)
-    Path(str(final) + ".sha256").write_text(f"{digest}  {final.name}\n", encoding="utf-8")
-    for name in to_prune([p.name for p in folder.iterdir()], retention):
+    _fsync_dir(folder)
+    names = [p.name for p in folder.iterdir()]
+    for name in to_prune(names, retention):
         (folder / name).unlink(missing_ok=True)
         (folder / (name + ".sha256")).unlink(missing_ok=True)
-    return BackupInfo(str(final), digest, now, count, final.stat().st_size)
+    for name in names:  # a checksum whose backup was never renamed into place
+        if name.endswith(".sha256") and NAME_RE.match(name[:-7]) and name[:-7] not in names:
+            (folder / name).unlink(missing_ok=True)
+    return BackupInfo(str(final), digest, now, count, final.stat().st_size, dict(kinds))
 
 
-def _write_batch(client: redis.Redis, keys: list[bytes], out: Any) -> int:
-    if not keys:
-        return 0
-    pipe = client.pipeline(transaction=False)
-    for key in keys:
-        pipe.pttl(key)
-        pipe.dump(key)
-    replies = pipe.execute()
-    written = 0
-    for i, key in enumerate(keys):
-        pttl, payload = replies[2 * i], replies[2 * i + 1]
-        if payload is None:  # expired or deleted between SCAN and DUMP
-            continue
-        line = {
-            "key": key.decode("utf-8", "surrogateescape"),
-            "pttl": int(pttl) if int(pttl) > 0 else 0,
-            "dump": base64.b64encode(payload).decode("ascii"),
-        }
-        out.write(json.dumps(line) + "\n")
-        written += 1
-    return written
+def _write_durably(path: Path, text: str) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(temporary, path)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def list_backups(directory: str | os.PathLike[str]) -> list[BackupInfo]:
@@ -178,4 +207,8 @@ def verify_backup(path: str | os.PathLike[str]) -> BackupInfo:
         raise BackupError(f"{file}: damaged ({exc})") from None
     if trailer is None or trailer.get("keys") != keys:
         raise BackupError(f"{file}: truncated (no trailer, or its key count differs)")
-    return BackupInfo(str(file), actual, float(header["created_at"]), keys, file.stat().st_size)
+    kinds = trailer.get("kinds") or {}
+    if sum(kinds.values()) not in (0, keys):
+        raise BackupError(f"{file}: damaged (the counts per kind do not add up to {keys} keys)")
+    created = float(header["created_at"])
+    return BackupInfo(str(file), actual, created, keys, file.stat().st_size, dict(kinds))

@@ -443,7 +443,8 @@ def backup_list(as_json: bool) -> None:
 
 @backup.command("verify")
 @click.argument("path", type=click.Path(dir_okay=False))
-def backup_verify(path: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+def backup_verify(path: str, as_json: bool) -> None:
     """Check a backup's checksum and contents; non-zero exit when damaged."""
     from orchestrator.backup.archive import BackupError, verify_backup
 
@@ -451,7 +452,11 @@ def backup_verify(path: str) -> None:
         info = verify_backup(path)
     except BackupError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"ok: {info.keys} keys, sha256 {info.sha256}")
+    if as_json:
+        _json(info.manifest())
+        return
+    kinds = ", ".join(f"{n} {k}" for k, n in info.kinds.items())
+    click.echo(f"ok: {info.keys} keys ({kinds or 'none'}), sha256 {info.sha256}")
 
 
 @backup.command("status")

@@ -515,4 +515,4 @@ def run_backup(ctx: LoopContext, now: float) -> dict[str, Any]:
     verify_backup(info.path)  # read back before it counts: a bad disk must not look like a backup
     ctx.mon.set_last_backup(info.as_dict() | {"verified_at": now})
     ctx.store.event("backup.completed", now, SOURCE, **info.as_dict())
-    return info.public()
+    return info.manifest()

@@ -307,7 +307,10 @@ class MonitorStore:
         return {str(k): str(v) for k, v in self.r.hgetall(BACKUP_LAST).items()}
 
     def set_last_backup(self, info: Mapping[str, Any]) -> None:
-        self.r.hset(BACKUP_LAST, mapping={k: str(v) for k, v in info.items()})
+        mapping: dict[str | bytes, str] = {
+            k: json.dumps(v) if isinstance(v, dict | list) else str(v) for k, v in info.items()
+        }
+        self.r.hset(BACKUP_LAST, mapping=mapping)
 
     def monitoring_since(self, now: float) -> float:
         """When monitoring first ran here (set once); the age of "no backup yet"."""

@@ -40,6 +40,7 @@ VANISHED = _read("vanished")
 RELEASE_LOCK = _read("release_lock")
 POISON_RECORD = _read("poison_record")
 ADMIT_CLIENT = _read("admit_client")
+SNAPSHOT = _read("snapshot")
 
 # How a composed script splits its ARGV into sections: `section(from)`.
 _SECTIONS = _read("sections")
