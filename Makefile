@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test fuzz lint bench bench-anomaly clean venv sysdeps
+.PHONY: run test fuzz lint bench bench-anomaly bench-failover clean venv sysdeps
 
 venv: $(STAMP)
 
@@ -52,6 +52,11 @@ bench: $(STAMP)
 bench-anomaly: $(STAMP)
 	$(BIN)/python bench/bench_anomaly.py $(BENCH_ARGS)
 	$(BIN)/python bench/bench_regression.py
+
+# Redis Sentinel failover on loopback (1 primary, 1 replica, 3 sentinels): failover time, the
+# client's outage, submissions lost, and what ORCH_SUBMIT_WAIT_REPLICAS costs; updates RESULTS.md.
+bench-failover: $(STAMP)
+	$(BIN)/python bench/bench_failover.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -43,7 +43,7 @@ if str(REPO_ROOT) not in sys.path:
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from bench.common import source_version  # noqa: E402
+from bench.common import source_version, write_section  # noqa: E402
 from orchestrator.config import load_settings  # noqa: E402
 from orchestrator.monitoring.anomaly import DetectorState, backtest, new_state, step  # noqa: E402
 from orchestrator.monitoring.anomaly_eval import (  # noqa: E402
@@ -260,17 +260,6 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_results(path: Path, section: str) -> None:
-    """Replace the generated section of `path` (or add it), keeping whatever else it holds."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text, encoding="utf-8")
-
-
 def _print(console: Console, table: Table) -> None:
     """On a terminal as wide as it is; into a file or pipe as wide as the table needs."""
     if console.is_terminal:
@@ -411,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     report["published"] = compared(summed, sensitivity)
     if not args.no_results:
-        write_results(args.results, markdown(report))
+        write_section(args.results, markdown(report), START, END)
         report["results_file"] = str(args.results)
     if args.json:
         print(json.dumps(report, indent=2))

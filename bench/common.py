@@ -70,3 +70,15 @@ def source_version() -> str | None:
     if head.returncode != 0:
         return None
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def write_section(path: Path, section: str, start: str, end: str) -> None:
+    """Replace the generated section of `path` between the `start` and `end` markers (which
+    `section` carries), or add it; whatever else the file holds is kept."""
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n\n"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + section.rstrip("\n") + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text, encoding="utf-8")

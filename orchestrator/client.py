@@ -35,11 +35,7 @@ class OrchestratorClient:
             settings = load_settings(**({"redis_url": redis_url} if redis_url else {}))
         self.settings = settings
         self.app: Celery = create_app(settings, with_tasks=False)
-        self.store = StateStore.from_url(
-            settings.effective_state_url,
-            ledger_ttl_s=settings.ledger_ttl_s,
-            events_max_len=settings.events_max_len,
-        )
+        self.store = StateStore.from_settings(settings)
         self.router = Router(self.store, settings, execute_publisher(self.app))
         self.router.keep_outbox = True  # dropped only once the publish succeeded
         self._prepare = execute_preparer(self.app)

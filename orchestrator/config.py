@@ -6,8 +6,9 @@ import math
 import os
 import re
 import ssl
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -180,8 +181,61 @@ _SIGNING_LOADERS = {
 }
 
 
+#: The master name of a sentinel-form URL unless ORCH_REDIS_SENTINEL_MASTER says otherwise.
+DEFAULT_SENTINEL_MASTER = "mymaster"
+
+
+@dataclass(frozen=True)
+class SentinelAddress:
+    """A sentinel-form URL (`sentinel://h1:26379;sentinel://h2:26379/0`), as kombu reads it
+    for the broker and Celery for the result backend: the sentinels to ask for the master,
+    and the database and credentials (of the first part that has them) for the master."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+
+def is_sentinel(url: str) -> bool:
+    return url.startswith("sentinel://")
+
+
+def parse_sentinel(url: str) -> SentinelAddress:
+    """Parse a sentinel-form URL; ValueError naming the part that is wrong (never the
+    password)."""
+    sentinels: list[tuple[str, int]] = []
+    db: int | None = None
+    username = password = None
+    for number, chunk in enumerate(url.split(";"), 1):
+        parts = urlsplit(chunk.strip())
+        if parts.scheme != "sentinel":
+            raise ValueError(f"part {number} of a sentinel URL must start with sentinel://")
+        try:
+            port = parts.port or 26379
+        except ValueError:
+            raise ValueError(f"part {number} of a sentinel URL has a bad port") from None
+        if not parts.hostname:
+            raise ValueError(f"part {number} of a sentinel URL names no host")
+        if parts.query:
+            raise ValueError(f"part {number} of a sentinel URL: query options are not supported")
+        path = parts.path.strip("/")
+        if path:
+            if not path.isdigit():
+                raise ValueError(f"part {number} of a sentinel URL: database must be a number")
+            if db is not None and int(path) != db:
+                raise ValueError("the parts of a sentinel URL name different databases")
+            db = int(path)
+        if parts.password and password is None:
+            username, password = parts.username or None, unquote(parts.password)
+        sentinels.append((parts.hostname, port))
+    return SentinelAddress(tuple(sentinels), db or 0, username, password)
+
+
 def mask_password(url: str) -> str:
     """`url` with its password (if any) shown as ********."""
+    if ";" in url:
+        return ";".join(mask_password(chunk) for chunk in url.split(";"))
     parts = urlsplit(url)
     if "://" not in url or not parts.password:
         return url
@@ -201,6 +255,7 @@ class Settings(BaseSettings):
     broker_url: str | None = None
     result_backend: str | None = None
     state_url: str | None = None
+    redis_sentinel_master: Annotated[str, Field(min_length=1)] = DEFAULT_SENTINEL_MASTER
 
     agent_id: str | None = None
     agent_capabilities: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
@@ -244,6 +299,10 @@ class Settings(BaseSettings):
     parked_sweep_interval_s: PositiveSeconds = 5.0
     ledger_ttl_s: Annotated[int, Field(ge=60)] = 7 * 24 * 3600
     events_max_len: Annotated[int, Field(ge=100)] = 100_000
+    # A submission is confirmed only once this many replicas have it (Redis WAIT), so a
+    # failover right after cannot lose it; 0 = off (README, Disaster recovery).
+    submit_wait_replicas: Annotated[int, Field(ge=0, le=16)] = 0
+    submit_wait_ms: Annotated[int, Field(ge=1, le=60_000)] = 100
 
     backup_dir: str = "./backups"
     backup_retention: Annotated[int, Field(ge=1)] = 10
@@ -309,12 +368,17 @@ class Settings(BaseSettings):
     @field_validator("redis_url", "broker_url", "result_backend", "state_url")
     @classmethod
     def _redis_scheme(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+        if value is None:
+            return value
+        if is_sentinel(value):
+            parse_sentinel(value)  # raises naming the part that is wrong
+            return value
+        if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(
-                f"must start with redis://, rediss:// or unix:// (got {mask_password(value)!r})"
+                "must start with redis://, rediss://, unix:// or sentinel:// "
+                f"(got {mask_password(value)!r})"
             )
-        if value is not None:
-            redis_ssl_options(value)  # raises on TLS options it cannot honour
+        redis_ssl_options(value)  # raises on TLS options it cannot honour
         return value
 
     @field_validator("signing_key", "signing_cert", "signing_cert_store")

@@ -117,8 +117,10 @@ def celery_procs(
     ) -> CeleryProcess:
         env = orch_env if env is None else env
         urls = [env[k] for k in ("ORCH_REDIS_URL", "ORCH_BROKER_URL") if k in env]
-        # No port in a redis:// URL means 6379 too.
-        if not urls or any(urlsplit(url).port in (None, FORBIDDEN_PORT) for url in urls):
+        # No port in a redis:// URL means 6379 too; a sentinel URL names a test group's
+        # sentinels (tests/sentinel.py), never the machine's Redis.
+        direct = [url for url in urls if not url.startswith("sentinel://")]
+        if not urls or any(urlsplit(url).port in (None, FORBIDDEN_PORT) for url in direct):
             raise ValueError(f"celery_procs needs ORCH_REDIS_URL of a test server, got {urls}")
         kwargs.setdefault("name", f"{args[0] if args else 'celery'}-{len(procs) + 1}")
         kwargs.setdefault("log_dir", tmp_path / "celery")

@@ -54,6 +54,15 @@ def count(payload: dict[str, Any]) -> dict[str, Any]:
     return {"runs": runs}
 
 
+@capability("mark")
+def mark(payload: dict[str, Any]) -> dict[str, Any]:
+    """Appends its key to the file `payload["file"]`, outside Redis: counts runs where a
+    Redis failover may lose the last writes (tests/chaos/test_sentinel.py)."""
+    with open(payload["file"], "a", encoding="utf-8") as fh:
+        fh.write(f"{payload['key']}\n")
+    return {"marked": payload["key"]}
+
+
 @capability("flaky")
 def flaky(payload: dict[str, Any]) -> dict[str, Any]:
     """Fails transiently until it has run `fail_times` times for this key."""

@@ -35,6 +35,23 @@ from workers._context import settings_of, store_of
 
 RECOVER = "orchestrator.recover"
 log = logging.getLogger(__name__)
+#: How long a finished run keeps trying to record its outcome while Redis is away (a restart,
+#: a Sentinel failover): giving up means the message comes back and the handler runs again.
+SETTLE_PATIENCE_S = 30.0
+
+
+def _settle(store: StateStore, *args: Any, **kwargs: Any) -> None:
+    """store.settle_run, tried again (0.1 s, doubling to 1 s) for up to SETTLE_PATIENCE_S."""
+    deadline, delay = time.monotonic() + SETTLE_PATIENCE_S, 0.1
+    while True:
+        try:
+            store.settle_run(*args, **kwargs)
+            return
+        except (StoreUnavailable, OperationalError):
+            if time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(1.0, delay * 2)
 
 
 def _reason(exc: BaseException) -> str:
@@ -77,7 +94,8 @@ class ExecuteTask(Task):
             return  # a copy that ran nothing (already ended): nothing to record
         settings, store = settings_of(self.app), store_of(self.app)
         try:
-            store.settle_run(
+            _settle(
+                store,
                 task_id,
                 current_agent_id(),
                 TaskState.SUCCEEDED,
@@ -163,7 +181,8 @@ def _execute(
         return run_fields(type, outcome, latency, delegation, recovering)
 
     def fail(exc: BaseException, latency: float, cfg: CircuitBreakerConfig | None) -> None:
-        store.settle_run(
+        _settle(
+            store,
             task_id,
             agent_id,
             TaskState.FAILED,

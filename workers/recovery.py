@@ -53,11 +53,13 @@ def monitor(self: Task) -> dict[str, int]:
         now = now_s()
         report = healer.monitor(now)
         due = healer.store.outbox_due(now - healer.settings.outbox_resend_s, now)
-        for submit_id, message in due:
+        for _task_id, message in due:
+            # Under the original message id, so an accepted task resumes (a new one would be
+            # a duplicate to the ledger).
             self.app.send_task(
                 "orchestrator.submit",
                 kwargs=message["kwargs"],
-                task_id=submit_id,
+                task_id=message["submit_id"],
                 queue=message["queue"],
             )
         report["resent"] = len(due)

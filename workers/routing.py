@@ -5,9 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery, Task
+from celery.exceptions import Reject
+from kombu.exceptions import OperationalError
 
 from orchestrator.app import app
-from orchestrator.errors import ClientBlocked, InvalidTask, NoCapableAgent, RateLimited
+from orchestrator.errors import (
+    ClientBlocked,
+    InvalidTask,
+    NoCapableAgent,
+    RateLimited,
+    StoreUnavailable,
+)
 from orchestrator.models import TASK_ID_RE
 from orchestrator.routing.router import Outcome, Router
 from orchestrator.runtime.celeryconf import execute_publisher
@@ -51,6 +59,10 @@ def submit(self: Task, *args: Any, **fields: Any) -> str:
             )
             raise error
         outcome: Outcome = router.submit(fields, submit_id, now_s())
+    except (StoreUnavailable, OperationalError) as exc:
+        # Redis went away mid-way (a restart, a failover): delivered again, the submission
+        # resumes where the ledger says it stopped, instead of failing.
+        raise Reject(f"state store unreachable: {exc}", requeue=True) from exc
     except REFUSALS as exc:
         given = fields.get("task_id")
         if (

@@ -44,7 +44,7 @@ def store(settings: Settings) -> StateStore:
     from orchestrator.store import StateStore
 
     preflight(settings, state_only=True)
-    return StateStore.from_url(settings.effective_state_url, ledger_ttl_s=settings.ledger_ttl_s)
+    return StateStore.from_settings(settings)
 
 
 def fmt_ts(ts: Any) -> str:

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator.cli.embedded import reachable, start_redis
-from orchestrator.config import Settings
+from orchestrator.config import Settings, is_sentinel, mask_password
 
 console = Console()
 
@@ -155,8 +155,15 @@ class DevStack:
         signal.signal(signal.SIGTERM, self._on_signal)
         url = self.settings.redis_url
         try:
-            if reachable(url):
-                console.print(f"Redis: using the server at {url}")
+            if reachable(url, sentinel_master=self.settings.redis_sentinel_master):
+                console.print(f"Redis: using the server at {mask_password(url)}")
+            elif is_sentinel(url):
+                console.print(
+                    f"[red]no master {self.settings.redis_sentinel_master!r} answers through "
+                    f"the sentinels of ORCH_REDIS_URL ({mask_password(url)}); an embedded "
+                    "Redis is only started for a redis:// URL[/]"
+                )
+                return 1
             else:
                 console.print(f"Redis: nothing answers at {url}; starting an embedded one")
                 self.redis_proc = start_redis(url, self.run_dir / "redis", self.logs / "redis.log")

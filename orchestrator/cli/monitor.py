@@ -502,12 +502,12 @@ def backup_restore(path: str, dry_run: bool, as_json: bool) -> None:
     The file is verified first: a damaged, truncated or wrong-version file is refused and
     Redis is not touched. Unfinished tasks of the snapshot are parked again so they run once.
     """
-    import redis
     from rich.progress import BarColumn, MofNCompleteColumn, Progress
 
     from orchestrator.backup.archive import BackupError
     from orchestrator.backup.restore import restore_backup
     from orchestrator.store import now_s
+    from orchestrator.store.connect import state_client
 
     ctx = _ctx()
     err = common.err_console
@@ -519,7 +519,7 @@ def backup_restore(path: str, dry_run: bool, as_json: bool) -> None:
         transient=True,
         disable=not err.is_terminal,
     )
-    binary = redis.Redis.from_url(ctx.settings.effective_state_url)
+    binary = state_client(ctx.settings)
     try:
         with progress:
             bar = progress.add_task("restoring", total=None)

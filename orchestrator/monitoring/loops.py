@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import redis
-
 from orchestrator.backup.archive import create_backup, verify_backup
 from orchestrator.config import Settings
 from orchestrator.errors import ConfigError
@@ -70,6 +68,7 @@ from orchestrator.security.policy import (
     without_credentials,
 )
 from orchestrator.store import StateStore
+from orchestrator.store.connect import state_client
 from orchestrator.store.keys import ALERTS, METRICS_HISTORY, SLA_HISTORY, SLO_ALERTS
 from orchestrator.store.monitor import MonitorStore
 
@@ -89,11 +88,7 @@ class LoopContext:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LoopContext:
-        store = StateStore.from_url(
-            settings.effective_state_url,
-            ledger_ttl_s=settings.ledger_ttl_s,
-            events_max_len=settings.events_max_len,
-        )
+        store = StateStore.from_settings(settings)
         return cls(settings, store, MonitorStore(store.r))
 
 
@@ -507,7 +502,7 @@ def run_optimize(ctx: LoopContext, now: float) -> dict[str, Any]:
 def run_backup(ctx: LoopContext, now: float) -> dict[str, Any]:
     """Write a backup into ORCH_BACKUP_DIR, keep ORCH_BACKUP_RETENTION of them, announce it."""
     s = ctx.settings
-    raw = redis.Redis.from_url(s.effective_state_url)  # DUMP payloads are bytes
+    raw = state_client(s)  # DUMP payloads are bytes
     try:
         info = create_backup(raw, s.backup_dir, s.backup_retention, now)
     finally:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.config import Settings
+from orchestrator.config import Settings, is_sentinel, parse_sentinel
 
 LOCK_TTL_MIN_S = 10.0
 LOCK_TTL_MAX_S = 3600.0
@@ -119,11 +119,28 @@ def redbeat_config(settings: Settings) -> dict[str, Any]:
     ORCH_BEAT_MAX_INTERVAL_S apart. RedBeat's options are set explicitly so it neither falls
     back to the broker's transport options nor warns about it.
     """
+    url, options = settings.effective_state_url, {}
+    if is_sentinel(url):  # RedBeat's own form: a redis-sentinel:// URL and the sentinels apart
+        address = parse_sentinel(url)
+        url = "redis-sentinel://"
+        options = {
+            "sentinels": list(address.sentinels),
+            "service_name": settings.redis_sentinel_master,
+            "db": address.db,
+            "password": address.password,
+            "socket_timeout": 5.0,
+            # A failover takes seconds: RedBeat retries a lost connection for this long
+            # instead of stopping beat (by then the next master answers).
+            "retry_period": settings.beat_lock_timeout_s,
+            "sentinel_kwargs": {"socket_timeout": 1.0, "socket_connect_timeout": 1.0},
+        }
+        if address.username:
+            options["username"] = address.username
     return {
-        "beat_scheduler": "redbeat.RedBeatScheduler",
+        "beat_scheduler": "orchestrator.runtime.beat:Scheduler",  # RedBeat, riding out failovers
         "beat_max_loop_interval": settings.beat_max_interval_s,
-        "redbeat_redis_url": settings.effective_state_url,
-        "redbeat_redis_options": {},
+        "redbeat_redis_url": url,
+        "redbeat_redis_options": options,
         "redbeat_key_prefix": REDBEAT_KEY_PREFIX,
         "redbeat_lock_timeout": int(settings.beat_lock_timeout_s),
     }

@@ -10,9 +10,9 @@ import os
 import threading
 
 import pybreaker
-import redis
 
 from orchestrator.config import Settings, load_settings
+from orchestrator.store.connect import state_client
 from orchestrator.store.keys import HANDLER_CIRCUIT_PREFIX
 
 _lock = threading.Lock()
@@ -40,7 +40,7 @@ def circuit_breaker(
         if breaker is None:
             settings = settings or load_settings()
             # pybreaker's storage decodes bytes itself: a client without decode_responses.
-            client = redis.Redis.from_url(settings.effective_state_url)
+            client = state_client(settings)
             storage = pybreaker.CircuitRedisStorage(
                 pybreaker.STATE_CLOSED, client, namespace=HANDLER_CIRCUIT_PREFIX + name
             )

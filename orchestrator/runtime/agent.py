@@ -91,11 +91,7 @@ def current_agent_id() -> str:
 def process_store(settings: Settings) -> StateStore:
     """One StateStore per process (a forked child must not share its parent's sockets)."""
     if _Process._store is None or _Process._store_pid != os.getpid():
-        _Process._store = StateStore.from_url(
-            settings.effective_state_url,
-            ledger_ttl_s=settings.ledger_ttl_s,
-            events_max_len=settings.events_max_len,
-        )
+        _Process._store = StateStore.from_settings(settings)
         _Process._store_pid = os.getpid()
     return _Process._store
 

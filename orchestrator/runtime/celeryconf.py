@@ -11,11 +11,11 @@ from celery import Celery
 from celery.result import AsyncResult
 from kombu import Queue
 
-from orchestrator.config import SIGNING_DIGEST, Settings, redis_ssl_options
+from orchestrator.config import SIGNING_DIGEST, Settings, is_sentinel, redis_ssl_options
 from orchestrator.models import OrchestrationTask, RegisteredAgent
 from orchestrator.monitoring.schedule import redbeat_config
 from orchestrator.routing.weights import to_broker_priority
-from orchestrator.runtime.transport import TRANSPORT, Push, captured_pushes
+from orchestrator.runtime.transport import SENTINEL_TRANSPORT, TRANSPORT, Push, captured_pushes
 
 if TYPE_CHECKING:
     from orchestrator.routing.router import Preparer, Publisher
@@ -120,9 +120,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "unacked_restore_interval": max(1.0, min(10.0, visibility / 5)),
         "unacked_restore_throttle": 1,  # every sweep really scans: the interval is the period
     }
+    broker, backend = settings.effective_broker_url, settings.effective_result_backend
+    # A sentinel-form URL: kombu, Celery's result backend and Flower ask the sentinels for
+    # this master (whoever it is now) each time they connect.
+    sentinel = {
+        "master_name": settings.redis_sentinel_master,
+        "sentinel_kwargs": {"socket_timeout": 1.0, "socket_connect_timeout": 1.0},
+    }
     return {
-        "broker_url": settings.effective_broker_url,
-        "result_backend": settings.effective_result_backend,
+        "broker_url": broker,
+        "result_backend": backend,
         # TLS as each rediss:// URL asks (see config.redis_ssl_options); kombu, Flower and
         # RedBeat read these dicts, not the URL, for a bare rediss:// URL.
         "broker_use_ssl": redis_ssl_options(settings.effective_broker_url),
@@ -151,11 +158,17 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         },
         # kombu's Redis transport, hardened for Redis restarts and with one client per channel
         # instead of one per publish and ack (see transport.py).
-        "broker_transport": TRANSPORT,
-        "broker_transport_options": transport,
-        "result_backend_transport_options": {"visibility_timeout": visibility},
+        "broker_transport": SENTINEL_TRANSPORT if is_sentinel(broker) else TRANSPORT,
+        "broker_transport_options": transport | (sentinel if is_sentinel(broker) else {}),
+        "result_backend_transport_options": {"visibility_timeout": visibility}
+        | (sentinel if is_sentinel(backend) else {}),
         "broker_connection_retry_on_startup": True,
         "result_expires": 24 * 3600,
+        # A result stored while Redis restarts or fails over waits for it (about 15 s at
+        # most) instead of failing a task whose handler has already run.
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": 20,
+        "result_backend_max_sleep_between_retries_ms": 1000,
         "worker_hijack_root_logger": True,
         "enable_utc": True,
         **redbeat_config(settings),

@@ -227,4 +227,16 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """The channel above over kombu's Sentinel channel: its pool is the master's, as the
+    sentinels name it whenever a connection is made (so a failover is a reconnect)."""
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    """For a sentinel-form broker URL (`sentinel://h1:26379;sentinel://h2:26379/0`)."""
+
+    Channel = SentinelChannel
+
+
 TRANSPORT = f"{__name__}:Transport"
+SENTINEL_TRANSPORT = f"{__name__}:SentinelTransport"

@@ -306,7 +306,15 @@ class RedisEndpoint:
     tls: bool
 
     @classmethod
-    def parse(cls, url: str) -> RedisEndpoint:
+    def parse(cls, url: str, default_port: int = 6379) -> RedisEndpoint:
+        if url.startswith("sentinel://"):  # the sentinels, `;`-separated; the master's password
+            ends = [cls.parse("redis" + chunk.strip()[8:], 26379) for chunk in url.split(";")]
+            return cls(
+                address=",".join(e.address for e in ends),
+                local=all(e.local for e in ends),
+                authenticated=any(e.authenticated for e in ends),
+                tls=False,
+            )
         parts = urlsplit(url)
         if parts.scheme == "unix":
             return cls(
@@ -315,7 +323,7 @@ class RedisEndpoint:
         query = dict(parse_qsl(parts.query))
         tls = parts.scheme == "rediss"
         return cls(
-            address=f"{parts.hostname or 'localhost'}:{parts.port or 6379}",
+            address=f"{parts.hostname or 'localhost'}:{parts.port or default_port}",
             local=is_loopback(parts.hostname),
             authenticated=bool(parts.password) or (tls and bool(query.get("ssl_certfile"))),
             tls=tls,

@@ -29,8 +29,9 @@ from celery import bootsteps, signals
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from orchestrator.config import SSL_FILE_PARAMS, Settings
+from orchestrator.config import DEFAULT_SENTINEL_MASTER, SSL_FILE_PARAMS, Settings
 from orchestrator.errors import ConfigError
+from orchestrator.store.connect import redis_client
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ class RedisTarget:
 
     variable: str
     url: str
+    #: The master's name when `url` is the sentinel form (ORCH_REDIS_SENTINEL_MASTER).
+    sentinel_master: str = DEFAULT_SENTINEL_MASTER
 
 
 def redis_targets(settings: Settings) -> list[RedisTarget]:
@@ -57,10 +60,12 @@ def redis_targets(settings: Settings) -> list[RedisTarget]:
         RedisTarget(
             "ORCH_BROKER_URL" if settings.broker_url else "ORCH_REDIS_URL",
             settings.effective_broker_url,
+            settings.redis_sentinel_master,
         ),
         RedisTarget(
             "ORCH_RESULT_BACKEND" if settings.result_backend else "ORCH_REDIS_URL",
             settings.effective_result_backend,
+            settings.redis_sentinel_master,
         ),
         state_target(settings),
     ]
@@ -72,7 +77,9 @@ def redis_targets(settings: Settings) -> list[RedisTarget]:
 
 def state_target(settings: Settings) -> RedisTarget:
     return RedisTarget(
-        "ORCH_STATE_URL" if settings.state_url else "ORCH_REDIS_URL", settings.effective_state_url
+        "ORCH_STATE_URL" if settings.state_url else "ORCH_REDIS_URL",
+        settings.effective_state_url,
+        settings.redis_sentinel_master,
     )
 
 
@@ -126,10 +133,17 @@ def unreadable_tls_file(url: str) -> str | None:
     return None
 
 
-def ping(url: str, timeout_s: float = PING_TIMEOUT_S) -> None:
-    """One PING with the options the URL gives, no retries: the answer now."""
-    client = redis.Redis.from_url(
-        url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s, retry=Retry(NoBackoff(), 0)
+def ping(
+    url: str, timeout_s: float = PING_TIMEOUT_S, sentinel_master: str = DEFAULT_SENTINEL_MASTER
+) -> None:
+    """One PING with the options the URL gives, no retries: the answer now (through the
+    sentinels, for a sentinel-form URL)."""
+    client = redis_client(
+        url,
+        sentinel_master=sentinel_master,
+        socket_connect_timeout=timeout_s,
+        socket_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 0),
     )
     try:
         client.ping()
@@ -137,15 +151,21 @@ def ping(url: str, timeout_s: float = PING_TIMEOUT_S) -> None:
         client.close()
 
 
-def preflight(targets: Iterable[RedisTarget], connect: Callable[[str], Any] = ping) -> list[str]:
-    """Ping each target once. Raises ConfigError, one line `VARIABLE: reason`, at the first
-    failure waiting cannot fix; returns notes on the targets that did not answer."""
+def preflight(
+    targets: Iterable[RedisTarget], connect: Callable[[str], Any] | None = None
+) -> list[str]:
+    """Ping each target once (`connect(url)` instead, when given). Raises ConfigError, one line
+    `VARIABLE: reason`, at the first failure waiting cannot fix; returns notes on the targets
+    that did not answer."""
     notes = []
     for target in targets:
         problem = unreadable_tls_file(target.url)
         if problem is None:
             try:
-                connect(target.url)
+                if connect is None:
+                    ping(target.url, sentinel_master=target.sentinel_master)
+                else:
+                    connect(target.url)
             except (redis.RedisError, OSError) as exc:
                 problem = classify_failure(exc)
                 if problem is None:

@@ -7,27 +7,33 @@ them together as StateStore. Key names come from keys, Lua from scripts.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from orchestrator.config import DEFAULT_SENTINEL_MASTER, Settings
 from orchestrator.errors import StoreUnavailable
 from orchestrator.models import (
     OrchestrationEvent,
     ProductionEventSeverity,
 )
 from orchestrator.store import scripts
+from orchestrator.store.connect import redis_client
 from orchestrator.store.keys import (
     EVENTS,
     lock_key,
 )
 from orchestrator.store.telemetry import TelemetryWriter
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def _history(state: str, now: float, **data: Any) -> str:
@@ -57,12 +63,26 @@ def _pairs(flat: Sequence[Any]) -> dict[str, str]:
 class StoreBase:
     """Connection, scripts, events and locks, shared by both halves of the store."""
 
+    #: After a WAIT that fell short (a replica missing), submissions go unconfirmed this long
+    #: before WAIT is tried again, so a primary left without replicas stays fast.
+    WAIT_BACKOFF_S = 5.0
+
     def __init__(
-        self, client: redis.Redis, ledger_ttl_s: int = 7 * 24 * 3600, events_max_len: int = 100_000
+        self,
+        client: redis.Redis,
+        ledger_ttl_s: int = 7 * 24 * 3600,
+        events_max_len: int = 100_000,
+        wait_replicas: int = 0,
+        wait_ms: int = 100,
     ) -> None:
         self.r = client
         self.ledger_ttl_s = ledger_ttl_s
         self.events_max_len = events_max_len
+        self.wait_replicas = wait_replicas
+        self.wait_ms = wait_ms
+        self._wait_off_until = 0.0
+        #: Submissions confirmed before enough replicas had them (see replicated()).
+        self.unreplicated = 0
         self._wrr = client.register_script(scripts.WRR_PICK)
         self._fleet = client.register_script(scripts.LOAD_FLEET)
         self._accept = client.register_script(scripts.ACCEPT)
@@ -82,14 +102,57 @@ class StoreBase:
         self.telemetry = TelemetryWriter(client)
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> Self:
+    def from_url(
+        cls, url: str, *, sentinel_master: str = DEFAULT_SENTINEL_MASTER, **kwargs: Any
+    ) -> Self:
         # Fail within about a second when Redis is down (redis-py's default retries for
         # several seconds): callers turn StoreUnavailable into a clear error or a redelivery.
         retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3)
-        client = redis.Redis.from_url(
-            url, decode_responses=True, health_check_interval=30, retry=retry
+        client = redis_client(
+            url,
+            sentinel_master=sentinel_master,
+            decode_responses=True,
+            health_check_interval=30,
+            retry=retry,
         )
         return cls(client, **kwargs)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> Self:
+        """The store at ORCH_STATE_URL (or ORCH_REDIS_URL), with the settings' ledger TTL and
+        event stream length."""
+        return cls.from_url(
+            settings.effective_state_url,
+            sentinel_master=settings.redis_sentinel_master,
+            ledger_ttl_s=settings.ledger_ttl_s,
+            events_max_len=settings.events_max_len,
+            wait_replicas=settings.submit_wait_replicas,
+            wait_ms=settings.submit_wait_ms,
+            **kwargs,
+        )
+
+    def replicated(self, step: Callable[[redis.Redis], T]) -> T:
+        """`step(client)`'s writes, confirmed by `wait_replicas` replicas (Redis WAIT on the
+        same connection, at most `wait_ms`) before this returns; without replicas to wait
+        for, just `step(self.r)`. A WAIT that falls short is logged and counted (the writes
+        stand on the primary) and WAIT rests for WAIT_BACKOFF_S."""
+        if self.wait_replicas <= 0 or time.monotonic() < self._wait_off_until:
+            return step(self.r)
+        with self._translate(), self.r.client() as one:  # WAIT counts one connection's writes
+            result = step(one)
+            acked = int(one.wait(self.wait_replicas, self.wait_ms))
+        if acked < self.wait_replicas:
+            self.unreplicated += 1
+            self._wait_off_until = time.monotonic() + self.WAIT_BACKOFF_S
+            log.warning(
+                "a submission reached %d of %d replicas within %d ms; confirming submissions "
+                "without waiting for %.0f s",
+                acked,
+                self.wait_replicas,
+                self.wait_ms,
+                self.WAIT_BACKOFF_S,
+            )
+        return result
 
     @contextmanager
     def _translate(self) -> Iterator[None]:

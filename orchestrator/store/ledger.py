@@ -79,7 +79,9 @@ class LedgerStore(StoreBase):
         step (see outbox_put)."""
         keys, args = self._accept_step(task, submit_id, now, outbox)
         with self._translate():
-            status, state = self._accept(keys=keys, args=args)
+            status, state = self.replicated(
+                lambda client: self._accept(keys=keys, args=args, client=client)
+            )
         return str(status), str(state)
 
     def accept_and_route(
@@ -99,9 +101,10 @@ class LedgerStore(StoreBase):
         args: list[Any] = []
         for part in (accept_args, route_args, [payload for _, payload in pushes]):
             args += [len(part), *part]
+        keys = [*accept_keys, *route_keys, *(key for key, _ in pushes)]
         with self._translate():
-            status, state = self._accept_route(
-                keys=[*accept_keys, *route_keys, *(key for key, _ in pushes)], args=args
+            status, state = self.replicated(
+                lambda client: self._accept_route(keys=keys, args=args, client=client)
             )
         return str(status), str(state)
 
@@ -153,11 +156,16 @@ class LedgerStore(StoreBase):
         self, task_id: str, submit_id: str, kwargs: dict[str, Any], queue: str, now: float
     ) -> None:
         """Keep a client's submission until it is routed or parked (OrchestratorClient)."""
-        with self._translate():
-            pipe = self.r.pipeline(transaction=True)
-            pipe.hset(OUTBOX_MSG, task_id, _outbox_message(kwargs, submit_id, queue))
+        message = _outbox_message(kwargs, submit_id, queue)
+
+        def put(client: Any) -> None:
+            pipe = client.pipeline(transaction=True)
+            pipe.hset(OUTBOX_MSG, task_id, message)
             pipe.zadd(OUTBOX, {task_id: now})
             pipe.execute()
+
+        with self._translate():
+            self.replicated(put)
 
     def outbox_drop(self, task_id: str, pipe: Any = None) -> None:
         target = pipe if pipe is not None else self.r.pipeline(transaction=True)

@@ -13,9 +13,11 @@ from typing import Any
 
 import redis
 
+from orchestrator.config import DEFAULT_SENTINEL_MASTER
 from orchestrator.models import AlertState, ProductionAlert
 from orchestrator.monitoring.stats import WindowStats, parse_fields, sum_fields
 from orchestrator.security.policy import Finding
+from orchestrator.store.connect import redis_client
 from orchestrator.store.keys import (
     ALERT_ACKS,
     ALERTS,
@@ -107,8 +109,11 @@ class MonitorStore:
         self._unacked = client.register_script(_UNACKED_BY_ROUTING_KEY)
 
     @classmethod
-    def from_url(cls, url: str) -> MonitorStore:
-        return cls(redis.Redis.from_url(url, decode_responses=True, health_check_interval=30))
+    def from_url(cls, url: str, sentinel_master: str = DEFAULT_SENTINEL_MASTER) -> MonitorStore:
+        client = redis_client(
+            url, sentinel_master=sentinel_master, decode_responses=True, health_check_interval=30
+        )
+        return cls(client)
 
     # --- telemetry ---------------------------------------------------------------------
 

@@ -368,3 +368,26 @@ def test_a_failed_publish_leaves_the_submission_in_the_client_outbox(redis_url):
         assert store.outbox_due(older_than=2000.0, now=2000.0) == []
     finally:
         store.r.close()
+
+
+def test_an_accepted_submission_left_in_the_outbox_is_resent_under_its_message_id_and_runs(
+    start_control, start_agent, client, redis_client
+):
+    """A control worker accepted a by-name submission, then lost Redis before routing it (a
+    failover): the task is `accepted`, its submission still in the outbox. The recovery
+    monitor sends it again under the original message id, so the ledger resumes it (a new id
+    would be a `duplicate`, and the task would wait for ever)."""
+    from orchestrator.models import OrchestrationTask
+    from orchestrator.runtime.celeryconf import RECOVERY_QUEUE, ROUTING_QUEUE
+
+    start_agent("a", "count")
+    start_control(ORCH_OUTBOX_RESEND_S="0.5")
+    kwargs = {"type": "count", "payload": {"key": "resent"}, "task_id": "resent-1"}
+    task = OrchestrationTask(type="count", payload={"key": "resent"}, task_id="resent-1")
+    status, _ = client.store.accept(task, "submit-1", 1000.0, outbox=(kwargs, ROUTING_QUEUE))
+    assert status == "new" and ledger(redis_client, "resent-1")["state"] == "accepted"
+
+    client.app.send_task("orchestrator.recovery.monitor", queue=RECOVERY_QUEUE)
+    wait_for(lambda: ledger(redis_client, "resent-1").get("state") == "succeeded", timeout=30)
+    assert redis_client.get("test:runs:resent") == "1"
+    assert redis_client.zcard("orch:outbox") == 0

@@ -97,7 +97,7 @@ def test_lock_ttl(interval, ttl):
 
 def test_redbeat_config():
     conf = redbeat_config(load_settings(redis_url="redis://h:1/2", beat_lock_timeout_s=15))
-    assert conf["beat_scheduler"] == "redbeat.RedBeatScheduler"
+    assert conf["beat_scheduler"] == "orchestrator.runtime.beat:Scheduler"
     assert conf["redbeat_redis_url"] == "redis://h:1/2"
     assert conf["redbeat_lock_timeout"] == 15
     assert conf["redbeat_redis_options"] == {}

@@ -1,0 +1,52 @@
+"""Every Redis client of the project is built here, from a redis://, rediss://, unix:// or
+sentinel:// URL.
+
+A sentinel-form URL (config.parse_sentinel) gives a client of the master that Sentinel names:
+redis-py's `Sentinel.master_for`, whose connections ask the sentinels for the master's address
+each time they connect, so after a failover the next reconnect reaches the promoted replica
+(and a demoted master's READONLY reply makes it reconnect too). The sentinels themselves are
+asked without credentials; the URL's credentials and database are the master's, as kombu and
+Celery's result backend read the same URL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from redis.sentinel import Sentinel
+
+from orchestrator.config import DEFAULT_SENTINEL_MASTER, Settings, is_sentinel, parse_sentinel
+
+#: How long a sentinel may take to answer who the master is.
+SENTINEL_TIMEOUT_S = 1.0
+
+
+def redis_client(
+    url: str, *, sentinel_master: str = DEFAULT_SENTINEL_MASTER, **kwargs: Any
+) -> redis.Redis:
+    """A client of the Redis `url` names; `kwargs` as redis.Redis takes them."""
+    if not is_sentinel(url):
+        return redis.Redis.from_url(url, **kwargs)
+    address = parse_sentinel(url)
+    timeout = kwargs.get("socket_connect_timeout") or SENTINEL_TIMEOUT_S
+    sentinel = Sentinel(
+        list(address.sentinels),
+        sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
+    )
+    credentials = {"username": address.username, "password": address.password}
+    return sentinel.master_for(
+        sentinel_master,
+        redis_class=redis.Redis,
+        db=address.db,
+        **{k: v for k, v in credentials.items() if v is not None},
+        **kwargs,
+    )
+
+
+def state_client(settings: Settings, **kwargs: Any) -> redis.Redis:
+    """A client of the state store (ORCH_STATE_URL, else ORCH_REDIS_URL); `kwargs` as
+    redis.Redis takes them (no decode_responses: DUMP payloads and pybreaker want bytes)."""
+    return redis_client(
+        settings.effective_state_url, sentinel_master=settings.redis_sentinel_master, **kwargs
+    )
