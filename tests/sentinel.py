@@ -1,7 +1,7 @@
-"""A Redis Sentinel group on loopback ports from the system `redis-server`: one primary, its
-replicas, and sentinels (`redis-server sentinel.conf --sentinel`), for tests and benches.
+"""A Redis Sentinel group on loopback ports from the system `redis-server`, for tests and benches.
 
-The sentinels judge the primary down after `down_after_ms` and promote a replica; `url` is the
+One primary, its replicas, and sentinels (`redis-server sentinel.conf --sentinel`). The
+sentinels judge the primary down after `down_after_ms` and promote a replica; `url` is the
 sentinel form of ORCH_REDIS_URL (`sentinel://127.0.0.1:P1;sentinel://127.0.0.1:P2/0`).
 """
 
@@ -12,12 +12,19 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 import redis
 
-from tests.support import RedisServer, find_redis_server, free_port, no_retry, tail, wait_for
+from tests.support import (
+    RedisServer,
+    Started,
+    find_redis_server,
+    free_port,
+    no_retry,
+    tail,
+    wait_for,
+)
 
 MASTER = "mymaster"
 
@@ -79,7 +86,7 @@ class Sentinel:
         self._proc = None
 
 
-class SentinelGroup:
+class SentinelGroup(Started):
     """A primary, `replicas` replicas and `sentinels` sentinels, ready when every sentinel
     knows every replica and the other sentinels."""
 
@@ -153,20 +160,9 @@ class SentinelGroup:
             wait_for(lambda: c.info("replication")["role"] == "master", timeout=timeout)
         return time.monotonic() - started
 
-    def stop(self) -> None:
+    def close(self) -> None:
         for sentinel in self.sentinels:
             sentinel.stop()
         for server in self.servers:
             server.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -127,7 +127,28 @@ def _reap(proc: subprocess.Popen[bytes], timeout: float) -> bool:
     return True
 
 
-class RedisServer:
+class Started:
+    """`with X() as x:` starts x and closes it at the end (X has start() and close())."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class RedisServer(Started):
     """A private redis-server on 127.0.0.1 with its own port and directory.
 
     Defaults favour tests: no RDB snapshots (nothing to load on restart, no fork pauses), no AOF,
@@ -333,17 +354,6 @@ class RedisServer:
         if self._owns_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
 
 def hermetic_environ(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """os.environ without any ORCH_* variable, with `env` on top.
@@ -375,7 +385,7 @@ def child_pids(pid: int) -> list[int]:
     return sorted(children)
 
 
-class CeleryProcess:
+class CeleryProcess(Started):
     """One `celery -A <app> ...` subprocess (worker, beat, ...) in its own process group.
 
     The own session lets a test SIGKILL the worker together with its pool children, as a
@@ -544,12 +554,7 @@ class CeleryProcess:
     def __enter__(self) -> Self:
         return self if self._proc is not None else self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
         self.terminate()
 
     def __repr__(self) -> str:

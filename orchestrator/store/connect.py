@@ -1,12 +1,12 @@
-"""Every Redis client of the project is built here, from a redis://, rediss://, unix:// or
-sentinel:// URL.
+"""Every Redis client of the project is built here, from any URL form a setting accepts.
 
-A sentinel-form URL (config.parse_sentinel) gives a client of the master that Sentinel names:
-redis-py's `Sentinel.master_for`, whose connections ask the sentinels for the master's address
-each time they connect, so after a failover the next reconnect reaches the promoted replica
-(and a demoted master's READONLY reply makes it reconnect too). The sentinels themselves are
-asked without credentials; the URL's credentials and database are the master's, as kombu and
-Celery's result backend read the same URL.
+A redis://, rediss:// or unix:// URL is redis-py's own. A sentinel-form URL
+(config.parse_sentinel) gives a client of the master that Sentinel names: redis-py's
+`Sentinel.master_for`, whose connections ask the sentinels for the master's address each time
+they connect, so after a failover the next reconnect reaches the promoted replica (and a demoted
+master's READONLY reply makes it reconnect too). The sentinels themselves are asked without
+credentials; the URL's credentials and database are the master's, as kombu and Celery's result
+backend read the same URL.
 """
 
 from __future__ import annotations
