@@ -90,3 +90,19 @@ def test_the_audit_reads_the_sentinels_of_a_url() -> None:
     assert end.address == "10.0.0.1:26379,10.0.0.2:26380,10.0.0.3:26379"
     assert not end.local and end.authenticated and not end.tls
     assert RedisEndpoint.parse("sentinel://127.0.0.1:1;sentinel://localhost/0").local
+
+
+def test_switching_to_the_next_sentinel_keeps_this_projects_transport() -> None:
+    """kombu treats the `;`-separated parts as failover alternates and, switching to the next
+    one after a connection error, takes the transport from its scheme: the stock Sentinel
+    transport would drop the screening and the captured pushes of runtime/transport.py."""
+    from kombu import Connection
+
+    from orchestrator.runtime import transport
+
+    with Connection(URL, transport=SENTINEL_TRANSPORT) as conn:
+        assert type(conn.transport) is transport.SentinelTransport
+        conn.maybe_switch_next()
+        conn.maybe_switch_next()
+        assert type(conn.transport) is transport.SentinelTransport
+        assert conn.transport.Channel is transport.SentinelChannel
