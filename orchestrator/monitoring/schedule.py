@@ -129,9 +129,6 @@ def redbeat_config(settings: Settings) -> dict[str, Any]:
             "db": address.db,
             "password": address.password,
             "socket_timeout": 5.0,
-            # A failover takes seconds: RedBeat retries a lost connection for this long
-            # instead of stopping beat (by then the next master answers).
-            "retry_period": settings.beat_lock_timeout_s,
             "sentinel_kwargs": {"socket_timeout": 1.0, "socket_connect_timeout": 1.0},
         }
         if address.username:

@@ -28,6 +28,3 @@ class Scheduler(RedBeatScheduler):
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             log.warning("beat: Redis unreachable (%s); trying again in %.0f s", exc, RETRY_S)
             return RETRY_S
-
-
-SCHEDULER = f"{__name__}:Scheduler"

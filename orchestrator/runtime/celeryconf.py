@@ -132,8 +132,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend": backend,
         # TLS as each rediss:// URL asks (see config.redis_ssl_options); kombu, Flower and
         # RedBeat read these dicts, not the URL, for a bare rediss:// URL.
-        "broker_use_ssl": redis_ssl_options(settings.effective_broker_url),
-        "redis_backend_use_ssl": redis_ssl_options(settings.effective_result_backend),
+        "broker_use_ssl": redis_ssl_options(broker),
+        "redis_backend_use_ssl": redis_ssl_options(backend),
         "redbeat_redis_use_ssl": redis_ssl_options(settings.effective_state_url),
         "task_serializer": "json",
         "result_serializer": "json",

@@ -135,10 +135,10 @@ class StoreBase:
         """`step(client)`'s writes, confirmed by `wait_replicas` replicas (Redis WAIT on the
         same connection, at most `wait_ms`) before this returns; without replicas to wait
         for, just `step(self.r)`. A WAIT that falls short is logged and counted (the writes
-        stand on the primary) and WAIT rests for WAIT_BACKOFF_S."""
+        stand on the primary) and WAIT rests for WAIT_BACKOFF_S. Callers translate errors."""
         if self.wait_replicas <= 0 or time.monotonic() < self._wait_off_until:
             return step(self.r)
-        with self._translate(), self.r.client() as one:  # WAIT counts one connection's writes
+        with self.r.client() as one:  # WAIT counts the writes of one connection
             result = step(one)
             acked = int(one.wait(self.wait_replicas, self.wait_ms))
         if acked < self.wait_replicas:
