@@ -79,6 +79,7 @@ class DevStack:
         flower_port: int = 5555,
         beat: bool = True,
         flower: bool = True,
+        exporter_port: int | None = None,
     ) -> None:
         self.settings = settings
         self.run_dir = Path(run_dir).resolve()
@@ -87,6 +88,8 @@ class DevStack:
         self.flower_port = flower_port
         self.beat = beat
         self.flower = flower
+        # The exporter binds loopback here, like Flower: a local stack, not a deployment.
+        self.exporter_port = settings.exporter_port if exporter_port is None else exporter_port
         self.children: list[Child] = []
         self.redis_proc: subprocess.Popen[bytes] | None = None
         self._stopping = False
@@ -144,6 +147,21 @@ class DevStack:
                     self.logs / "flower.log",
                 )
             )
+        children.append(
+            Child(
+                "exporter",
+                [
+                    sys.executable,
+                    "-m",
+                    "orchestrator.cli",
+                    "exporter",
+                    f"--port={self.exporter_port}",
+                    "--address=127.0.0.1",
+                ],
+                self._env(),
+                self.logs / "exporter.log",
+            )
+        )
         return children
 
     def _on_signal(self, signum: int, _frame: object) -> None:
@@ -234,6 +252,8 @@ class DevStack:
             where = ""
             if child.name == "flower":
                 where = f"http://127.0.0.1:{self.flower_port}  (metrics: /metrics)"
+            elif child.name == "exporter":
+                where = f"http://127.0.0.1:{self.exporter_port}/metrics"
             elif child.name.startswith("agent"):
                 where = child.env.get("ORCH_AGENT_CAPABILITIES", "")
             pid = str(child.proc.pid) if child.proc else "-"

@@ -319,6 +319,12 @@ def recover(task_id: str | None, agent_id: str | None) -> None:
     help="Demo agents running examples/handlers.py.",
 )
 @click.option("--flower-port", type=int, default=5555, show_default=True)
+@click.option(
+    "--exporter-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Port of the metrics exporter [default: ORCH_EXPORTER_PORT, 9808].",
+)
 @click.option("--no-beat", is_flag=True, help="Do not start celery beat.")
 @click.option("--no-flower", is_flag=True, help="Do not start Flower.")
 @click.option(
@@ -328,8 +334,16 @@ def recover(task_id: str | None, agent_id: str | None) -> None:
     show_default=True,
     help="Where logs and the embedded Redis's data go.",
 )
-def dev(n_agents: int, flower_port: int, no_beat: bool, no_flower: bool, run_dir: str) -> None:
-    """Start everything locally (Redis if none answers, control, agents, beat, Flower)."""
+def dev(
+    n_agents: int,
+    flower_port: int,
+    exporter_port: int | None,
+    no_beat: bool,
+    no_flower: bool,
+    run_dir: str,
+) -> None:
+    """Start everything locally (Redis if none answers, control, agents, beat, Flower, the
+    metrics exporter)."""
     from orchestrator.cli.dev import DevStack
 
     stack = DevStack(
@@ -337,6 +351,7 @@ def dev(n_agents: int, flower_port: int, no_beat: bool, no_flower: bool, run_dir
         run_dir=run_dir,
         n_agents=n_agents,
         flower_port=flower_port,
+        exporter_port=exporter_port,
         beat=not no_beat,
         flower=not no_flower,
     )

@@ -27,7 +27,7 @@ def _gone(pid: int) -> bool:
 
 
 def test_dev_starts_embedded_redis_and_every_role_and_stops_them_all_on_ctrl_c(tmp_path):
-    redis_port, flower_port = free_port(), free_port()
+    redis_port, flower_port, exporter_port = free_port(), free_port(), free_port()
     url = f"redis://127.0.0.1:{redis_port}/0"
     env = hermetic_environ(
         {
@@ -47,6 +47,8 @@ def test_dev_starts_embedded_redis_and_every_role_and_stops_them_all_on_ctrl_c(t
                 "dev",
                 "--flower-port",
                 str(flower_port),
+                "--exporter-port",
+                str(exporter_port),
                 "--run-dir",
                 str(tmp_path / "run"),
             ],
@@ -65,9 +67,19 @@ def test_dev_starts_embedded_redis_and_every_role_and_stops_them_all_on_ctrl_c(t
             message="the three demo agents never registered",
         )
         children = child_pids(dev.pid)
-        assert len(children) >= 6  # redis, control, three agents, beat, flower
+        assert len(children) >= 7  # redis, control, three agents, beat, flower, exporter
         banner = log_path.read_text()
         assert "nothing answers at" in banner and f"http://127.0.0.1:{flower_port}" in banner
+        metrics_url = f"http://127.0.0.1:{exporter_port}/metrics"
+        assert metrics_url in banner
+
+        def scrape() -> str:
+            with urllib.request.urlopen(metrics_url, timeout=5) as reply:
+                return reply.read().decode()
+
+        text = wait_for(scrape, timeout=30, ignore=(OSError,), message="no exporter")
+        assert "orchestrator_up 1.0" in text
+        assert 'orchestrator_agents{status="active"} 3.0' in text
 
         out = subprocess.run(
             [
