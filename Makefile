@@ -14,15 +14,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# Debian packages the tests run for real (Alertmanager). Installed only when missing; a machine
-# without apt-get or root gets a warning and the tests that need them say why they skip.
+# Debian packages the tests run for real: Alertmanager (and amtool), Prometheus's promtool.
+# Installed only when missing; a machine without apt-get or root gets a warning and the tests
+# that need them say why they skip.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 sysdeps:
-	@command -v prometheus-alertmanager >/dev/null || { \
+	@{ command -v prometheus-alertmanager && command -v amtool && command -v promtool; } \
+	  >/dev/null || { \
 	  command -v apt-get >/dev/null && \
 	  ( $(SUDO) apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq prometheus-alertmanager \
-	      >/dev/null ) || echo "warning: could not install prometheus-alertmanager"; }
+	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	      prometheus-alertmanager prometheus >/dev/null ) || \
+	  echo "warning: could not install prometheus-alertmanager and prometheus (promtool)"; }
 
 run: $(STAMP)
 	$(BIN)/orchestrator dev

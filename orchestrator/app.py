@@ -3,7 +3,8 @@
 A worker is a control worker; with ORCH_AGENT_CAPABILITIES set it is an agent (see
 orchestrator.runtime.agent). This module puts the runtime together: the app of
 runtime.celeryconf with the worker's bootsteps, the gate first. Invalid ORCH_* settings stop
-the process here, naming the variable.
+the process here, naming the variable. With ORCH_LOG_FORMAT=json every line a worker or beat
+writes is a JSON object (runtime.logs).
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from celery import Celery
 
 from orchestrator.config import Settings, load_settings
 from orchestrator.errors import ConfigError
-from orchestrator.runtime.agent import AgentInit, AgentPresence
+from orchestrator.runtime.agent import AgentInit, AgentPresence, logged_agent_id
 from orchestrator.runtime.celeryconf import create_app
 from orchestrator.runtime.gate import GateStep
+from orchestrator.runtime.logs import install_celery_json_logs
+from orchestrator.runtime.metrics import MetricsStep
 from orchestrator.security.preflight import RedisPreflight
 
 
@@ -33,9 +36,12 @@ def install_worker_steps(celery_app: Celery) -> None:
     celery_app.steps["worker"].add(GateStep)
     celery_app.steps["worker"].add(RedisPreflight)
     celery_app.steps["worker"].add(AgentInit)
+    celery_app.steps["worker"].add(MetricsStep)
     celery_app.steps["consumer"].add(AgentPresence)
 
 
 settings = _load()
 app = create_app(settings)
 install_worker_steps(app)
+if settings.log_format == "json":
+    install_celery_json_logs(app, agent_id=lambda: logged_agent_id(settings))

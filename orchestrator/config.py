@@ -314,8 +314,20 @@ class Settings(BaseSettings):
     alert_rules_file: str = ""
     sla_targets_file: str = ""
 
+    # How every role writes its log: `text` lines as Celery and logging print them, or `json`,
+    # one JSON object per line for a log collector (orchestrator.runtime.logs).
+    log_format: Literal["text", "json"] = "text"
+
     exporter_port: Annotated[int, Field(ge=0, le=65535)] = 9808
+    # A worker's own Prometheus endpoint (runtime/metrics.py); 0 = off.
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 0
+    metrics_address: str = "0.0.0.0"
+
+    # The autoscaling signal (scaling/signal.py): per capability, enough agents that each has
+    # at most `scale_target_backlog` tasks waiting or running, within [scale_min, scale_max].
+    scale_min: Annotated[int, Field(ge=0, le=10_000)] = 1
+    scale_max: Annotated[int, Field(ge=1, le=10_000)] = 10
+    scale_target_backlog: Annotated[int, Field(ge=1, le=1_000_000)] = 5
 
     # Monitoring loops (issue 4); see the README's Operations section.
     exporter_address: str = "0.0.0.0"  # where `orchestrator exporter` binds
@@ -401,6 +413,12 @@ class Settings(BaseSettings):
         if value is not None and not re.match(r"^[A-Za-z0-9._@:-]{1,128}\Z", value):
             raise ValueError("must be 1-128 chars of [A-Za-z0-9._@:-]")
         return value or None
+
+    @model_validator(mode="after")
+    def _scale_bounds(self) -> Settings:
+        if self.scale_min > self.scale_max:
+            raise ValueError("ORCH_SCALE_MIN must be at most ORCH_SCALE_MAX")
+        return self
 
     @model_validator(mode="after")
     def _liveness(self) -> Settings:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any
@@ -12,6 +13,7 @@ from orchestrator import capability
 from orchestrator.errors import PermanentError, TransientError
 
 _client: redis.Redis | None = None
+log = logging.getLogger(__name__)
 
 
 def _redis() -> redis.Redis:
@@ -23,6 +25,18 @@ def _redis() -> redis.Redis:
 
 @capability("echo")
 def echo(payload: dict[str, Any]) -> dict[str, Any]:
+    return payload
+
+
+@capability("say")
+def say(payload: dict[str, Any]) -> dict[str, Any]:
+    """Logs a line, and one with a caught exception, through the standard logging module, as
+    handlers do (tests/integration/test_json_logs.py)."""
+    log.info("handler says %s", payload["words"])
+    try:
+        raise ValueError(payload["words"])
+    except ValueError:
+        log.exception("handler caught %s", payload["words"])
     return payload
 
 

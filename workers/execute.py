@@ -29,11 +29,15 @@ from orchestrator.monitoring.stats import run_fields
 from orchestrator.recovery.plan import ErrorKind
 from orchestrator.runtime.agent import RunningMarker, current_agent_id
 from orchestrator.runtime.handlers import get_handler
+from orchestrator.runtime.metrics import note_run
 from orchestrator.store import StateStore, now_s
 from orchestrator.store.telemetry import delegation_ms
 from workers._context import settings_of, store_of
 
 RECOVER = "orchestrator.recover"
+#: The telemetry and metrics type of a task no handler here runs: a client may name any type
+#: (with `required_capabilities` routing it), and a label per made-up name would be unbounded.
+UNKNOWN_TYPE = "unknown"
 log = logging.getLogger(__name__)
 #: How long a finished run keeps trying to record its outcome while Redis is away (a restart,
 #: a Sentinel failover): giving up means the message comes back and the handler runs again.
@@ -175,10 +179,14 @@ def _execute(
 
     circuit = settings.circuit_config() if settings.circuit_breaker_enabled else None
     handler = get_handler(type)
+    known_type = type if handler is not None else UNKNOWN_TYPE
     delegation = delegation_ms(attempt.code, attempt.submitted_at, started_at)
 
     def counts(outcome: str, latency: float, recovering: bool = False) -> dict[str, int]:
-        return run_fields(type, outcome, latency, delegation, recovering)
+        """The run's telemetry; each outcome path calls this once, so it also notes the run
+        for this worker's own metrics (runtime/metrics.py)."""
+        note_run(task.request, known_type, "retry" if recovering else outcome, latency, delegation)
+        return run_fields(known_type, outcome, latency, delegation, recovering)
 
     def fail(exc: BaseException, latency: float, cfg: CircuitBreakerConfig | None) -> None:
         _settle(

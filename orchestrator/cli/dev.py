@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -10,15 +11,16 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from orchestrator.cli.embedded import reachable, start_redis
 from orchestrator.config import Settings, is_sentinel, mask_password
 
 console = Console()
+log = logging.getLogger(__name__)
 
 # Demo agents: every one runs echo, at different proficiencies, so the weighted sequence shows.
 DEMO_AGENTS = [
@@ -93,6 +95,15 @@ class DevStack:
         self.children: list[Child] = []
         self.redis_proc: subprocess.Popen[bytes] | None = None
         self._stopping = False
+        # ORCH_LOG_FORMAT=json: the children log JSON (they inherit the variable), and so
+        # does this supervisor: its status lines become log lines, addresses as fields.
+        self.as_json = settings.log_format == "json"
+
+    def _say(self, text: str, level: int = logging.INFO, style: str = "", **fields: Any) -> None:
+        if self.as_json:
+            log.log(level, text, extra=fields)
+        else:
+            console.print(f"[{style}]{text}[/]" if style else text)
 
     def _env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_AGENT_")}
@@ -100,12 +111,20 @@ class DevStack:
         env.update(extra)
         return env
 
+    def _metrics_env(self, index: int) -> dict[str, str]:
+        """With ORCH_METRICS_PORT set, each worker here serves its own metrics on the next
+        port up (control on the port itself): one host cannot give them all the same one."""
+        base = self.settings.metrics_port
+        if not base:
+            return {}
+        return {"ORCH_METRICS_PORT": str(base + index), "ORCH_METRICS_ADDRESS": "127.0.0.1"}
+
     def plan(self) -> list[Child]:
         children = [
             Child(
                 "control",
                 celery_argv("worker", "-n", "control@%h", "-c", "2", "-l", "info"),
-                self._env(),
+                self._env(**self._metrics_env(0)),
                 self.logs / "control.log",
             )
         ]
@@ -121,6 +140,7 @@ class DevStack:
                         ORCH_AGENT_ID=agent_id,
                         ORCH_AGENT_CAPABILITIES=caps,
                         ORCH_HANDLERS=DEMO_HANDLERS,
+                        **self._metrics_env(i + 1),
                     ),
                     self.logs / f"{agent_id}.log",
                 )
@@ -169,21 +189,33 @@ class DevStack:
 
     def run(self) -> int:
         self.logs.mkdir(parents=True, exist_ok=True)
+        if self.as_json:
+            from orchestrator.runtime.logs import configure_logging
+
+            configure_logging("json")
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)
         url = self.settings.redis_url
         try:
             if reachable(url, sentinel_master=self.settings.redis_sentinel_master):
-                console.print(f"Redis: using the server at {mask_password(url)}")
+                self._say(
+                    f"Redis: using the server at {mask_password(url)}", redis_url=mask_password(url)
+                )
             elif is_sentinel(url):
-                console.print(
-                    f"[red]no master {self.settings.redis_sentinel_master!r} answers through "
+                self._say(
+                    f"no master {self.settings.redis_sentinel_master!r} answers through "
                     f"the sentinels of ORCH_REDIS_URL ({mask_password(url)}); an embedded "
-                    "Redis is only started for a redis:// URL[/]"
+                    "Redis is only started for a redis:// URL",
+                    logging.ERROR,
+                    "red",
+                    redis_url=mask_password(url),
                 )
                 return 1
             else:
-                console.print(f"Redis: nothing answers at {url}; starting an embedded one")
+                self._say(
+                    f"Redis: nothing answers at {url}; starting an embedded one",
+                    redis_url=mask_password(url),
+                )
                 self.redis_proc = start_redis(url, self.run_dir / "redis", self.logs / "redis.log")
             self.children = self.plan()
             for child in self.children:
@@ -204,9 +236,14 @@ class DevStack:
             return
         now = time.monotonic()
         if child.restart_at is None:
-            console.print(
-                f"[red]{child.name} exited with {child.proc.returncode}; restarting "
-                f"in {child.backoff_s:.0f}s (log: {child.log_path})[/]"
+            self._say(
+                f"{child.name} exited with {child.proc.returncode}; restarting "
+                f"in {child.backoff_s:.0f}s (log: {child.log_path})",
+                logging.ERROR,
+                "red",
+                role=child.name,
+                returncode=child.proc.returncode,
+                log_path=str(child.log_path),
             )
             child.restart_at = now + child.backoff_s
         elif now >= child.restart_at:
@@ -216,7 +253,7 @@ class DevStack:
             child.backoff_s = min(60.0, child.backoff_s * 2)
 
     def stop(self) -> None:
-        console.print("stopping: warm shutdown of every child (Ctrl-C again is ignored)")
+        self._say("stopping: warm shutdown of every child (Ctrl-C again is ignored)")
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         for child in reversed(self.children):
             child.signal_group(signal.SIGTERM)
@@ -227,7 +264,11 @@ class DevStack:
             try:
                 child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                console.print(f"{child.name} did not stop in {STOP_GRACE_S:.0f}s: killing it")
+                self._say(
+                    f"{child.name} did not stop in {STOP_GRACE_S:.0f}s: killing it",
+                    logging.WARNING,
+                    role=child.name,
+                )
                 child.signal_group(signal.SIGKILL)
                 child.proc.wait()
             child.close()
@@ -238,29 +279,59 @@ class DevStack:
             except subprocess.TimeoutExpired:
                 self.redis_proc.kill()
                 self.redis_proc.wait()
-        console.print("stopped")
+        self._say("stopped")
 
     def _banner(self) -> None:
-        table = Table("role", "pid", "where", "log", title="Hive Orchestrator (dev)")
-        table.add_row(
-            "redis",
-            str(self.redis_proc.pid) if self.redis_proc else "-",
-            self.settings.redis_url,
-            str(self.logs / "redis.log"),
-        )
+        url = self.settings.redis_url
+        redis_pid = self.redis_proc.pid if self.redis_proc else None
+        # role, pid, where (as the table says it), where (as JSON fields), log
+        rows: list[tuple[str, int | None, str, dict[str, str], Path]] = [
+            ("redis", redis_pid, url, {"address": mask_password(url)}, self.logs / "redis.log")
+        ]
         for child in self.children:
-            where = ""
+            where, fields = "", {}
             if child.name == "flower":
-                where = f"http://127.0.0.1:{self.flower_port}  (metrics: /metrics)"
+                address = f"http://127.0.0.1:{self.flower_port}"
+                where = f"{address}\n(metrics: /metrics)"
+                fields = {"address": address, "metrics": f"{address}/metrics"}
             elif child.name == "exporter":
                 where = f"http://127.0.0.1:{self.exporter_port}/metrics"
+                fields = {"address": where}
             elif child.name.startswith("agent"):
                 where = child.env.get("ORCH_AGENT_CAPABILITIES", "")
-            pid = str(child.proc.pid) if child.proc else "-"
-            table.add_row(child.name, pid, where, str(child.log_path))
+                fields = {"capabilities": where}
+            if "ORCH_METRICS_PORT" in child.env and child.argv[5:6] == ["worker"]:
+                metrics = f"http://127.0.0.1:{child.env['ORCH_METRICS_PORT']}/metrics"
+                where = f"{where}\n{metrics}" if where else metrics
+                fields["metrics"] = metrics
+            pid = child.proc.pid if child.proc else None
+            rows.append((child.name, pid, where, fields, child.log_path))
+        submit = ".venv/bin/orchestrator submit echo --payload '{\"x\": 1}' --wait"
+        if self.as_json:
+            for role, pid, where, fields, log_path in rows:
+                detail = fields.get("address", where)
+                text = f"{role}{': ' + detail if detail else ''} (pid {pid}, log: {log_path})"
+                log.info(
+                    text, extra={"role": role, "pid": pid, **fields, "log_path": str(log_path)}
+                )
+            log.info(
+                "Hive Orchestrator (dev) is up; Ctrl-C stops everything", extra={"submit": submit}
+            )
+            return
+        # Addresses and log paths are copied whole, never cut to "…", even on a narrow console
+        # (80 columns when not a terminal): an address keeps its line, a long path folds.
+        table = Table(
+            "role",
+            "pid",
+            Column("where", no_wrap=True),
+            Column("log", overflow="fold"),
+            title="Hive Orchestrator (dev)",
+        )
+        for role, pid, where, _, log_path in rows:
+            table.add_row(role, "-" if pid is None else str(pid), where, str(log_path))
         console.print(table)
         console.print(
-            "Submit a task:  .venv/bin/orchestrator submit echo --payload '{\"x\": 1}' --wait\n"
+            f"Submit a task:  {submit}\n"
             "Agents:         .venv/bin/orchestrator agents\n"
             "Events:         .venv/bin/orchestrator events --follow\n"
             f"Flower API:     curl -X POST http://127.0.0.1:{self.flower_port}/api/task/send-task/"

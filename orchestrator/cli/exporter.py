@@ -8,9 +8,9 @@ seconds, as Prometheus expects (the snapshot's `*_ms` figures are divided by 100
 from __future__ import annotations
 
 import logging
-import math
 import signal
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,20 +23,21 @@ from prometheus_client.core import (
 )
 
 from orchestrator.models import AgentStatus, SystemHealth
+from orchestrator.models import ProductionEventSeverity as Severity
 from orchestrator.monitoring.loops import LoopContext
-from orchestrator.monitoring.snapshot import gather
-from orchestrator.monitoring.stats import LATENCY_BOUNDS_MS, OVERFLOW, TypeStats, parse_fields
+from orchestrator.monitoring.snapshot import Snapshot, gather, scaling
+from orchestrator.monitoring.stats import (
+    EXPORT_BOUNDS_MS,
+    LATENCY_BOUNDS_MS,
+    OVERFLOW,
+    TypeStats,
+    parse_fields,
+)
 from orchestrator.store import now_s
 from orchestrator.store.keys import SLA_HISTORY
 
 log = logging.getLogger(__name__)
 
-# Coarse, exact buckets of the telemetry histograms (1-2.5-5 x 10^k ms up to 1000 s).
-EXPORT_BOUNDS_MS = tuple(
-    b
-    for b in LATENCY_BOUNDS_MS
-    if 1 <= b <= 1e6 and round(b / 10 ** math.floor(math.log10(b)), 6) in (1.0, 2.5, 5.0)
-)
 _GAUGES = (
     # snapshot field, metric name, help, scale
     ("queue_depth", "queue_depth", "Tasks waiting in agent queues (all priorities, unacked)", 1),
@@ -44,7 +45,6 @@ _GAUGES = (
     ("dead_letters", "dead_letters", "Tasks in the dead-letter store", 1),
     ("error_rate", "error_rate", "Failed share of handler runs in the metrics window", 1),
     ("throughput_per_s", "throughput_per_second", "Handler runs per second (window)", 1),
-    ("delegation_p95_ms", "delegation_p95_seconds", "p95 submit-to-start time (window)", 1e-3),
     ("circuits_open", "circuits_open", "Agents whose circuit breaker is open", 1),
     ("alerts_firing", "alerts_firing", "Alerts firing", 1),
     ("security_threats", "security_threats", "Security findings of severity error/critical", 1),
@@ -106,18 +106,6 @@ class OrchestratorCollector:
             yield GaugeMetricFamily(
                 f"orchestrator_{name}", doc, value=float(getattr(m, field_name)) * scale
             )
-        latency = GaugeMetricFamily(
-            "orchestrator_task_latency_seconds",
-            "Handler run time quantiles over the metrics window",
-            labels=["quantile"],
-        )
-        for q, value in (
-            ("0.5", m.latency_p50_ms),
-            ("0.95", m.latency_p95_ms),
-            ("0.99", m.latency_p99_ms),
-        ):
-            latency.add_metric([q], value / 1000)
-        yield latency
         health = GaugeMetricFamily(
             "orchestrator_health", "1 for the current health", labels=["state"]
         )
@@ -143,8 +131,46 @@ class OrchestratorCollector:
         for alert in snap.alerts:
             alerts.add_metric([alert.name, alert.severity.value, alert.state.value], 1.0)
         yield alerts
+        yield from self._security()
+        yield from self._scaling(snap)
         yield from self._counters()
         yield from self._sla()
+
+    def _security(self) -> Iterator[Metric]:
+        findings = GaugeMetricFamily(
+            "orchestrator_security_findings",
+            "Standing security findings by severity",
+            labels=["severity"],
+        )
+        by_severity = Counter(f.severity.value for f in self.ctx.mon.findings().values())
+        for severity in Severity:
+            findings.add_metric([severity.value], float(by_severity.get(severity.value, 0)))
+        yield findings
+
+    def _scaling(self, snap: Snapshot) -> Iterator[Metric]:
+        """The autoscaling signal (scaling/signal.py), per capability."""
+        rows = scaling(snap, self.ctx.mon, self.ctx.settings)
+        families = {
+            "current": GaugeMetricFamily(
+                "orchestrator_capability_agents",
+                "Active agents offering the capability",
+                labels=["capability"],
+            ),
+            "backlog": GaugeMetricFamily(
+                "orchestrator_capability_backlog",
+                "Tasks waiting for the capability (every priority, unacknowledged, parked)",
+                labels=["capability"],
+            ),
+            "desired": GaugeMetricFamily(
+                "orchestrator_desired_agents",
+                "Agents the capability's backlog needs (the autoscaling signal)",
+                labels=["capability"],
+            ),
+        }
+        for row in rows:
+            for attr, family in families.items():
+                family.add_metric([row.capability], float(getattr(row, attr)))
+        yield from families.values()
 
     def _counters(self) -> Iterator[Metric]:
         events = CounterMetricFamily(

@@ -557,16 +557,25 @@ def exporter(port: int | None, address: str | None) -> None:
     import logging
 
     from orchestrator.cli.exporter import serve
+    from orchestrator.runtime.logs import configure_logging
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     settings = _settings()
+    configure_logging(settings.log_format)
+    as_json = settings.log_format == "json"  # then even its last words are a JSON line
+    log = logging.getLogger("orchestrator.cli.exporter")
     port = settings.exporter_port if port is None else port
     address = settings.exporter_address if address is None else address
     try:
         serve(_ctx(settings), address, port)
     except OSError as exc:
+        if as_json:
+            log.critical("cannot serve on %s:%d: %s", address, port, exc)
+            raise SystemExit(1) from None
         raise click.ClickException(f"cannot serve on {address}:{port}: {exc}") from None
-    click.echo("exporter stopped")
+    if as_json:
+        log.info("exporter stopped")
+    else:
+        click.echo("exporter stopped")
 
 
 def register(group: click.Group) -> None:

@@ -35,6 +35,13 @@ LATENCY_BOUNDS_MS: tuple[float, ...] = (
     1e8,
 )
 OVERFLOW = len(LATENCY_BOUNDS_MS)  # the +Inf bucket's index
+#: The coarse Prometheus buckets (1-2.5-5 x 10^k ms, 1 ms to 1,000 s) that the exporter and
+#: every worker's own histograms use, so their quantiles are comparable.
+EXPORT_BOUNDS_MS: tuple[float, ...] = tuple(
+    b
+    for b in LATENCY_BOUNDS_MS
+    if 1 <= b <= 1e6 and round(b / 10 ** math.floor(math.log10(b)), 6) in (1.0, 2.5, 5.0)
+)
 AVAIL = "~avail"
 ALL = "*"
 ERROR_RATE_DEGRADED = 0.05

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,6 +23,7 @@ from orchestrator.errors import ConfigError
 from orchestrator.models import AgentStatus, RegisteredAgent
 from orchestrator.runtime.celeryconf import agent_queue, app_settings
 from orchestrator.runtime.handlers import import_handlers, missing_handlers
+from orchestrator.runtime.logs import say_refusal
 from orchestrator.store import StateStore, now_s
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,15 @@ def current_agent_id() -> str:
     return _Process.agent_id
 
 
+def logged_agent_id(settings: Settings) -> str | None:
+    """The agent id this process's log lines carry: the one AgentInit settled (so the pool's
+    children have it too), or before that an agent's ORCH_AGENT_ID; None in a control worker
+    or beat, which are no agent."""
+    if _Process.agent_id is not None:
+        return _Process.agent_id
+    return settings.agent_id if settings.is_agent else None
+
+
 def process_store(settings: Settings) -> StateStore:
     """One StateStore per process (a forked child must not share its parent's sockets)."""
     if _Process._store is None or _Process._store_pid != os.getpid():
@@ -118,7 +127,7 @@ class AgentInit(bootsteps.Step):
                     f"(now {','.join(settings.handlers) or 'empty'})"
                 )
         except ConfigError as exc:
-            print(f"hive-orchestrator: agent refused to start: {exc}", file=sys.stderr)
+            say_refusal(f"agent refused to start: {exc}", settings.log_format)
             raise SystemExit(2) from None
         agent_id = settings.agent_id or worker.hostname
         _Process.agent_id = agent_id

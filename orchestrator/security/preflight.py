@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import ssl
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +30,7 @@ from redis.retry import Retry
 
 from orchestrator.config import DEFAULT_SENTINEL_MASTER, SSL_FILE_PARAMS, Settings
 from orchestrator.errors import ConfigError
+from orchestrator.runtime.logs import say_refusal
 from orchestrator.store.connect import redis_client
 
 log = logging.getLogger(__name__)
@@ -175,12 +175,12 @@ def preflight(
     return notes
 
 
-def stop_unless_usable(targets: Iterable[RedisTarget]) -> None:
-    """Run the preflight in a starting process: print the one line and exit on failure."""
+def stop_unless_usable(targets: Iterable[RedisTarget], log_format: str = "text") -> None:
+    """Run the preflight in a starting process: say the one line and exit on failure."""
     try:
         notes = preflight(targets)
     except ConfigError as exc:
-        print(f"hive-orchestrator: {exc}", file=sys.stderr, flush=True)
+        say_refusal(str(exc), log_format)
         raise SystemExit(EXIT_CODE) from None
     for note in notes:
         log.warning("%s; starting anyway, Celery keeps retrying", note)
@@ -201,7 +201,7 @@ class RedisPreflight(bootsteps.Step):
         super().__init__(worker, **kwargs)
         settings = _settings_of(worker.app)
         if settings is not None:
-            stop_unless_usable(redis_targets(settings))
+            stop_unless_usable(redis_targets(settings), settings.log_format)
 
 
 def _command() -> str | None:
@@ -215,4 +215,4 @@ def _check_before_beat(sender: Any = None, **kwargs: Any) -> None:
     `beat_init` signal comes after RedBeat has already used Redis (with a traceback)."""
     settings = _settings_of(sender) if sender is not None else None
     if settings is not None and _command() in CHECKED_COMMANDS:
-        stop_unless_usable(redis_targets(settings))
+        stop_unless_usable(redis_targets(settings), settings.log_format)

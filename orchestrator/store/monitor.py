@@ -41,6 +41,7 @@ from orchestrator.store.keys import (
     TELEMETRY_TOTAL,
     queue_lists,
     rejections_key,
+    task_key,
     telemetry_key,
 )
 from orchestrator.store.telemetry import MINUTE_WINDOW_MAX_S, TelemetryWriter
@@ -76,6 +77,10 @@ def window_slots(window_s: float, now: float) -> tuple[str, int, int]:
 
 def _slot_s(resolution: str) -> int:
     return 60 if resolution == "m" else 3600
+
+
+#: Parked tasks read per scrape for the scaling signal (oldest first).
+PARKED_SCAN_LIMIT = 1000
 
 
 @dataclass
@@ -190,6 +195,28 @@ class MonitorStore:
         pipe.zcard(DLQ)
         parked, dead = pipe.execute()
         return int(parked), int(dead)
+
+    def parked_needs(self, limit: int = PARKED_SCAN_LIMIT) -> dict[str, int]:
+        """Parked tasks per required capability, from the oldest `limit` of them (a bounded
+        read: enough to say which capabilities have work and no agent)."""
+        ids = self.r.zrange(PARKED, 0, limit - 1)
+        if not ids:
+            return {}
+        pipe = self.r.pipeline(transaction=False)
+        for task_id in ids:
+            pipe.hget(task_key(str(task_id)), "spec")
+        needs: dict[str, int] = {}
+        for raw in pipe.execute():
+            if not raw:
+                continue  # ended since the read
+            try:
+                spec = json.loads(raw)
+                caps = spec.get("required_capabilities") or [spec["type"]]
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue
+            for cap in {str(c) for c in caps}:
+                needs[cap] = needs.get(cap, 0) + 1
+        return needs
 
     # --- alerts ------------------------------------------------------------------------
 

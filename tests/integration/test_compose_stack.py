@@ -54,6 +54,8 @@ def test_compose_app_services_run_as_local_processes_and_serve_a_task(
         env["FLOWER_BASIC_AUTH"] = "ops:secret"
         if "ORCH_FLOWER_URL" in env:  # compose names the flower service; here it is local
             env["ORCH_FLOWER_URL"] = f"http://127.0.0.1:{flower_port}"
+        if "ORCH_METRICS_PORT" in env:  # every worker on 9809 in compose; one host here
+            env.update(ORCH_METRICS_PORT=str(free_port()), ORCH_METRICS_ADDRESS="127.0.0.1")
         if name == "exporter":
             env.update(ORCH_EXPORTER_PORT=str(exporter_port), ORCH_EXPORTER_ADDRESS="127.0.0.1")
         if program == "celery":

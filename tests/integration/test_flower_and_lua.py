@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import random
+import socket
 import urllib.request
 
 import pytest
@@ -30,6 +31,7 @@ def test_submit_through_flowers_http_api_and_flower_sees_tasks_by_name(
 ):
     start_control()
     start_agent("a", "echo")
+    start_agent("b", "echo")
     port, auth = free_port(), "ops:secret"
     flower = celery_procs(
         ["flower", f"--port={port}", "--address=127.0.0.1"],
@@ -43,6 +45,16 @@ def test_submit_through_flowers_http_api_and_flower_sees_tasks_by_name(
         _http(f"{base}/api/workers", "ops:wrong")
     assert denied.value.code == 401
     denied.value.close()
+
+    # Flower's worker list (remote-control replies) names every agent and the control worker.
+    host = socket.gethostname()
+    everyone = {f"control@{host}", f"a@{host}", f"b@{host}"}
+    wait_for(
+        lambda: everyone <= set(_http(f"{base}/api/workers?refresh=1", auth)),
+        timeout=60,
+        ignore=(OSError,),
+        message=f"Flower's /api/workers never listed all of {sorted(everyone)}",
+    )
 
     send = f"{base}/api/task/send-task/orchestrator.submit"
     reply = _http(send, auth, {"kwargs": {"type": "echo", "payload": {"via": "flower"}}})

@@ -18,6 +18,8 @@ import jsonschema
 import pytest
 import yaml
 
+from tests import dashboards
+
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_SCHEMA = REPO.parent / "shared" / "schemas" / "compose-spec.json"
 
@@ -45,6 +47,8 @@ SERVICES = {
 }
 APP_SERVICES = set(COMPOSE_COMMANDS)
 WORKER_CAPABILITIES = "echo=1.0,sleep=1.0,fail=1.0"
+# Where every worker process serves its own metrics (deploy/prometheus.yml scrapes it by DNS).
+METRICS_PORT = "9809"
 ROOT_USERS = {"root", "0"}
 
 # ${VAR}, ${VAR:-default}, ${VAR-default}: Compose interpolation.
@@ -190,6 +194,21 @@ def test_worker_is_scalable(services: dict[str, Any]) -> None:
     assert env["ORCH_HANDLERS"] == "examples.handlers"
 
 
+@pytest.mark.parametrize("role", ["control", "worker"])
+def test_workers_serve_metrics_inside_the_network_only(services: dict[str, Any], role: str) -> None:
+    """Prometheus reaches each replica by the service's DNS name; a published host port would
+    collide between replicas and is not needed."""
+    service = services[role]
+    assert environment_of(service)["ORCH_METRICS_PORT"] == METRICS_PORT
+    published = [str(port) for port in service.get("ports", [])]
+    assert not any(METRICS_PORT in port for port in published), published
+
+
+@pytest.mark.parametrize("role", sorted(APP_SERVICES - {"control", "worker"}))
+def test_only_workers_serve_worker_metrics(services: dict[str, Any], role: str) -> None:
+    assert "ORCH_METRICS_PORT" not in environment_of(services[role])
+
+
 @pytest.mark.parametrize("role", sorted(APP_SERVICES - {"worker"}))
 def test_only_the_worker_declares_capabilities(services: dict[str, Any], role: str) -> None:
     assert "ORCH_AGENT_CAPABILITIES" not in environment_of(services[role])
@@ -328,3 +347,29 @@ def test_grafana_is_provisioned_with_prometheus(services: dict[str, Any]) -> Non
     (datasource,) = config["datasources"]
     assert datasource["type"] == "prometheus"
     assert datasource["url"] == "http://prometheus:9090"
+
+
+# --- autoscaling -----------------------------------------------------------------------
+
+
+def test_keda_scales_the_worker_deployment_on_the_desired_agents() -> None:
+    """deploy/keda/scaledobject.yaml: replicas = orchestrator_desired_agents for one
+    capability (AverageValue with threshold 1), read through Prometheus."""
+    manifest = load_yaml("deploy/keda/scaledobject.yaml")
+    assert manifest["apiVersion"] == "keda.sh/v1alpha1"
+    assert manifest["kind"] == "ScaledObject"
+    spec = manifest["spec"]
+    assert spec["scaleTargetRef"]["kind"] == "Deployment"
+    assert spec["scaleTargetRef"]["name"] == "hive-worker"
+    assert 0 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
+    (trigger,) = spec["triggers"]
+    assert trigger["type"] == "prometheus"
+    assert trigger["metricType"] == "AverageValue"
+    metadata = trigger["metadata"]
+    assert metadata["threshold"] == "1"  # KEDA wants a string
+    assert metadata["serverAddress"].startswith("http")
+    assert dashboards.scaledobject_queries() == [metadata["query"]]
+    assert dashboards.metric_names(metadata["query"]) == {"orchestrator_desired_agents"}
+    assert re.fullmatch(
+        r'max\(orchestrator_desired_agents\{capability="\w+"\}\)', metadata["query"]
+    )

@@ -1,0 +1,1 @@
+"""Scaling: how many agents each capability needs (the autoscaling signal)."""
