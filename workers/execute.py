@@ -27,7 +27,7 @@ from orchestrator.errors import PermanentError, StoreUnavailable, TransientError
 from orchestrator.models import CircuitBreakerConfig, TaskState
 from orchestrator.monitoring.stats import run_fields
 from orchestrator.recovery.plan import ErrorKind
-from orchestrator.runtime.agent import RunningMarker, current_agent_id
+from orchestrator.runtime.agent import RunningMarker, current_agent_id, pid_alive
 from orchestrator.runtime.handlers import get_handler
 from orchestrator.runtime.metrics import note_run
 from orchestrator.store import StateStore, now_s
@@ -60,16 +60,6 @@ def _settle(store: StateStore, *args: Any, **kwargs: Any) -> None:
 
 def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _hand_to_recovery(
@@ -158,7 +148,7 @@ def _execute(
     )
     if attempt.code == -4:
         holder = int(attempt.info)
-        if holder != pid and _alive(holder) and marker.holds(holder, task_id):
+        if holder != pid and pid_alive(holder) and marker.holds(holder, task_id):
             raise Ignore()  # a restored copy of a task a live child of ours is running
         started_at = now_s()
         attempt = store.begin_attempt(

@@ -38,6 +38,17 @@ class _Process:
     _store_pid: int = 0
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this machine has that pid (another user's counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class RunningMarker:
     """Which task each pool child of this agent is running, in small files on local disk.
 

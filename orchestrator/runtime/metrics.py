@@ -30,6 +30,7 @@ from celery import bootsteps, signals
 
 from orchestrator.errors import ConfigError
 from orchestrator.monitoring.stats import EXPORT_BOUNDS_MS
+from orchestrator.runtime.agent import pid_alive
 from orchestrator.runtime.celeryconf import EXECUTE, app_settings
 
 log = logging.getLogger(__name__)
@@ -156,16 +157,6 @@ def _on_child_exit(pid: int | None = None, **_: Any) -> None:
         multiprocess.mark_process_dead(pid or os.getpid())
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class _LiveCollector:
     """MultiProcessCollector over the folder, first dropping the live gauges of children
     that died without saying so (SIGKILL, OOM): their in-flight count would stay for ever."""
@@ -181,7 +172,7 @@ class _LiveCollector:
 
         for name in glob.glob(os.path.join(self.path, "gauge_live*_*.db")):
             pid = name.rsplit("_", 1)[-1].removesuffix(".db")
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 multiprocess.mark_process_dead(int(pid), self.path)
         return self._inner.collect()
 
@@ -192,7 +183,7 @@ def _fresh_folder(node: str) -> str:
     os.makedirs(root, exist_ok=True)
     for old in glob.glob(os.path.join(root, "*-*")):
         pid = os.path.basename(old).rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
     safe = "".join(c if c.isalnum() or c in "._" else "_" for c in node)
     path = os.path.join(root, f"{safe}-{os.getpid()}")
