@@ -366,6 +366,17 @@ def hermetic_environ(env: Mapping[str, str] | None = None) -> dict[str, str]:
     return merged
 
 
+def kill_supervisor(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL `orchestrator dev` and the group of each child it started: they run in
+    sessions of their own, out of reach of a signal to the supervisor's group."""
+    if proc.poll() is None:
+        for child in child_pids(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def child_pids(pid: int) -> list[int]:
     """Live pids whose parent is `pid`, read from /proc (Linux only; no psutil dependency)."""
     children: list[int] = []

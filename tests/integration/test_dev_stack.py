@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 import redis
 
-from tests.support import child_pids, free_port, hermetic_environ, wait_for
+from tests.support import child_pids, free_port, hermetic_environ, kill_supervisor, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -117,6 +117,4 @@ def test_dev_starts_embedded_redis_and_every_role_and_stops_them_all_on_ctrl_c(t
             wait_for(lambda pid=pid: _gone(pid), timeout=30, message=f"child {pid} survived Ctrl-C")
     finally:
         client.close()
-        if dev.poll() is None:
-            os.killpg(dev.pid, signal.SIGKILL)
-            dev.wait()
+        kill_supervisor(dev)

@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from tests.integration.conftest import agent_args
-from tests.support import CLI, free_port, hermetic_environ, terminate_all, wait_for
+from tests.support import CLI, free_port, hermetic_environ, kill_supervisor, terminate_all, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -147,9 +147,7 @@ def test_dev_in_json_mode_says_everything_as_json_lines(tmp_path: Path):
         assert dev.wait(timeout=60) == 0
     finally:
         client.close()
-        if dev.poll() is None:
-            os.killpg(dev.pid, signal.SIGKILL)
-            dev.wait()
+        kill_supervisor(dev)
     said = json_lines(log_path.read_text(), "dev")
     assert "nothing answers at" in said[0]["message"] and said[0]["redis_url"] == url
     roles = {r["role"]: r for r in said if "role" in r}
