@@ -285,7 +285,11 @@ class Settings(BaseSettings):
     outbox_resend_s: PositiveSeconds = 60.0
     retry_base_delay_s: Annotated[float, Field(ge=0)] = 1.0
     retry_max_delay_s: Annotated[float, Field(ge=0)] = 30.0
+    # The quarantine tier: an agent with this many failed attempts (handed to recovery) within
+    # the window is quarantined for quarantine_s. Counted apart from the breaker's window,
+    # which clears when it opens, so the tier is reachable at any breaker setting.
     quarantine_failures: Annotated[int, Field(ge=1)] = 10
+    quarantine_window_s: PositiveSeconds = 600.0
     quarantine_s: PositiveSeconds = 300.0
 
     intelligent_routing_enabled: bool = True

@@ -87,7 +87,9 @@ def gather(store: StateStore, mon: MonitorStore, settings: Settings, now: float)
         latency_p95_ms=runs.p95,
         latency_p99_ms=runs.p99,
         delegation_p95_ms=runs.delegation_p95,
-        circuits_open=sum(1 for a in agents if a.circuit is CircuitBreakerState.OPEN),
+        circuits_open=sum(1 for a in agents if a.circuit is CircuitBreakerState.OPEN)
+        if settings.circuit_breaker_enabled
+        else 0,
         alerts_firing=len(firing),
         backup_age_s=backup_age_s(mon, last_backup, now),
         backup_rpo_met=int(rpo_met(last_backup, settings.effective_backup_rpo_s, now)),

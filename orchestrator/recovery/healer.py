@@ -28,6 +28,11 @@ log = logging.getLogger(__name__)
 FailTask = Callable[[str, Exception], None]
 
 
+#: Failures that count toward quarantining the agent: the handler failed there. A permanent
+#: error is the task's own, a poison message the message's, a lost agent is gone already.
+AGENT_FAULTS = frozenset({ErrorKind.TRANSIENT, ErrorKind.TIMEOUT, ErrorKind.CRASH})
+
+
 class RecoveryEscalated(OrchestratorError):
     """The final failure of a task that recovery gave up on (it is in the dead-letter store)."""
 
@@ -53,17 +58,24 @@ class Healer:
             return None
         spec = self.store.load_spec(task_id)
         fleet = self.router.fleet(now, fresh=True)
-        breaker = self.store.circuit(agent_id) if agent_id else None
+        attempts = int(fields.get("attempts", 0))
+        recent = (
+            self.store.note_failure(
+                agent_id, f"{task_id}:{attempts}", now, self.settings.quarantine_window_s
+            )
+            if agent_id and kind in AGENT_FAULTS
+            else 0
+        )
         plan = plan_recovery(
             task_id=task_id,
             error_kind=kind,
-            attempts=int(fields.get("attempts", 0)),
+            attempts=attempts,
             max_retries=spec.max_retries,
             failed_agent=agent_id,
             failed_agents_for_task=self.store.failed_agents(task_id),
             agents=self.router.eligible(spec, fleet, now),
             required_capabilities=spec.required_capabilities,
-            agent_recent_failures=breaker.outcomes.count("F") if breaker else 0,
+            agent_recent_failures=recent,
             quarantine_threshold=self.settings.quarantine_failures,
             now=now,
             rng=self.rng,
@@ -137,6 +149,7 @@ class Healer:
 
     def quarantine(self, agent_id: str, reason: str, now: float) -> None:
         if self.store.quarantine(agent_id, now + self.settings.quarantine_s, now, reason):
+            self.store.forget_failures(agent_id)
             self.move_queued(agent_id, now, only_queued=True)
 
     def move_queued(self, agent_id: str, now: float, only_queued: bool) -> int:

@@ -97,6 +97,11 @@ class Router:
         ):
             self._fleet = self.store.load_fleet(self.circuit_cfg, now)
             self._fleet_at = now
+            if self.circuit_cfg is None:
+                # ORCH_CIRCUIT_BREAKER_ENABLED=false: a breaker state stored while it was on
+                # (or by a router that has it on) excludes and penalises nobody here.
+                for agent in self._fleet.agents:
+                    agent.circuit = CircuitBreakerState.CLOSED
         return self._fleet
 
     def submit(self, fields: dict[str, Any], submit_id: str, now: float) -> Outcome:

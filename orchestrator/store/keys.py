@@ -17,6 +17,8 @@ Key layout (prefix `orch:`):
   (orchestrator:events stream: the event log of SPEC section 8, named by the SPEC)
   agent_status        hash  agent_id -> status (active|sleeping|quarantined|offline)
   quarantined_until   hash  agent_id -> unix time its quarantine ends
+  failures:<agent>    zset  "<task_id>:<attempt>" -> when recovery took that failed attempt
+                            (the quarantine tier's count; trimmed to ORCH_QUARANTINE_WINDOW_S)
   circuit:<agent>     hash  the agent's breaker (orchestrator.recovery.breaker.to_redis_hash)
   inflight:<agent>    set   task ids routed to the agent and not yet ended
   recovery            hash  task_id -> the open RecoveryPlan JSON
@@ -52,6 +54,7 @@ OUTBOX = PREFIX + "outbox"
 OUTBOX_MSG = PREFIX + "outbox:msg"
 CIRCUIT_PREFIX = PREFIX + "circuit:"
 INFLIGHT_PREFIX = PREFIX + "inflight:"
+FAILURES_PREFIX = PREFIX + "failures:"
 HANDLER_CIRCUIT_PREFIX = PREFIX + "handler_circuit:"
 KOMBU_UNACKED = "unacked"
 KOMBU_UNACKED_INDEX = "unacked_index"
@@ -80,6 +83,10 @@ def circuit_key(agent_id: str) -> str:
 
 def inflight_key(agent_id: str) -> str:
     return INFLIGHT_PREFIX + agent_id
+
+
+def failures_key(agent_id: str) -> str:
+    return FAILURES_PREFIX + agent_id
 
 
 def lock_key(name: str) -> str:

@@ -11,6 +11,7 @@ from orchestrator.store.keys import (
     KOMBU_UNACKED_INDEX,
     RECOVERY,
     RECOVERY_DEADLINES,
+    failures_key,
     inflight_key,
     queue_lists,
     task_key,
@@ -27,6 +28,23 @@ class RecoveryStore(StoreBase):
             pipe.hset(RECOVERY, plan.task_id, plan.model_dump_json())
             pipe.zadd(RECOVERY_DEADLINES, {plan.task_id: plan.deadline})
             pipe.execute()
+
+    def note_failure(self, agent_id: str, attempt: str, now: float, window_s: float) -> int:
+        """Record one failed attempt of the agent (idempotent per `attempt`, so a redelivered
+        recovery counts once) and return its failures within the last `window_s`."""
+        key = failures_key(agent_id)
+        with self._translate():
+            pipe = self.r.pipeline(transaction=True)
+            pipe.zadd(key, {attempt: now}, nx=True)
+            pipe.zremrangebyscore(key, "-inf", f"({now - window_s!r}")
+            pipe.expire(key, max(1, int(window_s) + 1))
+            pipe.zcard(key)
+            return int(pipe.execute()[-1])
+
+    def forget_failures(self, agent_id: str) -> None:
+        """A quarantined agent starts its next spell with a clean record."""
+        with self._translate():
+            self.r.delete(failures_key(agent_id))
 
     def overdue_plans(self, now: float, limit: int = 500) -> list[RecoveryPlan]:
         with self._translate():

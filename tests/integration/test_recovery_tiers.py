@@ -1,0 +1,95 @@
+"""Issue 13 part 4: each recovery tier reachable at default settings; flags honoured at run time."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from orchestrator.client import OrchestratorClient
+from orchestrator.config import load_settings
+from orchestrator.models import CircuitBreakerState, OrchestrationTask, RegisteredAgent
+from orchestrator.routing.router import Router
+from orchestrator.store import StateStore
+from tests.support import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _register(store: StateStore, agent_id: str, now: float) -> None:
+    store.register_agent(
+        RegisteredAgent(agent_id=agent_id, capabilities={"echo": 1.0}, queue=f"agent.{agent_id}"),
+        now,
+        "test",
+    )
+    store.heartbeat(agent_id, now)
+
+
+@pytest.mark.parametrize(("enabled", "eligible"), [(True, ["b"]), (False, ["a", "b"])])
+def test_a_stored_open_circuit_excludes_nobody_with_the_breaker_disabled(
+    redis_url, enabled, eligible
+):
+    store = StateStore.from_url(redis_url)
+    try:
+        now = 1000.0
+        for agent_id in ("a", "b"):
+            _register(store, agent_id, now)
+        on = load_settings(redis_url=redis_url)
+        for _ in range(on.circuit_failure_threshold):
+            store.record_outcome(
+                "a", ok=False, latency_ms=1.0, circuit_cfg=on.circuit_config(), now=now
+            )
+        assert store.circuit("a").state is CircuitBreakerState.OPEN
+
+        settings = load_settings(redis_url=redis_url, circuit_breaker_enabled=enabled)
+        router = Router(store, settings, publish=lambda *a, **k: None)
+        fleet = router.fleet(now + 1, fresh=True)
+        task = OrchestrationTask(type="echo", task_id="t")
+        assert [a.agent_id for a in router.eligible(task, fleet, now + 1)] == eligible
+        if not enabled:  # and the agents list shows no breaker at work
+            assert all(a.circuit is CircuitBreakerState.CLOSED for a in fleet.agents)
+    finally:
+        store.r.close()
+
+
+def test_a_failing_agent_is_quarantined_its_queued_tasks_move_and_it_comes_back(
+    start_control, start_agent, redis_client, redis_url
+):
+    """Default thresholds (the breaker opens at 5 failures, quarantine at 10): the tasks
+    already queued on a failing agent keep failing after its circuit opens, and the tenth
+    failure quarantines it. Its breaker rests 1 s and the quarantine lasts 6 s here."""
+    env = {"ORCH_CIRCUIT_RECOVERY_TIMEOUT_S": "1", "ORCH_QUARANTINE_S": "6"}
+    start_control(**env)
+    start_agent("bad", "sometimes_fail_on", **env)
+    start_agent("good", "sometimes_fail_on", **env)
+    settings = load_settings(redis_url=redis_url, circuit_recovery_timeout_s=1, quarantine_s=6)
+    with OrchestratorClient(settings=settings) as client:
+        results = [
+            client.submit("sometimes_fail_on", {"key": f"q{i}", "bad_agent": "bad", "seconds": 0.1})
+            for i in range(40)
+        ]
+        assert all(r.get(timeout=120)["agent"] == "good" for r in results)
+
+        events = redis_client.xrange("orchestrator:events")
+        quarantined = [json.loads(f["data"]) for _, f in events if f["type"] == "agent.quarantined"]
+        assert [q["agent_id"] for q in quarantined] == ["bad"]
+        moved = [
+            r
+            for r in (client.store.task_record(res.id) for res in results)
+            if r.attempts == 1 and any(h.get("moved_from") == "bad" for h in r.history)
+        ]
+        assert moved, "no task queued on the quarantined agent was moved before it ran there"
+
+        # Back after ORCH_QUARANTINE_S, and given work again once it is healthy.
+        wait_for(
+            lambda: redis_client.hget("orch:agent_status", "bad") == "active",
+            timeout=30,
+            message="the quarantined agent never came back",
+        )
+        redis_client.set("test:healed:bad", "1")
+
+        def bad_runs_again() -> bool:
+            result = client.submit("sometimes_fail_on", {"key": "after", "bad_agent": "bad"})
+            return result.get(timeout=60)["agent"] == "bad"
+
+        wait_for(bad_runs_again, timeout=60, message="the agent got no work after its quarantine")
