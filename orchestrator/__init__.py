@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.events.registry import on_event
 from orchestrator.runtime.handlers import capability
 
 if TYPE_CHECKING:
@@ -17,5 +18,5 @@ def circuit_breaker(name: str, **kwargs: Any) -> pybreaker.CircuitBreaker:
     return shared(name, **kwargs)
 
 
-__all__ = ["capability", "circuit_breaker"]
+__all__ = ["capability", "circuit_breaker", "on_event"]
 __version__ = "0.1.0"

@@ -396,7 +396,8 @@ class RegisteredAgent(BaseModel):
     tasks_failed: int = 0
     latency_ms: float | None = None
     in_flight: int = 0
-    performance_score: float = 1.0
+    performance_score: float = 1.0  # the lowest of its capability scores (1.0: none yet)
+    capability_scores: dict[str, float] = Field(default_factory=dict)  # orchestrator.optimize's
 
 
 # --- events, recovery, breakers ----------------------------------------------------------

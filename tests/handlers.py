@@ -1,4 +1,4 @@
-"""Handlers the test agents run (ORCH_HANDLERS=tests.handlers)."""
+"""Handlers the test agents and control workers run (ORCH_HANDLERS=tests.handlers)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from typing import Any
 
 import redis
 
-from orchestrator import capability
+from orchestrator import capability, on_event
 from orchestrator.errors import PermanentError, TransientError
+from orchestrator.models import OrchestrationEvent
 
 _client: redis.Redis | None = None
 log = logging.getLogger(__name__)
@@ -141,3 +142,44 @@ def sometimes_fail_on(payload: dict[str, Any]) -> dict[str, Any]:
         raise RuntimeError(f"agent {agent} is broken for this handler")
     client.incr(f"test:done:{key}")
     return {"key": key, "agent": agent}
+
+
+@capability("pace")
+def pace(payload: dict[str, Any]) -> dict[str, Any]:
+    """Takes `seconds`, or `slow_seconds` while the Redis flag `test:slow:<agent>` is set: an
+    agent a test slows down and speeds up again (tests/integration/test_allocation.py)."""
+    agent = os.environ.get("ORCH_AGENT_ID", "")
+    slow = _redis().exists(f"test:slow:{agent}")
+    time.sleep(float(payload["slow_seconds"] if slow else payload["seconds"]))
+    return {"agent": agent}
+
+
+# --- event handlers (tests/integration/test_events.py): control workers given
+# ORCH_HANDLERS=tests.handlers register them. Each counts in Redis under the event id, apart
+# from the consumer's own markers, so a test can tell one effect from two.
+
+
+@on_event("test.effect")
+def count_effect(event: OrchestrationEvent, ctx: Any) -> None:
+    """Notes the pid of the worker running it (`test:event:pids:<id>`), waits until
+    `test:release:<hold>` exists when the event has data.hold (at most 60 s), then counts
+    the effect (`test:event:effects:<id>`)."""
+    client = _redis()
+    client.rpush(f"test:event:pids:{event.id}", os.getpid())
+    hold, deadline = event.data.get("hold"), time.monotonic() + 60
+    while hold and not client.exists(f"test:release:{hold}") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    client.incr(f"test:event:effects:{event.id}")
+
+
+@on_event("test.broken")
+def always_raise(event: OrchestrationEvent, ctx: Any) -> None:
+    """Counts its runs (`test:event:raised:<id>`) and raises every time."""
+    _redis().incr(f"test:event:raised:{event.id}")
+    raise RuntimeError("broken on purpose")
+
+
+@on_event("agent.lost")
+def note_lost(event: OrchestrationEvent, ctx: Any) -> None:
+    """A team's own handler beside the built-in one: lists the agents announced lost."""
+    _redis().rpush("test:event:lost", str(event.data.get("agent_id")))

@@ -190,6 +190,7 @@ def _execute(
             counts("fail", latency),
             circuit_cfg=cfg,
             error=_reason(exc),
+            stats_type=known_type,
         )
 
     started = time.perf_counter()
@@ -216,7 +217,12 @@ def _execute(
             fail(exc, latency, circuit)
             raise
         store.record_outcome(
-            agent_id, ok=False, latency_ms=latency, circuit_cfg=circuit, now=now_s()
+            agent_id,
+            ok=False,
+            latency_ms=latency,
+            circuit_cfg=circuit,
+            now=now_s(),
+            task_type=known_type,
         )
         _hand_to_recovery(task, store, task_id, agent_id, kind, _reason(exc))
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from typing import Any
 
@@ -239,36 +240,79 @@ def agents(as_json: bool) -> None:
     console.print(table if found else "no agents registered")
 
 
+#: A stream entry id as --since takes it: `<ms>-<seq>`, or `<ms>` alone (0: the start).
+STREAM_ID_RE = re.compile(r"^[0-9]{1,20}(-[0-9]{1,20})?\Z")
+
+
 @main.command()
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events (Ctrl-C stops).")
 @click.option("--type", "types", multiple=True, help="Only events of this type (repeatable).")
-@click.option("--count", "-n", type=int, default=50, show_default=True)
+@click.option(
+    "--since",
+    "since_id",
+    default=None,
+    metavar="ID",
+    help="Every event after the stream entry ID (0: from the start; a bare millisecond time "
+    "works too), as XREAD hands them out: pass the last id seen to resume.",
+)
+@click.option(
+    "--count",
+    "-n",
+    type=click.IntRange(min=1),
+    default=None,
+    help="At most this many: the newest 50 by default; with --since, every one after ID.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-def events(follow: bool, types: tuple[str, ...], count: int, as_json: bool) -> None:
-    """Read the event stream (orchestrator:events)."""
+def events(
+    follow: bool, types: tuple[str, ...], since_id: str | None, count: int | None, as_json: bool
+) -> None:
+    """Read the event stream (orchestrator:events), oldest first, each line with its id."""
     from orchestrator.models import OrchestrationEvent
 
+    if since_id is not None and not STREAM_ID_RE.match(since_id):
+        raise click.BadParameter(
+            f"{since_id!r} is not a stream entry id (like 1718000000000-0, or 0)",
+            param_hint="--since",
+        )
     store = _store(_settings())
+    shown = 0
 
     def show(event: OrchestrationEvent) -> None:
+        nonlocal shown
         if types and event.type not in types:
             return
+        shown += 1
         if as_json:
             click.echo(event.model_dump_json())
         else:
             click.echo(
-                f"{_fmt_ts(event.ts)} {event.severity.value:8} {event.type:20} "
+                f"{event.id} {_fmt_ts(event.ts)} {event.severity.value:8} {event.type:20} "
                 f"{event.source:24} {json.dumps(event.data, default=str)}"
             )
 
     try:
-        recent = store.tail_events(count if not types else count * 20)
-        for event in (
-            recent[-count:] if not types else [e for e in recent if e.type in types][-count:]
-        ):
-            show(event)
-        if follow:
+        if since_id is not None:
+            last = since_id
+            while count is None or shown < count:
+                try:
+                    page = store.events_after(last, 1000)
+                except ValueError as exc:
+                    raise click.BadParameter(str(exc), param_hint="--since") from None
+                if not page:
+                    break
+                for event in page:
+                    if count is not None and shown >= count:
+                        break
+                    show(event)
+                    last = event.id or last
+        else:
+            wanted = count or 50
+            recent = store.tail_events(wanted if not types else wanted * 20)
+            matching = [e for e in recent if not types or e.type in types]
+            for event in matching[-wanted:]:
+                show(event)
             last = recent[-1].id if recent and recent[-1].id else "$"
+        if follow:
             while True:
                 last, batch = store.follow_events(last)
                 for event in batch:

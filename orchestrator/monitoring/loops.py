@@ -56,6 +56,7 @@ from orchestrator.monitoring.stats import (
     flag_clients,
     window_counts,
 )
+from orchestrator.routing.scores import Score, optimize_scores, parse_stats
 from orchestrator.routing.weights import effective_status
 from orchestrator.security.policy import (
     AuditFacts,
@@ -485,15 +486,21 @@ def run_security(ctx: LoopContext, now: float) -> dict[str, Any]:
 
 
 def run_optimize(ctx: LoopContext, now: float) -> dict[str, Any]:
-    """Record every agent's performance score (perf:scores, the exporter's gauge).
-
-    Routing computes scores live from the agents' stats on every decision, so there is
-    nothing to push back into it; this loop keeps the periodic record for dashboards and is
-    where allocation changes (e.g. rebalancing queued work) would go.
-    """
-    scores = {a.agent_id: a.performance_score for a in ctx.store.load_agents()}
-    ctx.mon.save_scores(scores)
-    return {"agents": len(scores)}
+    """Turn every agent's per-capability record into the performance scores routing weighs
+    by (routing/scores.py: bounded, 1.0 for new agents, decaying back to 1.0 without data)."""
+    pairs = [(a.agent_id, cap) for a in ctx.store.load_agents() for cap in a.capabilities]
+    values, seen = ctx.mon.scores()
+    previous = {
+        key: Score(values[f"{key[0]}|{key[1]}"], seen.get(f"{key[0]}|{key[1]}", 0))
+        for key in pairs
+        if f"{key[0]}|{key[1]}" in values
+    }
+    scores = optimize_scores(pairs, parse_stats(ctx.mon.agent_stats()), previous)
+    ctx.mon.save_scores(
+        {f"{a}|{c}": s.value for (a, c), s in scores.items()},
+        {f"{a}|{c}": s.seen for (a, c), s in scores.items()},
+    )
+    return {"pairs": len(scores), "lowest": min((s.value for s in scores.values()), default=1.0)}
 
 
 # --- backups -----------------------------------------------------------------------------

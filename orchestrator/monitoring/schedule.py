@@ -7,10 +7,11 @@ Feature flags (SPEC section 3) and what they gate here:
 
 * `ORCH_EVENT_PROCESSING_ENABLED` gates the two loops that turn raw signals into derived
   events: `security-monitoring` (`security.threat`) and `anomaly-detection`
-  (`anomaly.detected`, `regression.detected`). Alerts, SLA and backups are the floor of
-  operability and always run.
+  (`anomaly.detected`, `regression.detected`), and, outside this table, the control
+  workers' event consumer (orchestrator.runtime.events), which reacts to events. Alerts,
+  SLA and backups are the floor of operability and always run.
 * `ORCH_INTELLIGENT_ROUTING_ENABLED` gates `performance-optimization`: with plain round-robin
-  nobody reads the performance scores it records.
+  every weight is 1, so the performance scores it computes would weigh nothing.
 * `ORCH_AUTO_RECOVERY_ENABLED` and `ORCH_CIRCUIT_BREAKER_ENABLED` gate the recovery and breaker
   paths (orchestrator.recovery / breaker), not a monitoring loop.
 

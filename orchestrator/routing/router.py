@@ -230,24 +230,31 @@ class Router:
     def _pick(
         self, task: OrchestrationTask, eligible: list[RegisteredAgent], now: float
     ) -> RegisteredAgent | None:
+        """The algorithm's pick; with an affinity key, the key's agent while it is eligible.
+
+        Least-loaded and power-of-two pick here (reading state changes nothing); the
+        round-robin pick is left to the store, so a task that follows its key's agent does
+        not advance the shared sequence. With a key, the read and the write of its agent are
+        one Lua step: two routers racing on a new key agree on one agent."""
         if not eligible:
             return None
         by_id = {a.agent_id: a for a in eligible}
-        if task.affinity_key:
-            sticky = self.store.get_affinity(task.affinity_key)
-            if sticky in by_id:
-                return by_id[sticky]
         required = task.required_capabilities
         weights = integer_weights(eligible, required, self.settings.intelligent_routing_enabled)
+        own: str | None = None
         if self.strategy is OrchestrationStrategy.LEAST_LOADED:
-            chosen = pick_least_loaded(eligible, weights)
+            own = pick_least_loaded(eligible, weights).agent_id
         elif self.strategy is OrchestrationStrategy.POWER_OF_TWO:
-            chosen = pick_power_of_two(eligible, self.rng)
-        else:
-            chosen = by_id[self.store.wrr_pick(task.capability_key, weights)]
+            own = pick_power_of_two(eligible, self.rng).agent_id
         if task.affinity_key:
-            self.store.set_affinity(task.affinity_key, chosen.agent_id, AFFINITY_TTL_S)
-        return chosen
+            return by_id[
+                self.store.affinity_pick(
+                    task.affinity_key, task.capability_key, weights, own, AFFINITY_TTL_S
+                )
+            ]
+        if own is None:
+            own = self.store.wrr_pick(task.capability_key, weights)
+        return by_id[own]
 
     def dispatch(
         self,

@@ -7,7 +7,7 @@ round-robin step as a Lua script, and tests compare the two.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from orchestrator.models import AgentStatus, CircuitBreakerState, RegisteredAgent
 
@@ -105,11 +105,15 @@ def health_factor(agent: RegisteredAgent) -> float:
 
 
 def agent_weight(agent: RegisteredAgent, required: Sequence[str], intelligent: bool) -> float:
-    """Lowest proficiency among the required capabilities x performance x health."""
+    """Lowest proficiency among the required capabilities x the lowest performance score
+    among them (orchestrator.optimize's, routing/scores.py; where a capability has none yet,
+    the agent's own, which is 1.0 for a new agent) x health."""
     if not intelligent:
         return 1.0
     proficiency = min((agent.capabilities[cap] for cap in required), default=1.0)
-    return proficiency * agent.performance_score * health_factor(agent)
+    own = agent.performance_score
+    score = min((agent.capability_scores.get(cap, own) for cap in required), default=own)
+    return proficiency * score * health_factor(agent)
 
 
 def integer_weights(
@@ -132,19 +136,26 @@ def pick_least_loaded(
 
 
 def pick_power_of_two(agents: Sequence[RegisteredAgent], rng: random.Random) -> RegisteredAgent:
-    """Power of two choices on latency x (in-flight + 1): cheap and hard to herd."""
+    """Power of two choices on latency x (in-flight + 1): cheap and hard to herd.
+
+    A tie goes to the first of the two drawn, so agents that look alike (an idle fleet) share
+    at random; ordering ties by id would send every tie to the lowest id."""
     if len(agents) == 1:
         return agents[0]
     first, second = rng.sample(list(agents), 2)
 
-    def cost(agent: RegisteredAgent) -> tuple[float, str]:
+    def cost(agent: RegisteredAgent) -> float:
         latency = max(agent.latency_ms or 0.0, 1.0)
-        return (
-            latency * (agent.in_flight + 1) / max(agent.performance_score, 0.05),
-            agent.agent_id,
-        )
+        return latency * (agent.in_flight + 1) / max(agent.performance_score, 0.05)
 
     return min(first, second, key=cost)
+
+
+def follow_affinity(stuck: str | None, eligible: Collection[str], fallback: str) -> str:
+    """An affinity key stays with its agent while that agent is eligible, and moves to the
+    router's own pick when it is not (or has none yet). The store runs this as one Lua step
+    with the read and the write together, so routers racing on a new key agree."""
+    return stuck if stuck is not None and stuck in eligible else fallback
 
 
 def to_broker_priority(priority: int) -> int:

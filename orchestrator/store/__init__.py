@@ -1,10 +1,11 @@
 """The state store: every read and write of orchestrator state in Redis.
 
 One class, StateStore, made of the agent half (agents), the task half (ledger), the
-dead-letter store of both kinds (dlq), recovery's plans and lost agents' tasks (recovery) and
-the per-client limits (clients), over a shared base (base). Key names come from keys, and the
-atomic steps from scripts (Lua in lua/), so a reader finds every key in one place and every
-multi-key change in another.
+dead-letter store of both kinds (dlq), recovery's plans and lost agents' tasks (recovery),
+the per-client limits (clients) and the control workers' consumer group on the event stream
+(events), over a shared base (base). Key names come from keys, and the atomic steps from
+scripts (Lua in lua/), so a reader finds every key in one place and every multi-key change
+in another.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from orchestrator.store.agents import AgentStore, Fleet, _circuit_args, _outcome
 from orchestrator.store.base import now_s
 from orchestrator.store.clients import ClientStore
 from orchestrator.store.dlq import DeadLetterStore
+from orchestrator.store.events import EventGroupStore
 from orchestrator.store.keys import AGENT_STATS, circuit_key
 from orchestrator.store.ledger import Attempt
 from orchestrator.store.recovery import RecoveryStore
 from orchestrator.store.telemetry import telemetry_step
 
 
-class StateStore(AgentStore, DeadLetterStore, RecoveryStore, ClientStore):
+class StateStore(AgentStore, DeadLetterStore, RecoveryStore, ClientStore, EventGroupStore):
     """All reads and writes of orchestrator state. One instance per process."""
 
     def settle_run(
@@ -38,12 +40,15 @@ class StateStore(AgentStore, DeadLetterStore, RecoveryStore, ClientStore):
         circuit_cfg: CircuitBreakerConfig | None = None,
         result: str | None = None,
         error: str | None = None,
+        stats_type: str | None = None,
     ) -> bool:
         """The end of a handler run that ends its task, in one round trip: the agent's stats
         and breaker (record_outcome), the terminal state (finish) and, only if this run is the
-        one that ended the task, its telemetry `counts`. False when it had already ended."""
+        one that ended the task, its telemetry `counts`. False when it had already ended.
+        `stats_type` is the type the agent's per-type stats go under (default: task_type)."""
         ok = state is TaskState.SUCCEEDED
-        stats = _outcome_args(agent_id, ok, latency_ms, settle=True)
+        kind = task_type if stats_type is None else stats_type
+        stats = _outcome_args(agent_id, ok, latency_ms, settle=True, task_type=kind)
         breaker = _circuit_args(ok, now, circuit_cfg) if circuit_cfg is not None else []
         keys, ending = self._finish_step(
             task_id, state, agent_id, agent_id, now, error, latency_ms, task_type, result

@@ -22,7 +22,6 @@ from orchestrator.recovery.breaker import (
     from_redis_hash,
     to_redis_hash,
 )
-from orchestrator.routing.weights import performance_score
 from orchestrator.store.base import StoreBase, _pairs
 from orchestrator.store.keys import (
     AGENT_STATS,
@@ -30,6 +29,7 @@ from orchestrator.store.keys import (
     AGENTS,
     CIRCUIT_PREFIX,
     HEARTBEATS,
+    PERF_SCORES,
     QUARANTINED_UNTIL,
     affinity_key,
     circuit_key,
@@ -51,8 +51,10 @@ class Fleet:
         return {a.agent_id: a for a in self.agents}
 
 
-def _outcome_args(agent_id: str, ok: bool, latency_ms: float, settle: bool) -> list[Any]:
-    """ARGV of scripts.RECORD_OUTCOME."""
+def _outcome_args(
+    agent_id: str, ok: bool, latency_ms: float, settle: bool, task_type: str = ""
+) -> list[Any]:
+    """ARGV of scripts.RECORD_OUTCOME (with a task type: per agent and type too)."""
     return [
         agent_id,
         1 if ok else 0,
@@ -60,6 +62,7 @@ def _outcome_args(agent_id: str, ok: bool, latency_ms: float, settle: bool) -> l
         SUCCESS_EWMA_ALPHA,
         LATENCY_EWMA_ALPHA,
         1 if settle else 0,
+        task_type,
     ]
 
 
@@ -177,10 +180,15 @@ class AgentStore(StoreBase):
     ) -> Fleet:
         """Every registered agent with its live figures and breaker, in one round trip."""
         with self._translate():
-            records, beats, stats, statuses, circuits = self._fleet(
-                keys=[AGENTS, HEARTBEATS, AGENT_STATS, AGENT_STATUS], args=[CIRCUIT_PREFIX]
+            records, beats, stats, statuses, circuits, scores = self._fleet(
+                keys=[AGENTS, HEARTBEATS, AGENT_STATS, AGENT_STATUS, PERF_SCORES],
+                args=[CIRCUIT_PREFIX],
             )
         beats, stats, statuses = _pairs(beats), _pairs(stats), _pairs(statuses)
+        by_agent: dict[str, dict[str, float]] = {}
+        for pair, value in _pairs(scores).items():
+            agent_id, _, cap = pair.rpartition("|")
+            by_agent.setdefault(agent_id, {})[cap] = float(value)
         breakers = {
             str(circuits[i]): from_redis_hash(_pairs(circuits[i + 1]))
             for i in range(0, len(circuits), 2)
@@ -193,10 +201,11 @@ class AgentStore(StoreBase):
             agent.tasks_succeeded = int(stats.get(f"{agent_id}|ok", 0))
             agent.tasks_failed = int(stats.get(f"{agent_id}|fail", 0))
             lat = stats.get(f"{agent_id}|lat")
-            sr = stats.get(f"{agent_id}|sr")
             agent.latency_ms = float(lat) if lat is not None else None
             agent.in_flight = max(0, int(stats.get(f"{agent_id}|inflight", 0)))
-            agent.performance_score = float(sr) if sr is not None else 1.0
+            own = by_agent.get(agent_id, {})
+            agent.capability_scores = {c: s for c, s in own.items() if c in agent.capabilities}
+            agent.performance_score = min(agent.capability_scores.values(), default=1.0)
             breaker = breakers.get(agent_id, BreakerState())
             agent.circuit = (
                 current_state(breaker, circuit_cfg, now)
@@ -204,7 +213,6 @@ class AgentStore(StoreBase):
                 else breaker.state
             )
             agents.append(agent)
-        _score(agents)
         return Fleet(sorted(agents, key=lambda a: a.agent_id), breakers)
 
     def load_agents(self) -> list[RegisteredAgent]:
@@ -218,11 +226,12 @@ class AgentStore(StoreBase):
         settle: bool = True,
         circuit_cfg: CircuitBreakerConfig | None = None,
         now: float | None = None,
+        task_type: str = "",
     ) -> str:
         """Update the agent's stats and (when given a config) its breaker in one round trip;
         returns the breaker transition ('opened', 'closed' or '') and announces it."""
         now = now or time.time()
-        stats = _outcome_args(agent_id, ok, latency_ms, settle)
+        stats = _outcome_args(agent_id, ok, latency_ms, settle, task_type)
         with self._translate():
             if circuit_cfg is None:
                 self._outcome(keys=[AGENT_STATS], args=stats)
@@ -285,22 +294,22 @@ class AgentStore(StoreBase):
         with self._translate():
             return str(self._wrr(keys=[wrr_key(capability_key)], args=args))
 
-    def get_affinity(self, key: str) -> str | None:
+    def affinity_pick(
+        self,
+        key: str,
+        capability_key: str,
+        weights: Mapping[str, int],
+        fallback: str | None,
+        ttl_s: int,
+    ) -> str:
+        """The agent affinity key `key` sticks to, read and (re)written in one atomic step,
+        so routers racing on a new key agree on one agent: the stuck agent while it is among
+        `weights` (the eligible agents; its TTL is refreshed), else `fallback` (the router's
+        own pick), or with None the next weighted round-robin pick, which advances only then."""
+        if not weights:
+            raise ValueError("affinity_pick needs at least one eligible agent")
+        args: list[Any] = [ttl_s, fallback or ""]
+        for agent_id in sorted(weights):
+            args += [agent_id, weights[agent_id]]
         with self._translate():
-            value = self.r.get(affinity_key(key))
-        return str(value) if value is not None else None
-
-    def set_affinity(self, key: str, agent_id: str, ttl_s: int) -> None:
-        with self._translate():
-            self.r.set(affinity_key(key), agent_id, ex=ttl_s)
-
-
-def _score(agents: list[RegisteredAgent]) -> None:
-    """Fill each agent's performance score against the fleet's median latency."""
-    latencies = sorted(a.latency_ms for a in agents if a.latency_ms is not None)
-    reference = latencies[len(latencies) // 2] if latencies else None
-    for agent in agents:
-        recent = agent.performance_score if agent.tasks_succeeded + agent.tasks_failed else None
-        agent.performance_score = performance_score(
-            agent.tasks_succeeded, agent.tasks_failed, agent.latency_ms, reference, recent
-        )
+            return str(self._affinity(keys=[affinity_key(key), wrr_key(capability_key)], args=args))

@@ -128,7 +128,8 @@ def queue_lists(queue: str, steps: range = range(10)) -> list[str]:
 # backup:last           hash  path, sha256, created_at, keys of the newest backup
 # monitor:since         str   when monitoring first ran (age of "no backup yet")
 # monitor:runs          list  {"loop", "ts", "task_id", "ran"} JSON per delivery, capped
-# perf:scores           hash  agent_id -> performance score at the last optimize run
+# perf:scores           hash  "<agent>|<capability>" -> performance score (routing reads it)
+# perf:seen             hash  "<agent>|<capability>" -> completions the score was computed from
 TELEMETRY_TOTAL = PREFIX + "tm:total"
 ALERTS = PREFIX + "alerts"
 SLO_ALERTS = PREFIX + "alerts:slo"
@@ -147,6 +148,7 @@ BACKUP_LAST = PREFIX + "backup:last"
 MONITOR_SINCE = PREFIX + "monitor:since"
 MONITOR_RUNS = PREFIX + "monitor:runs"
 PERF_SCORES = PREFIX + "perf:scores"
+PERF_SEEN = PREFIX + "perf:seen"
 
 
 def telemetry_key(resolution: str, slot: int) -> str:
@@ -170,3 +172,24 @@ def rate_key(client_id: str) -> str:
 
 def block_key(client_id: str) -> str:
     return f"{PREFIX}block:{client_id}"
+
+
+# --- event processing (issue 13: orchestrator/events, runtime/events.py) ------------------
+# The control workers read orchestrator:events as the consumer group EVENTS_GROUP (one
+# consumer per worker process, "<worker hostname>:<pid>"); another service reading the stream
+# uses a group of its own name and never takes their entries.
+# events:mark:<handler>:<event id>  str  the handler's idempotency marker for one event:
+#     "run:<token>" while a delivery runs it (TTL: the claim time, so a dead run's lapses),
+#     then "done" or "failed" (TTL: EVENT_MARK_TTL_S)
+# events:failed         list  {id, type, source, handler, error, deliveries, consumer, ts}
+#                             JSON per handler given up on, newest last, capped
+EVENTS_GROUP = "orchestrator"
+EVENTS_FAILED = PREFIX + "events:failed"
+#: How long a done/failed marker stays: far longer than an entry can stay pending.
+EVENT_MARK_TTL_S = 7 * 24 * 3600
+#: Failure records kept in EVENTS_FAILED.
+EVENTS_FAILED_KEEP = 1000
+
+
+def event_mark_key(handler: str, event_id: str) -> str:
+    return f"{PREFIX}events:mark:{handler}:{event_id}"

@@ -19,6 +19,7 @@ from orchestrator.monitoring.stats import WindowStats, parse_fields, sum_fields
 from orchestrator.security.policy import Finding
 from orchestrator.store.connect import redis_client
 from orchestrator.store.keys import (
+    AGENT_STATS,
     ALERT_ACKS,
     ALERTS,
     ALERTS_UNSENT,
@@ -31,6 +32,7 @@ from orchestrator.store.keys import (
     MONITOR_SINCE,
     PARKED,
     PERF_SCORES,
+    PERF_SEEN,
     POISON,
     REGRESSIONS,
     REJECTION_KINDS,
@@ -357,8 +359,29 @@ class MonitorStore:
     def runs(self, count: int = RUNS_KEPT) -> list[dict[str, Any]]:
         return self.history(MONITOR_RUNS, count)
 
-    def save_scores(self, scores: Mapping[str, float]) -> None:
-        self.save_json_hash(PERF_SCORES, scores)
+    def agent_stats(self) -> dict[str, str]:
+        """Every agent's outcome figures (`<agent>|...` and `<agent>|<type>|...`)."""
+        return {str(k): str(v) for k, v in self.r.hgetall(AGENT_STATS).items()}
 
-    def scores(self) -> dict[str, float]:
-        return {k: float(v) for k, v in self.json_hash(PERF_SCORES).items()}
+    def save_scores(self, scores: Mapping[str, float], seen: Mapping[str, int]) -> None:
+        """Replace the performance scores (`<agent>|<capability>` -> score, what routing
+        reads) and the completion counts they were computed from, in one step."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(PERF_SCORES, PERF_SEEN)
+        if scores:
+            values: dict[str | bytes, str] = {k: repr(v) for k, v in scores.items()}
+            pipe.hset(PERF_SCORES, mapping=values)
+        if seen:
+            counts: dict[str | bytes, int] = {k: int(v) for k, v in seen.items()}
+            pipe.hset(PERF_SEEN, mapping=counts)
+        pipe.execute()
+
+    def scores(self) -> tuple[dict[str, float], dict[str, int]]:
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(PERF_SCORES)
+        pipe.hgetall(PERF_SEEN)
+        scores, seen = pipe.execute()
+        return (
+            {str(k): float(v) for k, v in scores.items()},
+            {str(k): int(v) for k, v in seen.items()},
+        )

@@ -66,3 +66,5 @@ ACCEPT_AND_ROUTE = (
     + _SECTIONS
     + _read("accept_and_route")
 )
+
+AFFINITY_PICK = _as_function("wrr", WRR_PICK) + _read("affinity_pick")

@@ -55,30 +55,43 @@ def test_a_stored_open_circuit_excludes_nobody_with_the_breaker_disabled(
 def test_a_failing_agent_is_quarantined_its_queued_tasks_move_and_it_comes_back(
     start_control, start_agent, redis_client, redis_url
 ):
-    """Default thresholds (the breaker opens at 5 failures, quarantine at 10): the tasks
-    already queued on a failing agent keep failing after its circuit opens, and the tenth
-    failure quarantines it. Its breaker rests 1 s and the quarantine lasts 6 s here."""
+    """Default thresholds (the breaker opens at 5 failures, quarantine at 10) under a steady
+    stream of work: the circuit opens (and `circuit.opened` moves the agent's queue), each
+    half-open trial that fails adds one, and the tenth failure within the window quarantines
+    the agent. Its breaker rests 1 s and the quarantine lasts 6 s here."""
     env = {"ORCH_CIRCUIT_RECOVERY_TIMEOUT_S": "1", "ORCH_QUARANTINE_S": "6"}
     start_control(**env)
     start_agent("bad", "sometimes_fail_on", **env)
     start_agent("good", "sometimes_fail_on", **env)
     settings = load_settings(redis_url=redis_url, circuit_recovery_timeout_s=1, quarantine_s=6)
-    with OrchestratorClient(settings=settings) as client:
-        results = [
-            client.submit("sometimes_fail_on", {"key": f"q{i}", "bad_agent": "bad", "seconds": 0.1})
-            for i in range(40)
-        ]
-        assert all(r.get(timeout=120)["agent"] == "good" for r in results)
 
+    def quarantined() -> list[str]:
         events = redis_client.xrange("orchestrator:events")
-        quarantined = [json.loads(f["data"]) for _, f in events if f["type"] == "agent.quarantined"]
-        assert [q["agent_id"] for q in quarantined] == ["bad"]
+        return [
+            json.loads(f["data"])["agent_id"] for _, f in events if f["type"] == "agent.quarantined"
+        ]
+
+    with OrchestratorClient(settings=settings) as client:
+        results = []
+
+        def stream() -> bool:
+            payload = {"bad_agent": "bad", "seconds": 0.1}
+            batch = [
+                client.submit("sometimes_fail_on", {"key": f"q{len(results) + i}", **payload})
+                for i in range(10)
+            ]
+            results.extend(batch)
+            assert all(r.get(timeout=120)["agent"] == "good" for r in batch)
+            return bool(quarantined())
+
+        wait_for(stream, timeout=180, message="the failing agent was never quarantined")
+        assert quarantined() == ["bad"]
         moved = [
             r
             for r in (client.store.task_record(res.id) for res in results)
             if r.attempts == 1 and any(h.get("moved_from") == "bad" for h in r.history)
         ]
-        assert moved, "no task queued on the quarantined agent was moved before it ran there"
+        assert moved, "no task queued on the failing agent was moved before it ran there"
 
         # Back after ORCH_QUARANTINE_S, and given work again once it is healthy.
         wait_for(

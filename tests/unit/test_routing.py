@@ -11,6 +11,7 @@ from orchestrator.models import AgentStatus, CircuitBreakerState, RegisteredAgen
 from orchestrator.routing.weights import (
     agent_weight,
     effective_status,
+    follow_affinity,
     integer_weights,
     is_eligible,
     performance_score,
@@ -159,11 +160,36 @@ def test_least_loaded_divides_in_flight_by_weight():
     assert pick_least_loaded([a, b], {"a": 1000, "b": 100}).agent_id == "a"
 
 
-def test_power_of_two_prefers_the_cheaper_of_two():
-    fast, slow = agent("fast", latency=5.0), agent("slow", latency=500.0)
+@pytest.mark.parametrize(
+    ("fleet", "picked"),
+    [
+        ({"fast": {"latency": 5.0}, "slow": {"latency": 500.0}}, {"fast"}),
+        ({"idle": {}, "busy": {"in_flight": 10}}, {"idle"}),
+        ({"a": {}, "b": {}, "busy": {"in_flight": 3}}, {"a", "b"}),  # the worst never wins
+        ({"a": {}, "b": {}, "c": {}}, {"a", "b", "c"}),  # ties are shared, not all to "a"
+        ({"ok": {"latency": 10.0}, "unsure": {"latency": 10.0, "score": 0.5}}, {"ok"}),
+        ({"only": {"in_flight": 99}}, {"only"}),
+    ],
+)
+def test_power_of_two_picks_the_cheaper_of_two(fleet, picked):
+    agents = [agent(agent_id, **kwargs) for agent_id, kwargs in fleet.items()]
     rng = random.Random(1)
-    assert {pick_power_of_two([fast, slow], rng).agent_id for _ in range(20)} == {"fast"}
-    assert pick_power_of_two([slow], rng).agent_id == "slow"
+    assert {pick_power_of_two(agents, rng).agent_id for _ in range(200)} == picked
+
+
+@pytest.mark.parametrize(
+    ("stuck", "eligible", "fallback", "expected"),
+    [
+        (None, {"a", "b"}, "b", "b"),  # a new key takes the router's pick
+        ("a", {"a", "b"}, "b", "a"),  # held while its agent stays eligible
+        ("a", {"a"}, "a", "a"),
+        ("gone", {"a", "b"}, "b", "b"),  # moved when it is not
+        ("a", {"b"}, "b", "b"),
+        ("a", set(), "b", "b"),
+    ],
+)
+def test_affinity_holds_while_eligible_and_moves_when_not(stuck, eligible, fallback, expected):
+    assert follow_affinity(stuck, eligible, fallback) == expected
 
 
 @pytest.mark.parametrize(("priority", "broker"), [(9, 0), (5, 4), (0, 9)])

@@ -1,5 +1,6 @@
--- The whole fleet in one round trip. KEYS = agents, heartbeats, agent_stats, agent_status;
--- ARGV = circuit key prefix. Returns {agents, heartbeats, stats, statuses, {id, circuit}...}.
+-- The whole fleet in one round trip. KEYS = agents, heartbeats, agent_stats, agent_status,
+-- perf scores; ARGV = circuit key prefix. Returns {agents, heartbeats, stats, statuses,
+-- {id, circuit}..., scores}.
 local agents = redis.call('HGETALL', KEYS[1])
 local circuits = {}
 for i = 1, #agents, 2 do
@@ -7,4 +8,4 @@ for i = 1, #agents, 2 do
   circuits[#circuits + 1] = redis.call('HGETALL', ARGV[1] .. agents[i])
 end
 return {agents, redis.call('HGETALL', KEYS[2]), redis.call('HGETALL', KEYS[3]),
-        redis.call('HGETALL', KEYS[4]), circuits}
+        redis.call('HGETALL', KEYS[4]), circuits, redis.call('HGETALL', KEYS[5])}

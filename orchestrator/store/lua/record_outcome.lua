@@ -1,16 +1,27 @@
 -- One outcome in an agent's stats. KEYS = stats hash; ARGV = agent, ok (1/0), latency ms,
--- success alpha, latency alpha, settle (1: the task left the agent).
+-- success alpha, latency alpha, settle (1: the task left the agent), task type ('' = none).
+-- With a type, the same figures per agent and type too (`<agent>|<type>|n|sr|lat`), which
+-- orchestrator.optimize turns into the per-capability performance scores routing uses.
 local a = ARGV[1]
 local ok = tonumber(ARGV[2])
 local lat = tonumber(ARGV[3])
 if ok == 1 then redis.call('HINCRBY', KEYS[1], a .. '|ok', 1)
 else redis.call('HINCRBY', KEYS[1], a .. '|fail', 1) end
-local sr = tonumber(redis.call('HGET', KEYS[1], a .. '|sr') or '1')
-sr = sr + tonumber(ARGV[4]) * (ok - sr)
-redis.call('HSET', KEYS[1], a .. '|sr', tostring(sr))
-local old = redis.call('HGET', KEYS[1], a .. '|lat')
-if old then lat = tonumber(old) + tonumber(ARGV[5]) * (lat - tonumber(old)) end
-redis.call('HSET', KEYS[1], a .. '|lat', tostring(lat))
+local function ewma(prefix)
+  local sr = tonumber(redis.call('HGET', KEYS[1], prefix .. '|sr') or '1')
+  sr = sr + tonumber(ARGV[4]) * (ok - sr)
+  redis.call('HSET', KEYS[1], prefix .. '|sr', tostring(sr))
+  local value = lat
+  local old = redis.call('HGET', KEYS[1], prefix .. '|lat')
+  if old then value = tonumber(old) + tonumber(ARGV[5]) * (lat - tonumber(old)) end
+  redis.call('HSET', KEYS[1], prefix .. '|lat', tostring(value))
+end
+ewma(a)
+if ARGV[7] and ARGV[7] ~= '' then
+  local prefix = a .. '|' .. ARGV[7]
+  redis.call('HINCRBY', KEYS[1], prefix .. '|n', 1)
+  ewma(prefix)
+end
 if ARGV[6] == '1' then
   local inflight = redis.call('HINCRBY', KEYS[1], a .. '|inflight', -1)
   if inflight < 0 then redis.call('HSET', KEYS[1], a .. '|inflight', 0) end

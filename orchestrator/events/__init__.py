@@ -1,0 +1,1 @@
+"""Event processing: handlers of the orchestrator:events stream, run by control workers."""
