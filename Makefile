@@ -31,7 +31,7 @@ run: $(STAMP)
 	$(BIN)/orchestrator dev
 
 test: $(STAMP) sysdeps
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 # The submission fuzzer alone, with more examples than `make test` runs (1,000); FUZZ_SEED=N
 # regenerates a batch. -s shows its summary line (the split, the timings, the seed).
