@@ -103,8 +103,9 @@ class EventConsumer:
     # --- the thread ----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Join the group (creating it at the stream's end if there is none) and start
-        consuming in a thread of this process."""
+        """Join the group (creating it at the stream's end if there is none and the stream
+        exists; otherwise once the first event makes it) and start consuming in a thread of
+        this process."""
         if self._thread is not None and self._thread.is_alive():
             return
         try:

@@ -10,6 +10,7 @@ live here too, so every key of event processing is read and written in one modul
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,12 +52,18 @@ def _no_group(exc: redis.ResponseError) -> bool:
 class EventGroupStore(StoreBase):
     """The control workers' consumer group on the event stream, and its handlers' markers."""
 
-    def ensure_group(self) -> bool:
-        """Create the group at the stream's end (and the stream, if none yet); False when it
-        exists already. Created at the end, a first deployment does not replay history."""
+    def ensure_group(self, start: str = "$") -> bool:
+        """Create the group on the stream, at `start`; False when it exists already or there
+        is no stream yet. It writes nothing while there is no stream (a consumer must not put
+        a key back into a Redis just flushed or being restored): the group is made once the
+        first event creates the stream. Created at the end (`$`, at a worker's start), a
+        first deployment does not replay history; made for a stream that appeared later
+        (`0-0`), every entry in it is new."""
         with self._translate():
+            if not self.r.exists(EVENTS):
+                return False
             try:
-                self.r.xgroup_create(EVENTS, EVENTS_GROUP, id="$", mkstream=True)
+                self.r.xgroup_create(EVENTS, EVENTS_GROUP, id=start)
             except redis.ResponseError as exc:
                 if "BUSYGROUP" in str(exc):
                     return False
@@ -65,7 +72,8 @@ class EventGroupStore(StoreBase):
 
     def read_new(self, consumer: str, count: int, block_ms: int) -> list[Delivery]:
         """Entries no consumer of the group has had yet (waiting at most `block_ms`). A group
-        that vanished (Redis flushed or restored) is created again and nothing is returned."""
+        that vanished (Redis flushed or restored), or was never made because there was no
+        stream, is made from the stream's start once there is one; nothing is returned."""
         with self._translate():
             try:
                 reply = self.r.xreadgroup(
@@ -74,7 +82,8 @@ class EventGroupStore(StoreBase):
             except redis.ResponseError as exc:
                 if not _no_group(exc):
                     raise
-                self.ensure_group()
+                if not self.ensure_group("0-0"):
+                    time.sleep(block_ms / 1000)  # no stream yet: wait as XREADGROUP would
                 return []
         return [Delivery(i, f or {}) for _stream, entries in reply or [] for i, f in entries]
 
@@ -101,7 +110,7 @@ class EventGroupStore(StoreBase):
             except redis.ResponseError as exc:
                 if not _no_group(exc):
                     raise
-                self.ensure_group()
+                self.ensure_group("0-0")
                 return []
             if not claimed:
                 return []

@@ -68,7 +68,9 @@ def test_a_flushed_redis_comes_back_and_unfinished_tasks_run_once(
     redis_client.flushall()
     dry = cli_json(env, "backup", "restore", path, "--dry-run")
     assert dry["dry_run"] and dry["parked_again"] == [ids[0]]
-    assert redis_client.dbsize() == 0, "a dry run writes nothing"
+    # The running control worker's kombu may re-declare its bindings (`_kombu.*`) meanwhile.
+    written = [k for k in redis_client.keys("*") if not k.startswith("_kombu.")]
+    assert written == [], "a dry run writes nothing"
     table = cli(env, "backup", "restore", path, "--dry-run").stdout
     assert "would change" in table and "tasks" in table
 
