@@ -137,19 +137,16 @@ class _Active:
     metrics: WorkerMetrics | None = None
 
 
-@signals.task_prerun.connect
 def _on_prerun(task_id: str = "", **_: Any) -> None:
     if _Active.metrics is not None:
         _Active.metrics.started(task_id)
 
 
-@signals.task_postrun.connect
 def _on_postrun(task_id: str = "", task: Any = None, state: str | None = None, **_: Any) -> None:
     if _Active.metrics is not None and task is not None:
         _Active.metrics.finished(task_id, task, state)
 
 
-@signals.worker_process_shutdown.connect
 def _on_child_exit(pid: int | None = None, **_: Any) -> None:
     if _Active.metrics is not None:
         from prometheus_client import multiprocess
@@ -223,6 +220,11 @@ class MetricsStep(bootsteps.StartStopStep):
                 if name.startswith("orchestrator.") and name != EXECUTE
             )
         _Active.metrics = WorkerMetrics(agent, role, types)
+        # Only now: with receivers connected Celery sends these signals for every task, a cost
+        # a worker without metrics must not pay (the pool's children inherit the connection).
+        signals.task_prerun.connect(_on_prerun, weak=False)
+        signals.task_postrun.connect(_on_postrun, weak=False)
+        signals.worker_process_shutdown.connect(_on_child_exit, weak=False)
 
     def include_if(self, worker: Any) -> bool:
         return bool(app_settings(worker.app).metrics_port)
