@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from orchestrator.errors import ConfigError
 from orchestrator.models import CircuitBreakerConfig
+from orchestrator.scaling.windows import SleepWindow, parse_windows
 
 NAME_RE = re.compile(r"^[a-z0-9_.-]{1,64}\Z")
 MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
@@ -332,6 +333,18 @@ class Settings(BaseSettings):
     scale_min: Annotated[int, Field(ge=0, le=10_000)] = 1
     scale_max: Annotated[int, Field(ge=1, le=10_000)] = 10
     scale_target_backlog: Annotated[int, Field(ge=1, le=1_000_000)] = 5
+    # The two scaling loops (orchestrator.autoscale, orchestrator.sleep_wake) run this often.
+    scale_interval_s: PositiveSeconds = 5.0
+    # Autoscaling (issue 14): a command run (no shell) with {n} replaced by the desired count
+    # of a capability; empty = the signal is only exported and shown.
+    scale_command: str = ""
+
+    # Sleep/wake (scaling/sleep.py): an agent idle this long sleeps (0 = never, outside the
+    # sleep windows), keeping at least `min_awake_agents` awake per capability; inside a
+    # window idle agents sleep at once and are recycled, and wake when it ends.
+    sleep_after_idle_s: Annotated[float, Field(ge=0)] = 0.0
+    min_awake_agents: Annotated[int, Field(ge=0, le=10_000)] = 1
+    sleep_windows: Annotated[list[SleepWindow], NoDecode] = Field(default_factory=list)
 
     # Monitoring loops (issue 4); see the README's Operations section.
     exporter_address: str = "0.0.0.0"  # where `orchestrator exporter` binds
@@ -417,6 +430,18 @@ class Settings(BaseSettings):
         if value is not None and not re.match(r"^[A-Za-z0-9._@:-]{1,128}\Z", value):
             raise ValueError("must be 1-128 chars of [A-Za-z0-9._@:-]")
         return value or None
+
+    @field_validator("sleep_windows", mode="before")
+    @classmethod
+    def _sleep_windows(cls, value: Any) -> list[SleepWindow]:
+        if isinstance(value, str):
+            return parse_windows(value)
+        return list(value or [])
+
+    @property
+    def sleep_enabled(self) -> bool:
+        """Whether the sleep/wake loop has anything to do."""
+        return self.sleep_after_idle_s > 0 or bool(self.sleep_windows)
 
     @model_validator(mode="after")
     def _scale_bounds(self) -> Settings:

@@ -77,6 +77,15 @@ LOOPS: tuple[Loop, ...] = (
         lambda s: s.performance_optimization_interval,
         lambda s: s.intelligent_routing_enabled,
     ),
+    # Scaling (issue 14; orchestrator.scaling): the autoscaling signal with its hysteresis and
+    # ORCH_SCALE_COMMAND, and agents' sleep/wake, which has nothing to do unless configured.
+    Loop("autoscaling", "orchestrator.autoscale", lambda s: s.scale_interval_s),
+    Loop(
+        "sleep-wake",
+        "orchestrator.sleep_wake",
+        lambda s: s.scale_interval_s,
+        lambda s: s.sleep_enabled,
+    ),
 )
 LOOPS_BY_TASK = {loop.task: loop for loop in LOOPS}
 

@@ -28,7 +28,13 @@ SUBMIT = "orchestrator.submit"
 EXECUTE = "orchestrator.execute"
 CONTROL_QUEUES = (DEFAULT_QUEUE, ROUTING_QUEUE, RECOVERY_QUEUE, MONITORING_QUEUE)
 
-TASK_MODULES = ["workers.routing", "workers.execute", "workers.recovery", "workers.monitoring"]
+TASK_MODULES = [
+    "workers.routing",
+    "workers.execute",
+    "workers.recovery",
+    "workers.monitoring",
+    "workers.scaling",
+]
 
 BROKER_PRIORITY_STEPS = list(range(10))
 
@@ -155,6 +161,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "orchestrator.recover*": {"queue": RECOVERY_QUEUE},
             "orchestrator.monitor.*": {"queue": MONITORING_QUEUE},
             "orchestrator.optimize": {"queue": MONITORING_QUEUE},
+            "orchestrator.autoscale": {"queue": MONITORING_QUEUE},
+            "orchestrator.sleep_wake": {"queue": MONITORING_QUEUE},
         },
         # kombu's Redis transport, hardened for Redis restarts and with one client per channel
         # instead of one per publish and ack (see transport.py).
