@@ -438,11 +438,6 @@ class Settings(BaseSettings):
             return parse_windows(value)
         return list(value or [])
 
-    @property
-    def sleep_enabled(self) -> bool:
-        """Whether the sleep/wake loop has anything to do."""
-        return self.sleep_after_idle_s > 0 or bool(self.sleep_windows)
-
     @model_validator(mode="after")
     def _scale_bounds(self) -> Settings:
         if self.scale_min > self.scale_max:

@@ -387,6 +387,7 @@ class RegisteredAgent(BaseModel):
     status: AgentStatus = AgentStatus.ACTIVE
     queue: str
     hostname: str = ""
+    node: str = ""  # the Celery node name (`agent@host`) remote control commands address
     pid: int = 0
     concurrency: int = 1
     registered_at: float = 0.0

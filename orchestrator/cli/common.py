@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +26,12 @@ def settings() -> Settings:
         return load_settings()
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def exec_celery(args: list[str], env: dict[str, str]) -> None:
+    """Replace this process with celery, so signals (Ctrl-C, SIGTERM) reach it directly."""
+    argv = [sys.executable, "-m", "celery", "-A", "orchestrator.app", *args]
+    os.execvpe(argv[0], argv, {**os.environ, **env})
 
 
 def print_json(value: Any) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 from typing import Any
@@ -12,7 +11,6 @@ import click
 from rich.table import Table
 
 from orchestrator.cli import common
-from orchestrator.config import parse_capabilities
 from orchestrator.errors import InvalidTask, OrchestratorError, UnknownTask
 
 console = common.console
@@ -24,10 +22,7 @@ _store = common.store
 _fmt_ts = common.fmt_ts
 
 
-def _exec_celery(args: list[str], env: dict[str, str]) -> None:
-    """Replace this process with celery, so signals (Ctrl-C, SIGTERM) reach it directly."""
-    argv = [sys.executable, "-m", "celery", "-A", "orchestrator.app", *args]
-    os.execvpe(argv[0], argv, {**os.environ, **env})
+_exec_celery = common.exec_celery
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -37,42 +32,6 @@ def main() -> None:
 
     Configuration comes from ORCH_* environment variables (or .env); see the README.
     """
-
-
-@main.command(context_settings={"ignore_unknown_options": True})
-@click.option(
-    "--capabilities",
-    "-c",
-    required=True,
-    help="name=proficiency,... (0 < p <= 1; a bare name means 1.0)",
-)
-@click.option("--handlers", default=None, help="Modules to import handlers from (ORCH_HANDLERS).")
-@click.option("--id", "agent_id", default=None, help="Agent id (default: the worker hostname).")
-@click.option("--concurrency", type=click.IntRange(min=1), default=None)
-@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def agent(
-    capabilities: str,
-    handlers: str | None,
-    agent_id: str | None,
-    concurrency: int | None,
-    celery_args: tuple[str, ...],
-) -> None:
-    """Start an agent worker (extra arguments go to `celery worker`)."""
-    try:
-        parse_capabilities(capabilities)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--capabilities") from None
-    env = {"ORCH_AGENT_CAPABILITIES": capabilities}
-    if handlers:
-        env["ORCH_HANDLERS"] = handlers
-    if agent_id:
-        env["ORCH_AGENT_ID"] = agent_id
-    args = ["worker", "-l", "info"]
-    if agent_id:
-        args += ["-n", f"{agent_id}@%h"]
-    if concurrency:
-        args += ["-c", str(concurrency)]
-    _exec_celery([*args, *celery_args], env)
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
@@ -403,9 +362,11 @@ def dev(
 
 
 def _register_extensions() -> None:
+    from orchestrator.cli import agent as cli_agent
     from orchestrator.cli import dlq as cli_dlq
     from orchestrator.cli import monitor as cli_monitor
 
+    cli_agent.register(main)
     cli_dlq.register(main)
     cli_monitor.register(main)
 

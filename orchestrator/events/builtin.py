@@ -1,4 +1,5 @@
-"""The built-in event handlers: lost agents, open circuits, new agents, alerts, escalations.
+"""The built-in event handlers: lost agents, open circuits, new agents, parked tasks that a
+sleeping agent can take, alerts, escalations.
 
 Each reacts as soon as the event is read instead of at a loop's next tick, by calling the code
 that already does the work (the healer, the router's parked sweep, the Alertmanager push);
@@ -8,6 +9,7 @@ idempotent in itself, on top of the consumer's once-per-event markers.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import TYPE_CHECKING
 
@@ -22,6 +24,9 @@ from orchestrator.events.rules import (
 )
 from orchestrator.models import OrchestrationEvent
 from orchestrator.monitoring import alertmanager
+from orchestrator.routing.weights import effective_status
+from orchestrator.scaling.sleep import AgentView, wake_for
+from orchestrator.scaling.sleepwake import wake
 from orchestrator.store import now_s
 from orchestrator.store.monitor import MonitorStore
 
@@ -75,6 +80,28 @@ def route_parked_for_new_agent(event: OrchestrationEvent, ctx: EventContext) -> 
         log.info(
             "agent.registered %s: %d parked task(s) routed or expired", event.id, len(outcomes)
         )
+
+
+@on_event("task.parked")
+def wake_agent_for_parked_task(event: OrchestrationEvent, ctx: EventContext) -> None:
+    """Wake a sleeping agent that can take the parked task (when no awake one can), and route
+    the parked tasks: now, instead of at the sleep/wake loop's next tick."""
+    task_id = task_of(event)
+    spec = ctx.store.task_fields(task_id).get("spec") if task_id else None
+    if task_id is None or not spec or ctx.store.task_fields(task_id).get("state") != "parked":
+        return
+    loaded = json.loads(spec)
+    needs = frozenset(str(c) for c in loaded.get("required_capabilities") or [loaded["type"]])
+    now = now_s()
+    agents = ctx.store.load_agents()
+    for agent in agents:
+        agent.status = effective_status(agent, now, ctx.settings.agent_timeout_s)
+    views = [AgentView(a.agent_id, frozenset(a.capabilities), a.status) for a in agents]
+    chosen = wake_for(needs, views)
+    sleeper = next((a for a in agents if a.agent_id == chosen), None)
+    if sleeper is not None and wake(ctx.store, ctx.app, sleeper, now, "parked", "events"):
+        ctx.router.route_parked(now_s(), ctx.fail_task)
+        log.info("task.parked %s: agent %s woken for task %s", event.id, chosen, task_id)
 
 
 @on_event("alert.firing")

@@ -78,14 +78,10 @@ LOOPS: tuple[Loop, ...] = (
         lambda s: s.intelligent_routing_enabled,
     ),
     # Scaling (issue 14; orchestrator.scaling): the autoscaling signal with its hysteresis and
-    # ORCH_SCALE_COMMAND, and agents' sleep/wake, which has nothing to do unless configured.
+    # ORCH_SCALE_COMMAND; agents' sleep/wake (with sleeping off it still wakes an agent put
+    # to sleep by hand when work needs it).
     Loop("autoscaling", "orchestrator.autoscale", lambda s: s.scale_interval_s),
-    Loop(
-        "sleep-wake",
-        "orchestrator.sleep_wake",
-        lambda s: s.scale_interval_s,
-        lambda s: s.sleep_enabled,
-    ),
+    Loop("sleep-wake", "orchestrator.sleep_wake", lambda s: s.scale_interval_s),
 )
 LOOPS_BY_TASK = {loop.task: loop for loop in LOOPS}
 

@@ -221,7 +221,7 @@ class Healer:
         for agent in self.store.load_agents():
             stale = now - agent.last_heartbeat > self.settings.agent_timeout_s
             if (
-                agent.status is AgentStatus.ACTIVE
+                agent.status in (AgentStatus.ACTIVE, AgentStatus.SLEEPING)
                 and effective_status(agent, now, self.settings.agent_timeout_s)
                 is AgentStatus.OFFLINE
             ):

@@ -55,8 +55,12 @@ def wrr_sequence(weights: Mapping[str, int], n: int) -> list[str]:
 
 
 def effective_status(agent: RegisteredAgent, now: float, timeout_s: float) -> AgentStatus:
-    """An agent whose heartbeat is older than the timeout counts as offline, whatever it said."""
-    if agent.status is AgentStatus.ACTIVE and now - agent.last_heartbeat > timeout_s:
+    """An active or sleeping agent whose heartbeat is older than the timeout counts as
+    offline, whatever it said (a sleeping agent still beats)."""
+    if (
+        agent.status in (AgentStatus.ACTIVE, AgentStatus.SLEEPING)
+        and now - agent.last_heartbeat > timeout_s
+    ):
         return AgentStatus.OFFLINE
     return agent.status
 

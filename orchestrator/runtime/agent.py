@@ -3,8 +3,9 @@
 `AgentInit` (worker blueprint) runs before the pool forks: it imports the handler modules, so
 the pool's children inherit them, refuses to start when a declared capability has no handler,
 and makes the worker consume `agent.<agent_id>`. `AgentPresence` (consumer blueprint)
-registers the agent once the broker connection is up, heartbeats on the worker's own timer,
-and deregisters on warm shutdown.
+registers the agent once the broker connection is up, heartbeats on the worker's own timer
+(consuming its queue exactly while its stored status is not `sleeping`), and deregisters on
+warm shutdown.
 """
 
 from __future__ import annotations
@@ -172,6 +173,7 @@ class AgentPresence(bootsteps.StartStopStep):
             status=AgentStatus.ACTIVE,
             queue=agent_queue(agent_id),
             hostname=socket.gethostname(),
+            node=str(getattr(consumer, "hostname", "") or ""),
             pid=os.getpid(),
             concurrency=int(getattr(consumer.controller, "concurrency", 1) or 1),
             registered_at=now,
@@ -211,8 +213,27 @@ class AgentPresence(bootsteps.StartStopStep):
                 process_store(self.settings).register_agent(
                     agent, agent.registered_at, source=agent_id
                 )
+                status = AgentStatus.ACTIVE.value
+            self._consume(consumer, agent_id, status != AgentStatus.SLEEPING.value)
         except Exception as exc:  # a missed beat must not kill the worker's event loop
             log.warning("agent %s heartbeat failed: %s", agent_id, exc)
+
+    @staticmethod
+    def _consume(consumer: Any, agent_id: str, on: bool) -> None:
+        """Consume the agent's queue exactly while it is not asleep. The sleep/wake loop tells
+        the worker at once (Celery's cancel_consumer / add_consumer); this catches a command
+        the worker missed (it was restarting its connection, say) at the next beat."""
+        queue = agent_queue(agent_id)
+        task_consumer = getattr(consumer, "task_consumer", None)
+        if task_consumer is None:
+            return
+        consuming = task_consumer.consuming_from(queue)
+        if on and not consuming:
+            log.info("agent %s is awake: consuming %s again", agent_id, queue)
+            consumer.add_task_queue(queue)
+        elif not on and consuming:
+            log.info("agent %s is asleep: no longer consuming %s", agent_id, queue)
+            consumer.cancel_task_queue(queue)
 
     def stop(self, consumer: Any) -> None:
         if self.timer_ref is not None:

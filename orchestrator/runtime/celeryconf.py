@@ -149,6 +149,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
+        # A sleep window recycles agents through the `pool_restart` remote control command
+        # (orchestrator.scaling.sleepwake); Celery refuses it unless this is on.
+        "worker_pool_restarts": True,
         "worker_send_task_events": True,
         # Workers' task events (received, started, succeeded...) are what Flower needs; a
         # `task-sent` event per publish would cost every producer one more round trip.

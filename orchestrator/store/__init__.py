@@ -2,10 +2,10 @@
 
 One class, StateStore, made of the agent half (agents), the task half (ledger), the
 dead-letter store of both kinds (dlq), recovery's plans and lost agents' tasks (recovery),
-the per-client limits (clients) and the control workers' consumer group on the event stream
-(events), over a shared base (base). Key names come from keys, and the atomic steps from
-scripts (Lua in lua/), so a reader finds every key in one place and every multi-key change
-in another.
+the per-client limits (clients), the control workers' consumer group on the event stream
+(events) and sleeping agents' checkpoints (sleep), over a shared base (base). Key names
+come from keys, and the atomic steps from scripts (Lua in lua/), so a reader finds every key
+in one place and every multi-key change in another.
 """
 
 from __future__ import annotations
@@ -22,10 +22,13 @@ from orchestrator.store.events import EventGroupStore
 from orchestrator.store.keys import AGENT_STATS, circuit_key
 from orchestrator.store.ledger import Attempt
 from orchestrator.store.recovery import RecoveryStore
+from orchestrator.store.sleep import SleepStore
 from orchestrator.store.telemetry import telemetry_step
 
 
-class StateStore(AgentStore, DeadLetterStore, RecoveryStore, ClientStore, EventGroupStore):
+class StateStore(
+    AgentStore, DeadLetterStore, RecoveryStore, ClientStore, EventGroupStore, SleepStore
+):
     """All reads and writes of orchestrator state. One instance per process."""
 
     def settle_run(

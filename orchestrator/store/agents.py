@@ -91,6 +91,7 @@ class AgentStore(StoreBase):
                 "capabilities",
                 "queue",
                 "hostname",
+                "node",
                 "pid",
                 "concurrency",
                 "registered_at",

@@ -17,6 +17,10 @@ Key layout (prefix `orch:`):
   (orchestrator:events stream: the event log of SPEC section 8, named by the SPEC)
   agent_status        hash  agent_id -> status (active|sleeping|quarantined|offline)
   quarantined_until   hash  agent_id -> unix time its quarantine ends
+  sleep               hash  agent_id -> checkpoint JSON written when it fell asleep (why, when,
+                            its stats then); removed when it wakes
+  idle_since          hash  agent_id -> when the sleep/wake loop first saw it idle
+  recycled            hash  agent_id -> the sleep window occurrence it was last recycled in
   failures:<agent>    zset  "<task_id>:<attempt>" -> when recovery took that failed attempt
                             (the quarantine tier's count; trimmed to ORCH_QUARANTINE_WINDOW_S)
   circuit:<agent>     hash  the agent's breaker (orchestrator.recovery.breaker.to_redis_hash)
@@ -48,6 +52,9 @@ COUNTERS = PREFIX + "counters"
 EVENTS = "orchestrator:events"  # the name SPEC section 8 gives other services
 AGENT_STATUS = PREFIX + "agent_status"
 QUARANTINED_UNTIL = PREFIX + "quarantined_until"
+SLEEP = PREFIX + "sleep"
+IDLE_SINCE = PREFIX + "idle_since"
+RECYCLED = PREFIX + "recycled"
 RECOVERY = PREFIX + "recovery"
 RECOVERY_DEADLINES = PREFIX + "recovery_deadlines"
 OUTBOX = PREFIX + "outbox"

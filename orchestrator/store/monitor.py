@@ -173,16 +173,20 @@ class MonitorStore:
 
     # --- the broker --------------------------------------------------------------------
 
-    def queue_depths(self, queues: Sequence[str]) -> dict[str, int]:
-        """Messages waiting in each queue (every priority list) plus those fetched by a worker
-        and not yet acknowledged (kombu's `unacked` hash, matched by routing key)."""
+    def waiting(self, queues: Sequence[str]) -> dict[str, int]:
+        """Messages waiting in each queue (every priority list), not yet fetched."""
         pipe = self.r.pipeline(transaction=False)
         for queue in queues:
             for name in queue_lists(queue):
                 pipe.llen(name)
         lengths = pipe.execute()
         per = len(queue_lists("q"))
-        depths = {q: sum(lengths[i * per : (i + 1) * per]) for i, q in enumerate(queues)}
+        return {q: sum(lengths[i * per : (i + 1) * per]) for i, q in enumerate(queues)}
+
+    def queue_depths(self, queues: Sequence[str]) -> dict[str, int]:
+        """Messages waiting in each queue (every priority list) plus those fetched by a worker
+        and not yet acknowledged (kombu's `unacked` hash, matched by routing key)."""
+        depths = self.waiting(queues)
         flat = self._unacked(keys=[KOMBU_UNACKED])
         for i in range(0, len(flat), 2):
             routing_key = str(flat[i])
@@ -198,26 +202,34 @@ class MonitorStore:
         parked, dead = pipe.execute()
         return int(parked), int(dead)
 
-    def parked_needs(self, limit: int = PARKED_SCAN_LIMIT) -> dict[str, int]:
-        """Parked tasks per required capability, from the oldest `limit` of them (a bounded
-        read: enough to say which capabilities have work and no agent)."""
+    def parked_requirements(self, limit: int = PARKED_SCAN_LIMIT) -> dict[frozenset[str], int]:
+        """Parked tasks per set of required capabilities, from the oldest `limit` of them (a
+        bounded read: enough to say which capabilities have work and no agent)."""
         ids = self.r.zrange(PARKED, 0, limit - 1)
         if not ids:
             return {}
         pipe = self.r.pipeline(transaction=False)
         for task_id in ids:
             pipe.hget(task_key(str(task_id)), "spec")
-        needs: dict[str, int] = {}
+        needs: dict[frozenset[str], int] = {}
         for raw in pipe.execute():
             if not raw:
                 continue  # ended since the read
             try:
                 spec = json.loads(raw)
-                caps = spec.get("required_capabilities") or [spec["type"]]
+                required = spec.get("required_capabilities") or [spec["type"]]
+                caps = frozenset(str(c) for c in required)
             except (ValueError, KeyError, TypeError, AttributeError):
                 continue
-            for cap in {str(c) for c in caps}:
-                needs[cap] = needs.get(cap, 0) + 1
+            needs[caps] = needs.get(caps, 0) + 1
+        return needs
+
+    def parked_needs(self, limit: int = PARKED_SCAN_LIMIT) -> dict[str, int]:
+        """Parked tasks per required capability (a task needing two counts toward both)."""
+        needs: dict[str, int] = {}
+        for caps, n in self.parked_requirements(limit).items():
+            for cap in caps:
+                needs[cap] = needs.get(cap, 0) + n
         return needs
 
     # --- alerts ------------------------------------------------------------------------
