@@ -338,6 +338,9 @@ class Settings(BaseSettings):
     # Autoscaling (issue 14): a command run (no shell) with {n} replaced by the desired count
     # of a capability; empty = the signal is only exported and shown.
     scale_command: str = ""
+    # Autoscaling hysteresis (scaling/decide.py): a lower need must hold this long before the
+    # desired count drops, and a failed ORCH_SCALE_COMMAND is tried again after it; 0 = none.
+    scale_cooldown_s: Annotated[float, Field(ge=0, le=86_400)] = 300.0
 
     # Sleep/wake (scaling/sleep.py): an agent idle this long sleeps (0 = never, outside the
     # sleep windows), keeping at least `min_awake_agents` awake per capability; inside a

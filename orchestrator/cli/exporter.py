@@ -25,7 +25,7 @@ from prometheus_client.core import (
 from orchestrator.models import AgentStatus, SystemHealth
 from orchestrator.models import ProductionEventSeverity as Severity
 from orchestrator.monitoring.loops import LoopContext
-from orchestrator.monitoring.snapshot import Snapshot, gather, scaling
+from orchestrator.monitoring.snapshot import Snapshot, gather
 from orchestrator.monitoring.stats import (
     EXPORT_BOUNDS_MS,
     LATENCY_BOUNDS_MS,
@@ -33,6 +33,7 @@ from orchestrator.monitoring.stats import (
     TypeStats,
     parse_fields,
 )
+from orchestrator.scaling.autoscale import scale_report
 from orchestrator.store import now_s
 from orchestrator.store.keys import SLA_HISTORY
 
@@ -94,7 +95,8 @@ class OrchestratorCollector:
 
     def _collect(self) -> Iterator[Metric]:
         ctx = self.ctx
-        snap = gather(ctx.store, ctx.mon, ctx.settings, now_s())
+        now = now_s()
+        snap = gather(ctx.store, ctx.mon, ctx.settings, now)
         m = snap.metrics
         agents = GaugeMetricFamily(
             "orchestrator_agents", "Registered agents by effective status", labels=["status"]
@@ -132,7 +134,7 @@ class OrchestratorCollector:
             alerts.add_metric([alert.name, alert.severity.value, alert.state.value], 1.0)
         yield alerts
         yield from self._security()
-        yield from self._scaling(snap)
+        yield from self._scaling(snap, now)
         yield from self._counters()
         yield from self._sla()
 
@@ -147,9 +149,10 @@ class OrchestratorCollector:
             findings.add_metric([severity.value], float(by_severity.get(severity.value, 0)))
         yield findings
 
-    def _scaling(self, snap: Snapshot) -> Iterator[Metric]:
-        """The autoscaling signal (scaling/signal.py), per capability."""
-        rows = scaling(snap, self.ctx.mon, self.ctx.settings)
+    def _scaling(self, snap: Snapshot, now: float) -> Iterator[Metric]:
+        """The autoscaling signal per capability: the loop's decision (scaling/autoscale.py),
+        the very count `orchestrator scale` shows and ORCH_SCALE_COMMAND was given."""
+        rows = scale_report(self.ctx, now, snap.agents, snap.depths)
         families = {
             "current": GaugeMetricFamily(
                 "orchestrator_capability_agents",
@@ -163,13 +166,13 @@ class OrchestratorCollector:
             ),
             "desired": GaugeMetricFamily(
                 "orchestrator_desired_agents",
-                "Agents the capability's backlog needs (the autoscaling signal)",
+                "Agents the capability should have (the autoscaling decision)",
                 labels=["capability"],
             ),
         }
         for row in rows:
             for attr, family in families.items():
-                family.add_metric([row.capability], float(getattr(row, attr)))
+                family.add_metric([row["capability"]], float(row[attr]))
         yield from families.values()
 
     def _counters(self) -> Iterator[Metric]:

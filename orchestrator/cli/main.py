@@ -369,6 +369,7 @@ def _register_extensions() -> None:
     cli_agent.register(main)
     cli_dlq.register(main)
     cli_monitor.register(main)
+    __import__("orchestrator.cli.scale", fromlist=["register"]).register(main)
 
 
 _register_extensions()

@@ -1,5 +1,6 @@
-"""The built-in event handlers: lost agents, open circuits, new agents, parked tasks that a
-sleeping agent can take, alerts, escalations.
+"""The built-in event handlers: lost agents, open circuits, new agents, parked tasks, alerts.
+
+Parked tasks wake a sleeping agent that can take them; escalations are dead-lettered.
 
 Each reacts as soon as the event is read instead of at a loop's next tick, by calling the code
 that already does the work (the healer, the router's parked sweep, the Alertmanager push);

@@ -193,7 +193,7 @@ class AgentPresence(bootsteps.StartStopStep):
         self.timer_ref = consumer.timer.call_repeatedly(
             self.settings.agent_heartbeat_interval_s,
             self._heartbeat,
-            (agent.agent_id,),
+            (consumer,),
             priority=10,
         )
         # Parked tasks waiting for a capability like ours are routed now, not at the next sweep.

@@ -1,7 +1,7 @@
-"""The autoscaling decision (pure): per capability, the agents needed now and the count to ask
-for, with hysteresis and a cool-down so the count does not flap.
+"""The autoscaling decision (pure): per capability, the agents needed and the count to ask for.
 
-The need is the largest of three rules over the figures of one moment (ScaleFigures):
+The count is held with hysteresis and a cool-down so it does not flap. The need is the
+largest of three rules over the figures of one moment (ScaleFigures):
 
 * backlog: ceil(backlog / target_backlog), the rule of `signal.desired_agents`;
 * utilisation: while tasks wait beyond those running (backlog > in flight), enough agents that
@@ -298,7 +298,7 @@ def command_targets(
         return [(d.capability, d.capability, d.desired) for d in decisions]
     if not decisions:
         return []
-    top = max(decisions, key=lambda d: (d.desired, [-ord(c) for c in d.capability]))
+    top = min(decisions, key=lambda d: (-d.desired, d.capability))
     return [(POOL, top.capability, top.desired)]
 
 

@@ -32,6 +32,10 @@ Key layout (prefix `orch:`):
   outbox:msg          hash  submit message id -> {"kwargs", "queue"} JSON, until accepted
   handler_circuit:<n> keys  pybreaker's state for a handler's own outbound breaker (pybreaker
                             puts its own `pybreaker:` prefix in front)
+  scale:decisions     hash  capability -> the autoscaling loop's last ScaleDecision JSON
+                            (desired count and its hysteresis state; store/scaling.py)
+  scale:executed      hash  capability, or "*" for a pool-wide command -> the last
+                            ORCH_SCALE_COMMAND run (ScaleExecution JSON)
 
 Celery's broker lists `agent.<agent_id>` (and `agent.<agent_id>\x06\x16<p>` per priority) and
 kombu's `unacked` / `unacked_index` are read, never written, except when a lost agent's queue
@@ -200,3 +204,9 @@ EVENTS_FAILED_KEEP = 1000
 
 def event_mark_key(handler: str, event_id: str) -> str:
     return f"{PREFIX}events:mark:{handler}:{event_id}"
+
+
+# --- autoscaling (issue 14: orchestrator/scaling/autoscale.py, store/scaling.py) ----------
+# One small entry per capability in each hash; capabilities no longer seen are dropped.
+SCALE_DECISIONS = PREFIX + "scale:decisions"
+SCALE_EXECUTED = PREFIX + "scale:executed"

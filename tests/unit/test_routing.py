@@ -115,8 +115,15 @@ def test_circuit_that_refuses_a_trial_makes_agent_ineligible():
 
 def test_stale_heartbeat_reads_offline():
     assert effective_status(agent(beat=NOW - 100), NOW, 15.0) is AgentStatus.OFFLINE
+    # a sleeping agent's worker still beats: silence means it is gone, as for an active one
     assert effective_status(agent(status=AgentStatus.SLEEPING, beat=0), NOW, 15.0) is (
+        AgentStatus.OFFLINE
+    )
+    assert effective_status(agent(status=AgentStatus.SLEEPING, beat=NOW - 1), NOW, 15.0) is (
         AgentStatus.SLEEPING
+    )
+    assert effective_status(agent(status=AgentStatus.QUARANTINED, beat=0), NOW, 15.0) is (
+        AgentStatus.QUARANTINED
     )
 
 

@@ -1,0 +1,104 @@
+"""`orchestrator scale`: the autoscaling decision per capability, as the exporter serves it."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+from rich.table import Table
+
+from orchestrator.cli import common
+from orchestrator.errors import OrchestratorError
+
+
+def _ago(ts: float | None, now: float) -> str:
+    return "-" if ts is None else f"{max(0.0, now - ts):.0f} s ago"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def _executed(run: dict[str, Any] | None) -> str:
+    if run is None:
+        return "-"
+    return f"{run['desired']}" + ("" if run["exit_code"] == 0 else f" (exit {run['exit_code']})")
+
+
+@click.command()
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print a JSON list, one object per capability."
+)
+def scale(as_json: bool) -> None:
+    """How many agents each capability should have, and why.
+
+    One row per capability that an agent offers or a parked task needs: the active agents
+    (`current`), the tasks waiting for it (`backlog`: every priority, fetched but unacknowledged,
+    parked), the count its figures need now (`need`: backlog, utilisation, delegation latency
+    against the SLA targets), and the count decided with hysteresis and a cool-down (`desired`,
+    the value of orchestrator_desired_agents{capability} and what ORCH_SCALE_COMMAND is run
+    with). `action` is scale_up, scale_down or maintain: `desired` against `current`.
+
+    The autoscaling loop (beat entry `autoscaling`) makes the decisions; when it has not run
+    lately, `desired` is the need itself and the reason says so.
+    """
+    from orchestrator.monitoring.loops import LoopContext
+    from orchestrator.scaling.autoscale import scale_report
+
+    settings = common.settings()
+    common.preflight(settings, state_only=True)
+    now = time.time()
+    try:
+        rows = scale_report(LoopContext.from_settings(settings), now)
+    except (OrchestratorError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except Exception as exc:  # redis errors: a clean message, not a traceback
+        if type(exc).__module__.startswith("redis"):
+            raise click.ClickException(f"Redis: {exc}") from None
+        raise
+    if as_json:
+        common.print_json(rows)
+        return
+    if not rows:
+        common.console.print("no capabilities: no agent registered and no task parked")
+        return
+    table = Table(
+        "capability",
+        "action",
+        "current",
+        "desired",
+        "need",
+        "backlog",
+        "busy",
+        "delegation p95 ms",
+        "executed",
+        "decided",
+        "reason",
+        title=f"autoscaling (ORCH_SCALE_MIN={settings.scale_min}, "
+        f"ORCH_SCALE_MAX={settings.scale_max}, cool-down {settings.scale_cooldown_s:g} s)",
+    )
+    for r in rows:
+        table.add_row(
+            r["capability"],
+            r["action"],
+            str(r["current"]),
+            str(r["desired"]),
+            str(r["need"]),
+            str(r["backlog"]),
+            _pct(r["utilisation"]),
+            _ms(r["delegation_p95_ms"]),
+            _executed(r["executed"]),
+            _ago(r["decided_at"], now),
+            r["reason"],
+        )
+    common.console.print(table)
+
+
+def register(group: click.Group) -> None:
+    """Attach `scale` to the `orchestrator` group."""
+    group.add_command(scale)
