@@ -13,7 +13,7 @@ from orchestrator.errors import OrchestratorError
 
 
 def _ago(ts: float | None, now: float) -> str:
-    return "-" if ts is None else f"{max(0.0, now - ts):.0f} s ago"
+    return "never" if ts is None else f"{max(0.0, now - ts):.0f} s ago"
 
 
 def _pct(value: float | None) -> str:
@@ -21,7 +21,7 @@ def _pct(value: float | None) -> str:
 
 
 def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}"
+    return "-" if value is None else f"{value:.0f} ms"
 
 
 def _executed(run: dict[str, Any] | None) -> str:
@@ -75,10 +75,8 @@ def scale(as_json: bool) -> None:
         "need",
         "backlog",
         "busy",
-        "delegation p95 ms",
-        "executed",
-        "decided",
-        "reason",
+        "delegation p95",
+        "command ran",
         title=f"autoscaling (ORCH_SCALE_MIN={settings.scale_min}, "
         f"ORCH_SCALE_MAX={settings.scale_max}, cool-down {settings.scale_cooldown_s:g} s)",
     )
@@ -93,10 +91,14 @@ def scale(as_json: bool) -> None:
             _pct(r["utilisation"]),
             _ms(r["delegation_p95_ms"]),
             _executed(r["executed"]),
-            _ago(r["decided_at"], now),
-            r["reason"],
         )
     common.console.print(table)
+    for r in rows:  # the reasons are sentences: below the table, not squeezed into it
+        common.console.print(
+            f"{r['capability']}: {r['reason']} (decided {_ago(r['decided_at'], now)})",
+            highlight=False,
+            markup=False,
+        )
 
 
 def register(group: click.Group) -> None:

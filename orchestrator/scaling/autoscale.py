@@ -33,6 +33,7 @@ from orchestrator.scaling.decide import (
     ScaleExecution,
     ScaleFigures,
     ScalePolicy,
+    agents_needed,
     command_argv,
     command_targets,
     decide,
@@ -231,25 +232,26 @@ def scale_report(
     runs = scales.executions()
     rows = []
     for fig in figures(ctx, now, agents, depths):
-        live = decide(fig, None, policy, now)
+        need, why = agents_needed(fig, policy)
         decision = stored.get(fig.capability)
-        fresh = decision is not None and is_fresh(decision, now, stale_after_s(settings))
-        shown = decision if fresh and decision is not None else live
+        if decision is not None and not is_fresh(decision, now, stale_after_s(settings)):
+            decision = None
+        desired = need if decision is None else decision.desired
         run = runs.get(fig.capability) or runs.get(POOL)
         rows.append(
             {
                 "capability": fig.capability,
-                "action": action_for(fig.current, shown.desired).value,
+                "action": action_for(fig.current, desired).value,
                 "current": fig.current,
-                "desired": shown.desired,
-                "need": live.need,
+                "desired": desired,
+                "need": need,
                 "backlog": fig.backlog,
                 "utilisation": fig.utilisation,
                 "delegation_p95_ms": fig.delegation_p95_ms,
                 "latency_objective_ms": fig.latency_objective_ms,
-                "reason": shown.reason if fresh else f"{live.reason} (no recent decision)",
-                "decided_at": shown.decided_at if fresh else None,
-                "changed_at": shown.changed_at if fresh else None,
+                "reason": f"{why} (no recent decision)" if decision is None else decision.reason,
+                "decided_at": None if decision is None else decision.decided_at,
+                "changed_at": None if decision is None else decision.changed_at,
                 "executed": None
                 if run is None
                 else {"desired": run.desired, "exit_code": run.exit_code, "ts": run.ts},

@@ -21,7 +21,8 @@ count (`decide`):
   evaluation, and then to the highest need seen during that time, never lower: the dead band
   is the gap between the count held and that peak. The window restarts at every change, so two
   changes are at least a cool-down apart unless the second is an increase;
-* the first decision for a capability follows the need; a changed bound applies at once.
+* the first decision for a capability holds the agents it has (within the bounds) as if it
+  had decided them, so a fleet is never shrunk on first sight; a changed bound applies at once.
 
 Nothing here reads Redis, a clock or the environment: `now` and the figures are passed in.
 """
@@ -220,17 +221,28 @@ def decide(
 ) -> ScaleDecision:
     """The count to ask for now, given the last decision (None: the first)."""
     need, why = agents_needed(fig, policy)
-    held = None if previous is None else _clamp(previous.desired, policy)
-    changed_at = now if previous is None or held != previous.desired else previous.changed_at
+    if previous is None:  # the agents there are, as if decided now
+        previous = ScaleDecision(
+            capability=fig.capability,
+            action=AutoScalingAction.MAINTAIN,
+            current=fig.current,
+            desired=_clamp(fig.current, policy),
+            need=need,
+            backlog=fig.backlog,
+            reason="",
+            decided_at=now,
+            changed_at=now,
+        )
+    held = _clamp(previous.desired, policy)
+    changed_at = now if held != previous.desired else previous.changed_at
     low_since: float | None = None
     low_max = 0
-    if held is None or need > held:
+    if need > held:
         desired, changed_at = need, now
-        reason = why if held is None else f"up at once from {held}: {why}"
+        reason = f"up at once from {held}: {why}"
     elif need == held:
         desired, reason = held, why
     else:
-        assert previous is not None
         low_since = previous.low_since if previous.low_since is not None else now
         low_max = max(need, previous.low_max) if previous.low_since is not None else need
         waited = now - low_since

@@ -111,7 +111,12 @@ def test_a_backlog_across_priorities_and_prefetched_messages_sets_the_desired_co
 ):
     start_control(**SCALE_ENV)
     start_agent("s1", "echo,hold", concurrency=2)
-    held = [client.submit("hold", {"key": f"h{i}", "max_s": 60}) for i in range(2)]
+    held = [client.submit("hold", {"key": f"h{i}", "max_s": 60}, task_id=f"h{i}") for i in range(2)]
+    wait_for(  # both pool children busy before the rest arrives, so none of it runs yet
+        lambda: all(redis_client.hget(f"orch:task:h{i}", "state") == "running" for i in range(2)),
+        timeout=30,
+        message="the holding tasks never ran",
+    )
     waiting = [client.submit("echo", {"i": i}, priority=i % 10) for i in range(15)]
     # 17 tasks for echo: two fetched and unacknowledged (running), 15 over the priority lists.
     wait_for(

@@ -103,10 +103,23 @@ def test_an_idle_agent_sleeps_keeping_one_awake_and_wakes_on_backlog(
         assert result.get(timeout=60) == {"slept": 0.5}
 
 
-def test_an_agent_keeps_to_its_stored_status_at_each_heartbeat(start_agent, redis_client, sender):
+def test_an_agent_keeps_to_its_stored_status_at_each_heartbeat(
+    start_agent, redis_client, sender, client, orch_env
+):
     """A cancel_consumer the worker missed: its next heartbeat reads `sleeping` and stops
-    consuming; `active` again and it consumes again."""
-    start_agent("solo", "echo")
+    consuming; `active` again and it consumes again. And an agent with tasks waiting in its
+    queue is not put to sleep by hand."""
+    start_agent("solo", "hold")
+    held = [client.submit("hold", {"key": f"h{i}"}) for i in range(2)]
+    waiting = MonitorStore(redis_client).waiting
+    wait_for(lambda: waiting(["agent.solo"]) == {"agent.solo": 1}, timeout=15)  # 1 runs
+    refused = cli(orch_env, "agent", "sleep", "solo", check=False)
+    assert refused.returncode == 1 and "1 task(s) waiting in its queue" in refused.stderr
+    assert status(redis_client, "solo") == "active"
+    for i in range(2):
+        redis_client.set(f"test:release:h{i}", 1)
+    assert [r.get(timeout=30) for r in held] == [{"held": "h0"}, {"held": "h1"}]
+
     assert consuming(sender, redis_client, "solo") is True
     redis_client.hset("orch:agent_status", "solo", "sleeping")
     wait_for(lambda: consuming(sender, redis_client, "solo") is False, timeout=15)
@@ -121,7 +134,7 @@ def test_a_parked_task_wakes_a_sleeping_capable_agent(
     control worker's event consumer wakes it at once (`task.parked`), without a loop tick."""
     start_control()
     start_agent("common", "echo")
-    start_agent("special", "rare")
+    special = start_agent("special", "rare")
     slept = json.loads(cli(orch_env, "agent", "sleep", "special", "--json").stdout)
     assert slept == {"agent_id": "special", "status": "sleeping", "changed": True}
     wait_for(lambda: consuming(sender, redis_client, "special") is False, timeout=10)
@@ -142,6 +155,17 @@ def test_a_parked_task_wakes_a_sleeping_capable_agent(
     assert again == {"agent_id": "special", "status": "active", "changed": False}
     unknown = cli(orch_env, "agent", "sleep", "nobody", check=False)
     assert unknown.returncode == 1 and "no agent 'nobody'" in unknown.stderr
+
+    # A sleeping agent still beats; when its worker dies it is lost like an active one
+    cli(orch_env, "agent", "sleep", "special")
+    special.kill()
+
+    def lost() -> bool:
+        sender.send_task("orchestrator.recovery.monitor")
+        return status(redis_client, "special") == "offline"
+
+    wait_for(lost, timeout=30, interval=0.5)
+    assert [e["agent_id"] for e in events(redis_client, "agent.lost")] == ["special"]
 
 
 def test_a_sleep_window_sleeps_idle_agents_at_once_and_recycles_the_sleepers(

@@ -184,16 +184,24 @@ def test_a_changed_bound_applies_at_once():
 
 
 @pytest.mark.parametrize(
-    ("current", "backlog", "action"),
+    ("current", "action"),
     [
-        (1, 20, AutoScalingAction.SCALE_UP),
-        (4, 20, AutoScalingAction.MAINTAIN),
-        (6, 20, AutoScalingAction.SCALE_DOWN),
+        (1, AutoScalingAction.SCALE_UP),
+        (4, AutoScalingAction.MAINTAIN),
+        (6, AutoScalingAction.SCALE_DOWN),
     ],
 )
-def test_the_action_compares_the_decided_count_with_the_active_agents(current, backlog, action):
-    decision = decide(_fig(backlog, current=current), None, POLICY, 0.0)
+def test_the_action_compares_the_decided_count_with_the_active_agents(current, action):
+    before = decide(_fig(20), None, POLICY, 0.0)
+    decision = decide(_fig(20, current=current), before, POLICY, 5.0)
     assert (decision.desired, decision.action) == (4, action)
+
+
+def test_the_first_decision_holds_the_agents_there_are_and_waits_a_cool_down_to_shrink():
+    assert _run([(0, 0), (30, 0), (59, 0), (60, 0)], current=4) == [4, 4, 4, 1]
+    assert _run([(0, 0)], current=40) == [10]  # within the bounds at once
+    first = decide(_fig(0, current=4), None, POLICY, 0.0)
+    assert (first.action, first.need, first.low_since) == (AutoScalingAction.MAINTAIN, 1, 0.0)
 
 
 def test_a_held_decision_says_why_and_keeps_its_state():
