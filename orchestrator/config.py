@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import shlex
 import ssl
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -433,6 +434,16 @@ class Settings(BaseSettings):
         if value is not None and not re.match(r"^[A-Za-z0-9._@:-]{1,128}\Z", value):
             raise ValueError("must be 1-128 chars of [A-Za-z0-9._@:-]")
         return value or None
+
+    @field_validator("scale_command")
+    @classmethod
+    def _scale_command(cls, value: str) -> str:
+        if value.strip():
+            try:
+                shlex.split(value)
+            except ValueError as exc:
+                raise ValueError(f"cannot be split like a shell command line: {exc}") from None
+        return value
 
     @field_validator("sleep_windows", mode="before")
     @classmethod

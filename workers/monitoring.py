@@ -24,7 +24,7 @@ from orchestrator.monitoring.loops import (
     run_security,
     run_sla,
 )
-from orchestrator.monitoring.schedule import LOOPS_BY_TASK, lock_ttl_s
+from orchestrator.monitoring.schedule import LOOPS_BY_TASK
 from orchestrator.store import now_s
 from orchestrator.store.monitor import MonitorStore
 from workers._context import settings_of, store_of
@@ -44,7 +44,7 @@ def run_loop(task: Task, body: LoopBody) -> dict[str, Any]:
     ctx = _context(task)
     if not loop.enabled(ctx.settings):
         return {"skipped": "disabled by its feature flag"}
-    ttl = lock_ttl_s(loop.interval(ctx.settings))
+    ttl = loop.ttl_s(ctx.settings)
     with ctx.store.singleton(f"monitor:{loop.name}", ttl) as held:
         now = now_s()
         ctx.mon.record_run(loop.name, now, task.request.id, ran=held)

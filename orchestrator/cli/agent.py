@@ -108,6 +108,7 @@ def sleep_cmd(agent_id: str, as_json: bool) -> None:
     queue (tasks it is running finish). The sleep/wake loop wakes it again when work needs
     it (a backlog, a parked task it can take)."""
     from orchestrator.runtime.celeryconf import create_app
+    from orchestrator.scaling.sleep import MANUAL_REASON
     from orchestrator.scaling.sleepwake import put_to_sleep
     from orchestrator.store import now_s
 
@@ -126,7 +127,7 @@ def sleep_cmd(agent_id: str, as_json: bool) -> None:
             "it can sleep once they have started"
         )
     app = create_app(settings, with_tasks=False)
-    changed = put_to_sleep(store, app, found, now_s(), "manual", SOURCE)
+    changed = put_to_sleep(store, app, found, now_s(), MANUAL_REASON, SOURCE)
     _report(agent_id, AgentStatus.SLEEPING, changed, as_json)
 
 

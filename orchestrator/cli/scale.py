@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import click
+from rich import box
 from rich.table import Table
 
 from orchestrator.cli import common
@@ -47,6 +48,8 @@ def scale(as_json: bool) -> None:
     The autoscaling loop (beat entry `autoscaling`) makes the decisions; when it has not run
     lately, `desired` is the need itself and the reason says so.
     """
+    import redis
+
     from orchestrator.monitoring.loops import LoopContext
     from orchestrator.scaling.autoscale import scale_report
 
@@ -55,12 +58,8 @@ def scale(as_json: bool) -> None:
     now = time.time()
     try:
         rows = scale_report(LoopContext.from_settings(settings), now)
-    except (OrchestratorError, OSError) as exc:
+    except (OrchestratorError, redis.RedisError) as exc:  # a clean message, not a traceback
         raise click.ClickException(str(exc)) from None
-    except Exception as exc:  # redis errors: a clean message, not a traceback
-        if type(exc).__module__.startswith("redis"):
-            raise click.ClickException(f"Redis: {exc}") from None
-        raise
     if as_json:
         common.print_json(rows)
         return
@@ -68,18 +67,16 @@ def scale(as_json: bool) -> None:
         common.console.print("no capabilities: no agent registered and no task parked")
         return
     table = Table(
-        "capability",
-        "action",
-        "current",
-        "desired",
-        "need",
-        "backlog",
-        "busy",
-        "delegation p95",
-        "command ran",
-        title=f"autoscaling (ORCH_SCALE_MIN={settings.scale_min}, "
-        f"ORCH_SCALE_MAX={settings.scale_max}, cool-down {settings.scale_cooldown_s:g} s)",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        show_edge=False,
+        title=f"autoscaling: ORCH_SCALE_MIN={settings.scale_min} "
+        f"ORCH_SCALE_MAX={settings.scale_max} cool-down {settings.scale_cooldown_s:g} s",
     )
+    table.add_column("capability", no_wrap=True)
+    table.add_column("action", no_wrap=True)
+    for name in ("current", "desired", "need", "backlog", "busy", "wait", "ran"):
+        table.add_column(name, justify="right", no_wrap=True)
     for r in rows:
         table.add_row(
             r["capability"],
@@ -93,12 +90,17 @@ def scale(as_json: bool) -> None:
             _executed(r["executed"]),
         )
     common.console.print(table)
-    for r in rows:  # the reasons are sentences: below the table, not squeezed into it
+    for r in rows:  # sentences: below the table, not squeezed into it
+        when = _ago(r["decided_at"], now)
         common.console.print(
-            f"{r['capability']}: {r['reason']} (decided {_ago(r['decided_at'], now)})",
-            highlight=False,
-            markup=False,
+            f"{r['capability']}: {r['reason']} (decided {when})", highlight=False, markup=False
         )
+    common.console.print(
+        "busy: share of the active agents' slots in use; wait: p95 of submit to start over the "
+        "metrics window; ran: the count ORCH_SCALE_COMMAND last ran with",
+        highlight=False,
+        markup=False,
+    )
 
 
 def register(group: click.Group) -> None:

@@ -28,6 +28,9 @@ from typing import Any
 from orchestrator.config import Settings, is_sentinel, parse_sentinel
 
 LOCK_TTL_MIN_S = 10.0
+#: The autoscaling loop may run ORCH_SCALE_COMMAND (`docker compose up --scale` can take a
+#: minute): its runs may last this long, and the ticks meanwhile skip themselves.
+AUTOSCALE_TTL_S = 90.0
 LOCK_TTL_MAX_S = 3600.0
 REDBEAT_KEY_PREFIX = "redbeat:"
 
@@ -44,11 +47,16 @@ class Loop:
     task: str
     interval: Callable[[Settings], float]
     enabled: Callable[[Settings], bool] = _always
+    min_ttl_s: float = 0.0  # a run may need longer than two intervals (a command it runs)
 
     @property
     def name(self) -> str:
         """The short name used for its lock and run log (`alerts`, `optimize`, ...)."""
         return self.task.rsplit(".", 1)[-1]
+
+    def ttl_s(self, settings: Settings) -> float:
+        """Its lock TTL and time limit (see lock_ttl_s), at least `min_ttl_s`."""
+        return max(lock_ttl_s(self.interval(settings)), self.min_ttl_s)
 
 
 LOOPS: tuple[Loop, ...] = (
@@ -80,7 +88,12 @@ LOOPS: tuple[Loop, ...] = (
     # Scaling (issue 14; orchestrator.scaling): the autoscaling signal with its hysteresis and
     # ORCH_SCALE_COMMAND; agents' sleep/wake (with sleeping off it still wakes an agent put
     # to sleep by hand when work needs it).
-    Loop("autoscaling", "orchestrator.autoscale", lambda s: s.scale_interval_s),
+    Loop(
+        "autoscaling",
+        "orchestrator.autoscale",
+        lambda s: s.scale_interval_s,
+        min_ttl_s=AUTOSCALE_TTL_S,
+    ),
     Loop("sleep-wake", "orchestrator.sleep_wake", lambda s: s.scale_interval_s),
 )
 LOOPS_BY_TASK = {loop.task: loop for loop in LOOPS}
@@ -111,8 +124,9 @@ def loop_entries(settings: Settings) -> dict[str, dict[str, Any]]:
     entries = {}
     for loop in LOOPS:
         if loop.enabled(settings):
-            interval = loop.interval(settings)
-            entries[loop.entry] = beat_entry(loop.task, interval, lock_ttl_s(interval))
+            entries[loop.entry] = beat_entry(
+                loop.task, loop.interval(settings), loop.ttl_s(settings)
+            )
     return entries
 
 

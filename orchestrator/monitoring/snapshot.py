@@ -20,7 +20,6 @@ from orchestrator.models import (
 )
 from orchestrator.monitoring.stats import assess_health, run_figures
 from orchestrator.routing.weights import effective_status
-from orchestrator.scaling.signal import CapabilityScale, scaling_signal
 from orchestrator.store import StateStore
 from orchestrator.store.keys import MONITOR_SINCE
 from orchestrator.store.monitor import MonitorStore
@@ -99,15 +98,3 @@ def gather(store: StateStore, mon: MonitorStore, settings: Settings, now: float)
     )
     metrics.health = assess_health(metrics, (a.severity.value for a in firing))
     return Snapshot(metrics=metrics, agents=agents, depths=depths, alerts=alerts)
-
-
-def scaling(snap: Snapshot, mon: MonitorStore, settings: Settings) -> list[CapabilityScale]:
-    """The autoscaling signal for this snapshot's fleet and queues, plus the parked tasks."""
-    return scaling_signal(
-        snap.agents,
-        snap.depths,
-        mon.parked_needs(),
-        target_backlog=settings.scale_target_backlog,
-        lo=settings.scale_min,
-        hi=settings.scale_max,
-    )

@@ -24,7 +24,7 @@ from orchestrator.config import Settings
 from orchestrator.errors import ConfigError
 from orchestrator.models import ProductionEventSeverity, RegisteredAgent, SLATarget
 from orchestrator.monitoring.loops import LoopContext, sla_targets
-from orchestrator.monitoring.schedule import lock_ttl_s
+from orchestrator.monitoring.schedule import LOOPS_BY_TASK
 from orchestrator.monitoring.slo import BUILTIN_TARGETS
 from orchestrator.routing.weights import effective_status
 from orchestrator.scaling.decide import (
@@ -72,7 +72,7 @@ def stale_after_s(settings: Settings) -> float:
 def command_budget_s(settings: Settings) -> float:
     """Time the loop's commands may take in one run: the run's time limit (its lock TTL, as
     beat sends it) less a margin, at most COMMAND_TIMEOUT_S per command."""
-    return max(1.0, lock_ttl_s(settings.scale_interval_s) - _MARGIN_S)
+    return max(1.0, LOOPS_BY_TASK["orchestrator.autoscale"].ttl_s(settings) - _MARGIN_S)
 
 
 def _targets(settings: Settings) -> list[SLATarget]:

@@ -61,15 +61,23 @@ class ScalePolicy:
 
 @dataclass(frozen=True)
 class ScaleFigures:
-    """What one capability looks like now; agents count only while active."""
+    """What one capability looks like now. `current` counts the live agents offering it,
+    asleep ones too (they are the replicas a scale command adds or removes, and the sleep/wake
+    loop wakes them before more are needed); the utilisation and latency rules count the
+    awake ones."""
 
     capability: str
-    current: int  # active agents offering it
+    current: int  # live agents offering it: active or sleeping
     backlog: int  # tasks waiting for it: every priority, unacknowledged, parked
     in_flight: int = 0  # tasks the active agents offering it are running
     slots: int = 0  # their summed concurrency
     delegation_p95_ms: float | None = None  # submit-to-start p95 of its tasks (window)
     latency_objective_ms: float | None = None  # tightest latency SLA objective that applies
+    awake: int | None = None  # the active ones among them (None: all of them)
+
+    @property
+    def active(self) -> int:
+        return self.current if self.awake is None else self.awake
 
     @property
     def utilisation(self) -> float | None:
@@ -155,17 +163,20 @@ def scale_figures(
     capability)."""
     agents = list(agents)
     backlogs = capability_backlogs(agents, depths, parked)
-    current: dict[str, list[int]] = {cap: [0, 0, 0] for cap in backlogs}
+    current: dict[str, list[int]] = {cap: [0, 0, 0, 0] for cap in backlogs}
     for agent in agents:
-        if agent.status is AgentStatus.ACTIVE:
-            for cap in agent.capabilities:
-                row = current.setdefault(cap, [0, 0, 0])
-                row[0] += 1
+        if agent.status not in (AgentStatus.ACTIVE, AgentStatus.SLEEPING):
+            continue
+        for cap in agent.capabilities:
+            row = current.setdefault(cap, [0, 0, 0, 0])
+            row[0] += 1
+            if agent.status is AgentStatus.ACTIVE:
                 row[1] += max(0, agent.in_flight)
                 row[2] += max(1, agent.concurrency)
+                row[3] += 1
     rows = []
     for cap in sorted(current):
-        n, in_flight, slots = current[cap]
+        n, in_flight, slots, awake = current[cap]
         runs = window.types.get(cap)
         rows.append(
             ScaleFigures(
@@ -176,6 +187,7 @@ def scale_figures(
                 slots=slots,
                 delegation_p95_ms=quantile(runs.delegation, 0.95) if runs else None,
                 latency_objective_ms=latency_objective(cap, targets),
+                awake=awake,
             )
         )
     return rows
@@ -188,27 +200,29 @@ def agents_needed(fig: ScaleFigures, policy: ScalePolicy) -> tuple[int, str]:
     """The count the figures ask for now, within the bounds, and why (see the module doc)."""
     backlog = max(0, fig.backlog)
     candidates = [(math.ceil(backlog / policy.target_backlog), f"backlog {backlog}")]
+    # each candidate: (agents, what asks for them)
     util = fig.utilisation
-    if util is not None and fig.current > 0:
+    if util is not None and fig.active > 0:
         if backlog > fig.in_flight:
-            n = math.ceil(round(fig.current * util / policy.target_utilisation, 9))
+            n = math.ceil(round(fig.active * util / policy.target_utilisation, 9))
         else:
-            n = math.ceil(round(fig.current * util, 9))
+            n = math.ceil(round(fig.active * util, 9))
         candidates.append((n, f"utilisation {util:.0%}"))
     if fig.late:
         candidates.append(
             (
-                fig.current + 1,
-                f"delegation p95 {fig.delegation_p95_ms:.0f} ms above the "
+                fig.active + 1,
+                f"delegation p95 {fig.delegation_p95_ms:.0f} ms over the "
                 f"{fig.latency_objective_ms:.0f} ms objective",
             )
         )
-    n, why = max(candidates, key=lambda c: c[0])  # the first of equals: backlog explains best
+    n, what = max(candidates, key=lambda c: c[0])  # the first of equals: backlog explains best
+    why = f"{what} needs {n}"
     floor = max(policy.lo, 1) if backlog > 0 else policy.lo
     if n < floor:
-        return floor, f"the floor of {floor} ({why} needs {n})"
+        return floor, f"floor {floor} ({why})"
     if n > policy.hi:
-        return policy.hi, f"the ceiling of {policy.hi} ({why} needs {n})"
+        return policy.hi, f"ceiling {policy.hi} ({why})"
     return n, why
 
 
@@ -239,7 +253,7 @@ def decide(
     low_max = 0
     if need > held:
         desired, changed_at = need, now
-        reason = f"up at once from {held}: {why}"
+        reason = f"up from {held}: {why}"
     elif need == held:
         desired, reason = held, why
     else:
@@ -249,15 +263,15 @@ def decide(
         if waited >= policy.cooldown_s:
             desired, changed_at = low_max, now
             reason = (
-                f"down from {held}: the need stayed lower for {waited:.0f} s, "
-                f"at most {low_max} ({why} needs {need})"
+                f"down from {held} to the highest need of the last {waited:.0f} s, "
+                f"{low_max}: now {why}"
             )
             low_since, low_max = (now, need) if need < desired else (None, 0)
         else:
             desired = held
             reason = (
-                f"holding {held}: {why} needs {need}, lower for {waited:.0f} s "
-                f"of the {policy.cooldown_s:.0f} s cool-down"
+                f"holding {held} for the cool-down ({waited:.0f} of "
+                f"{policy.cooldown_s:.0f} s): {why}"
             )
     return ScaleDecision(
         capability=fig.capability,

@@ -9,7 +9,9 @@ calls `plan`, and carries the decisions out through Celery's own remote control
    - a parked task needs a set of capabilities no awake agent offers and it does: `parked`;
    - the tasks waiting for one of its capabilities exceed `target_backlog` per awake agent
      (or any wait and none is awake): `backlog`, as many as bring it back under;
-   - it was put to sleep by a window that has ended: `window ended`.
+   - it was put to sleep by a window that has ended: `window ended`;
+   - a capability it offers has fewer than `min_awake` awake agents (one died, say), unless
+     an operator put it to sleep: `minimum awake`.
 2. **Sleep** an active agent that has been idle (nothing routed to it unfinished) for
    `idle_after_s` (inside a sleep window: at once), longest idle first, while every capability
    it offers keeps at least `min_awake` awake agents and the remaining ones stay under the
@@ -29,6 +31,7 @@ from orchestrator.models import AgentStatus
 
 Action = Literal["sleep", "wake", "recycle"]
 WINDOW_REASON = "window"
+MANUAL_REASON = "manual"  # `orchestrator agent sleep`: not undone to make up the minimum
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,11 @@ def _wakes(
     for agent in asleep:
         if agent.slept_for == WINDOW_REASON and window is None:
             wake(agent, "window ended")
+    for agent in asleep:
+        if agent.slept_for != MANUAL_REASON and any(
+            tally.of(cap) < policy.min_awake for cap in agent.capabilities
+        ):
+            wake(agent, "minimum awake")
     return [Decision(a.agent_id, "wake", woken[a.agent_id]) for a in asleep if a.agent_id in woken]
 
 

@@ -51,7 +51,7 @@ class StateStore(
         `stats_type` is the type the agent's per-type stats go under (default: task_type)."""
         ok = state is TaskState.SUCCEEDED
         kind = task_type if stats_type is None else stats_type
-        stats = _outcome_args(agent_id, ok, latency_ms, settle=True, task_type=kind)
+        stats = _outcome_args(agent_id, ok, latency_ms, task_type=kind)
         breaker = _circuit_args(ok, now, circuit_cfg) if circuit_cfg is not None else []
         keys, ending = self._finish_step(
             task_id, state, agent_id, agent_id, now, error, latency_ms, task_type, result

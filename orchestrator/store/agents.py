@@ -29,6 +29,7 @@ from orchestrator.store.keys import (
     AGENTS,
     CIRCUIT_PREFIX,
     HEARTBEATS,
+    INFLIGHT_PREFIX,
     PERF_SCORES,
     QUARANTINED_UNTIL,
     affinity_key,
@@ -51,19 +52,9 @@ class Fleet:
         return {a.agent_id: a for a in self.agents}
 
 
-def _outcome_args(
-    agent_id: str, ok: bool, latency_ms: float, settle: bool, task_type: str = ""
-) -> list[Any]:
+def _outcome_args(agent_id: str, ok: bool, latency_ms: float, task_type: str = "") -> list[Any]:
     """ARGV of scripts.RECORD_OUTCOME (with a task type: per agent and type too)."""
-    return [
-        agent_id,
-        1 if ok else 0,
-        latency_ms,
-        SUCCESS_EWMA_ALPHA,
-        LATENCY_EWMA_ALPHA,
-        1 if settle else 0,
-        task_type,
-    ]
+    return [agent_id, 1 if ok else 0, latency_ms, SUCCESS_EWMA_ALPHA, LATENCY_EWMA_ALPHA, task_type]
 
 
 def _circuit_args(ok: bool, now: float, cfg: CircuitBreakerConfig) -> list[Any]:
@@ -181,11 +172,12 @@ class AgentStore(StoreBase):
     ) -> Fleet:
         """Every registered agent with its live figures and breaker, in one round trip."""
         with self._translate():
-            records, beats, stats, statuses, circuits, scores = self._fleet(
+            records, beats, stats, statuses, circuits, scores, inflight = self._fleet(
                 keys=[AGENTS, HEARTBEATS, AGENT_STATS, AGENT_STATUS, PERF_SCORES],
-                args=[CIRCUIT_PREFIX],
+                args=[CIRCUIT_PREFIX, INFLIGHT_PREFIX],
             )
         beats, stats, statuses = _pairs(beats), _pairs(stats), _pairs(statuses)
+        in_flight = _pairs(inflight)
         by_agent: dict[str, dict[str, float]] = {}
         for pair, value in _pairs(scores).items():
             agent_id, _, cap = pair.rpartition("|")
@@ -203,7 +195,7 @@ class AgentStore(StoreBase):
             agent.tasks_failed = int(stats.get(f"{agent_id}|fail", 0))
             lat = stats.get(f"{agent_id}|lat")
             agent.latency_ms = float(lat) if lat is not None else None
-            agent.in_flight = max(0, int(stats.get(f"{agent_id}|inflight", 0)))
+            agent.in_flight = int(in_flight.get(agent_id, 0))
             own = by_agent.get(agent_id, {})
             agent.capability_scores = {c: s for c, s in own.items() if c in agent.capabilities}
             agent.performance_score = min(agent.capability_scores.values(), default=1.0)
@@ -224,7 +216,6 @@ class AgentStore(StoreBase):
         agent_id: str,
         ok: bool,
         latency_ms: float,
-        settle: bool = True,
         circuit_cfg: CircuitBreakerConfig | None = None,
         now: float | None = None,
         task_type: str = "",
@@ -232,7 +223,7 @@ class AgentStore(StoreBase):
         """Update the agent's stats and (when given a config) its breaker in one round trip;
         returns the breaker transition ('opened', 'closed' or '') and announces it."""
         now = now or time.time()
-        stats = _outcome_args(agent_id, ok, latency_ms, settle, task_type)
+        stats = _outcome_args(agent_id, ok, latency_ms, task_type)
         with self._translate():
             if circuit_cfg is None:
                 self._outcome(keys=[AGENT_STATS], args=stats)

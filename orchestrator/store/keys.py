@@ -3,7 +3,7 @@
 Key layout (prefix `orch:`):
   agents              hash  agent_id -> RegisteredAgent JSON (identity, capabilities, status)
   heartbeats          hash  agent_id -> unix time of the last heartbeat
-  agent_stats         hash  "<agent_id>|<ok|fail|lat|sr|inflight>" -> number
+  agent_stats         hash  "<agent_id>|<ok|fail|lat|sr>" -> number (and per task type)
   wrr:<capabilities>  hash  agent_id -> smooth weighted round-robin `current`
   affinity:<key>      str   agent_id the affinity key sticks to
   task:<id>           hash  the ledger entry (spec JSON, state, agent, attempts, times, error)

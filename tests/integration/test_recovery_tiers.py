@@ -106,3 +106,32 @@ def test_a_failing_agent_is_quarantined_its_queued_tasks_move_and_it_comes_back(
             return result.get(timeout=60)["agent"] == "bad"
 
         wait_for(bad_runs_again, timeout=60, message="the agent got no work after its quarantine")
+
+
+def test_in_flight_counts_each_unfinished_task_once_wherever_it_moved(redis_url):
+    """An agent's in-flight figure (least-loaded and P2C routing, the autoscaler's
+    utilisation) is what was routed to it and has not ended: a task moved to another agent,
+    or routed again to the same one (the retry tier), counts once, where it is now."""
+    store = StateStore.from_url(redis_url)
+    try:
+        now = 1000.0
+        for agent_id in ("a", "b"):
+            _register(store, agent_id, now)
+        settings = load_settings(redis_url=redis_url)
+        router = Router(store, settings, publish=lambda *a, **k: None)
+
+        def in_flight() -> dict[str, int]:
+            return {a.agent_id: a.in_flight for a in store.load_agents()}
+
+        tasks = [OrchestrationTask(type="echo", task_id=f"t{i}") for i in range(2)]
+        for task in tasks:
+            store.accept(task, f"s-{task.task_id}", now)
+        first = router.route(tasks[0], now, exclude={"b"})
+        router.route(tasks[1], now, exclude={"a"})
+        assert first.agent_id == "a" and in_flight() == {"a": 1, "b": 1}
+        router.reroute("t0", now, exclude={"a"})  # moved (a quarantine, a lost agent)
+        assert in_flight() == {"a": 0, "b": 2}
+        router.reroute("t1", now, exclude={"a"})  # again to the same agent (a retry)
+        assert in_flight() == {"a": 0, "b": 2}
+    finally:
+        store.r.close()

@@ -24,7 +24,7 @@ from orchestrator.models import AlertState, SLATarget
 from orchestrator.monitoring.alerting import builtin_rules, evaluate_rules
 from orchestrator.monitoring.anomaly_loop import minute_points
 from orchestrator.monitoring.report import line_chart, render_sla_html
-from orchestrator.monitoring.schedule import LOOPS, lock_ttl_s, redbeat_config
+from orchestrator.monitoring.schedule import AUTOSCALE_TTL_S, LOOPS, lock_ttl_s, redbeat_config
 from orchestrator.monitoring.slo import THIRTY_DAYS, SLAReport, burn_alert_rules
 from orchestrator.monitoring.stats import LATENCY_BOUNDS_MS, parse_fields, run_fields, sum_fields
 
@@ -48,6 +48,19 @@ def test_schedule_has_the_spec_entries_with_default_intervals():
         assert options["time_limit"] == lock_ttl_s(every)
         assert options["soft_time_limit"] < options["time_limit"]
     assert schedule["route-parked"]["task"] == "orchestrator.route_parked"
+
+
+def test_the_scaling_loops_run_every_scale_interval_and_autoscale_may_run_a_command():
+    schedule = build_beat_schedule(load_settings(scale_interval_s=2))
+    for entry, task in (
+        ("autoscaling", "orchestrator.autoscale"),
+        ("sleep-wake", "orchestrator.sleep_wake"),
+    ):
+        assert (schedule[entry]["task"], schedule[entry]["schedule"]) == (task, 2.0)
+        assert schedule[entry]["options"]["expires"] == 2.0
+    assert schedule["sleep-wake"]["options"]["time_limit"] == lock_ttl_s(2.0)
+    # ORCH_SCALE_COMMAND (docker compose up --scale) gets more than two short intervals
+    assert schedule["autoscaling"]["options"]["time_limit"] == AUTOSCALE_TTL_S
 
 
 def test_intervals_come_from_settings():

@@ -12,7 +12,7 @@ from orchestrator.config import load_settings
 from orchestrator.errors import ConfigError
 from orchestrator.models import AgentStatus, AutoScalingAction, RegisteredAgent, SLATarget
 from orchestrator.monitoring.slo import BUILTIN_TARGETS
-from orchestrator.monitoring.stats import parse_fields, run_fields, sum_fields
+from orchestrator.monitoring.stats import WindowStats, parse_fields, run_fields, sum_fields
 from orchestrator.scaling.decide import (
     POOL,
     ScaleDecision,
@@ -27,7 +27,7 @@ from orchestrator.scaling.decide import (
     latency_objective,
     scale_figures,
 )
-from orchestrator.scaling.signal import action_for, desired_agents, scaling_signal
+from orchestrator.scaling.signal import action_for
 
 
 @pytest.mark.parametrize(
@@ -44,8 +44,9 @@ from orchestrator.scaling.signal import action_for, desired_agents, scaling_sign
         (3, 1, 0, 2, 2),
     ],
 )
-def test_desired_agents(backlog, target, lo, hi, desired):
-    assert desired_agents(backlog, target, lo, hi) == desired
+def test_the_backlog_rule_within_its_bounds(backlog, target, lo, hi, desired):
+    policy = ScalePolicy(target_backlog=target, lo=lo, hi=hi, cooldown_s=60.0)
+    assert agents_needed(ScaleFigures("x", current=0, backlog=backlog), policy)[0] == desired
 
 
 @pytest.mark.parametrize(
@@ -67,26 +68,28 @@ def _agent(agent_id: str, caps: dict[str, float], status=AgentStatus.ACTIVE) -> 
     )
 
 
-def test_signal_counts_queues_toward_every_capability_and_parked_tasks_toward_theirs():
+def test_figures_count_queues_toward_every_capability_and_parked_tasks_toward_theirs():
     agents = [
         _agent("a", {"echo": 1.0, "sleep": 1.0}),
         _agent("b", {"echo": 0.5}),
         _agent("c", {"echo": 1.0}, AgentStatus.OFFLINE),  # registered, not counted as current
+        _agent("z", {"echo": 1.0}, AgentStatus.SLEEPING),  # current (a replica), not awake
     ]
     depths = {"agent.a": 8, "agent.b": 4, "agent.c": 2}
-    rows = scaling_signal(agents, depths, {"rare": 2}, target_backlog=5, lo=1, hi=10)
+    rows = scale_figures(agents, depths, {"rare": 2}, WindowStats(), [])
     by_cap = {r.capability: r for r in rows}
     assert [r.capability for r in rows] == ["echo", "rare", "sleep"]
-    assert (by_cap["echo"].current, by_cap["echo"].backlog, by_cap["echo"].desired) == (2, 14, 3)
-    assert by_cap["echo"].action is AutoScalingAction.SCALE_UP
-    assert (by_cap["rare"].current, by_cap["rare"].backlog, by_cap["rare"].desired) == (0, 2, 1)
-    assert (by_cap["sleep"].current, by_cap["sleep"].backlog, by_cap["sleep"].desired) == (1, 8, 2)
+    assert (by_cap["echo"].current, by_cap["echo"].active, by_cap["echo"].backlog) == (3, 2, 14)
+    assert (by_cap["rare"].current, by_cap["rare"].backlog) == (0, 2)
+    assert (by_cap["sleep"].current, by_cap["sleep"].backlog) == (1, 8)
+    need = {r.capability: agents_needed(r, POLICY)[0] for r in rows}
+    assert need == {"echo": 3, "rare": 1, "sleep": 2}
 
 
-def test_an_idle_fleet_shrinks_to_the_floor():
+def test_an_idle_fleet_needs_the_floor():
     agents = [_agent(f"a{i}", {"echo": 1.0}) for i in range(4)]
-    (row,) = scaling_signal(agents, {}, {}, target_backlog=5, lo=1, hi=10)
-    assert (row.current, row.desired, row.action) == (4, 1, AutoScalingAction.SCALE_DOWN)
+    (row,) = scale_figures(agents, {}, {}, WindowStats(), [])
+    assert (row.current, agents_needed(row, POLICY)[0]) == (4, 1)
 
 
 def test_scale_bounds_are_checked_at_start_up():
@@ -106,9 +109,9 @@ def _fig(backlog: int = 0, current: int = 1, **kw) -> ScaleFigures:
 @pytest.mark.parametrize(
     ("fig", "need", "why"),
     [
-        (_fig(0), 1, "backlog 0"),  # idle: the floor is ORCH_SCALE_MIN
-        (_fig(13), 3, "backlog 13"),
-        (_fig(500), 10, "the ceiling of 10"),
+        (_fig(0), 1, "floor 1 (backlog 0 needs 0)"),  # idle: the floor is ORCH_SCALE_MIN
+        (_fig(13), 3, "backlog 13 needs 3"),
+        (_fig(500), 10, "ceiling 10 (backlog 500 needs 100)"),
         # Every slot busy and tasks waiting beyond them: the HPA formula toward 80 % busy.
         (_fig(6, current=4, in_flight=4, slots=4), 5, "utilisation 100%"),
         # Busy but nothing waits beyond what runs: keep the agents the running tasks fill.
@@ -133,8 +136,11 @@ def test_agents_needed(fig, need, why):
 def test_a_waiting_task_needs_an_agent_even_when_scaling_to_zero():
     zero = ScalePolicy(target_backlog=5, lo=0, hi=10, cooldown_s=60.0)
     assert agents_needed(_fig(0, current=0), zero)[0] == 0
-    assert agents_needed(_fig(1, current=0), zero) == (1, "backlog 1")
-    assert agents_needed(_fig(0, current=2, in_flight=1, slots=2), zero) == (1, "utilisation 50%")
+    assert agents_needed(_fig(1, current=0), zero) == (1, "backlog 1 needs 1")
+    assert agents_needed(_fig(0, current=2, in_flight=1, slots=2), zero) == (
+        1,
+        "utilisation 50% needs 1",
+    )
 
 
 def _run(steps, policy=POLICY, current: int = 1, previous=None) -> list[int]:
@@ -209,7 +215,8 @@ def test_a_held_decision_says_why_and_keeps_its_state():
     held = decide(_fig(0), first, POLICY, 30.0)
     assert (held.desired, held.need, held.low_since, held.low_max) == (4, 1, 30.0, 1)
     assert held.changed_at == 0.0
-    assert "holding 4" in held.reason and "60 s cool-down" in held.reason
+    later = decide(_fig(0), held, POLICY, 50.0)
+    assert later.reason == "holding 4 for the cool-down (20 of 60 s): floor 1 (backlog 0 needs 0)"
     assert ScaleDecision.model_validate_json(held.model_dump_json()) == held  # as stored
 
 
@@ -292,7 +299,7 @@ def test_latency_objective_is_the_tightest_latency_target_that_applies(capabilit
     assert latency_objective(capability, targets) == objective
 
 
-def test_figures_count_active_agents_their_load_and_the_capability_type_delegation():
+def test_figures_count_live_agents_the_awake_ones_load_and_the_type_delegation():
     agents = [
         _agent("a", {"echo": 1.0, "sleep": 1.0}).model_copy(
             update={"in_flight": 2, "concurrency": 2}
@@ -306,9 +313,16 @@ def test_figures_count_active_agents_their_load_and_the_capability_type_delegati
     rows = scale_figures(agents, {"agent.a": 3, "agent.c": 1}, {"rare": 2}, window, BUILTIN_TARGETS)
     by_cap = {r.capability: r for r in rows}
     echo = by_cap["echo"]
-    assert (echo.current, echo.backlog, echo.in_flight, echo.slots) == (2, 4, 3, 6)
+    # the sleeping agent is a replica (current) but neither awake nor part of the load
+    assert (echo.current, echo.active, echo.backlog, echo.in_flight, echo.slots) == (3, 2, 4, 3, 6)
     assert echo.utilisation == 0.5
     assert echo.delegation_p95_ms is not None and 6000 < echo.delegation_p95_ms <= 8000
     assert echo.latency_objective_ms == 5000
     assert by_cap["sleep"].delegation_p95_ms is None  # no runs of that type in the window
     assert (by_cap["rare"].current, by_cap["rare"].utilisation) == (0, None)
+
+
+def test_a_scale_command_that_cannot_be_split_is_refused_at_start_up():
+    with pytest.raises(ConfigError, match="ORCH_SCALE_COMMAND: cannot be split"):
+        load_settings(scale_command="docker compose up --scale 'worker={n}")
+    assert load_settings(scale_command="scale.sh {n}").scale_command == "scale.sh {n}"

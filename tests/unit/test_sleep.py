@@ -64,6 +64,8 @@ def test_min_awake_zero_lets_a_capability_sleep_entirely_and_two_keeps_two():
     agents = [view(x, idle_s=100) for x in "abc"]
     none = SleepPolicy(idle_after_s=60, min_awake=0, target_backlog=5)
     assert [d.agent_id for d in plan(agents, {}, {}, none)] == ["a", "b", "c"]
+    asleep = [view(x, status=SLEEPING) for x in "abc"]
+    assert plan(asleep, {}, {}, none) == []  # and nobody is woken to keep one awake
     two = SleepPolicy(idle_after_s=60, min_awake=2, target_backlog=5)
     assert [d.agent_id for d in plan(agents, {}, {}, two)] == ["a"]
 
@@ -104,6 +106,15 @@ def test_min_awake_zero_lets_a_capability_sleep_entirely_and_two_keeps_two():
         ),
         # parked, but an awake agent can take it (it is routed at the next sweep)
         ([view("a"), view("s", status=SLEEPING)], {}, {frozenset({"echo"}): 1}, []),
+        # an awake agent died: the minimum is made up again
+        (
+            [view("s1", status=SLEEPING), view("s2", status=SLEEPING)],
+            {},
+            {},
+            [("wake", "s1", "minimum awake")],
+        ),
+        ([view("a"), view("s", status=SLEEPING)], {}, {}, []),
+        ([view("s", status=SLEEPING, slept_for="manual")], {}, {}, []),  # put to sleep by hand
         # a task routed to it as it fell asleep
         ([view("a"), view("s", status=SLEEPING, waiting=1)], {}, {}, [("wake", "s", "queued")]),
     ],
@@ -149,7 +160,11 @@ def test_recycling_is_once_per_window_and_never_takes_the_last_awake_agent():
     keep3 = SleepPolicy(idle_after_s=60, min_awake=3, target_backlog=5)
     assert acts(plan(two, {}, {}, keep3, window="w1")) == [("recycle", "a", "w1")]
     # a new window occurrence recycles them again
-    assert acts(plan(asleep, {}, {}, POLICY, window="w2"))[0] == ("recycle", "s1", "w2")
+    # (with nobody awake, one wakes to keep the minimum; the other is recycled)
+    assert acts(plan(asleep, {}, {}, POLICY, window="w2")) == [
+        ("wake", "s1", "minimum awake"),
+        ("recycle", "s2", "w2"),
+    ]
 
 
 def test_wake_for_a_parked_task():

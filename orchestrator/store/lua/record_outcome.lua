@@ -1,5 +1,6 @@
 -- One outcome in an agent's stats. KEYS = stats hash; ARGV = agent, ok (1/0), latency ms,
--- success alpha, latency alpha, settle (1: the task left the agent), task type ('' = none).
+-- success alpha, latency alpha, task type ('' = none). (What an agent has in flight is the
+-- size of its in-flight set, which routing and finishing keep; see load_fleet.)
 -- With a type, the same figures per agent and type too (`<agent>|<type>|n|sr|lat`), which
 -- orchestrator.optimize turns into the per-capability performance scores routing uses.
 local a = ARGV[1]
@@ -17,13 +18,9 @@ local function ewma(prefix)
   redis.call('HSET', KEYS[1], prefix .. '|lat', tostring(value))
 end
 ewma(a)
-if ARGV[7] and ARGV[7] ~= '' then
-  local prefix = a .. '|' .. ARGV[7]
+if ARGV[6] and ARGV[6] ~= '' then
+  local prefix = a .. '|' .. ARGV[6]
   redis.call('HINCRBY', KEYS[1], prefix .. '|n', 1)
   ewma(prefix)
-end
-if ARGV[6] == '1' then
-  local inflight = redis.call('HINCRBY', KEYS[1], a .. '|inflight', -1)
-  if inflight < 0 then redis.call('HSET', KEYS[1], a .. '|inflight', 0) end
 end
 return 1

@@ -1,5 +1,5 @@
 -- RECORD_OUTCOME and RECORD_CIRCUIT in one round trip (the agent's hot path), their texts
--- unchanged. KEYS = stats hash, circuit hash; ARGV = RECORD_OUTCOME's seven, then
+-- unchanged. KEYS = stats hash, circuit hash; ARGV = RECORD_OUTCOME's six, then
 -- RECORD_CIRCUIT's seven. Returns RECORD_CIRCUIT's transition.
-outcome({KEYS[1]}, {ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]})
-return circuit({KEYS[2]}, {ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14]})
+outcome({KEYS[1]}, {ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]})
+return circuit({KEYS[2]}, {ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13]})

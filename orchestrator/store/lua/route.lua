@@ -25,7 +25,6 @@ redis.call('HDEL', KEYS[1], 'pid')
 redis.call('RPUSH', KEYS[2], ARGV[3])
 redis.call('SADD', ARGV[4] .. ARGV[1], ARGV[5])
 redis.call('HINCRBY', KEYS[3], 'routed', 1)
-redis.call('HINCRBY', KEYS[4], ARGV[1] .. '|inflight', 1)
 redis.call('ZREM', KEYS[5], ARGV[5])
 if ARGV[7] == '1' then
   redis.call('ZREM', KEYS[7], ARGV[5])

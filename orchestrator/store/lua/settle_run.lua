@@ -2,7 +2,7 @@
 -- stats, its breaker (when the circuit part is not empty), the ledger's terminal state, and,
 -- when this run is the one that ended the task, its telemetry. KEYS = stats hash, circuit
 -- hash, FINISH's ten keys, the three telemetry keys; ARGV = four sections (RECORD_OUTCOME's
--- seven, RECORD_CIRCUIT's seven or none, FINISH's, TELEMETRY_ADD's). Returns {FINISH's two
+-- six, RECORD_CIRCUIT's seven or none, FINISH's, TELEMETRY_ADD's). Returns {FINISH's two
 -- items, RECORD_CIRCUIT's transition}.
 local stats, at = section(1)
 local breaker, at2 = section(at)
