@@ -156,7 +156,7 @@ class OrchestratorCollector:
         families = {
             "current": GaugeMetricFamily(
                 "orchestrator_capability_agents",
-                "Active agents offering the capability",
+                "Live agents offering the capability (awake or asleep)",
                 labels=["capability"],
             ),
             "backlog": GaugeMetricFamily(

@@ -18,7 +18,7 @@ import pytest
 from orchestrator.config import load_settings
 from orchestrator.runtime.celeryconf import create_app
 from orchestrator.store.monitor import MonitorStore
-from tests.support import cli, wait_for
+from tests.support import cli, cli_json, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -68,7 +68,7 @@ def ticks(sender: Any, redis_client, n: int) -> None:
 
 
 def test_an_idle_agent_sleeps_keeping_one_awake_and_wakes_on_backlog(
-    start_control, start_agent, redis_client, client, sender
+    start_control, start_agent, redis_client, client, sender, orch_env
 ):
     start_control(**SLEEPY)
     for agent_id in ("a", "b"):
@@ -87,6 +87,10 @@ def test_an_idle_agent_sleeps_keeping_one_awake_and_wakes_on_backlog(
     checkpoint = json.loads(redis_client.hget("orch:sleep", sleeper))
     assert checkpoint["reason"] == "idle" and "tasks_succeeded" in checkpoint
     assert [e["agent_id"] for e in events(redis_client, "agent.sleeping")] == [sleeper]
+    status_now = cli_json(orch_env, "status")  # the metrics snapshot counts it
+    assert (status_now["agents_sleeping"], status_now["agents_active"]) == (1, 1)
+    listed = {a["agent_id"]: a["status"] for a in cli_json(orch_env, "agents")}
+    assert listed == {sleeper: "sleeping", awake: "active"}
 
     # A backlog of 6 on one awake agent is over 2 per awake agent: the sleeper wakes
     results = [client.submit("sleep", {"seconds": 0.5}) for _ in range(6)]
