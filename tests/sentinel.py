@@ -94,7 +94,11 @@ class SentinelGroup(Started):
         self, replicas: int = 1, sentinels: int = 3, quorum: int = 2, down_after_ms: int = 1000
     ) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="orch-sentinel-"))
-        self.primary = RedisServer(workdir=self.workdir / "primary")
+        # Serves the replicas' first sync at once (Redis waits 5 s by default for more
+        # replicas to share a diskless sync).
+        self.primary = RedisServer(
+            workdir=self.workdir / "primary", extra_args=["--repl-diskless-sync-delay", "0"]
+        )
         self.replicas: list[RedisServer] = []
         self.sentinels: list[Sentinel] = []
         self.n_replicas, self.n_sentinels = replicas, sentinels

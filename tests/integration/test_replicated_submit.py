@@ -24,7 +24,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def pair() -> Iterator[tuple[RedisServer, RedisServer]]:
-    with RedisServer() as primary:
+    # The primary serves the replica's first sync at once (Redis waits 5 s by default for
+    # more replicas to share a diskless sync).
+    with RedisServer(extra_args=["--repl-diskless-sync-delay", "0"]) as primary:
         replica = RedisServer(
             extra_args=[
                 "--replicaof",
