@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test fuzz lint bench bench-anomaly bench-failover clean venv sysdeps
+.PHONY: run test fuzz lint bench bench-anomaly bench-failover bench-scale clean venv sysdeps
 
 venv: $(STAMP)
 
@@ -60,6 +60,11 @@ bench-anomaly: $(STAMP)
 # client's outage, submissions lost, and what ORCH_SUBMIT_WAIT_REPLICAS costs; updates RESULTS.md.
 bench-failover: $(STAMP)
 	$(BIN)/python bench/bench_failover.py $(BENCH_ARGS)
+
+# Routing and the periodic loops at 10 and 1,000 synthetic agents (no workers): decision
+# latency against PING, registration, the loops' CPU share, memory per task; updates RESULTS.md.
+bench-scale: $(STAMP)
+	$(BIN)/python bench/bench_scale.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -11,7 +11,10 @@ here. Each repeat runs every variant once, in alternating order (A B C D, then D
 - 2-hop+events: two plain workers, the first relaying each task to the second under the same
   id (`bench.relay`): the shape of the orchestrated path without the orchestrator;
 - orchestrated: one control worker and one agent worker (capability `echo`), each `-c 2`,
-  fed through `OrchestratorClient.submit("echo", ...)`: validate and route in the client -> execute.
+  fed through `OrchestratorClient.submit("echo", ...)`: validate and route in the client -> execute;
+- by-name: the same two workers, fed as a service that does not import this project feeds them:
+  a plain Celery producer's `send_task("orchestrator.submit", kwargs={...})` -> a control worker
+  validates and routes -> execute on the agent.
 
 Every run starts on a flushed server with freshly started workers, warms them up, then times
 N tasks from one producer (first send to last result) while measuring the CPU each process
@@ -51,6 +54,7 @@ from rich.console import Console  # noqa: E402
 
 from bench.common import cpu_s, source_version, summary_ms  # noqa: E402
 from bench.routing_report import (  # noqa: E402
+    BYNAME,
     HOP2,
     ORCH,
     PLAIN,
@@ -190,7 +194,7 @@ def run_plain(
         "wall_s": end - start,
         "send_s": sent - start,
         "throughput": n / (end - start),
-        "round_trip_ms": summary_ms(rtts, (50, 95)),
+        "round_trip_ms": summary_ms(rtts, (50, 95, 99)),
         "cpu_ms_per_task": cpu,
     }
 
@@ -213,7 +217,24 @@ def ledger_delays(
     return {"delegation": delegation, "send_to_start": send_to_start}
 
 
-def run_orchestrated(url: str, cluster: Cluster, n: int, probe: int) -> dict[str, Any]:
+def by_name_sender(url: str) -> tuple[Callable[[str, dict[str, Any]], Any], Callable[[], None]]:
+    """`send(type, payload)` through `orchestrator.submit` from a plain Celery producer."""
+    from orchestrator.runtime.celeryconf import ROUTING_QUEUE
+
+    producer = celery.Celery("by-name", broker=url, backend=url)
+    producer.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
+
+    def send(type_: str, payload: dict[str, Any]) -> Any:
+        return producer.send_task(
+            "orchestrator.submit", kwargs={"type": type_, "payload": payload}, queue=ROUTING_QUEUE
+        )
+
+    return send, producer.close
+
+
+def run_orchestrated(
+    url: str, cluster: Cluster, n: int, probe: int, by_name: bool = False
+) -> dict[str, Any]:
     from orchestrator.client import OrchestratorClient
     from orchestrator.config import load_settings
     from orchestrator.store.keys import AGENTS
@@ -229,6 +250,7 @@ def run_orchestrated(url: str, cluster: Cluster, n: int, probe: int) -> dict[str
     wait_ready(agent)
     settings = load_settings(redis_url=url, _env_file=None)
     client = OrchestratorClient(settings=settings)
+    submit, close = by_name_sender(url) if by_name else (client.submit, lambda: None)
     try:
         wait_for(lambda: client.store.r.hlen(AGENTS) >= 1, 30, message="agent never registered")
         timeout = 60 + n / 10
@@ -236,7 +258,7 @@ def run_orchestrated(url: str, cluster: Cluster, n: int, probe: int) -> dict[str
         def check(i: int) -> Callable[[Any], bool]:
             return lambda v: v == {"i": i}
 
-        warm = [client.submit("echo", {"i": -1}) for _ in range(WARMUP_TASKS)]
+        warm = [submit("echo", {"i": -1}) for _ in range(WARMUP_TASKS)]
         collect(warm, timeout, check(-1))
 
         sent_at: dict[str, float] = {}
@@ -245,7 +267,7 @@ def run_orchestrated(url: str, cluster: Cluster, n: int, probe: int) -> dict[str
         results = []
         for i in range(n):
             t_sent = time.time()
-            results.append(client.submit("echo", {"i": i}))
+            results.append(submit("echo", {"i": i}))
             sent_at[results[-1].id] = t_sent
         sent = time.perf_counter()
         deadline = time.monotonic() + timeout
@@ -261,19 +283,20 @@ def run_orchestrated(url: str, cluster: Cluster, n: int, probe: int) -> dict[str
         probe_ids = []
         for i in range(probe):
             t0, t_sent = time.perf_counter(), time.time()
-            result = client.submit("echo", {"i": i})
+            result = submit("echo", {"i": i})
             probe_sent[result.id] = t_sent
             result.get(timeout=30)
             rtts.append(time.perf_counter() - t0)
             probe_ids.append(result.id)
         idle = ledger_delays(client.store.r, probe_ids, probe_sent)
     finally:
+        close()
         client.close()
     return {
         "wall_s": end - start,
         "send_s": sent - start,
         "throughput": n / (end - start),
-        "round_trip_ms": summary_ms(rtts, (50, 95)),
+        "round_trip_ms": summary_ms(rtts, (50, 95, 99)),
         "cpu_ms_per_task": cpu,
         "burst_delegation": burst["delegation"],
         "burst_send_to_start": burst["send_to_start"],
@@ -406,8 +429,10 @@ def run_all(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                 flush(server)
                 cluster = Cluster(server.url, log_root / f"run{len(runs) + 1}", variant, server.pid)
                 try:
-                    if variant == ORCH:
-                        result = run_orchestrated(server.url, cluster, args.tasks, args.probe)
+                    if variant in (ORCH, BYNAME):
+                        result = run_orchestrated(
+                            server.url, cluster, args.tasks, args.probe, by_name=variant == BYNAME
+                        )
                     else:
                         result = run_plain(
                             server.url,
@@ -428,7 +453,7 @@ def run_all(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                 result.update(repeat=repeat + 1, variant=variant)
                 runs.append(result)
                 extra = ""
-                if variant == ORCH:
+                if variant in (ORCH, BYNAME):
                     d = summary_ms(result["burst_delegation"], (50, 95))
                     extra = f", delegation under load p50 {d['p50']:.0f} ms p95 {d['p95']:.0f} ms"
                 console.print(

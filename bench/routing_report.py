@@ -10,19 +10,27 @@ from rich.table import Table
 
 from bench.common import spread, summary_ms
 
-GOAL_RATIO = 0.5
+GOAL_RATIO = 0.8  # client-routed throughput / plain (issue 15)
+GOAL_BYNAME_RATIO = 0.7  # by-name throughput / plain
+GOAL_BYNAME_P50_RATIO = 2.0  # by-name idle round trip p50 / plain p50
+GOAL_BYNAME_P99_MS = 25.0  # by-name idle round trip p99
 GOAL_REGISTRATION_P99_MS = 5.0
 PLAIN, PLAIN_EV, HOP2, ORCH = "plain", "plain+events", "2-hop+events", "orchestrated"
-VARIANTS = (PLAIN, PLAIN_EV, HOP2, ORCH)
+BYNAME = "by-name"
+VARIANTS = (PLAIN, PLAIN_EV, HOP2, ORCH, BYNAME)
+ROUTED = (ORCH, BYNAME)  # the variants through the orchestrator (ledger figures)
 LABELS = {
     PLAIN: "plain, 1 worker",
     PLAIN_EV: "plain + task events, 1 worker",
     HOP2: "2-hop relay + events, 2 workers",
-    ORCH: "orchestrated, 2 workers",
+    ORCH: "orchestrated (client-routed), 2 workers",
+    BYNAME: "by name (orchestrator.submit), 2 workers",
 }
 #: (numerator, denominator, what the ratio isolates)
 RATIOS = (
     (ORCH, PLAIN, "the goal"),
+    (BYNAME, PLAIN, "the goal"),
+    (BYNAME, ORCH, "routing in a control worker instead of the client"),
     (ORCH, HOP2, "the orchestrator's own work"),
     (HOP2, PLAIN, "the extra hop and task events"),
     (PLAIN_EV, PLAIN, "task events alone"),
@@ -57,8 +65,8 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
         v: spread([r["round_trip_ms"]["p50"] for r in group[v]], 2) for v in variants
     }
 
-    def pooled(field: str) -> list[float]:
-        return [x for r in group[ORCH] for x in r[field]]
+    def pooled(field: str, variant: str = ORCH) -> list[float]:
+        return [x for r in group[variant] for x in r[field]]
 
     report["orchestrated_latency_ms"] = {
         "delegation_idle": summary_ms(pooled("idle_delegation"), (50, 95)),
@@ -73,11 +81,30 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
         }
         for v in variants
     }
+    if BYNAME in group:
+        report["by_name_latency_ms"] = {
+            "delegation_idle": summary_ms(pooled("idle_delegation", BYNAME), (50, 95, 99)),
+            "delegation_under_load": summary_ms(pooled("burst_delegation", BYNAME), (50, 95)),
+        }
+        p50 = {v: report["round_trip_idle_p50_ms"][v]["median"] for v in (PLAIN, BYNAME)}
+        report["by_name_round_trip"] = {
+            "p50_ratio_to_plain": round(p50[BYNAME] / p50[PLAIN], 2),
+            "p99_ms": round(statistics.median(r["round_trip_ms"]["p99"] for r in group[BYNAME]), 2),
+        }
     report["in_process_ms"] = in_process
     report["goals"] = {
-        "ratio_ge_0.5": ratios["orchestrated/plain"]["median"] >= GOAL_RATIO,
+        f"client_ratio_ge_{GOAL_RATIO}": ratio(ORCH, PLAIN)["median"] >= GOAL_RATIO,
         "register_p99_le_5ms": in_process["register_agent_ms"]["p99"] <= GOAL_REGISTRATION_P99_MS,
     }
+    if BYNAME in group:
+        trip = report["by_name_round_trip"]
+        report["goals"] |= {
+            f"by_name_ratio_ge_{GOAL_BYNAME_RATIO}": ratio(BYNAME, PLAIN)["median"]
+            >= GOAL_BYNAME_RATIO,
+            f"by_name_p50_ratio_le_{GOAL_BYNAME_P50_RATIO}": trip["p50_ratio_to_plain"]
+            <= GOAL_BYNAME_P50_RATIO,
+            f"by_name_p99_le_{GOAL_BYNAME_P99_MS:g}ms": trip["p99_ms"] <= GOAL_BYNAME_P99_MS,
+        }
     report["runs"] = [
         {
             "repeat": r["repeat"],
@@ -92,7 +119,7 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
                     "delegation_idle_ms": summary_ms(r["idle_delegation"], (50, 95)),
                     "delegation_under_load_ms": summary_ms(r["burst_delegation"], (50, 95)),
                 }
-                if r["variant"] == ORCH
+                if r["variant"] in ROUTED
                 else {}
             ),
         }
@@ -132,16 +159,34 @@ def render(report: dict[str, Any], console: Console) -> None:
             span(tp[v], ".0f"),
             "",
         )
+    goals = report["goals"]
     for name, r in report["ratios"].items():
         goal = r["isolates"]
         if name == f"{ORCH}/{PLAIN}":
-            goal = f">= {GOAL_RATIO} {mark(report['goals']['ratio_ge_0.5'])}"
+            goal = f">= {GOAL_RATIO} {mark(goals[f'client_ratio_ge_{GOAL_RATIO}'])}"
+        elif name == f"{BYNAME}/{PLAIN}":
+            goal = f">= {GOAL_BYNAME_RATIO} {mark(goals[f'by_name_ratio_ge_{GOAL_BYNAME_RATIO}'])}"
         label = f"CPU per task, {name[5:]}" if name.startswith("cpu: ") else f"ratio {name}"
         table.add_row(label, f"{r['median']:.2f}", span(r, ".2f"), goal)
     table.add_section()
     for v in variants:
         s = report["round_trip_idle_p50_ms"][v]
         table.add_row(f"idle round trip p50 (ms), {v}", f"{s['median']:.2f}", span(s, ".2f"), "")
+    if "by_name_round_trip" in report:
+        trip = report["by_name_round_trip"]
+        table.add_row(
+            "by-name idle round trip p50 / plain p50",
+            f"{trip['p50_ratio_to_plain']:.2f}",
+            "",
+            f"<= {GOAL_BYNAME_P50_RATIO:g} "
+            f"{mark(goals[f'by_name_p50_ratio_le_{GOAL_BYNAME_P50_RATIO}'])}",
+        )
+        table.add_row(
+            "by-name idle round trip p99 (ms)",
+            f"{trip['p99_ms']:.2f}",
+            "",
+            f"<= {GOAL_BYNAME_P99_MS:g} {mark(goals[f'by_name_p99_le_{GOAL_BYNAME_P99_MS:g}ms'])}",
+        )
     for key, label in (
         ("delegation_idle", "delegation, idle"),
         ("send_to_start_idle", "client send -> started_at, idle"),

@@ -176,13 +176,14 @@ class Router:
         submit_id: str,
         now: float,
         prepare: Preparer,
-        outbox: tuple[Mapping[str, Any], str],
+        outbox: tuple[Mapping[str, Any], str] | None = None,
     ) -> Outcome:
         """submit_valid in one atomic step when the broker and the state store are one Redis
-        (OrchestratorClient): choose the agent first, then accept, route and publish at once,
-        so there is no moment a crash could strand the task and it needs no outbox. A
-        duplicate still advances the round-robin by one. With no agent to take it, or for a
-        submission that is not new, it is submit_valid's way."""
+        (OrchestratorClient, and a control worker's `orchestrator.submit`): choose the agent
+        first, then accept, route and publish at once, so there is no moment a crash could
+        strand the task and it needs no outbox. A duplicate still advances the round-robin by
+        one. With no agent to take it, or for a submission that is not new, it is
+        submit_valid's way."""
         assert task.task_id is not None
         chosen = self.choose(task, self.fleet(now), now)
         if chosen is None:

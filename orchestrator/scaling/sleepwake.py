@@ -77,7 +77,7 @@ def _views(
     agents' queues (messages waiting or fetched and unacknowledged)."""
     queues = [a.queue for a in agents]
     waiting = ctx.mon.waiting(queues)
-    depths = ctx.mon.queue_depths(queues)
+    depths = ctx.mon.queue_depths(queues, waiting)
     active = [a for a in agents if a.status is AgentStatus.ACTIVE]
     since = ctx.store.mark_idle({a.agent_id: depths.get(a.queue, 0) == 0 for a in active}, now)
     checkpoints = ctx.store.sleep_checkpoints()

@@ -73,6 +73,14 @@ def _circuit_args(ok: bool, now: float, cfg: CircuitBreakerConfig) -> list[Any]:
 class AgentStore(StoreBase):
     """Agents: registry, status, heartbeats, stats, circuit breakers and routing state."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # load_fleet's parsed records and breakers by their stored form, from the last read
+        # only (so bounded by the fleet): at 1,000 agents re-validating each unchanged one
+        # on every read was most of a routing decision's Python time.
+        self._records: dict[str, RegisteredAgent] = {}
+        self._breakers: dict[tuple[str, ...], BreakerState] = {}
+
     # --- agents --------------------------------------------------------------------------
 
     def register_agent(self, agent: RegisteredAgent, now: float, source: str) -> None:
@@ -182,28 +190,43 @@ class AgentStore(StoreBase):
         for pair, value in _pairs(scores).items():
             agent_id, _, cap = pair.rpartition("|")
             by_agent.setdefault(agent_id, {})[cap] = float(value)
-        breakers = {
-            str(circuits[i]): from_redis_hash(_pairs(circuits[i + 1]))
-            for i in range(0, len(circuits), 2)
-        }
+        known_breakers, self._breakers = self._breakers, {}
+        breakers = {}
+        for i in range(0, len(circuits), 2):
+            flat = tuple(str(v) for v in circuits[i + 1])
+            state = known_breakers.get(flat)
+            if state is None:
+                state = from_redis_hash(_pairs(flat))  # frozen: safe to share between reads
+            self._breakers[flat] = breakers[str(circuits[i])] = state
+        known_records, self._records = self._records, {}
         agents = []
         for agent_id, raw in _pairs(records).items():
-            agent = RegisteredAgent.model_validate_json(raw)
-            agent.status = AgentStatus(statuses.get(agent_id, AgentStatus.ACTIVE.value))
-            agent.last_heartbeat = float(beats.get(agent_id, 0.0))
-            agent.tasks_succeeded = int(stats.get(f"{agent_id}|ok", 0))
-            agent.tasks_failed = int(stats.get(f"{agent_id}|fail", 0))
+            template = known_records.get(raw)
+            if template is None:
+                template = RegisteredAgent.model_validate_json(raw)
+            self._records[raw] = template
             lat = stats.get(f"{agent_id}|lat")
-            agent.latency_ms = float(lat) if lat is not None else None
-            agent.in_flight = int(in_flight.get(agent_id, 0))
             own = by_agent.get(agent_id, {})
-            agent.capability_scores = {c: s for c, s in own.items() if c in agent.capabilities}
-            agent.performance_score = min(agent.capability_scores.values(), default=1.0)
+            scores = {c: s for c, s in own.items() if c in template.capabilities}
             breaker = breakers.get(agent_id, BreakerState())
-            agent.circuit = (
-                current_state(breaker, circuit_cfg, now)
-                if circuit_cfg is not None and now is not None
-                else breaker.state
+            # A copy per read (the template's own dicts are shared, and never changed in
+            # place): callers set status and the like on the agents they get.
+            agent = template.model_copy(
+                update={
+                    "status": AgentStatus(statuses.get(agent_id, AgentStatus.ACTIVE.value)),
+                    "last_heartbeat": float(beats.get(agent_id, 0.0)),
+                    "tasks_succeeded": int(stats.get(f"{agent_id}|ok", 0)),
+                    "tasks_failed": int(stats.get(f"{agent_id}|fail", 0)),
+                    "latency_ms": float(lat) if lat is not None else None,
+                    "in_flight": int(in_flight.get(agent_id, 0)),
+                    "capability_scores": scores,
+                    "performance_score": min(scores.values(), default=1.0),
+                    "circuit": (
+                        current_state(breaker, circuit_cfg, now)
+                        if circuit_cfg is not None and now is not None
+                        else breaker.state
+                    ),
+                }
             )
             agents.append(agent)
         return Fleet(sorted(agents, key=lambda a: a.agent_id), breakers)

@@ -34,6 +34,7 @@ from orchestrator.store.keys import (
     PERF_SCORES,
     PERF_SEEN,
     POISON,
+    PRIORITY_SEP,
     REGRESSIONS,
     REJECTION_KINDS,
     SECURITY_CHECKED,
@@ -61,6 +62,22 @@ for _, v in ipairs(redis.call('HVALS', KEYS[1])) do
 end
 local out = {}
 for k, n in pairs(counts) do out[#out + 1] = k; out[#out + 1] = n end
+return out
+"""
+
+
+#: Waiting messages per queue, summed over its priority lists, in one step: ARGV = the
+#: priority separator, the highest priority step, then the queues (keys.queue_lists: the
+#: queue, then `<queue><sep><p>` for each step p above 0). One reply per queue, in order.
+_WAITING = """
+local sep, top = ARGV[1], tonumber(ARGV[2])
+local out = {}
+for i = 3, #ARGV do
+  local q = ARGV[i]
+  local n = redis.call('LLEN', q)
+  for p = 1, top do n = n + redis.call('LLEN', q .. sep .. p) end
+  out[#out + 1] = n
+end
 return out
 """
 
@@ -114,6 +131,7 @@ class MonitorStore:
         self.r = client
         self.telemetry = TelemetryWriter(client)
         self._unacked = client.register_script(_UNACKED_BY_ROUTING_KEY)
+        self._waiting = client.register_script(_WAITING)
 
     @classmethod
     def from_url(cls, url: str, sentinel_master: str = DEFAULT_SENTINEL_MASTER) -> MonitorStore:
@@ -174,19 +192,22 @@ class MonitorStore:
     # --- the broker --------------------------------------------------------------------
 
     def waiting(self, queues: Sequence[str]) -> dict[str, int]:
-        """Messages waiting in each queue (every priority list), not yet fetched."""
-        pipe = self.r.pipeline(transaction=False)
-        for queue in queues:
-            for name in queue_lists(queue):
-                pipe.llen(name)
-        lengths = pipe.execute()
-        per = len(queue_lists("q"))
-        return {q: sum(lengths[i * per : (i + 1) * per]) for i, q in enumerate(queues)}
+        """Messages waiting in each queue (every priority list), not yet fetched: one Lua step
+        for all of them (a pipeline of ten LLENs per queue cost redis-py ~0.1 ms each to pack
+        and parse, 100 ms a call at 1,000 agents)."""
+        if not queues:
+            return {}
+        top = len(queue_lists("q")) - 1  # the priority lists beside the queue's own
+        lengths = self._waiting(args=[PRIORITY_SEP, top, *queues])
+        return {q: int(n) for q, n in zip(queues, lengths, strict=True)}
 
-    def queue_depths(self, queues: Sequence[str]) -> dict[str, int]:
+    def queue_depths(
+        self, queues: Sequence[str], waiting: Mapping[str, int] | None = None
+    ) -> dict[str, int]:
         """Messages waiting in each queue (every priority list) plus those fetched by a worker
-        and not yet acknowledged (kombu's `unacked` hash, matched by routing key)."""
-        depths = self.waiting(queues)
+        and not yet acknowledged (kombu's `unacked` hash, matched by routing key). `waiting`:
+        this call's own waiting(queues), when the caller has just read it."""
+        depths = dict(waiting) if waiting is not None else self.waiting(queues)
         flat = self._unacked(keys=[KOMBU_UNACKED])
         for i in range(0, len(flat), 2):
             routing_key = str(flat[i])
