@@ -187,7 +187,10 @@ class EventConsumer:
         return bool(self.registry.handlers_for(delivery.fields.get("type", "")))
 
     def deliver(self, delivery: Delivery) -> bool:
-        """Run the entry's handlers that still need to run; True when it can be acked."""
+        """Run the entry's handlers that still need to run; True when it can be acked. An
+        entry of a type no handler takes (most task events) is acked unparsed."""
+        if not self._has_handlers(delivery):
+            return True
         try:
             event = delivery.event()
         except ValueError as exc:
@@ -195,8 +198,6 @@ class EventConsumer:
             self._record_failed(delivery, None, str(exc), {})
             return True
         handlers = self.registry.handlers_for(event.type)
-        if not handlers:
-            return True
         lease = running_mark(f"{self.name}:{uuid.uuid4().hex}")
         outcomes: dict[str, Outcome] = {}
         errors: dict[str, str] = {}

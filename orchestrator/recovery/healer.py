@@ -218,27 +218,24 @@ class Healer:
         rescue = now - self._rescue_at >= self.settings.visibility_timeout_s / 2
         if rescue:
             self._rescue_at = now
-        for agent in self.store.load_agents():
-            stale = now - agent.last_heartbeat > self.settings.agent_timeout_s
-            if (
-                agent.status in (AgentStatus.ACTIVE, AgentStatus.SLEEPING)
-                and effective_status(agent, now, self.settings.agent_timeout_s)
-                is AgentStatus.OFFLINE
-            ):
+        timeout = self.settings.agent_timeout_s
+        for agent_id, (status, beat) in sorted(self.store.liveness().items()):
+            stale = now - beat > timeout
+            if status in (AgentStatus.ACTIVE, AgentStatus.SLEEPING) and stale:
                 lost += 1
-                moved += self.agent_lost(
-                    agent.agent_id, now, f"no heartbeat for {now - agent.last_heartbeat:.1f}s"
-                )
+                moved += self.agent_lost(agent_id, now, f"no heartbeat for {now - beat:.1f}s")
             elif (
-                agent.status is AgentStatus.OFFLINE
-                and (stale or not agent.last_heartbeat)
-                and self.store.inflight(agent.agent_id)
+                status is AgentStatus.OFFLINE
+                and (stale or not beat)
+                and self.store.inflight(agent_id)
             ):
                 # Deregistered (warm shutdown) or lost earlier: whatever it still holds once
                 # its heartbeat is stale will not finish there.
-                moved += self.move_queued(agent.agent_id, now, only_queued=False)
-            elif agent.status is AgentStatus.ACTIVE and rescue:
-                rescued += self.rescue_vanished(agent, now)
+                moved += self.move_queued(agent_id, now, only_queued=False)
+        if rescue:  # the whole fleet only then: the queue names are in the agents' records
+            for agent in self.store.load_agents():
+                if effective_status(agent, now, timeout) is AgentStatus.ACTIVE:
+                    rescued += self.rescue_vanished(agent, now)
         for plan in self.store.overdue_plans(now):
             state = self.store.task_fields(plan.task_id).get("state")
             if state and not TaskState(state).terminal:

@@ -234,6 +234,23 @@ class AgentStore(StoreBase):
     def load_agents(self) -> list[RegisteredAgent]:
         return self.load_fleet().agents
 
+    def liveness(self) -> dict[str, tuple[AgentStatus, float]]:
+        """Every registered agent's stored status and last heartbeat, and nothing else: what
+        the recovery monitor needs every tick (a whole fleet read costs ~20 ms at 1,000)."""
+        with self._translate():
+            pipe = self.r.pipeline(transaction=False)
+            pipe.hkeys(AGENTS)
+            pipe.hgetall(HEARTBEATS)
+            pipe.hgetall(AGENT_STATUS)
+            ids, beats, statuses = pipe.execute()
+        return {
+            str(agent_id): (
+                AgentStatus(statuses.get(agent_id, AgentStatus.ACTIVE.value)),
+                float(beats.get(agent_id, 0.0)),
+            )
+            for agent_id in ids
+        }
+
     def record_outcome(
         self,
         agent_id: str,

@@ -10,11 +10,8 @@ waiting for beat; `autoscale` below waits until that run has stored its decision
 from __future__ import annotations
 
 import json
-import signal
 import stat
-import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +27,8 @@ from orchestrator.runtime.celeryconf import MONITORING_QUEUE
 from orchestrator.scaling.autoscale import run_autoscale
 from orchestrator.scaling.decide import ScaleDecision
 from orchestrator.store.keys import EVENTS, KOMBU_UNACKED, SCALE_DECISIONS, queue_lists
-from tests.support import CLI, cli_json, free_port, wait_for
+from tests.integration.test_worker_metrics import running_exporter, scrape
+from tests.support import cli_json, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -40,11 +38,6 @@ SCALE_ENV = {
     "ORCH_SCALE_COOLDOWN_S": "600",
     "ORCH_SCALE_INTERVAL_S": "1",
 }
-
-
-def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-        return reply.read().decode()
 
 
 def gauge(text: str, name: str, capability: str) -> float | None:
@@ -57,24 +50,8 @@ def gauge(text: str, name: str, capability: str) -> float | None:
 
 @pytest.fixture
 def exporter(orch_env: dict[str, str], tmp_path: Path) -> Iterator[int]:
-    port = free_port()
-    with open(tmp_path / "exporter.log", "wb") as out:
-        proc = subprocess.Popen(
-            [*CLI, "exporter", "--port", str(port), "--address", "127.0.0.1"],
-            env={**orch_env, **SCALE_ENV},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_for(lambda: scrape(port), timeout=30, ignore=(OSError,), message="no exporter")
+    with running_exporter({**orch_env, **SCALE_ENV}, tmp_path / "exporter.log") as port:
         yield port
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def decisions(redis_client: redis.Redis) -> dict[str, ScaleDecision]:

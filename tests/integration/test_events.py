@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import redis
 
+from orchestrator.events.consumer import EventConsumer
+from orchestrator.events.registry import EventRegistry
 from orchestrator.models import CircuitBreakerState, OrchestrationTask, RegisteredAgent
 from orchestrator.recovery.breaker import BreakerState, to_redis_hash
 from orchestrator.store import StateStore
@@ -338,3 +340,33 @@ def test_events_cli_reads_after_an_id_filters_by_type_and_follows(orch_env, redi
                 follow.kill()
                 _out, err = follow.communicate()
     assert follow.returncode == 0, err
+
+
+def test_entries_no_handler_takes_are_acked_unread_and_bad_ones_a_handler_takes_recorded(
+    redis_url, redis_client
+):
+    """In-process consumer, real Redis: a malformed entry of a type with a handler is
+    acknowledged and recorded as failed; task events nobody handles (three per task) are
+    acknowledged without being parsed, malformed or not."""
+    registry = EventRegistry()
+    seen: list[str] = []
+    registry.on_event("test.handled")(lambda event, ctx: seen.append(event.type))
+    store = StateStore.from_url(redis_url)
+    try:
+        emit(redis_client, "task.routed", task_id="t1")
+        store.ensure_group("0")
+        bad_handled = redis_client.xadd(
+            EVENTS, {"type": "test.handled", "ts": "x", "severity": "bogus", "source": "s"}
+        )
+        redis_client.xadd(EVENTS, {"type": "task.routed", "ts": "x", "severity": "bogus"})
+        emit(redis_client, "test.handled")
+        consumer = EventConsumer(
+            store, None, "inproc", claim_idle_s=60, max_deliveries=3, registry=registry
+        )
+        assert consumer.poll(0) == 4
+        assert seen == ["test.handled"]
+        failed = [json.loads(x) for x in redis_client.lrange(EVENTS_FAILED, 0, -1)]
+        assert [f["id"] for f in failed] == [bad_handled]
+        assert settled(redis_client)
+    finally:
+        store.r.close()

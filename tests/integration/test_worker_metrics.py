@@ -9,6 +9,7 @@ import subprocess
 import tempfile
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -61,13 +62,14 @@ def promtool_check(text: str) -> None:
     )
 
 
-@pytest.fixture
-def exporter(orch_env, tmp_path: Path) -> Iterator[int]:
+@contextmanager
+def running_exporter(env: dict[str, str], log: Path) -> Iterator[int]:
+    """`orchestrator exporter` on a free port (its port), stopped with Ctrl-C after."""
     port = free_port()
-    with open(tmp_path / "exporter.log", "wb") as out:
+    with open(log, "wb") as out:
         proc = subprocess.Popen(
             [*CLI, "exporter", "--port", str(port), "--address", "127.0.0.1"],
-            env={**orch_env, "ORCH_SCALE_TARGET_BACKLOG": "5"},
+            env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -81,6 +83,13 @@ def exporter(orch_env, tmp_path: Path) -> Iterator[int]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def exporter(orch_env, tmp_path: Path) -> Iterator[int]:
+    env = {**orch_env, "ORCH_SCALE_TARGET_BACKLOG": "5"}
+    with running_exporter(env, tmp_path / "exporter.log") as port:
+        yield port
 
 
 def metrics_agent(start_agent, agent_id: str, concurrency: int = 2) -> int:
