@@ -239,11 +239,10 @@ def loops(fleet: Fleet, app_free_settings: Settings) -> dict[str, tuple[Callable
     out["recovery-monitor"] = (recovery, s.recovery_monitor_interval_s)
 
     def rescue_scan() -> Any:
-        """The part of Healer.monitor that runs every half visibility timeout: one
-        `vanished` step per active agent (the bench's other runs fall between two scans)."""
-        now = time.time()
-        for agent in fleet.store.load_agents():
-            healer.rescue_vanished(agent, now)
+        """The part of Healer.monitor that runs every half visibility timeout (the bench's
+        other runs fall between two scans): one `vanished` step per active agent holding
+        unended tasks."""
+        healer.rescue_all(time.time())
 
     out["recovery rescue scan"] = (rescue_scan, s.visibility_timeout_s / 2)
     out["parked-sweep"] = (

@@ -334,8 +334,9 @@ class Settings(BaseSettings):
     scale_min: Annotated[int, Field(ge=0, le=10_000)] = 1
     scale_max: Annotated[int, Field(ge=1, le=10_000)] = 10
     scale_target_backlog: Annotated[int, Field(ge=1, le=1_000_000)] = 5
-    # The two scaling loops (orchestrator.autoscale, orchestrator.sleep_wake) run this often.
-    scale_interval_s: PositiveSeconds = 5.0
+    # The two scaling loops (orchestrator.autoscale, orchestrator.sleep_wake) run this often
+    # (as Kubernetes' HPA syncs; a parked task wakes a sleeping agent at once regardless).
+    scale_interval_s: PositiveSeconds = 15.0
     # Autoscaling (issue 14): a command run (no shell) with {n} replaced by the desired count
     # of a capability; empty = the signal is only exported and shown.
     scale_command: str = ""

@@ -211,6 +211,16 @@ class Healer:
                 log.warning("task %s: message lost; routed again", task_id)
         return rescued
 
+    def rescue_all(self, now: float) -> int:
+        """rescue_vanished for every live active agent holding unended tasks (the whole fleet
+        is read only here: the queue names are in the agents' records)."""
+        timeout = self.settings.agent_timeout_s
+        rescued = 0
+        for agent in self.store.load_agents():
+            if agent.in_flight and effective_status(agent, now, timeout) is AgentStatus.ACTIVE:
+                rescued += self.rescue_vanished(agent, now)
+        return rescued
+
     def monitor(self, now: float) -> dict[str, int]:
         """The periodic sweep: lost agents, tasks stranded on offline agents, messages lost
         to a Redis restart, overdue plans."""
@@ -232,10 +242,8 @@ class Healer:
                 # Deregistered (warm shutdown) or lost earlier: whatever it still holds once
                 # its heartbeat is stale will not finish there.
                 moved += self.move_queued(agent_id, now, only_queued=False)
-        if rescue:  # the whole fleet only then: the queue names are in the agents' records
-            for agent in self.store.load_agents():
-                if effective_status(agent, now, timeout) is AgentStatus.ACTIVE:
-                    rescued += self.rescue_vanished(agent, now)
+        if rescue:
+            rescued = self.rescue_all(now)
         for plan in self.store.overdue_plans(now):
             state = self.store.task_fields(plan.task_id).get("state")
             if state and not TaskState(state).terminal:
