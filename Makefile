@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test fuzz lint bench bench-anomaly bench-failover bench-scale clean venv sysdeps
+.PHONY: run test fuzz lint bench bench-anomaly bench-failover bench-fleet bench-scale clean venv sysdeps
 
 venv: $(STAMP)
 
@@ -65,6 +65,11 @@ bench-failover: $(STAMP)
 # latency against PING, registration, the loops' CPU share, memory per task; updates RESULTS.md.
 bench-scale: $(STAMP)
 	$(BIN)/python bench/bench_scale.py $(BENCH_ARGS)
+
+# Agent worker memory against a plain Celery worker, then 100 real agent processes (-P solo) on
+# this machine: registration time, their memory, 3,000 tasks spread by weight; updates RESULTS.md.
+bench-fleet: $(STAMP)
+	$(BIN)/python bench/bench_fleet.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
