@@ -45,9 +45,8 @@ if str(REPO_ROOT) not in sys.path:
 
 import celery  # noqa: E402
 from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
 
-from bench.common import source_version, write_section  # noqa: E402
+from bench.common import goal_markdown, goal_table, source_version, write_section  # noqa: E402
 from tests.support import CeleryProcess, RedisServer, child_pids, tail, wait_for  # noqa: E402
 
 FLAGS = ["--without-gossip", "--without-mingle", "-l", "info"]
@@ -471,16 +470,11 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
 
 def render(report: dict[str, Any], console: Console) -> None:
     cfg = report["config"]
-    table = Table(
-        title=f"fleet benchmark: {cfg['cpus']} CPUs, {cfg['mem_total_gib']} GiB, "
+    title = (
+        f"fleet benchmark: {cfg['cpus']} CPUs, {cfg['mem_total_gib']} GiB, "
         f"memory medians of {cfg['repeats']} repeats"
     )
-    for col in ("figure", "measured", "goal", "met?"):
-        table.add_column(col)
-    for figure, measured, goal, met in rows(report):
-        mark = "" if met is None else ("[green]yes[/green]" if met else "[red]no[/red]")
-        table.add_row(figure, measured, goal, mark)
-    console.print(table)
+    console.print(goal_table(title, rows(report)))
     console.print(f"load average {cfg['loadavg_start']} at start, {cfg['loadavg_end']} at end")
 
 
@@ -497,12 +491,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"{cfg['repeats']} repeats after {cfg['warm']} tasks each; load average "
         f"{cfg['loadavg_start'][0]} at start, {cfg['loadavg_end'][0]} at end.",
         "",
-        "| figure | measured | goal | met |",
-        "|---|---|---|---|",
+        *goal_markdown(rows(report)),
     ]
-    for figure, measured, goal, met in rows(report):
-        verdict = "" if met is None else ("met" if met else "not met")
-        lines.append(f"| {figure} | {measured} | {goal} | {verdict} |")
     lines.append(END)
     return "\n".join(lines) + "\n"
 

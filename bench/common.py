@@ -1,4 +1,4 @@
-"""What the benchmarks share: nearest-rank statistics, CPU seconds, the commit measured."""
+"""What the benchmarks share: nearest-rank statistics, CPU seconds, the commit, goal tables."""
 
 from __future__ import annotations
 
@@ -82,3 +82,29 @@ def write_section(path: Path, section: str, start: str, end: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section
     path.write_text(text, encoding="utf-8")
+
+
+#: One row of a goals table: figure, measured, goal, met (None: a figure with no goal).
+GoalRow = tuple[str, str, str, "bool | None"]
+
+
+def goal_table(title: str, rows: Sequence[GoalRow]) -> Any:
+    """The rows as a rich table (figure, measured, goal, met?) for the console."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("figure", "measured", "goal", "met?"):
+        table.add_column(col)
+    for figure, measured, goal, met in rows:
+        mark = "" if met is None else ("[green]yes[/green]" if met else "[red]no[/red]")
+        table.add_row(figure, measured, goal, mark)
+    return table
+
+
+def goal_markdown(rows: Sequence[GoalRow]) -> list[str]:
+    """The rows as the lines of a markdown table, for RESULTS.md."""
+    lines = ["| figure | measured | goal | met |", "|---|---|---|---|"]
+    for figure, measured, goal, met in rows:
+        verdict = "" if met is None else ("met" if met else "not met")
+        lines.append(f"| {figure} | {measured} | {goal} | {verdict} |")
+    return lines

@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import spread, write_section
+from bench.common import goal_markdown, goal_table, spread, write_section
 
 GOAL_REGISTER_P99_MS = 5.0
 GOAL_DECISION_OVER_PING = 3.0
@@ -174,16 +174,11 @@ def _rows(report: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
 
 def render(report: dict[str, Any], console: Console) -> None:
     cfg, f = report["config"], report["figures"]
-    table = Table(
-        title=f"scale benchmark: {cfg['repeats']} repeats, medians (min-max), {cfg['cpus']} CPUs, "
+    title = (
+        f"scale benchmark: {cfg['repeats']} repeats, medians (min-max), {cfg['cpus']} CPUs, "
         f"redis {cfg['redis_server']}"
     )
-    for col in ("figure", "measured", "goal", "met?"):
-        table.add_column(col)
-    for figure, measured, goal, met in _rows(report):
-        mark = "" if met is None else ("[green]yes[/green]" if met else "[red]no[/red]")
-        table.add_row(figure, measured, goal, mark)
-    console.print(table)
+    console.print(goal_table(title, _rows(report)))
     loops = Table(title=f"one run of each periodic job at {cfg['agents'][1]} agents (medians)")
     for col in ("job", "interval s", "wall ms", "client CPU ms", "redis CPU ms", "% of a core"):
         loops.add_column(col, justify="right" if col != "job" else "left")
@@ -216,12 +211,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"and {cfg['agents'][1]} synthetic agents; load average {cfg['loadavg_start'][0]} at "
         f"start, {cfg['loadavg_end'][0]} at end.",
         "",
-        "| figure | measured | goal | met |",
-        "|---|---|---|---|",
+        *goal_markdown(_rows(report)),
     ]
-    for figure, measured, goal, met in _rows(report):
-        verdict = "" if met is None else ("met" if met else "not met")
-        lines.append(f"| {figure} | {measured} | {goal} | {verdict} |")
     lines += [
         "",
         f"One run of each periodic job at {cfg['agents'][1]} agents (CPU in this process and in "

@@ -152,7 +152,7 @@ class OrchestratorCollector:
     def _scaling(self, snap: Snapshot, now: float) -> Iterator[Metric]:
         """The autoscaling signal per capability: the loop's decision (scaling/autoscale.py),
         the very count `orchestrator scale` shows and ORCH_SCALE_COMMAND was given."""
-        rows = scale_report(self.ctx, now, snap.agents, snap.depths)
+        rows = scale_report(self.ctx, now, snap.agents, snap.depths, snap.window)
         families = {
             "current": GaugeMetricFamily(
                 "orchestrator_capability_agents",

@@ -88,10 +88,10 @@ def wake_agent_for_parked_task(event: OrchestrationEvent, ctx: EventContext) -> 
     """Wake a sleeping agent that can take the parked task (when no awake one can), and route
     the parked tasks: now, instead of at the sleep/wake loop's next tick."""
     task_id = task_of(event)
-    spec = ctx.store.task_fields(task_id).get("spec") if task_id else None
-    if task_id is None or not spec or ctx.store.task_fields(task_id).get("state") != "parked":
+    fields = ctx.store.task_fields(task_id) if task_id else {}
+    if task_id is None or fields.get("state") != "parked" or not fields.get("spec"):
         return
-    loaded = json.loads(spec)
+    loaded = json.loads(fields["spec"])
     needs = frozenset(str(c) for c in loaded.get("required_capabilities") or [loaded["type"]])
     now = now_s()
     agents = ctx.store.load_agents()

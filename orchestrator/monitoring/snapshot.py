@@ -18,7 +18,7 @@ from orchestrator.models import (
     ProductionMetrics,
     RegisteredAgent,
 )
-from orchestrator.monitoring.stats import assess_health, run_figures
+from orchestrator.monitoring.stats import WindowStats, assess_health, run_figures
 from orchestrator.routing.weights import effective_status
 from orchestrator.store import StateStore
 from orchestrator.store.keys import MONITOR_SINCE
@@ -33,6 +33,7 @@ class Snapshot:
     agents: list[RegisteredAgent] = field(default_factory=list)
     depths: dict[str, int] = field(default_factory=dict)  # agent queue -> depth
     alerts: list[ProductionAlert] = field(default_factory=list)
+    window: WindowStats | None = None  # the metrics window's telemetry, parsed
 
     def capability_depths(self) -> dict[str, int]:
         """Tasks waiting for the agents offering each capability (an agent with several
@@ -97,4 +98,4 @@ def gather(store: StateStore, mon: MonitorStore, settings: Settings, now: float)
         regressions_active=len(mon.regressions()),
     )
     metrics.health = assess_health(metrics, (a.severity.value for a in firing))
-    return Snapshot(metrics=metrics, agents=agents, depths=depths, alerts=alerts)
+    return Snapshot(metrics=metrics, agents=agents, depths=depths, alerts=alerts, window=stats)

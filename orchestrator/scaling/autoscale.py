@@ -26,6 +26,7 @@ from orchestrator.models import ProductionEventSeverity, RegisteredAgent, SLATar
 from orchestrator.monitoring.loops import LoopContext, sla_targets
 from orchestrator.monitoring.schedule import LOOPS_BY_TASK
 from orchestrator.monitoring.slo import BUILTIN_TARGETS
+from orchestrator.monitoring.stats import WindowStats
 from orchestrator.routing.weights import effective_status
 from orchestrator.scaling.decide import (
     POOL,
@@ -88,9 +89,10 @@ def figures(
     now: float,
     agents: Sequence[RegisteredAgent] | None = None,
     depths: dict[str, int] | None = None,
+    window: WindowStats | None = None,
 ) -> list[ScaleFigures]:
-    """Every capability's figures now. `agents` (with their effective status) and `depths`
-    may come from a metrics snapshot already read (the exporter's)."""
+    """Every capability's figures now. `agents` (with their effective status), `depths` and
+    the metrics `window` may come from a metrics snapshot already read (the exporter's)."""
     settings = ctx.settings
     if agents is None:
         agents = ctx.store.load_agents()
@@ -98,7 +100,8 @@ def figures(
             agent.status = effective_status(agent, now, settings.agent_timeout_s)
     if depths is None:
         depths = ctx.mon.queue_depths([a.queue for a in agents])
-    window, _ = ctx.mon.window(settings.metrics_window_s, now)
+    if window is None:
+        window, _ = ctx.mon.window(settings.metrics_window_s, now)
     return scale_figures(agents, depths, ctx.mon.parked_needs(), window, _targets(settings))
 
 
@@ -221,6 +224,7 @@ def scale_report(
     now: float,
     agents: Sequence[RegisteredAgent] | None = None,
     depths: dict[str, int] | None = None,
+    window: WindowStats | None = None,
 ) -> list[dict[str, Any]]:
     """One row per capability: the live figures, and the desired count the loop decided (or,
     without a recent decision, what the figures need now). `action` compares that count with
@@ -231,7 +235,7 @@ def scale_report(
     stored = scales.decisions()
     runs = scales.executions()
     rows = []
-    for fig in figures(ctx, now, agents, depths):
+    for fig in figures(ctx, now, agents, depths, window):
         need, why = agents_needed(fig, policy)
         decision = stored.get(fig.capability)
         if decision is not None and not is_fresh(decision, now, stale_after_s(settings)):
