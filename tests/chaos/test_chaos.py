@@ -315,6 +315,9 @@ def test_handler_failing_on_one_agent_opens_its_circuit_and_it_closes_when_heale
         "ORCH_CIRCUIT_FAILURE_THRESHOLD": "3",
         "ORCH_CIRCUIT_RECOVERY_TIMEOUT_S": str(recovery_s),
         "ORCH_CIRCUIT_HALF_OPEN_MAX_CALLS": "2",
+        # The breaker alone: tasks already on b when its circuit opens fail too, and ten
+        # failed attempts would quarantine b for 5 minutes (that tier: test_recovery_tiers).
+        "ORCH_QUARANTINE_FAILURES": "1000",
     }
     cluster.env.update(breaker)
     cluster.control(wait=False)
@@ -396,12 +399,19 @@ def test_handler_failing_on_one_agent_opens_its_circuit_and_it_closes_when_heale
         later.append(submit(f"circuit-healed-{len(later):05d}"))
         return [d for d in circuit_events("circuit.closed") if d["_ts"] >= healed_at]
 
-    wait_for(
-        trickle_until_closed,
-        timeout=25,
-        interval=0.1,
-        message="agent b's circuit never closed after it was healed",
-    )
+    try:
+        wait_for(
+            trickle_until_closed,
+            timeout=25,
+            interval=0.1,
+            message="agent b's circuit never closed after it was healed",
+        )
+    except AssertionError as exc:  # say what b looked like
+        raise AssertionError(
+            f"{exc}; b: status {redis_client.hget('orch:agent_status', 'b')}, breaker "
+            f"{redis_client.hgetall('orch:circuit:b')}, quarantined "
+            f"{circuit_events('agent.quarantined')}"
+        ) from None
     final = report_of(
         check(redis_client, later, timeout=RECOVERY_BUDGET_S, name="chaos[circuit:healed]")
     )
