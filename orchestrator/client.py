@@ -8,6 +8,7 @@ from uuid import uuid4
 
 from celery import Celery
 from celery.result import AsyncResult
+from kombu.pools import ProducerPool
 
 from orchestrator.config import Settings, load_settings
 from orchestrator.models import RegisteredAgent, TaskRecord
@@ -35,6 +36,13 @@ class OrchestratorClient:
             settings = load_settings(**({"redis_url": redis_url} if redis_url else {}))
         self.settings = settings
         self.app: Celery = create_app(settings, with_tasks=False)
+        # Pools of this client's own: kombu's default ones are shared by every app of the same
+        # broker URL in the process, so closing them would break another client.
+        limit = self.app.conf.broker_pool_limit
+        self._connections = self.app.connection_for_write().Pool(limit=limit)
+        self._producers = ProducerPool(self._connections, limit=limit)
+        self.app._pool = self._connections
+        self.app.amqp._producer_pool = self._producers
         self.store = StateStore.from_settings(settings)
         self.router = Router(self.store, settings, execute_publisher(self.app))
         self.router.keep_outbox = True  # dropped only once the publish succeeded
@@ -113,7 +121,20 @@ class OrchestratorClient:
         return self.store.load_agents()
 
     def close(self) -> None:
+        """Close every connection this client opened: the state store's, the publisher's and
+        the result backend's (its pub/sub one too). Celery's own `app.close()` only forgets
+        the pools and leaves their sockets to the garbage collector."""
         self.store.r.close()
+        backend = self.app._backend  # None unless a result was asked for
+        if backend is not None:
+            consumer = getattr(backend, "result_consumer", None)
+            if consumer is not None:
+                consumer.stop()
+            client = getattr(backend, "client", None)
+            if client is not None:
+                client.connection_pool.disconnect()
+        self._producers.force_close_all()
+        self._connections.force_close_all()
         self.app.close()
 
     def __enter__(self) -> OrchestratorClient:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -55,17 +56,21 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
     """The session server's URL, flushed before the test so no state leaks between tests.
 
-    A test that killed the server (chaos) and did not restart it gets it back here.
+    A test that killed the server (chaos) and did not restart it gets it back here. At the
+    end a garbage collection runs, so a connection the test left open is reported (as an
+    unclosed-socket ResourceWarning, an error here) against this test, not whichever test
+    the collector happens to run in later.
     """
     assert redis_server.port != FORBIDDEN_PORT, "refusing to flush the machine's own Redis"
     if not redis_server.alive:
         redis_server.restart()
     with redis_server.client() as client:
         client.flushall()
-    return redis_server.url
+    yield redis_server.url
+    gc.collect()
 
 
 @pytest.fixture

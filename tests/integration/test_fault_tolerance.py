@@ -280,7 +280,12 @@ def test_manual_recover_agent_moves_its_queued_work_elsewhere(
     assert done.returncode == 0, done.stderr
     assert queued.get(timeout=30) == {"waiting": True}
     assert ledger(redis_client, "queued")["agent"] == "fresh"
-    assert redis_client.hget("orch:agent_status", "stuck") == "offline"
+    # It was given up for lost by hand. Still alive, it says so at its next heartbeat and
+    # registers again (active), so the status itself is only offline for about a second.
+    lost = client.store.read_events(types=["agent.lost"])
+    assert [(e.data["agent_id"], e.data["reason"], e.data["previous"]) for e in lost] == [
+        ("stuck", "manual", "active")
+    ]
     redis_client.set("test:release:blocker", 1)
     assert blocker.get(timeout=30) == {"held": "blocker"}  # finished where it ran
     bad = subprocess.run(

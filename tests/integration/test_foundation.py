@@ -11,8 +11,11 @@ import sys
 import textwrap
 from collections import Counter
 
+import psutil
 import pytest
 
+from orchestrator.client import OrchestratorClient
+from orchestrator.config import load_settings
 from orchestrator.errors import InvalidTask
 from orchestrator.store.keys import EVENTS
 from tests.integration.conftest import ledger
@@ -270,3 +273,36 @@ def test_cli_reports_agents_and_a_task_ledger_as_json(start_control, start_agent
         timeout=60,
     )
     assert bad.returncode == 1 and "priority: must be between 0 and 9 (got 12)" in bad.stderr
+
+
+def test_closing_a_client_closes_every_connection_it_opened(
+    start_control, start_agent, redis_url, redis_server
+):
+    """A service that closes its client leaks no socket: the state store's, the publisher's
+    and the result backend's (a result waited on subscribes a pub/sub connection)."""
+    start_control()
+    start_agent("a", "echo")
+
+    def ours() -> list:
+        return [
+            c
+            for c in psutil.Process().net_connections("tcp")
+            if c.raddr and c.raddr.port == redis_server.port
+        ]
+
+    before = len(ours())
+    client = OrchestratorClient(settings=load_settings(redis_url=redis_url))
+    other = OrchestratorClient(settings=load_settings(redis_url=redis_url))
+    assert client.submit("echo", {"n": 1}).get(timeout=30) == {"n": 1}
+    client.route_locally = False  # through a control worker: the publisher's pool too
+    assert client.submit("echo", {"n": 2}).get(timeout=30) == {"n": 2}
+    assert other.submit("echo", {"n": 3}).get(timeout=30) == {"n": 3}
+    client.close()
+    # Another client of the same Redis in the same process keeps working, and so does a new one.
+    other.route_locally = False
+    assert other.submit("echo", {"n": 4}).get(timeout=30) == {"n": 4}
+    other.close()
+    with OrchestratorClient(settings=load_settings(redis_url=redis_url)) as again:
+        again.route_locally = False
+        assert again.submit("echo", {"n": 5}).get(timeout=30) == {"n": 5}
+    assert len(ours()) == before, ours()
