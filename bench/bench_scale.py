@@ -6,10 +6,12 @@
 A private redis-server on a free port (never 6379) holds two fleets of synthetic agents, 10 in
 database 0 and N (1000) in database 1, registered through the state store as an agent
 registers itself, with heartbeats and outcome statistics. Each repeat measures, on both
-fleets and in alternating order: Redis PING (the same client), one routing decision (a fresh
-fleet read and `Router.choose`, as a router does when its 0.2 s view has lapsed) and the same
-with the router's cached view; then, on the large fleet, registration, the CPU (this process
-and redis-server) one run of each periodic loop costs and an exporter scrape. Last, the Redis
+fleets and in alternating order: Redis PING (the same client), one routing decision as a
+router makes one for a submission (`Router.fleet` then `Router.choose`: its view of the fleet,
+whose version it compares every 0.2 s) and one on a fresh read of the whole fleet (as sweeps
+and recovery decide, and a router when its view is re-read); then, on the large fleet,
+registration, the CPU (this process and redis-server) one run of each periodic loop costs and
+an exporter scrape. Last, the Redis
 memory a task leaves behind, accepted, routed and settled through the store in database 2.
 Figures are ratios against baselines measured in the same run, medians over the repeats; see
 bench/README.md for what each means and how noisy it is.
@@ -124,28 +126,34 @@ class Fleet:
         self.store = StateStore.from_settings(self.settings)
         self.agents = populate(self.store, self.settings, n, seed)
         self.router = Router(self.store, self.settings, lambda *args, **kwargs: None)
+        self.sweeper = Router(self.store, self.settings, lambda *args, **kwargs: None)
         self.task = parse_task({"type": "echo", "task_id": "bench-scale"}, 1 << 20)
         self.mon = MonitorStore(self.store.r)
 
-    def decide(self) -> None:
+    def decide_fresh(self) -> None:
+        """A decision on a fresh read of the whole fleet: what sweeps and recovery do, and
+        what a router pays when its view is re-read."""
         now = time.time()
-        picked = self.router.choose(self.task, self.router.fleet(now, fresh=True), now)
+        picked = self.sweeper.choose(self.task, self.sweeper.fleet(now, fresh=True), now)
         assert picked is not None, "no eligible agent"
 
-    def decide_cached(self) -> None:
+    def decide(self) -> None:
+        """A decision as a router makes one for a submission: through its view of the fleet
+        (the version compared every 0.2 s, re-read when it moved or the view expired)."""
         now = time.time()
-        self.router.choose(self.task, self.router.fleet(now), now)
+        picked = self.router.choose(self.task, self.router.fleet(now), now)
+        assert picked is not None, "no eligible agent"
 
     def close(self) -> None:
         self.store.r.close()
 
 
 def routing_repeat(fleets: Sequence[Fleet], decisions: Sequence[int]) -> dict[str, Any]:
-    """PING, decisions (fresh fleet read) and decisions with the router's cached view, per
-    fleet; the fleets take turns in chunks so slow drift hits both alike."""
+    """PING, a router's decisions and decisions on a fresh fleet read, per fleet; the fleets
+    take turns in chunks so slow drift hits both alike."""
     out: dict[str, Any] = {}
     samples: dict[int, dict[str, list[float]]] = {
-        len(f.agents): {"ping": [], "decide": [], "cached": []} for f in fleets
+        len(f.agents): {"ping": [], "decide": [], "fresh": []} for f in fleets
     }
     chunks = 10
     for chunk in range(chunks):
@@ -157,7 +165,7 @@ def routing_repeat(fleets: Sequence[Fleet], decisions: Sequence[int]) -> dict[st
             per = max(1, n // chunks)
             s["ping"] += time_calls(fleet.store.r.ping, per, warmup=5)
             s["decide"] += time_calls(fleet.decide, per, warmup=2)
-            s["cached"] += time_calls(fleet.decide_cached, per, warmup=2)
+            s["fresh"] += time_calls(fleet.decide_fresh, per, warmup=2)
     for n, s in samples.items():
         out[str(n)] = {k: summary_ms(v, (50, 99)) for k, v in s.items()}
     return out

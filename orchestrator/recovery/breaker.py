@@ -68,6 +68,10 @@ class BreakerState(BaseModel):
         return self.outcomes.count(FAILURE) / len(self.outcomes) if self.outcomes else 0.0
 
 
+CLOSED_BREAKER = BreakerState()
+"""An agent with no stored breaker: fresh and closed (frozen, so one shared instance)."""
+
+
 class BreakerStep(NamedTuple):
     """Result of recording an outcome: the new state and the transition, if any."""
 

@@ -15,6 +15,8 @@ from typing import Any, Protocol
 from orchestrator.config import Settings
 from orchestrator.errors import ClientBlocked, InvalidTask, NoCapableAgent, RateLimited, UnknownTask
 from orchestrator.models import (
+    AgentStatus,
+    CircuitBreakerConfig,
     CircuitBreakerState,
     OrchestrationStrategy,
     OrchestrationTask,
@@ -23,17 +25,18 @@ from orchestrator.models import (
     parse_task,
 )
 from orchestrator.monitoring.stats import client_label
-from orchestrator.recovery.breaker import BreakerState, would_admit
+from orchestrator.recovery.breaker import CLOSED_BREAKER, would_admit
 from orchestrator.routing.weights import (
     integer_weights,
     is_eligible,
     pick_least_loaded,
     pick_power_of_two,
 )
-from orchestrator.store import Fleet, StateStore
+from orchestrator.store import Fleet, StateStore, WrrPeers
 
 AFFINITY_TTL_S = 24 * 3600
-FLEET_CACHE_S = 0.2  # how stale a router's view of circuits and heartbeats may be
+FLEET_CACHE_S = 0.2  # how often a router asks whether the fleet changed (one GET)
+FLEET_MAX_AGE_S = 5.0  # a view is read again after this long even when nothing said it changed
 
 
 class Publisher(Protocol):
@@ -52,6 +55,51 @@ class Preparer(Protocol):
     def __call__(
         self, task: OrchestrationTask, agent: RegisteredAgent, dispatch: int
     ) -> tuple[Any, list[tuple[str, str]]]: ...
+
+
+@dataclass
+class RouteView:
+    """One capability set's routing inputs under one view of the fleet: the eligible agents
+    and their integer weights, built once per view instead of once per task (at 1,000 agents
+    that is most of a decision's cost)."""
+
+    eligible: list[RegisteredAgent]
+    weights: dict[str, int]
+    by_id: dict[str, RegisteredAgent]
+    _peers: WrrPeers | None = None
+
+    @property
+    def peers(self) -> WrrPeers:
+        if self._peers is None:
+            self._peers = WrrPeers.of(self.weights)
+        return self._peers
+
+
+def view_expiry(
+    fleet: Fleet,
+    read_at: float,
+    timeout_s: float,
+    circuit_cfg: CircuitBreakerConfig | None,
+    max_age_s: float = FLEET_MAX_AGE_S,
+) -> float:
+    """When a view of the fleet read at `read_at` stops telling the truth by the clock alone:
+    the first live agent's heartbeat going stale, the first open breaker due for its trial
+    (or half-open round due to restart), or `max_age_s`. Every other change routers must see
+    (registration, status, breaker transitions, scores) moves the fleet version instead."""
+    times = [read_at + max_age_s]
+    for agent in fleet.agents:
+        if agent.status is AgentStatus.ACTIVE and agent.last_heartbeat + timeout_s > read_at:
+            times.append(agent.last_heartbeat + timeout_s)
+    if circuit_cfg is not None:
+        for breaker in fleet.breakers.values():
+            since = (
+                breaker.opened_at
+                if breaker.state is CircuitBreakerState.OPEN
+                else breaker.half_opened_at
+            )
+            if since is not None and since + circuit_cfg.recovery_timeout_s > read_at:
+                times.append(since + circuit_cfg.recovery_timeout_s)
+    return min(times)
 
 
 @dataclass(frozen=True)
@@ -79,29 +127,40 @@ class Router:
         self.strategy = OrchestrationStrategy(settings.load_balancing_algorithm)
         self.circuit_cfg = settings.circuit_config() if settings.circuit_breaker_enabled else None
         self._fleet: Fleet | None = None
-        self._fleet_at = 0.0
+        self._checked_at = 0.0  # when the fleet version was last compared
+        self._expires_at = 0.0  # view_expiry of the current view
+        self._views: dict[str, RouteView] = {}  # per capability key, for the current view
         self.keep_outbox = False
 
     def fleet(self, now: float, fresh: bool = False) -> Fleet:
-        """The fleet as of at most FLEET_CACHE_S ago. Submissions share one read; sweeps and
-        recovery ask for a fresh one. The round-robin state and half-open trial slots are
-        taken atomically in Redis either way, so a cached view never skews the sequence."""
+        """The router's view of the fleet. Submissions share it while it is current: every
+        FLEET_CACHE_S the router compares the fleet version (one GET) and reads the whole
+        fleet again only when it moved (a registration, a status or breaker change, new
+        scores) or the view expired by the clock (view_expiry: a heartbeat going stale, a
+        breaker due for its trial, FLEET_MAX_AGE_S). So a decision costs the same at 1,000
+        agents as at 10. Sweeps and recovery ask for a fresh read. The round-robin state and
+        half-open trial slots are taken atomically in Redis either way, so a shared view never
+        skews the sequence."""
         # Only the round-robin may share a view: least-loaded and power-of-two read in-flight
         # counts that a cached view would leave stale, herding a burst onto one agent.
         cacheable = self.strategy is OrchestrationStrategy.WEIGHTED_ROUND_ROBIN
-        if (
-            fresh
-            or not cacheable
-            or self._fleet is None
-            or not 0 <= now - self._fleet_at <= FLEET_CACHE_S
-        ):
-            self._fleet = self.store.load_fleet(self.circuit_cfg, now)
-            self._fleet_at = now
+        current = self._fleet is not None and cacheable and not fresh and now < self._expires_at
+        if current and not 0 <= now - self._checked_at <= FLEET_CACHE_S:
+            assert self._fleet is not None
+            current = self.store.fleet_version() == self._fleet.version
+            self._checked_at = now
+        if not current or self._fleet is None:
+            fleet = self.store.load_fleet(self.circuit_cfg, now)
             if self.circuit_cfg is None:
                 # ORCH_CIRCUIT_BREAKER_ENABLED=false: a breaker state stored while it was on
                 # (or by a router that has it on) excludes and penalises nobody here.
-                for agent in self._fleet.agents:
+                for agent in fleet.agents:
                     agent.circuit = CircuitBreakerState.CLOSED
+            self._fleet, self._views = fleet, {}
+            self._checked_at = now
+            self._expires_at = view_expiry(
+                fleet, now, self.settings.agent_timeout_s, self.circuit_cfg
+            )
         return self._fleet
 
     def submit(self, fields: dict[str, Any], submit_id: str, now: float) -> Outcome:
@@ -201,7 +260,7 @@ class Router:
             if self.circuit_cfg is None:
                 return True
             return would_admit(
-                fleet.breakers.get(agent.agent_id, BreakerState()), self.circuit_cfg, now
+                fleet.breakers.get(agent.agent_id, CLOSED_BREAKER), self.circuit_cfg, now
             )
 
         required = task.required_capabilities
@@ -212,6 +271,24 @@ class Router:
             and is_eligible(a, required, now, self.settings.agent_timeout_s, admits(a))
         ]
 
+    def view(
+        self, task: OrchestrationTask, fleet: Fleet, now: float, exclude: Collection[str] = ()
+    ) -> RouteView:
+        """The eligible agents and weights for this task's capabilities: built once per view
+        of the fleet (the router's own, with nothing excluded), otherwise now."""
+        shared = not exclude and fleet is self._fleet
+        key = task.capability_key
+        if shared and key in self._views:
+            return self._views[key]
+        eligible = self.eligible(task, fleet, now, exclude)
+        weights = integer_weights(
+            eligible, task.required_capabilities, self.settings.intelligent_routing_enabled
+        )
+        view = RouteView(eligible, weights, {a.agent_id: a for a in eligible})
+        if shared:
+            self._views[key] = view
+        return view
+
     def choose(
         self, task: OrchestrationTask, fleet: Fleet, now: float, exclude: Collection[str] = ()
     ) -> RegisteredAgent | None:
@@ -219,7 +296,7 @@ class Router:
         a trial slot when asked atomically; otherwise the choice is made again without it."""
         skipped = set(exclude)
         while True:
-            chosen = self._pick(task, self.eligible(task, fleet, now, skipped), now)
+            chosen = self._pick(task, self.view(task, fleet, now, skipped))
             if chosen is None or self.circuit_cfg is None:
                 return chosen
             if chosen.circuit is CircuitBreakerState.CLOSED or self.store.admit_circuit(
@@ -228,34 +305,29 @@ class Router:
                 return chosen
             skipped.add(chosen.agent_id)
 
-    def _pick(
-        self, task: OrchestrationTask, eligible: list[RegisteredAgent], now: float
-    ) -> RegisteredAgent | None:
+    def _pick(self, task: OrchestrationTask, view: RouteView) -> RegisteredAgent | None:
         """The algorithm's pick; with an affinity key, the key's agent while it is eligible.
 
         Least-loaded and power-of-two pick here (reading state changes nothing); the
         round-robin pick is left to the store, so a task that follows its key's agent does
         not advance the shared sequence. With a key, the read and the write of its agent are
         one Lua step: two routers racing on a new key agree on one agent."""
-        if not eligible:
+        if not view.eligible:
             return None
-        by_id = {a.agent_id: a for a in eligible}
-        required = task.required_capabilities
-        weights = integer_weights(eligible, required, self.settings.intelligent_routing_enabled)
         own: str | None = None
         if self.strategy is OrchestrationStrategy.LEAST_LOADED:
-            own = pick_least_loaded(eligible, weights).agent_id
+            own = pick_least_loaded(view.eligible, view.weights).agent_id
         elif self.strategy is OrchestrationStrategy.POWER_OF_TWO:
-            own = pick_power_of_two(eligible, self.rng).agent_id
+            own = pick_power_of_two(view.eligible, self.rng).agent_id
         if task.affinity_key:
-            return by_id[
+            return view.by_id[
                 self.store.affinity_pick(
-                    task.affinity_key, task.capability_key, weights, own, AFFINITY_TTL_S
+                    task.affinity_key, task.capability_key, view.peers, own, AFFINITY_TTL_S
                 )
             ]
         if own is None:
-            own = self.store.wrr_pick(task.capability_key, weights)
-        return by_id[own]
+            own = self.store.wrr_pick(task.capability_key, view.peers)
+        return view.by_id[own]
 
     def dispatch(
         self,

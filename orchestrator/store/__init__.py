@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from orchestrator.models import CircuitBreakerConfig, TaskState
-from orchestrator.store.agents import AgentStore, Fleet, _circuit_args, _outcome_args
+from orchestrator.store.agents import AgentStore, Fleet, WrrPeers, _circuit_args, _outcome_args
 from orchestrator.store.base import now_s
 from orchestrator.store.clients import ClientStore
 from orchestrator.store.dlq import DeadLetterStore
@@ -68,4 +68,4 @@ class StateStore(
         return int(done) == 1
 
 
-__all__ = ["Attempt", "Fleet", "StateStore", "now_s"]
+__all__ = ["Attempt", "Fleet", "StateStore", "WrrPeers", "now_s"]

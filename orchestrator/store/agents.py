@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import struct
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,6 +19,7 @@ from orchestrator.models import (
     RegisteredAgent,
 )
 from orchestrator.recovery.breaker import (
+    CLOSED_BREAKER,
     BreakerState,
     admit,
     current_state,
@@ -28,6 +32,7 @@ from orchestrator.store.keys import (
     AGENT_STATUS,
     AGENTS,
     CIRCUIT_PREFIX,
+    FLEET_VERSION,
     HEARTBEATS,
     INFLIGHT_PREFIX,
     PERF_SCORES,
@@ -47,9 +52,42 @@ class Fleet:
 
     agents: list[RegisteredAgent]
     breakers: dict[str, BreakerState] = field(default_factory=dict)
+    version: int = 0  # the fleet version read with it (FLEET_VERSION)
 
     def by_id(self) -> dict[str, RegisteredAgent]:
         return {a.agent_id: a for a in self.agents}
+
+
+@dataclass(frozen=True)
+class WrrPeers:
+    """The eligible agents and their integer weights as the round-robin script takes them:
+    the ids sorted, both as JSON, and a digest of the ids. A router builds it once per view
+    of the fleet and capability set, so a pick sends three prepared strings, whatever the
+    fleet's size, and the script re-reads the ids only when the digest changed."""
+
+    ids: tuple[str, ...]
+    ids_json: str
+    weights: bytes  # a MessagePack array of int32, aligned with ids
+    digest: str
+
+    @classmethod
+    def of(cls, weights: Mapping[str, int]) -> WrrPeers:
+        if not weights:
+            raise ValueError("the round-robin needs at least one weighted peer")
+        ids = tuple(sorted(weights))
+        bad = [i for i in ids if not isinstance(weights[i], int) or weights[i] <= 0]
+        if bad:
+            raise ValueError(f"weights must be positive integers: {', '.join(bad)}")
+        ids_json = json.dumps(ids, separators=(",", ":"))
+        packed = struct.pack(">BI", 0xDD, len(ids)) + b"".join(
+            struct.pack(">Bi", 0xD2, weights[i]) for i in ids
+        )
+        return cls(
+            ids, ids_json, packed, hashlib.blake2b(ids_json.encode(), digest_size=12).hexdigest()
+        )
+
+    def args(self) -> list[str | bytes]:
+        return [self.digest, self.ids_json, self.weights]
 
 
 def _outcome_args(agent_id: str, ok: bool, latency_ms: float, task_type: str = "") -> list[Any]:
@@ -102,6 +140,7 @@ class AgentStore(StoreBase):
             pipe.hset(HEARTBEATS, agent.agent_id, repr(now))
             pipe.hset(AGENT_STATUS, agent.agent_id, AgentStatus.ACTIVE.value)
             pipe.hdel(QUARANTINED_UNTIL, agent.agent_id)
+            pipe.incr(FLEET_VERSION)
             self.event(
                 "agent.registered",
                 now,
@@ -118,7 +157,8 @@ class AgentStore(StoreBase):
         with self._translate():
             return str(
                 self._heartbeat(
-                    keys=[HEARTBEATS, AGENT_STATUS, QUARANTINED_UNTIL], args=[agent_id, repr(now)]
+                    keys=[HEARTBEATS, AGENT_STATUS, QUARANTINED_UNTIL, FLEET_VERSION],
+                    args=[agent_id, repr(now)],
                 )
             )
 
@@ -139,6 +179,7 @@ class AgentStore(StoreBase):
                 return False
             pipe = self.r.pipeline(transaction=True)
             pipe.hset(AGENT_STATUS, agent_id, status.value)
+            pipe.incr(FLEET_VERSION)
             if event:
                 self.event(
                     event,
@@ -172,6 +213,7 @@ class AgentStore(StoreBase):
         with self._translate():
             pipe = self.r.pipeline(transaction=True)
             pipe.hset(AGENT_STATUS, agent_id, AgentStatus.OFFLINE.value)
+            pipe.incr(FLEET_VERSION)
             self.event("agent.deregistered", now, source, pipe, agent_id=agent_id)
             pipe.execute()
 
@@ -180,8 +222,8 @@ class AgentStore(StoreBase):
     ) -> Fleet:
         """Every registered agent with its live figures and breaker, in one round trip."""
         with self._translate():
-            records, beats, stats, statuses, circuits, scores, inflight = self._fleet(
-                keys=[AGENTS, HEARTBEATS, AGENT_STATS, AGENT_STATUS, PERF_SCORES],
+            records, beats, stats, statuses, circuits, scores, inflight, version = self._fleet(
+                keys=[AGENTS, HEARTBEATS, AGENT_STATS, AGENT_STATUS, PERF_SCORES, FLEET_VERSION],
                 args=[CIRCUIT_PREFIX, INFLIGHT_PREFIX],
             )
         beats, stats, statuses = _pairs(beats), _pairs(stats), _pairs(statuses)
@@ -208,7 +250,7 @@ class AgentStore(StoreBase):
             lat = stats.get(f"{agent_id}|lat")
             own = by_agent.get(agent_id, {})
             scores = {c: s for c, s in own.items() if c in template.capabilities}
-            breaker = breakers.get(agent_id, BreakerState())
+            breaker = breakers.get(agent_id, CLOSED_BREAKER)
             # A copy per read (the template's own dicts are shared, and never changed in
             # place): callers set status and the like on the agents they get.
             agent = template.model_copy(
@@ -229,7 +271,12 @@ class AgentStore(StoreBase):
                 }
             )
             agents.append(agent)
-        return Fleet(sorted(agents, key=lambda a: a.agent_id), breakers)
+        return Fleet(sorted(agents, key=lambda a: a.agent_id), breakers, int(version or 0))
+
+    def fleet_version(self) -> int:
+        """The fleet version: a router whose view was read under another re-reads it."""
+        with self._translate():
+            return int(self.r.get(FLEET_VERSION) or 0)
 
     def load_agents(self) -> list[RegisteredAgent]:
         return self.load_fleet().agents
@@ -286,7 +333,13 @@ class AgentStore(StoreBase):
             if transition == "opened"
             else ProductionEventSeverity.INFO
         )
-        self.event(f"circuit.{transition}", now, agent_id, severity=severity, agent_id=agent_id)
+        with self._translate():
+            pipe = self.r.pipeline(transaction=True)
+            pipe.incr(FLEET_VERSION)
+            self.event(
+                f"circuit.{transition}", now, agent_id, pipe, severity=severity, agent_id=agent_id
+            )
+            pipe.execute()
 
     def admit_circuit(self, agent_id: str, cfg: CircuitBreakerConfig, now: float) -> bool:
         """Take a trial slot of a half-open breaker (or move an open one past its timeout to
@@ -304,6 +357,7 @@ class AgentStore(StoreBase):
                     pipe.multi()
                     pipe.delete(key)
                     pipe.hset(key, mapping=dict(to_redis_hash(decision.state)))  # type: ignore[arg-type]
+                    pipe.incr(FLEET_VERSION)
                     if decision.transition is not None:
                         self.event(
                             decision.transition.event_type, now, "router", pipe, agent_id=agent_id
@@ -319,18 +373,28 @@ class AgentStore(StoreBase):
 
     # --- routing state -------------------------------------------------------------------
 
-    def wrr_pick(self, capability_key: str, weights: Mapping[str, int]) -> str:
-        args: list[Any] = []
-        for agent_id in sorted(weights):
-            args += [agent_id, weights[agent_id]]
+    def wrr_pick(self, capability_key: str, peers: Mapping[str, int] | WrrPeers) -> str:
+        """The next smooth weighted round-robin pick among `peers` (agent -> integer weight,
+        or prepared), one atomic step shared by every router."""
+        if not isinstance(peers, WrrPeers):
+            peers = WrrPeers.of(peers)
         with self._translate():
-            return str(self._wrr(keys=[wrr_key(capability_key)], args=args))
+            index = int(self._wrr(keys=[wrr_key(capability_key)], args=peers.args()))
+        return peers.ids[index - 1]
+
+    def wrr_state(self, capability_key: str) -> dict[str, int]:
+        """The round-robin's `current` per agent (tests and diagnostics)."""
+        with self._translate():
+            ids, cur = self._wrr_state(keys=[wrr_key(capability_key)])
+        if not ids:
+            return {}
+        return {str(k): int(v) for k, v in zip(json.loads(ids), cur, strict=True)}
 
     def affinity_pick(
         self,
         key: str,
         capability_key: str,
-        weights: Mapping[str, int],
+        weights: Mapping[str, int] | WrrPeers,
         fallback: str | None,
         ttl_s: int,
     ) -> str:
@@ -338,10 +402,8 @@ class AgentStore(StoreBase):
         so routers racing on a new key agree on one agent: the stuck agent while it is among
         `weights` (the eligible agents; its TTL is refreshed), else `fallback` (the router's
         own pick), or with None the next weighted round-robin pick, which advances only then."""
-        if not weights:
-            raise ValueError("affinity_pick needs at least one eligible agent")
-        args: list[Any] = [ttl_s, fallback or ""]
-        for agent_id in sorted(weights):
-            args += [agent_id, weights[agent_id]]
+        if not isinstance(weights, WrrPeers):
+            weights = WrrPeers.of(weights)
+        args: list[Any] = [ttl_s, fallback or "", *weights.args()]
         with self._translate():
             return str(self._affinity(keys=[affinity_key(key), wrr_key(capability_key)], args=args))

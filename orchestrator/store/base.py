@@ -84,6 +84,7 @@ class StoreBase:
         #: Submissions confirmed before enough replicas had them (see replicated()).
         self.unreplicated = 0
         self._wrr = client.register_script(scripts.WRR_PICK)
+        self._wrr_state = client.register_script(scripts.WRR_STATE)
         self._affinity = client.register_script(scripts.AFFINITY_PICK)
         self._fleet = client.register_script(scripts.LOAD_FLEET)
         self._accept = client.register_script(scripts.ACCEPT)

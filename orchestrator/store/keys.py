@@ -17,6 +17,9 @@ Key layout (prefix `orch:`):
   (orchestrator:events stream: the event log of SPEC section 8, named by the SPEC)
   agent_status        hash  agent_id -> status (active|sleeping|quarantined|offline)
   quarantined_until   hash  agent_id -> unix time its quarantine ends
+  fleet:version       str   a counter every change routers must see at once increments
+                            (registration, status, breaker transition, scores): a router
+                            re-reads the fleet when it moved (routing/router.py)
   sleep               hash  agent_id -> checkpoint JSON written when it fell asleep (why, when,
                             its stats then); removed when it wakes
   idle_since          hash  agent_id -> when the sleep/wake loop first saw it idle
@@ -56,6 +59,7 @@ COUNTERS = PREFIX + "counters"
 EVENTS = "orchestrator:events"  # the name SPEC section 8 gives other services
 AGENT_STATUS = PREFIX + "agent_status"
 QUARANTINED_UNTIL = PREFIX + "quarantined_until"
+FLEET_VERSION = PREFIX + "fleet:version"
 SLEEP = PREFIX + "sleep"
 IDLE_SINCE = PREFIX + "idle_since"
 RECYCLED = PREFIX + "recycled"

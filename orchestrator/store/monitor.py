@@ -27,6 +27,7 @@ from orchestrator.store.keys import (
     ANOMALY_STATE,
     BACKUP_LAST,
     DLQ,
+    FLEET_VERSION,
     KOMBU_UNACKED,
     MONITOR_RUNS,
     MONITOR_SINCE,
@@ -401,6 +402,7 @@ class MonitorStore:
         reads) and the completion counts they were computed from, in one step."""
         pipe = self.r.pipeline(transaction=True)
         pipe.delete(PERF_SCORES, PERF_SEEN)
+        pipe.incr(FLEET_VERSION)  # routers weigh agents by these scores
         if scores:
             values: dict[str | bytes, str] = {k: repr(v) for k, v in scores.items()}
             pipe.hset(PERF_SCORES, mapping=values)

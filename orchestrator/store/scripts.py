@@ -26,6 +26,7 @@ def _as_function(name: str, body: str) -> str:
 
 
 WRR_PICK = _read("wrr_pick")
+WRR_STATE = _read("wrr_state")
 LOAD_FLEET = _read("load_fleet")
 ACCEPT = _read("accept")
 TRANSITION = _read("transition")

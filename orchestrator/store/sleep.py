@@ -15,7 +15,7 @@ import redis
 
 from orchestrator.models import AgentStatus, RegisteredAgent
 from orchestrator.store.base import StoreBase
-from orchestrator.store.keys import AGENT_STATUS, IDLE_SINCE, RECYCLED, SLEEP
+from orchestrator.store.keys import AGENT_STATUS, FLEET_VERSION, IDLE_SINCE, RECYCLED, SLEEP
 
 
 def checkpoint(agent: RegisteredAgent, now: float, reason: str) -> dict[str, Any]:
@@ -54,6 +54,7 @@ class SleepStore(StoreBase):
                         return False
                     pipe.multi()
                     pipe.hset(AGENT_STATUS, agent_id, to.value)
+                    pipe.incr(FLEET_VERSION)
                     pipe.hdel(IDLE_SINCE, agent_id)
                     if mark is not None:
                         pipe.hset(SLEEP, agent_id, json.dumps(mark))

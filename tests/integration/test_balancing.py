@@ -25,7 +25,7 @@ from orchestrator.client import OrchestratorClient
 from orchestrator.config import Settings, load_settings
 from orchestrator.routing.weights import follow_affinity, is_eligible, wrr_step
 from orchestrator.store import StateStore
-from orchestrator.store.keys import affinity_key, wrr_key
+from orchestrator.store.keys import affinity_key
 from tests.support import CeleryProcess, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -315,8 +315,7 @@ def test_lua_affinity_step_matches_the_pure_rule(seed, redis_url):
             stuck[key] = got
             assert store.r.get(affinity_key(key)) == got, step
             assert 990 <= store.r.ttl(affinity_key(key)) <= 1000, step  # refreshed or new
-            stored = {k: int(v) for k, v in store.r.hgetall(wrr_key("echo")).items()}
-            assert stored == state, step
+            assert store.wrr_state("echo") == state, step
     finally:
         store.r.close()
 

@@ -1,6 +1,7 @@
 -- The whole fleet in one round trip. KEYS = agents, heartbeats, agent_stats, agent_status,
--- perf scores; ARGV = circuit key prefix, in-flight set prefix. Returns {agents, heartbeats,
--- stats, statuses, {id, circuit}..., scores, {id, in-flight count}...}: an agent's in-flight
+-- perf scores, fleet version; ARGV = circuit key prefix, in-flight set prefix. Returns {agents,
+-- heartbeats, stats, statuses, {id, circuit}..., scores, {id, in-flight count}..., the fleet
+-- version (false when none was written)}: an agent's in-flight
 -- count is the size of its set of routed, unended tasks (a task moved elsewhere leaves it).
 -- Stats are each agent's `<id>|ok`, `<id>|fail` and `<id>|lat` fields (those present), as
 -- field/value pairs: the per-type fields beside them in the hash are not read.
@@ -24,4 +25,5 @@ for i = 1, #agents, 2 do
   end
 end
 return {agents, redis.call('HGETALL', KEYS[2]), stats,
-        redis.call('HGETALL', KEYS[4]), circuits, redis.call('HGETALL', KEYS[5]), inflight}
+        redis.call('HGETALL', KEYS[4]), circuits, redis.call('HGETALL', KEYS[5]), inflight,
+        redis.call('GET', KEYS[6])}
