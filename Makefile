@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test fuzz lint bench bench-anomaly bench-failover bench-fleet bench-scale clean venv sysdeps
+.PHONY: run test fuzz lint bench bench-routing bench-anomaly bench-failover bench-fleet bench-scale \
+	clean venv sysdeps
 
 venv: $(STAMP)
 
@@ -46,8 +47,15 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# Issue 15's ten figures in one table: the routing, scale and fleet benchmarks in turn (about 10
+# minutes), each on its own redis-server and workers; writes bench/results.json and RESULTS.md.
+# BENCH_ARGS="--quick" for a smoke run of a few minutes, "--only scale" for one stage.
 bench: $(STAMP)
-	$(BIN)/python bench/bench_routing.py
+	$(BIN)/python bench/bench_all.py $(BENCH_ARGS)
+
+# Routed throughput against plain Celery, round-trip latencies and registration, alone.
+bench-routing: $(STAMP)
+	$(BIN)/python bench/bench_routing.py $(BENCH_ARGS)
 
 # The anomaly detector scored on ../shared/data/nab-tuning (when present) beside the published
 # detectors, with its cost per point and per series; updates bench/RESULTS.md. Then regression
