@@ -28,6 +28,7 @@ import json
 import os
 import shlex
 import signal
+import statistics
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -221,6 +222,92 @@ def table_rows(reports: Mapping[str, dict[str, Any]]) -> list[GoalRow]:
     return rows
 
 
+def _routing_reasons(r: dict[str, Any]) -> dict[int, str]:
+    """Why figures 1-3 fall short, in this run's own numbers."""
+    tp, cpu, trip = r["throughput_per_s"], r["cpu_ms_per_task"], r["round_trip_idle_p50_ms"]
+    events = tp[rr.PLAIN_EV]["median"] / tp[rr.PLAIN]["median"]
+    hop2 = tp[rr.HOP2]["median"] / tp[rr.PLAIN]["median"]
+
+    def per_task(variant: str) -> str:
+        parts = {k: v for k, v in cpu[variant].items() if k != "total" and v >= 0.05}
+        return (
+            f"{cpu[variant]['total']:.1f} ms ("
+            + ", ".join(f"{k} {v:.2f}" for k, v in parts.items())
+            + ")"
+        )
+
+    events_text = (
+        f"task events, on because Flower sees every task by name (SPEC section 10), alone give "
+        f"plain+events / plain "
+        f"{events:.2f}"
+    )
+    return {
+        0: f"{events_text}; by name every task makes two worker hops, and two hops with events "
+        f"and no orchestration at all give {hop2:.2f}; CPU per task on 2 cores: plain "
+        f"{per_task(rr.PLAIN)}, by name {per_task(rr.BYNAME)}",
+        1: f"{events_text}; CPU per task on 2 cores: plain {per_task(rr.PLAIN)}, client-routed "
+        f"{per_task(rr.ORCH)}: the route step (pick, then accept-route-publish), the agent's "
+        "begin and settle steps of the at-least-once ledger, and the events",
+        2: f"two worker hops: 2-hop+events (no orchestration work) idle p50 "
+        f"{trip[rr.HOP2]['median']:.2f} ms against plain {trip[rr.PLAIN]['median']:.2f} ms, "
+        f"{trip[rr.HOP2]['median'] / trip[rr.PLAIN]['median']:.2f} x on its own",
+    }
+
+
+def _scale_reasons(r: dict[str, Any]) -> dict[int, str]:
+    """Why figures 5, 6 and 9 fall short, in this run's own numbers."""
+    f = r["figures"]
+    small, large = (str(n) for n in r["config"]["agents"])
+    d, fresh, ping = f["decision_ms"], f["decision_fresh_ms"], f["ping_p99_ms"]
+    wrr = (
+        "the smooth weighted round-robin SPEC section 6 prescribes (one atomic step in Redis) "
+        "adds every eligible agent's weight at each pick, so its Lua step grows with the "
+        f"eligible agents: p50 {d[large]['p50']['median']:.2f} ms at {large} against "
+        f"{d[small]['p50']['median']:.2f} ms at {small}, PING p99 "
+        f"{ping[large]['median']:.2f} ms; the fleet itself is no longer read per decision "
+        f"(a fresh read and decision: {fresh[large]['p50']['median']:.1f} ms at {large}, at "
+        "most once per 5 s or fleet change per router)"
+    )
+    top = sorted(f["loops"].items(), key=lambda kv: -kv[1]["share_pct"])[:4]
+    loops = (
+        "the largest at "
+        + large
+        + " agents: "
+        + ", ".join(f"{name} {v['share_pct']:.2f} %" for name, v in top)
+        + "; each of these reads the whole fleet or every queue per run"
+    )
+    return {4: wrr, 5: wrr, 8: loops}
+
+
+def _fleet_reasons(r: dict[str, Any]) -> dict[int, str]:
+    """Why figure 8 falls short, in this run's own numbers."""
+    runs = r["memory"]["runs"]
+    pss = statistics.median(x["agent"]["pss_total_mb"] - x["plain"]["pss_total_mb"] for x in runs)
+    return {
+        7: "the agent imports pydantic and pydantic-settings, about 10 MB per process (SPEC "
+        "section 3: one pydantic-settings model; pydantic at every boundary); each -c 2 pool "
+        "child's RSS counts those pages again, "
+        f"so the whole worker shows three times the main process's difference (by PSS, "
+        f"which counts a shared page once: {pss:+.1f} MB)"
+    }
+
+
+STAGE_REASONS = {"routing": _routing_reasons, "scale": _scale_reasons, "fleet": _fleet_reasons}
+
+
+def reasons(reports: Mapping[str, dict[str, Any]]) -> dict[str, str]:
+    """Each figure not met -> why, from the same run's measurements."""
+    rows = table_rows(reports)
+    out: dict[str, str] = {}
+    for stage in STAGES:
+        if stage not in reports:
+            continue
+        for index, why in STAGE_REASONS[stage](reports[stage]).items():
+            if rows[index][3] is False:
+                out[FIGURES[index][0]] = why
+    return out
+
+
 def title(report: dict[str, Any]) -> str:
     cfg = report["config"]
     size = "QUICK RUN (smoke sizes, not the issue's figures)" if cfg["quick"] else "full run"
@@ -241,6 +328,10 @@ def markdown(report: dict[str, Any]) -> str:
         "the repeats (min-max in brackets), each against a baseline measured in the same run.",
         "",
         *goal_markdown(table_rows(report["reports"])),
+        "",
+        "Why a goal is not met, measured in the same run:",
+        "",
+        *(f"- **{figure}**: {why}." for figure, why in reasons(report["reports"]).items()),
         END,
     ]
     return "\n".join(lines) + "\n"
@@ -293,8 +384,10 @@ def build_report(
         },
         "reports": reports,
     }
+    why = reasons(reports)
     report["figures"] = [
-        {"figure": f, "measured": m, "goal": g, "met": ok} for f, m, g, ok in table_rows(reports)
+        {"figure": f, "measured": m, "goal": g, "met": ok, "reason": why.get(f)}
+        for f, m, g, ok in table_rows(reports)
     ]
     return report
 
@@ -376,6 +469,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         out = Console(width=max(Console().width, 120))
         out.print(goal_table(title(report), table_rows(report["reports"])))
+        for figure, why in reasons(report["reports"]).items():
+            out.print(f"[bold]{figure}[/bold], not met: {why}")
         if args.quick:
             out.print("quick run: sizes too small for the issue's goals; run `make bench`.")
     return 0

@@ -120,9 +120,15 @@ def decide(ctx: LoopContext, now: float) -> tuple[list[Decision], dict[str, Regi
 
 
 def run_sleep_wake(ctx: LoopContext, now: float) -> dict[str, Any]:
-    """One tick: decide, then sleep, wake and recycle; route the parked tasks after a wake."""
-    decisions, fleet = decide(ctx, now)
+    """One tick: decide, then sleep, wake and recycle; route the parked tasks after a wake.
+    With sleep off (no ORCH_SLEEP_AFTER_IDLE_S, no ORCH_SLEEP_WINDOWS, the defaults) and no
+    agent put to sleep by hand there is nothing to decide: one read of the statuses, not
+    the whole fleet and every queue (about 0.5 % of a core at 1,000 agents)."""
     done = {"slept": 0, "woken": 0, "recycled": 0}
+    s = ctx.settings
+    if not s.sleep_after_idle_s and not s.sleep_windows and not ctx.store.anyone_sleeping():
+        return done
+    decisions, fleet = decide(ctx, now)
     for decision in decisions:
         agent = fleet[decision.agent_id]
         if decision.action == "wake":

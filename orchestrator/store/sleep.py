@@ -66,6 +66,11 @@ class SleepStore(StoreBase):
                 except redis.WatchError:
                     continue
 
+    def anyone_sleeping(self) -> bool:
+        """Whether any agent's stored status is `sleeping`."""
+        with self._translate():
+            return AgentStatus.SLEEPING.value in self.r.hvals(AGENT_STATUS)
+
     def fall_asleep(self, agent: RegisteredAgent, now: float, reason: str, source: str) -> bool:
         """active -> sleeping, with its checkpoint and `agent.sleeping`; False if not active."""
         return self._change(

@@ -1,8 +1,9 @@
-"""A router's view of the fleet, against a real redis-server.
+"""Reading the whole fleet only when needed, against a real redis-server.
 
-Shared between submissions while nothing changed, re-read as soon as something routers must
-see changed (the fleet version), and expired by the clock when a heartbeat goes stale: no
-decision grows with the fleet and none routes on a view that lies."""
+A router's view of the fleet is shared between submissions while nothing changed, re-read
+as soon as something routers must see changed (the fleet version), and expired by the clock
+when a heartbeat goes stale: no decision grows with the fleet and none routes on a view that
+lies. The sleep-wake loop reads nothing more than the statuses while sleep is off."""
 
 from __future__ import annotations
 
@@ -116,3 +117,24 @@ def test_a_breaker_opening_is_seen_at_the_next_version_check(store):
         store.record_outcome("a", False, 10.0, cfg, now + 0.01 * i)
     assert store.circuit("a").state.value == "open"
     assert picks(r, now + 0.3, 4) == ["b", "b", "b", "b"]
+
+
+def test_sleep_wake_reads_no_fleet_while_sleep_is_off_and_nobody_sleeps(store, redis_url):
+    """With ORCH_SLEEP_AFTER_IDLE_S 0 and no ORCH_SLEEP_WINDOWS (the defaults) the sleep-wake
+    tick has nothing to decide unless someone put an agent to sleep by hand: it costs one
+    read of the statuses, not the whole fleet every 15 s."""
+    from orchestrator.monitoring.loops import LoopContext
+    from orchestrator.scaling.sleepwake import run_sleep_wake
+    from orchestrator.store.monitor import MonitorStore
+
+    settings = load_settings(redis_url=redis_url, _env_file=None)
+    ctx = LoopContext(settings, store, MonitorStore(store.r))
+    now = 1_000.0
+    for agent_id in ("a", "b"):
+        register(store, agent_id, now, {"echo": 1.0})
+    assert run_sleep_wake(ctx, now) == {"slept": 0, "woken": 0, "recycled": 0}
+    assert store.reads == 0
+    assert store.fall_asleep(store.load_fleet().by_id()["b"], now, "by hand", "test")
+    store.reads = 0
+    run_sleep_wake(ctx, now + 1)
+    assert store.reads == 1  # a sleeper may need waking: the whole tick runs
