@@ -16,8 +16,8 @@ import pytest
 from rich.console import Console
 
 from bench import bench_all
-from bench.routing_report import VARIANTS
 from bench.common import goal_table
+from bench.routing_report import VARIANTS
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "orchestrator.cli"]
@@ -173,9 +173,7 @@ def test_the_json_report_round_trips(monkeypatch):
     report = bench_all.build_report(reports(True), False, 600.0, ["--only", "x"], [0.1, 0, 0])
     loaded = json.loads(json.dumps(report))
     assert bench_all.table_rows(loaded["reports"]) == bench_all.table_rows(reports(True))
-    assert [tuple(f.values())[:4] for f in loaded["figures"]] == bench_all.table_rows(
-        reports(True)
-    )
+    assert [tuple(f.values())[:4] for f in loaded["figures"]] == bench_all.table_rows(reports(True))
     assert all(f["reason"] is None for f in loaded["figures"])  # every goal met
     assert loaded["config"]["command"] == "bench/bench_all.py --only x"
     assert "full run" in bench_all.title(loaded)
