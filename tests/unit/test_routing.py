@@ -202,3 +202,52 @@ def test_affinity_holds_while_eligible_and_moves_when_not(stuck, eligible, fallb
 @pytest.mark.parametrize(("priority", "broker"), [(9, 0), (5, 4), (0, 9)])
 def test_priority_mapping_puts_nine_first(priority, broker):
     assert to_broker_priority(priority) == broker
+
+
+# --- when a router's view of the fleet expires by the clock ---------------------------------
+
+
+def _view_agent(agent_id: str, beat: float, status: AgentStatus = AgentStatus.ACTIVE):
+    return RegisteredAgent(
+        agent_id=agent_id,
+        capabilities={"echo": 1.0},
+        queue=f"agent.{agent_id}",
+        status=status,
+        last_heartbeat=beat,
+    )
+
+
+def test_a_view_expires_when_its_first_live_heartbeat_goes_stale():
+    from orchestrator.routing.router import view_expiry
+    from orchestrator.store import Fleet
+
+    fleet = Fleet(
+        [
+            _view_agent("a", 98.0),  # stale at 98 + 15 = 113
+            _view_agent("b", 99.0),
+            _view_agent("gone", 80.0),  # already stale at the read: excluded, not due
+            _view_agent("asleep", 90.0, AgentStatus.SLEEPING),  # not routed to anyway
+        ]
+    )
+    assert view_expiry(fleet, 100.0, 15.0, None) == 105.0  # the 5 s maximum age first
+    assert view_expiry(fleet, 100.0, 15.0, None, max_age_s=60) == 113.0
+    assert view_expiry(Fleet([]), 100.0, 15.0, None) == 105.0
+
+
+def test_a_view_expires_when_an_open_breaker_is_due_for_its_trial():
+    from orchestrator.models import CircuitBreakerConfig
+    from orchestrator.recovery.breaker import BreakerState
+    from orchestrator.routing.router import view_expiry
+    from orchestrator.store import Fleet
+
+    cfg = CircuitBreakerConfig(recovery_timeout_s=30)
+    fleet = Fleet(
+        [_view_agent("a", 99.0)],
+        {
+            "a": BreakerState(state=CircuitBreakerState.OPEN, opened_at=80.0),  # due at 110
+            "b": BreakerState(state=CircuitBreakerState.HALF_OPEN, half_opened_at=90.0),  # 120
+            "c": BreakerState(state=CircuitBreakerState.OPEN, opened_at=10.0),  # already due
+        },
+    )
+    assert view_expiry(fleet, 100.0, 600.0, cfg, max_age_s=60) == 110.0
+    assert view_expiry(fleet, 100.0, 600.0, None, max_age_s=60) == 160.0  # breakers off
