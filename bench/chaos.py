@@ -282,8 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     workdir = Path(tempfile.mkdtemp(prefix="orch-chaos-bench-"))
     extra = ["--appendonly", "yes", "--appendfsync", "everysec"] if args.aof else []
-    server = RedisServer(workdir=workdir / "redis", extra_args=extra)
-    (workdir / "redis").mkdir()
+    server = RedisServer(workdir=workdir / "redis", extra_args=extra)  # it makes the folder
     procs = ProcessSet(workdir / "logs")
     code = 1
     interrupted = False
