@@ -26,7 +26,7 @@ import redis
 from orchestrator.backup.archive import BackupError, verify_backup
 from orchestrator.backup.merge import Action, action_for, by_task, kind_of, tally, unfinished
 from orchestrator.store import StateStore
-from orchestrator.store.keys import PREFIX, RECOVERY, RECOVERY_DEADLINES
+from orchestrator.store.keys import FLEET_VERSION, PREFIX, RECOVERY, RECOVERY_DEADLINES
 
 SCRATCH = PREFIX + "restore:scratch"
 RESTORE_LAST = PREFIX + "backup:restored"
@@ -108,6 +108,9 @@ def restore_backup(
     report.kinds = tally(rows)
     if not dry_run:
         binary.set(RESTORE_LAST, json.dumps(report.as_dict() | {"restored_at": now}))
+        # Past any version a router has seen (the snapshot's came back with it): every
+        # router reads the restored fleet at its next check.
+        binary.incr(FLEET_VERSION)
     return report
 
 

@@ -170,3 +170,14 @@ def test_backup_status_judges_the_newest_verified_backup_against_the_rpo(env, re
     strict = cli_json({**env, "ORCH_BACKUP_RPO_S": "0.001"}, "backup", "status")
     assert strict["rpo_met"] is False and strict["rpo_s"] == 0.001
     assert "RPO" in cli(env, "backup", "status").stdout
+
+
+def test_a_restore_moves_the_fleet_version_past_any_a_router_has_seen(env, redis_client):
+    """Routers keep their view of the fleet until the fleet version moves; a restore brings
+    the snapshot's version back, which a router that read the fleet then would take for
+    "nothing changed" (routing/router.py)."""
+    redis_client.set("orch:fleet:version", 7)
+    path = cli_json(env, "backup", "create")["path"]
+    redis_client.flushall()  # the test server (redis_url), never the machine's
+    cli_json(env, "backup", "restore", path)
+    assert int(redis_client.get("orch:fleet:version")) > 7
