@@ -51,11 +51,6 @@ BATCH = 100
 BLOCK_MS = 1000
 #: How long the loop rests after Redis failed it, before trying again.
 BACKOFF_S = 1.0
-#: After a read that returned some entries but not a full batch, the loop lets more arrive
-#: for this long before reading again (Kafka's linger.ms): under a steady stream of task
-#: events it reads dozens per round trip instead of one or two (the control worker spent
-#: 0.5 ms of CPU per task reading them, `make bench`); a handler starts at most this late.
-LINGER_S = 0.05
 #: How long a stop waits for a running handler before leaving its entry to a claim.
 STOP_TIMEOUT_S = 10.0
 
@@ -160,8 +155,7 @@ class EventConsumer:
     def _run(self, stopping: threading.Event) -> None:
         while not stopping.is_set():
             try:
-                if 0 < self.poll(BLOCK_MS) < BATCH:
-                    stopping.wait(LINGER_S)
+                self.poll(BLOCK_MS)
             except Exception as exc:  # Redis restarting, failing over: rest and go on
                 log.warning("event processing: %s; again in %.0f s", exc, BACKOFF_S)
                 stopping.wait(BACKOFF_S)
