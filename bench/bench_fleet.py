@@ -61,36 +61,31 @@ def _interrupt(signum: int, frame: Any) -> NoReturn:
 # --- memory ------------------------------------------------------------------------------------
 
 
-def rss(pid: int) -> int:
-    """Resident set of one process in bytes (VmRSS from /proc; 0 if it is gone)."""
+def _kib_field(path: str, name: str) -> int:
+    """A `Name:   N kB` line of a /proc file, in bytes; 0 when the file or the line is gone
+    (the process exited, or smaps_rollup is not readable)."""
     try:
-        with open(f"/proc/{pid}/status", encoding="utf-8") as fh:
+        with open(path, encoding="utf-8") as fh:
             for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return 0
-
-
-def pss(pid: int) -> int:
-    """Proportional set (shared pages split among their sharers), bytes; 0 if unreadable."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("Pss:"):
+                if line.startswith(name):
                     return int(line.split()[1]) * 1024
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         pass
     return 0
 
 
+def rss(pid: int) -> int:
+    """Resident set of one process in bytes."""
+    return _kib_field(f"/proc/{pid}/status", "VmRSS:")
+
+
+def pss(pid: int) -> int:
+    """Proportional set (shared pages split among their sharers), bytes."""
+    return _kib_field(f"/proc/{pid}/smaps_rollup", "Pss:")
+
+
 def mem_available() -> int:
-    with open("/proc/meminfo", encoding="utf-8") as fh:
-        for line in fh:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    return _kib_field("/proc/meminfo", "MemAvailable:")
 
 
 def process_memory(proc: CeleryProcess) -> dict[str, Any]:
