@@ -17,40 +17,11 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from orchestrator.errors import ConfigError
 from orchestrator.models import CircuitBreakerConfig
 from orchestrator.scaling.windows import SleepWindow, parse_windows
+from orchestrator.settings_parsers import parse_capabilities, parse_client_weights
 
-NAME_RE = re.compile(r"^[a-z0-9_.-]{1,64}\Z")
 MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
-
-
-def parse_capabilities(raw: str | dict[str, Any] | None) -> dict[str, float]:
-    """Parse `name=proficiency,...` (a bare name means 1.0) into a validated mapping."""
-    if raw is None or raw == "":
-        return {}
-    items: dict[str, Any]
-    if isinstance(raw, dict):
-        items = dict(raw)
-    else:
-        items = {}
-        for part in str(raw).split(","):
-            part = part.strip()
-            if not part:
-                continue
-            name, sep, value = part.partition("=")
-            items[name.strip()] = value.strip() if sep else 1.0
-    parsed: dict[str, float] = {}
-    for name, value in items.items():
-        if not NAME_RE.match(name):
-            raise ValueError(f"capability name {name!r} must be 1-64 chars of [a-z0-9_.-]")
-        try:
-            proficiency = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"proficiency of {name!r} must be a number (got {value!r})") from None
-        if not 0 < proficiency <= 1:
-            raise ValueError(f"proficiency of {name!r} must be in (0, 1] (got {value})")
-        parsed[name] = proficiency
-    return parsed
 
 
 #: `ssl_cert_reqs` values of a rediss:// URL that Celery, kombu and redis-py all read alike.
@@ -303,6 +274,12 @@ class Settings(BaseSettings):
     max_payload_bytes: Annotated[int, Field(ge=2)] = 1_048_576
     pending_timeout_s: PositiveSeconds = 3600.0
     parked_sweep_interval_s: PositiveSeconds = 5.0
+    # Dispatch: an agent holds at most concurrency + agent_prefetch unended tasks; the rest
+    # waits in the backlog, by priority, then fair share between clients (or oldest first).
+    agent_prefetch: Annotated[int, Field(ge=0, le=1000)] = 1
+    fair_share: Literal["client", "off"] = "client"
+    client_weights: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
+    concurrency_default_limit: Annotated[int, Field(ge=1, le=10_000)] = 1
     ledger_ttl_s: Annotated[int, Field(ge=60)] = 7 * 24 * 3600
     events_max_len: Annotated[int, Field(ge=100)] = 100_000
     # A submission is confirmed only once this many replicas have it (Redis WAIT), so a
@@ -386,6 +363,11 @@ class Settings(BaseSettings):
     @classmethod
     def _capabilities(cls, value: Any) -> dict[str, float]:
         return parse_capabilities(value)
+
+    @field_validator("client_weights", mode="before")
+    @classmethod
+    def _client_weights(cls, value: Any) -> dict[str, float]:
+        return parse_client_weights(value)
 
     @field_validator("handlers", mode="before")
     @classmethod

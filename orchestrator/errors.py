@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 
 class OrchestratorError(Exception):
@@ -117,6 +118,18 @@ class ClientBlocked(OrchestratorError):
 
 class StoreUnavailable(OrchestratorError):
     """Redis (the state store) did not answer; check ORCH_REDIS_URL / ORCH_STATE_URL."""
+
+
+class Cancelled(OrchestratorError):
+    """The task was cancelled by an operator (`orchestrator cancel`) before it ended."""
+
+    def __init__(self, task_id: str, state: str) -> None:
+        self.task_id = task_id
+        self.state = state
+        super().__init__(f"task {task_id} was cancelled while {state}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.task_id, self.state))
 
 
 class UnknownTask(OrchestratorError):

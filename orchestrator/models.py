@@ -84,7 +84,8 @@ class TaskState(StrEnum):
     """Ledger states; the last three are terminal."""
 
     ACCEPTED = "accepted"
-    PARKED = "parked"
+    QUEUED = "queued"  # in the backlog: waiting for a free slot (or a concurrency key, or due)
+    PARKED = "parked"  # in the backlog with no capable agent at all
     ROUTED = "routed"
     RUNNING = "running"
     RECOVERING = "recovering"
@@ -178,6 +179,8 @@ class OrchestrationTask(BaseModel):
     max_retries: int = 3
     affinity_key: str | None = None
     client_id: str = "anonymous"
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None  # None: ORCH_CONCURRENCY_DEFAULT_LIMIT
 
     @field_validator("task_id", mode="before")
     @classmethod
@@ -249,13 +252,22 @@ class OrchestrationTask(BaseModel):
             raise ValueError(f"must be an integer between 0 and 20 (got {v!r})")
         return v
 
-    @field_validator("affinity_key", mode="before")
+    @field_validator("affinity_key", "concurrency_key", mode="before")
     @classmethod
-    def _affinity(cls, v: Any) -> Any:
+    def _key(cls, v: Any) -> Any:
         if v is not None and not (isinstance(v, str) and 1 <= len(v) <= 256):
             raise ValueError(f"must be a string of 1-256 chars (got {v!r})")
         if v is not None and not _is_unicode(v):
             raise ValueError(f"must be valid Unicode text ({_shown(v)} has a lone surrogate)")
+        return v
+
+    @field_validator("concurrency_limit", mode="before")
+    @classmethod
+    def _concurrency_limit(cls, v: Any, info: ValidationInfo) -> Any:
+        if v is not None and not (_is_int(v) and 1 <= v <= 10_000):
+            raise ValueError(f"must be an integer between 1 and 10000 (got {v!r})")
+        if v is not None and info.data.get("concurrency_key") is None:
+            raise ValueError("needs a concurrency_key (the limit is per key)")
         return v
 
     @field_validator("client_id", mode="before")

@@ -24,13 +24,14 @@ from kombu.exceptions import OperationalError
 from orchestrator.app import app
 from orchestrator.config import Settings
 from orchestrator.errors import PermanentError, StoreUnavailable, TransientError
-from orchestrator.models import CircuitBreakerConfig, TaskState
+from orchestrator.models import CircuitBreakerConfig, RegisteredAgent, TaskState
 from orchestrator.monitoring.stats import run_fields
 from orchestrator.recovery.plan import ErrorKind
 from orchestrator.runtime.agent import RunningMarker, current_agent_id, pid_alive
+from orchestrator.runtime.celeryconf import agent_queue, execute_publisher
 from orchestrator.runtime.handlers import get_handler
 from orchestrator.runtime.metrics import note_run
-from orchestrator.store import StateStore, now_s
+from orchestrator.store import Dispatched, StateStore, now_s
 from orchestrator.store.telemetry import delegation_ms
 from workers._context import settings_of, store_of
 
@@ -44,32 +45,53 @@ log = logging.getLogger(__name__)
 SETTLE_PATIENCE_S = 30.0
 
 
-def _settle(store: StateStore, *args: Any, **kwargs: Any) -> None:
-    """store.settle_run, tried again (0.1 s, doubling to 1 s) for up to SETTLE_PATIENCE_S."""
+def _settle(task: Task, store: StateStore, *args: Any, **kwargs: Any) -> None:
+    """store.settle_run, tried again (0.1 s, doubling to 1 s) for up to SETTLE_PATIENCE_S;
+    then the tasks the freed slot took from the backlog are published to this agent's queue."""
     deadline, delay = time.monotonic() + SETTLE_PATIENCE_S, 0.1
     while True:
         try:
-            store.settle_run(*args, **kwargs)
-            return
+            _done, fills = store.settle_run(*args, **kwargs)
+            break
         except (StoreUnavailable, OperationalError):
             if time.monotonic() + delay > deadline:
                 raise
             time.sleep(delay)
             delay = min(1.0, delay * 2)
+    try:
+        _publish_fills(task, fills)
+    except (StoreUnavailable, OperationalError) as exc:
+        # Each is `routed` here with no message: the recovery monitor's scan for vanished
+        # messages routes it again.
+        log.warning("%d task(s) taken from the backlog not published: %s", len(fills), exc)
 
 
 def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _publish_fills(task: Task, fills: list[Dispatched]) -> None:
+    """Publish to this agent's own queue the backlog tasks its freed slots took."""
+    if not fills:
+        return
+    agent_id = current_agent_id()
+    publish = execute_publisher(task.app)
+    me = RegisteredAgent(agent_id=agent_id, capabilities={}, queue=agent_queue(agent_id))
+    for got in fills:
+        publish(got.task, me, got.dispatch)
+
+
 def _hand_to_recovery(
     task: Task, store: StateStore, task_id: str, agent_id: str, kind: ErrorKind, error: str
 ) -> None:
-    store.mark_recovering(task_id, agent_id, now_s(), error, kind.value)
+    now = now_s()
+    store.mark_recovering(task_id, agent_id, now, error, kind.value)
     task.app.send_task(
         RECOVER,
         kwargs={"task_id": task_id, "kind": kind.value, "agent_id": agent_id, "error": error},
     )
+    # The failed task no longer holds its slot here: the backlog may fill it.
+    _publish_fills(task, store.fill(agent_id, now))
 
 
 @dataclass(frozen=True)
@@ -89,6 +111,7 @@ class ExecuteTask(Task):
         settings, store = settings_of(self.app), store_of(self.app)
         try:
             _settle(
+                self,
                 store,
                 task_id,
                 current_agent_id(),
@@ -180,6 +203,7 @@ def _execute(
 
     def fail(exc: BaseException, latency: float, cfg: CircuitBreakerConfig | None) -> None:
         _settle(
+            task,
             store,
             task_id,
             agent_id,

@@ -103,7 +103,7 @@ def restore_backup(
             # parking starts it over, and the healer must not escalate the old attempt.
             binary.hdel(RECOVERY, task_id)
             binary.zrem(RECOVERY_DEADLINES, task_id)
-            store.park(store.load_spec(task_id), now)
+            store.park(store.load_spec(task_id), now, source="restore")
     rows += [("tasks", "park_again")] * len(report.parked_again)
     report.kinds = tally(rows)
     if not dry_run:

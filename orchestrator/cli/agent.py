@@ -12,9 +12,10 @@ from typing import Any
 import click
 
 from orchestrator.cli import common
-from orchestrator.config import Settings, parse_capabilities
+from orchestrator.config import Settings
 from orchestrator.errors import OrchestratorError
 from orchestrator.models import AgentStatus, RegisteredAgent
+from orchestrator.settings_parsers import parse_capabilities
 
 SOURCE = "cli"
 

@@ -111,8 +111,13 @@ class Healer:
         fleet = self.router.fleet(now, fresh=True)
         agents = fleet.by_id()
         target = plan.failed_agent if plan.tier is RecoveryTier.RETRY else plan.target_agent
+        spec = self.store.load_spec(plan.task_id)
+        if plan.delay_s >= self.settings.visibility_timeout_s / 2:
+            # Longer than the broker can hold a message unacknowledged without handing it out
+            # again: held in Redis until due, then to `target` or the backlog.
+            self.router.defer(spec, now + plan.delay_s, now, target, tier=plan.tier.value)
+            return
         if target in agents:
-            spec = self.store.load_spec(plan.task_id)
             outcome = self.router.dispatch(
                 spec, agents[target], now, countdown=plan.delay_s, tier=plan.tier.value
             )
@@ -166,9 +171,14 @@ class Healer:
             )
             if state in movable:
                 outcome = self.router.reroute(
-                    task_id, now, fleet, exclude={agent_id}, moved_from=agent_id
+                    task_id,
+                    now,
+                    fleet,
+                    exclude={agent_id},
+                    source="move" if only_queued else "lost",
+                    moved_from=agent_id,
                 )
-                moved += outcome.status in ("routed", "parked")
+                moved += outcome.status in ("routed", "queued", "parked")
         return moved
 
     def agent_lost(self, agent_id: str, now: float, reason: str) -> int:

@@ -32,7 +32,7 @@ from orchestrator.routing.weights import (
     pick_least_loaded,
     pick_power_of_two,
 )
-from orchestrator.store import Fleet, StateStore, WrrPeers
+from orchestrator.store import Dispatched, Fleet, StateStore, WrrPeers
 
 AFFINITY_TTL_S = 24 * 3600
 FLEET_CACHE_S = 0.2  # how often a router asks whether the fleet changed (one GET)
@@ -66,12 +66,14 @@ class RouteView:
     eligible: list[RegisteredAgent]
     weights: dict[str, int]
     by_id: dict[str, RegisteredAgent]
+    slots: dict[str, int]  # each agent's concurrency + ORCH_AGENT_PREFETCH
     _peers: WrrPeers | None = None
 
     @property
     def peers(self) -> WrrPeers:
+        """The round-robin's peers, prepared with their slots (a full one is skipped)."""
         if self._peers is None:
-            self._peers = WrrPeers.of(self.weights)
+            self._peers = WrrPeers.of(self.weights, self.slots)
         return self._peers
 
 
@@ -107,7 +109,7 @@ class Outcome:
     """What happened to one submission (for logs, the CLI and tests)."""
 
     task_id: str
-    status: str  # routed | parked | duplicate | expired | ended
+    status: str  # routed | queued | parked | deferred | duplicate | expired | ended
     agent_id: str | None = None
     sent: Any = field(default=None, compare=False, repr=False)  # the Publisher's handle
 
@@ -221,8 +223,7 @@ class Router:
         assert task.task_id is not None
         status, state = self.store.accept(task, submit_id, now, outbox)
         if status == "duplicate" or (
-            status == "resume"
-            and TaskState(state) not in (TaskState.ACCEPTED, TaskState.PARKED, TaskState.ROUTED)
+            status == "resume" and TaskState(state) not in (TaskState.ACCEPTED, TaskState.ROUTED)
         ):
             self.store.count_duplicate(task.task_id, now)
             self.store.outbox_drop(task.task_id)
@@ -244,14 +245,28 @@ class Router:
         one. With no agent to take it, or for a submission that is not new, it is
         submit_valid's way."""
         assert task.task_id is not None
-        chosen = self.choose(task, self.fleet(now), now)
+        if task.concurrency_key is not None:
+            return self.submit_valid(task, submit_id, now, outbox)  # through the key's limit
+        fleet = self.fleet(now)
+        chosen = self.choose(task, fleet, now)
         if chosen is None:
             return self.submit_valid(task, submit_id, now, outbox)
         sent, pushes = prepare(task, chosen, 1)
-        status, _state = self.store.accept_and_route(task, submit_id, chosen.agent_id, now, pushes)
+        status, _state = self.store.accept_and_route(
+            task, submit_id, chosen.agent_id, now, pushes, slots=self.slots_of(chosen)
+        )
+        if status == "queued":
+            # Another router took the agent's last slot since the pick: it waits, and any
+            # other agent free now takes it.
+            self.pump(task, now)
+            return Outcome(task.task_id, "queued", sent=sent)
         if status != "routed":
             return self.submit_valid(task, submit_id, now, outbox)  # counted as a duplicate
         return Outcome(task.task_id, "routed", chosen.agent_id, sent)
+
+    def slots_of(self, agent: RegisteredAgent) -> int:
+        """How many unended tasks the agent may hold: its concurrency + ORCH_AGENT_PREFETCH."""
+        return max(1, agent.concurrency) + self.settings.agent_prefetch
 
     def eligible(
         self, task: OrchestrationTask, fleet: Fleet, now: float, exclude: Collection[str] = ()
@@ -284,7 +299,12 @@ class Router:
         weights = integer_weights(
             eligible, task.required_capabilities, self.settings.intelligent_routing_enabled
         )
-        view = RouteView(eligible, weights, {a.agent_id: a for a in eligible})
+        view = RouteView(
+            eligible,
+            weights,
+            {a.agent_id: a for a in eligible},
+            {a.agent_id: self.slots_of(a) for a in eligible},
+        )
         if shared:
             self._views[key] = view
         return view
@@ -315,10 +335,19 @@ class Router:
         if not view.eligible:
             return None
         own: str | None = None
-        if self.strategy is OrchestrationStrategy.LEAST_LOADED:
-            own = pick_least_loaded(view.eligible, view.weights).agent_id
-        elif self.strategy is OrchestrationStrategy.POWER_OF_TWO:
-            own = pick_power_of_two(view.eligible, self.rng).agent_id
+        if self.strategy is not OrchestrationStrategy.WEIGHTED_ROUND_ROBIN:
+            # Their fleet is read fresh per decision: choose among agents with a free slot,
+            # the load counted against each one's slots (a 4-process agent takes 4x the work).
+            free = [a for a in view.eligible if a.in_flight < view.slots[a.agent_id]]
+            if not free:
+                return None
+            if self.strategy is OrchestrationStrategy.LEAST_LOADED:
+                capacity = {
+                    a.agent_id: view.weights[a.agent_id] * view.slots[a.agent_id] for a in free
+                }
+                own = pick_least_loaded(free, capacity).agent_id
+            else:
+                own = pick_power_of_two(free, self.rng, view.slots).agent_id
         if task.affinity_key:
             return view.by_id[
                 self.store.affinity_pick(
@@ -327,6 +356,8 @@ class Router:
             ]
         if own is None:
             own = self.store.wrr_pick(task.capability_key, view.peers)
+            if own is None:
+                return None  # every eligible agent is full: the task waits in the backlog
         return view.by_id[own]
 
     def dispatch(
@@ -336,10 +367,12 @@ class Router:
         now: float,
         countdown: float = 0.0,
         expect_dispatch: int | None = None,
+        lost: bool = False,
         **history: Any,
     ) -> Outcome:
-        """Record the assignment (a new dispatch number) and publish: routed, or ended (also
-        when, with `expect_dispatch`, the task is no longer `routed` under that dispatch).
+        """Record the assignment (a new dispatch number) and publish: routed; `full` when the
+        agent has no free slot (nothing changed); or ended (also when, with
+        `expect_dispatch`, the task is no longer `routed` under that dispatch).
 
         A router inside OrchestratorClient (keep_outbox) leaves the submission in the outbox
         until the publish succeeded: if it fails, nothing else would ever publish it."""
@@ -350,9 +383,13 @@ class Router:
             now,
             drop_outbox=not self.keep_outbox,
             expect_dispatch=expect_dispatch,
+            slots=self.slots_of(agent),
+            lost=lost,
             **history,
         )
-        if dispatch <= 0:
+        if dispatch < 0:
+            return Outcome(task.task_id, "full", agent.agent_id)
+        if dispatch == 0:
             return Outcome(task.task_id, "ended")
         sent = self.publish(task, agent, dispatch, countdown)
         if self.keep_outbox:
@@ -366,16 +403,95 @@ class Router:
         fleet: Fleet | None = None,
         exclude: Collection[str] = (),
         expect_dispatch: int | None = None,
+        source: str = "new",
         **history: Any,
     ) -> Outcome:
+        """Hand the task to an agent with a free slot, or put it in the backlog: `queued`
+        while some capable agent exists, `parked` when none does. A task with a concurrency
+        key always goes through the backlog, where its key's limit is kept. `source` says
+        where the task comes from (enqueue: new, move, lost, restore)."""
         assert task.task_id is not None
-        chosen = self.choose(task, fleet if fleet is not None else self.fleet(now), now, exclude)
-        if chosen is None and expect_dispatch is not None:
-            return Outcome(task.task_id, "ended")  # parking is not conditional: try later
-        if chosen is None:
-            self.store.park(task, now)
-            return Outcome(task.task_id, "parked")
-        return self.dispatch(task, chosen, now, expect_dispatch=expect_dispatch, **history)
+        if fleet is None:
+            fleet = self.fleet(now)
+        if task.concurrency_key is None:
+            view = self.view(task, fleet, now, exclude)
+            chosen = self.choose(task, fleet, now, exclude)
+            if chosen is None and expect_dispatch is not None and not view.eligible:
+                return Outcome(task.task_id, "ended")  # parking is not conditional: try later
+            if chosen is not None:
+                outcome = self.dispatch(
+                    task,
+                    chosen,
+                    now,
+                    expect_dispatch=expect_dispatch,
+                    lost=source == "lost",
+                    **history,
+                )
+                if outcome.status != "full":
+                    return outcome
+        else:
+            view = self.view(task, fleet, now)
+        return self.hold(task, now, not view.eligible, source, expect_dispatch, **history)
+
+    def hold(
+        self,
+        task: OrchestrationTask,
+        now: float,
+        parked: bool,
+        source: str = "new",
+        expect_dispatch: int | None = None,
+        **history: Any,
+    ) -> Outcome:
+        """Put the task in the backlog, then let any agent free now take from it."""
+        assert task.task_id is not None
+        if parked:
+            done = self.store.park(task, now, source=source)
+        else:
+            done = self.store.enqueue(
+                task,
+                now,
+                source=source,
+                expect_dispatch=expect_dispatch,
+                front=source != "new",
+                **history,
+            )
+            if done:
+                self.store.outbox_drop(task.task_id)
+        if not done:
+            return Outcome(task.task_id, "ended")
+        self.pump(task, now)
+        return Outcome(task.task_id, "parked" if parked else "queued")
+
+    def pump(self, task: OrchestrationTask, now: float, fleet: Fleet | None = None) -> int:
+        """Let the agents with a free slot for this task's capabilities take from the
+        backlog (each the best task it can take, which need not be this one), one at a time
+        in the round-robin's order, until none is free or nothing waits. Returns how many
+        were dispatched."""
+        if fleet is None:
+            fleet = self.fleet(now)
+        dispatched = 0
+        tried: set[str] = set()
+        while True:
+            chosen = self.choose(task, fleet, now, tried)
+            if chosen is None:
+                return dispatched
+            fills = self.store.fill(chosen.agent_id, now, limit=1)
+            if not fills:
+                tried.add(chosen.agent_id)  # nothing it can take, or its slot went meanwhile
+                continue
+            self.publish_fills(chosen, fills)
+            dispatched += len(fills)
+
+    def fill(self, agent: RegisteredAgent, now: float) -> int:
+        """Fill all of one agent's free slots from the backlog (registration, wake, circuit
+        close, recovery). Returns how many were dispatched."""
+        fills = self.store.fill(agent.agent_id, now)
+        self.publish_fills(agent, fills)
+        return len(fills)
+
+    def publish_fills(self, agent: RegisteredAgent, fills: Collection[Dispatched]) -> None:
+        for got in fills:
+            self.publish(got.task, agent, got.dispatch)
 
     def reroute(
         self,
@@ -384,6 +500,7 @@ class Router:
         fleet: Fleet | None = None,
         exclude: Collection[str] = (),
         expect_dispatch: int | None = None,
+        source: str = "move",
         **history: Any,
     ) -> Outcome:
         """Route an accepted task again (same id, new dispatch), away from `exclude`; with
@@ -392,44 +509,83 @@ class Router:
             task = self.store.load_spec(task_id)
         except UnknownTask:
             return Outcome(task_id, "ended")
-        return self.route(task, now, fleet, exclude, expect_dispatch, **history)
+        return self.route(task, now, fleet, exclude, expect_dispatch, source, **history)
+
+    def dispatch_sweep(
+        self, now: float, on_expired: Callable[[str, NoCapableAgent], None]
+    ) -> list[Outcome]:
+        """The periodic dispatch sweep (and what an agent's registration or wake triggers):
+        release deferred tasks that are due, dead-letter tasks parked past
+        ORCH_PENDING_TIMEOUT_S, and let every agent with a free slot take from the backlog."""
+        outcomes: list[Outcome] = []
+        for task_id, prefer in self.store.deferred_due(now):
+            outcomes.append(self.release(task_id, prefer, now))
+        for task_id, parked_at in self.store.parked():
+            waited = now - parked_at
+            if waited <= self.settings.pending_timeout_s:
+                break  # oldest first
+            try:
+                task = self.store.load_spec(task_id)
+            except UnknownTask:
+                self.store.claim_parked(task_id)
+                continue
+            error = NoCapableAgent(task_id, task.required_capabilities, waited)
+            if self.store.finish(
+                task_id, TaskState.DEAD_LETTERED, None, now, error=str(error), task_type=task.type
+            ):
+                on_expired(task_id, error)
+                outcomes.append(Outcome(task_id, "expired"))
+        sets = self.store.backlog_sets()
+        if not sets:
+            return outcomes
+        fleet = self.fleet(now, fresh=True)
+        for key in sets:
+            probe = OrchestrationTask(type=key.split(",")[0], required_capabilities=key.split(","))
+            if self.pump(probe, now, fleet):
+                outcomes.append(Outcome(key, "routed"))
+        return outcomes
 
     def route_parked(
         self, now: float, on_expired: Callable[[str, NoCapableAgent], None]
     ) -> list[Outcome]:
-        """Route every parked task that has a capable agent now; expire the ones parked too
-        long. Each task is claimed first, so concurrent sweeps never route one twice."""
-        outcomes: list[Outcome] = []
-        parked = self.store.parked()
-        if not parked:
-            return outcomes
-        fleet = self.fleet(now, fresh=True)
-        for task_id, parked_at in parked:
-            if not self.store.claim_parked(task_id):
-                continue
-            try:
-                task = self.store.load_spec(task_id)
-            except UnknownTask:
-                continue  # the ledger expired: nothing left to route
-            waited = now - parked_at
-            if waited > self.settings.pending_timeout_s:
-                error = NoCapableAgent(task_id, task.required_capabilities, waited)
-                self.store.finish(
-                    task_id,
-                    TaskState.DEAD_LETTERED,
-                    None,
-                    now,
-                    error=str(error),
-                    task_type=task.type,
-                )
-                on_expired(task_id, error)
-                outcomes.append(Outcome(task_id, "expired"))
-                continue
-            chosen = self.choose(task, fleet, now)
-            if chosen is None:
-                self.store.unclaim_parked(task_id, parked_at)
-                continue
-            outcome = self.dispatch(task, chosen, now)
-            if outcome.status == "routed":
-                outcomes.append(outcome)
-        return outcomes
+        """The dispatch sweep (its older name: parked tasks are the part of the backlog no
+        capable agent existed for)."""
+        return self.dispatch_sweep(now, on_expired)
+
+    def release(self, task_id: str, prefer: str | None, now: float) -> Outcome:
+        """A deferred task came due: to the agent it would rather go to when that one has a
+        free slot, else into the backlog (ahead of its client's other tasks)."""
+        try:
+            task = self.store.load_spec(task_id)
+        except UnknownTask:
+            return Outcome(task_id, "ended")
+        fleet = self.fleet(now)
+        agent = fleet.by_id().get(prefer) if prefer else None
+        if agent is not None and agent in self.view(task, fleet, now).eligible:
+            outcome = self.dispatch(task, agent, now, released=True)
+            if outcome.status != "full":
+                return outcome
+        parked = not self.view(task, fleet, now).eligible
+        if parked:
+            return self.hold(task, now, True, source="due")
+        done = self.store.enqueue(task, now, source="due", front=True, released=True)
+        if not done:
+            return Outcome(task_id, "ended")
+        self.pump(task, now, fleet)
+        return Outcome(task_id, "queued")
+
+    def defer(
+        self,
+        task: OrchestrationTask,
+        due: float,
+        now: float,
+        prefer: str | None = None,
+        **history: Any,
+    ) -> Outcome:
+        """Hold the task in Redis until `due` (a countdown longer than the broker can hold a
+        message unacknowledged without handing it out again)."""
+        assert task.task_id is not None
+        if not self.store.defer(task.task_id, due, now, prefer, **history):
+            return Outcome(task.task_id, "ended")
+        self.store.outbox_drop(task.task_id)
+        return Outcome(task.task_id, "deferred", prefer)

@@ -139,8 +139,13 @@ def pick_least_loaded(
     )
 
 
-def pick_power_of_two(agents: Sequence[RegisteredAgent], rng: random.Random) -> RegisteredAgent:
-    """Power of two choices on latency x (in-flight + 1): cheap and hard to herd.
+def pick_power_of_two(
+    agents: Sequence[RegisteredAgent],
+    rng: random.Random,
+    slots: Mapping[str, int] | None = None,
+) -> RegisteredAgent:
+    """Power of two choices on latency x (in-flight + 1) / slots: cheap and hard to herd;
+    an agent with four times the slots counts its load a quarter as heavy.
 
     A tie goes to the first of the two drawn, so agents that look alike (an idle fleet) share
     at random; ordering ties by id would send every tie to the lowest id."""
@@ -150,7 +155,8 @@ def pick_power_of_two(agents: Sequence[RegisteredAgent], rng: random.Random) -> 
 
     def cost(agent: RegisteredAgent) -> float:
         latency = max(agent.latency_ms or 0.0, 1.0)
-        return latency * (agent.in_flight + 1) / max(agent.performance_score, 0.05)
+        room = slots.get(agent.agent_id, 1) if slots else 1
+        return latency * (agent.in_flight + 1) / room / max(agent.performance_score, 0.05)
 
     return min(first, second, key=cost)
 

@@ -102,7 +102,7 @@ def figures(
         depths = ctx.mon.queue_depths([a.queue for a in agents])
     if window is None:
         window, _ = ctx.mon.window(settings.metrics_window_s, now)
-    return scale_figures(agents, depths, ctx.mon.parked_needs(), window, _targets(settings))
+    return scale_figures(agents, depths, ctx.mon.waiting_needs(), window, _targets(settings))
 
 
 # --- the loop ------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 The backlog of a capability is every task waiting for it: each priority sub-queue and each
 fetched-but-unacknowledged message of the agents that offer it (what KEDA's Redis list scaler
-cannot see, kedacore/keda#7066), plus the parked tasks that need it (no agent can take them:
-the case where scaling from zero matters most). The rules that turn it into a desired count,
+cannot see, kedacore/keda#7066), plus every task waiting in the backlog that needs it (queued
+for a free slot, or parked with no agent at all: the case where scaling from zero matters
+most). The rules that turn it into a desired count,
 with utilisation, latency, hysteresis and a cool-down, are scaling/decide.py. Pure.
 """
 
@@ -26,7 +27,7 @@ def capability_backlogs(
     agents: Iterable[RegisteredAgent], depths: Mapping[str, int], parked: Mapping[str, int]
 ) -> dict[str, int]:
     """Tasks waiting per capability: each agent's queue depth counts toward every capability
-    it offers; parked tasks count toward each capability they require."""
+    it offers; backlog tasks count toward each capability they require."""
     out: dict[str, int] = dict(parked)
     for agent in agents:
         for cap in agent.capabilities:

@@ -108,6 +108,10 @@ def decide(ctx: LoopContext, now: float) -> tuple[list[Decision], dict[str, Regi
     for agent in agents:
         agent.status = effective_status(agent, now, settings.agent_timeout_s)
     views, backlog = _views(ctx, agents, now)
+    waiting = ctx.mon.waiting_requirements()
+    for needs, n in waiting.items():
+        for cap in needs:
+            backlog[cap] = backlog.get(cap, 0) + n
     found = active_window(settings.sleep_windows, now)
     window = f"{found[0]}@{found[1]:.0f}" if found is not None else None
     policy = SleepPolicy(
@@ -115,7 +119,7 @@ def decide(ctx: LoopContext, now: float) -> tuple[list[Decision], dict[str, Regi
         min_awake=settings.min_awake_agents,
         target_backlog=settings.scale_target_backlog,
     )
-    decisions = plan(views, backlog, ctx.mon.parked_requirements(), policy, window)
+    decisions = plan(views, backlog, waiting, policy, window)
     return decisions, {a.agent_id: a for a in agents}
 
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from orchestrator.config import Settings
 from orchestrator.models import CircuitBreakerConfig, TaskState
 from orchestrator.store.agents import AgentStore, Fleet, WrrPeers, _circuit_args, _outcome_args
+from orchestrator.store.backlog import DispatchConfig, Dispatched, parse_fills
 from orchestrator.store.base import now_s
 from orchestrator.store.clients import ClientStore
 from orchestrator.store.dlq import DeadLetterStore
@@ -27,9 +29,17 @@ from orchestrator.store.telemetry import telemetry_step
 
 
 class StateStore(
-    AgentStore, DeadLetterStore, RecoveryStore, ClientStore, EventGroupStore, SleepStore
+    AgentStore,
+    DeadLetterStore,
+    RecoveryStore,
+    ClientStore,
+    EventGroupStore,
+    SleepStore,
 ):
     """All reads and writes of orchestrator state. One instance per process."""
+
+    def configure(self, settings: Settings) -> None:
+        self.dispatch_config = DispatchConfig.of(settings)
 
     def settle_run(
         self,
@@ -44,11 +54,13 @@ class StateStore(
         result: str | None = None,
         error: str | None = None,
         stats_type: str | None = None,
-    ) -> bool:
+    ) -> tuple[bool, list[Dispatched]]:
         """The end of a handler run that ends its task, in one round trip: the agent's stats
         and breaker (record_outcome), the terminal state (finish) and, only if this run is the
-        one that ended the task, its telemetry `counts`. False when it had already ended.
-        `stats_type` is the type the agent's per-type stats go under (default: task_type)."""
+        one that ended the task, its telemetry `counts`; then the freed slot filled from the
+        backlog (the tasks returned, for the caller to publish). False when it had already
+        ended. `stats_type` is the type the agent's per-type stats go under (default:
+        task_type)."""
         ok = state is TaskState.SUCCEEDED
         kind = task_type if stats_type is None else stats_type
         stats = _outcome_args(agent_id, ok, latency_ms, task_type=kind)
@@ -58,14 +70,15 @@ class StateStore(
         )
         count_keys, counting = telemetry_step(counts, now)
         args: list[Any] = []
-        for part in (stats, breaker, ending, counting):
+        dispatching = [*self.backlog_context(now), latency_ms / 1000.0]
+        for part in (stats, breaker, ending, counting, dispatching):
             args += [len(part), *part]
         with self._translate():
-            done, _previous, transition = self._settle(
+            done, _previous, transition, *fills = self._settle(
                 keys=[AGENT_STATS, circuit_key(agent_id), *keys, *count_keys], args=args
             )
         self.announce_circuit(agent_id, str(transition), now)
-        return int(done) == 1
+        return int(done) == 1, parse_fills(fills)
 
 
-__all__ = ["Attempt", "Fleet", "StateStore", "WrrPeers", "now_s"]
+__all__ = ["Attempt", "Dispatched", "Fleet", "StateStore", "WrrPeers", "now_s"]

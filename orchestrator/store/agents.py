@@ -69,9 +69,12 @@ class WrrPeers:
     ids_json: str
     weights: bytes  # a MessagePack array of int32, aligned with ids
     digest: str
+    #: With slots: (each peer's concurrency + prefetch, the ids) as MessagePack arrays, so a
+    #: pick skips the peers with no free slot.
+    slots: tuple[bytes, bytes] | None = None
 
     @classmethod
-    def of(cls, weights: Mapping[str, int]) -> WrrPeers:
+    def of(cls, weights: Mapping[str, int], slots: Mapping[str, int] | None = None) -> WrrPeers:
         if not weights:
             raise ValueError("the round-robin needs at least one weighted peer")
         ids = tuple(sorted(weights))
@@ -82,12 +85,40 @@ class WrrPeers:
         packed = struct.pack(">BI", 0xDD, len(ids)) + b"".join(
             struct.pack(">Bi", 0xD2, weights[i]) for i in ids
         )
+        packed_slots = None
+        if slots is not None:
+            packed_slots = (
+                _msgpack_array([struct.pack(">Bi", 0xD2, slots[i]) for i in ids]),
+                _msgpack_array([_msgpack_str(i) for i in ids]),
+            )
         return cls(
-            ids, ids_json, packed, hashlib.blake2b(ids_json.encode(), digest_size=12).hexdigest()
+            ids,
+            ids_json,
+            packed,
+            hashlib.blake2b(ids_json.encode(), digest_size=12).hexdigest(),
+            packed_slots,
         )
 
     def args(self) -> list[str | bytes]:
-        return [self.digest, self.ids_json, self.weights]
+        if self.slots is None:
+            return [self.digest, self.ids_json, self.weights]
+        return [
+            self.digest,
+            self.ids_json,
+            self.weights,
+            self.slots[0],
+            INFLIGHT_PREFIX,
+            self.slots[1],
+        ]
+
+
+def _msgpack_array(items: list[bytes]) -> bytes:
+    return struct.pack(">BI", 0xDD, len(items)) + b"".join(items)
+
+
+def _msgpack_str(text: str) -> bytes:
+    raw = text.encode()
+    return struct.pack(">BI", 0xDB, len(raw)) + raw
 
 
 def _outcome_args(agent_id: str, ok: bool, latency_ms: float, task_type: str = "") -> list[Any]:
@@ -373,14 +404,15 @@ class AgentStore(StoreBase):
 
     # --- routing state -------------------------------------------------------------------
 
-    def wrr_pick(self, capability_key: str, peers: Mapping[str, int] | WrrPeers) -> str:
+    def wrr_pick(self, capability_key: str, peers: Mapping[str, int] | WrrPeers) -> str | None:
         """The next smooth weighted round-robin pick among `peers` (agent -> integer weight,
-        or prepared), one atomic step shared by every router."""
+        or prepared), one atomic step shared by every router; None when peers prepared with
+        slots all have none free."""
         if not isinstance(peers, WrrPeers):
             peers = WrrPeers.of(peers)
         with self._translate():
             index = int(self._wrr(keys=[wrr_key(capability_key)], args=peers.args()))
-        return peers.ids[index - 1]
+        return peers.ids[index - 1] if index > 0 else None
 
     def wrr_state(self, capability_key: str) -> dict[str, int]:
         """The round-robin's `current` per agent (tests and diagnostics)."""

@@ -101,6 +101,9 @@ class StoreBase:
         self._vanished = client.register_script(scripts.VANISHED)
         self._poison = client.register_script(scripts.POISON_RECORD)
         self._admit = client.register_script(scripts.ADMIT_CLIENT)
+        self._enqueue = client.register_script(scripts.ENQUEUE)
+        self._defer = client.register_script(scripts.DEFER)
+        self._fill = client.register_script(scripts.FILL)
         self.telemetry = TelemetryWriter(client)
 
     @classmethod
@@ -123,7 +126,7 @@ class StoreBase:
     def from_settings(cls, settings: Settings, **kwargs: Any) -> Self:
         """The store at ORCH_STATE_URL (or ORCH_REDIS_URL), with the settings' ledger TTL and
         event stream length."""
-        return cls.from_url(
+        store = cls.from_url(
             settings.effective_state_url,
             sentinel_master=settings.redis_sentinel_master,
             ledger_ttl_s=settings.ledger_ttl_s,
@@ -132,6 +135,11 @@ class StoreBase:
             wait_ms=settings.submit_wait_ms,
             **kwargs,
         )
+        store.configure(settings)
+        return store
+
+    def configure(self, settings: Settings) -> None:
+        """Take what the store's steps need of the settings (the dispatch half's)."""
 
     def replicated(self, step: Callable[[redis.Redis], T]) -> T:
         """`step(client)`'s writes, confirmed by `wait_replicas` replicas (Redis WAIT on the

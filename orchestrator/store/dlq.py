@@ -28,7 +28,6 @@ from orchestrator.store.keys import (
     COUNTERS,
     DLQ,
     EVENTS,
-    PARKED,
     POISON,
     POISON_MSG,
     history_key,
@@ -138,13 +137,12 @@ class DeadLetterStore(LedgerStore):
         spec = self.load_spec(task_id)
         done, state = self._move(
             task_id,
-            TaskState.PARKED,
+            TaskState.ACCEPTED,
             [TaskState.DEAD_LETTERED],
             now,
             history={"replayed": True},
             attempts=0,
             deliveries=0,
-            parked_at=repr(now),
         )
         if done != 1:
             raise UnknownTask(f"task {task_id!r} is {state or 'unknown'}, not dead-lettered")
@@ -154,9 +152,9 @@ class DeadLetterStore(LedgerStore):
             pipe.hdel(task_key(task_id), "finished_at", "result", "error")
             pipe.persist(task_key(task_id))
             pipe.persist(history_key(task_id))
-            pipe.zadd(PARKED, {task_id: now})
             self.event("task.replayed", now, "cli", pipe, task_id=task_id)
             pipe.execute()
+        self.park(spec, now)
         return spec
 
     def purge_dead_letters(self, task_ids: Sequence[str] | None = None) -> int:

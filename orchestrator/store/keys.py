@@ -47,6 +47,9 @@ is emptied after its tasks were re-routed.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+
 PREFIX = "orch:"
 AGENTS = PREFIX + "agents"
 HEARTBEATS = PREFIX + "heartbeats"
@@ -214,3 +217,88 @@ def event_mark_key(handler: str, event_id: str) -> str:
 # One small entry per capability in each hash; capabilities no longer seen are dropped.
 SCALE_DECISIONS = PREFIX + "scale:decisions"
 SCALE_EXECUTED = PREFIX + "scale:executed"
+
+
+# --- dispatch: slots and the backlog (store/backlog.py, lua/backlog.lua) ------------------
+# A task no eligible agent has a free slot for waits in the backlog (ledger state `queued`,
+# or `parked` when no capable agent exists at all). <set> is a task's capability set (its
+# capability_key: names of [a-z0-9_.-] joined by ","), <p> its priority (one digit),
+# <client> its client_id (or "*" with ORCH_FAIR_SHARE=off); none of them can hold "|".
+# bl:sets             set   capability sets with tasks waiting (not counting keyed tasks
+#                           waiting for a permit)
+# bl:n                hash  capability set -> tasks waiting in it
+# bl:p:<set>          zset  priorities waiting in the set (member and score: the priority)
+# bl:c:<set>|<p>      zset  clients waiting at that priority -> fair-share tag
+# bl:q:<set>|<p>|<client> list  task ids, oldest first
+# fair:vt             hash  client -> virtual time (worker-seconds charged / weight)
+# fair:v              str   the system's virtual time (the tag of the last task taken)
+# fair:est            hash  client -> run-time estimate in seconds (EWMA of its settled runs)
+# ck:h:<key>          set   task ids holding one of the concurrency key's permits (dispatched
+#                           or waiting in the backlog, until they end)
+# ck:w:<key>          list  task ids of the key waiting for a permit, oldest first
+# ck:lim              hash  concurrency key -> the latest submitted limit
+# deferred            zset  task id -> when it is due (countdowns and retry back-offs held
+#                           in Redis rather than in the broker)
+# Ledger fields a waiting task carries: bl ("<set>|<p>|<client>"), blw (the key it waits for a
+# permit of), queued_at, due, prefer (the agent to try first when due), fc and fest (the client
+# charged and its estimate, corrected at settle), ckey (its concurrency key).
+BL_SETS = PREFIX + "bl:sets"
+BL_COUNT = PREFIX + "bl:n"
+BL_PRIOS = PREFIX + "bl:p:"
+BL_CLIENTS = PREFIX + "bl:c:"
+BL_QUEUE = PREFIX + "bl:q:"
+FAIR_VT = PREFIX + "fair:vt"
+FAIR_V = PREFIX + "fair:v"
+FAIR_EST = PREFIX + "fair:est"
+CK_HOLDERS = PREFIX + "ck:h:"
+CK_WAITING = PREFIX + "ck:w:"
+CK_LIMITS = PREFIX + "ck:lim"
+DEFERRED = PREFIX + "deferred"
+
+
+def backlog_queue(capability_key: str, priority: int, client: str) -> str:
+    return f"{BL_QUEUE}{capability_key}|{priority}|{client}"
+
+
+def backlog_clients(capability_key: str, priority: int) -> str:
+    return f"{BL_CLIENTS}{capability_key}|{priority}"
+
+
+def affixes(key_of: Callable[[str], str]) -> tuple[str, str]:
+    """A per-id key builder as (prefix, suffix), for Lua to build the same names."""
+    prefix, _, suffix = key_of("\x00").partition("\x00")
+    return prefix, suffix
+
+
+def lua_header() -> str:
+    """The key names Lua steps build themselves, as a Lua table `K` (scripts.py)."""
+    task_pre, task_suf = affixes(task_key)
+    hist_pre, hist_suf = affixes(history_key)
+    names = {
+        "TASK_PRE": task_pre,
+        "TASK_SUF": task_suf,
+        "HISTORY_PRE": hist_pre,
+        "HISTORY_SUF": hist_suf,
+        "AGENTS": AGENTS,
+        "AGENT_STATUS": AGENT_STATUS,
+        "HEARTBEATS": HEARTBEATS,
+        "INFLIGHT": INFLIGHT_PREFIX,
+        "CIRCUIT": CIRCUIT_PREFIX,
+        "PARKED": PARKED,
+        "COUNTERS": COUNTERS,
+        "EVENTS": EVENTS,
+        "BL_SETS": BL_SETS,
+        "BL_COUNT": BL_COUNT,
+        "BL_PRIOS": BL_PRIOS,
+        "BL_CLIENTS": BL_CLIENTS,
+        "BL_QUEUE": BL_QUEUE,
+        "FAIR_VT": FAIR_VT,
+        "FAIR_V": FAIR_V,
+        "FAIR_EST": FAIR_EST,
+        "CK_HOLDERS": CK_HOLDERS,
+        "CK_WAITING": CK_WAITING,
+        "CK_LIMITS": CK_LIMITS,
+        "DEFERRED": DEFERRED,
+    }
+    items = ", ".join(f"{name} = {json.dumps(value)}" for name, value in names.items())
+    return f"local K = {{{items}}}\n"

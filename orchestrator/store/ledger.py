@@ -16,7 +16,8 @@ from orchestrator.models import (
     TaskState,
 )
 from orchestrator.monitoring.stats import REJECTIONS_TTL_S, client_label
-from orchestrator.store.base import StoreBase, _event_args, _history
+from orchestrator.store.backlog import BacklogStore
+from orchestrator.store.base import _event_args, _history
 from orchestrator.store.keys import (
     AGENT_STATS,
     COUNTERS,
@@ -61,7 +62,7 @@ class Attempt:
         return self.code > 0
 
 
-class LedgerStore(StoreBase):
+class LedgerStore(BacklogStore):
     """Tasks: the ledger, parking, recovery plans and the dead-letter store."""
 
     # --- the ledger ----------------------------------------------------------------------
@@ -91,15 +92,21 @@ class LedgerStore(StoreBase):
         agent_id: str,
         now: float,
         pushes: Sequence[tuple[str, str]],
+        slots: int | None = None,
     ) -> tuple[str, str]:
         """Accept a new task, route it to `agent_id` (dispatch 1) and publish its message by
         pushing `pushes` ((list key, payload): the broker's own message, built for dispatch 1)
         in one atomic step: all of it happens, or, for a task that is not new, none of it.
-        Returns ("routed", "1"), or accept's ("resume" | "duplicate", state)."""
+        With `slots` (the agent's concurrency + prefetch), an agent that has none free since
+        it was picked gets nothing: the task waits in the backlog. Returns ("routed", "1"),
+        ("queued", ""), or accept's ("resume" | "duplicate", state)."""
         accept_keys, accept_args = self._accept_step(task, submit_id, now, None)
-        route_keys, route_args = self._route_step(task, agent_id, now, drop_outbox=False)
+        route_keys, route_args = self._route_step(
+            task, agent_id, now, drop_outbox=False, slots=slots
+        )
+        waiting = self._waiting_args(task, now)
         args: list[Any] = []
-        for part in (accept_args, route_args, [payload for _, payload in pushes]):
+        for part in (accept_args, route_args, [payload for _, payload in pushes], waiting):
             args += [len(part), *part]
         keys = [*accept_keys, *route_keys, *(key for key, _ in pushes)]
         with self._translate():
@@ -269,6 +276,11 @@ class LedgerStore(StoreBase):
             )
         return int(done), str(previous)
 
+    def _waiting_args(self, task: OrchestrationTask, now: float) -> list[Any]:
+        """The backlog context, set, priority and client of a task that may have to wait."""
+        client = self.dispatch_config.client(task)
+        return [*self.backlog_context(now), task.capability_key, task.priority, client]
+
     def mark_routed(
         self,
         task: OrchestrationTask,
@@ -276,17 +288,27 @@ class LedgerStore(StoreBase):
         now: float,
         drop_outbox: bool = True,
         expect_dispatch: int | None = None,
+        slots: int | None = None,
+        lost: bool = False,
         **history: Any,
     ) -> int:
-        """Assign the task to an agent (one round trip); returns the new dispatch number, or
-        0 when the task had already ended (or, with `expect_dispatch`, is no longer `routed`
-        under that dispatch)."""
+        """Assign the task to an agent (one round trip); returns the new dispatch number, 0
+        when the task had already ended (or, with `expect_dispatch`, is no longer `routed`
+        under that dispatch), -1 when the agent has no free slot of its `slots`. A `running`
+        task moves only when `lost` says its agent is gone."""
         keys, args = self._route_step(
-            task, agent_id, now, drop_outbox, expect_dispatch=expect_dispatch, **history
+            task,
+            agent_id,
+            now,
+            drop_outbox,
+            expect_dispatch=expect_dispatch,
+            slots=slots,
+            lost=lost,
+            **history,
         )
         with self._translate():
             dispatch, _previous = self._route(keys=keys, args=args)
-        return max(0, int(dispatch))
+        return max(-1, int(dispatch))
 
     def _route_step(
         self,
@@ -295,6 +317,8 @@ class LedgerStore(StoreBase):
         now: float,
         drop_outbox: bool,
         expect_dispatch: int | None = None,
+        slots: int | None = None,
+        lost: bool = False,
         **history: Any,
     ) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV of scripts.ROUTE."""
@@ -324,32 +348,24 @@ class LedgerStore(StoreBase):
             self.events_max_len,
             "1" if drop_outbox else "0",
             "" if expect_dispatch is None else expect_dispatch,
+            "" if slots is None else slots,
+            "1" if lost else "0",
             *_event_args(event),
         ]
         return keys, args
 
-    def park(self, task: OrchestrationTask, now: float) -> bool:
+    def park(self, task: OrchestrationTask, now: float, source: str = "new") -> bool:
+        """Put a task no capable agent exists for into the backlog as `parked` (its wait is
+        bounded by ORCH_PENDING_TIMEOUT_S), announced as `task.parked`."""
         assert task.task_id is not None
-        done, _ = self._move(
-            task.task_id, TaskState.PARKED, ACTIVE_STATES, now, parked_at=repr(now)
-        )
-        if done != 1:
+        event = {
+            "task_id": task.task_id,
+            "type": task.type,
+            "required_capabilities": task.required_capabilities,
+        }
+        if not self.enqueue(task, now, parked=True, source=source, event=("task.parked", event)):
             return False
-        with self._translate():
-            pipe = self.r.pipeline(transaction=False)
-            pipe.zadd(PARKED, {task.task_id: now}, nx=True)
-            pipe.hincrby(COUNTERS, "parked", 1)
-            self.outbox_drop(task.task_id, pipe)
-            self.event(
-                "task.parked",
-                now,
-                "router",
-                pipe,
-                task_id=task.task_id,
-                type=task.type,
-                required_capabilities=task.required_capabilities,
-            )
-            pipe.execute()
+        self.outbox_drop(task.task_id)
         return True
 
     def parked(self, limit: int = 1000) -> list[tuple[str, float]]:
@@ -396,6 +412,8 @@ class LedgerStore(StoreBase):
     def mark_recovering(
         self, task_id: str, agent_id: str, now: float, error: str, kind: str
     ) -> bool:
+        """The run failed and recovery takes the task over: it no longer holds a slot of the
+        agent's (the caller fills the slot from the backlog)."""
         done, _ = self._move(
             task_id,
             TaskState.RECOVERING,
@@ -404,6 +422,9 @@ class LedgerStore(StoreBase):
             history={"agent": agent_id, "error": error, "kind": kind},
             error=error,
         )
+        if done == 1:
+            with self._translate():
+                self.r.srem(inflight_key(agent_id), task_id)
         return done == 1
 
     def finish(

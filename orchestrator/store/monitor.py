@@ -26,6 +26,7 @@ from orchestrator.store.keys import (
     ANOMALY_SLOT,
     ANOMALY_STATE,
     BACKUP_LAST,
+    BL_COUNT,
     DLQ,
     FLEET_VERSION,
     KOMBU_UNACKED,
@@ -45,7 +46,6 @@ from orchestrator.store.keys import (
     TELEMETRY_TOTAL,
     queue_lists,
     rejections_key,
-    task_key,
     telemetry_key,
 )
 from orchestrator.store.telemetry import MINUTE_WINDOW_MAX_S, TelemetryWriter
@@ -100,7 +100,6 @@ def _slot_s(resolution: str) -> int:
 
 
 #: Parked tasks read per scrape for the scaling signal (oldest first).
-PARKED_SCAN_LIMIT = 1000
 
 
 @dataclass
@@ -224,32 +223,20 @@ class MonitorStore:
         parked, dead = pipe.execute()
         return int(parked), int(dead)
 
-    def parked_requirements(self, limit: int = PARKED_SCAN_LIMIT) -> dict[frozenset[str], int]:
-        """Parked tasks per set of required capabilities, from the oldest `limit` of them (a
-        bounded read: enough to say which capabilities have work and no agent)."""
-        ids = self.r.zrange(PARKED, 0, limit - 1)
-        if not ids:
-            return {}
-        pipe = self.r.pipeline(transaction=False)
-        for task_id in ids:
-            pipe.hget(task_key(str(task_id)), "spec")
+    def waiting_requirements(self) -> dict[frozenset[str], int]:
+        """Tasks waiting in the backlog (queued for a slot, or parked with no capable agent)
+        per set of required capabilities: exact, one read of the backlog's counts."""
         needs: dict[frozenset[str], int] = {}
-        for raw in pipe.execute():
-            if not raw:
-                continue  # ended since the read
-            try:
-                spec = json.loads(raw)
-                required = spec.get("required_capabilities") or [spec["type"]]
-                caps = frozenset(str(c) for c in required)
-            except (ValueError, KeyError, TypeError, AttributeError):
-                continue
-            needs[caps] = needs.get(caps, 0) + 1
+        for key, n in self.r.hgetall(BL_COUNT).items():
+            if int(n) > 0:
+                caps = frozenset(key.split(","))
+                needs[caps] = needs.get(caps, 0) + int(n)
         return needs
 
-    def parked_needs(self, limit: int = PARKED_SCAN_LIMIT) -> dict[str, int]:
-        """Parked tasks per required capability (a task needing two counts toward both)."""
+    def waiting_needs(self) -> dict[str, int]:
+        """Backlog tasks per required capability (a task needing two counts toward both)."""
         needs: dict[str, int] = {}
-        for caps, n in self.parked_requirements(limit).items():
+        for caps, n in self.waiting_requirements().items():
             for cap in caps:
                 needs[cap] = needs.get(cap, 0) + n
         return needs

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from orchestrator.store.keys import lua_header
+
 LUA_DIR = Path(__file__).with_name("lua")
 
 
@@ -25,13 +27,17 @@ def _as_function(name: str, body: str) -> str:
     return f"local function {name}(KEYS, ARGV)\n{body.strip()}\nend\n"
 
 
+#: The key names and the backlog's functions (lua/backlog.lua) that dispatching steps use.
+_BACKLOG = lua_header() + _read("backlog")
+
 WRR_PICK = _read("wrr_pick")
 WRR_STATE = _read("wrr_state")
 LOAD_FLEET = _read("load_fleet")
 ACCEPT = _read("accept")
 TRANSITION = _read("transition")
 ROUTE = _read("route")
-FINISH = _read("finish")
+_FINISH_BODY = _read("finish")
+FINISH = _BACKLOG + _FINISH_BODY
 TELEMETRY_ADD = _read("telemetry_add")
 BEGIN_ATTEMPT = _read("begin_attempt")
 RECORD_OUTCOME = _read("record_outcome")
@@ -53,19 +59,25 @@ RECORD_OUTCOME_AND_CIRCUIT = (
 )
 
 SETTLE_RUN = (
-    _as_function("outcome", RECORD_OUTCOME)
+    _BACKLOG
+    + _as_function("outcome", RECORD_OUTCOME)
     + _as_function("circuit", RECORD_CIRCUIT)
-    + _as_function("finish", FINISH)
+    + _as_function("finish", _FINISH_BODY)
     + _as_function("count", TELEMETRY_ADD)
     + _SECTIONS
     + _read("settle_run")
 )
 
 ACCEPT_AND_ROUTE = (
-    _as_function("accept", ACCEPT)
+    _BACKLOG
+    + _as_function("accept", ACCEPT)
     + _as_function("route", ROUTE)
     + _SECTIONS
     + _read("accept_and_route")
 )
 
 AFFINITY_PICK = _as_function("wrr", WRR_PICK) + _read("affinity_pick")
+
+ENQUEUE = _BACKLOG + _read("enqueue")
+DEFER = _BACKLOG + _read("defer")
+FILL = _BACKLOG + _read("fill")

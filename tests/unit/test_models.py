@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.config import load_settings, parse_capabilities
+from orchestrator.config import load_settings
 from orchestrator.errors import ConfigError, InvalidTask
 from orchestrator.models import OrchestrationTask, parse_task
+from orchestrator.settings_parsers import parse_capabilities
 
 
 def problems(fields, limit=1_048_576):

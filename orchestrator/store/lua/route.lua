@@ -4,13 +4,18 @@
 -- publishes in-process drops it itself once the publish succeeded). KEYS = ledger, history,
 -- counters, agent_stats, parked, events, outbox, outbox messages; ARGV = agent, now, history
 -- JSON, in-flight key prefix, task id, events max length, drop-outbox, expected dispatch ('':
--- any; else only a task still `routed` under that dispatch moves), then the `task.routed`
--- event's field/value pairs. Returns {dispatch, previous state}, or {0, state} if it ended or
--- is not as expected.
+-- any; else only a task still `routed` under that dispatch moves), the agent's slots ('':
+-- unchecked; else concurrency + prefetch: a full agent takes nothing), 1 to move a `running`
+-- task too (its agent was lost; never a live agent's: that would run it twice), then the
+-- `task.routed` event's field/value pairs. Returns {dispatch, previous state}, {0, state} if it
+-- ended or is not as expected, {-1, state} when the agent has no free slot.
 local state = redis.call('HGET', KEYS[1], 'state')
-if state ~= 'accepted' and state ~= 'parked' and state ~= 'routed' and state ~= 'running'
-   and state ~= 'recovering' then
+if state ~= 'accepted' and state ~= 'routed' and state ~= 'recovering'
+   and not (state == 'running' and ARGV[10] == '1') then
   return {0, state or ''}
+end
+if ARGV[9] ~= '' and redis.call('SCARD', ARGV[4] .. ARGV[1]) >= tonumber(ARGV[9]) then
+  return {-1, state}
 end
 if ARGV[8] ~= '' and (state ~= 'routed' or redis.call('HGET', KEYS[1], 'dispatch') ~= ARGV[8])
 then
@@ -30,5 +35,5 @@ if ARGV[7] == '1' then
   redis.call('ZREM', KEYS[7], ARGV[5])
   redis.call('HDEL', KEYS[8], ARGV[5])
 end
-redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[6], '*', unpack(ARGV, 9))
+redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[6], '*', unpack(ARGV, 11))
 return {dispatch, state}

@@ -1,17 +1,35 @@
 -- The end of a handler run on an agent, in one round trip (the agent's hot path): the agent's
 -- stats, its breaker (when the circuit part is not empty), the ledger's terminal state, and,
 -- when this run is the one that ended the task, its telemetry. KEYS = stats hash, circuit
--- hash, FINISH's ten keys, the three telemetry keys; ARGV = four sections (RECORD_OUTCOME's
--- six, RECORD_CIRCUIT's seven or none, FINISH's, TELEMETRY_ADD's). Returns {FINISH's two
--- items, RECORD_CIRCUIT's transition}.
+-- hash, FINISH's ten keys, the three telemetry keys; ARGV = five sections (RECORD_OUTCOME's
+-- six, RECORD_CIRCUIT's seven or none, FINISH's, TELEMETRY_ADD's, dispatch: the backlog
+-- context (6 items) and the run time in seconds). When this run ended the task, the slot it
+-- frees is filled from the backlog in the same step (backlog.fill), and a task that came from
+-- the backlog corrects its client's fair-share charge by its recorded run time. Returns
+-- {FINISH's two items, RECORD_CIRCUIT's transition, then fill's flat list}.
 local stats, at = section(1)
 local breaker, at2 = section(at)
 local ending, at3 = section(at2)
-local counts = section(at3)
+local counts, at4 = section(at3)
+local dispatching = section(at4)
 outcome({KEYS[1]}, stats)
 local transition = ''
 if #breaker > 0 then transition = circuit({KEYS[2]}, breaker) end
 local done = finish({KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10],
                      KEYS[11], KEYS[12]}, ending)
 if done[1] == 1 and #counts > 2 then count({KEYS[13], KEYS[14], KEYS[15]}, counts) end
-return {done[1], done[2], transition}
+local out = {done[1], done[2], transition}
+if #dispatching == 0 then return out end
+local cx = context(dispatching)
+if done[1] == 1 then
+  local f = redis.call('HMGET', KEYS[3], 'fc', 'fest')
+  if f[1] and f[2] then
+    local ran = tonumber(dispatching[7])
+    local w = cx.weights[f[1]] or 1
+    redis.call('HINCRBYFLOAT', K.FAIR_VT, f[1], (ran - tonumber(f[2])) / w)
+    local est = num(redis.call('HGET', K.FAIR_EST, f[1]), ran)
+    redis.call('HSET', K.FAIR_EST, f[1], est + 0.3 * (ran - est))
+  end
+end
+for _, item in ipairs(fill(cx, stats[1], nil)) do out[#out + 1] = item end
+return out

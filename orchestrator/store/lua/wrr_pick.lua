@@ -1,8 +1,12 @@
 -- Smooth weighted round-robin (routing.weights.wrr_step): every peer gains its weight, the
 -- largest `current` wins (ties: the first, peers being sorted by id), the winner pays back
 -- the total. KEYS = the state hash; ARGV = digest of the peers, the peers (a JSON array of ids
--- sorted), their weights (a MessagePack array of integers, aligned). Returns the winner's
--- index (1-based). The state is {d = digest, ids = the peers' JSON, cur = MessagePack array of
+-- sorted), their weights (a MessagePack array of integers, aligned), and optionally their
+-- slots (a MessagePack array, aligned: concurrency + prefetch), the in-flight set prefix and
+-- the ids again as a MessagePack array (cheaper to decode than the JSON):
+-- a peer holding that many unended tasks is skipped this round, as nginx skips a peer at
+-- max_conns (it neither gains nor pays). Returns the winner's index (1-based), 0 when every
+-- peer is full. The state is {d = digest, ids = the peers' JSON, cur = MessagePack array of
 -- `current` aligned with them}: while the peers stay the same (the usual case) a pick decodes
 -- and writes two arrays of numbers and never the ids; when they change, `current` carries
 -- over by id and peers no longer given drop out. (MessagePack, not JSON: cjson spends most of
@@ -11,6 +15,7 @@ local d = ARGV[1]
 local stored = redis.call('HMGET', KEYS[1], 'd', 'cur')
 local w = cmsgpack.unpack(ARGV[3])
 local cur
+local fresh = false
 if stored[1] == d then
   cur = cmsgpack.unpack(stored[2])
 else
@@ -26,13 +31,26 @@ else
   -- Rewritten whole: whatever else the hash held (an older layout's fields) goes.
   redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[1], 'd', d, 'ids', ARGV[2])
+  fresh = true
 end
-local total, best, bestv = 0, 1, nil
+local slots, peers = nil, nil
+if ARGV[4] then slots, peers = cmsgpack.unpack(ARGV[4]), cmsgpack.unpack(ARGV[6]) end
+local total, best, bestv = 0, 0, nil
 for i = 1, #w do
-  local c = cur[i] + w[i]
-  cur[i] = c
-  total = total + w[i]
-  if bestv == nil or c > bestv then best = i; bestv = c end
+  local free = true
+  if slots then
+    free = redis.call('SCARD', ARGV[5] .. peers[i]) < slots[i]
+  end
+  if free then
+    local c = cur[i] + w[i]
+    cur[i] = c
+    total = total + w[i]
+    if bestv == nil or c > bestv then best = i; bestv = c end
+  end
+end
+if best == 0 then
+  if fresh then redis.call('HSET', KEYS[1], 'cur', cmsgpack.pack(cur)) end
+  return 0
 end
 cur[best] = cur[best] - total
 redis.call('HSET', KEYS[1], 'cur', cmsgpack.pack(cur))

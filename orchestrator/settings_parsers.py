@@ -1,0 +1,68 @@
+"""Parsers of the settings' list-like values (`name=number,...`), kept apart from config.py."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+NAME_RE = re.compile(r"^[a-z0-9_.-]{1,64}\Z")
+
+
+def parse_capabilities(raw: str | dict[str, Any] | None) -> dict[str, float]:
+    """Parse `name=proficiency,...` (a bare name means 1.0) into a validated mapping."""
+    if raw is None or raw == "":
+        return {}
+    items: dict[str, Any]
+    if isinstance(raw, dict):
+        items = dict(raw)
+    else:
+        items = {}
+        for part in str(raw).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            name, sep, value = part.partition("=")
+            items[name.strip()] = value.strip() if sep else 1.0
+    parsed: dict[str, float] = {}
+    for name, value in items.items():
+        if not NAME_RE.match(name):
+            raise ValueError(f"capability name {name!r} must be 1-64 chars of [a-z0-9_.-]")
+        try:
+            proficiency = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"proficiency of {name!r} must be a number (got {value!r})") from None
+        if not 0 < proficiency <= 1:
+            raise ValueError(f"proficiency of {name!r} must be in (0, 1] (got {value})")
+        parsed[name] = proficiency
+    return parsed
+
+
+def parse_client_weights(raw: str | dict[str, Any] | None) -> dict[str, float]:
+    """Parse `billing=2,reports=1` (ORCH_CLIENT_WEIGHTS): each client's share of the workers
+    while clients wait; an unnamed client weighs 1."""
+    if raw is None or raw == "":
+        return {}
+    items: dict[str, Any] = dict(raw) if isinstance(raw, dict) else {}
+    if not isinstance(raw, dict):
+        for part in str(raw).split(","):
+            if not part.strip():
+                continue
+            name, sep, value = part.strip().partition("=")
+            if not sep:
+                raise ValueError(f"{part.strip()!r} must be client=weight")
+            items[name.strip()] = value.strip()
+    parsed: dict[str, float] = {}
+    for name, value in items.items():
+        if not CLIENT_WEIGHT_NAME_RE.match(name):
+            raise ValueError(f"client id {name!r} must be 1-128 chars of [A-Za-z0-9._:@-]")
+        try:
+            weight = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"weight of {name!r} must be a number (got {value!r})") from None
+        if not 0 < weight <= 1000:
+            raise ValueError(f"weight of {name!r} must be in (0, 1000] (got {value})")
+        parsed[name] = weight
+    return parsed
+
+
+CLIENT_WEIGHT_NAME_RE = re.compile(r"^[A-Za-z0-9._:@-]{1,128}\Z")

@@ -1,0 +1,250 @@
+"""The dispatch half of the store: the backlog, deferred tasks and filling free slots.
+
+Every change is one Lua step composed with lua/backlog.lua (scripts.ENQUEUE, DEFER, FILL,
+and the settle and accept-and-route steps), so a task is in exactly one place at any moment:
+an agent's queue (routed), the backlog (queued or parked), or the deferred set.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.config import Settings
+from orchestrator.models import OrchestrationTask
+from orchestrator.store.base import StoreBase, _history
+from orchestrator.store.keys import (
+    BL_COUNT,
+    BL_PRIOS,
+    BL_SETS,
+    CK_HOLDERS,
+    CK_LIMITS,
+    CK_WAITING,
+    DEFERRED,
+    PARKED,
+    backlog_clients,
+    backlog_queue,
+    task_key,
+)
+
+#: A client's run-time estimate before any of its tasks settled from the backlog (seconds).
+DEFAULT_ESTIMATE_S = 1.0
+#: The label every task waits under with ORCH_FAIR_SHARE=off: one list per priority, oldest
+#: first.
+NO_FAIR_SHARE = "*"
+
+
+@dataclass(frozen=True)
+class DispatchConfig:
+    """What the dispatching steps need of the settings."""
+
+    prefetch: int = 1
+    fair_share: bool = True
+    weights: dict[str, float] = field(default_factory=dict)
+    agent_timeout_s: float = 15.0
+    concurrency_default_limit: int = 1
+
+    @classmethod
+    def of(cls, settings: Settings) -> DispatchConfig:
+        return cls(
+            prefetch=settings.agent_prefetch,
+            fair_share=settings.fair_share == "client",
+            weights=dict(settings.client_weights),
+            agent_timeout_s=settings.agent_timeout_s,
+            concurrency_default_limit=settings.concurrency_default_limit,
+        )
+
+    def client(self, task: OrchestrationTask) -> str:
+        return task.client_id if self.fair_share else NO_FAIR_SHARE
+
+    def limit(self, task: OrchestrationTask) -> int:
+        return task.concurrency_limit or self.concurrency_default_limit
+
+
+@dataclass(frozen=True)
+class Dispatched:
+    """A waiting task a fill handed to an agent: to be published under `dispatch`."""
+
+    task: OrchestrationTask
+    dispatch: int
+
+
+@dataclass(frozen=True)
+class BacklogGroup:
+    """What waits for one capability set (orchestrator backlog)."""
+
+    capability_key: str
+    waiting: int
+    oldest_s: float
+    by_priority: dict[int, int]
+    by_client: dict[str, int]
+
+
+def parse_fills(flat: Sequence[Any]) -> list[Dispatched]:
+    return [
+        Dispatched(OrchestrationTask.model_validate_json(flat[i + 2]), int(flat[i + 1]))
+        for i in range(0, len(flat) - 2, 3)
+    ]
+
+
+class BacklogStore(StoreBase):
+    """The backlog: enqueue, defer, fill an agent's free slots, and read it."""
+
+    dispatch_config: DispatchConfig = DispatchConfig()
+
+    def backlog_context(self, now: float) -> list[Any]:
+        """backlog.context's six items."""
+        cfg = self.dispatch_config
+        return [
+            repr(now),
+            json.dumps(cfg.weights) if cfg.weights else "{}",
+            DEFAULT_ESTIMATE_S,
+            cfg.prefetch,
+            cfg.agent_timeout_s,
+            self.events_max_len,
+        ]
+
+    def enqueue(
+        self,
+        task: OrchestrationTask,
+        now: float,
+        parked: bool = False,
+        source: str = "new",
+        expect_dispatch: int | None = None,
+        front: bool = False,
+        event: tuple[str, dict[str, Any]] | None = None,
+        **history: Any,
+    ) -> bool:
+        """Put the task in the backlog (scripts.ENQUEUE); `source`: new, move (off a live
+        agent), lost (off a lost agent: a running task too), due (a deferred task). False
+        when the task was not in a state to move."""
+        assert task.task_id is not None
+        cfg = self.dispatch_config
+        state = "parked" if parked else "queued"
+        args = [
+            *self.backlog_context(now),
+            task.task_id,
+            state,
+            task.capability_key,
+            task.priority,
+            cfg.client(task),
+            task.concurrency_key or "",
+            cfg.limit(task),
+            source,
+            "" if expect_dispatch is None else expect_dispatch,
+            "1" if front else "0",
+            _history(state, now, **history),
+            event[0] if event else "",
+            json.dumps(event[1], default=str) if event else "",
+        ]
+        with self._translate():
+            done, _previous = self._enqueue(args=args)
+        return int(done) == 1
+
+    def defer(
+        self, task_id: str, due: float, now: float, prefer: str | None = None, **history: Any
+    ) -> bool:
+        """Hold the task in Redis until `due` (scripts.DEFER): released by the dispatch sweep."""
+        with self._translate():
+            done, _previous = self._defer(
+                args=[
+                    task_id,
+                    repr(due),
+                    repr(now),
+                    _history("queued", now, due=due, **history),
+                    prefer or "",
+                ]
+            )
+        return int(done) == 1
+
+    def deferred_due(self, now: float, limit: int = 500) -> list[tuple[str, str | None]]:
+        """Deferred tasks due by `now`, with the agent each would rather go to."""
+        with self._translate():
+            ids = self.r.zrangebyscore(DEFERRED, "-inf", now, start=0, num=limit)
+            if not ids:
+                return []
+            pipe = self.r.pipeline(transaction=False)
+            for task_id in ids:
+                pipe.hget(task_key(task_id), "prefer")
+            prefers = pipe.execute()
+        return list(zip(ids, prefers, strict=True))
+
+    def fill(self, agent_id: str, now: float, limit: int | None = None) -> list[Dispatched]:
+        """Dispatch waiting tasks to the agent while it has free slots (scripts.FILL)."""
+        with self._translate():
+            flat = self._fill(
+                args=[*self.backlog_context(now), agent_id, "" if limit is None else limit]
+            )
+        return parse_fills(flat)
+
+    def backlog_sets(self) -> list[str]:
+        with self._translate():
+            return sorted(self.r.smembers(BL_SETS))
+
+    def backlog_count(self) -> dict[str, int]:
+        """Tasks waiting per capability set (keyed tasks waiting for a permit not counted:
+        see concurrency_waiting)."""
+        with self._translate():
+            return {k: int(v) for k, v in self.r.hgetall(BL_COUNT).items() if int(v) > 0}
+
+    def backlog(self, now: float, sample: int = 10_000) -> list[BacklogGroup]:
+        """Per capability set: waiting count, oldest wait, counts by priority and client.
+        Reads each (set, priority, client) list's length and its head's age: O(lists)."""
+        groups = []
+        with self._translate():
+            for key in self.backlog_sets():
+                by_priority: dict[int, int] = {}
+                by_client: dict[str, int] = {}
+                heads: list[str] = []
+                prios = [int(p) for p in self.r.zrange(BL_PRIOS + key, 0, -1)]
+                for p in prios:
+                    for client in self.r.zrange(backlog_clients(key, p), 0, -1):
+                        q = backlog_queue(key, p, client)
+                        n = int(self.r.llen(q))
+                        by_priority[p] = by_priority.get(p, 0) + n
+                        by_client[client] = by_client.get(client, 0) + n
+                        head = self.r.lindex(q, 0)
+                        if head:
+                            heads.append(head)
+                oldest = now
+                if heads:
+                    pipe = self.r.pipeline(transaction=False)
+                    for head in heads:
+                        pipe.hget(task_key(head), "queued_at")
+                    for value in pipe.execute():
+                        if value:
+                            oldest = min(oldest, float(value))
+                groups.append(
+                    BacklogGroup(
+                        key,
+                        sum(by_priority.values()),
+                        max(0.0, now - oldest),
+                        dict(sorted(by_priority.items(), reverse=True)),
+                        by_client,
+                    )
+                )
+        return groups
+
+    def concurrency_keys(self) -> dict[str, tuple[int, int, int]]:
+        """Concurrency key -> (limit, holders, waiting)."""
+        with self._translate():
+            limits = self.r.hgetall(CK_LIMITS)
+            pipe = self.r.pipeline(transaction=False)
+            for key in limits:
+                pipe.scard(CK_HOLDERS + key)
+                pipe.llen(CK_WAITING + key)
+            counts = pipe.execute()
+        return {
+            key: (int(limit), int(counts[2 * i]), int(counts[2 * i + 1]))
+            for i, (key, limit) in enumerate(limits.items())
+        }
+
+    def deferred_count(self) -> int:
+        with self._translate():
+            return int(self.r.zcard(DEFERRED))
+
+    def parked_count(self) -> int:
+        with self._translate():
+            return int(self.r.zcard(PARKED))

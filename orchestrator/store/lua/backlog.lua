@@ -1,0 +1,241 @@
+-- The backlog (store/keys.py, "dispatch"), as local functions the dispatching scripts are
+-- composed with. Key names come from the generated header (scripts.KEYS_HEADER: K.*). A
+-- waiting task is one entry in the list of its (capability set, priority, client); per
+-- capability set a sorted set of the priorities waiting, per (set, priority) a sorted set of
+-- the clients waiting scored by their fair-share tag. Taking the next task: the highest
+-- priority, then the lowest tag (start-time fair queuing on worker-seconds: a client is
+-- charged its estimated run time / weight when a task of its starts, and the difference
+-- from the recorded run time when it settles), then the oldest of that client. Each step is
+-- O(log n) in the waiting clients and priorities, O(1) in the waiting tasks.
+-- cx (context) = {now, weights = {client = weight}, est = default seconds, prefetch,
+-- timeout = seconds a heartbeat stays fresh, maxlen = events stream cap}.
+
+local function bl_prios(k) return K.BL_PRIOS .. k end
+local function bl_clients(k, p) return K.BL_CLIENTS .. k .. '|' .. p end
+local function bl_queue(k, p, c) return K.BL_QUEUE .. k .. '|' .. p .. '|' .. c end
+local function ck_holders(key) return K.CK_HOLDERS .. key end
+local function ck_waiting(key) return K.CK_WAITING .. key end
+local function ledger(id) return K.TASK_PRE .. id .. K.TASK_SUF end
+local function history(id) return K.HISTORY_PRE .. id .. K.HISTORY_SUF end
+local function num(s, default) return tonumber(s or '') or default end
+
+local function split_slot(slot)
+  return string.match(slot, '^([^|]*)|(%d)|(.*)$')
+end
+
+-- A (set, priority, client) list may have emptied: drop it from the indexes above it.
+local function bl_fix(k, p, c)
+  if redis.call('LLEN', bl_queue(k, p, c)) > 0 then return end
+  redis.call('ZREM', bl_clients(k, p), c)
+  if redis.call('ZCARD', bl_clients(k, p)) > 0 then return end
+  redis.call('ZREM', bl_prios(k), p)
+  if redis.call('ZCARD', bl_prios(k)) > 0 then return end
+  redis.call('SREM', K.BL_SETS, k)
+  redis.call('HDEL', K.BL_COUNT, k)
+end
+
+local function bl_push(id, k, p, c, front)
+  local q = bl_queue(k, p, c)
+  local n
+  if front then n = redis.call('LPUSH', q, id) else n = redis.call('RPUSH', q, id) end
+  if n == 1 then
+    -- A client that starts waiting starts at the system's virtual time, never behind it.
+    local v = num(redis.call('GET', K.FAIR_V), 0)
+    local vt = num(redis.call('HGET', K.FAIR_VT, c), 0)
+    redis.call('ZADD', bl_clients(k, p), math.max(v, vt), c)
+  end
+  redis.call('ZADD', bl_prios(k), p, p)
+  redis.call('SADD', K.BL_SETS, k)
+  redis.call('HINCRBY', K.BL_COUNT, k, 1)
+end
+
+-- Take a waiting task out of wherever it waits (cancel, expiry, end): its slot field says.
+local function bl_remove(id, l)
+  local f = redis.call('HMGET', l, 'bl', 'blw')
+  if not f[1] then return end
+  redis.call('HDEL', l, 'bl', 'blw')
+  if f[2] then
+    redis.call('LREM', ck_waiting(f[2]), 1, id)
+    return
+  end
+  local k, p, c = split_slot(f[1])
+  if k and redis.call('LREM', bl_queue(k, p, c), 1, id) > 0 then
+    if redis.call('HINCRBY', K.BL_COUNT, k, -1) <= 0 then redis.call('HDEL', K.BL_COUNT, k) end
+    bl_fix(k, p, c)
+  end
+end
+
+-- The best (priority, client, tag) waiting in one capability set, or nil.
+local function bl_head(k)
+  local top = redis.call('ZREVRANGE', bl_prios(k), 0, 0)
+  if #top == 0 then return nil end
+  local c = redis.call('ZRANGE', bl_clients(k, top[1]), 0, 0, 'WITHSCORES')
+  if #c == 0 then
+    redis.call('ZREM', bl_prios(k), top[1])
+    return nil
+  end
+  return tonumber(top[1]), c[1], tonumber(c[2])
+end
+
+-- Pop the head of (k, p, c) and charge the client its estimated run time.
+local function bl_pop(cx, k, p, c, tag)
+  local q = bl_queue(k, p, c)
+  local id = redis.call('LPOP', q)
+  if id and redis.call('HINCRBY', K.BL_COUNT, k, -1) <= 0 then redis.call('HDEL', K.BL_COUNT, k) end
+  local w = cx.weights[c] or 1
+  local est = num(redis.call('HGET', K.FAIR_EST, c), cx.est)
+  local vt = math.max(num(redis.call('HGET', K.FAIR_VT, c), 0), tag) + est / w
+  redis.call('HSET', K.FAIR_VT, c, vt)
+  redis.call('SET', K.FAIR_V, tag)
+  if redis.call('LLEN', q) > 0 then redis.call('ZADD', bl_clients(k, p), vt, c) else bl_fix(k, p, c) end
+  return id, est
+end
+
+-- The capability sets waiting that an agent offering `caps` (name -> proficiency) can take.
+local function bl_sets_for(caps)
+  local out = {}
+  for _, k in ipairs(redis.call('SMEMBERS', K.BL_SETS)) do
+    local ok = true
+    for name in string.gmatch(k, '[^,]+') do
+      if caps[name] == nil then ok = false break end
+    end
+    if ok then out[#out + 1] = k end
+  end
+  return out
+end
+
+local function bl_best(sets)
+  local bk, bp, bc, bt
+  for _, k in ipairs(sets) do
+    local p, c, t = bl_head(k)
+    if p and (bp == nil or p > bp or (p == bp and t < bt)) then bk, bp, bc, bt = k, p, c, t end
+  end
+  return bk, bp, bc, bt
+end
+
+local function event(cx, etype, source, data)
+  redis.call('XADD', K.EVENTS, 'MAXLEN', '~', cx.maxlen, '*', 'type', etype,
+             'ts', string.format('%.17g', cx.now), 'severity', 'info', 'source', source,
+             'data', cjson.encode(data))
+end
+
+-- Hand a waiting task to `agent` (a new dispatch number). Returns {id, dispatch, spec} or nil
+-- when the task no longer waits (it ended or moved meanwhile).
+local function assign(cx, id, agent, client, est)
+  local l = ledger(id)
+  local f = redis.call('HMGET', l, 'state', 'agent', 'spec', 'type')
+  if f[1] ~= 'queued' and f[1] ~= 'parked' then return nil end
+  if f[2] then redis.call('SREM', K.INFLIGHT .. f[2], id) end
+  local dispatch = redis.call('HINCRBY', l, 'dispatch', 1)
+  redis.call('HSET', l, 'state', 'routed', 'agent', agent, 'routed_at',
+             string.format('%.17g', cx.now), 'deliveries', 0)
+  if client then redis.call('HSET', l, 'fc', client, 'fest', est) end
+  redis.call('HDEL', l, 'pid', 'bl', 'blw', 'due')
+  redis.call('RPUSH', history(id), cjson.encode({ts = cx.now, state = 'routed', agent = agent,
+                                                  from = f[1]}))
+  redis.call('SADD', K.INFLIGHT .. agent, id)
+  redis.call('HINCRBY', K.COUNTERS, 'routed', 1)
+  redis.call('ZREM', K.PARKED, id)
+  event(cx, 'task.routed', 'dispatch', {task_id = id, agent_id = agent, type = f[4],
+                                        dispatch = dispatch})
+  return {id, dispatch, f[3]}
+end
+
+-- An agent's free slots: concurrency + prefetch - its unended tasks (0 when it may not take
+-- work now: not active, heartbeat stale, circuit not closed, not registered).
+local function free_slots(cx, agent)
+  if redis.call('HGET', K.AGENT_STATUS, agent) ~= 'active' then return 0, nil end
+  local beat = num(redis.call('HGET', K.HEARTBEATS, agent), 0)
+  if cx.now - beat > cx.timeout then return 0, nil end
+  local circuit = redis.call('HGET', K.CIRCUIT .. agent, 'state')
+  if circuit == 'open' or circuit == 'half_open' then return 0, nil end
+  local raw = redis.call('HGET', K.AGENTS, agent)
+  if not raw then return 0, nil end
+  local rec = cjson.decode(raw)
+  local cap = num(rec['concurrency'], 1) + cx.prefetch
+  return cap - redis.call('SCARD', K.INFLIGHT .. agent), rec
+end
+
+-- Dispatch to `agent` the best waiting tasks it can take, while it has free slots (at most
+-- `limit`). Returns a flat list {id, dispatch, spec, ...} for the caller to publish.
+local function fill(cx, agent, limit)
+  local out = {}
+  if redis.call('SCARD', K.BL_SETS) == 0 then return out end
+  local free, rec = free_slots(cx, agent)
+  if limit and limit < free then free = limit end
+  if free <= 0 then return out end
+  local sets = bl_sets_for(rec['capabilities'])
+  while free > 0 and #sets > 0 do
+    local k, p, c, t = bl_best(sets)
+    if not k then break end
+    local id, est = bl_pop(cx, k, p, c, t)
+    if id then
+      local got = assign(cx, id, agent, c, est)
+      if got then
+        out[#out + 1] = got[1]
+        out[#out + 1] = got[2]
+        out[#out + 1] = got[3]
+        free = free - 1
+      end
+    end
+  end
+  return out
+end
+
+-- A keyed task takes one of its key's permits, or waits in the key's own list (where it holds
+-- back no other task). Returns true when it holds a permit.
+local function ck_admit(id, l, key, limit)
+  if not key or key == '' then return true end
+  redis.call('HSET', K.CK_LIMITS, key, limit)
+  redis.call('HSET', l, 'ckey', key)
+  local h = ck_holders(key)
+  if redis.call('SISMEMBER', h, id) == 1 then return true end
+  if redis.call('SCARD', h) < tonumber(limit) then
+    redis.call('SADD', h, id)
+    return true
+  end
+  redis.call('RPUSH', ck_waiting(key), id)
+  redis.call('HSET', l, 'blw', key)
+  return false
+end
+
+-- A keyed task ended: its permit goes to the next waiting task of the key, which joins the
+-- backlog.
+local function ck_release(id, l)
+  local key = redis.call('HGET', l, 'ckey')
+  if not key then return end
+  local h = ck_holders(key)
+  redis.call('SREM', h, id)
+  local limit = num(redis.call('HGET', K.CK_LIMITS, key), 1)
+  while redis.call('SCARD', h) < limit do
+    local nxt = redis.call('LPOP', ck_waiting(key))
+    if not nxt then break end
+    local l2 = ledger(nxt)
+    local f = redis.call('HMGET', l2, 'state', 'bl')
+    if f[1] == 'queued' and f[2] then
+      redis.call('SADD', h, nxt)
+      redis.call('HDEL', l2, 'blw')
+      local k, p, c = split_slot(f[2])
+      bl_push(nxt, k, p, c, false)
+    end
+  end
+  if redis.call('SCARD', h) == 0 and redis.call('LLEN', ck_waiting(key)) == 0 then
+    redis.call('HDEL', K.CK_LIMITS, key)
+  end
+end
+
+-- Put a task into the backlog (state `queued` or `parked`): behind its key's limit, or into
+-- its (set, priority, client) list; at the front when it had already been dispatched once.
+local function enqueue(cx, id, state, k, p, c, key, limit, front)
+  local l = ledger(id)
+  redis.call('HSET', l, 'state', state, 'bl', k .. '|' .. p .. '|' .. c, 'queued_at',
+             string.format('%.17g', cx.now))
+  if ck_admit(id, l, key, limit) then bl_push(id, k, p, c, front) end
+end
+
+-- The context of a dispatching script from its ARGV section: now, weights JSON, default
+-- estimate, prefetch, heartbeat timeout, events cap.
+local function context(a)
+  return {now = tonumber(a[1]), weights = cjson.decode(a[2]), est = tonumber(a[3]),
+          prefetch = tonumber(a[4]), timeout = tonumber(a[5]), maxlen = a[6]}
+end

@@ -1,0 +1,34 @@
+-- Put a task into the backlog (backlog.enqueue): a new one no agent had a free slot for
+-- (from accepted), one moved off an agent (from routed: its older copies become stale under a
+-- new dispatch number; from running only when its agent was lost), one recovery hands back,
+-- or one whose countdown came due. ARGV = the context (6 items, backlog.context), then task id,
+-- new state (queued | parked), capability set, priority, client, concurrency key ('' none),
+-- limit, from (new | move | lost | due | restore: any unended state), expected dispatch ('' any), front (1: ahead of its
+-- client's other tasks), history JSON, event type ('' none), event data JSON.
+-- Returns {1, previous state} or {0, state} when the task is not in a state to move.
+local cx = context(ARGV)
+local id, state, from = ARGV[7], ARGV[8], ARGV[14]
+local l = ledger(id)
+local f = redis.call('HMGET', l, 'state', 'dispatch', 'agent')
+local prev = f[1]
+local ok = prev == 'accepted' or prev == 'recovering'
+  or (prev == 'routed' and from ~= 'new')
+  or (prev == 'running' and from == 'lost')
+  or (prev == 'queued' and from == 'due' and redis.call('HEXISTS', l, 'bl') == 0)
+  or (from == 'restore' and prev and prev ~= 'succeeded' and prev ~= 'failed'
+      and prev ~= 'dead_lettered')
+if not ok then return {0, prev or ''} end
+if ARGV[15] ~= '' and f[2] ~= ARGV[15] then return {0, prev} end
+if f[3] then redis.call('SREM', K.INFLIGHT .. f[3], id) end
+if prev == 'routed' or prev == 'running' then redis.call('HINCRBY', l, 'dispatch', 1) end
+redis.call('HDEL', l, 'pid', 'due')
+redis.call('ZREM', K.DEFERRED, id)
+enqueue(cx, id, state, ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[16] == '1')
+redis.call('RPUSH', history(id), ARGV[17])
+redis.call('HINCRBY', K.COUNTERS, state, 1)
+if state == 'parked' then redis.call('ZADD', K.PARKED, 'NX', cx.now, id) end
+if ARGV[18] ~= '' then
+  redis.call('XADD', K.EVENTS, 'MAXLEN', '~', cx.maxlen, '*', 'type', ARGV[18], 'ts',
+             ARGV[1], 'severity', 'info', 'source', 'router', 'data', ARGV[19])
+end
+return {1, prev}

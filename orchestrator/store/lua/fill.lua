@@ -1,0 +1,8 @@
+-- Dispatch waiting tasks to one agent while it has free slots (backlog.fill): after it
+-- registered or woke, its circuit closed, recovery moved work, or from the dispatch sweep.
+-- ARGV = the context (6 items), agent, at most ('' = as many as it has slots). Returns the
+-- flat list {task id, dispatch, spec JSON, ...} for the caller to publish.
+local cx = context(ARGV)
+local limit = nil
+if ARGV[8] ~= '' then limit = tonumber(ARGV[8]) end
+return fill(cx, ARGV[7], limit)
