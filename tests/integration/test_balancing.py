@@ -31,6 +31,10 @@ from tests.support import CeleryProcess, wait_for
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 ALGORITHM = "ORCH_LOAD_BALANCING_ALGORITHM"
+#: Every agent here has room for 1,000 waiting tasks: these tests are about each algorithm's
+#: choice below saturation (a held task keeps its agent's in-flight count up, never its
+#: slots full). Dispatch at saturation is test_dispatch's.
+BELOW_SATURATION = {"ORCH_AGENT_PREFETCH": "1000"}
 HOLD_MAX_S = 120  # a held task lets go by itself after this, should a test die midway
 STARTED = ("routed", "running", "succeeded")
 
@@ -91,10 +95,11 @@ def routers(start_control, orch_env, redis_url, redis_client) -> Iterator[Callab
     made: list[Routers] = []
 
     def start(algorithm: str) -> Routers:
-        start_control(wait=False, **{ALGORITHM: algorithm})
+        start_control(wait=False, **{ALGORITHM: algorithm}, **BELOW_SATURATION)
         settings = load_settings(
             redis_url=redis_url,
             load_balancing_algorithm=algorithm,
+            agent_prefetch=int(BELOW_SATURATION["ORCH_AGENT_PREFETCH"]),
             agent_timeout_s=float(orch_env["ORCH_AGENT_TIMEOUT_S"]),
             agent_heartbeat_interval_s=float(orch_env["ORCH_AGENT_HEARTBEAT_INTERVAL_S"]),
         )
@@ -112,7 +117,9 @@ def agents(start_agent, redis_client) -> Callable[..., dict[str, CeleryProcess]]
 
     def start(algorithm: str, **specs: str) -> dict[str, CeleryProcess]:
         procs = {
-            agent_id: start_agent(agent_id, caps, wait=False, **{ALGORITHM: algorithm})
+            agent_id: start_agent(
+                agent_id, caps, wait=False, **{ALGORITHM: algorithm}, **BELOW_SATURATION
+            )
             for agent_id, caps in specs.items()
         }
         wait_for(

@@ -109,7 +109,11 @@ def test_a_routed_task_whose_message_vanished_is_routed_again_and_only_that_one(
 
     register(redis_url)
     settings = load_settings(
-        redis_url=redis_url, visibility_timeout_s=10, retry_max_delay_s=5, agent_timeout_s=3600
+        redis_url=redis_url,
+        visibility_timeout_s=10,
+        retry_max_delay_s=5,
+        agent_timeout_s=3600,
+        agent_prefetch=10,  # room for all four in a's queue
     )
 
     def message_of(task_id: str) -> tuple[str, str]:
