@@ -293,6 +293,10 @@ class Settings(BaseSettings):
     quarantine_failures: Annotated[int, Field(ge=1)] = 10
     quarantine_window_s: PositiveSeconds = 600.0
     quarantine_s: PositiveSeconds = 300.0
+    # The ejection floor (Envoy's panic threshold): quarantine and open circuits together
+    # never leave fewer than this share of a capability's live agents eligible, nor none;
+    # an ejection past it is refused (`agent.ejection_refused`). 0 turns the floor off.
+    min_healthy_fraction: Annotated[float, Field(ge=0, le=1)] = 0.5
 
     intelligent_routing_enabled: bool = True
     performance_optimization_interval: PositiveSeconds = 120.0

@@ -185,6 +185,13 @@ def note_lost(event: OrchestrationEvent, ctx: Any) -> None:
     _redis().rpush("test:event:lost", str(event.data.get("agent_id")))
 
 
+@capability("always_fail")
+def always_fail(payload: dict[str, Any]) -> dict[str, Any]:
+    """Crashes on every agent, every time: a task whose own payload is bad (a plain
+    exception, not a PermanentError, so recovery cannot tell it from a failing agent)."""
+    raise RuntimeError(f"bad payload {payload.get('key', '')}")
+
+
 @capability("record_run")
 def record_run(payload: dict[str, Any]) -> dict[str, Any]:
     """Appends `key` as one line to the file `path`: a record of each run kept outside Redis,
