@@ -115,7 +115,7 @@ def test_with_a_healthy_second_agent_the_failing_one_is_ejected_and_the_other_ta
                 for i in range(6)
             ]
             sent += len(batch)
-            assert all(r.get(timeout=60)["agent"] == "good" for r in batch)
+            assert [r.get(timeout=60)["agent"] for r in batch] == ["good"] * len(batch)
             return bool(_events(redis_client, "agent.quarantined"))
 
         wait_for(stream, timeout=90, message="the failing agent was never quarantined")
