@@ -286,25 +286,31 @@ class Channel(kombu_redis.Channel):
             if self._event_loop() is not None:
                 return  # the timer _wait set wakes the loop, which calls this again
             time.sleep(wait)
+        args = self._fetch_args(tuple(queues))
+        connection = self.client.connection
+        self._in_poll = connection
+        self._brpop_sent_at = kombu_redis.monotonic()  # type: ignore[assignment]
+        connection.send_command("EVALSHA", self._fetch_script[1], *args[0], time.time(), *args[1])
+
+    #: The last fetch's arguments: (queues, no_ack queues) -> (numkeys and KEYS, record flags).
+    _fetch_cache: tuple[Any, tuple[list[Any], list[str]]] | None = None
+
+    def _fetch_args(self, queues: tuple[str, ...]) -> tuple[list[Any], list[str]]:
+        """The fetch's KEYS (with their count) and its record flags, built again only when the
+        queues change: an idle channel fetches dozens of times a second."""
+        ident = (queues, self._no_ack_queues)
+        if self._fetch_cache is not None and self._fetch_cache[0] == ident:
+            return self._fetch_cache[1]
         prefix = self.global_keyprefix
         record: dict[str, str] = {}
         for pri in self.priority_steps:
             for queue in queues:
                 acked = self.ack_emulation and queue not in self._no_ack_queues
                 record.setdefault(prefix + self._q_for_pri(queue, pri), "1" if acked else "0")
-        connection = self.client.connection
-        self._in_poll = connection
-        self._brpop_sent_at = kombu_redis.monotonic()  # type: ignore[assignment]
-        connection.send_command(
-            "EVALSHA",
-            self._fetch_script[1],
-            len(record) + 2,
-            prefix + self.unacked_key,
-            prefix + self.unacked_index_key,
-            *record,
-            time.time(),
-            *record.values(),
-        )
+        keys = [prefix + self.unacked_key, prefix + self.unacked_index_key, *record]
+        args = ([len(keys), *keys], list(record.values()))
+        self._fetch_cache = (ident, args)
+        return args
 
     def _brpop_read(self, **options: Any) -> bool:
         # kombu's own, for the fetch script's reply, and with the entry screened instead of a
