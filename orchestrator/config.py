@@ -20,6 +20,10 @@ from orchestrator.scaling.windows import SleepWindow, parse_windows
 
 NAME_RE = re.compile(r"^[a-z0-9_.-]{1,64}\Z")
 MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
+#: An agent id (ORCH_AGENT_ID, or else the worker's node name): never a `|`, which joins an
+#: agent id to a name in the store's hash fields (store.keys).
+AGENT_ID_RE = re.compile(r"^[A-Za-z0-9._@:-]{1,128}\Z")
+AGENT_ID_RULE = "1-128 chars of [A-Za-z0-9._@:-]"
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
 
@@ -436,8 +440,8 @@ class Settings(BaseSettings):
     @field_validator("agent_id")
     @classmethod
     def _agent_id(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^[A-Za-z0-9._@:-]{1,128}\Z", value):
-            raise ValueError("must be 1-128 chars of [A-Za-z0-9._@:-]")
+        if value is not None and not AGENT_ID_RE.match(value):
+            raise ValueError(f"must be {AGENT_ID_RULE}")
         return value or None
 
     @field_validator("scale_command")

@@ -21,13 +21,20 @@ from orchestrator.store.dlq import DeadLetterStore
 from orchestrator.store.events import EventGroupStore
 from orchestrator.store.keys import AGENT_STATS, circuit_key
 from orchestrator.store.ledger import Attempt
+from orchestrator.store.migrate import KeyMigrationStore
 from orchestrator.store.recovery import RecoveryStore
 from orchestrator.store.sleep import SleepStore
 from orchestrator.store.telemetry import telemetry_step
 
 
 class StateStore(
-    AgentStore, DeadLetterStore, RecoveryStore, ClientStore, EventGroupStore, SleepStore
+    AgentStore,
+    DeadLetterStore,
+    RecoveryStore,
+    ClientStore,
+    EventGroupStore,
+    SleepStore,
+    KeyMigrationStore,
 ):
     """All reads and writes of orchestrator state. One instance per process."""
 
