@@ -69,7 +69,7 @@ def translated(exc: redis.ResponseError, step: str) -> OrchestratorError:
     if isinstance(exc, NoPermissionError) or core.startswith("NOPERM"):
         advice = (
             "the Redis user of ORCH_STATE_URL / ORCH_REDIS_URL lacks a permission the "
-            "orchestrator needs: grant it commands and keys ~orch:* ~orchestrator:* (ACL SETUSER)"
+            "orchestrator needs: grant it what deploy/redis/users.acl grants (ACL SETUSER)"
         )
     elif core.startswith("WRONGTYPE"):
         advice = (
