@@ -262,6 +262,9 @@ class Settings(BaseSettings):
     result_backend: str | None = None
     state_url: str | None = None
     redis_sentinel_master: Annotated[str, Field(min_length=1)] = DEFAULT_SENTINEL_MASTER
+    # Start even when a Redis evicts keys when full (maxmemory-policy other than noeviction),
+    # with a warning instead of the refusal: queued tasks and records may then vanish.
+    allow_evicting_redis: bool = False
 
     agent_id: str | None = None
     agent_capabilities: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
