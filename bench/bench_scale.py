@@ -48,7 +48,11 @@ from orchestrator.models import RegisteredAgent, TaskState, parse_task  # noqa: 
 from orchestrator.monitoring.loops import LoopContext  # noqa: E402
 from orchestrator.routing.router import Router  # noqa: E402
 from orchestrator.store import StateStore  # noqa: E402
-from orchestrator.store.keys import HEARTBEATS  # noqa: E402
+from orchestrator.store.keys import (  # noqa: E402
+    HEARTBEATS,
+    history_key,
+    task_key,
+)
 from orchestrator.store.monitor import MonitorStore  # noqa: E402
 from tests.support import RedisServer  # noqa: E402
 
@@ -336,12 +340,12 @@ def memory_per_task(url: str, k: int) -> dict[str, Any]:
         run_tasks(k, "t")
         after = int(r.info("memory")["used_memory"])
         stream_after = int(r.xlen("orchestrator:events"))
-        sample = [f"orch:task:t-{i:06d}" for i in range(0, k, max(1, k // 50))]
+        ids = [f"t-{i:06d}" for i in range(0, k, max(1, k // 50))]
+        sample = [task_key(i) for i in ids]
+        histories = [history_key(i) for i in ids]
         task_bytes = statistics.mean(int(r.memory_usage(key) or 0) for key in sample)
-        history_bytes = statistics.mean(
-            int(r.memory_usage(f"{key}:history") or 0) for key in sample
-        )
-        ttls = [int(r.ttl(key)) for key in sample] + [int(r.ttl(f"{k}:history")) for k in sample]
+        history_bytes = statistics.mean(int(r.memory_usage(key) or 0) for key in histories)
+        ttls = [int(r.ttl(key)) for key in sample + histories]
         stream_total = int(r.memory_usage("orchestrator:events", samples=0) or 0)
         stream_entries = int(r.xlen("orchestrator:events"))
         # What the ledger's TTL leaves: every key without a TTL (the task keys all have one).

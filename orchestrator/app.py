@@ -22,6 +22,7 @@ from orchestrator.runtime.events import EventProcessing
 from orchestrator.runtime.gate import GateStep
 from orchestrator.runtime.logs import install_celery_json_logs
 from orchestrator.runtime.metrics import MetricsStep
+from orchestrator.runtime.upgrade import KeyMigration
 from orchestrator.security.preflight import RedisPreflight
 
 
@@ -37,6 +38,7 @@ def _load() -> Settings:
 def install_worker_steps(celery_app: Celery) -> None:
     celery_app.steps["worker"].add(GateStep)
     celery_app.steps["worker"].add(RedisPreflight)
+    celery_app.steps["worker"].add(KeyMigration)
     celery_app.steps["worker"].add(AgentInit)
     celery_app.steps["worker"].add(MetricsStep)
     celery_app.steps["consumer"].add(AgentPresence)

@@ -20,6 +20,10 @@ from orchestrator.scaling.windows import SleepWindow, parse_windows
 from orchestrator.settings_parsers import parse_capabilities, parse_client_weights
 
 MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
+#: An agent id (ORCH_AGENT_ID, or else the worker's node name): never a `|`, which joins an
+#: agent id to a name in the store's hash fields (store.keys).
+AGENT_ID_RE = re.compile(r"^[A-Za-z0-9._@:-]{1,128}\Z")
+AGENT_ID_RULE = "1-128 chars of [A-Za-z0-9._@:-]"
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
 
@@ -229,6 +233,9 @@ class Settings(BaseSettings):
     result_backend: str | None = None
     state_url: str | None = None
     redis_sentinel_master: Annotated[str, Field(min_length=1)] = DEFAULT_SENTINEL_MASTER
+    # Start even when a Redis evicts keys when full (maxmemory-policy other than noeviction),
+    # with a warning instead of the refusal: queued tasks and records may then vanish.
+    allow_evicting_redis: bool = False
 
     agent_id: str | None = None
     agent_capabilities: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
@@ -264,6 +271,10 @@ class Settings(BaseSettings):
     quarantine_failures: Annotated[int, Field(ge=1)] = 10
     quarantine_window_s: PositiveSeconds = 600.0
     quarantine_s: PositiveSeconds = 300.0
+    # The ejection floor (Envoy's panic threshold): quarantine and open circuits together
+    # never leave fewer than this share of a capability's live agents eligible, nor none;
+    # an ejection past it is refused (`agent.ejection_refused`). 0 turns the floor off.
+    min_healthy_fraction: Annotated[float, Field(ge=0, le=1)] = 0.5
 
     intelligent_routing_enabled: bool = True
     performance_optimization_interval: PositiveSeconds = 120.0
@@ -414,8 +425,8 @@ class Settings(BaseSettings):
     @field_validator("agent_id")
     @classmethod
     def _agent_id(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^[A-Za-z0-9._@:-]{1,128}\Z", value):
-            raise ValueError("must be 1-128 chars of [A-Za-z0-9._@:-]")
+        if value is not None and not AGENT_ID_RE.match(value):
+            raise ValueError(f"must be {AGENT_ID_RULE}")
         return value or None
 
     @field_validator("scale_command")

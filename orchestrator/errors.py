@@ -117,7 +117,16 @@ class ClientBlocked(OrchestratorError):
 
 
 class StoreUnavailable(OrchestratorError):
-    """Redis (the state store) did not answer; check ORCH_REDIS_URL / ORCH_STATE_URL."""
+    """Redis (the state store) did not answer; check ORCH_REDIS_URL / ORCH_STATE_URL. Also
+    raised when it answers but cannot take writes for now (at its memory limit, maxmemory; a
+    read-only replica; busy with a script)."""
+
+
+class StoreError(OrchestratorError):
+    """Redis (the state store) answered but refused one of the orchestrator's steps (a key of
+    the wrong type, a Lua script's error, a permission the Redis user lacks). The message names
+    the step, what Redis said and what to do; the step's Lua script, if it was one, changed
+    nothing after the failing command, but what it had written before it stays."""
 
 
 class Cancelled(OrchestratorError):

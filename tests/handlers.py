@@ -183,3 +183,19 @@ def always_raise(event: OrchestrationEvent, ctx: Any) -> None:
 def note_lost(event: OrchestrationEvent, ctx: Any) -> None:
     """A team's own handler beside the built-in one: lists the agents announced lost."""
     _redis().rpush("test:event:lost", str(event.data.get("agent_id")))
+
+
+@capability("always_fail")
+def always_fail(payload: dict[str, Any]) -> dict[str, Any]:
+    """Crashes on every agent, every time: a task whose own payload is bad (a plain
+    exception, not a PermanentError, so recovery cannot tell it from a failing agent)."""
+    raise RuntimeError(f"bad payload {payload.get('key', '')}")
+
+
+@capability("record_run")
+def record_run(payload: dict[str, Any]) -> dict[str, Any]:
+    """Appends `key` as one line to the file `path`: a record of each run kept outside Redis,
+    which a Redis that loses its last writes cannot lose (tests/integration/test_atomic_fetch)."""
+    with open(payload["path"], "a", encoding="utf-8") as fh:  # one short O_APPEND write
+        fh.write(f"{payload['key']}\n")
+    return {"key": payload["key"]}

@@ -27,6 +27,7 @@ from orchestrator.store.keys import (
     CIRCUIT_PREFIX,
     DLQ,
     HEARTBEATS,
+    HISTORY_PREFIX,
     INFLIGHT_PREFIX,
     OUTBOX,
     OUTBOX_MSG,
@@ -37,6 +38,7 @@ from orchestrator.store.keys import (
     QUARANTINED_UNTIL,
     RECOVERY,
     RECOVERY_DEADLINES,
+    TASK_PREFIX,
 )
 
 
@@ -60,8 +62,10 @@ UNFINISHED = frozenset(
 
 def kind_of(key: str) -> str:
     """The kind a key is counted under in a restore's report."""
-    if key.startswith(PREFIX + "task:"):
-        return "task history" if key.endswith(":history") else "tasks"
+    if key.startswith(HISTORY_PREFIX):
+        return "task history"
+    if key.startswith(TASK_PREFIX):
+        return "tasks"
     if key in AGENT_KEYS:
         return "agents"
     if key.startswith(CIRCUIT_PREFIX):

@@ -8,6 +8,9 @@ snapshot had not finished and the live ledger did not know is parked again throu
 own `park`, so the parked sweep routes it under a new dispatch and it runs once (a copy of an
 older dispatch is acknowledged without running). With `dry_run` nothing is written but one
 scratch key per restored task, read for its state and deleted at once.
+
+A snapshot of an older key layout comes back under the current names (`current_name`): a
+task's history list that was `orch:task:<id>:history` is restored as `orch:history:<id>`.
 """
 
 from __future__ import annotations
@@ -26,11 +29,32 @@ import redis
 from orchestrator.backup.archive import BackupError, verify_backup
 from orchestrator.backup.merge import Action, action_for, by_task, kind_of, tally, unfinished
 from orchestrator.store import StateStore
-from orchestrator.store.keys import FLEET_VERSION, PREFIX, RECOVERY, RECOVERY_DEADLINES
+from orchestrator.store.keys import (
+    FLEET_VERSION,
+    PREFIX,
+    RECOVERY,
+    RECOVERY_DEADLINES,
+    TASK_PREFIX,
+    history_key,
+    legacy_history_task,
+)
 
 SCRATCH = PREFIX + "restore:scratch"
 RESTORE_LAST = PREFIX + "backup:restored"
 BATCH = 500
+#: A DUMP payload opens with its value's RDB type; these are the list encodings (linked list,
+#: ziplist, quicklist, quicklist 2), whatever the version of the Redis that made it.
+LIST_RDB_TYPES = frozenset({1, 10, 14, 18})
+
+
+def current_name(key: str, payload: bytes) -> str:
+    """The name a snapshot's key has under the current layout: an older layout's history list
+    `orch:task:<id>:history` is `orch:history:<id>`; a hash of that name is the ledger entry
+    of a task named `<id>:history` and keeps it, as does every other key."""
+    task_id = legacy_history_task(key)
+    if task_id is not None and payload[:1] and payload[0] in LIST_RDB_TYPES:
+        return history_key(task_id)
+    return key
 
 
 @dataclass
@@ -125,15 +149,15 @@ def _restore_batch(
 ) -> None:
     if not batch:
         return
+    payloads = [base64.b64decode(entry["dump"]) for entry in batch]
+    names = [current_name(entry["key"], p) for entry, p in zip(batch, payloads, strict=True)]
     pipe = binary.pipeline(transaction=False)
-    for entry in batch:
-        pipe.exists(entry["key"])
+    for key in names:
+        pipe.exists(key)
     live = pipe.execute()
-    for entry, exists in zip(batch, live, strict=True):
-        key = entry["key"]
+    for entry, key, payload, exists in zip(batch, names, payloads, live, strict=True):
         action = action_for(key, bool(exists))
         rows.append((kind_of(key), action.value))
-        payload = base64.b64decode(entry["dump"])
         if action is Action.MERGE:
             merges.append((key, payload))
             continue
@@ -150,7 +174,7 @@ def _restore_batch(
                 raise BackupError(f"{key}: Redis refused the restore ({exc})") from None
             continue
         if _is_ledger(key):
-            task_id = key.removeprefix(PREFIX + "task:")
+            task_id = key.removeprefix(TASK_PREFIX)
             restored.add(task_id)
             state = binary.hget(target, "state")
             if unfinished(_text(state) if state is not None else None):
@@ -160,7 +184,8 @@ def _restore_batch(
 
 
 def _is_ledger(key: str) -> bool:
-    return key.startswith(PREFIX + "task:") and not key.endswith(":history")
+    """Whether `key` (a current name) is a ledger entry: every `orch:task:*` key is."""
+    return key.startswith(TASK_PREFIX)
 
 
 def _merge(binary: redis.Redis, key: str, payload: bytes, restored: set[str]) -> None:

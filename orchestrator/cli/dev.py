@@ -103,7 +103,7 @@ class DevStack:
         if self.as_json:
             log.log(level, text, extra=fields)
         else:
-            console.print(f"[{style}]{text}[/]" if style else text)
+            console.print(f"[{style}]{text}[/]" if style else text, soft_wrap=True)
 
     def _env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_AGENT_")}
@@ -217,6 +217,11 @@ class DevStack:
                     redis_url=mask_password(url),
                 )
                 self.redis_proc = start_redis(url, self.run_dir / "redis", self.logs / "redis.log")
+            refusal = self._fitness()
+            if refusal is not None:
+                self._say(refusal, logging.ERROR, "red")
+                return 2
+            self._migrate_keys()
             self.children = self.plan()
             for child in self.children:
                 child.start()
@@ -228,6 +233,34 @@ class DevStack:
         finally:
             self.stop()
         return 0
+
+    def _migrate_keys(self) -> None:
+        """Keys of an older layout renamed before any worker starts (idempotent)."""
+        from orchestrator.errors import OrchestratorError
+        from orchestrator.store import StateStore
+
+        store = StateStore.from_settings(self.settings)
+        try:
+            store.migrate_keys()
+        except OrchestratorError as exc:
+            self._say(f"could not rename older keys: {exc}", logging.WARNING, "yellow")
+        finally:
+            store.r.close()
+
+    def _fitness(self) -> str | None:
+        """The roles' start-up check of the Redis in use (an evicting one stops the stack
+        here, rather than every child over and over), its warnings said; the one line that
+        refuses, or None."""
+        from orchestrator.errors import ConfigError
+        from orchestrator.security.preflight import check_fitness, redis_targets
+
+        try:
+            lines = check_fitness(redis_targets(self.settings), self.settings.allow_evicting_redis)
+        except ConfigError as exc:
+            return str(exc)
+        for level, line in lines:
+            self._say(line, level, "yellow" if level >= logging.WARNING else "")
+        return None
 
     def _supervise(self, child: Child) -> None:
         """Restart a child that died, as a container runtime's restart policy would, with a

@@ -558,9 +558,11 @@ def exporter(port: int | None, address: str | None) -> None:
 
     from orchestrator.cli.exporter import serve
     from orchestrator.runtime.logs import configure_logging
+    from orchestrator.security.preflight import stop_unless_settled
 
     settings = _settings()
     configure_logging(settings.log_format)
+    stop_unless_settled(settings)  # the Redis reachable, and fit (not evicting)
     as_json = settings.log_format == "json"  # then even its last words are a JSON line
     log = logging.getLogger("orchestrator.cli.exporter")
     port = settings.exporter_port if port is None else port

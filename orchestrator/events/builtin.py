@@ -62,12 +62,16 @@ def move_work_of_lost_agent(event: OrchestrationEvent, ctx: EventContext) -> Non
 @on_event("circuit.opened")
 def move_queued_off_open_circuit(event: OrchestrationEvent, ctx: EventContext) -> None:
     """Route the tasks waiting in the agent's queue elsewhere (those it is running finish
-    there), as a quarantine does: an open circuit means more of them would fail."""
+    there), as a quarantine does: an open circuit means more of them would fail. Unless the
+    ejection floor keeps the agent eligible for every capability it offers (announced as
+    `agent.ejection_refused`, once per opening and capability left short)."""
     agent_id = agent_of(event)
     if agent_id is None or not ctx.settings.circuit_breaker_enabled:
         return
     if not circuit_still_open(ctx.store.circuit(agent_id).state):
         return
+    if ctx.healer.keeps_open_circuit(agent_id, now_s()):
+        return  # the ejection floor keeps the agent for all it offers: its queue stays
     moved = ctx.healer.move_queued(agent_id, now_s(), only_queued=True)
     log.info("circuit.opened %s: %d queued task(s) of agent %s moved", event.id, moved, agent_id)
 

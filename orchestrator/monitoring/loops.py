@@ -58,6 +58,8 @@ from orchestrator.monitoring.stats import (
 )
 from orchestrator.routing.scores import Score, optimize_scores, parse_stats
 from orchestrator.routing.weights import effective_status
+from orchestrator.security.fitness import KINDS as CONFIG_KINDS
+from orchestrator.security.fitness import config_findings
 from orchestrator.security.policy import (
     AuditFacts,
     WorkerFacts,
@@ -69,7 +71,8 @@ from orchestrator.security.policy import (
     without_credentials,
 )
 from orchestrator.store import StateStore
-from orchestrator.store.connect import state_client
+from orchestrator.store.connect import redis_client, state_client
+from orchestrator.store.fitness import read_configs
 from orchestrator.store.keys import ALERTS, METRICS_HISTORY, SLA_HISTORY, SLO_ALERTS
 from orchestrator.store.monitor import MonitorStore
 
@@ -455,6 +458,20 @@ def run_security(ctx: LoopContext, now: float) -> dict[str, Any]:
     if s.flower_url and facts.flower_status is None:
         unchecked.append("flower_open")
     current += audit(s, facts)
+    # Each Redis's own configuration: evicting when full, no AOF (security.fitness).
+    urls = {
+        "broker": s.effective_broker_url,
+        "results": s.effective_result_backend,
+        "state": s.effective_state_url,
+    }
+    configs = read_configs(
+        urls.values(),
+        lambda url: redis_client(url, sentinel_master=s.redis_sentinel_master, socket_timeout=3),
+        {s.effective_state_url: ctx.store.r},
+    )
+    if len(configs) < len(set(urls.values())):
+        unchecked += CONFIG_KINDS
+    current += config_findings(urls, configs, s.allow_evicting_redis)
     standing, new = diff_findings(previous, current, now, unchecked)
     for f in new:
         ctx.store.event(

@@ -6,6 +6,7 @@ store. The Celery tasks in workers/recovery.py are thin wrappers around these me
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from orchestrator.models import (
     RegisteredAgent,
     TaskState,
 )
+from orchestrator.recovery.floor import ejection_refusals
 from orchestrator.recovery.plan import ErrorKind, plan_recovery
 from orchestrator.routing.router import Router
 from orchestrator.routing.weights import effective_status
@@ -66,7 +68,8 @@ class Healer:
             if agent_id and kind in AGENT_FAULTS
             else 0
         )
-        plan = plan_recovery(
+        plan_for = functools.partial(
+            plan_recovery,
             task_id=task_id,
             error_kind=kind,
             attempts=attempts,
@@ -83,6 +86,14 @@ class Healer:
             max_delay_s=self.settings.retry_max_delay_s,
             escalation_timeout_s=self.settings.recovery_escalation_timeout,
         )
+        plan = plan_for()
+        if (
+            plan.tier is RecoveryTier.QUARANTINE
+            and plan.failed_agent
+            and self.ejection_refused(plan.failed_agent, now, True, plan.reason)
+        ):
+            # The floor keeps the agent: plan again as if it had not reached the threshold.
+            plan = plan_for(quarantine_allowed=False)
         plan = plan.model_copy(
             update={"reason": f"{plan.reason} ({error})" if error else plan.reason}
         )
@@ -108,6 +119,10 @@ class Healer:
             return
         if plan.tier is RecoveryTier.QUARANTINE and plan.failed_agent:
             self.quarantine(plan.failed_agent, plan.reason, now)
+            if plan.target_agent is None:
+                # Every capable agent failed it: waiting would give it back to one of them.
+                self.escalate(plan.task_id, plan.reason, now)
+                return
         fleet = self.router.fleet(now, fresh=True)
         agents = fleet.by_id()
         target = plan.failed_agent if plan.tier is RecoveryTier.RETRY else plan.target_agent
@@ -152,10 +167,72 @@ class Healer:
 
     # --- agents --------------------------------------------------------------------------
 
-    def quarantine(self, agent_id: str, reason: str, now: float) -> None:
+    def quarantine(self, agent_id: str, reason: str, now: float) -> bool:
+        """Quarantine the agent and move its queued tasks, unless the ejection floor needs it
+        eligible (then it stays, announced as `agent.ejection_refused`)."""
+        if self.ejection_refused(agent_id, now, True, reason):
+            return False
         if self.store.quarantine(agent_id, now + self.settings.quarantine_s, now, reason):
             self.store.forget_failures(agent_id)
             self.move_queued(agent_id, now, only_queued=True)
+        return True
+
+    def ejection_refused(
+        self, agent_id: str, now: float, quarantine: bool, reason: str = ""
+    ) -> bool:
+        """Would taking the agent out of routing (a quarantine, or else its circuit that
+        opened) leave one of its capabilities below ORCH_MIN_HEALTHY_FRACTION of its live
+        agents eligible, or with none? Then say so, once per capability left short: the
+        agent stays eligible, as routing keeps it (recovery/floor.py)."""
+        return bool(self._refusals(agent_id, now, quarantine, reason)[0])
+
+    def keeps_open_circuit(self, agent_id: str, now: float) -> bool:
+        """At `circuit.opened`: announce the capabilities the floor keeps the agent for, and
+        say whether it keeps it for all of them. Then its queued tasks stay (routing would
+        bring them back); otherwise they move, as an open circuit's do."""
+        short, offered = self._refusals(agent_id, now, False, "")
+        return bool(short) and short >= offered
+
+    def _refusals(
+        self, agent_id: str, now: float, quarantine: bool, reason: str
+    ) -> tuple[set[str], set[str]]:
+        """(the capabilities left short, all the agent offers), each refusal announced."""
+        fleet = self.router.fleet(now, fresh=True)
+        refusals = ejection_refusals(
+            agent_id,
+            fleet.agents,
+            fleet.breakers,
+            self.router.circuit_cfg,
+            now,
+            self.settings.agent_timeout_s,
+            self.settings.min_healthy_fraction,
+            quarantine,
+        )
+        cause = "quarantine" if quarantine else "open circuit"
+        for refusal in refusals:
+            why = (
+                f"{cause} of agent {agent_id} refused: it would leave {refusal.healthy} of "
+                f"{refusal.total} live agents of {refusal.capability!r} eligible, fewer than "
+                f"{refusal.floor} (ORCH_MIN_HEALTHY_FRACTION="
+                f"{self.settings.min_healthy_fraction:g})"
+            )
+            log.warning("%s%s", why, f"; {reason}" if reason else "")
+            self.store.event(
+                "agent.ejection_refused",
+                now,
+                "recovery",
+                severity=ProductionEventSeverity.WARNING,
+                agent_id=agent_id,
+                capability=refusal.capability,
+                cause=cause,
+                reason=f"{why}; {reason}" if reason else why,
+                healthy=refusal.healthy,
+                total=refusal.total,
+                floor=refusal.floor,
+            )
+        agent = fleet.by_id().get(agent_id)
+        offered = set(agent.capabilities) if agent is not None else set()
+        return {r.capability for r in refusals}, offered
 
     def move_queued(self, agent_id: str, now: float, only_queued: bool) -> int:
         """Re-route the agent's tasks elsewhere: those still waiting in its queue, and with

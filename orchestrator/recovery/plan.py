@@ -77,6 +77,7 @@ def plan_recovery(
     base_delay_s: float = 1.0,
     max_delay_s: float = 60.0,
     escalation_timeout_s: float = 300.0,
+    quarantine_allowed: bool = True,
 ) -> RecoveryPlan:
     """Choose the recovery tier for a failed attempt. First matching rule wins:
 
@@ -84,9 +85,13 @@ def plan_recovery(
     2. poison -> escalate: the message must leave circulation.
     3. attempts >= max_retries + 1 -> escalate: retries exhausted (`attempts` counts every
        attempt made so far, the failed one included).
-    4. the failing agent has >= quarantine_threshold recent failures -> quarantine it and
-       send the task to the best other capable agent that has not failed it (or none: the
-       edge then routes it normally once an agent is eligible).
+    4. the failing agent has >= quarantine_threshold recent failures and the ejection floor
+       allows its quarantine (`quarantine_allowed`, recovery/floor.py) -> quarantine it and
+       send the task to the best other capable agent that has not failed it. With none left
+       (every capable agent failed it) the plan has no target and the edge dead-letters the
+       task: waiting would only hand it to an agent that failed it, once its quarantine
+       ends. A quarantine the floor refuses leaves the agent eligible, and the next rules
+       decide.
     5. transient / timeout -> retry on the same agent after a jittered backoff, or reroute
        if that agent is no longer eligible.
     6. crash / lost -> reroute to the highest-weight capable agent that has not failed this
@@ -136,14 +141,19 @@ def plan_recovery(
             RecoveryTier.ESCALATE,
             f"retries exhausted ({attempts} attempts, max_retries={max_retries})",
         )
-    if failed_agent is not None and agent_recent_failures >= quarantine_threshold:
+    if (
+        failed_agent is not None
+        and agent_recent_failures >= quarantine_threshold
+        and quarantine_allowed
+    ):
         target = pick_reroute_target(agents, required_capabilities, exclude)
-        return plan(
-            RecoveryTier.QUARANTINE,
+        reason = (
             f"agent {failed_agent} failed {agent_recent_failures} recent tasks "
-            f"(threshold {quarantine_threshold})",
-            None if target is None else target.agent_id,
+            f"(threshold {quarantine_threshold})"
         )
+        if target is None:
+            reason += "; every capable agent failed this task"
+        return plan(RecoveryTier.QUARANTINE, reason, None if target is None else target.agent_id)
 
     same = by_id.get(failed_agent) if failed_agent is not None else None
     same_ok = same is not None and capable(same, required_capabilities)

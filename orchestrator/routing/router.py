@@ -26,6 +26,7 @@ from orchestrator.models import (
 )
 from orchestrator.monitoring.stats import client_label
 from orchestrator.recovery.breaker import CLOSED_BREAKER, would_admit
+from orchestrator.recovery.floor import readmitted
 from orchestrator.routing.weights import (
     integer_weights,
     is_eligible,
@@ -132,6 +133,8 @@ class Router:
         self._checked_at = 0.0  # when the fleet version was last compared
         self._expires_at = 0.0  # view_expiry of the current view
         self._views: dict[str, RouteView] = {}  # per capability key, for the current view
+        # Ejected agents the floor takes back, per capability key, for one view of the fleet.
+        self._readmitted: tuple[Fleet | None, dict[str, dict[str, RegisteredAgent]]] = (None, {})
         self.keep_outbox = False
 
     def fleet(self, now: float, fresh: bool = False) -> Fleet:
@@ -279,11 +282,27 @@ class Router:
             )
 
         required = task.required_capabilities
+        timeout = self.settings.agent_timeout_s
+        # Below the ejection floor routing takes ejected agents back (recovery/floor.py),
+        # worked out once per view of the fleet and capability set.
+        if self._readmitted[0] is not fleet:
+            self._readmitted = (fleet, {})
+        back = self._readmitted[1].get(task.capability_key)
+        if back is None:
+            back = self._readmitted[1][task.capability_key] = readmitted(
+                fleet.agents,
+                required,
+                fleet.breakers,
+                self.circuit_cfg,
+                now,
+                timeout,
+                self.settings.min_healthy_fraction,
+            )
         return [
-            a
+            back.get(a.agent_id, a)
             for a in fleet.agents
             if a.agent_id not in exclude
-            and is_eligible(a, required, now, self.settings.agent_timeout_s, admits(a))
+            and (a.agent_id in back or is_eligible(a, required, now, timeout, admits(a)))
         ]
 
     def view(
@@ -475,7 +494,7 @@ class Router:
             chosen = self.choose(task, fleet, now, tried)
             if chosen is None:
                 return dispatched
-            fills = self.store.fill(chosen.agent_id, now, limit=1)
+            fills = self.store.fill(chosen.agent_id, now, limit=1, trusted=True)
             if not fills:
                 tried.add(chosen.agent_id)  # nothing it can take, or its slot went meanwhile
                 continue

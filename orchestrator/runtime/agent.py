@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 from celery import Celery, bootsteps
 
-from orchestrator.config import Settings
+from orchestrator.config import AGENT_ID_RE, AGENT_ID_RULE, Settings
 from orchestrator.errors import ConfigError
 from orchestrator.models import AgentStatus, RegisteredAgent
 from orchestrator.runtime.celeryconf import agent_queue, app_settings
@@ -142,6 +142,14 @@ class AgentInit(bootsteps.Step):
             say_refusal(f"agent refused to start: {exc}", settings.log_format)
             raise SystemExit(2) from None
         agent_id = settings.agent_id or worker.hostname
+        if not AGENT_ID_RE.match(agent_id):  # ORCH_AGENT_ID was checked when it was read
+            say_refusal(
+                f"agent refused to start: its id, the worker's node name {agent_id!r} (-n), "
+                f"must be {AGENT_ID_RULE} as ORCH_AGENT_ID must: choose another -n or set "
+                "ORCH_AGENT_ID",
+                settings.log_format,
+            )
+            raise SystemExit(2)
         _Process.agent_id = agent_id
         _Process.settings = settings
         queue = agent_queue(agent_id)

@@ -25,18 +25,37 @@ the
 installed Gate (orchestrator.runtime.gate, set up by every worker of this project), the decoded task
 message. A refused entry is off its queue already (BRPOP took it; one that was recorded as
 unacknowledged is acknowledged), is handed to the gate to keep, and consuming goes on.
+
+Taking a message is one Redis step. kombu BRPOPs an entry and records it as unacknowledged
+(`unacked`, `unacked_index`) in a second command: a Redis killed in between keeps the pop
+and loses the record, and the message is gone without a trace. Here a Lua script
+(orchestrator/store/lua/fetch.lua) pops from the consumer's lists in kombu's order and writes
+kombu's own record in the same step, so restore_visible brings back every popped message
+whose consumer never acknowledged it; kombu's QoS.append then only does its in-memory part.
+Lua cannot block, so an idle channel polls: each fetch that finds every list empty waits
+before the next, twice as long as the last time, from `fetch_backoff_min` up to
+`fetch_backoff_max` (transport options; seconds), and a fetch that takes a message resets
+the wait. The wait is a timer of the worker's event loop (a sleep where there is none), so an
+idle worker starts a message within about `fetch_backoff_max`. A fetch Redis refuses (out of
+memory under noeviction: the script takes nothing) is logged once, retried every
+`fetch_refused_backoff` seconds, and consuming resumes by itself. Fanout (pub/sub) is
+untouched. Relies on kombu's Redis channel internals (`_brpop_start`/`_brpop_read`, the
+`handlers` of its MultiChannelPoller, QoS.append's record): kombu >= 5.4, < 6 (read in 5.7).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from pathlib import Path
 from typing import Any, Protocol
 
 import redis
-from kombu.transport import TRANSPORT_ALIASES
+from kombu.transport import TRANSPORT_ALIASES, virtual
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import Empty
 from kombu.utils.encoding import bytes_to_str
@@ -48,6 +67,11 @@ log = logging.getLogger(__name__)
 
 Push = tuple[str, str]  # (Redis list key, payload)
 _captured: ContextVar[list[Push] | None] = ContextVar("orchestrator_captured", default=None)
+
+#: The atomic fetch (beside the state store's scripts, read here: the transport is the broker
+#: edge and imports nothing of the store).
+FETCH = (Path(__file__).parent.parent / "store" / "lua" / "fetch.lua").read_text(encoding="utf-8")
+FETCH_SHA = hashlib.sha1(FETCH.encode()).hexdigest()
 
 
 class Gate(Protocol):
@@ -92,6 +116,23 @@ def _refuse(queue: str, raw: bytes, reason: str, task_id: str | None = None) -> 
         log.error("refused an entry of queue %s (%s) and could not keep it: %s", queue, reason, exc)
 
 
+def _wake() -> None:
+    """A timer's callback: waking the event loop is all it is for."""
+
+
+def _load_fetch(client: Any) -> tuple[str, str]:
+    """Load the fetch script into Redis: the `#!lua` form, or on a Redis that has no script
+    flags (before 7) the legacy form, which runs even out of memory (it then records
+    beyond maxmemory, by about the size of the entry it takes)."""
+    try:
+        return FETCH, client.script_load(FETCH)
+    except redis.exceptions.ResponseError as exc:
+        if "OOM" in str(exc) or not FETCH.startswith("#!"):
+            raise
+    legacy = FETCH.split("\n", 1)[1]
+    return legacy, client.script_load(legacy)
+
+
 @contextmanager
 def captured_pushes() -> Iterator[list[Push]]:
     """Collect the pushes of the messages published in this block instead of making them."""
@@ -103,9 +144,69 @@ def captured_pushes() -> Iterator[list[Push]]:
         _captured.reset(token)
 
 
+class QoS(kombu_redis.QoS):
+    """kombu's QoS, but a message the fetch script already recorded is not recorded again,
+    and a record that is no kombu record is dropped instead of stopping every restore."""
+
+    def append(self, message: Any, delivery_tag: Any) -> None:
+        channel = self.channel
+        if delivery_tag is not None and delivery_tag == channel._recorded_tag:
+            channel._recorded_tag = None
+            virtual.QoS.append(self, message, delivery_tag)  # the in-memory part only
+            return
+        super().append(message, delivery_tag)
+
+    def restore_by_tag(self, tag: Any, client: Any = None, leftmost: bool = False) -> None:
+        # kombu's own, but for a record it cannot decode: the fetch script records what Lua's
+        # JSON decoder reads (which takes a few forms Python's refuses); kombu's restore would
+        # raise on it at every sweep, before restoring the records after it.
+        refused: list[bytes] = []
+
+        def restore_transaction(pipe: Any) -> None:
+            p = pipe.hget(self.unacked_key, tag)
+            pipe.multi()
+            self._remove_from_indices(tag, pipe)
+            if p:
+                try:
+                    m, ex, rk = loads(bytes_to_str(p))
+                except (ValueError, TypeError, RecursionError):
+                    refused.append(p if isinstance(p, bytes) else str(p).encode())
+                    return
+                self.channel._do_restore_message(m, ex, rk, pipe, leftmost)
+
+        with self.channel.conn_or_acquire(client) as client:
+            client.transaction(restore_transaction, self.unacked_key)
+        for raw in refused:
+            _refuse("(unacked)", raw, "an unacknowledged record that is not kombu's")
+
+
 class Channel(kombu_redis.Channel):
+    QoS = QoS
+
     #: The synchronous client of `conn_or_acquire`, valid while it wraps `self.pool`.
     _sync_client: Any = None
+
+    # --- the atomic fetch (see the module's docstring) -------------------------------------
+
+    #: Seconds an idle channel waits between fetches: doubling from the least to the most.
+    fetch_backoff_min = 0.002
+    fetch_backoff_max = 0.02
+    #: Seconds between fetches while Redis refuses them (out of memory).
+    fetch_refused_backoff = 1.0
+
+    fetch_options = ("fetch_backoff_min", "fetch_backoff_max", "fetch_refused_backoff")
+    from_transport_options = (  # type: ignore[assignment]
+        *kombu_redis.Channel.from_transport_options,
+        *fetch_options,
+    )
+
+    #: The delivery tag the fetch script recorded, until QoS.append has seen the message.
+    _recorded_tag: Any = None
+    #: The current wait, and the monotonic time before which no fetch is sent.
+    _backoff = 0.0
+    _fetch_after = 0.0
+    #: Why Redis refused the last fetch (None while fetches succeed): logged once an episode.
+    _refused: str | None = None
 
     def _connparams(self, asynchronous: bool = False) -> Any:
         if self.connection.client is None:
@@ -157,29 +258,127 @@ class Channel(kombu_redis.Channel):
         self._checked = payload
         return payload
 
+    # --- the atomic fetch ------------------------------------------------------------------
+
+    #: Queues consumed without acknowledgement: what is taken from them is not recorded.
+    _no_ack_queues: frozenset[str] = frozenset()
+    #: The fetch script this server runs (the legacy form on a Redis without `#!lua`).
+    _fetch_script: tuple[str, str] = (FETCH, FETCH_SHA)
+
+    def _event_loop(self) -> Any:
+        """The worker's event loop (kombu's hub) driving this channel, or None (drain_events)."""
+        return getattr(self.connection.cycle, "fetch_loop", None)
+
+    def _wait(self, seconds: float) -> None:
+        """Send no fetch for `seconds`; a timer makes sure the event loop wakes up then."""
+        self._fetch_after = time.monotonic() + seconds
+        loop = self._event_loop()
+        if loop is not None:
+            loop.call_later(seconds, _wake)
+
+    def _brpop_start(self, timeout: Any = None) -> None:
+        # In place of kombu's BRPOP: the fetch script over the same lists, in the same order.
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return
+        wait = self._fetch_after - time.monotonic()
+        if wait > 0:
+            if self._event_loop() is not None:
+                return  # the timer _wait set wakes the loop, which calls this again
+            time.sleep(wait)
+        args = self._fetch_args(tuple(queues))
+        connection = self.client.connection
+        self._in_poll = connection
+        self._brpop_sent_at = kombu_redis.monotonic()  # type: ignore[assignment]
+        connection.send_command("EVALSHA", self._fetch_script[1], *args[0], time.time(), *args[1])
+
+    #: The last fetch's arguments: (queues, no_ack queues) -> (numkeys and KEYS, record flags).
+    _fetch_cache: tuple[Any, tuple[list[Any], list[str]]] | None = None
+
+    def _fetch_args(self, queues: tuple[str, ...]) -> tuple[list[Any], list[str]]:
+        """The fetch's KEYS (with their count) and its record flags, built again only when the
+        queues change: an idle channel fetches dozens of times a second."""
+        ident = (queues, self._no_ack_queues)
+        if self._fetch_cache is not None and self._fetch_cache[0] == ident:
+            return self._fetch_cache[1]
+        prefix = self.global_keyprefix
+        record: dict[str, str] = {}
+        for pri in self.priority_steps:
+            for queue in queues:
+                acked = self.ack_emulation and queue not in self._no_ack_queues
+                record.setdefault(prefix + self._q_for_pri(queue, pri), "1" if acked else "0")
+        keys = [prefix + self.unacked_key, prefix + self.unacked_index_key, *record]
+        args = ([len(keys), *keys], list(record.values()))
+        self._fetch_cache = (ident, args)
+        return args
+
     def _brpop_read(self, **options: Any) -> bool:
-        # kombu's own, but for the entry: screened instead of a bare loads().
+        # kombu's own, for the fetch script's reply, and with the entry screened instead of a
+        # bare loads().
         try:
             try:
-                dest__item = self.client.parse_response(self.client.connection, "BRPOP", **options)
+                reply = self.client.parse_response(self.client.connection, "EVALSHA", **options)
             except self.connection_errors:
                 # Disconnect, so the next iteration reconnects (as kombu does).
                 self.client.connection.disconnect()
                 raise
-            if not dest__item:
+            except self.ResponseError as exc:
+                self._fetch_failed(exc)
+                raise Empty() from None
+            if self._refused is not None:
+                log.warning("Redis hands out messages again (it refused: %s)", self._refused)
+                self._refused = None
+            if not reply:
+                self._backoff = min(
+                    self.fetch_backoff_max, max(self.fetch_backoff_min, 2 * self._backoff)
+                )
+                self._wait(self._backoff)
                 raise Empty()
-            dest, item = dest__item
-            queue = bytes_to_str(dest).rsplit(self.sep, 1)[0]
+            self._backoff = 0.0
+            key, item, recorded = reply
+            dest = bytes_to_str(key)[len(self.global_keyprefix) :]
+            queue = dest.rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(queue)
+            tag = bytes_to_str(recorded) or None
             payload = self._admit_entry(queue, item)
+            if tag is not None and (
+                payload is None or payload["properties"]["delivery_tag"] != tag
+            ):
+                # Refused (or read differently here than in Lua): not delivered under that tag.
+                self.qos._remove_from_indices(tag).execute()
+                tag = None
             if payload is not None:
-                self.connection._deliver(payload, queue)
+                self._recorded_tag = tag
+                try:
+                    self.connection._deliver(payload, queue)
+                finally:
+                    self._recorded_tag = None
             return True
         finally:
             self._in_poll = None  # type: ignore[assignment]  # as kombu does
             flush = getattr(self, "_flush_brpop_reauth", None)
             if flush is not None:
                 flush()
+
+    def _fetch_failed(self, exc: Exception) -> None:
+        """A fetch Redis answered with an error: it took nothing. Load the script it does not
+        know (after a restart), or wait and try again (out of memory, ...)."""
+        if isinstance(exc, redis.exceptions.NoScriptError):
+            try:
+                with self.conn_or_acquire() as client:
+                    self._fetch_script = _load_fetch(client)
+                return  # the next tick fetches again at once
+            except self.ResponseError as load_exc:
+                exc = load_exc
+        reason = str(exc)
+        if self._refused is None:
+            log.warning(
+                "Redis refused to hand out messages (%s); trying again every %g s",
+                reason,
+                self.fetch_refused_backoff,
+            )
+        self._refused = reason
+        self._wait(self.fetch_refused_backoff)
 
     def _receive_one(self, c: Any) -> Any:
         # A fanout (pub/sub) message: kombu's own catches a JSON error, not a RecursionError.
@@ -207,6 +406,10 @@ class Channel(kombu_redis.Channel):
             _refuse(queue, raw, reason, task_id if isinstance(task_id, str) else None)
             return None
 
+        if no_ack:
+            self._no_ack_queues |= {queue}
+        else:
+            self._no_ack_queues -= {queue}
         result = super().basic_consume(queue, no_ack, screened, consumer_tag, **kw)
         deliver = self.connection._callbacks[queue]
 
@@ -224,16 +427,26 @@ class Channel(kombu_redis.Channel):
         return result
 
 
-class Transport(kombu_redis.Transport):
+class _FetchLoop:
+    """Keeps the event loop a connection is registered with, for the fetch's waits."""
+
+    cycle: Any
+
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        super().register_with_event_loop(connection, loop)  # type: ignore[misc]
+        self.cycle.fetch_loop = loop
+
+
+class Transport(_FetchLoop, kombu_redis.Transport):
     Channel = Channel
 
 
-class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):  # type: ignore[misc]
     """The channel above over kombu's Sentinel channel: its pool is the master's, as the
     sentinels name it whenever a connection is made (so a failover is a reconnect)."""
 
 
-class SentinelTransport(kombu_redis.SentinelTransport):
+class SentinelTransport(_FetchLoop, kombu_redis.SentinelTransport):
     """For a sentinel-form broker URL (`sentinel://h1:26379;sentinel://h2:26379/0`)."""
 
     Channel = SentinelChannel

@@ -1,16 +1,23 @@
-"""Start-up checks of the Redis URLs: a bad credential or certificate stops with one line.
+"""Start-up checks of the Redis URLs: a bad credential, certificate or policy stops with one line.
 
 A wrong password, a refused ACL user or an untrusted certificate stops a process with one line
-naming the ORCH_ variable to fix.
+naming the ORCH_ variable to fix; so does a Redis that evicts keys when full (any
+maxmemory-policy but noeviction: queued tasks and records would vanish), unless
+ORCH_ALLOW_EVICTING_REDIS=true, which leaves a warning line instead. A Redis without an AOF is
+a warning line; one whose configuration cannot be read (an ACL user without CONFIG, a managed
+Redis that renamed it) a note.
 
 Celery treats every failure to reach the broker alike: "Cannot connect ... Trying again", a
 hundred times over, so a worker given a wrong password or the wrong CA never starts and never
 says why. Those failures do not heal by waiting; a Redis that is down does (Celery reconnects,
 and the chaos tests restart Redis under running workers), so it is only reported here.
 
-`classify_failure` is the pure decision; `preflight` pings each distinct URL once;
-`RedisPreflight` runs it in a worker before the pool forks, and the `import_modules` receiver
-below in `celery beat` and Flower, before RedBeat or Flower open their own clients.
+`classify_failure` and `fitness_verdict` (over security.fitness's findings) are the pure
+decisions; `preflight` pings each distinct URL once, `check_fitness` reads the configuration of
+those that answered (store.fitness); `stop_unless_usable` runs both in a worker before the pool
+forks (`RedisPreflight`), in `celery beat` and Flower before RedBeat or Flower open their own
+clients (the `import_modules` receiver below), and in `orchestrator exporter` and
+`orchestrator dev`.
 """
 
 from __future__ import annotations
@@ -30,8 +37,12 @@ from redis.retry import Retry
 
 from orchestrator.config import DEFAULT_SENTINEL_MASTER, SSL_FILE_PARAMS, Settings
 from orchestrator.errors import ConfigError
+from orchestrator.models import ProductionEventSeverity as Severity
 from orchestrator.runtime.logs import say_refusal
+from orchestrator.security.fitness import EVICTING, RedisConfig, judge_redis
+from orchestrator.security.policy import Finding, RedisEndpoint
 from orchestrator.store.connect import redis_client
+from orchestrator.store.fitness import read_config
 
 log = logging.getLogger(__name__)
 
@@ -133,20 +144,33 @@ def unreadable_tls_file(url: str) -> str | None:
     return None
 
 
-def ping(
-    url: str, timeout_s: float = PING_TIMEOUT_S, sentinel_master: str = DEFAULT_SENTINEL_MASTER
-) -> None:
-    """One PING with the options the URL gives, no retries: the answer now (through the
-    sentinels, for a sentinel-form URL)."""
-    client = redis_client(
+def _probe_client(url: str, timeout_s: float, sentinel_master: str) -> redis.Redis:
+    return redis_client(
         url,
         sentinel_master=sentinel_master,
         socket_connect_timeout=timeout_s,
         socket_timeout=timeout_s,
         retry=Retry(NoBackoff(), 0),
     )
+
+
+def ping(
+    url: str, timeout_s: float = PING_TIMEOUT_S, sentinel_master: str = DEFAULT_SENTINEL_MASTER
+) -> None:
+    """One PING with the options the URL gives, no retries: the answer now (through the
+    sentinels, for a sentinel-form URL)."""
+    client = _probe_client(url, timeout_s, sentinel_master)
     try:
         client.ping()
+    finally:
+        client.close()
+
+
+def read_target(target: RedisTarget, timeout_s: float = PING_TIMEOUT_S) -> RedisConfig:
+    """The target's maxmemory-policy, maxmemory and AOF settings, no retries."""
+    client = _probe_client(target.url, timeout_s, target.sentinel_master)
+    try:
+        return read_config(client)
     finally:
         client.close()
 
@@ -175,15 +199,76 @@ def preflight(
     return notes
 
 
-def stop_unless_usable(targets: Iterable[RedisTarget], log_format: str = "text") -> None:
-    """Run the preflight in a starting process: say the one line and exit on failure."""
+def fitness_verdict(
+    variable: str, findings: Iterable[Finding], allow_evicting: bool
+) -> tuple[str | None, list[tuple[int, str]]]:
+    """(the one line that refuses the start, or None; the lines to log, each with its level)
+    over the findings on the Redis `variable` names. An evicting policy refuses unless
+    allowed, then it is a warning; any other finding is a warning, or a note (info)."""
+    refusal = None
+    lines: list[tuple[int, str]] = []
+    for f in findings:
+        line = f"{variable}: {f.summary}"
+        if f.kind == EVICTING and not allow_evicting:
+            refusal = refusal or line
+        else:
+            lines.append((logging.INFO if f.severity is Severity.INFO else logging.WARNING, line))
+    return refusal, lines
+
+
+def check_fitness(
+    targets: Iterable[RedisTarget],
+    allow_evicting: bool = False,
+    read: Callable[[RedisTarget], RedisConfig] | None = None,
+) -> list[tuple[int, str]]:
+    """Read each target's configuration (`read(target)` instead, when given) and judge it.
+    Raises ConfigError, one line `VARIABLE: ...`, at an evicting policy unless allowed;
+    returns the lines to log. A target that does not answer is skipped (preflight said so)."""
+    lines: list[tuple[int, str]] = []
+    for target in targets:
+        try:
+            config = (read or read_target)(target)
+        except (redis.RedisError, OSError):
+            continue
+        address = RedisEndpoint.parse(target.url).address
+        findings = judge_redis("Redis", address, config, allow_evicting)
+        refusal, said = fitness_verdict(target.variable, findings, allow_evicting)
+        if refusal is not None:
+            raise ConfigError(refusal)
+        lines += said
+    return lines
+
+
+def stop_unless_usable(
+    targets: Iterable[RedisTarget],
+    log_format: str = "text",
+    allow_evicting: bool = False,
+    fitness: bool = True,
+) -> None:
+    """Run the preflight in a starting process: say the one line and exit on failure. With
+    `fitness`, the Redis servers that answered are judged too (check_fitness)."""
+    targets = list(targets)
     try:
         notes = preflight(targets)
+        silent = {note.split(":", 1)[0] for note in notes}
+        lines = (
+            check_fitness([t for t in targets if t.variable not in silent], allow_evicting)
+            if fitness
+            else []
+        )
     except ConfigError as exc:
         say_refusal(str(exc), log_format)
         raise SystemExit(EXIT_CODE) from None
     for note in notes:
         log.warning("%s; starting anyway, Celery keeps retrying", note)
+    for level, line in lines:
+        log.log(level, "%s", line)
+
+
+def stop_unless_settled(settings: Settings) -> None:
+    """Every role's start-up check over the settings' Redis URLs: reachable with the
+    credentials given, and fit to keep what it is given (ORCH_ALLOW_EVICTING_REDIS)."""
+    stop_unless_usable(redis_targets(settings), settings.log_format, settings.allow_evicting_redis)
 
 
 def _settings_of(app: Any) -> Settings | None:
@@ -201,7 +286,7 @@ class RedisPreflight(bootsteps.Step):
         super().__init__(worker, **kwargs)
         settings = _settings_of(worker.app)
         if settings is not None:
-            stop_unless_usable(redis_targets(settings), settings.log_format)
+            stop_unless_settled(settings)
 
 
 def _command() -> str | None:
@@ -215,4 +300,4 @@ def _check_before_beat(sender: Any = None, **kwargs: Any) -> None:
     `beat_init` signal comes after RedBeat has already used Redis (with a traceback)."""
     settings = _settings_of(sender) if sender is not None else None
     if settings is not None and _command() in CHECKED_COMMANDS:
-        stop_unless_usable(redis_targets(settings), settings.log_format)
+        stop_unless_settled(settings)

@@ -23,6 +23,7 @@ from orchestrator.store.dlq import DeadLetterStore
 from orchestrator.store.events import EventGroupStore
 from orchestrator.store.keys import AGENT_STATS, circuit_key
 from orchestrator.store.ledger import Attempt
+from orchestrator.store.migrate import KeyMigrationStore
 from orchestrator.store.recovery import RecoveryStore
 from orchestrator.store.sleep import SleepStore
 from orchestrator.store.telemetry import telemetry_step
@@ -35,6 +36,7 @@ class StateStore(
     ClientStore,
     EventGroupStore,
     SleepStore,
+    KeyMigrationStore,
 ):
     """All reads and writes of orchestrator state. One instance per process."""
 

@@ -171,11 +171,19 @@ class BacklogStore(StoreBase):
             prefers = pipe.execute()
         return list(zip(ids, prefers, strict=True))
 
-    def fill(self, agent_id: str, now: float, limit: int | None = None) -> list[Dispatched]:
-        """Dispatch waiting tasks to the agent while it has free slots (scripts.FILL)."""
+    def fill(
+        self, agent_id: str, now: float, limit: int | None = None, trusted: bool = False
+    ) -> list[Dispatched]:
+        """Dispatch waiting tasks to the agent while it has free slots (scripts.FILL);
+        `trusted`: the caller judged its circuit (a router's choice) and the step need not."""
         with self._translate():
             flat = self._fill(
-                args=[*self.backlog_context(now), agent_id, "" if limit is None else limit]
+                args=[
+                    *self.backlog_context(now),
+                    agent_id,
+                    "" if limit is None else limit,
+                    "1" if trusted else "0",
+                ]
             )
         return parse_fills(flat)
 

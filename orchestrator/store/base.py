@@ -24,7 +24,7 @@ from orchestrator.models import (
     OrchestrationEvent,
     ProductionEventSeverity,
 )
-from orchestrator.store import scripts
+from orchestrator.store import refusals, scripts
 from orchestrator.store.connect import redis_client
 from orchestrator.store.keys import (
     EVENTS,
@@ -166,10 +166,15 @@ class StoreBase:
 
     @contextmanager
     def _translate(self) -> Iterator[None]:
+        """Redis's failures as named errors: StoreUnavailable when it cannot be reached (or
+        cannot take writes for now: maxmemory, a read-only replica), StoreError when it
+        refused a step (store.refusals); never a raw redis exception."""
         try:
             yield
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise StoreUnavailable(f"Redis state store unreachable: {exc}") from exc
+        except redis.ResponseError as exc:
+            raise refusals.translated(exc, refusals.step_of(exc.__traceback__)) from exc
 
     def ping(self) -> bool:
         with self._translate():

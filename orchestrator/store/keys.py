@@ -1,5 +1,24 @@
 """Every Redis key the orchestrator uses, in one place (Celery's and kombu's own aside).
 
+Naming scheme: no two ids or names can map to the same key, nor to the same hash field.
+  - Every key is `orch:<kind>` (one fixed key) or `orch:<kind>:<id>` (one key per id), and
+    each kind is a fixed word of its own: no kind's `orch:<kind>:` is the beginning of another
+    kind's keys or of a fixed key (tests/unit/test_keys.py checks every builder below). So
+    the id after a kind's prefix is the whole rest of the key, whatever characters it has:
+    `orch:task:X:history` is task `X:history`'s ledger entry, never task X's history, which
+    is `orch:history:X`. Nothing is ever appended after an id.
+  - Where one key holds two ids (events:mark:<handler>:<event id>) the last one is a stream
+    entry id (`<ms>-<seq>`), which has no `:`, so the last `:` splits them.
+  - Hash fields that join names (agent_stats `<agent>|<...>`, perf `<agent>|<capability>`,
+    telemetry `<type>|...`) join them with `|`, which agent ids (ORCH_AGENT_ID, or the worker's
+    node name, checked alike: 1-128 of [A-Za-z0-9._@:-]), task types and capabilities
+    ([a-z0-9_.-]) cannot contain; the count of `|` tells the per-agent fields
+    (`<agent>|ok`) from the per-type ones (`<agent>|<type>|n`).
+  - Before this scheme a task's history was `orch:task:<id>:history`, so a task named
+    `X:history` collided with task X's history. StateStore.migrate_keys() renames such lists
+    (the control worker and `orchestrator dev` run it at start; idempotent), and a restore of
+    an older backup maps the old names (legacy_history_task).
+
 Key layout (prefix `orch:`):
   agents              hash  agent_id -> RegisteredAgent JSON (identity, capabilities, status)
   heartbeats          hash  agent_id -> unix time of the last heartbeat
@@ -7,7 +26,7 @@ Key layout (prefix `orch:`):
   wrr:<capabilities>  hash  agent_id -> smooth weighted round-robin `current`
   affinity:<key>      str   agent_id the affinity key sticks to
   task:<id>           hash  the ledger entry (spec JSON, state, agent, attempts, times, error)
-  task:<id>:history   list  JSON entries, one per state change
+  history:<id>        list  JSON entries, one per state change (same TTL as task:<id>)
   parked              zset  task_id -> parked-at time
   dlq                 zset  task_id -> dead-lettered-at time
   poison              zset  poison id -> when a worker refused the message (runtime.gate)
@@ -33,8 +52,9 @@ Key layout (prefix `orch:`):
   lock:<name>         str   a periodic task's singleton lock (token)
   outbox              zset  submit message id -> when OrchestratorClient last sent it
   outbox:msg          hash  submit message id -> {"kwargs", "queue"} JSON, until accepted
-  handler_circuit:<n> keys  pybreaker's state for a handler's own outbound breaker (pybreaker
-                            puts its own `pybreaker:` prefix in front)
+  handler_circuit:<n> keys  pybreaker's state for a handler's own outbound breaker: pybreaker
+                            appends `:pybreaker:<state|fail_counter|success_counter|opened_at>`,
+                            and no two names end alike under those suffixes
   scale:decisions     hash  capability -> the autoscaling loop's last ScaleDecision JSON
                             (desired count and its hysteresis state; store/scaling.py)
   scale:executed      hash  capability, or "*" for a pool-wide command -> the last
@@ -79,12 +99,33 @@ KOMBU_UNACKED_INDEX = "unacked_index"
 PRIORITY_SEP = "\x06\x16"
 
 
+TASK_PREFIX = PREFIX + "task:"
+HISTORY_PREFIX = PREFIX + "history:"
+#: What the layout before HISTORY_PREFIX appended to a ledger key for its history list.
+LEGACY_HISTORY_SUFFIX = ":history"
+
+
 def task_key(task_id: str) -> str:
-    return f"{PREFIX}task:{task_id}"
+    return TASK_PREFIX + task_id
 
 
 def history_key(task_id: str) -> str:
-    return f"{PREFIX}task:{task_id}:history"
+    return HISTORY_PREFIX + task_id
+
+
+def legacy_history_key(task_id: str) -> str:
+    """Where the older layout kept a task's history list (`orch:task:<id>:history`)."""
+    return task_key(task_id) + LEGACY_HISTORY_SUFFIX
+
+
+def legacy_history_task(key: str) -> str | None:
+    """The task id whose history the older layout kept at `key`, or None when the name is
+    not one. The name alone cannot tell a history list from the ledger entry of a task named
+    `<id>:history`: only a key of type list is one (callers check the type)."""
+    if not (key.startswith(TASK_PREFIX) and key.endswith(LEGACY_HISTORY_SUFFIX)):
+        return None
+    task_id = key[len(TASK_PREFIX) : -len(LEGACY_HISTORY_SUFFIX)]
+    return task_id or None
 
 
 def wrr_key(capability_key: str) -> str:

@@ -48,6 +48,7 @@ RELEASE_LOCK = _read("release_lock")
 POISON_RECORD = _read("poison_record")
 ADMIT_CLIENT = _read("admit_client")
 SNAPSHOT = _read("snapshot")
+MIGRATE_HISTORY = _read("migrate_history")
 
 # How a composed script splits its ARGV into sections: `section(from)`.
 _SECTIONS = _read("sections")

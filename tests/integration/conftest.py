@@ -89,3 +89,15 @@ def client(redis_url: str) -> Iterator[OrchestratorClient]:
 
 def ledger(redis_client: redis.Redis, task_id: str) -> dict[str, Any]:
     return redis_client.hgetall(f"orch:task:{task_id}")
+
+
+@pytest.fixture
+def durable_redis(redis_server) -> Iterator[None]:
+    """The session Redis with an AOF for one test, for tests that count the security loop's
+    findings: without it, its own configuration is one more (`redis_no_aof`)."""
+    with redis_server.client() as admin:
+        admin.config_set("appendonly", "yes")
+    yield
+    if redis_server.alive:
+        with redis_server.client() as admin:
+            admin.config_set("appendonly", "no")

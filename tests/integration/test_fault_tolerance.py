@@ -231,7 +231,7 @@ def test_a_message_lost_to_a_redis_restart_is_sent_again_and_runs_once(
     # The ledger's success follows Celery's stored result.
     wait_for(lambda: ledger(redis_client, "lost-msg")["state"] == "succeeded", timeout=10)
     assert ledger(redis_client, "lost-msg")["dispatch"] == "2"
-    history = [json.loads(h) for h in redis_client.lrange("orch:task:lost-msg:history", 0, -1)]
+    history = [json.loads(h) for h in redis_client.lrange("orch:history:lost-msg", 0, -1)]
     assert any(h.get("reason") == "message lost" for h in history)
     assert redis_client.get("test:runs:lost") == "1"
 

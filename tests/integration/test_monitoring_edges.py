@@ -212,6 +212,7 @@ def test_alert_loop_acks_and_history(ctx, redis_client):
     assert history[-1]["health"] == "critical"
 
 
+@pytest.mark.usefixtures("durable_redis")
 def test_security_loop_flags_a_client_once_per_episode(ctx, redis_client):
     threshold = ctx.settings.security_rejection_threshold
     for i in range(threshold):

@@ -28,11 +28,7 @@ def env(orch_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
 
 def view(r) -> dict[str, Any]:
     """What must come back identical after a flush and a restore."""
-    ledgers = {
-        k: {f: v for f, v in r.hgetall(k).items()}
-        for k in r.scan_iter("orch:task:*")
-        if not k.endswith(":history")
-    }
+    ledgers = {k: {f: v for f, v in r.hgetall(k).items()} for k in r.scan_iter("orch:task:*")}
     return {
         "agents": (r.hgetall("orch:agents"), r.hgetall("orch:agent_status")),
         "circuit": r.hgetall("orch:circuit:b"),
@@ -108,7 +104,7 @@ def test_a_live_redis_loses_nothing_accepted_since_the_snapshot(env, redis_clien
     redis_client.hset(f"orch:task:{old[0]}", mapping={"state": "succeeded"})
     redis_client.zrem("orch:parked", old[0])
     redis_client.hset("orch:counters", "submitted", 99)
-    redis_client.delete(f"orch:task:{old[1]}", f"orch:task:{old[1]}:history")
+    redis_client.delete(f"orch:task:{old[1]}", f"orch:history:{old[1]}")
     redis_client.zrem("orch:parked", old[1])  # o2 lost from the live Redis
 
     report = cli_json(env, "backup", "restore", path)

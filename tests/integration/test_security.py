@@ -31,7 +31,7 @@ from orchestrator.store.keys import COUNTERS, EVENTS, POISON, POISON_MSG, SECURI
 from tests.integration.conftest import WORKER_FLAGS
 from tests.support import free_port, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("durable_redis")]
 
 CLI = [sys.executable, "-m", "orchestrator.cli"]
 BASE = 1_800_000_000.0

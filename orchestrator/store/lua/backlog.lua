@@ -142,13 +142,15 @@ local function assign(cx, id, agent, client, est)
 end
 
 -- An agent's free slots: concurrency + prefetch - its unended tasks (0 when it may not take
--- work now: not active, heartbeat stale, circuit not closed, not registered).
-local function free_slots(cx, agent)
+-- work now: not active, heartbeat stale, circuit not closed unless `trusted` (a router that
+-- chose it already judged its circuit: a half-open trial it took, or the ejection floor),
+-- not registered).
+local function free_slots(cx, agent, trusted)
   if redis.call('HGET', K.AGENT_STATUS, agent) ~= 'active' then return 0, nil end
   local beat = num(redis.call('HGET', K.HEARTBEATS, agent), 0)
   if cx.now - beat > cx.timeout then return 0, nil end
   local circuit = redis.call('HGET', K.CIRCUIT .. agent, 'state')
-  if circuit == 'open' or circuit == 'half_open' then return 0, nil end
+  if not trusted and (circuit == 'open' or circuit == 'half_open') then return 0, nil end
   local raw = redis.call('HGET', K.AGENTS, agent)
   if not raw then return 0, nil end
   local rec = cjson.decode(raw)
@@ -158,10 +160,10 @@ end
 
 -- Dispatch to `agent` the best waiting tasks it can take, while it has free slots (at most
 -- `limit`). Returns a flat list {id, dispatch, spec, ...} for the caller to publish.
-local function fill(cx, agent, limit)
+local function fill(cx, agent, limit, trusted)
   local out = {}
   if redis.call('SCARD', K.BL_SETS) == 0 then return out end
-  local free, rec = free_slots(cx, agent)
+  local free, rec = free_slots(cx, agent, trusted)
   if limit and limit < free then free = limit end
   if free <= 0 then return out end
   local sets = bl_sets_for(rec['capabilities'])

@@ -1,8 +1,9 @@
 -- Dispatch waiting tasks to one agent while it has free slots (backlog.fill): after it
 -- registered or woke, its circuit closed, recovery moved work, or from the dispatch sweep.
--- ARGV = the context (6 items), agent, at most ('' = as many as it has slots). Returns the
+-- ARGV = the context (6 items), agent, at most ('' = as many as it has slots), 1 when the
+-- caller (a router that chose the agent) vouches for its circuit. Returns the
 -- flat list {task id, dispatch, spec JSON, ...} for the caller to publish.
 local cx = context(ARGV)
 local limit = nil
 if ARGV[8] ~= '' then limit = tonumber(ARGV[8]) end
-return fill(cx, ARGV[7], limit)
+return fill(cx, ARGV[7], limit, ARGV[9] == '1')

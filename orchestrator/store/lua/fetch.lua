@@ -1,0 +1,46 @@
+#!lua
+-- Take the next message off a consumer's lists and record it as unacknowledged, in one step:
+-- a Redis that dies at any instant either still has the entry in its list or has it in
+-- kombu's `unacked` hash, whence restore_visible brings it back after the visibility timeout.
+-- KEYS = kombu's `unacked` hash, its `unacked_index` sorted set, then the lists in kombu's
+-- consuming order (each queue's priority lists, most urgent first).
+-- ARGV = now (the consumer's clock: the score kombu gives the index), then for each list '1'
+-- to record what is taken from it (acknowledged consumers) or '0' (no_ack consumers).
+-- Returns false when every list is empty, else {list, entry, delivery tag}: the tag is ''
+-- when nothing was recorded (a '0' list, or an entry whose tag and delivery info a JSON
+-- decoder cannot find: the consumer refuses those anyway).
+-- The record is kombu's own (QoS.append): the delivery tag -> the JSON list [envelope,
+-- exchange, routing key], scored by time in the index. The envelope is the entry itself,
+-- byte for byte; only the two strings are encoded here.
+-- The `#!lua` line makes Redis (7+) refuse the whole script while it is out of memory under
+-- noeviction, so a refused fetch has taken nothing.
+local i = 3
+while i <= #KEYS do
+  local item = redis.pcall('RPOP', KEYS[i])
+  -- A key of another type (an error reply, a table) is no queue: skip it, never stop here.
+  if type(item) == 'string' then
+    local tag = ''
+    if ARGV[i - 1] == '1' then
+      local ok, envelope = pcall(cjson.decode, item)
+      if ok and type(envelope) == 'table' then
+        local properties = envelope['properties']
+        if type(properties) == 'table' then
+          local info = properties['delivery_info']
+          local t = properties['delivery_tag']
+          if type(t) == 'string' and type(info) == 'table'
+              and type(info['exchange']) == 'string'
+              and type(info['routing_key']) == 'string' then
+            tag = t
+            redis.call('ZADD', KEYS[2], ARGV[1], tag)
+            redis.call('HSET', KEYS[1], tag, '[' .. item .. ', '
+              .. cjson.encode(info['exchange']) .. ', '
+              .. cjson.encode(info['routing_key']) .. ']')
+          end
+        end
+      end
+    end
+    return {KEYS[i], item, tag}
+  end
+  i = i + 1
+end
+return false

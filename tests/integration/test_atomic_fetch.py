@@ -1,0 +1,338 @@
+"""The atomic fetch of runtime.transport, against real redis-servers and celery workers.
+
+kombu BRPOPs a message and records it as unacknowledged in a second command: a Redis killed
+in between keeps the pop and loses the record, and the message is gone. Here the pop and the
+record are one Lua step, so a Redis crash at any instant leaves every popped message either
+in its list or restorable from `unacked`; a fetch refused for lack of memory takes nothing,
+and the worker waits it out instead of dying.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+from kombu import Connection, Consumer, Message, Queue
+
+from orchestrator.client import OrchestratorClient
+from orchestrator.config import load_settings
+from orchestrator.routing.weights import to_broker_priority
+from orchestrator.runtime.celeryconf import BROKER_PRIORITY_STEPS, SUBMIT, create_app
+from orchestrator.runtime.transport import FETCH, TRANSPORT, Channel, captured_pushes
+from orchestrator.store.keys import KOMBU_UNACKED, KOMBU_UNACKED_INDEX, task_key
+from tests.chaos.cluster import chaos_env, worker_args
+from tests.support import RedisServer, wait_for
+
+pytestmark = pytest.mark.integration
+
+#: Pushes one entry even while Redis is out of memory (the test's producer, not a worker).
+PUSH_ALLOW_OOM = "#!lua flags=allow-oom\nreturn redis.call('LPUSH', KEYS[1], ARGV[1])"
+
+
+def submit_message(redis_url: str, key: str, path: Path, priority: int = 5) -> tuple[str, str]:
+    """The list and entry of a by-name `orchestrator.submit` to `celery`, built but not sent."""
+    app = create_app(load_settings(redis_url=redis_url), with_tasks=False)
+    try:
+        with captured_pushes() as pushes:
+            app.send_task(
+                SUBMIT,
+                kwargs={"type": "record_run", "payload": {"key": key, "path": str(path)}},
+                task_id=key,
+                queue="celery",
+                priority=to_broker_priority(priority),
+            )
+    finally:
+        app.close()
+    ((list_key, entry),) = pushes
+    return list_key, entry
+
+
+def fetch_keys(queue: str) -> list[str]:
+    """kombu's consuming order for one queue under this project's priority steps."""
+    return [queue if p == 0 else f"{queue}\x06\x16{p}" for p in range(10)]
+
+
+def test_fetch_pops_and_records_in_one_step(redis_url: str, redis_client: redis.Redis, tmp_path):
+    """One script call takes the most urgent entry and writes kombu's own record of it: the
+    list has lost it and `unacked` holds it at the same instant (read in one MULTI); an
+    entry of a no_ack list, or one that is no envelope, is taken without a record."""
+    fetch = redis_client.register_script(FETCH)
+    lists = fetch_keys("celery")
+    calm_key, calm = submit_message(redis_url, "calm", tmp_path / "runs", priority=0)
+    urgent_key, urgent = submit_message(redis_url, "urgent", tmp_path / "runs", priority=9)
+    assert (urgent_key, calm_key) == ("celery", "celery\x06\x169")
+    redis_client.lpush(calm_key, calm)
+    redis_client.lpush(urgent_key, urgent)
+    keys = [KOMBU_UNACKED, KOMBU_UNACKED_INDEX, *lists]
+
+    now = 1_700_000_000.25
+    got = fetch(keys=keys, args=[now, *["1"] * len(lists)])
+    envelope = json.loads(urgent)
+    tag = envelope["properties"]["delivery_tag"]
+    assert got == ["celery", urgent, tag]
+    with redis_client.pipeline(transaction=True) as pipe:
+        pipe.llen("celery").llen(calm_key).hget(KOMBU_UNACKED, tag).zscore(KOMBU_UNACKED_INDEX, tag)
+        left, calm_left, record, score = pipe.execute()
+    assert (left, calm_left) == (0, 1)
+    info = envelope["properties"]["delivery_info"]
+    assert json.loads(record) == [envelope, info["exchange"], info["routing_key"]]
+    assert score == now
+
+    # A no_ack consumer's entry: taken, not recorded.
+    got = fetch(keys=keys, args=[now, *["0"] * len(lists)])
+    assert got[:2] == [calm_key, calm] and got[2] == ""
+    assert redis_client.hlen(KOMBU_UNACKED) == 1
+    # No envelope: taken (the consumer refuses it), not recorded, and nothing stops there.
+    redis_client.lpush("celery\x06\x163", "{not json")
+    redis_client.set("celery\x06\x161", "a string, not a list")  # skipped: no queue
+    got = fetch(keys=keys, args=[now, *["1"] * len(lists)])
+    assert got == ["celery\x06\x163", "{not json", ""]
+    assert redis_client.hlen(KOMBU_UNACKED) == 1
+    assert fetch(keys=keys, args=[now, *["1"] * len(lists)]) is None
+
+
+def test_restore_visible_brings_back_what_the_fetch_recorded(redis_url, redis_client, tmp_path):
+    """kombu's own sweep restores a fetched, never acknowledged message to its list."""
+    list_key, entry = submit_message(redis_url, "restored", tmp_path / "runs")
+    redis_client.lpush(list_key, entry)
+    lists = fetch_keys("celery")
+    old = time.time() - 7200  # fetched two hours ago by a consumer that died
+    tag = redis_client.register_script(FETCH)(
+        keys=[KOMBU_UNACKED, KOMBU_UNACKED_INDEX, *lists], args=[old, *["1"] * len(lists)]
+    )[2]
+    assert redis_client.llen(list_key) == 0
+    # The project's priority steps (0-9): kombu's default steps would restore to another list.
+    options = {"priority_steps": BROKER_PRIORITY_STEPS, "queue_order_strategy": "priority"}
+    conn = Connection(redis_url, transport=TRANSPORT, transport_options=options)
+    try:
+        channel = conn.default_channel
+        Queue("celery", routing_key="celery")(channel).declare()
+        channel.qos.restore_visible()
+    finally:
+        conn.release()
+    assert redis_client.hlen(KOMBU_UNACKED) == 0
+    (back,) = redis_client.lrange(list_key, 0, -1)
+    restored = json.loads(back)
+    assert restored["properties"]["delivery_tag"] == tag
+    assert restored["headers"]["redelivered"] is True
+
+
+@pytest.fixture
+def kombu_connection(redis_url: str) -> Iterator[Connection]:
+    conn = Connection(redis_url, transport=TRANSPORT)
+    try:
+        yield conn
+    finally:
+        conn.release()
+
+
+def test_consumer_records_once_and_no_ack_records_nothing(kombu_connection, redis_client):
+    """Through kombu's consumer: while the callback runs, the message is recorded (by the
+    fetch: QoS.append adds no HSET of its own); its ack removes the record; a no_ack
+    consumer's messages leave none. An idle consumer waits a bounded, doubling time."""
+    channel = kombu_connection.default_channel
+    assert isinstance(channel, Channel)
+    queue = Queue("t.atomic", routing_key="t.atomic")
+    quiet = Queue("t.atomic.noack", routing_key="t.atomic.noack")
+    seen: list[tuple[str, Any, int]] = []
+
+    def on_message(body: Any, message: Message) -> None:
+        record = redis_client.hget(KOMBU_UNACKED, message.delivery_tag)
+        seen.append((message.delivery_info["routing_key"], body, record is not None))
+        if message.delivery_info["routing_key"] == "t.atomic":
+            message.ack()
+
+    Consumer(channel, [queue], callbacks=[on_message]).consume()
+    Consumer(channel, [quiet], callbacks=[on_message], no_ack=True).consume()
+    with kombu_connection.Producer() as producer:
+        for name in ("t.atomic", "t.atomic.noack"):
+            producer.publish("warm-up", routing_key=name, declare=[queue, quiet])
+
+    def drain(count: int) -> None:
+        def step() -> bool:
+            if len(seen) < count:
+                with contextlib.suppress(TimeoutError):
+                    kombu_connection.drain_events(timeout=0.05)
+            return len(seen) >= count
+
+        wait_for(step, timeout=5, interval=0, message="messages not consumed")
+
+    drain(2)
+    redis_client.config_resetstat()
+    with kombu_connection.Producer() as producer:
+        for i in range(5):
+            producer.publish(i, routing_key="t.atomic")
+            producer.publish(-i, routing_key="t.atomic.noack")
+    drain(12)
+    acked = [(body, recorded) for key, body, recorded in seen[2:] if key == "t.atomic"]
+    quiet_seen = [(body, recorded) for key, body, recorded in seen[2:] if key != "t.atomic"]
+    assert acked == [(i, True) for i in range(5)]
+    assert sorted(quiet_seen) == [(-i, False) for i in reversed(range(5))]
+    stats = redis_client.info("commandstats")
+    assert stats.get("cmdstat_hset", {}).get("calls", 0) == 5  # the script's, once each
+    assert redis_client.hlen(KOMBU_UNACKED) == redis_client.zcard(KOMBU_UNACKED_INDEX) == 0
+    assert "cmdstat_brpop" not in stats
+    # Idle: the fetches that find nothing wait longer and longer, never past the most.
+    for _ in range(10):
+        with contextlib.suppress(TimeoutError):
+            kombu_connection.drain_events(timeout=0.05)
+    assert channel._backoff == channel.fetch_backoff_max
+
+
+def test_worker_waits_out_an_out_of_memory_redis(
+    start_control, start_agent, redis_url, redis_client, redis_server, tmp_path
+):
+    """Redis out of memory (maxmemory, noeviction): the control worker's fetch is refused and
+    takes nothing; the worker logs it once, stays up, and runs the waiting submission by
+    itself once memory is freed (kombu's HSET after its BRPOP killed it, message and all)."""
+    if tuple(int(x) for x in redis_client.info("server")["redis_version"].split(".")[:2]) < (7, 0):
+        pytest.skip("script flags (a refused fetch takes nothing) need Redis 7")
+    runs = tmp_path / "runs"
+    agent = start_agent("oom-a", "record_run")
+    control = start_control()
+    list_key, entry = submit_message(redis_url, "oom-1", runs)
+    push = redis_client.register_script(PUSH_ALLOW_OOM)
+    try:
+        redis_client.config_set("maxmemory", 1)
+        push(keys=[list_key], args=[entry])
+        control.wait_for_log("Redis refused to hand out messages", timeout=15)
+        start = time.monotonic()
+        # Several refused fetches (one a second), one log line, the entry still queued.
+        wait_for(lambda: time.monotonic() - start > 2.5, timeout=5, interval=0.5)
+        assert control.alive and agent.alive
+        assert control.log_text().count("Redis refused to hand out messages") == 1
+        assert redis_client.lrange(list_key, 0, -1) == [entry]
+        assert not runs.exists()
+    finally:
+        redis_client.config_set("maxmemory", 0)
+    wait_for(
+        lambda: runs.exists() and runs.read_text() == "oom-1\n",
+        timeout=30,
+        message="the submission did not run after memory was freed",
+    )
+    wait_for(lambda: redis_client.hget(task_key("oom-1"), "state") == "succeeded", timeout=15)
+    control.wait_for_log("Redis hands out messages again", timeout=5)
+    assert control.alive and agent.alive
+    assert "Unrecoverable error" not in control.log_text() + agent.log_text()
+
+
+# --- Redis killed and restarted under load ------------------------------------------------
+
+KILLS = 5
+
+
+@pytest.fixture
+def aof_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private redis-server with AOF `everysec`, as production runs it."""
+    workdir = tmp_path / "aof-redis"
+    workdir.mkdir()
+    server = RedisServer(
+        workdir=workdir, extra_args=["--appendonly", "yes", "--appendfsync", "everysec"]
+    ).start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def test_no_fetched_message_is_lost_when_redis_is_killed(aof_redis, celery_procs, tmp_path):
+    """Redis is SIGKILLed and restarted from its AOF five times while a plain Celery producer
+    sends `orchestrator.submit` by name and a client routes submissions itself. Every
+    submission Redis acknowledged ends succeeded, and its handler ran exactly once (counted
+    in a file, outside Redis)."""
+    runs = tmp_path / "runs"
+    env = chaos_env(aof_redis.url)
+    control = celery_procs(worker_args("control", 2), env, name="control")
+    agent_env = {**env, "ORCH_AGENT_ID": "af-a", "ORCH_AGENT_CAPABILITIES": "record_run"}
+    agent = celery_procs(
+        worker_args("af-a", 3), {**agent_env, "ORCH_HANDLERS": "tests.handlers"}, name="af-a"
+    )
+    control.wait_for_log("ready.", timeout=60)
+    agent.wait_for_log("ready.", timeout=60)
+
+    acknowledged: list[str] = []
+    refused: list[str] = []
+    stop = threading.Event()
+
+    def payload(key: str) -> dict[str, Any]:
+        return {"key": key, "path": str(runs)}
+
+    def by_name() -> None:
+        producer = Celery(broker=aof_redis.url, backend=aof_redis.url)
+        producer.conf.broker_connection_retry_on_startup = True
+        try:
+            n = 0
+            while not stop.is_set():
+                key = f"name-{n:04d}"
+                n += 1
+                try:
+                    producer.send_task(
+                        "orchestrator.submit",
+                        kwargs={"type": "record_run", "payload": payload(key), "task_id": key},
+                        retry=False,
+                    )
+                except Exception:
+                    refused.append(key)
+                else:
+                    acknowledged.append(key)
+                time.sleep(0.002)
+        finally:
+            producer.close()
+
+    def routed() -> None:
+        with OrchestratorClient(settings=load_settings(redis_url=aof_redis.url)) as client:
+            n = 0
+            while not stop.is_set():
+                key = f"routed-{n:04d}"
+                n += 1
+                try:
+                    client.submit("record_run", payload(key), task_id=key)
+                except Exception:
+                    refused.append(key)
+                else:
+                    acknowledged.append(key)
+                time.sleep(0.002)
+
+    producers = [threading.Thread(target=f, daemon=True) for f in (by_name, routed)]
+    for thread in producers:
+        thread.start()
+    with redis.Redis.from_url(aof_redis.url, decode_responses=True) as r:
+        try:
+            for _ in range(KILLS):
+                before = len(acknowledged)
+                wait_for(lambda b=before: len(acknowledged) >= b + 100, timeout=20)
+                aof_redis.kill()
+                time.sleep(0.3)  # down: what was in flight fails (a fault, not a wait)
+                aof_redis.restart()
+            wait_for(lambda: len(acknowledged) >= 20, timeout=20)
+        finally:
+            stop.set()
+            for thread in producers:
+                thread.join(timeout=30)
+
+        def settled() -> bool:
+            states = [r.hget(task_key(k), "state") for k in acknowledged]
+            return all(s == "succeeded" for s in states)
+
+        wait_for(
+            settled,
+            timeout=40,
+            interval=0.5,
+            ignore=(redis.ConnectionError,),
+            message="acknowledged submissions did not all succeed",
+        )
+        counts = Counter(runs.read_text().split())
+        assert {k: counts[k] for k in acknowledged if counts[k] != 1} == {}
+        # A submission whose answer was lost may have got in after all: never twice.
+        assert [k for k, c in counts.items() if c > 1] == []
+        print(f"{len(acknowledged)} acknowledged, {len(refused)} refused, {KILLS} kills")
+    assert control.alive and agent.alive
