@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -199,3 +200,23 @@ def record_run(payload: dict[str, Any]) -> dict[str, Any]:
     with open(payload["path"], "a", encoding="utf-8") as fh:  # one short O_APPEND write
         fh.write(f"{payload['key']}\n")
     return {"key": payload["key"]}
+
+
+@capability("timed")
+def timed(payload: dict[str, Any]) -> dict[str, Any]:
+    """Sleeps `seconds` and appends one JSON line {key, agent, client, start, end} to the file
+    `path`: when each run started and ended, kept outside Redis (tests/integration/
+    test_dispatch.py)."""
+    start = time.time()
+    time.sleep(float(payload.get("seconds", 0.0)))
+    end = time.time()
+    line = {
+        "key": payload.get("key"),
+        "agent": os.environ.get("ORCH_AGENT_ID", ""),
+        "client": payload.get("client"),
+        "start": start,
+        "end": end,
+    }
+    with open(payload["path"], "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(line) + "\n")
+    return {"key": payload.get("key")}
