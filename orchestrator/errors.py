@@ -129,13 +129,22 @@ class StoreError(OrchestratorError):
     nothing after the failing command, but what it had written before it stays."""
 
 
-class Cancelled(OrchestratorError):
-    """The task was cancelled by an operator (`orchestrator cancel`) before it ended."""
+_CANCELLED = re.compile(r"task (?P<task>\S+) was cancelled while (?P<state>[a-z_]+)\b.*", re.S)
 
-    def __init__(self, task_id: str, state: str) -> None:
+
+class Cancelled(OrchestratorError):
+    """The task was cancelled by an operator (`orchestrator cancel`) before it ended.
+    (`Cancelled(message)` rebuilds one from its message, as Celery's JSON backend does.)"""
+
+    def __init__(self, task_id: str, state: str | None = None) -> None:
+        if state is None and (m := _CANCELLED.fullmatch(task_id)):
+            task_id, state = m["task"], m["state"]
         self.task_id = task_id
-        self.state = state
-        super().__init__(f"task {task_id} was cancelled while {state}")
+        self.state = state or "unknown"
+        super().__init__(
+            f"task {task_id} was cancelled while {self.state} (orchestrator cancel); "
+            "submit a new task to run it"
+        )
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.task_id, self.state))

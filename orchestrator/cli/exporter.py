@@ -24,6 +24,7 @@ from prometheus_client.core import (
 
 from orchestrator.models import AgentStatus, SystemHealth
 from orchestrator.models import ProductionEventSeverity as Severity
+from orchestrator.monitoring.backlog_view import capability_backlog, slots_free
 from orchestrator.monitoring.loops import LoopContext
 from orchestrator.monitoring.snapshot import Snapshot, gather
 from orchestrator.monitoring.stats import (
@@ -135,6 +136,7 @@ class OrchestratorCollector:
         yield alerts
         yield from self._security()
         yield from self._scaling(snap, now)
+        yield from self._backlog(snap, now)
         yield from self._counters()
         yield from self._sla()
 
@@ -174,6 +176,38 @@ class OrchestratorCollector:
             for attr, family in families.items():
                 family.add_metric([row["capability"]], float(row[attr]))
         yield from families.values()
+
+    def _backlog(self, snap: Snapshot, now: float) -> Iterator[Metric]:
+        """What waits in the backlog per capability and priority, its oldest wait, and each
+        live agent's free slots: one backlog read per scrape (store.backlog reads each
+        waiting list's length and head, not the tasks)."""
+        tasks, oldest = capability_backlog(self.ctx.store.backlog(now))
+        waiting = GaugeMetricFamily(
+            "orchestrator_backlog_tasks",
+            "Tasks waiting in the backlog for a free slot, by capability and priority (a task "
+            "needing several capabilities counts toward each)",
+            labels=["capability", "priority"],
+        )
+        for (capability, priority), n in sorted(tasks.items()):
+            waiting.add_metric([capability, str(priority)], float(n))
+        yield waiting
+        age = GaugeMetricFamily(
+            "orchestrator_backlog_oldest_seconds",
+            "How long the oldest task waiting in the backlog for the capability has waited",
+            labels=["capability"],
+        )
+        for capability, seconds in sorted(oldest.items()):
+            age.add_metric([capability], seconds)
+        yield age
+        free = GaugeMetricFamily(
+            "orchestrator_agent_slots_free",
+            "Slots a live agent has free: concurrency + ORCH_AGENT_PREFETCH minus its unended "
+            "tasks",
+            labels=["agent"],
+        )
+        for agent, n in sorted(slots_free(snap.agents, self.ctx.settings.agent_prefetch).items()):
+            free.add_metric([agent], float(n))
+        yield free
 
     def _counters(self) -> Iterator[Metric]:
         events = CounterMetricFamily(

@@ -363,11 +363,13 @@ def dev(
 
 def _register_extensions() -> None:
     from orchestrator.cli import agent as cli_agent
+    from orchestrator.cli import backlog as cli_backlog
     from orchestrator.cli import bench as cli_bench
     from orchestrator.cli import dlq as cli_dlq
     from orchestrator.cli import monitor as cli_monitor
 
     cli_agent.register(main)
+    cli_backlog.register(main)
     cli_bench.register(main)
     cli_dlq.register(main)
     cli_monitor.register(main)

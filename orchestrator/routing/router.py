@@ -374,7 +374,7 @@ class Router:
                 )
             ]
         if own is None:
-            own = self.store.wrr_pick(task.capability_key, view.peers)
+            own = self.store.wrr_pick(task.capability_key, view.peers, task.task_id)
             if own is None:
                 return None  # every eligible agent is full: the task waits in the backlog
         return view.by_id[own]
@@ -449,8 +449,8 @@ class Router:
                 if outcome.status != "full":
                     return outcome
         else:
-            view = self.view(task, fleet, now)
-        return self.hold(task, now, not view.eligible, source, expect_dispatch, **history)
+            view = self.view(task, fleet, now, exclude)
+        return self.hold(task, now, not view.eligible, source, expect_dispatch, exclude, **history)
 
     def hold(
         self,
@@ -459,12 +459,14 @@ class Router:
         parked: bool,
         source: str = "new",
         expect_dispatch: int | None = None,
+        exclude: Collection[str] = (),
         **history: Any,
     ) -> Outcome:
-        """Put the task in the backlog, then let any agent free now take from it."""
+        """Put the task in the backlog (no agent in `exclude` takes it from there), then let
+        any agent free now take from it."""
         assert task.task_id is not None
         if parked:
-            done = self.store.park(task, now, source=source)
+            done = self.store.park(task, now, source=source, avoid=exclude)
         else:
             done = self.store.enqueue(
                 task,
@@ -472,16 +474,23 @@ class Router:
                 source=source,
                 expect_dispatch=expect_dispatch,
                 front=source != "new",
+                avoid=exclude,
                 **history,
             )
             if done:
                 self.store.outbox_drop(task.task_id)
         if not done:
             return Outcome(task.task_id, "ended")
-        self.pump(task, now)
+        self.pump(task, now, exclude=exclude)
         return Outcome(task.task_id, "parked" if parked else "queued")
 
-    def pump(self, task: OrchestrationTask, now: float, fleet: Fleet | None = None) -> int:
+    def pump(
+        self,
+        task: OrchestrationTask,
+        now: float,
+        fleet: Fleet | None = None,
+        exclude: Collection[str] = (),
+    ) -> int:
         """Let the agents with a free slot for this task's capabilities take from the
         backlog (each the best task it can take, which need not be this one), one at a time
         in the round-robin's order, until none is free or nothing waits. Returns how many
@@ -489,7 +498,7 @@ class Router:
         if fleet is None:
             fleet = self.fleet(now)
         dispatched = 0
-        tried: set[str] = set()
+        tried: set[str] = set(exclude)
         while True:
             chosen = self.choose(task, fleet, now, tried)
             if chosen is None:

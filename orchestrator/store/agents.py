@@ -404,14 +404,22 @@ class AgentStore(StoreBase):
 
     # --- routing state -------------------------------------------------------------------
 
-    def wrr_pick(self, capability_key: str, peers: Mapping[str, int] | WrrPeers) -> str | None:
+    def wrr_pick(
+        self,
+        capability_key: str,
+        peers: Mapping[str, int] | WrrPeers,
+        task_id: str | None = None,
+    ) -> str | None:
         """The next smooth weighted round-robin pick among `peers` (agent -> integer weight,
         or prepared), one atomic step shared by every router; None when peers prepared with
-        slots all have none free."""
+        slots all have none free (`task_id`'s own slot, where it holds one, counts as free)."""
         if not isinstance(peers, WrrPeers):
             peers = WrrPeers.of(peers)
+        args = peers.args()
+        if peers.slots is not None and task_id is not None:
+            args = [*args, task_id]
         with self._translate():
-            index = int(self._wrr(keys=[wrr_key(capability_key)], args=peers.args()))
+            index = int(self._wrr(keys=[wrr_key(capability_key)], args=args))
         return peers.ids[index - 1] if index > 0 else None
 
     def wrr_state(self, capability_key: str) -> dict[str, int]:

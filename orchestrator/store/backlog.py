@@ -8,7 +8,7 @@ an agent's queue (routed), the backlog (queued or parked), or the deferred set.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,11 +115,13 @@ class BacklogStore(StoreBase):
         expect_dispatch: int | None = None,
         front: bool = False,
         event: tuple[str, dict[str, Any]] | None = None,
+        avoid: Collection[str] = (),
         **history: Any,
     ) -> bool:
         """Put the task in the backlog (scripts.ENQUEUE); `source`: new, move (off a live
-        agent), lost (off a lost agent: a running task too), due (a deferred task). False
-        when the task was not in a state to move."""
+        agent), lost (off a lost agent: a running task too), due (a deferred task), restore.
+        No agent in `avoid` takes it from the backlog. False when the task was not in a state
+        to move."""
         assert task.task_id is not None
         cfg = self.dispatch_config
         state = "parked" if parked else "queued"
@@ -138,6 +140,7 @@ class BacklogStore(StoreBase):
             _history(state, now, **history),
             event[0] if event else "",
             json.dumps(event[1], default=str) if event else "",
+            ",".join(sorted(avoid)),
         ]
         with self._translate():
             done, _previous = self._enqueue(args=args)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -354,7 +354,13 @@ class LedgerStore(BacklogStore):
         ]
         return keys, args
 
-    def park(self, task: OrchestrationTask, now: float, source: str = "new") -> bool:
+    def park(
+        self,
+        task: OrchestrationTask,
+        now: float,
+        source: str = "new",
+        avoid: Collection[str] = (),
+    ) -> bool:
         """Put a task no capable agent exists for into the backlog as `parked` (its wait is
         bounded by ORCH_PENDING_TIMEOUT_S), announced as `task.parked`."""
         assert task.task_id is not None
@@ -363,7 +369,9 @@ class LedgerStore(BacklogStore):
             "type": task.type,
             "required_capabilities": task.required_capabilities,
         }
-        if not self.enqueue(task, now, parked=True, source=source, event=("task.parked", event)):
+        if not self.enqueue(
+            task, now, parked=True, source=source, event=("task.parked", event), avoid=avoid
+        ):
             return False
         self.outbox_drop(task.task_id)
         return True

@@ -20,6 +20,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from orchestrator.client import OrchestratorClient
 from orchestrator.config import load_settings
 from orchestrator.models import AgentStatus, RegisteredAgent
 from orchestrator.monitoring.loops import LoopContext
@@ -37,7 +38,18 @@ SCALE_ENV = {
     "ORCH_SCALE_TARGET_BACKLOG": "5",
     "ORCH_SCALE_COOLDOWN_S": "600",
     "ORCH_SCALE_INTERVAL_S": "1",
+    "ORCH_AGENT_PREFETCH": "5",  # room for 5 waiting in the agent's queue, the rest in the backlog
 }
+
+
+@pytest.fixture
+def prefetch_client(redis_url: str) -> Iterator[OrchestratorClient]:
+    """A client whose routing knows the agents' room (ORCH_AGENT_PREFETCH of SCALE_ENV)."""
+    prefetch = int(SCALE_ENV["ORCH_AGENT_PREFETCH"])
+    with OrchestratorClient(
+        settings=load_settings(redis_url=redis_url, agent_prefetch=prefetch)
+    ) as c:
+        yield c
 
 
 def gauge(text: str, name: str, capability: str) -> float | None:
@@ -84,10 +96,13 @@ def scale_rows(env: dict[str, str]) -> dict[str, dict[str, Any]]:
 
 
 def test_a_backlog_across_priorities_and_prefetched_messages_sets_the_desired_count(
-    start_control, start_agent, client, exporter, redis_client: redis.Redis, orch_env
+    start_control, start_agent, prefetch_client, exporter, redis_client: redis.Redis, orch_env
 ):
+    client = prefetch_client
     start_control(**SCALE_ENV)
-    start_agent("s1", "echo,hold", concurrency=2)
+    start_agent(
+        "s1", "echo,hold", concurrency=2, ORCH_AGENT_PREFETCH=SCALE_ENV["ORCH_AGENT_PREFETCH"]
+    )
     held = [client.submit("hold", {"key": f"h{i}", "max_s": 60}, task_id=f"h{i}") for i in range(2)]
     wait_for(  # both pool children busy before the rest arrives, so none of it runs yet
         lambda: all(redis_client.hget(f"orch:task:h{i}", "state") == "running" for i in range(2)),
@@ -95,7 +110,8 @@ def test_a_backlog_across_priorities_and_prefetched_messages_sets_the_desired_co
         message="the holding tasks never ran",
     )
     waiting = [client.submit("echo", {"i": i}, priority=i % 10) for i in range(15)]
-    # 17 tasks for echo: two fetched and unacknowledged (running), 15 over the priority lists.
+    # 17 tasks for echo: two fetched and unacknowledged (running), five over the priority lists
+    # of the agent's queue (its slots: 2 + 5), ten in the backlog.
     wait_for(
         lambda: gauge(scrape(exporter), "orchestrator_capability_backlog", "echo") == 17,
         timeout=30,
@@ -103,6 +119,7 @@ def test_a_backlog_across_priorities_and_prefetched_messages_sets_the_desired_co
     )
     assert redis_client.hlen(KOMBU_UNACKED) >= 2
     assert sum(1 for q in queue_lists("agent.s1") if redis_client.llen(q)) >= 2
+    assert redis_client.hget("orch:bl:n", "echo") == "10"
     # Before the loop has run, the exporter serves the need itself: ceil(17 / 5) = 4.
     assert gauge(scrape(exporter), "orchestrator_desired_agents", "echo") == 4
 

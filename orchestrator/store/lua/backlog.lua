@@ -77,18 +77,25 @@ local function bl_head(k)
   return tonumber(top[1]), c[1], tonumber(c[2])
 end
 
--- Pop the head of (k, p, c) and charge the client its estimated run time.
-local function bl_pop(cx, k, p, c, tag)
+-- Pop the head of (k, p, c) (the client is charged once the task is dispatched: charge).
+local function bl_pop(k, p, c)
   local q = bl_queue(k, p, c)
   local id = redis.call('LPOP', q)
   if id and redis.call('HINCRBY', K.BL_COUNT, k, -1) <= 0 then redis.call('HDEL', K.BL_COUNT, k) end
+  bl_fix(k, p, c)
+  return id
+end
+
+-- Charge a client whose task at (k, p) with fair-share tag `tag` was dispatched: its
+-- estimated run time / weight; the client's place among those waiting moves accordingly.
+local function charge(cx, k, p, c, tag)
   local w = cx.weights[c] or 1
   local est = num(redis.call('HGET', K.FAIR_EST, c), cx.est)
   local vt = math.max(num(redis.call('HGET', K.FAIR_VT, c), 0), tag) + est / w
   redis.call('HSET', K.FAIR_VT, c, vt)
   redis.call('SET', K.FAIR_V, tag)
-  if redis.call('LLEN', q) > 0 then redis.call('ZADD', bl_clients(k, p), vt, c) else bl_fix(k, p, c) end
-  return id, est
+  if redis.call('LLEN', bl_queue(k, p, c)) > 0 then redis.call('ZADD', bl_clients(k, p), vt, c) end
+  return est
 end
 
 -- The capability sets waiting that an agent offering `caps` (name -> proficiency) can take.
@@ -119,18 +126,20 @@ local function event(cx, etype, source, data)
              'data', cjson.encode(data))
 end
 
--- Hand a waiting task to `agent` (a new dispatch number). Returns {id, dispatch, spec} or nil
--- when the task no longer waits (it ended or moved meanwhile).
+-- Hand a waiting task to `agent` (a new dispatch number). Returns {id, dispatch, spec}; nil
+-- when the task no longer waits (it ended or moved meanwhile); false when the task is to avoid
+-- this agent (it failed there: the recovery that moved it said so).
 local function assign(cx, id, agent, client, est)
   local l = ledger(id)
-  local f = redis.call('HMGET', l, 'state', 'agent', 'spec', 'type')
+  local f = redis.call('HMGET', l, 'state', 'agent', 'spec', 'type', 'avoid')
   if f[1] ~= 'queued' and f[1] ~= 'parked' then return nil end
+  if f[5] and string.find(',' .. f[5] .. ',', ',' .. agent .. ',', 1, true) then return false end
   if f[2] then redis.call('SREM', K.INFLIGHT .. f[2], id) end
   local dispatch = redis.call('HINCRBY', l, 'dispatch', 1)
   redis.call('HSET', l, 'state', 'routed', 'agent', agent, 'routed_at',
              string.format('%.17g', cx.now), 'deliveries', 0)
   if client then redis.call('HSET', l, 'fc', client, 'fest', est) end
-  redis.call('HDEL', l, 'pid', 'bl', 'blw', 'due')
+  redis.call('HDEL', l, 'pid', 'bl', 'blw', 'due', 'avoid')
   redis.call('RPUSH', history(id), cjson.encode({ts = cx.now, state = 'routed', agent = agent,
                                                   from = f[1]}))
   redis.call('SADD', K.INFLIGHT .. agent, id)
@@ -167,19 +176,29 @@ local function fill(cx, agent, limit, trusted)
   if limit and limit < free then free = limit end
   if free <= 0 then return out end
   local sets = bl_sets_for(rec['capabilities'])
-  while free > 0 and #sets > 0 do
+  local skipped = {}
+  while free > 0 and #sets > 0 and #skipped < 10 do
     local k, p, c, t = bl_best(sets)
     if not k then break end
-    local id, est = bl_pop(cx, k, p, c, t)
+    local id = bl_pop(k, p, c)
     if id then
+      local est = num(redis.call('HGET', K.FAIR_EST, c), cx.est)
       local got = assign(cx, id, agent, c, est)
       if got then
+        charge(cx, k, p, c, t)
         out[#out + 1] = got[1]
         out[#out + 1] = got[2]
         out[#out + 1] = got[3]
         free = free - 1
+      elseif got == false then
+        skipped[#skipped + 1] = {id, k, p, c}
       end
     end
+  end
+  -- Tasks that avoid this agent go back where they were, ahead of their client's others.
+  for i = #skipped, 1, -1 do
+    local s = skipped[i]
+    bl_push(s[1], s[2], s[3], s[4], true)
   end
   return out
 end
@@ -228,10 +247,11 @@ end
 
 -- Put a task into the backlog (state `queued` or `parked`): behind its key's limit, or into
 -- its (set, priority, client) list; at the front when it had already been dispatched once.
-local function enqueue(cx, id, state, k, p, c, key, limit, front)
+local function enqueue(cx, id, state, k, p, c, key, limit, front, avoid)
   local l = ledger(id)
   redis.call('HSET', l, 'state', state, 'bl', k .. '|' .. p .. '|' .. c, 'queued_at',
              string.format('%.17g', cx.now))
+  if avoid and avoid ~= '' then redis.call('HSET', l, 'avoid', avoid) end
   if ck_admit(id, l, key, limit) then bl_push(id, k, p, c, front) end
 end
 

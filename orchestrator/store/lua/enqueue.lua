@@ -4,7 +4,8 @@
 -- or one whose countdown came due. ARGV = the context (6 items, backlog.context), then task id,
 -- new state (queued | parked), capability set, priority, client, concurrency key ('' none),
 -- limit, from (new | move | lost | due | restore: any unended state), expected dispatch ('' any), front (1: ahead of its
--- client's other tasks), history JSON, event type ('' none), event data JSON.
+-- client's other tasks), history JSON, event type ('' none), event data JSON, agents to avoid
+-- (comma-separated: those it failed on; '' none).
 -- Returns {1, previous state} or {0, state} when the task is not in a state to move.
 local cx = context(ARGV)
 local id, state, from = ARGV[7], ARGV[8], ARGV[14]
@@ -23,7 +24,8 @@ if f[3] then redis.call('SREM', K.INFLIGHT .. f[3], id) end
 if prev == 'routed' or prev == 'running' then redis.call('HINCRBY', l, 'dispatch', 1) end
 redis.call('HDEL', l, 'pid', 'due')
 redis.call('ZREM', K.DEFERRED, id)
-enqueue(cx, id, state, ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[16] == '1')
+enqueue(cx, id, state, ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[16] == '1',
+        ARGV[20])
 redis.call('RPUSH', history(id), ARGV[17])
 redis.call('HINCRBY', K.COUNTERS, state, 1)
 if state == 'parked' then redis.call('ZADD', K.PARKED, 'NX', cx.now, id) end

@@ -14,8 +14,10 @@ if state ~= 'accepted' and state ~= 'routed' and state ~= 'recovering'
    and not (state == 'running' and ARGV[10] == '1') then
   return {0, state or ''}
 end
-if ARGV[9] ~= '' and redis.call('SCARD', ARGV[4] .. ARGV[1]) >= tonumber(ARGV[9]) then
-  return {-1, state}
+if ARGV[9] ~= '' then
+  local held = redis.call('SCARD', ARGV[4] .. ARGV[1])
+  held = held - redis.call('SISMEMBER', ARGV[4] .. ARGV[1], ARGV[5])
+  if held >= tonumber(ARGV[9]) then return {-1, state} end
 end
 if ARGV[8] ~= '' and (state ~= 'routed' or redis.call('HGET', KEYS[1], 'dispatch') ~= ARGV[8])
 then

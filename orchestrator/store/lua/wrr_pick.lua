@@ -3,7 +3,8 @@
 -- the total. KEYS = the state hash; ARGV = digest of the peers, the peers (a JSON array of ids
 -- sorted), their weights (a MessagePack array of integers, aligned), and optionally their
 -- slots (a MessagePack array, aligned: concurrency + prefetch), the in-flight set prefix and
--- the ids again as a MessagePack array (cheaper to decode than the JSON):
+-- the ids again as a MessagePack array (cheaper to decode than the JSON), and the task's id
+-- (a task moved again does not count against the agent already holding it):
 -- a peer holding that many unended tasks is skipped this round, as nginx skips a peer at
 -- max_conns (it neither gains nor pays). Returns the winner's index (1-based), 0 when every
 -- peer is full. The state is {d = digest, ids = the peers' JSON, cur = MessagePack array of
@@ -39,7 +40,12 @@ local total, best, bestv = 0, 0, nil
 for i = 1, #w do
   local free = true
   if slots then
-    free = redis.call('SCARD', ARGV[5] .. peers[i]) < slots[i]
+    local held = redis.call('SCARD', ARGV[5] .. peers[i])
+    if held >= slots[i] and ARGV[7] and redis.call('SISMEMBER', ARGV[5] .. peers[i], ARGV[7]) == 1
+    then
+      held = held - 1
+    end
+    free = held < slots[i]
   end
   if free then
     local c = cur[i] + w[i]
