@@ -59,6 +59,9 @@ EXPORTER_NAMES = frozenset(
         "orchestrator_capability_agents",
         "orchestrator_capability_backlog",
         "orchestrator_desired_agents",
+        "orchestrator_backlog_tasks",
+        "orchestrator_backlog_oldest_seconds",
+        "orchestrator_agent_slots_free",
     }
 )
 WORKER_NAMES = frozenset(
@@ -91,6 +94,10 @@ REQUIRED_PANELS: dict[str, set[str]] = {
     },
     "Tasks in flight per worker": {"orchestrator_worker_tasks_in_flight"},
     "Task rate per worker": {"orchestrator_worker_tasks_executed_total"},
+    "Backlog by priority": {"orchestrator_backlog_tasks"},
+    "Backlog by capability": {"orchestrator_backlog_tasks"},
+    "Oldest backlog wait": {"orchestrator_backlog_oldest_seconds"},
+    "Free slots per agent": {"orchestrator_agent_slots_free"},
 }
 PANEL_TYPES = {"timeseries", "stat", "gauge"}
 GRID_WIDTH = 24
