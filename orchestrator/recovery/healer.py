@@ -33,6 +33,8 @@ FailTask = Callable[[str, Exception], None]
 #: Failures that count toward quarantining the agent: the handler failed there. A permanent
 #: error is the task's own, a poison message the message's, a lost agent is gone already.
 AGENT_FAULTS = frozenset({ErrorKind.TRANSIENT, ErrorKind.TIMEOUT, ErrorKind.CRASH})
+#: Agents whose queue is still theirs: a message missing from it is lost, not moved.
+LIVE = frozenset({AgentStatus.ACTIVE, AgentStatus.SLEEPING, AgentStatus.QUARANTINED})
 
 
 class RecoveryEscalated(OrchestratorError):
@@ -278,33 +280,34 @@ class Healer:
         return moved
 
     def rescue_vanished(self, agent: RegisteredAgent, now: float) -> int:
-        """Route again the agent's tasks `routed` for over twice the visibility timeout whose
-        message is nowhere in Redis (lost between kombu's pop and its unacked record by a
-        Redis restart); each only if still `routed` under the dispatch judged, so a copy that
-        started meanwhile never runs twice. Needs the broker on the state store's Redis.
-        The scan reads the agent's in-flight tasks and, when one is old enough, its queue: it
-        runs at most every half visibility timeout, not at every monitor tick."""
+        """Route again the agent's tasks `routed` for over ORCH_AGENT_TIMEOUT_S whose message
+        is nowhere in Redis: not in its queue, not among the unacknowledged deliveries (a
+        queue purged by hand, `celery purge`; or a message lost to a Redis restart); each
+        only if still `routed` under the dispatch judged, so a copy that started meanwhile
+        never runs twice, and a late copy is stale. Needs the broker on the state store's
+        Redis. The scan reads the agent's in-flight tasks and, when one is old enough, its
+        queue: it runs at most every half agent timeout, not at every monitor tick."""
         if not self.settings.broker_is_state_store:
             return 0
-        routed_before = now - 2 * self.settings.visibility_timeout_s
+        routed_before = now - self.settings.agent_timeout_s
         rescued = 0
         lost = self.store.vanished(agent.agent_id, agent.queue, routed_before)
         for task_id, dispatch in lost.items():
             outcome = self.router.reroute(
                 task_id, now, expect_dispatch=dispatch, reason="message lost"
             )
-            if outcome.status == "routed":
+            if outcome.status in ("routed", "queued", "parked"):
                 rescued += 1
-                log.warning("task %s: message lost; routed again", task_id)
+                log.warning("task %s: message lost; dispatched again", task_id)
         return rescued
 
     def rescue_all(self, now: float) -> int:
-        """rescue_vanished for every live active agent holding unended tasks (the whole fleet
-        is read only here: the queue names are in the agents' records)."""
+        """rescue_vanished for every live agent holding unended tasks, asleep or quarantined
+        too (the whole fleet is read only here: the queue names are in the agents' records)."""
         timeout = self.settings.agent_timeout_s
         rescued = 0
         for agent in self.store.load_agents():
-            if agent.in_flight and effective_status(agent, now, timeout) is AgentStatus.ACTIVE:
+            if agent.in_flight and effective_status(agent, now, timeout) in LIVE:
                 rescued += self.rescue_vanished(agent, now)
         return rescued
 
@@ -312,7 +315,7 @@ class Healer:
         """The periodic sweep: lost agents, tasks stranded on offline agents, messages lost
         to a Redis restart, overdue plans."""
         lost = escalated = moved = rescued = 0
-        rescue = now - self._rescue_at >= self.settings.visibility_timeout_s / 2
+        rescue = now - self._rescue_at >= self.settings.agent_timeout_s / 2
         if rescue:
             self._rescue_at = now
         timeout = self.settings.agent_timeout_s

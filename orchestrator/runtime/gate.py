@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import logging
 import socket
+from datetime import datetime
 from typing import Any
 
 from celery import Celery, bootsteps, states
@@ -22,7 +23,7 @@ from orchestrator.config import Settings
 from orchestrator.errors import MessageRefused
 from orchestrator.models import TASK_ID_RE
 from orchestrator.runtime.agent import process_store
-from orchestrator.runtime.celeryconf import app_settings
+from orchestrator.runtime.celeryconf import SUBMIT, app_settings
 from orchestrator.runtime.transport import install_gate
 from orchestrator.security.screen import TaskPolicy, check_task_message, depth_bound, excerpt
 from orchestrator.store import StateStore, now_s
@@ -40,6 +41,34 @@ ENVELOPE_ALLOWANCE_BYTES = 65_536
 def is_task_queue(queue: str) -> bool:
     """Celery's remote-control (`*.pidbox`) and event (`celeryev.*`) queues carry no tasks."""
     return not (queue.endswith(".pidbox") or queue.startswith("celeryev."))
+
+
+#: The header a submission's own ETA moves to when the orchestrator holds it instead of the
+#: broker (workers/routing.py reads it as `request.orch_eta`).
+HELD_ETA = "orch_eta"
+
+
+def hold_long_eta(headers: Any, now: float, visibility_timeout_s: float) -> bool:
+    """A submission (`orchestrator.submit`) whose countdown or ETA is further off than half
+    the visibility timeout is not left to the broker: kombu would hand the unacknowledged
+    message out again every visibility timeout, and each copy would fire at the ETA. Its ETA
+    moves to the `orch_eta` header, so the worker runs the submission now, and the submission
+    holds the task in Redis until then (scripts.DEFER). Shorter ones stay the broker's (one
+    copy: it comes back only after the whole timeout). True when it moved."""
+    if not isinstance(headers, dict) or headers.get("task") != SUBMIT:
+        return False
+    eta = headers.get("eta")
+    if not eta:
+        return False
+    try:
+        due = datetime.fromisoformat(str(eta)).timestamp()
+    except ValueError:
+        return False  # Celery refuses it as it would
+    if due - now < visibility_timeout_s / 2:
+        return False
+    headers[HELD_ETA] = due
+    headers["eta"] = None
+    return True
 
 
 def max_entry_bytes(settings: Settings) -> int:
@@ -87,7 +116,10 @@ class WorkerGate:
                 return f"signed body does not verify ({type(exc).__name__}: {exc})"
             return f"body does not decode as {content_type!r} ({type(exc).__name__}: {exc})"
         bound = depth_bound(message.body)
-        return check_task_message(queue, message.headers, body, policy, bound)
+        reason = check_task_message(queue, message.headers, body, policy, bound)
+        if reason is None:
+            hold_long_eta(message.headers, now_s(), self.settings.visibility_timeout_s)
+        return reason
 
     def refuse(self, queue: str, raw: bytes, reason: str, task_id: str | None = None) -> None:
         poison_id = self.store.record_poison(

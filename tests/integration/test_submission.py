@@ -112,7 +112,8 @@ def test_a_routed_task_whose_message_vanished_is_routed_again_and_only_that_one(
         redis_url=redis_url,
         visibility_timeout_s=10,
         retry_max_delay_s=5,
-        agent_timeout_s=3600,
+        agent_timeout_s=10,
+        agent_heartbeat_interval_s=1,
         agent_prefetch=10,  # room for all four in a's queue
     )
 
@@ -137,9 +138,14 @@ def test_a_routed_task_whose_message_vanished_is_routed_again_and_only_that_one(
         client.store.begin_attempt("started-4", "a", 1, routed_at + 1, 4242, 3)
 
         healer = Healer(client.router, lambda task_id, exc: None)
-        assert healer.monitor(now=routed_at + 15)["rescued"] == 0  # not long enough
-        assert healer.monitor(now=routed_at + 25)["rescued"] == 1
-        assert healer.monitor(now=routed_at + 31)["rescued"] == 0  # its message is back
+
+        def monitor(at: float) -> int:
+            client.store.heartbeat("a", at)  # alive all along
+            return healer.monitor(now=at)["rescued"]
+
+        assert monitor(routed_at + 8) == 0  # not missing for ORCH_AGENT_TIMEOUT_S yet
+        assert monitor(routed_at + 14) == 1
+        assert monitor(routed_at + 20) == 0  # its message is back
 
     dispatches = {
         t: redis_client.hget(task_key(t), "dispatch")

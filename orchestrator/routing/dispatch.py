@@ -1,0 +1,239 @@
+"""Dispatch: the part of the router that puts tasks in the backlog and fills free slots.
+
+A task no eligible agent has a free slot for waits in the backlog (store/backlog.py); an
+agent with a free slot takes the best task it can (pump, fill); the dispatch sweep releases
+deferred tasks, expires parked ones and lets every free agent take. Router mixes this in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.errors import InvalidTask, NoCapableAgent, UnknownTask
+from orchestrator.models import OrchestrationTask, RegisteredAgent, TaskState
+from orchestrator.store import Dispatched, Fleet, StateStore
+
+if TYPE_CHECKING:
+    from orchestrator.config import Settings
+    from orchestrator.routing.router import Publisher, RouteView
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one submission (for logs, the CLI and tests)."""
+
+    task_id: str
+    status: str  # routed | queued | parked | deferred | duplicate | expired | ended
+    agent_id: str | None = None
+    sent: Any = field(default=None, compare=False, repr=False)  # the Publisher's handle
+
+
+class Dispatching:
+    """Router's backlog side (every method runs on a Router, which provides the rest)."""
+
+    store: StateStore
+    settings: Settings
+    publish: Publisher
+
+    if TYPE_CHECKING:
+
+        def fleet(self, now: float, fresh: bool = False) -> Fleet: ...
+
+        def view(
+            self,
+            task: OrchestrationTask,
+            fleet: Fleet,
+            now: float,
+            exclude: Collection[str] = (),
+        ) -> RouteView: ...
+
+        def choose(
+            self,
+            task: OrchestrationTask,
+            fleet: Fleet,
+            now: float,
+            exclude: Collection[str] = (),
+        ) -> RegisteredAgent | None: ...
+
+        def dispatch(
+            self,
+            task: OrchestrationTask,
+            agent: RegisteredAgent,
+            now: float,
+            countdown: float = 0.0,
+            expect_dispatch: int | None = None,
+            lost: bool = False,
+            **history: Any,
+        ) -> Outcome: ...
+
+    def submit_later(
+        self, task: OrchestrationTask, submit_id: str, now: float, due: float
+    ) -> Outcome:
+        """Record a valid task and hold it in Redis until `due` (a submission's countdown or
+        ETA), when the dispatch sweep releases it: however far off, it runs once. At most
+        ORCH_LEDGER_TTL_S ahead (the ledger would forget it first): InvalidTask beyond."""
+        assert task.task_id is not None
+        if due - now > self.settings.ledger_ttl_s:
+            error = InvalidTask(
+                f"eta: at most ORCH_LEDGER_TTL_S ({self.settings.ledger_ttl_s} s) ahead "
+                f"(got {due - now:.0f} s)"
+            )
+            self.store.record_rejection(error.problems, submit_id, now, task.client_id)
+            raise error
+        status, state = self.store.accept(task, submit_id, now)
+        if status == "duplicate" or (
+            status == "resume" and TaskState(state) is not TaskState.ACCEPTED
+        ):
+            self.store.count_duplicate(task.task_id, now)
+            return Outcome(task.task_id, "duplicate")
+        return self.defer(task, due, now, countdown=round(due - now, 3))
+
+    def hold(
+        self,
+        task: OrchestrationTask,
+        now: float,
+        parked: bool,
+        source: str = "new",
+        expect_dispatch: int | None = None,
+        exclude: Collection[str] = (),
+        **history: Any,
+    ) -> Outcome:
+        """Put the task in the backlog (no agent in `exclude` takes it from there), then let
+        any agent free now take from it."""
+        assert task.task_id is not None
+        if parked:
+            done = self.store.park(task, now, source=source, avoid=exclude)
+        else:
+            done = self.store.enqueue(
+                task,
+                now,
+                source=source,
+                expect_dispatch=expect_dispatch,
+                front=source != "new",
+                avoid=exclude,
+                **history,
+            )
+            if done:
+                self.store.outbox_drop(task.task_id)
+        if not done:
+            return Outcome(task.task_id, "ended")
+        self.pump(task, now, exclude=exclude)
+        return Outcome(task.task_id, "parked" if parked else "queued")
+
+    def pump(
+        self,
+        task: OrchestrationTask,
+        now: float,
+        fleet: Fleet | None = None,
+        exclude: Collection[str] = (),
+    ) -> int:
+        """Let the agents with a free slot for this task's capabilities take from the
+        backlog (each the best task it can take, which need not be this one), one at a time
+        in the round-robin's order, until none is free or nothing waits. Returns how many
+        were dispatched."""
+        if fleet is None:
+            fleet = self.fleet(now)
+        dispatched = 0
+        tried: set[str] = set(exclude)
+        while True:
+            chosen = self.choose(task, fleet, now, tried)
+            if chosen is None:
+                return dispatched
+            fills = self.store.fill(chosen.agent_id, now, limit=1, trusted=True)
+            if not fills:
+                tried.add(chosen.agent_id)  # nothing it can take, or its slot went meanwhile
+                continue
+            self.publish_fills(chosen, fills)
+            dispatched += len(fills)
+
+    def fill(self, agent: RegisteredAgent, now: float) -> int:
+        """Fill all of one agent's free slots from the backlog (registration, wake, circuit
+        close, recovery). Returns how many were dispatched."""
+        fills = self.store.fill(agent.agent_id, now)
+        self.publish_fills(agent, fills)
+        return len(fills)
+
+    def publish_fills(self, agent: RegisteredAgent, fills: Collection[Dispatched]) -> None:
+        for got in fills:
+            self.publish(got.task, agent, got.dispatch)
+
+    def dispatch_sweep(
+        self, now: float, on_expired: Callable[[str, NoCapableAgent], None]
+    ) -> list[Outcome]:
+        """The periodic dispatch sweep (and what an agent's registration or wake triggers):
+        release deferred tasks that are due, dead-letter tasks parked past
+        ORCH_PENDING_TIMEOUT_S, and let every agent with a free slot take from the backlog."""
+        outcomes: list[Outcome] = []
+        for task_id, prefer in self.store.deferred_due(now):
+            outcomes.append(self.release(task_id, prefer, now))
+        for task_id, parked_at in self.store.parked():
+            waited = now - parked_at
+            if waited <= self.settings.pending_timeout_s:
+                break  # oldest first
+            try:
+                task = self.store.load_spec(task_id)
+            except UnknownTask:
+                self.store.claim_parked(task_id)
+                continue
+            error = NoCapableAgent(task_id, task.required_capabilities, waited)
+            if self.store.finish(
+                task_id, TaskState.DEAD_LETTERED, None, now, error=str(error), task_type=task.type
+            ):
+                on_expired(task_id, error)
+                outcomes.append(Outcome(task_id, "expired"))
+        sets = self.store.backlog_sets()
+        if not sets:
+            return outcomes
+        fleet = self.fleet(now, fresh=True)
+        for key in sets:
+            probe = OrchestrationTask(type=key.split(",")[0], required_capabilities=key.split(","))
+            if self.pump(probe, now, fleet):
+                outcomes.append(Outcome(key, "routed"))
+        return outcomes
+
+    def route_parked(
+        self, now: float, on_expired: Callable[[str, NoCapableAgent], None]
+    ) -> list[Outcome]:
+        """The dispatch sweep (its older name: parked tasks are the part of the backlog no
+        capable agent existed for)."""
+        return self.dispatch_sweep(now, on_expired)
+
+    def release(self, task_id: str, prefer: str | None, now: float) -> Outcome:
+        """A deferred task came due: to the agent it would rather go to when that one has a
+        free slot, else into the backlog (ahead of its client's other tasks)."""
+        try:
+            task = self.store.load_spec(task_id)
+        except UnknownTask:
+            return Outcome(task_id, "ended")
+        fleet = self.fleet(now)
+        agent = fleet.by_id().get(prefer) if prefer else None
+        if agent is not None and agent in self.view(task, fleet, now).eligible:
+            outcome = self.dispatch(task, agent, now, released=True)
+            if outcome.status != "full":
+                return outcome
+        parked = not self.view(task, fleet, now).eligible
+        if parked:
+            return self.hold(task, now, True, source="due")
+        done = self.store.enqueue(task, now, source="due", front=True, released=True)
+        if not done:
+            return Outcome(task_id, "ended")
+        self.pump(task, now, fleet)
+        return Outcome(task_id, "queued")
+
+    def defer(
+        self,
+        task: OrchestrationTask,
+        due: float,
+        now: float,
+        prefer: str | None = None,
+        **history: Any,
+    ) -> Outcome:
+        """Hold the task in Redis until `due` (a countdown longer than the broker can hold a
+        message unacknowledged without handing it out again)."""
+        assert task.task_id is not None
+        if not self.store.defer(task.task_id, due, now, prefer, **history):
+            return Outcome(task.task_id, "ended")
+        self.store.outbox_drop(task.task_id)
+        return Outcome(task.task_id, "deferred", prefer)
