@@ -64,24 +64,29 @@ def offers(set_key: str, capabilities: Collection[str]) -> bool:
 
 @dataclass(frozen=True)
 class Head:
-    """A client waiting at the top priority of a capability set, with its tag."""
+    """A client waiting at the top priority of a capability set, with its tag (and, with
+    fair share off, the enqueue order of its oldest task)."""
 
     set_key: str
     priority: int
     client: str
     tag: float
+    seq: int = 0
 
 
 def best(heads: Iterable[Head]) -> Head | None:
-    """The highest priority, then the lowest tag; among equals the first given."""
+    """The highest priority, then the lowest tag; with fair share off (every task under
+    the one client NO_FAIR_SHARE) the oldest; among equals the first given."""
     out: Head | None = None
     for head in heads:
-        if (
-            out is None
-            or head.priority > out.priority
-            or (head.priority == out.priority and head.tag < out.tag)
-        ):
+        if out is None or head.priority > out.priority:
             out = head
+        elif head.priority == out.priority:
+            if head.client == NO_FAIR_SHARE and out.client == NO_FAIR_SHARE:
+                if head.seq < out.seq:
+                    out = head
+            elif head.tag < out.tag:
+                out = head
     return out
 
 
@@ -101,6 +106,7 @@ class Entry:
     in_backlog: bool = False  # ledger `bl`: waiting, in a list or for a permit
     waiting_for: str | None = None  # ledger `blw`: the key it waits for a permit of
     charged: tuple[str, float] | None = None  # ledger `fc`, `fest`
+    seq: int = 0  # ledger `qseq`: its enqueue order
 
 
 @dataclass(frozen=True)
@@ -124,7 +130,8 @@ class Backlog:
 
     weights: Mapping[str, float] = field(default_factory=dict)
     default_est: float = DEFAULT_ESTIMATE_S
-    v: float = 0.0  # fair:v
+    v: dict[tuple[str, int], float] = field(default_factory=dict)  # fair:v, per list
+    seq: int = 0  # bl:seq
     vt: dict[str, float] = field(default_factory=dict)  # fair:vt
     est: dict[str, float] = field(default_factory=dict)  # fair:est
     queues: dict[ListKey, deque[str]] = field(default_factory=dict)  # bl:q:<set>|<p>|<client>
@@ -159,9 +166,13 @@ class Backlog:
             entry = Entry(set_key, priority, client, "", now)
             self.entries[task_id] = entry
         entry.set_key, entry.priority, entry.client = set_key, priority, client
+        if entry.in_backlog:  # restored while waiting: out of where it waited first
+            self._remove(task_id, entry)
         entry.state = "parked" if parked else "queued"
         entry.queued_at = now
         entry.in_backlog = True
+        self.seq += 1
+        entry.seq = self.seq
         if self._admit(task_id, entry, key, limit):
             self._push(task_id, set_key, priority, client, front)
             return True
@@ -191,7 +202,7 @@ class Backlog:
         else:
             queue.append(task_id)
         if len(queue) == 1:
-            tag = start_tag(self.v, self.vt.get(client, 0.0))
+            tag = start_tag(self.v.get((set_key, priority), 0.0), self.vt.get(client, 0.0))
             self.tags.setdefault((set_key, priority), {})[client] = tag
 
     def _fix(self, set_key: str, priority: int, client: str) -> None:
@@ -239,7 +250,9 @@ class Backlog:
             if top is None:
                 continue
             client, tag = min(self.tags[(set_key, top)].items(), key=lambda ct: (ct[1], ct[0]))
-            out.append(Head(set_key, top, client, tag))
+            queue = self.queues.get((set_key, top, client))
+            seq = self.entries[queue[0]].seq if queue and queue[0] in self.entries else 0
+            out.append(Head(set_key, top, client, tag, seq))
         return out
 
     def head_task(self, head: Head) -> str | None:
@@ -253,19 +266,20 @@ class Backlog:
         it and goes on)."""
         queue = self.queues.get((head.set_key, head.priority, head.client))
         task_id = queue.popleft() if queue else None
-        est = self.est.get(head.client, self.default_est)
-        vt = charge(self.vt.get(head.client, 0.0), head.tag, est, self.weight(head.client))
-        self.vt[head.client] = vt
-        self.v = head.tag
-        if queue:
-            self.tags[(head.set_key, head.priority)][head.client] = vt
-        else:
+        if not queue:
             self._fix(head.set_key, head.priority, head.client)
         if task_id is None:
             return None
         entry = self.entries.get(task_id)
         if entry is None or entry.state not in ("queued", "parked"):
-            return None
+            return None  # no longer waits: nothing is charged for it
+        est = self.est.get(head.client, self.default_est)
+        vt = charge(self.vt.get(head.client, 0.0), head.tag, est, self.weight(head.client))
+        self.vt[head.client] = vt
+        place = (head.set_key, head.priority)
+        self.v[place] = max(self.v.get(place, 0.0), head.tag)
+        if queue:
+            self.tags[place][head.client] = vt
         entry.state = "routed"
         entry.in_backlog = False
         entry.waiting_for = None
@@ -337,9 +351,7 @@ class Backlog:
 
     def _release(self, task_id: str, entry: Entry) -> list[str]:
         """backlog.lua `ck_release`: the permit goes to the key's oldest waiting tasks while
-        the limit allows; each joins the backlog at the back of its list. A waiting task
-        whose state is not `queued` is dropped from the waiting list and joins nothing
-        (as the Lua does)."""
+        the limit allows; each joins the backlog at the back of its list."""
         key = entry.key
         if key is None:
             return []
@@ -351,7 +363,7 @@ class Backlog:
         while len(holders) < limit and waiting:
             nxt = waiting.popleft()
             other = self.entries[nxt]
-            if other.state == "queued" and other.in_backlog:
+            if other.state in ("queued", "parked") and other.in_backlog:
                 holders.add(nxt)
                 other.waiting_for = None
                 self._push(nxt, other.set_key, other.priority, other.client, False)

@@ -272,7 +272,10 @@ SCALE_EXECUTED = PREFIX + "scale:executed"
 # bl:c:<set>|<p>      zset  clients waiting at that priority -> fair-share tag
 # bl:q:<set>|<p>|<client> list  task ids, oldest first
 # fair:vt             hash  client -> virtual time (worker-seconds charged / weight)
-# fair:v              str   the system's virtual time (the tag of the last task taken)
+# fair:v              hash  "<set>|<p>" -> that list's virtual time (the highest tag taken
+#                           there): where a client that starts waiting in it starts
+# bl:seq              str   a counter: each enqueued task's order (ledger `qseq`), by which
+#                           ORCH_FAIR_SHARE=off compares capability sets (oldest first)
 # fair:est            hash  client -> run-time estimate in seconds (EWMA of its settled runs)
 # ck:h:<key>          set   task ids holding one of the concurrency key's permits (dispatched
 #                           or waiting in the backlog, until they end)
@@ -290,6 +293,7 @@ BL_CLIENTS = PREFIX + "bl:c:"
 BL_QUEUE = PREFIX + "bl:q:"
 FAIR_VT = PREFIX + "fair:vt"
 FAIR_V = PREFIX + "fair:v"
+BL_SEQ = PREFIX + "bl:seq"
 FAIR_EST = PREFIX + "fair:est"
 CK_HOLDERS = PREFIX + "ck:h:"
 CK_WAITING = PREFIX + "ck:w:"
@@ -335,6 +339,7 @@ def lua_header() -> str:
         "BL_QUEUE": BL_QUEUE,
         "FAIR_VT": FAIR_VT,
         "FAIR_V": FAIR_V,
+        "BL_SEQ": BL_SEQ,
         "FAIR_EST": FAIR_EST,
         "CK_HOLDERS": CK_HOLDERS,
         "CK_WAITING": CK_WAITING,

@@ -48,6 +48,7 @@ class Lockstep:
     store: StateStore
     model: Backlog
     now: float = 1_000_000.0
+    beat: float = 1_000_000.0
     inflight: dict[str, set[str]] = field(default_factory=dict)
     dispatched: dict[str, str] = field(default_factory=dict)  # task id -> agent
     submitted: dict[str, OrchestrationTask] = field(default_factory=dict)
@@ -79,7 +80,8 @@ class Lockstep:
     def tick(self) -> None:
         """Time moves on; every agent beats often enough to stay fresh."""
         self.now += 0.01
-        if int(self.now * 100) % 200 == 0:
+        if self.now - self.beat >= 2.0:
+            self.beat = self.now
             for agent_id in AGENTS:
                 self.store.heartbeat(agent_id, self.now)
 
@@ -304,11 +306,6 @@ def test_key_limit_two_in_lua(lockstep: Lockstep) -> None:
 # --- what the Lua gets wrong (for the lead: backlog.lua is not this test's to change) -------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ck_release drops a waiting task whose state is not `queued`: a parked keyed task "
-    "(no capable agent when it waited for a permit) leaves ck:w:<key> and joins nothing",
-)
 def test_a_parked_keyed_task_waiting_for_a_permit_is_not_lost(lockstep: Lockstep) -> None:
     lockstep.submit("holder", ["x"], 5, "c1", "K", 1)
     assert lockstep.fill("ag-x") == ["holder"]
@@ -324,12 +321,6 @@ def test_a_parked_keyed_task_waiting_for_a_permit_is_not_lost(lockstep: Lockstep
     assert lockstep.store.backlog_count() == {"w": 1}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fair:v is set to the tag of the last task taken in ANY (set, priority) list, so "
-    "it moves backwards when another set's clients are behind: a client that starts waiting "
-    "then gets credit against the clients of its own list",
-)
 @pytest.mark.parametrize("lockstep", [{"agent_prefetch": 0}], indirect=True)
 def test_a_new_client_gets_no_credit_from_another_sets_virtual_time(
     lockstep: Lockstep,
@@ -352,12 +343,6 @@ def test_a_new_client_gets_no_credit_from_another_sets_virtual_time(
     assert sum(1 for t in starts if t.startswith("x")) >= 2, starts
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with ORCH_FAIR_SHARE=off each capability set's list has its own tag for client "
-    "'*', and fill compares tags across sets, not ages: a newer task of another set the "
-    "agent can take starts before an older one",
-)
 @pytest.mark.parametrize("lockstep", [{"fair_share": "off"}], indirect=True)
 def test_fair_share_off_is_oldest_first_across_capability_sets(lockstep: Lockstep) -> None:
     for i in range(3):
@@ -370,11 +355,6 @@ def test_fair_share_off_is_oldest_first_across_capability_sets(lockstep: Lockste
     assert started == ["a1", "a2", "b0"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="enqueue.lua accepts from=restore in any unended state, `queued` included, and "
-    "pushes the task again without taking it out of the list it waits in",
-)
 def test_a_restore_of_a_waiting_task_does_not_queue_it_twice(lockstep: Lockstep) -> None:
     lockstep.submit("t", ["x"], 5, "c1")
     assert lockstep.store.enqueue(lockstep.submitted["t"], lockstep.now, source="restore")

@@ -289,7 +289,7 @@ def test_a_new_client_gets_no_credit_for_time_it_was_idle(rounds: int) -> None:
 @pytest.mark.parametrize("idle_rounds", [10, 30])
 def test_a_returning_client_gets_no_credit_for_time_it_was_idle(idle_rounds: int) -> None:
     """a ran one task, then b ran alone for a while; when a comes back it starts at the
-    system's virtual time (at most one task ahead of b, as start-time fair queuing goes), not
+    list's virtual time (at most one task ahead of b, as start-time fair queuing goes), not
     at its old virtual time with the idle time as credit."""
     backlog = Backlog()
     backlog.enqueue("a0", "x", 5, "a", 0.0)
@@ -298,7 +298,7 @@ def test_a_returning_client_gets_no_credit_for_time_it_was_idle(idle_rounds: int
     drain_n(backlog, idle_rounds + 1)  # a0 and then b alone
     for i in range(1, 11):
         backlog.enqueue(f"a{i}", "x", 5, "a", 1.0)
-    assert backlog.tags[("x", 5)]["a"] == backlog.v
+    assert backlog.tags[("x", 5)]["a"] == backlog.v[("x", 5)]
     nxt = [t[0] for t in drain_n(backlog, 10)]
     assert Counter(nxt)["a"] in (5, 6)
 

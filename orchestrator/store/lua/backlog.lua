@@ -18,6 +18,7 @@ local function ck_waiting(key) return K.CK_WAITING .. key end
 local function ledger(id) return K.TASK_PRE .. id .. K.TASK_SUF end
 local function history(id) return K.HISTORY_PRE .. id .. K.HISTORY_SUF end
 local function num(s, default) return tonumber(s or '') or default end
+local NO_FAIR = '*'  -- the one client every task waits under with ORCH_FAIR_SHARE=off
 
 local function split_slot(slot)
   return string.match(slot, '^([^|]*)|(%d)|(.*)$')
@@ -39,8 +40,8 @@ local function bl_push(id, k, p, c, front)
   local n
   if front then n = redis.call('LPUSH', q, id) else n = redis.call('RPUSH', q, id) end
   if n == 1 then
-    -- A client that starts waiting starts at the system's virtual time, never behind it.
-    local v = num(redis.call('GET', K.FAIR_V), 0)
+    -- A client that starts waiting starts at its list's virtual time, never behind it.
+    local v = num(redis.call('HGET', K.FAIR_V, k .. '|' .. p), 0)
     local vt = num(redis.call('HGET', K.FAIR_VT, c), 0)
     redis.call('ZADD', bl_clients(k, p), math.max(v, vt), c)
   end
@@ -93,7 +94,8 @@ local function charge(cx, k, p, c, tag)
   local est = num(redis.call('HGET', K.FAIR_EST, c), cx.est)
   local vt = math.max(num(redis.call('HGET', K.FAIR_VT, c), 0), tag) + est / w
   redis.call('HSET', K.FAIR_VT, c, vt)
-  redis.call('SET', K.FAIR_V, tag)
+  local lv = k .. '|' .. p
+  if tag > num(redis.call('HGET', K.FAIR_V, lv), 0) then redis.call('HSET', K.FAIR_V, lv, tag) end
   if redis.call('LLEN', bl_queue(k, p, c)) > 0 then redis.call('ZADD', bl_clients(k, p), vt, c) end
   return est
 end
@@ -111,11 +113,35 @@ local function bl_sets_for(caps)
   return out
 end
 
+-- The enqueue order of a list's oldest task (ORCH_FAIR_SHARE=off compares sets by it).
+local function head_seq(k, p, c)
+  local id = redis.call('LINDEX', bl_queue(k, p, c), 0)
+  if not id then return 0 end
+  return num(redis.call('HGET', ledger(id), 'qseq'), 0)
+end
+
+-- Among the sets' heads: the highest priority, then the lowest tag; with fair share off (one
+-- client, '*'), the oldest.
 local function bl_best(sets)
-  local bk, bp, bc, bt
+  local bk, bp, bc, bt, bs
   for _, k in ipairs(sets) do
     local p, c, t = bl_head(k)
-    if p and (bp == nil or p > bp or (p == bp and t < bt)) then bk, bp, bc, bt = k, p, c, t end
+    if p then
+      local better = bp == nil or p > bp
+      if not better and p == bp then
+        if c == NO_FAIR and bc == NO_FAIR then
+          bs = bs or head_seq(bk, bp, bc)
+          local seq = head_seq(k, p, c)
+          better = seq < bs
+          if better then bs = seq end
+        else
+          better = t < bt
+        end
+      elseif better then
+        bs = nil
+      end
+      if better then bk, bp, bc, bt = k, p, c, t end
+    end
   end
   return bk, bp, bc, bt
 end
@@ -233,7 +259,7 @@ local function ck_release(id, l)
     if not nxt then break end
     local l2 = ledger(nxt)
     local f = redis.call('HMGET', l2, 'state', 'bl')
-    if f[1] == 'queued' and f[2] then
+    if (f[1] == 'queued' or f[1] == 'parked') and f[2] then
       redis.call('SADD', h, nxt)
       redis.call('HDEL', l2, 'blw')
       local k, p, c = split_slot(f[2])
@@ -250,7 +276,7 @@ end
 local function enqueue(cx, id, state, k, p, c, key, limit, front, avoid)
   local l = ledger(id)
   redis.call('HSET', l, 'state', state, 'bl', k .. '|' .. p .. '|' .. c, 'queued_at',
-             string.format('%.17g', cx.now))
+             string.format('%.17g', cx.now), 'qseq', redis.call('INCR', K.BL_SEQ))
   if avoid and avoid ~= '' then redis.call('HSET', l, 'avoid', avoid) end
   if ck_admit(id, l, key, limit) then bl_push(id, k, p, c, front) end
 end

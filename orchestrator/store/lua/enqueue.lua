@@ -21,6 +21,7 @@ local ok = prev == 'accepted' or prev == 'recovering'
 if not ok then return {0, prev or ''} end
 if ARGV[15] ~= '' and f[2] ~= ARGV[15] then return {0, prev} end
 if f[3] then redis.call('SREM', K.INFLIGHT .. f[3], id) end
+bl_remove(id, l)  -- a restored task that was waiting: out of where it waited, then back in
 if prev == 'routed' or prev == 'running' then redis.call('HINCRBY', l, 'dispatch', 1) end
 redis.call('HDEL', l, 'pid', 'due')
 redis.call('ZREM', K.DEFERRED, id)
