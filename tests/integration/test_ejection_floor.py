@@ -1,7 +1,10 @@
-"""Ejection never empties a capability: quarantine and open circuits leave at least
-ORCH_MIN_HEALTHY_FRACTION of a capability's live agents (and at least one) eligible, as
-Envoy's outlier detection stops at its panic threshold; a task every capable agent fails
-is dead-lettered with its reason instead of waiting for an agent that will fail it again."""
+"""Ejection never empties a capability (real workers).
+
+Quarantine and open circuits leave at least ORCH_MIN_HEALTHY_FRACTION of a capability's live
+agents (and at least one) eligible, as Envoy's outlier detection stops at its panic threshold;
+a task every capable agent fails is dead-lettered with its reason instead of waiting for an
+agent that will fail it again.
+"""
 
 from __future__ import annotations
 

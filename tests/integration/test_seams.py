@@ -1,6 +1,8 @@
-"""Seams between Celery/kombu, Redis and the ledger where work used to be lost or doubled:
-a countdown longer than the visibility timeout, and an agent queue emptied behind the
-orchestrator's back (real workers, real Redis)."""
+"""Seams where work used to be lost or doubled, with real workers and a real Redis.
+
+A countdown longer than the visibility timeout, and an agent queue emptied behind the
+orchestrator's back.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
-"""The ejection floor as tables: live agents, who is quarantined or circuit-open, the
-fraction -> which ejections stand and which are refused (the agent stays eligible)."""
+"""The ejection floor as tables.
+
+Live agents, who is quarantined or circuit-open, the fraction -> which ejections stand and
+which are refused (the agent stays eligible).
+"""
 
 from __future__ import annotations
 
