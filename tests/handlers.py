@@ -220,3 +220,9 @@ def timed(payload: dict[str, Any]) -> dict[str, Any]:
     with open(payload["path"], "a", encoding="utf-8") as fh:
         fh.write(json.dumps(line) + "\n")
     return {"key": payload.get("key")}
+
+
+@on_event("task.queued", "task.dispatched")
+def note_dispatch(event: OrchestrationEvent, ctx: Any) -> None:
+    """Lists backlog events by type: a subscriber that turns them on (test_dispatch)."""
+    _redis().rpush(f"test:event:{event.type}", str(event.data.get("task_id")))

@@ -38,6 +38,7 @@ from orchestrator.events.registry import (
 )
 from orchestrator.store import StateStore, now_s
 from orchestrator.store.events import Delivery
+from orchestrator.store.keys import ON_DEMAND_EVENTS
 
 if TYPE_CHECKING:
     from orchestrator.recovery.healer import Healer
@@ -110,6 +111,7 @@ class EventConsumer:
             return
         try:
             self.store.ensure_group()
+            self.store.want_events(self.name, self._on_demand())
         except Exception as exc:  # Redis away at start: the loop creates the group later
             log.warning("event processing: cannot create the consumer group yet: %s", exc)
         # A fresh event per thread: a thread a stop gave up waiting for still sees its own.
@@ -142,11 +144,17 @@ class EventConsumer:
                 timeout,
             )
 
+    def _on_demand(self) -> list[str]:
+        """The on-demand event types (task.queued, task.dispatched) a handler here takes."""
+        handled = self.registry.types()
+        return [t for t in ON_DEMAND_EVENTS if t in handled]
+
     def leave(self) -> None:
         """Leave the group for good (warm shutdown), unless entries are still pending with
         this consumer: then it stays listed until another one claims them."""
         try:
             self.store.forget_consumer(self.name)
+            self.store.want_events(self.name, ON_DEMAND_EVENTS, on=False)
         except Exception as exc:
             log.warning(
                 "event processing: consumer %s could not leave the group: %s", self.name, exc

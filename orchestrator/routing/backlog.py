@@ -7,14 +7,16 @@ here touches Redis or the clock: `now` is passed in, and a `Backlog` is plain da
 methods change as the Lua steps change the keys of store/keys.py's "dispatch" section.
 
 Fair share is start-time fair queuing on worker-seconds. Each client has a virtual time `vt`
-(worker-seconds charged, divided by its weight) and the system one, `v` (the tag of the last
-task taken). A client that starts waiting in a (set, priority) list gets the tag
-max(v, its vt), so time it spent idle earns it no credit; taking its oldest task charges it its
-run-time estimate (vt = max(vt, tag) + est / weight) and sets v to the tag; its next task's tag
-is that vt. When the run settles, vt is corrected by what it really ran and the estimate
-learns (an EWMA). Where the Lua leaves a choice to Redis's iteration order (two capability
-sets tied on priority and tag: the first set SMEMBERS returns wins), the model takes the
-smallest set key; callers that must agree with Redis on such ties use `tops`.
+(worker-seconds charged, divided by its weight) and each (set, priority) list one, `v` (the
+highest tag taken there: it never moves back). A client that starts waiting in a list gets the
+tag max(v of the list, its vt), so time it spent idle earns it no credit; taking its oldest
+task charges it its run-time estimate (vt = max(vt, tag) + est / weight) and moves the list's
+v up to the tag; its next task's tag is that vt. When the run settles, vt is corrected by what
+it really ran and the estimate learns (an EWMA). With ORCH_FAIR_SHARE=off every task waits
+under one client and sets at the same priority are compared by their oldest task's enqueue
+order. Where the Lua leaves a choice to Redis's iteration order (two capability sets tied on
+priority and tag: the first set SMEMBERS returns wins), the model takes the smallest set key;
+callers that must agree with Redis on such ties use `tops`.
 """
 
 from __future__ import annotations

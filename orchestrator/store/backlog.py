@@ -23,6 +23,7 @@ from orchestrator.store.keys import (
     CK_LIMITS,
     CK_WAITING,
     DEFERRED,
+    EVENTS_WANT,
     PARKED,
     backlog_clients,
     backlog_queue,
@@ -251,6 +252,18 @@ class BacklogStore(StoreBase):
             key: (int(limit), int(counts[2 * i]), int(counts[2 * i + 1]))
             for i, (key, limit) in enumerate(limits.items())
         }
+
+    def want_events(self, consumer: str, types: Collection[str], on: bool = True) -> None:
+        """Say that `consumer` handles these on-demand event types (keys.ON_DEMAND_EVENTS), or
+        no longer does: the dispatch steps emit them only while some consumer does."""
+        with self._translate():
+            pipe = self.r.pipeline(transaction=False)
+            for event_type in types:
+                if on:
+                    pipe.sadd(EVENTS_WANT + event_type, consumer)
+                else:
+                    pipe.srem(EVENTS_WANT + event_type, consumer)
+            pipe.execute()
 
     def deferred_count(self) -> int:
         with self._translate():

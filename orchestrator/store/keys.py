@@ -281,6 +281,9 @@ SCALE_EXECUTED = PREFIX + "scale:executed"
 #                           or waiting in the backlog, until they end)
 # ck:w:<key>          list  task ids of the key waiting for a permit, oldest first
 # ck:lim              hash  concurrency key -> the latest submitted limit
+# events:want:<type>  set   control-worker consumers with a handler for an event the dispatch
+#                           steps emit only when someone listens (task.queued,
+#                           task.dispatched): joined at start, left at warm shutdown
 # deferred            zset  task id -> when it is due (countdowns and retry back-offs held
 #                           in Redis rather than in the broker)
 # Ledger fields a waiting task carries: bl ("<set>|<p>|<client>"), blw (the key it waits for a
@@ -299,6 +302,9 @@ CK_HOLDERS = PREFIX + "ck:h:"
 CK_WAITING = PREFIX + "ck:w:"
 CK_LIMITS = PREFIX + "ck:lim"
 DEFERRED = PREFIX + "deferred"
+EVENTS_WANT = PREFIX + "events:want:"
+#: Events the dispatch steps emit only while a control worker has a handler for them.
+ON_DEMAND_EVENTS = ("task.queued", "task.dispatched")
 
 
 def backlog_queue(capability_key: str, priority: int, client: str) -> str:
@@ -345,6 +351,7 @@ def lua_header() -> str:
         "CK_WAITING": CK_WAITING,
         "CK_LIMITS": CK_LIMITS,
         "DEFERRED": DEFERRED,
+        "EVENTS_WANT": EVENTS_WANT,
     }
     items = ", ".join(f"{name} = {json.dumps(value)}" for name, value in names.items())
     return f"local K = {{{items}}}\n"

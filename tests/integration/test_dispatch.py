@@ -243,3 +243,34 @@ def test_a_concurrency_key_limits_the_fleet_and_survives_a_killed_agent(
     keyed_starts = sorted(r["start"] for r in keyed_rows)
     assert max(r["end"] for r in plain_rows) < keyed_starts[len(keyed_starts) // 2]
     assert redis_client.scard("orch:ck:h:db") == 0
+
+
+def test_backlog_events_are_emitted_only_while_a_handler_listens(
+    start_control, start_agent, client, redis_client, tmp_path
+):
+    """`task.queued` and `task.dispatched` cost nothing when no control worker has a handler
+    for them; once one has, every task through the backlog is announced both ways."""
+    path = tmp_path / "runs.jsonl"
+
+    def stream_types() -> list[str]:
+        return [f["type"] for _, f in redis_client.xrange("orchestrator:events")]
+
+    control = start_control()
+    start_agent("a", "timed", concurrency=1)
+    for result in [timed(client, path, f"quiet-{i}", 0.05) for i in range(6)]:
+        result.get(timeout=60)
+    assert "task.queued" not in stream_types() and "task.dispatched" not in stream_types()
+
+    control.terminate()
+    start_control(name="listening", ORCH_HANDLERS="tests.handlers")
+    wait_for(lambda: redis_client.scard("orch:events:want:task.queued") == 1, timeout=30)
+    loud = [timed(client, path, f"loud-{i}", 0.05) for i in range(6)]
+    for result in loud:
+        result.get(timeout=60)
+    queued = {r.id for r in loud if redis_client.hget(f"orch:task:{r.id}", "fc")}
+    assert queued, "no task went through the backlog"
+    wait_for(
+        lambda: queued <= set(redis_client.lrange("test:event:task.dispatched", 0, -1)),
+        timeout=30,
+    )
+    assert queued <= set(redis_client.lrange("test:event:task.queued", 0, -1))

@@ -152,12 +152,18 @@ local function event(cx, etype, source, data)
              'data', cjson.encode(data))
 end
 
+-- An event only some control worker's handler wants (keys.ON_DEMAND_EVENTS): nothing when
+-- none listens, so it costs the hot path one SCARD.
+local function event_if_wanted(cx, etype, source, data)
+  if redis.call('SCARD', K.EVENTS_WANT .. etype) > 0 then event(cx, etype, source, data) end
+end
+
 -- Hand a waiting task to `agent` (a new dispatch number). Returns {id, dispatch, spec}; nil
 -- when the task no longer waits (it ended or moved meanwhile); false when the task is to avoid
 -- this agent (it failed there: the recovery that moved it said so).
 local function assign(cx, id, agent, client, est)
   local l = ledger(id)
-  local f = redis.call('HMGET', l, 'state', 'agent', 'spec', 'type', 'avoid')
+  local f = redis.call('HMGET', l, 'state', 'agent', 'spec', 'type', 'avoid', 'queued_at')
   if f[1] ~= 'queued' and f[1] ~= 'parked' then return nil end
   if f[5] and string.find(',' .. f[5] .. ',', ',' .. agent .. ',', 1, true) then return false end
   if f[2] then redis.call('SREM', K.INFLIGHT .. f[2], id) end
@@ -173,6 +179,8 @@ local function assign(cx, id, agent, client, est)
   redis.call('ZREM', K.PARKED, id)
   event(cx, 'task.routed', 'dispatch', {task_id = id, agent_id = agent, type = f[4],
                                         dispatch = dispatch})
+  event_if_wanted(cx, 'task.dispatched', 'dispatch', {task_id = id, agent_id = agent,
+                                                      waited_s = cx.now - num(f[6], cx.now)})
   return {id, dispatch, f[3]}
 end
 
@@ -279,6 +287,11 @@ local function enqueue(cx, id, state, k, p, c, key, limit, front, avoid)
              string.format('%.17g', cx.now), 'qseq', redis.call('INCR', K.BL_SEQ))
   if avoid and avoid ~= '' then redis.call('HSET', l, 'avoid', avoid) end
   if ck_admit(id, l, key, limit) then bl_push(id, k, p, c, front) end
+  if state == 'queued' then
+    event_if_wanted(cx, 'task.queued', 'dispatch', {task_id = id, capabilities = k,
+                                                    priority = tonumber(p), client_id = c,
+                                                    concurrency_key = key})
+  end
 end
 
 -- The context of a dispatching script from its ARGV section: now, weights JSON, default
