@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: run test fuzz lint bench bench-routing bench-anomaly bench-failover bench-fleet bench-scale \
+	bench-dispatch \
 	clean venv sysdeps
 
 venv: $(STAMP)
@@ -73,6 +74,12 @@ bench-failover: $(STAMP)
 # latency against PING, registration, the loops' CPU share, memory per task; updates RESULTS.md.
 bench-scale: $(STAMP)
 	$(BIN)/python bench/bench_scale.py $(BENCH_ARGS)
+
+# One dispatch from the backlog (the fill step) at 10 and 100,000 waiting tasks (50 clients, 3
+# priorities, 100 concurrency keys), enqueue and settle at both, the settle's round trips
+# (MONITOR); no workers, about 2 minutes; updates RESULTS.md. BENCH_ARGS="--quick" for a smoke run.
+bench-dispatch: $(STAMP)
+	$(BIN)/python bench/bench_dispatch.py $(BENCH_ARGS)
 
 # Agent worker memory against a plain Celery worker, then 100 real agent processes (-P solo) on
 # this machine: registration time, their memory, 3,000 tasks spread by weight; updates RESULTS.md.

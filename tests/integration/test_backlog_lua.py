@@ -303,7 +303,7 @@ def test_key_limit_two_in_lua(lockstep: Lockstep) -> None:
     lockstep.drain(random.Random(0))
 
 
-# --- what the Lua gets wrong (for the lead: backlog.lua is not this test's to change) -------
+# --- edges the Lua once got wrong: a lost permit, fair:v moving back, age across sets, restore --
 
 
 def test_a_parked_keyed_task_waiting_for_a_permit_is_not_lost(lockstep: Lockstep) -> None:
