@@ -10,8 +10,11 @@ accepted since the snapshot may be lost, so the live state wins wherever both ha
 - any other key both have stays as it is live (`keep`): the ledger entry of a task the live
   Redis knows, the agents (they re-register by their own heartbeat), counters, the event
   stream, telemetry and the loops' state;
-- what describes work in flight right now is never restored (`skip`): in-flight sets, locks,
-  the client outbox. What the snapshot had in flight is parked again instead (`park_again`).
+- what describes work in flight or waiting right now is never restored (`skip`): in-flight
+  sets, locks, the client outbox, the backlog's lists and indexes, concurrency-key permits,
+  fair-share state and the deferred set. What the snapshot had in flight is parked again
+  instead (`park_again`); what it had waiting (queued, parked, deferred) waits again where it
+  was, its ledger entry as it was (`WAITING`: rebuilt from the entry's own fields).
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from orchestrator.store.keys import (
     AGENT_STATUS,
     AGENTS,
     CIRCUIT_PREFIX,
+    DEFERRED,
     DLQ,
+    EVENTS_WANT,
     HEARTBEATS,
     HISTORY_PREFIX,
     INFLIGHT_PREFIX,
@@ -52,12 +57,21 @@ class Action(StrEnum):
 #: Collections whose entries are independent of each other (zset members, hash fields).
 MERGED = frozenset({PARKED, DLQ, POISON, POISON_MSG, RECOVERY, RECOVERY_DEADLINES})
 AGENT_KEYS = frozenset({AGENTS, HEARTBEATS, AGENT_STATS, AGENT_STATUS, QUARANTINED_UNTIL})
-NEVER = (INFLIGHT_PREFIX, PREFIX + "lock:")
-NEVER_KEYS = frozenset({OUTBOX, OUTBOX_MSG})
+NEVER = (
+    INFLIGHT_PREFIX,
+    PREFIX + "lock:",
+    PREFIX + "bl:",
+    PREFIX + "ck:",
+    PREFIX + "fair:",
+    EVENTS_WANT,
+)
+NEVER_KEYS = frozenset({OUTBOX, OUTBOX_MSG, DEFERRED})
 #: Ledger states of a task that had not ended: parked again so it runs (once).
 UNFINISHED = frozenset(
     {TaskState.ACCEPTED, TaskState.ROUTED, TaskState.RUNNING, TaskState.RECOVERING}
 )
+#: Ledger states of a task waiting in the backlog (or the deferred set): put back there.
+WAITING = frozenset({TaskState.QUEUED, TaskState.PARKED})
 
 
 def kind_of(key: str) -> str:
@@ -102,6 +116,10 @@ def by_task(key: str) -> bool:
 
 def unfinished(state: str | None) -> bool:
     return state in UNFINISHED
+
+
+def waiting(state: str | None) -> bool:
+    return state in WAITING
 
 
 def tally(rows: Iterable[tuple[str, str]]) -> dict[str, dict[str, int]]:

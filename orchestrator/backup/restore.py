@@ -27,7 +27,15 @@ from typing import Any
 import redis
 
 from orchestrator.backup.archive import BackupError, verify_backup
-from orchestrator.backup.merge import Action, action_for, by_task, kind_of, tally, unfinished
+from orchestrator.backup.merge import (
+    Action,
+    action_for,
+    by_task,
+    kind_of,
+    tally,
+    unfinished,
+    waiting,
+)
 from orchestrator.store import StateStore
 from orchestrator.store.keys import (
     FLEET_VERSION,
@@ -65,6 +73,7 @@ class RestoreReport:
     keys: int = 0
     kinds: dict[str, dict[str, int]] = field(default_factory=dict)
     parked_again: list[str] = field(default_factory=list)
+    waiting: list[str] = field(default_factory=list)  # back in the backlog where they were
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -128,6 +137,8 @@ def restore_backup(
             binary.hdel(RECOVERY, task_id)
             binary.zrem(RECOVERY_DEADLINES, task_id)
             store.park(store.load_spec(task_id), now, source="restore")
+        for task_id in report.waiting:
+            store.wait_again(store.load_spec(task_id), now)
     rows += [("tasks", "park_again")] * len(report.parked_again)
     report.kinds = tally(rows)
     if not dry_run:
@@ -179,6 +190,8 @@ def _restore_batch(
             state = binary.hget(target, "state")
             if unfinished(_text(state) if state is not None else None):
                 report.parked_again.append(task_id)
+            elif waiting(_text(state) if state is not None else None):
+                report.waiting.append(task_id)
         if dry_run:
             binary.delete(SCRATCH)
 

@@ -253,6 +253,19 @@ class BacklogStore(StoreBase):
             for i, (key, limit) in enumerate(limits.items())
         }
 
+    def wait_again(self, task: OrchestrationTask, now: float) -> None:
+        """A restored task that was waiting goes back where it waited: its backlog list (or
+        its key's waiting list), or the deferred set when it had a due time; its ledger entry
+        (state, time queued, place in the order) stays as it was."""
+        assert task.task_id is not None
+        fields = self.r.hmget(task_key(task.task_id), "state", "due", "bl")
+        state, due, slot = fields
+        if due and not slot:
+            with self._translate():
+                self.r.zadd(DEFERRED, {task.task_id: float(due)})
+            return
+        self.enqueue(task, now, parked=state == "parked", source="restore", front=False)
+
     def want_events(self, consumer: str, types: Collection[str], on: bool = True) -> None:
         """Say that `consumer` handles these on-demand event types (keys.ON_DEMAND_EVENTS), or
         no longer does: the dispatch steps emit them only while some consumer does."""

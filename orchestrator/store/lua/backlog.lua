@@ -281,10 +281,16 @@ end
 
 -- Put a task into the backlog (state `queued` or `parked`): behind its key's limit, or into
 -- its (set, priority, client) list; at the front when it had already been dispatched once.
-local function enqueue(cx, id, state, k, p, c, key, limit, front, avoid)
+local function enqueue(cx, id, state, k, p, c, key, limit, front, avoid, keep)
   local l = ledger(id)
-  redis.call('HSET', l, 'state', state, 'bl', k .. '|' .. p .. '|' .. c, 'queued_at',
-             string.format('%.17g', cx.now), 'qseq', redis.call('INCR', K.BL_SEQ))
+  redis.call('HSET', l, 'state', state, 'bl', k .. '|' .. p .. '|' .. c)
+  -- A restored waiting task keeps its time queued and its place in the order.
+  if not keep or redis.call('HEXISTS', l, 'queued_at') == 0 then
+    redis.call('HSET', l, 'queued_at', string.format('%.17g', cx.now))
+  end
+  if not keep or redis.call('HEXISTS', l, 'qseq') == 0 then
+    redis.call('HSET', l, 'qseq', redis.call('INCR', K.BL_SEQ))
+  end
   if avoid and avoid ~= '' then redis.call('HSET', l, 'avoid', avoid) end
   if ck_admit(id, l, key, limit) then bl_push(id, k, p, c, front) end
   if state == 'queued' then

@@ -12,6 +12,7 @@ local id, state, from = ARGV[7], ARGV[8], ARGV[14]
 local l = ledger(id)
 local f = redis.call('HMGET', l, 'state', 'dispatch', 'agent')
 local prev = f[1]
+local restoring = from == 'restore' and (prev == 'queued' or prev == 'parked')
 local ok = prev == 'accepted' or prev == 'recovering'
   or (prev == 'routed' and from ~= 'new')
   or (prev == 'running' and from == 'lost')
@@ -26,7 +27,8 @@ if prev == 'routed' or prev == 'running' then redis.call('HINCRBY', l, 'dispatch
 redis.call('HDEL', l, 'pid', 'due')
 redis.call('ZREM', K.DEFERRED, id)
 enqueue(cx, id, state, ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[16] == '1',
-        ARGV[20])
+        ARGV[20], restoring)
+if restoring then return {1, prev} end  -- back where it waited, as it was
 redis.call('RPUSH', history(id), ARGV[17])
 redis.call('HINCRBY', K.COUNTERS, state, 1)
 if state == 'parked' then redis.call('ZADD', K.PARKED, 'NX', cx.now, id) end
