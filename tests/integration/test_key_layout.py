@@ -35,12 +35,11 @@ def test_ids_that_shared_a_key_all_run_and_show(start_control, start_agent, clie
     for tid in COLLIDING:
         record = cli_json(orch_env, "task", tid)
         assert (record["task_id"], record["state"]) == (tid, "succeeded")
-        assert [h["state"] for h in record["history"]] == [
-            "accepted",
-            "routed",
-            "running",
-            "succeeded",
-        ], tid
+        states = [h["state"] for h in record["history"]]
+        if "queued" in states:  # it waited in the backlog for the agent's slot first
+            assert states.index("queued") == 1, tid
+            states.remove("queued")
+        assert states == ["accepted", "routed", "running", "succeeded"], tid
 
 
 def planted_old_layout(redis_client, task_id: str, ttl: int = 600) -> list[str]:
