@@ -92,7 +92,7 @@ def test_a_run_is_counted_with_the_state_that_ends_its_task_and_only_then(ctx):
     r.hset(task_key("t1"), mapping={"state": "running", "type": "echo", "agent": "a"})
     r.sadd("orch:inflight:a", "t1")
     counts = run_fields("echo", "ok", 150.0, 510.0)
-    ended = ctx.store.settle_run(
+    ended, _fills = ctx.store.settle_run(
         "t1", "a", TaskState.SUCCEEDED, BASE + 0.2, 150.0, "echo", counts, result="{}"
     )
     assert ended
@@ -108,7 +108,7 @@ def test_a_run_is_counted_with_the_state_that_ends_its_task_and_only_then(ctx):
     assert (echo.ok, echo.fail, sum(echo.latency.values())) == (1, 0, 1)
     assert echo.lsum == 150_000 and echo.dsum == 510_000
     # a second copy of the same task ending it again records and counts nothing
-    again = ctx.store.settle_run(
+    again, _fills = ctx.store.settle_run(
         "t1", "a", TaskState.FAILED, BASE + 5, 1.0, "echo", run_fields("echo", "fail", 1.0, None)
     )
     assert not again
