@@ -199,3 +199,12 @@ def record_run(payload: dict[str, Any]) -> dict[str, Any]:
     with open(payload["path"], "a", encoding="utf-8") as fh:  # one short O_APPEND write
         fh.write(f"{payload['key']}\n")
     return {"key": payload["key"]}
+
+
+@capability("stamp_start")
+def stamp_start(payload: dict[str, Any]) -> dict[str, Any]:
+    """Appends `key` and the wall-clock time it started to the file `path`, one line each
+    (tests/integration/test_atomic_fetch: how soon an idle agent starts a message)."""
+    with open(payload["path"], "a", encoding="utf-8") as fh:
+        fh.write(f"{payload['key']} {time.time()!r}\n")
+    return {"key": payload["key"]}

@@ -147,6 +147,13 @@ class _WakeLink:
         self.connection = connection
 
 
+def wake_refusal(exc: Exception) -> bool:
+    """Whether an error reply to setting the wake up will not change while this server runs:
+    no permission (ACL) or a command it does not know (before Redis 6, renamed, a proxy)."""
+    text = str(exc).lower()
+    return isinstance(exc, redis.exceptions.NoPermissionError) or "unknown" in text
+
+
 def wake_delay(now: float, empty_at: float, least: float) -> float:
     """Seconds a fetch woken by Redis at `now` waits: none, unless the last fetch found
     nothing less than `least` seconds ago (then the rest of that)."""
@@ -178,8 +185,9 @@ def captured_pushes() -> Iterator[list[Push]]:
 
 
 class QoS(kombu_redis.QoS):
-    """kombu's QoS, but a message the fetch script already recorded is not recorded again,
-    and a record that is no kombu record is dropped instead of stopping every restore."""
+    """kombu's QoS, but a message the fetch script already recorded is not recorded again, a
+    record that is no kombu record is dropped instead of stopping every restore, and an ack
+    goes through while Redis is out of memory."""
 
     def append(self, message: Any, delivery_tag: Any) -> None:
         channel = self.channel
@@ -188,6 +196,22 @@ class QoS(kombu_redis.QoS):
             virtual.QoS.append(self, message, delivery_tag)  # the in-memory part only
             return
         super().append(message, delivery_tag)
+
+    def ack(self, delivery_tag: Any) -> None:
+        # kombu's deletes the record and its index entry in a MULTI, which Redis refuses as a
+        # whole while it is out of memory (noeviction), and the error stops the worker. The
+        # deletions alone are allowed: the record first, so a crash in between leaves only an
+        # index entry, which the next restore sweep drops.
+        try:
+            self._remove_from_indices(delivery_tag).execute()
+        except redis.exceptions.ResponseError as exc:
+            if "maxmemory" not in str(exc):
+                raise
+            with self.channel.conn_or_acquire() as client:
+                pipe = client.pipeline(transaction=False)
+                pipe.hdel(self.unacked_key, delivery_tag).zrem(self.unacked_index_key, delivery_tag)
+                pipe.execute()
+        virtual.QoS.ack(self, delivery_tag)
 
     def restore_by_tag(self, tag: Any, client: Any = None, leftmost: bool = False) -> None:
         # kombu's own, but for a record it cannot decode: the fetch script records what Lua's
@@ -261,6 +285,8 @@ class Channel(kombu_redis.Channel):
     _tracking: tuple[Any, Any] | None = None
     #: Why Redis refused tracking: the channel polls for good.
     _wake_refused: str | None = None
+    #: Before this monotonic time the wake is not set up (an error Redis may get over).
+    _wake_retry_at = 0.0
     #: Whether the fetch in flight was sent with tracking on (an empty reply then waits for
     #: Redis's word), whether Redis spoke since it was sent, and when one last found nothing.
     _fetch_armed = False
@@ -375,12 +401,18 @@ class Channel(kombu_redis.Channel):
             and self._tracking == (connection._sock, wake._sock)
         ):
             return True
+        if time.monotonic() < self._wake_retry_at:
+            return False
         try:
             wake, wake_id = self._wake_connect()
             connection.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", wake_id, "NOLOOP")
             connection.read_response()
-        except self.ResponseError as exc:  # NOPERM, an unknown command, ...: poll instead
-            self._refuse_wake(str(exc))
+        except self.ResponseError as exc:
+            self._drop_wake()
+            if wake_refusal(exc):
+                self._refuse_wake(str(exc))
+            else:  # some passing state of the server's: poll a while, then ask again
+                self._wake_retry_at = time.monotonic() + self.fetch_refused_backoff
             return False
         self._tracking = (connection._sock, wake._sock)
         return True
@@ -435,7 +467,7 @@ class Channel(kombu_redis.Channel):
             return
         self._woken = True
         if self._in_poll or self._refused is not None:
-            return  # the reply in flight fetches again at once; a refusal waits its turn
+            return  # the empty reply in flight sees _woken; a refusal waits its turn
         delay = wake_delay(time.monotonic(), self._empty_at, self.fetch_backoff_min)
         if delay > 0:
             self._wait(delay)
