@@ -127,6 +127,11 @@ def _refuse(queue: str, raw: bytes, reason: str, task_id: str | None = None) -> 
         log.error("refused an entry of queue %s (%s) and could not keep it: %s", queue, reason, exc)
 
 
+def _out_of_memory(exc: Exception) -> bool:
+    """Whether Redis refused a command for lack of memory (maxmemory under noeviction)."""
+    return "maxmemory" in str(exc) or str(exc).startswith("OOM")
+
+
 def _wake() -> None:
     """A timer's callback: waking the event loop is all it is for."""
 
@@ -186,8 +191,8 @@ def captured_pushes() -> Iterator[list[Push]]:
 
 class QoS(kombu_redis.QoS):
     """kombu's QoS, but a message the fetch script already recorded is not recorded again, a
-    record that is no kombu record is dropped instead of stopping every restore, and an ack
-    goes through while Redis is out of memory."""
+    record that is no kombu record is dropped instead of stopping every restore, and acks,
+    rejects and requeues stop no worker while Redis is out of memory."""
 
     def append(self, message: Any, delivery_tag: Any) -> None:
         channel = self.channel
@@ -198,20 +203,30 @@ class QoS(kombu_redis.QoS):
         super().append(message, delivery_tag)
 
     def ack(self, delivery_tag: Any) -> None:
-        # kombu's deletes the record and its index entry in a MULTI, which Redis refuses as a
-        # whole while it is out of memory (noeviction), and the error stops the worker. The
-        # deletions alone are allowed: the record first, so a crash in between leaves only an
-        # index entry, which the next restore sweep drops.
+        self._forget(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)
+
+    def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        if requeue:
+            self.restore_by_tag(delivery_tag, leftmost=True)
+        else:
+            self._forget(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)
+
+    def _forget(self, delivery_tag: Any) -> None:
+        """Delete the record of a message and its index entry. kombu does it in a MULTI,
+        which Redis refuses as a whole while it is out of memory (noeviction), and the error
+        stops the worker; the deletions alone are allowed: the record first, so a crash in
+        between leaves only an index entry, which the next restore sweep drops."""
         try:
             self._remove_from_indices(delivery_tag).execute()
         except redis.exceptions.ResponseError as exc:
-            if "maxmemory" not in str(exc):
+            if not _out_of_memory(exc):
                 raise
             with self.channel.conn_or_acquire() as client:
                 pipe = client.pipeline(transaction=False)
                 pipe.hdel(self.unacked_key, delivery_tag).zrem(self.unacked_index_key, delivery_tag)
                 pipe.execute()
-        virtual.QoS.ack(self, delivery_tag)
 
     def restore_by_tag(self, tag: Any, client: Any = None, leftmost: bool = False) -> None:
         # kombu's own, but for a record it cannot decode: the fetch script records what Lua's
@@ -232,7 +247,14 @@ class QoS(kombu_redis.QoS):
                 self.channel._do_restore_message(m, ex, rk, pipe, leftmost)
 
         with self.channel.conn_or_acquire(client) as client:
-            client.transaction(restore_transaction, self.unacked_key)
+            try:
+                client.transaction(restore_transaction, self.unacked_key)
+            except redis.exceptions.ResponseError as exc:
+                # Out of memory, Redis cannot push it back: the record stays, and the sweep
+                # restores it after the visibility timeout, as after a crash.
+                if not _out_of_memory(exc):
+                    raise
+                log.warning("Redis is out of memory: message %s stays unacknowledged", tag)
         for raw in refused:
             _refuse("(unacked)", raw, "an unacknowledged record that is not kombu's")
 

@@ -262,31 +262,42 @@ def test_consumer_records_once_and_no_ack_records_nothing(kombu_connection, redi
     assert channel._backoff == channel.fetch_backoff_max
 
 
-def test_an_ack_while_redis_is_out_of_memory_removes_the_record(kombu_connection, redis_client):
-    """kombu acknowledges in a MULTI, which Redis refuses as a whole while it is out of memory
-    (noeviction): the error reached Celery and stopped the worker ("Unrecoverable error",
-    seen when a task ended just as memory ran out). The deletions alone are allowed: the
-    ack removes the record and its index entry, and raises nothing."""
+def test_acks_and_rejects_while_redis_is_out_of_memory(kombu_connection, redis_client):
+    """kombu acknowledges and rejects in a MULTI, which Redis refuses as a whole while it is
+    out of memory (noeviction): the error reached Celery and stopped the worker
+    ("Unrecoverable error", seen when a task ended just as memory ran out). The deletions
+    alone are allowed: an ack or a reject removes the record and its index entry; a requeue,
+    which cannot push, leaves the message recorded as unacknowledged (restored later, as after
+    a crash). None of them raises."""
     channel = kombu_connection.default_channel
     queue = Queue("t.oom.ack", routing_key="t.oom.ack")
     got: list[Message] = []
     Consumer(channel, [queue], callbacks=[lambda body, message: got.append(message)]).consume()
     with kombu_connection.Producer() as producer:
-        producer.publish("x", routing_key="t.oom.ack", declare=[queue])
+        for body in ("ack", "reject", "requeue"):
+            producer.publish(body, routing_key="t.oom.ack", declare=[queue])
 
     def step() -> bool:
         with contextlib.suppress(TimeoutError):
             kombu_connection.drain_events(timeout=0.05)
-        return bool(got)
+        return len(got) == 3
 
-    wait_for(step, timeout=5, interval=0, message="the message was not consumed")
-    assert redis_client.hlen(KOMBU_UNACKED) == 1
+    wait_for(step, timeout=5, interval=0, message="the messages were not consumed")
+    acked, rejected, requeued = got
+    assert redis_client.hlen(KOMBU_UNACKED) == 3
     try:
         redis_client.config_set("maxmemory", 1)
-        got[0].ack()
+        acked.ack()
+        rejected.reject()
+        requeued.reject(requeue=True)
     finally:
         redis_client.config_set("maxmemory", 0)
-    assert redis_client.hlen(KOMBU_UNACKED) == redis_client.zcard(KOMBU_UNACKED_INDEX) == 0
+    assert redis_client.hkeys(KOMBU_UNACKED) == [requeued.delivery_tag]
+    assert redis_client.zrange(KOMBU_UNACKED_INDEX, 0, -1) == [requeued.delivery_tag]
+    assert redis_client.llen("t.oom.ack") == 0
+    channel.qos.restore_by_tag(requeued.delivery_tag)  # what the sweep does after the timeout
+    assert redis_client.llen("t.oom.ack") == 1
+    assert redis_client.hlen(KOMBU_UNACKED) == 0
 
 
 def test_worker_waits_out_an_out_of_memory_redis(
