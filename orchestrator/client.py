@@ -8,9 +8,11 @@ from uuid import uuid4
 
 from celery import Celery
 from celery.result import AsyncResult
+from kombu.exceptions import OperationalError
 from kombu.pools import ProducerPool
 
 from orchestrator.config import Settings, load_settings
+from orchestrator.errors import StoreUnavailable
 from orchestrator.models import RegisteredAgent, TaskRecord
 from orchestrator.routing.router import Router
 from orchestrator.runtime.celeryconf import (
@@ -21,6 +23,20 @@ from orchestrator.runtime.celeryconf import (
     execute_publisher,
 )
 from orchestrator.store import StateStore
+
+
+def broker_full(exc: BaseException) -> StoreUnavailable | None:
+    """The broker's refusal of a publish for lack of memory (kombu reports Redis's `OOM
+    command not allowed` as an OperationalError) as the StoreUnavailable a full state store
+    gives; None for any other failure."""
+    said = str(exc)
+    if "maxmemory" not in said and not said.startswith("OOM"):
+        return None
+    return StoreUnavailable(
+        "Redis broker is full: it refused the submission's message because its memory is at "
+        "its limit (maxmemory); nothing was submitted: raise maxmemory (CONFIG SET maxmemory, "
+        f"or redis.conf) or free memory, then retry. Redis said: {said}"
+    )
 
 
 class OrchestratorClient:
@@ -88,11 +104,14 @@ class OrchestratorClient:
         kwargs["task_id"] = task.task_id
         if self.route_locally:
             outbox = (kwargs, ROUTING_QUEUE)
-            outcome = (
-                self.router.submit_atomic(task, submit_id, now, self._prepare, outbox)
-                if self.settings.broker_is_state_store
-                else self.router.submit_valid(task, submit_id, now, outbox)
-            )
+            try:
+                outcome = (
+                    self.router.submit_atomic(task, submit_id, now, self._prepare, outbox)
+                    if self.settings.broker_is_state_store
+                    else self.router.submit_valid(task, submit_id, now, outbox)
+                )
+            except OperationalError as exc:  # the publish to the broker's Redis
+                raise broker_full(exc) or exc from exc
             # send_task's own result object is already subscribed to the result: reuse it.
             return outcome.sent if outcome.sent is not None else self.app.AsyncResult(task.task_id)
         self.store.outbox_put(task.task_id, submit_id, kwargs, ROUTING_QUEUE, now)
@@ -104,9 +123,9 @@ class OrchestratorClient:
                 queue=ROUTING_QUEUE,
                 expires=self.submit_expires_s,
             )
-        except Exception:
+        except Exception as exc:
             self.store.outbox_drop(task.task_id)
-            raise
+            raise broker_full(exc) or exc from exc
         # The submit message's own result object is already subscribed: reuse it when it
         # carries the orchestration id.
         return sent if sent.id == task.task_id else self.app.AsyncResult(task.task_id)

@@ -226,3 +226,12 @@ def timed(payload: dict[str, Any]) -> dict[str, Any]:
 def note_dispatch(event: OrchestrationEvent, ctx: Any) -> None:
     """Lists backlog events by type: a subscriber that turns them on (test_dispatch)."""
     _redis().rpush(f"test:event:{event.type}", str(event.data.get("task_id")))
+
+
+@capability("stamp_start")
+def stamp_start(payload: dict[str, Any]) -> dict[str, Any]:
+    """Appends `key` and the wall-clock time it started to the file `path`, one line each
+    (tests/integration/test_atomic_fetch: how soon an idle agent starts a message)."""
+    with open(payload["path"], "a", encoding="utf-8") as fh:
+        fh.write(f"{payload['key']} {time.time()!r}\n")
+    return {"key": payload["key"]}

@@ -18,6 +18,7 @@ from orchestrator.errors import (
 )
 from orchestrator.models import TASK_ID_RE
 from orchestrator.routing.router import Outcome, Preparer, Router
+from orchestrator.runtime.gate import HELD_ETA
 from orchestrator.runtime.celeryconf import execute_preparer, execute_publisher
 from orchestrator.store import now_s
 from workers._context import settings_of, store_of
@@ -37,12 +38,22 @@ def router_for(task_app: Celery) -> Router:
     return _routers[key]
 
 
-def _route(task_app: Celery, router: Router, fields: dict[str, Any], submit_id: str) -> Outcome:
+def _route(
+    task_app: Celery,
+    router: Router,
+    fields: dict[str, Any],
+    submit_id: str,
+    due: float | None = None,
+) -> Outcome:
     """Validate, then record, route and publish: in one atomic Lua step when the broker is
     the state store's Redis (as OrchestratorClient does; two round trips and a publish fewer
-    than recording and routing apart), else apart (a redelivery resumes from the ledger)."""
+    than recording and routing apart), else apart (a redelivery resumes from the ledger).
+    With `due` (an ETA the gate took from the broker) the task is recorded and held until
+    then."""
     now = now_s()
     task = router.validate(fields, submit_id, now)
+    if due is not None:
+        return router.submit_later(task, submit_id, now, due)
     if not router.settings.broker_is_state_store:
         return router.submit_valid(task, submit_id, now)
     key = id(task_app)
@@ -73,7 +84,9 @@ def submit(self: Task, *args: Any, **fields: Any) -> str:
                 error.problems, submit_id, now_s(), client if isinstance(client, str) else None
             )
             raise error
-        outcome = _route(self.app, router, fields, submit_id)
+        held = getattr(self.request, HELD_ETA, None)
+        due = float(held) if isinstance(held, int | float) else None
+        outcome = _route(self.app, router, fields, submit_id, due)
     except (StoreUnavailable, OperationalError) as exc:
         # Redis went away mid-way (a restart, a failover): delivered again, the submission
         # resumes where the ledger says it stopped, instead of failing.

@@ -32,15 +32,26 @@ and loses the record, and the message is gone without a trace. Here a Lua script
 (orchestrator/store/lua/fetch.lua) pops from the consumer's lists in kombu's order and writes
 kombu's own record in the same step, so restore_visible brings back every popped message
 whose consumer never acknowledged it; kombu's QoS.append then only does its in-memory part.
-Lua cannot block, so an idle channel polls: each fetch that finds every list empty waits
-before the next, twice as long as the last time, from `fetch_backoff_min` up to
-`fetch_backoff_max` (transport options; seconds), and a fetch that takes a message resets
-the wait. The wait is a timer of the worker's event loop (a sleep where there is none), so an
-idle worker starts a message within about `fetch_backoff_max`. A fetch Redis refuses (out of
+Lua cannot block, so an idle channel is woken by Redis instead: a fetch that finds every list
+empty also reads them (fetch.lua), and the fetching connection has asked Redis to track the
+keys it reads (`CLIENT TRACKING ON REDIRECT <id> NOLOOP`, server-assisted client-side caching),
+so the first change to any of them afterwards (a push, a restore, a flush) sends one
+invalidation message to a second connection of the channel (subscribed to
+`__redis__:invalidate`), which the worker's event loop watches beside the fetch; the message
+wakes the fetch. Nothing is read while busy (a key is tracked only from an empty fetch to its
+next change), and no server setting is changed. A fetch woken again within `fetch_backoff_min`
+of an empty one waits that long first (a bound, should invalidations ever come in a stream);
+a safety fetch runs every `fetch_idle_poll` seconds all the same, so a lost message costs at
+most that. Where Redis refuses tracking (a Redis before 6, an ACL without `client|tracking`
+or the channel, a server that lacks it), and without an event loop (drain_events), the idle
+channel polls instead: each fetch that finds every list empty waits twice as long as the last
+one, from `fetch_backoff_min` up to `fetch_backoff_max` (a refusal is noted once in the log).
+All four are transport options (seconds; `fetch_wake=False` polls). A fetch Redis refuses (out of
 memory under noeviction: the script takes nothing) is logged once, retried every
 `fetch_refused_backoff` seconds, and consuming resumes by itself. Fanout (pub/sub) is
 untouched. Relies on kombu's Redis channel internals (`_brpop_start`/`_brpop_read`, the
-`handlers` of its MultiChannelPoller, QoS.append's record): kombu >= 5.4, < 6 (read in 5.7).
+`handlers` and `_register` of its MultiChannelPoller, which forgets a registration when its
+connection disconnects, QoS.append's record): kombu >= 5.4, < 6 (read in 5.7).
 """
 
 from __future__ import annotations
@@ -116,8 +127,42 @@ def _refuse(queue: str, raw: bytes, reason: str, task_id: str | None = None) -> 
         log.error("refused an entry of queue %s (%s) and could not keep it: %s", queue, reason, exc)
 
 
+def _out_of_memory(exc: Exception) -> bool:
+    """Whether Redis refused a command for lack of memory (maxmemory under noeviction)."""
+    return "maxmemory" in str(exc) or str(exc).startswith("OOM")
+
+
 def _wake() -> None:
     """A timer's callback: waking the event loop is all it is for."""
+
+
+#: The poller registration of a channel's wake connection (beside kombu's BRPOP and LISTEN).
+WAKE = "WAKE"
+#: Where Redis sends the invalidation messages of tracked keys (RESP2 subscribers).
+INVALIDATE = "__redis__:invalidate"
+#: Reasons Redis refused tracking that were already noted in this process's log.
+_noted_refusals: set[str] = set()
+
+
+class _WakeLink:
+    """The `client` of a WAKE registration: kombu's poller reads `client.connection`, and
+    forgets the registration when that connection disconnects."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+
+
+def wake_refusal(exc: Exception) -> bool:
+    """Whether an error reply to setting the wake up will not change while this server runs:
+    no permission (ACL) or a command it does not know (before Redis 6, renamed, a proxy)."""
+    text = str(exc).lower()
+    return isinstance(exc, redis.exceptions.NoPermissionError) or "unknown" in text
+
+
+def wake_delay(now: float, empty_at: float, least: float) -> float:
+    """Seconds a fetch woken by Redis at `now` waits: none, unless the last fetch found
+    nothing less than `least` seconds ago (then the rest of that)."""
+    return max(0.0, empty_at + least - now)
 
 
 def _load_fetch(client: Any) -> tuple[str, str]:
@@ -145,8 +190,9 @@ def captured_pushes() -> Iterator[list[Push]]:
 
 
 class QoS(kombu_redis.QoS):
-    """kombu's QoS, but a message the fetch script already recorded is not recorded again,
-    and a record that is no kombu record is dropped instead of stopping every restore."""
+    """kombu's QoS, but a message the fetch script already recorded is not recorded again, a
+    record that is no kombu record is dropped instead of stopping every restore, and acks,
+    rejects and requeues stop no worker while Redis is out of memory."""
 
     def append(self, message: Any, delivery_tag: Any) -> None:
         channel = self.channel
@@ -155,6 +201,32 @@ class QoS(kombu_redis.QoS):
             virtual.QoS.append(self, message, delivery_tag)  # the in-memory part only
             return
         super().append(message, delivery_tag)
+
+    def ack(self, delivery_tag: Any) -> None:
+        self._forget(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)
+
+    def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        if requeue:
+            self.restore_by_tag(delivery_tag, leftmost=True)
+        else:
+            self._forget(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)
+
+    def _forget(self, delivery_tag: Any) -> None:
+        """Delete the record of a message and its index entry. kombu does it in a MULTI,
+        which Redis refuses as a whole while it is out of memory (noeviction), and the error
+        stops the worker; the deletions alone are allowed: the record first, so a crash in
+        between leaves only an index entry, which the next restore sweep drops."""
+        try:
+            self._remove_from_indices(delivery_tag).execute()
+        except redis.exceptions.ResponseError as exc:
+            if not _out_of_memory(exc):
+                raise
+            with self.channel.conn_or_acquire() as client:
+                pipe = client.pipeline(transaction=False)
+                pipe.hdel(self.unacked_key, delivery_tag).zrem(self.unacked_index_key, delivery_tag)
+                pipe.execute()
 
     def restore_by_tag(self, tag: Any, client: Any = None, leftmost: bool = False) -> None:
         # kombu's own, but for a record it cannot decode: the fetch script records what Lua's
@@ -175,7 +247,14 @@ class QoS(kombu_redis.QoS):
                 self.channel._do_restore_message(m, ex, rk, pipe, leftmost)
 
         with self.channel.conn_or_acquire(client) as client:
-            client.transaction(restore_transaction, self.unacked_key)
+            try:
+                client.transaction(restore_transaction, self.unacked_key)
+            except redis.exceptions.ResponseError as exc:
+                # Out of memory, Redis cannot push it back: the record stays, and the sweep
+                # restores it after the visibility timeout, as after a crash.
+                if not _out_of_memory(exc):
+                    raise
+                log.warning("Redis is out of memory: message %s stays unacknowledged", tag)
         for raw in refused:
             _refuse("(unacked)", raw, "an unacknowledged record that is not kombu's")
 
@@ -193,8 +272,18 @@ class Channel(kombu_redis.Channel):
     fetch_backoff_max = 0.02
     #: Seconds between fetches while Redis refuses them (out of memory).
     fetch_refused_backoff = 1.0
+    #: Wake the idle fetch on Redis's word (CLIENT TRACKING) instead of polling.
+    fetch_wake = True
+    #: Seconds between the safety fetches of an idle channel Redis wakes.
+    fetch_idle_poll = 1.0
 
-    fetch_options = ("fetch_backoff_min", "fetch_backoff_max", "fetch_refused_backoff")
+    fetch_options = (
+        "fetch_backoff_min",
+        "fetch_backoff_max",
+        "fetch_refused_backoff",
+        "fetch_wake",
+        "fetch_idle_poll",
+    )
     from_transport_options = (  # type: ignore[assignment]
         *kombu_redis.Channel.from_transport_options,
         *fetch_options,
@@ -207,6 +296,24 @@ class Channel(kombu_redis.Channel):
     _fetch_after = 0.0
     #: Why Redis refused the last fetch (None while fetches succeed): logged once an episode.
     _refused: str | None = None
+    #: The timer of the current wait (cancelled when Redis wakes the fetch sooner).
+    _timer: Any = None
+
+    # The wake (see the module's docstring).
+    #: The connection invalidation messages come to, while it is up.
+    _wake_conn: Any = None
+    _wake_pool: Any = None
+    #: (fetch socket, wake socket) of the tracking Redis last accepted.
+    _tracking: tuple[Any, Any] | None = None
+    #: Why Redis refused tracking: the channel polls for good.
+    _wake_refused: str | None = None
+    #: Before this monotonic time the wake is not set up (an error Redis may get over).
+    _wake_retry_at = 0.0
+    #: Whether the fetch in flight was sent with tracking on (an empty reply then waits for
+    #: Redis's word), whether Redis spoke since it was sent, and when one last found nothing.
+    _fetch_armed = False
+    _woken = False
+    _empty_at = 0.0
 
     def _connparams(self, asynchronous: bool = False) -> Any:
         if self.connection.client is None:
@@ -271,26 +378,123 @@ class Channel(kombu_redis.Channel):
 
     def _wait(self, seconds: float) -> None:
         """Send no fetch for `seconds`; a timer makes sure the event loop wakes up then."""
+        self._cancel_wait()
         self._fetch_after = time.monotonic() + seconds
         loop = self._event_loop()
         if loop is not None:
-            loop.call_later(seconds, _wake)
+            self._timer = loop.call_later(seconds, _wake)
+
+    def _cancel_wait(self) -> None:
+        self._fetch_after = 0.0
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
 
     def _brpop_start(self, timeout: Any = None) -> None:
         # In place of kombu's BRPOP: the fetch script over the same lists, in the same order.
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:
             return
+        loop = self._event_loop()
         wait = self._fetch_after - time.monotonic()
         if wait > 0:
-            if self._event_loop() is not None:
-                return  # the timer _wait set wakes the loop, which calls this again
+            if loop is not None:
+                return  # a timer, or Redis's word, wakes the loop, which calls this again
             time.sleep(wait)
         args = self._fetch_args(tuple(queues))
         connection = self.client.connection
+        self._fetch_armed = loop is not None and self._track(connection)
+        self._woken = False
         self._in_poll = connection
         self._brpop_sent_at = kombu_redis.monotonic()  # type: ignore[assignment]
         connection.send_command("EVALSHA", self._fetch_script[1], *args[0], time.time(), *args[1])
+
+    # --- the wake (see the module's docstring) ---------------------------------------------
+
+    def _track(self, connection: Any) -> bool:
+        """Whether Redis tracks the keys `connection` reads, for the wake connection: asked
+        for once per pair of connections (a reconnect of either asks again)."""
+        if not self.fetch_wake or self._wake_refused is not None:
+            return False
+        wake = self._wake_conn
+        if (
+            wake is not None
+            and wake._sock is not None
+            and self._tracking == (connection._sock, wake._sock)
+        ):
+            return True
+        if time.monotonic() < self._wake_retry_at:
+            return False
+        try:
+            wake, wake_id = self._wake_connect()
+            connection.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", wake_id, "NOLOOP")
+            connection.read_response()
+        except self.ResponseError as exc:
+            self._drop_wake()
+            if wake_refusal(exc):
+                self._refuse_wake(str(exc))
+            else:  # some passing state of the server's: poll a while, then ask again
+                self._wake_retry_at = time.monotonic() + self.fetch_refused_backoff
+            return False
+        self._tracking = (connection._sock, wake._sock)
+        return True
+
+    def _wake_connect(self) -> tuple[Any, int]:
+        """The wake connection (a new one unless it is up) and its client id."""
+        self._drop_wake()
+        pool = self.async_pool
+        wake = pool.get_connection()
+        self._wake_conn, self._wake_pool = wake, pool
+        wake.send_command("CLIENT", "ID")
+        wake_id = int(wake.read_response())
+        # RESP2 needs the subscription to be sent invalidations; RESP3 sends them as pushes.
+        wake.send_command("SUBSCRIBE", INVALIDATE)
+        wake.read_response(push_request=True)
+        self.connection.cycle._register(self, _WakeLink(wake), WAKE)
+        return wake, wake_id
+
+    def _drop_wake(self) -> None:
+        """Close the wake connection, if any (kombu's poller forgets its registration)."""
+        wake, pool = self._wake_conn, self._wake_pool
+        self._wake_conn = self._wake_pool = self._tracking = None
+        if wake is not None:
+            wake.disconnect()
+            pool.release(wake)
+
+    def _refuse_wake(self, reason: str) -> None:
+        self._wake_refused = reason
+        self._drop_wake()
+        if reason not in _noted_refusals:
+            _noted_refusals.add(reason)
+            log.warning(
+                "Redis will not wake this worker when messages arrive (%s); idle, it looks "
+                "for them every %g s at most instead",
+                reason,
+                self.fetch_backoff_max,
+            )
+
+    def _wake_read(self) -> None:
+        """The wake connection is readable: Redis says a list changed (or it closed)."""
+        wake = self._wake_conn
+        try:
+            if wake is None:
+                raise redis.ConnectionError("the wake connection is closed")
+            wake.read_response(push_request=True)
+            while wake.can_read(timeout=0):
+                wake.read_response(push_request=True)
+        except self.connection_errors:
+            # Fetch at once: the next one sets the wake up again, or meets the error itself.
+            self._drop_wake()
+            self._cancel_wait()
+            return
+        self._woken = True
+        if self._in_poll or self._refused is not None:
+            return  # the empty reply in flight sees _woken; a refusal waits its turn
+        delay = wake_delay(time.monotonic(), self._empty_at, self.fetch_backoff_min)
+        if delay > 0:
+            self._wait(delay)
+        else:
+            self._cancel_wait()
 
     #: The last fetch's arguments: (queues, no_ack queues) -> (numkeys and KEYS, record flags).
     _fetch_cache: tuple[Any, tuple[list[Any], list[str]]] | None = None
@@ -315,6 +519,13 @@ class Channel(kombu_redis.Channel):
     def _brpop_read(self, **options: Any) -> bool:
         # kombu's own, for the fetch script's reply, and with the entry screened instead of a
         # bare loads().
+        if not self._in_poll:
+            # No fetch asked: a push of the server's on the idle connection (RESP3: one that
+            # says the wake connection is gone). Read it; the next fetch sets the wake up.
+            connection = self.client.connection
+            while connection.can_read(timeout=0):
+                connection.read_response(push_request=True)
+            raise Empty()
         try:
             try:
                 reply = self.client.parse_response(self.client.connection, "EVALSHA", **options)
@@ -329,10 +540,16 @@ class Channel(kombu_redis.Channel):
                 log.warning("Redis hands out messages again (it refused: %s)", self._refused)
                 self._refused = None
             if not reply:
-                self._backoff = min(
-                    self.fetch_backoff_max, max(self.fetch_backoff_min, 2 * self._backoff)
-                )
-                self._wait(self._backoff)
+                self._empty_at = time.monotonic()
+                if not self._fetch_armed:
+                    self._backoff = min(
+                        self.fetch_backoff_max, max(self.fetch_backoff_min, 2 * self._backoff)
+                    )
+                    self._wait(self._backoff)
+                elif self._woken:  # Redis spoke while this fetch was on its way
+                    self._wait(self.fetch_backoff_min)
+                else:
+                    self._wait(self.fetch_idle_poll)
                 raise Empty()
             self._backoff = 0.0
             key, item, recorded = reply
@@ -379,6 +596,11 @@ class Channel(kombu_redis.Channel):
             )
         self._refused = reason
         self._wait(self.fetch_refused_backoff)
+
+    def close(self) -> None:
+        self._cancel_wait()
+        self._drop_wake()
+        super().close()
 
     def _receive_one(self, c: Any) -> Any:
         # A fanout (pub/sub) message: kombu's own catches a JSON error, not a RecursionError.
@@ -427,10 +649,28 @@ class Channel(kombu_redis.Channel):
         return result
 
 
+class _Poller(kombu_redis.MultiChannelPoller):
+    """kombu's poller, and the channels' wake connections: read whenever they are readable
+    (kombu reads a channel's sockets only while it may consume; an unread socket would keep
+    the event loop spinning)."""
+
+    def on_readable(self, fileno: int) -> None:
+        chan_type = self._fd_to_chan.get(fileno)
+        if chan_type is not None and chan_type[1] == WAKE:
+            chan_type[0]._wake_read()
+            return
+        super().on_readable(fileno)
+
+
 class _FetchLoop:
-    """Keeps the event loop a connection is registered with, for the fetch's waits."""
+    """Keeps the event loop a connection is registered with, for the fetch's waits; polls
+    the channels' wake connections too."""
 
     cycle: Any
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cycle = _Poller()
 
     def register_with_event_loop(self, connection: Any, loop: Any) -> None:
         super().register_with_event_loop(connection, loop)  # type: ignore[misc]

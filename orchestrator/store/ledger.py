@@ -175,7 +175,9 @@ class LedgerStore(BacklogStore):
             self.replicated(put)
 
     def outbox_drop(self, task_id: str, pipe: Any = None) -> None:
-        target = pipe if pipe is not None else self.r.pipeline(transaction=True)
+        # Alone, not in MULTI: a full Redis (maxmemory) refuses every command queued in a
+        # MULTI, but never these two, which only free memory.
+        target = pipe if pipe is not None else self.r.pipeline(transaction=False)
         with self._translate():
             target.zrem(OUTBOX, task_id)
             target.hdel(OUTBOX_MSG, task_id)
@@ -215,7 +217,7 @@ class LedgerStore(BacklogStore):
         minute = int(now // 60)
         kinds = {"invalid": ("m",), "rate_limited": ("m", "rl"), "blocked": ("blk",)}[reason]
         with self._translate():
-            pipe = self.r.pipeline(transaction=False)
+            pipe = self.r.pipeline(transaction=True)  # all counted, or (Redis full) none
             pipe.hincrby(COUNTERS, "rejected", 1)
             if reason != "invalid":
                 pipe.hincrby(COUNTERS, reason, 1)

@@ -4,13 +4,16 @@ kombu BRPOPs a message and records it as unacknowledged in a second command: a R
 in between keeps the pop and loses the record, and the message is gone. Here the pop and the
 record are one Lua step, so a Redis crash at any instant leaves every popped message either
 in its list or restorable from `unacked`; a fetch refused for lack of memory takes nothing,
-and the worker waits it out instead of dying.
+and the worker waits it out instead of dying. Lua cannot block: an idle worker is woken by
+Redis (CLIENT TRACKING of the lists its empty fetch read) instead of polling, and polls
+where Redis refuses that.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import statistics
 import threading
 import time
 from collections import Counter
@@ -27,7 +30,15 @@ from orchestrator.client import OrchestratorClient
 from orchestrator.config import load_settings
 from orchestrator.routing.weights import to_broker_priority
 from orchestrator.runtime.celeryconf import BROKER_PRIORITY_STEPS, SUBMIT, create_app
-from orchestrator.runtime.transport import FETCH, TRANSPORT, Channel, captured_pushes
+from orchestrator.runtime.transport import (
+    FETCH,
+    INVALIDATE,
+    TRANSPORT,
+    Channel,
+    captured_pushes,
+    wake_delay,
+    wake_refusal,
+)
 from orchestrator.store.keys import KOMBU_UNACKED, KOMBU_UNACKED_INDEX, task_key
 from tests.chaos.cluster import chaos_env, worker_args
 from tests.support import RedisServer, wait_for
@@ -126,6 +137,69 @@ def test_restore_visible_brings_back_what_the_fetch_recorded(redis_url, redis_cl
     assert restored["headers"]["redelivered"] is True
 
 
+def test_an_empty_fetch_tracks_its_lists(redis_server, redis_url, redis_client):
+    """A fetch that finds nothing reads every list, so a connection that asked Redis to track
+    its keys is told (on its wake connection) of the next push to any of them, once; what it
+    pops itself (NOLOOP) tells it nothing."""
+    lists = fetch_keys("t.tracked")
+    keys = [KOMBU_UNACKED, KOMBU_UNACKED_INDEX, *lists]
+    args = [time.time(), *["1"] * len(lists)]
+    pool = redis.ConnectionPool.from_url(redis_url, protocol=2)
+    wake, fetcher = pool.get_connection(), pool.get_connection()
+    try:
+        wake.send_command("CLIENT", "ID")
+        wake_id = wake.read_response()
+        wake.send_command("SUBSCRIBE", INVALIDATE)
+        assert wake.read_response()[0] == b"subscribe"
+        fetcher.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", wake_id, "NOLOOP")
+        assert fetcher.read_response() == b"OK"
+        sha = redis_client.script_load(FETCH)
+
+        def fetch() -> Any:
+            fetcher.send_command("EVALSHA", sha, len(keys), *keys, *args)
+            return fetcher.read_response()
+
+        def said() -> list[Any]:
+            # What Redis sent before the answer to a PING: invalidations, in order.
+            wake.send_command("PING")
+            frames = []
+            while (frame := wake.read_response()) != [b"pong", b""]:
+                frames.append(frame)
+            return frames
+
+        def invalidated(key: str) -> list[Any]:
+            return [[b"message", INVALIDATE.encode(), [key.encode()]]]
+
+        assert fetch() is None
+        assert said() == []
+        redis_client.lpush(lists[7], "a")
+        assert said() == invalidated(lists[7])
+        redis_client.lpush(lists[7], "b")  # no longer tracked: said once
+        assert said() == []
+        assert fetch()[1] == b"a"
+        assert fetch()[1] == b"b"
+        assert said() == []  # its own pops: nothing
+        assert fetch() is None
+        redis_client.rpush(lists[0], "c")
+        assert said() == invalidated(lists[0])
+    finally:
+        pool.disconnect()
+
+
+def test_a_woken_fetch_waits_only_right_after_an_empty_one():
+    assert wake_delay(now=100.0, empty_at=90.0, least=0.002) == 0.0
+    assert wake_delay(now=100.0, empty_at=99.9995, least=0.002) == pytest.approx(0.0015)
+
+
+def test_only_a_lasting_refusal_turns_the_wake_off_for_good():
+    """No permission or no such command: poll for good. Anything else: ask again later."""
+    acl = "User u has no permissions to run the 'client|tracking' command"
+    assert wake_refusal(redis.exceptions.NoPermissionError(acl))
+    assert wake_refusal(redis.ResponseError("unknown subcommand 'TRACKING'. Try CLIENT HELP."))
+    assert wake_refusal(redis.ResponseError("unknown command 'CLIENT', with args beginning with"))
+    assert not wake_refusal(redis.ResponseError("MASTERDOWN Link with MASTER is down"))
+
+
 @pytest.fixture
 def kombu_connection(redis_url: str) -> Iterator[Connection]:
     conn = Connection(redis_url, transport=TRANSPORT)
@@ -188,6 +262,44 @@ def test_consumer_records_once_and_no_ack_records_nothing(kombu_connection, redi
     assert channel._backoff == channel.fetch_backoff_max
 
 
+def test_acks_and_rejects_while_redis_is_out_of_memory(kombu_connection, redis_client):
+    """kombu acknowledges and rejects in a MULTI, which Redis refuses as a whole while it is
+    out of memory (noeviction): the error reached Celery and stopped the worker
+    ("Unrecoverable error", seen when a task ended just as memory ran out). The deletions
+    alone are allowed: an ack or a reject removes the record and its index entry; a requeue,
+    which cannot push, leaves the message recorded as unacknowledged (restored later, as after
+    a crash). None of them raises."""
+    channel = kombu_connection.default_channel
+    queue = Queue("t.oom.ack", routing_key="t.oom.ack")
+    got: list[Message] = []
+    Consumer(channel, [queue], callbacks=[lambda body, message: got.append(message)]).consume()
+    with kombu_connection.Producer() as producer:
+        for body in ("ack", "reject", "requeue"):
+            producer.publish(body, routing_key="t.oom.ack", declare=[queue])
+
+    def step() -> bool:
+        with contextlib.suppress(TimeoutError):
+            kombu_connection.drain_events(timeout=0.05)
+        return len(got) == 3
+
+    wait_for(step, timeout=5, interval=0, message="the messages were not consumed")
+    acked, rejected, requeued = got
+    assert redis_client.hlen(KOMBU_UNACKED) == 3
+    try:
+        redis_client.config_set("maxmemory", 1)
+        acked.ack()
+        rejected.reject()
+        requeued.reject(requeue=True)
+    finally:
+        redis_client.config_set("maxmemory", 0)
+    assert redis_client.hkeys(KOMBU_UNACKED) == [requeued.delivery_tag]
+    assert redis_client.zrange(KOMBU_UNACKED_INDEX, 0, -1) == [requeued.delivery_tag]
+    assert redis_client.llen("t.oom.ack") == 0
+    channel.qos.restore_by_tag(requeued.delivery_tag)  # what the sweep does after the timeout
+    assert redis_client.llen("t.oom.ack") == 1
+    assert redis_client.hlen(KOMBU_UNACKED) == 0
+
+
 def test_worker_waits_out_an_out_of_memory_redis(
     start_control, start_agent, redis_url, redis_client, redis_server, tmp_path
 ):
@@ -223,6 +335,106 @@ def test_worker_waits_out_an_out_of_memory_redis(
     control.wait_for_log("Redis hands out messages again", timeout=5)
     assert control.alive and agent.alive
     assert "Unrecoverable error" not in control.log_text() + agent.log_text()
+
+
+# --- the idle wake ---------------------------------------------------------------------------
+
+#: Channel.fetch_idle_poll: an idle worker Redis does not wake fetches this often all the same.
+SAFETY_POLL_S = Channel.fetch_idle_poll
+NOT_WOKEN = "Redis will not wake this worker"
+
+
+def start_latencies(client: OrchestratorClient, path: Path, count: int) -> list[float]:
+    """Sends `count` stamp_start tasks 300 ms apart to an idle agent; seconds from each send
+    to its start (the handler's own clock reading, the same machine's). Task ids are named
+    after `path`, so each batch needs a path of its own."""
+    sent: dict[str, float] = {}
+    for n in range(count):
+        key = f"{path.name}-{n:03d}"
+        sent[key] = time.time()
+        client.submit("stamp_start", {"key": key, "path": str(path)}, task_id=key)
+        time.sleep(0.3)  # the pace of the measurement: the agent is idle at each send
+
+    def started() -> dict[str, str]:
+        lines = path.read_text().splitlines() if path.exists() else []
+        return dict(line.split() for line in lines)
+
+    wait_for(
+        lambda: len(started()) >= count,
+        timeout=30,
+        message=f"not every task started: {sorted(set(sent) - set(started()))} did not",
+    )
+    stamps = started()
+    assert sorted(stamps) == sorted(sent)
+    return [float(stamps[k]) - sent[k] for k in sent]
+
+
+def test_an_idle_worker_is_woken_by_a_push(start_agent, redis_url, redis_client, tmp_path):
+    """An idle agent starts each of 50 tasks sent 300 ms apart well within the safety poll
+    (median under a quarter of it: fetching only at the safety poll gives about half), and
+    while idle it fetches about once per safety poll, not every few milliseconds (each
+    empty fetch is one EXISTS in Redis's command statistics); so again after its wake
+    connection was killed."""
+    agent = start_agent("wake-a", "stamp_start")
+    stamps = tmp_path / "stamps"
+    with OrchestratorClient(settings=load_settings(redis_url=redis_url)) as client:
+        start_latencies(client, tmp_path / "warm-up", 1)
+        redis_client.config_resetstat()
+        start = time.monotonic()
+        wait_for(lambda: time.monotonic() - start > 3 * SAFETY_POLL_S, timeout=10, interval=0.1)
+        empty_fetches = redis_client.info("commandstats").get("cmdstat_exists", {}).get("calls", 0)
+        latencies = start_latencies(client, stamps, 50)
+        # Its wake connection dropped (killed here: the client its tracking redirects to):
+        # the worker sets up another one and is woken as before.
+        clients = redis_client.client_list()
+        redirects = {c["redir"] for c in clients if int(c["redir"]) > 0}
+        assert len(redirects) == 1, clients
+        redis_client.client_kill_filter(_id=redirects.pop())
+        again = start_latencies(client, tmp_path / "after-kill", 10)
+    median = statistics.median(latencies)
+    print(f"start latency median {median * 1e3:.1f} ms, {empty_fetches} empty fetches idle")
+    assert median < SAFETY_POLL_S / 4, sorted(latencies)
+    assert empty_fetches < 40  # about 3 (one a second); polling every 2-20 ms: about 150
+    assert statistics.median(again) < SAFETY_POLL_S / 4, sorted(again)
+    assert NOT_WOKEN not in agent.log_text()
+    assert agent.alive
+
+
+@pytest.fixture
+def untracked_user(redis_server: RedisServer, redis_client: redis.Redis) -> Iterator[str]:
+    """The URL of an ACL user that may do everything but ask Redis to track keys."""
+    redis_client.acl_setuser(
+        "untracked",
+        enabled=True,
+        passwords=["+untracked-pw"],
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all", "-client|tracking"],
+    )
+    try:
+        yield redis_server.url_as("untracked", "untracked-pw")
+    finally:
+        redis_client.acl_deluser("untracked")
+
+
+def test_a_worker_redis_will_not_wake_polls_and_delivers_everything(
+    start_agent, redis_url, redis_client, untracked_user, tmp_path
+):
+    """An agent whose ACL user may not use CLIENT TRACKING notes it once and polls instead:
+    every task sent to it still runs, exactly once."""
+    with (
+        redis.Redis.from_url(untracked_user) as probe,
+        pytest.raises(redis.exceptions.NoPermissionError),
+    ):
+        probe.execute_command("CLIENT", "TRACKING", "ON")
+    agent = start_agent("poll-a", "stamp_start", ORCH_REDIS_URL=untracked_user)
+    stamps = tmp_path / "stamps"
+    with OrchestratorClient(settings=load_settings(redis_url=redis_url)) as client:
+        latencies = start_latencies(client, stamps, 20)
+    print(f"start latency median {statistics.median(latencies) * 1e3:.1f} ms (polling)")
+    assert sorted(Counter(stamps.read_text().split()[::2]).values()) == [1] * 20
+    assert agent.log_text().count(NOT_WOKEN) == 1
+    assert agent.alive
 
 
 # --- Redis killed and restarted under load ------------------------------------------------

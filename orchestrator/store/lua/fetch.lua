@@ -14,6 +14,10 @@
 -- byte for byte; only the two strings are encoded here.
 -- The `#!lua` line makes Redis (7+) refuse the whole script while it is out of memory under
 -- noeviction, so a refused fetch has taken nothing.
+-- A fetch that finds every list empty reads them once more (EXISTS: a read, where RPOP is a
+-- write), so that a consumer tracking its keys (CLIENT TRACKING, on the connection that calls
+-- this) is told by Redis when one of them next changes, and fetches again then instead of
+-- polling. Without tracking the read only costs a count.
 local i = 3
 while i <= #KEYS do
   local item = redis.pcall('RPOP', KEYS[i])
@@ -42,5 +46,11 @@ while i <= #KEYS do
     return {KEYS[i], item, tag}
   end
   i = i + 1
+end
+i = 3
+while i <= #KEYS do
+  local last = math.min(i + 99, #KEYS)
+  redis.call('EXISTS', unpack(KEYS, i, last))
+  i = last + 1
 end
 return false
