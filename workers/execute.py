@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -43,18 +42,25 @@ log = logging.getLogger(__name__)
 #: How long a finished run keeps trying to record its outcome while Redis is away (a restart,
 #: a Sentinel failover): giving up means the message comes back and the handler runs again.
 SETTLE_PATIENCE_S = 30.0
+#: The same while Redis answers but is full (maxmemory, noeviction): it frees when an operator
+#: or expiring keys make room, and a success given up on would be acknowledged and stay
+#: `running` in the ledger for ever (Celery's own result write is refused too), so the run
+#: waits much longer for room than for a Redis to come back.
+FULL_PATIENCE_S = 600.0
 
 
 def _settle(task: Task, store: StateStore, *args: Any, **kwargs: Any) -> None:
-    """store.settle_run, tried again (0.1 s, doubling to 1 s) for up to SETTLE_PATIENCE_S;
-    then the tasks the freed slot took from the backlog are published to this agent's queue."""
-    deadline, delay = time.monotonic() + SETTLE_PATIENCE_S, 0.1
+    """store.settle_run, tried again (0.1 s, doubling to 1 s) for up to SETTLE_PATIENCE_S
+    (FULL_PATIENCE_S while Redis is full); then the tasks the freed slot took from the backlog
+    are published to this agent's queue."""
+    started, delay = time.monotonic(), 0.1
     while True:
         try:
             _done, fills = store.settle_run(*args, **kwargs)
             break
-        except (StoreUnavailable, OperationalError):
-            if time.monotonic() + delay > deadline:
+        except (StoreUnavailable, OperationalError) as exc:
+            patience = FULL_PATIENCE_S if "maxmemory" in str(exc) else SETTLE_PATIENCE_S
+            if time.monotonic() + delay > started + patience:
                 raise
             time.sleep(delay)
             delay = min(1.0, delay * 2)
@@ -94,38 +100,8 @@ def _hand_to_recovery(
     _publish_fills(task, store.fill(agent_id, now))
 
 
-@dataclass(frozen=True)
-class _Success:
-    latency_ms: float
-    encoded: str  # the return value as JSON, kept in the ledger
-    counts: dict[str, int]  # its telemetry
-
-
 class ExecuteTask(Task):
-    """Records a success in the ledger after Celery stored the result (see _execute)."""
-
-    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
-        done = getattr(self.request, "orchestrator_success", None)
-        if not isinstance(done, _Success):
-            return  # a copy that ran nothing (already ended): nothing to record
-        settings, store = settings_of(self.app), store_of(self.app)
-        try:
-            _settle(
-                self,
-                store,
-                task_id,
-                current_agent_id(),
-                TaskState.SUCCEEDED,
-                now_s(),
-                done.latency_ms,
-                str(kwargs.get("type", "")),
-                done.counts,
-                circuit_cfg=settings.circuit_config() if settings.circuit_breaker_enabled else None,
-                result=done.encoded,
-            )
-        except (StoreUnavailable, OperationalError) as exc:
-            # The result is stored; the ledger catches up if the task is delivered again.
-            log.warning("task %s succeeded but the ledger could not record it: %s", task_id, exc)
+    """The task class of `orchestrator.execute` (its outcome is recorded by _execute)."""
 
 
 @app.task(name="orchestrator.execute", bind=True, base=ExecuteTask, throws=(PermanentError,))
@@ -254,9 +230,23 @@ def _execute(
         except redis.RedisError as count_exc:  # telemetry never fails a task
             log.warning("telemetry of task %s not recorded: %s", task_id, count_exc)
         raise Ignore() from exc
-    # The ledger records the success in on_success, once Celery has stored the result: an
-    # agent killed in between leaves the task `running`, to be run again, never `succeeded`
-    # with no result for AsyncResult.get() to find.
+    # The ledger records the success (with the result) before Celery stores the result: an
+    # agent killed in between leaves the message unacknowledged, and its next delivery finds
+    # the task ended and hands Celery the ledger's result. A Redis that is full or away
+    # makes _settle wait (then the message is left unacknowledged): a success is never
+    # acknowledged unrecorded, to stay `running` for ever.
     latency = (time.perf_counter() - started) * 1000
-    task.request.orchestrator_success = _Success(latency, encoded, counts("ok", latency))
+    _settle(
+        task,
+        store,
+        task_id,
+        agent_id,
+        TaskState.SUCCEEDED,
+        now_s(),
+        latency,
+        type,
+        counts("ok", latency),
+        circuit_cfg=circuit,
+        result=encoded,
+    )
     return result

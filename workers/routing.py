@@ -18,8 +18,8 @@ from orchestrator.errors import (
 )
 from orchestrator.models import TASK_ID_RE
 from orchestrator.routing.router import Outcome, Preparer, Router
-from orchestrator.runtime.gate import HELD_ETA
 from orchestrator.runtime.celeryconf import execute_preparer, execute_publisher
+from orchestrator.runtime.gate import HELD_ETA
 from orchestrator.store import now_s
 from workers._context import settings_of, store_of
 
