@@ -141,12 +141,9 @@ class Healer:
             if outcome.status == "routed":
                 return
         # The planned agent vanished meanwhile: route anywhere but the agents that failed it.
+        failed = self.store.failed_agents(plan.task_id)
         self.router.reroute(
-            plan.task_id,
-            now,
-            fleet,
-            exclude=self.store.failed_agents(plan.task_id),
-            tier=plan.tier.value,
+            plan.task_id, now, fleet, exclude=failed, avoid=failed, tier=plan.tier.value
         )
 
     def escalate(self, task_id: str, reason: str, now: float) -> None:

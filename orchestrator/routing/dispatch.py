@@ -98,13 +98,14 @@ class Dispatching:
         source: str = "new",
         expect_dispatch: int | None = None,
         exclude: Collection[str] = (),
+        avoid: Collection[str] = (),
         **history: Any,
     ) -> Outcome:
-        """Put the task in the backlog (no agent in `exclude` takes it from there), then let
-        any agent free now take from it."""
+        """Put the task in the backlog (no agent in `avoid`, those it failed on, takes it
+        from there), then let any agent free now but those in `exclude` take from it."""
         assert task.task_id is not None
         if parked:
-            done = self.store.park(task, now, source=source, avoid=exclude)
+            done = self.store.park(task, now, source=source, avoid=avoid)
         else:
             done = self.store.enqueue(
                 task,
@@ -112,7 +113,7 @@ class Dispatching:
                 source=source,
                 expect_dispatch=expect_dispatch,
                 front=source != "new",
-                avoid=exclude,
+                avoid=avoid,
                 **history,
             )
             if done:

@@ -414,6 +414,7 @@ class Router(Dispatching):
         exclude: Collection[str] = (),
         expect_dispatch: int | None = None,
         source: str = "new",
+        avoid: Collection[str] = (),
         **history: Any,
     ) -> Outcome:
         """Hand the task to an agent with a free slot, or put it in the backlog: `queued`
@@ -441,7 +442,9 @@ class Router(Dispatching):
                     return outcome
         else:
             view = self.view(task, fleet, now, exclude)
-        return self.hold(task, now, not view.eligible, source, expect_dispatch, exclude, **history)
+        return self.hold(
+            task, now, not view.eligible, source, expect_dispatch, exclude, avoid, **history
+        )
 
     def reroute(
         self,
@@ -451,12 +454,14 @@ class Router(Dispatching):
         exclude: Collection[str] = (),
         expect_dispatch: int | None = None,
         source: str = "move",
+        avoid: Collection[str] = (),
         **history: Any,
     ) -> Outcome:
-        """Route an accepted task again (same id, new dispatch), away from `exclude`; with
-        `expect_dispatch`, only if it is still `routed` under that dispatch."""
+        """Route an accepted task again (same id, new dispatch), away from `exclude` now and
+        from `avoid` (the agents it failed on) in the backlog too; with `expect_dispatch`,
+        only if it is still `routed` under that dispatch."""
         try:
             task = self.store.load_spec(task_id)
         except UnknownTask:
             return Outcome(task_id, "ended")
-        return self.route(task, now, fleet, exclude, expect_dispatch, source, **history)
+        return self.route(task, now, fleet, exclude, expect_dispatch, source, avoid, **history)

@@ -681,9 +681,20 @@ class Transport(_FetchLoop, kombu_redis.Transport):
     Channel = Channel
 
 
-class SentinelChannel(Channel, kombu_redis.SentinelChannel):  # type: ignore[misc]
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
     """The channel above over kombu's Sentinel channel: its pool is the master's, as the
     sentinels name it whenever a connection is made (so a failover is a reconnect)."""
+
+    # Both parents' options: the fetch's (Channel) and the sentinels' (master_name, ...),
+    # which the first parent's tuple alone would hide.
+    from_transport_options = (  # type: ignore[assignment]
+        *Channel.from_transport_options,
+        *(
+            name
+            for name in kombu_redis.SentinelChannel.from_transport_options
+            if name not in Channel.from_transport_options
+        ),
+    )
 
 
 class SentinelTransport(_FetchLoop, kombu_redis.SentinelTransport):
