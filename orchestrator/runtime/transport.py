@@ -56,207 +56,59 @@ connection disconnects, QoS.append's record): kombu >= 5.4, < 6 (read in 5.7).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
-from pathlib import Path
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 import redis
-from kombu.transport import TRANSPORT_ALIASES, virtual
+from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import Empty
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
-from orchestrator.security.screen import check_envelope, excerpt
+from orchestrator.runtime.fetch import (
+    FETCH,
+    FETCH_SHA,
+    INVALIDATE,
+    WAKE,
+    QoS,
+    _load_fetch,
+    _noted_refusals,
+    _wake,
+    _WakeLink,
+    wake_delay,
+    wake_refusal,
+)
+from orchestrator.runtime.screening import (
+    Gate,
+    LoggingGate,
+    Push,
+    captured,
+    captured_pushes,
+    gate,
+    install_gate,
+    refuse,
+)
+from orchestrator.security.screen import check_envelope
+
+__all__ = [  # the broker edge's names, some kept in runtime/screening.py
+    "SENTINEL_TRANSPORT",
+    "TRANSPORT",
+    "Channel",
+    "Gate",
+    "LoggingGate",
+    "Push",
+    "SentinelTransport",
+    "Transport",
+    "captured_pushes",
+    "install_gate",
+    "wake_delay",
+    "wake_refusal",
+]
 
 log = logging.getLogger(__name__)
-
-Push = tuple[str, str]  # (Redis list key, payload)
-_captured: ContextVar[list[Push] | None] = ContextVar("orchestrator_captured", default=None)
-
-#: The atomic fetch (beside the state store's scripts, read here: the transport is the broker
-#: edge and imports nothing of the store).
-FETCH = (Path(__file__).parent.parent / "store" / "lua" / "fetch.lua").read_text(encoding="utf-8")
-FETCH_SHA = hashlib.sha1(FETCH.encode()).hexdigest()
-
-
-class Gate(Protocol):
-    """What a consuming process lets through, and what it does with what it refuses."""
-
-    #: Entries longer than this are refused before they are decoded (None: no limit).
-    max_entry_bytes: int | None
-
-    def screen(self, queue: str, message: Any) -> str | None:
-        """None to deliver the kombu message, else the reason to refuse it."""
-
-    def refuse(self, queue: str, raw: bytes, reason: str, task_id: str | None = None) -> None:
-        """Keep (or report) a refused entry; `task_id` is the id header of a refused task
-        message, so its sender can be told. Must not raise."""
-
-
-class LoggingGate:
-    """The gate of a process that installed none: envelopes are checked, refusals logged."""
-
-    max_entry_bytes: int | None = None
-
-    def screen(self, queue: str, message: Any) -> str | None:
-        return None
-
-    def refuse(self, queue: str, raw: bytes, reason: str, task_id: str | None = None) -> None:
-        log.error("refused an entry of queue %s (%s): %s", queue, reason, excerpt(raw))
-
-
-_gate: Gate = LoggingGate()
-
-
-def install_gate(gate: Gate) -> None:
-    """Screen every message this process consumes through `gate` (one per process)."""
-    global _gate
-    _gate = gate
-
-
-def _refuse(queue: str, raw: bytes, reason: str, task_id: str | None = None) -> None:
-    try:
-        _gate.refuse(queue, raw, reason, task_id)
-    except Exception as exc:  # keeping it failed: report it, never stop consuming
-        log.error("refused an entry of queue %s (%s) and could not keep it: %s", queue, reason, exc)
-
-
-def _out_of_memory(exc: Exception) -> bool:
-    """Whether Redis refused a command for lack of memory (maxmemory under noeviction)."""
-    return "maxmemory" in str(exc) or str(exc).startswith("OOM")
-
-
-def _wake() -> None:
-    """A timer's callback: waking the event loop is all it is for."""
-
-
-#: The poller registration of a channel's wake connection (beside kombu's BRPOP and LISTEN).
-WAKE = "WAKE"
-#: Where Redis sends the invalidation messages of tracked keys (RESP2 subscribers).
-INVALIDATE = "__redis__:invalidate"
-#: Reasons Redis refused tracking that were already noted in this process's log.
-_noted_refusals: set[str] = set()
-
-
-class _WakeLink:
-    """The `client` of a WAKE registration: kombu's poller reads `client.connection`, and
-    forgets the registration when that connection disconnects."""
-
-    def __init__(self, connection: Any) -> None:
-        self.connection = connection
-
-
-def wake_refusal(exc: Exception) -> bool:
-    """Whether an error reply to setting the wake up will not change while this server runs:
-    no permission (ACL) or a command it does not know (before Redis 6, renamed, a proxy)."""
-    text = str(exc).lower()
-    return isinstance(exc, redis.exceptions.NoPermissionError) or "unknown" in text
-
-
-def wake_delay(now: float, empty_at: float, least: float) -> float:
-    """Seconds a fetch woken by Redis at `now` waits: none, unless the last fetch found
-    nothing less than `least` seconds ago (then the rest of that)."""
-    return max(0.0, empty_at + least - now)
-
-
-def _load_fetch(client: Any) -> tuple[str, str]:
-    """Load the fetch script into Redis: the `#!lua` form, or on a Redis that has no script
-    flags (before 7) the legacy form, which runs even out of memory (it then records
-    beyond maxmemory, by about the size of the entry it takes)."""
-    try:
-        return FETCH, client.script_load(FETCH)
-    except redis.exceptions.ResponseError as exc:
-        if "OOM" in str(exc) or not FETCH.startswith("#!"):
-            raise
-    legacy = FETCH.split("\n", 1)[1]
-    return legacy, client.script_load(legacy)
-
-
-@contextmanager
-def captured_pushes() -> Iterator[list[Push]]:
-    """Collect the pushes of the messages published in this block instead of making them."""
-    pushes: list[Push] = []
-    token = _captured.set(pushes)
-    try:
-        yield pushes
-    finally:
-        _captured.reset(token)
-
-
-class QoS(kombu_redis.QoS):
-    """kombu's QoS, but a message the fetch script already recorded is not recorded again, a
-    record that is no kombu record is dropped instead of stopping every restore, and acks,
-    rejects and requeues stop no worker while Redis is out of memory."""
-
-    def append(self, message: Any, delivery_tag: Any) -> None:
-        channel = self.channel
-        if delivery_tag is not None and delivery_tag == channel._recorded_tag:
-            channel._recorded_tag = None
-            virtual.QoS.append(self, message, delivery_tag)  # the in-memory part only
-            return
-        super().append(message, delivery_tag)
-
-    def ack(self, delivery_tag: Any) -> None:
-        self._forget(delivery_tag)
-        virtual.QoS.ack(self, delivery_tag)
-
-    def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
-        if requeue:
-            self.restore_by_tag(delivery_tag, leftmost=True)
-        else:
-            self._forget(delivery_tag)
-        virtual.QoS.ack(self, delivery_tag)
-
-    def _forget(self, delivery_tag: Any) -> None:
-        """Delete the record of a message and its index entry. kombu does it in a MULTI,
-        which Redis refuses as a whole while it is out of memory (noeviction), and the error
-        stops the worker; the deletions alone are allowed: the record first, so a crash in
-        between leaves only an index entry, which the next restore sweep drops."""
-        try:
-            self._remove_from_indices(delivery_tag).execute()
-        except redis.exceptions.ResponseError as exc:
-            if not _out_of_memory(exc):
-                raise
-            with self.channel.conn_or_acquire() as client:
-                pipe = client.pipeline(transaction=False)
-                pipe.hdel(self.unacked_key, delivery_tag).zrem(self.unacked_index_key, delivery_tag)
-                pipe.execute()
-
-    def restore_by_tag(self, tag: Any, client: Any = None, leftmost: bool = False) -> None:
-        # kombu's own, but for a record it cannot decode: the fetch script records what Lua's
-        # JSON decoder reads (which takes a few forms Python's refuses); kombu's restore would
-        # raise on it at every sweep, before restoring the records after it.
-        refused: list[bytes] = []
-
-        def restore_transaction(pipe: Any) -> None:
-            p = pipe.hget(self.unacked_key, tag)
-            pipe.multi()
-            self._remove_from_indices(tag, pipe)
-            if p:
-                try:
-                    m, ex, rk = loads(bytes_to_str(p))
-                except (ValueError, TypeError, RecursionError):
-                    refused.append(p if isinstance(p, bytes) else str(p).encode())
-                    return
-                self.channel._do_restore_message(m, ex, rk, pipe, leftmost)
-
-        with self.channel.conn_or_acquire(client) as client:
-            try:
-                client.transaction(restore_transaction, self.unacked_key)
-            except redis.exceptions.ResponseError as exc:
-                # Out of memory, Redis cannot push it back: the record stays, and the sweep
-                # restores it after the visibility timeout, as after a crash.
-                if not _out_of_memory(exc):
-                    raise
-                log.warning("Redis is out of memory: message %s stays unacknowledged", tag)
-        for raw in refused:
-            _refuse("(unacked)", raw, "an unacknowledged record that is not kombu's")
 
 
 class Channel(kombu_redis.Channel):
@@ -332,7 +184,7 @@ class Channel(kombu_redis.Channel):
         return client
 
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
-        pushes = _captured.get()
+        pushes = captured()
         if pushes is None or kwargs.get("_publish_batch") is not None:
             return super()._put(queue, message, **kwargs)
         if self._expires and queue in self._expires:
@@ -349,18 +201,18 @@ class Channel(kombu_redis.Channel):
     def _admit_entry(self, queue: str, item: bytes | str) -> Any:
         """The decoded envelope of a popped entry, or None when it was refused."""
         raw = item if isinstance(item, bytes) else item.encode("utf-8", "surrogateescape")
-        limit = _gate.max_entry_bytes
+        limit = gate().max_entry_bytes
         if limit is not None and len(raw) > limit:
-            _refuse(queue, raw, f"entry of {len(raw)} bytes exceeds the limit of {limit}")
+            refuse(queue, raw, f"entry of {len(raw)} bytes exceeds the limit of {limit}")
             return None
         try:
             payload = loads(bytes_to_str(item))
         except (ValueError, TypeError, RecursionError) as exc:  # (UnicodeDecodeError is one)
-            _refuse(queue, raw, f"not JSON ({type(exc).__name__}: {exc})")
+            refuse(queue, raw, f"not JSON ({type(exc).__name__}: {exc})")
             return None
         reason = check_envelope(payload)
         if reason is not None:
-            _refuse(queue, raw, reason)
+            refuse(queue, raw, reason)
             return None
         self._checked = payload
         return payload
@@ -607,7 +459,7 @@ class Channel(kombu_redis.Channel):
         try:
             return super()._receive_one(c)
         except RecursionError:
-            _refuse("(fanout)", b"", "a fanout message nested past the recursion limit")
+            refuse("(fanout)", b"", "a fanout message nested past the recursion limit")
             raise Empty() from None
 
     def basic_consume(
@@ -615,7 +467,7 @@ class Channel(kombu_redis.Channel):
     ) -> Any:
         def screened(message: Any) -> Any:
             try:
-                reason = _gate.screen(queue, message)
+                reason = gate().screen(queue, message)
             except Exception as exc:
                 reason = f"could not be screened ({type(exc).__name__}: {exc})"
             if reason is None:
@@ -625,7 +477,7 @@ class Channel(kombu_redis.Channel):
             headers = message.headers if isinstance(message.headers, dict) else {}
             task_id = headers.get("id")
             raw = dumps(message._raw).encode()
-            _refuse(queue, raw, reason, task_id if isinstance(task_id, str) else None)
+            refuse(queue, raw, reason, task_id if isinstance(task_id, str) else None)
             return None
 
         if no_ack:
@@ -640,7 +492,7 @@ class Channel(kombu_redis.Channel):
             if payload is not self._checked:
                 reason = check_envelope(payload)
                 if reason is not None:
-                    _refuse(queue, dumps(payload).encode(), reason)
+                    refuse(queue, dumps(payload).encode(), reason)
                     return None
             self._checked = None
             return deliver(payload)
