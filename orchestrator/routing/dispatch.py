@@ -116,8 +116,6 @@ class Dispatching:
                 avoid=avoid,
                 **history,
             )
-            if done:
-                self.store.outbox_drop(task.task_id)
         if not done:
             return Outcome(task.task_id, "ended")
         self.pump(task, now, exclude=exclude)
@@ -236,5 +234,4 @@ class Dispatching:
         assert task.task_id is not None
         if not self.store.defer(task.task_id, due, now, prefer, **history):
             return Outcome(task.task_id, "ended")
-        self.store.outbox_drop(task.task_id)
         return Outcome(task.task_id, "deferred", prefer)

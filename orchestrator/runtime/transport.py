@@ -168,7 +168,7 @@ class Channel(kombu_redis.Channel):
     _empty_at = 0.0
 
     def _connparams(self, asynchronous: bool = False) -> Any:
-        if self.connection.client is None:
+        if self.connection is None or self.connection.client is None:
             raise redis.ConnectionError("the broker connection was already released")
         return super()._connparams(asynchronous=asynchronous)
 

@@ -351,6 +351,8 @@ def lua_header() -> str:
         "CK_WAITING": CK_WAITING,
         "CK_LIMITS": CK_LIMITS,
         "DEFERRED": DEFERRED,
+        "OUTBOX": OUTBOX,
+        "OUTBOX_MSG": OUTBOX_MSG,
         "EVENTS_WANT": EVENTS_WANT,
     }
     items = ", ".join(f"{name} = {json.dumps(value)}" for name, value in names.items())

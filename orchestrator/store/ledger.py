@@ -364,19 +364,17 @@ class LedgerStore(BacklogStore):
         avoid: Collection[str] = (),
     ) -> bool:
         """Put a task no capable agent exists for into the backlog as `parked` (its wait is
-        bounded by ORCH_PENDING_TIMEOUT_S), announced as `task.parked`."""
+        bounded by ORCH_PENDING_TIMEOUT_S), announced as `task.parked`; it leaves the outbox
+        in the same step."""
         assert task.task_id is not None
         event = {
             "task_id": task.task_id,
             "type": task.type,
             "required_capabilities": task.required_capabilities,
         }
-        if not self.enqueue(
+        return self.enqueue(
             task, now, parked=True, source=source, event=("task.parked", event), avoid=avoid
-        ):
-            return False
-        self.outbox_drop(task.task_id)
-        return True
+        )
 
     def parked(self, limit: int = 1000) -> list[tuple[str, float]]:
         with self._translate():

@@ -468,6 +468,10 @@ def test_no_fetched_message_is_lost_when_redis_is_killed(aof_redis, celery_procs
     agent = celery_procs(
         worker_args("af-a", 3), {**agent_env, "ORCH_HANDLERS": "tests.handlers"}, name="af-a"
     )
+    # Beat, as every deployment runs it: its recovery monitor routes again a task whose
+    # message a kill lost after the dispatch was recorded, and its dispatch sweep fills free
+    # slots from the backlog.
+    celery_procs(["beat", "-l", "info", "-s", str(tmp_path / "beat-schedule")], env, name="beat")
     control.wait_for_log("ready.", timeout=60)
     agent.wait_for_log("ready.", timeout=60)
 
@@ -537,7 +541,7 @@ def test_no_fetched_message_is_lost_when_redis_is_killed(aof_redis, celery_procs
 
         wait_for(
             settled,
-            timeout=40,
+            timeout=60,
             interval=0.5,
             ignore=(redis.ConnectionError,),
             message="acknowledged submissions did not all succeed",

@@ -239,9 +239,11 @@ def test_a_concurrency_key_limits_the_fleet_and_survives_a_killed_agent(
     assert {r["key"] for r in plain_rows} == {r.id for r in plain}
     assert max_overlap(keyed_rows) <= 2
     # The unkeyed tasks ran alongside, not after, the 40 keyed ones (which take 6 s at 2 at a
-    # time): they were all done before half of the keyed ones had started.
+    # time): four in five were done before half of the keyed ones had started (the few the
+    # killed agent held wait for recovery: ORCH_AGENT_TIMEOUT_S).
     keyed_starts = sorted(r["start"] for r in keyed_rows)
-    assert max(r["end"] for r in plain_rows) < keyed_starts[len(keyed_starts) // 2]
+    plain_ends = sorted(r["end"] for r in plain_rows)
+    assert plain_ends[int(len(plain_ends) * 0.8)] < keyed_starts[len(keyed_starts) // 2]
     assert redis_client.scard("orch:ck:h:db") == 0
 
 

@@ -14,5 +14,7 @@ redis.call('HSET', l, 'state', 'queued', 'due', ARGV[2], 'queued_at', ARGV[3])
 if ARGV[5] ~= '' then redis.call('HSET', l, 'prefer', ARGV[5]) end
 redis.call('HDEL', l, 'pid')
 redis.call('ZADD', K.DEFERRED, ARGV[2], id)
+redis.call('ZREM', K.OUTBOX, id)
+redis.call('HDEL', K.OUTBOX_MSG, id)
 redis.call('RPUSH', history(id), ARGV[4])
 return {1, prev}

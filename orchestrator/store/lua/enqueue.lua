@@ -26,6 +26,10 @@ bl_remove(id, l)  -- a restored task that was waiting: out of where it waited, t
 if prev == 'routed' or prev == 'running' then redis.call('HINCRBY', l, 'dispatch', 1) end
 redis.call('HDEL', l, 'pid', 'due')
 redis.call('ZREM', K.DEFERRED, id)
+-- In the backlog it is safe: a submission kept in the client's outbox leaves it in this same
+-- step (apart, a failover could keep the one and lose the other).
+redis.call('ZREM', K.OUTBOX, id)
+redis.call('HDEL', K.OUTBOX_MSG, id)
 enqueue(cx, id, state, ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[16] == '1',
         ARGV[20], restoring)
 if restoring then return {1, prev} end  -- back where it waited, as it was
