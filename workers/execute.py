@@ -13,11 +13,13 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 from celery import Task
 from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded
+from celery.signals import task_internal_error
 from kombu.exceptions import OperationalError
 
 from orchestrator.app import app
@@ -27,7 +29,7 @@ from orchestrator.models import CircuitBreakerConfig, RegisteredAgent, TaskState
 from orchestrator.monitoring.stats import run_fields
 from orchestrator.recovery.plan import ErrorKind
 from orchestrator.runtime.agent import RunningMarker, current_agent_id, pid_alive
-from orchestrator.runtime.celeryconf import agent_queue, execute_publisher
+from orchestrator.runtime.celeryconf import EXECUTE, agent_queue, execute_publisher
 from orchestrator.runtime.handlers import get_handler
 from orchestrator.runtime.metrics import note_run
 from orchestrator.store import Dispatched, StateStore, now_s
@@ -100,8 +102,78 @@ def _hand_to_recovery(
     _publish_fills(task, store.fill(agent_id, now))
 
 
+@dataclass(frozen=True)
+class _Success:
+    latency_ms: float
+    encoded: str  # the return value as JSON, kept in the ledger
+    counts: dict[str, int]  # its telemetry
+    type: str
+
+
+#: Successes of this process whose result Celery has not stored yet (see ExecuteTask).
+_unstored: dict[str, _Success] = {}
+
+
+def _record_success(task: Task, task_id: str, done: _Success) -> None:
+    settings, store = settings_of(task.app), store_of(task.app)
+    _settle(
+        task,
+        store,
+        task_id,
+        current_agent_id(),
+        TaskState.SUCCEEDED,
+        now_s(),
+        done.latency_ms,
+        done.type,
+        done.counts,
+        circuit_cfg=settings.circuit_config() if settings.circuit_breaker_enabled else None,
+        result=done.encoded,
+    )
+
+
 class ExecuteTask(Task):
-    """The task class of `orchestrator.execute` (its outcome is recorded by _execute)."""
+    """Records a success in the ledger after Celery stored the result (see _execute).
+
+    A success the ledger cannot record (Redis away or full beyond _settle's patience) is
+    not acknowledged: the message is requeued, and comes back. When Redis is full as Celery
+    stores the result (its write refused), the worker's internal-error path would acknowledge
+    the message with the task `running` for ever: `_store_when_room` waits for room instead,
+    then stores the result and records the success."""
+
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+        done = _unstored.pop(task_id, None)
+        if done is None:
+            return  # a copy that ran nothing (already ended): nothing to record
+        try:
+            _record_success(self, task_id, done)
+        except (StoreUnavailable, OperationalError) as exc:
+            raise Reject(f"the ledger could not record the success: {exc}", requeue=True) from exc
+
+
+@task_internal_error.connect
+def _store_when_room(
+    sender: Any = None, task_id: str | None = None, exception: Any = None, **_: Any
+) -> None:
+    if getattr(sender, "name", None) != EXECUTE or task_id is None:
+        return
+    done = _unstored.pop(task_id, None)
+    if done is None or "maxmemory" not in str(exception):
+        return
+    started, delay = time.monotonic(), 0.1
+    while True:
+        try:
+            sender.backend.mark_as_done(task_id, json.loads(done.encoded))
+            break
+        except redis.RedisError as exc:
+            if time.monotonic() + delay > started + FULL_PATIENCE_S:
+                log.error("task %s: its result could not be stored: %s", task_id, exc)
+                return
+            time.sleep(delay)
+            delay = min(1.0, delay * 2)
+    try:
+        _record_success(sender, task_id, done)
+    except (StoreUnavailable, OperationalError) as exc:
+        log.error("task %s succeeded but the ledger could not record it: %s", task_id, exc)
 
 
 @app.task(name="orchestrator.execute", bind=True, base=ExecuteTask, throws=(PermanentError,))
@@ -230,23 +302,11 @@ def _execute(
         except redis.RedisError as count_exc:  # telemetry never fails a task
             log.warning("telemetry of task %s not recorded: %s", task_id, count_exc)
         raise Ignore() from exc
-    # The ledger records the success (with the result) before Celery stores the result: an
-    # agent killed in between leaves the message unacknowledged, and its next delivery finds
-    # the task ended and hands Celery the ledger's result. A Redis that is full or away
-    # makes _settle wait (then the message is left unacknowledged): a success is never
-    # acknowledged unrecorded, to stay `running` for ever.
+    # The ledger records the success in on_success, once Celery has stored the result (off
+    # the round trip a client waits on): an agent killed in between leaves the task `running`,
+    # to be run again, never `succeeded` with no result for AsyncResult.get() to find.
     latency = (time.perf_counter() - started) * 1000
-    _settle(
-        task,
-        store,
-        task_id,
-        agent_id,
-        TaskState.SUCCEEDED,
-        now_s(),
-        latency,
-        type,
-        counts("ok", latency),
-        circuit_cfg=circuit,
-        result=encoded,
-    )
+    if len(_unstored) > 1000:  # left by results Celery failed to encode: never to be stored
+        _unstored.clear()
+    _unstored[task_id] = _Success(latency, encoded, counts("ok", latency), type)
     return result
