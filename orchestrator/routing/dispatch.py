@@ -64,7 +64,7 @@ class Dispatching:
             now: float,
             countdown: float = 0.0,
             expect_dispatch: int | None = None,
-            lost: bool = False,
+            lost_from: str | None = None,
             **history: Any,
         ) -> Outcome: ...
 
@@ -114,6 +114,7 @@ class Dispatching:
                 expect_dispatch=expect_dispatch,
                 front=source != "new",
                 avoid=avoid,
+                from_agent=history.get("moved_from") if source == "lost" else None,
                 **history,
             )
         if not done:

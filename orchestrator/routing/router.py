@@ -377,7 +377,7 @@ class Router(Dispatching):
         now: float,
         countdown: float = 0.0,
         expect_dispatch: int | None = None,
-        lost: bool = False,
+        lost_from: str | None = None,
         **history: Any,
     ) -> Outcome:
         """Record the assignment (a new dispatch number) and publish: routed; `full` when the
@@ -394,7 +394,7 @@ class Router(Dispatching):
             drop_outbox=not self.keep_outbox,
             expect_dispatch=expect_dispatch,
             slots=self.slots_of(agent),
-            lost=lost,
+            lost_from=lost_from,
             **history,
         )
         if dispatch < 0:
@@ -435,7 +435,7 @@ class Router(Dispatching):
                     chosen,
                     now,
                     expect_dispatch=expect_dispatch,
-                    lost=source == "lost",
+                    lost_from=history.get("moved_from") if source == "lost" else None,
                     **history,
                 )
                 if outcome.status != "full":
@@ -444,7 +444,7 @@ class Router(Dispatching):
             view = self.view(task, fleet, now, exclude)
         return self.hold(
             task, now, not view.eligible, source, expect_dispatch, exclude, avoid, **history
-        )
+        )  # (hold passes `moved_from` on: a lost agent's running task moves only off it)
 
     def reroute(
         self,

@@ -117,9 +117,11 @@ class BacklogStore(StoreBase):
         front: bool = False,
         event: tuple[str, dict[str, Any]] | None = None,
         avoid: Collection[str] = (),
+        from_agent: str | None = None,
         **history: Any,
     ) -> bool:
-        """Put the task in the backlog (scripts.ENQUEUE); `source`: new, move (off a live
+        """Put the task in the backlog (scripts.ENQUEUE); a `running` task (source lost) only
+        while it still runs on `from_agent`, the agent found gone; `source`: new, move (off a live
         agent), lost (off a lost agent: a running task too), due (a deferred task), restore.
         No agent in `avoid` takes it from the backlog. False when the task was not in a state
         to move."""
@@ -142,6 +144,7 @@ class BacklogStore(StoreBase):
             event[0] if event else "",
             json.dumps(event[1], default=str) if event else "",
             ",".join(sorted(avoid)),
+            from_agent or "",
         ]
         with self._translate():
             done, _previous = self._enqueue(args=args)

@@ -291,13 +291,13 @@ class LedgerStore(BacklogStore):
         drop_outbox: bool = True,
         expect_dispatch: int | None = None,
         slots: int | None = None,
-        lost: bool = False,
+        lost_from: str | None = None,
         **history: Any,
     ) -> int:
         """Assign the task to an agent (one round trip); returns the new dispatch number, 0
         when the task had already ended (or, with `expect_dispatch`, is no longer `routed`
         under that dispatch), -1 when the agent has no free slot of its `slots`. A `running`
-        task moves only when `lost` says its agent is gone."""
+        task moves only off `lost_from`, the agent found gone, while it still runs there."""
         keys, args = self._route_step(
             task,
             agent_id,
@@ -305,7 +305,7 @@ class LedgerStore(BacklogStore):
             drop_outbox,
             expect_dispatch=expect_dispatch,
             slots=slots,
-            lost=lost,
+            lost_from=lost_from,
             **history,
         )
         with self._translate():
@@ -320,7 +320,7 @@ class LedgerStore(BacklogStore):
         drop_outbox: bool,
         expect_dispatch: int | None = None,
         slots: int | None = None,
-        lost: bool = False,
+        lost_from: str | None = None,
         **history: Any,
     ) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV of scripts.ROUTE."""
@@ -351,7 +351,7 @@ class LedgerStore(BacklogStore):
             "1" if drop_outbox else "0",
             "" if expect_dispatch is None else expect_dispatch,
             "" if slots is None else slots,
-            "1" if lost else "0",
+            lost_from or "",
             *_event_args(event),
         ]
         return keys, args

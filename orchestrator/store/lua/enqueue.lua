@@ -5,7 +5,8 @@
 -- new state (queued | parked), capability set, priority, client, concurrency key ('' none),
 -- limit, from (new | move | lost | due | restore: any unended state), expected dispatch ('' any), front (1: ahead of its
 -- client's other tasks), history JSON, event type ('' none), event data JSON, agents to avoid
--- (comma-separated: those it failed on; '' none).
+-- (comma-separated: those it failed on; '' none), the lost agent a `running` task is moved off
+-- (it moves only while it still runs there: a second mover must not take it off its new agent).
 -- Returns {1, previous state} or {0, state} when the task is not in a state to move.
 local cx = context(ARGV)
 local id, state, from = ARGV[7], ARGV[8], ARGV[14]
@@ -15,7 +16,7 @@ local prev = f[1]
 local restoring = from == 'restore' and (prev == 'queued' or prev == 'parked')
 local ok = prev == 'accepted' or prev == 'recovering'
   or (prev == 'routed' and from ~= 'new')
-  or (prev == 'running' and from == 'lost')
+  or (prev == 'running' and from == 'lost' and f[3] == ARGV[21])
   or (prev == 'queued' and from == 'due' and redis.call('HEXISTS', l, 'bl') == 0)
   or (from == 'restore' and prev and prev ~= 'succeeded' and prev ~= 'failed'
       and prev ~= 'dead_lettered')

@@ -5,16 +5,23 @@
 -- counters, agent_stats, parked, events, outbox, outbox messages; ARGV = agent, now, history
 -- JSON, in-flight key prefix, task id, events max length, drop-outbox, expected dispatch ('':
 -- any; else only a task still `routed` under that dispatch moves), the agent's slots ('':
--- unchecked; else concurrency + prefetch: a full agent takes nothing), 1 to move a `running`
--- task too (its agent was lost; never a live agent's: that would run it twice), then the
+-- unchecked; else concurrency + prefetch: a full agent takes nothing), the lost agent a
+-- `running` task may be moved off ('' none: only while it still runs there, never a live
+-- agent's, which would run it twice), then the
 -- `task.routed` event's field/value pairs. Returns {dispatch, previous state}, {0, state} if it
--- ended or is not as expected, {-1, state} when the agent has no free slot.
+-- ended or is not as expected, {-1, state} when the agent has no free slot (or, checked with
+-- the slots, no longer takes work).
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'accepted' and state ~= 'routed' and state ~= 'recovering'
-   and not (state == 'running' and ARGV[10] == '1') then
+   and not (state == 'running' and ARGV[10] ~= '' and
+            redis.call('HGET', KEYS[1], 'agent') == ARGV[10]) then
   return {0, state or ''}
 end
 if ARGV[9] ~= '' then
+  -- An agent that stopped taking work since the router's view of the fleet was read
+  -- (quarantined, asleep, offline) has no free slot either.
+  local status = redis.call('HGET', K.AGENT_STATUS, ARGV[1])
+  if status and status ~= 'active' then return {-1, state} end
   local held = redis.call('SCARD', ARGV[4] .. ARGV[1])
   held = held - redis.call('SISMEMBER', ARGV[4] .. ARGV[1], ARGV[5])
   if held >= tonumber(ARGV[9]) then return {-1, state} end
