@@ -104,8 +104,9 @@ class Dispatching:
         """Put the task in the backlog (no agent in `avoid`, those it failed on, takes it
         from there), then let any agent free now but those in `exclude` take from it."""
         assert task.task_id is not None
+        from_agent = history.get("moved_from") if source == "lost" else None
         if parked:
-            done = self.store.park(task, now, source=source, avoid=avoid)
+            done = self.store.park(task, now, source=source, avoid=avoid, from_agent=from_agent)
         else:
             done = self.store.enqueue(
                 task,
@@ -114,7 +115,7 @@ class Dispatching:
                 expect_dispatch=expect_dispatch,
                 front=source != "new",
                 avoid=avoid,
-                from_agent=history.get("moved_from") if source == "lost" else None,
+                from_agent=from_agent,
                 **history,
             )
         if not done:

@@ -362,6 +362,7 @@ class LedgerStore(BacklogStore):
         now: float,
         source: str = "new",
         avoid: Collection[str] = (),
+        from_agent: str | None = None,
     ) -> bool:
         """Put a task no capable agent exists for into the backlog as `parked` (its wait is
         bounded by ORCH_PENDING_TIMEOUT_S), announced as `task.parked`; it leaves the outbox
@@ -373,7 +374,13 @@ class LedgerStore(BacklogStore):
             "required_capabilities": task.required_capabilities,
         }
         return self.enqueue(
-            task, now, parked=True, source=source, event=("task.parked", event), avoid=avoid
+            task,
+            now,
+            parked=True,
+            source=source,
+            event=("task.parked", event),
+            avoid=avoid,
+            from_agent=from_agent,
         )
 
     def parked(self, limit: int = 1000) -> list[tuple[str, float]]:
