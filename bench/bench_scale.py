@@ -258,7 +258,7 @@ def loops(fleet: Fleet, app_free_settings: Settings) -> dict[str, tuple[Callable
 
     out["recovery rescue scan"] = (rescue_scan, s.visibility_timeout_s / 2)
     out["parked-sweep"] = (
-        lambda: router.route_parked(time.time(), lambda *a: None),
+        lambda: router.dispatch_sweep(time.time(), lambda *a: None),
         s.parked_sweep_interval_s,
     )
     registry = CollectorRegistry()

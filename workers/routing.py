@@ -112,4 +112,4 @@ def route_parked(self: Task) -> int:
     def expired(task_id: str, error: NoCapableAgent) -> None:
         self.backend.mark_as_failure(task_id, error)
 
-    return len(router_for(self.app).route_parked(now_s(), expired))
+    return len(router_for(self.app).dispatch_sweep(now_s(), expired))

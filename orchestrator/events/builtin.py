@@ -80,7 +80,7 @@ def move_queued_off_open_circuit(event: OrchestrationEvent, ctx: EventContext) -
 def route_parked_for_new_agent(event: OrchestrationEvent, ctx: EventContext) -> None:
     """Route parked tasks that the new agent (or any other) can take now, and expire the ones
     parked too long: the parked sweep of `orchestrator.route_parked`."""
-    outcomes = ctx.router.route_parked(now_s(), ctx.fail_task)
+    outcomes = ctx.router.dispatch_sweep(now_s(), ctx.fail_task)
     if outcomes:
         log.info(
             "agent.registered %s: %d parked task(s) routed or expired", event.id, len(outcomes)
@@ -105,7 +105,7 @@ def wake_agent_for_parked_task(event: OrchestrationEvent, ctx: EventContext) -> 
     chosen = wake_for(needs, views)
     sleeper = next((a for a in agents if a.agent_id == chosen), None)
     if sleeper is not None and wake(ctx.store, ctx.app, sleeper, now, "parked", "events"):
-        ctx.router.route_parked(now_s(), ctx.fail_task)
+        ctx.router.dispatch_sweep(now_s(), ctx.fail_task)
         log.info("task.parked %s: agent %s woken for task %s", event.id, chosen, task_id)
 
 

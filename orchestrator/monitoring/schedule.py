@@ -3,7 +3,7 @@
 One table (`LOOPS`) serves beat (beat_schedule.py builds the schedule from it) and the tasks
 (workers/monitoring.py takes each loop's lock TTL and flag from it), so the two cannot drift.
 
-Feature flags (SPEC section 3) and what they gate here:
+Feature flags (`ORCH_*_ENABLED` settings) and what they gate here:
 
 * `ORCH_EVENT_PROCESSING_ENABLED` gates the two loops that turn raw signals into derived
   events: `security-monitoring` (`security.threat`) and `anomaly-detection`

@@ -22,7 +22,7 @@ callers that must agree with Redis on such ties use `tops`.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 #: How far a client's run-time estimate moves towards each settled run (EWMA weight).
@@ -227,30 +227,27 @@ class Backlog:
         prios = [p for k, p in self.tags if k == set_key]
         return max(prios) if prios else None
 
+    def _waiting_tops(self, capabilities: Collection[str]) -> Iterator[tuple[str, int]]:
+        """(set, its top priority) for each set with tasks waiting that the agent can take."""
+        for set_key in self.sets():
+            top = self._top(set_key) if offers(set_key, capabilities) else None
+            if top is not None:
+                yield set_key, top
+
     def tops(self, capabilities: Collection[str]) -> list[Head]:
         """Every client waiting at the top priority of each set the agent can take, each
         with its tag: what the Lua chooses among."""
-        out = []
-        for set_key in self.sets():
-            if not offers(set_key, capabilities):
-                continue
-            top = self._top(set_key)
-            if top is None:
-                continue
-            clients = self.tags[(set_key, top)]
-            out += [Head(set_key, top, c, t) for c, t in sorted(clients.items())]
-        return out
+        return [
+            Head(set_key, top, c, t)
+            for set_key, top in self._waiting_tops(capabilities)
+            for c, t in sorted(self.tags[(set_key, top)].items())
+        ]
 
     def heads(self, capabilities: Collection[str]) -> list[Head]:
         """backlog.lua `bl_head` for each set the agent can take: its top priority and the
         client with the lowest tag there (ties: the smaller name, as a sorted set orders)."""
         out = []
-        for set_key in self.sets():
-            if not offers(set_key, capabilities):
-                continue
-            top = self._top(set_key)
-            if top is None:
-                continue
+        for set_key, top in self._waiting_tops(capabilities):
             client, tag = min(self.tags[(set_key, top)].items(), key=lambda ct: (ct[1], ct[0]))
             queue = self.queues.get((set_key, top, client))
             seq = self.entries[queue[0]].seq if queue and queue[0] in self.entries else 0

@@ -194,13 +194,6 @@ class Dispatching:
                 outcomes.append(Outcome(key, "routed"))
         return outcomes
 
-    def route_parked(
-        self, now: float, on_expired: Callable[[str, NoCapableAgent], None]
-    ) -> list[Outcome]:
-        """The dispatch sweep (its older name: parked tasks are the part of the backlog no
-        capable agent existed for)."""
-        return self.dispatch_sweep(now, on_expired)
-
     def release(self, task_id: str, prefer: str | None, now: float) -> Outcome:
         """A deferred task came due: to the agent it would rather go to when that one has a
         free slot, else into the backlog (ahead of its client's other tasks)."""
@@ -209,19 +202,13 @@ class Dispatching:
         except UnknownTask:
             return Outcome(task_id, "ended")
         fleet = self.fleet(now)
+        eligible = self.view(task, fleet, now).eligible
         agent = fleet.by_id().get(prefer) if prefer else None
-        if agent is not None and agent in self.view(task, fleet, now).eligible:
+        if agent is not None and agent in eligible:
             outcome = self.dispatch(task, agent, now, released=True)
             if outcome.status != "full":
                 return outcome
-        parked = not self.view(task, fleet, now).eligible
-        if parked:
-            return self.hold(task, now, True, source="due")
-        done = self.store.enqueue(task, now, source="due", front=True, released=True)
-        if not done:
-            return Outcome(task_id, "ended")
-        self.pump(task, now, fleet)
-        return Outcome(task_id, "queued")
+        return self.hold(task, now, not eligible, source="due", released=True)
 
     def defer(
         self,

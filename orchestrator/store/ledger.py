@@ -394,10 +394,6 @@ class LedgerStore(BacklogStore):
         with self._translate():
             return bool(self.r.zrem(PARKED, task_id))
 
-    def unclaim_parked(self, task_id: str, parked_at: float) -> None:
-        with self._translate():
-            self.r.zadd(PARKED, {task_id: parked_at})
-
     def begin_attempt(
         self,
         task_id: str,
