@@ -187,17 +187,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def recovery_schedule(settings: Settings) -> dict[str, Any]:
-    every = settings.recovery_monitor_interval_s
-    return {
-        "recovery-monitor": {
-            "task": "orchestrator.recovery.monitor",
-            "schedule": every,
-            "options": {"expires": every},
-        },
-    }
-
-
 def create_app(settings: Settings, *, with_tasks: bool = True) -> Celery:
     """Build a Celery app. Clients pass with_tasks=False: they only send by name."""
     app = Celery("orchestrator", include=TASK_MODULES if with_tasks else [])
@@ -210,7 +199,7 @@ def create_app(settings: Settings, *, with_tasks: bool = True) -> Celery:
     if with_tasks:
         from beat_schedule import build_beat_schedule
 
-        app.conf.beat_schedule = {**build_beat_schedule(settings), **recovery_schedule(settings)}
+        app.conf.beat_schedule = build_beat_schedule(settings)
     return app
 
 

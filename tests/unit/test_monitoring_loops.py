@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import sys
 
 import pytest
 
@@ -27,6 +28,7 @@ from orchestrator.monitoring.report import line_chart, render_sla_html
 from orchestrator.monitoring.schedule import AUTOSCALE_TTL_S, LOOPS, lock_ttl_s, redbeat_config
 from orchestrator.monitoring.slo import THIRTY_DAYS, SLAReport, burn_alert_rules
 from orchestrator.monitoring.stats import LATENCY_BOUNDS_MS, parse_fields, run_fields, sum_fields
+from orchestrator.runtime.celeryconf import create_app
 
 SPEC_ENTRIES = {
     "alert-evaluation": ("orchestrator.monitor.alerts", 30.0),
@@ -99,6 +101,29 @@ def test_feature_flags_leave_their_loops_out(flags, missing):
     by_entry = {loop.entry: loop for loop in LOOPS}
     settings = load_settings(**flags)
     assert {e for e in SPEC_ENTRIES if not by_entry[e].enabled(settings)} == missing
+
+
+def test_the_app_builds_its_schedule_from_its_own_settings_not_the_environment(monkeypatch):
+    # The environment's settings are invalid (ORCH_SCALE_MIN above ORCH_SCALE_MAX) and name
+    # another interval: neither building the app nor importing the schedule module reads them.
+    monkeypatch.setenv("ORCH_SCALE_MIN", "50")
+    monkeypatch.setenv("ORCH_SCALE_INTERVAL_S", "7")
+    monkeypatch.delitem(sys.modules, "beat_schedule", raising=False)
+    settings = load_settings(scale_min=1, scale_interval_s=2)
+    schedule = create_app(settings).conf.beat_schedule
+    assert (schedule["autoscaling"]["task"], schedule["autoscaling"]["schedule"]) == (
+        "orchestrator.autoscale",
+        2.0,
+    )
+    assert schedule == build_beat_schedule(settings)
+
+
+def test_the_module_level_schedule_is_the_environments_built_when_read(monkeypatch):
+    import beat_schedule
+
+    monkeypatch.setenv("ORCH_SCALE_INTERVAL_S", "7")
+    assert beat_schedule.beat_schedule == build_beat_schedule(load_settings())
+    assert beat_schedule.beat_schedule["autoscaling"]["schedule"] == 7.0
 
 
 @pytest.mark.parametrize(
