@@ -22,7 +22,7 @@ from orchestrator.runtime.celeryconf import (
     execute_preparer,
     execute_publisher,
 )
-from orchestrator.store import StateStore
+from orchestrator.store import StateStore, now_s
 
 
 def broker_full(exc: BaseException) -> StoreUnavailable | None:
@@ -137,7 +137,8 @@ class OrchestratorClient:
         return self.store.task_record(task_id)
 
     def agents(self) -> list[RegisteredAgent]:
-        return self.store.load_agents()
+        """Every registered agent, its circuit read as routing reads it now."""
+        return self.store.load_fleet(self.settings.circuit_rule(), now_s()).agents
 
     def close(self) -> None:
         """Close every connection this client opened: the state store's, the publisher's and

@@ -514,6 +514,11 @@ class Settings(BaseSettings):
             half_open_max_calls=self.circuit_half_open_max_calls,
         )
 
+    def circuit_rule(self) -> CircuitBreakerConfig | None:
+        """The breakers' rule as routing and every display apply it: None while
+        ORCH_CIRCUIT_BREAKER_ENABLED=false, when no breaker excludes anyone."""
+        return self.circuit_config() if self.circuit_breaker_enabled else None
+
     @property
     def effective_broker_url(self) -> str:
         return self.broker_url or self.redis_url

@@ -81,15 +81,16 @@ def _find(settings: Settings, agent_id: str) -> tuple[Any, RegisteredAgent, int]
     from orchestrator.store.monitor import MonitorStore
 
     store = common.store(settings)
+    now = now_s()
     try:
-        found = {a.agent_id: a for a in store.load_agents()}
+        found = {a.agent_id: a for a in store.load_fleet(settings.circuit_rule(), now).agents}
     except OrchestratorError as exc:
         raise click.ClickException(str(exc)) from None
     if agent_id not in found:
         known = ", ".join(sorted(found)) or "none registered"
         raise click.ClickException(f"no agent {agent_id!r} (agents: {known})")
     agent = found[agent_id]
-    agent.status = effective_status(agent, now_s(), settings.agent_timeout_s)
+    agent.status = effective_status(agent, now, settings.agent_timeout_s)
     waiting = MonitorStore(store.r).waiting([agent.queue]).get(agent.queue, 0)
     return store, agent, waiting
 

@@ -160,11 +160,11 @@ def agents(as_json: bool) -> None:
     from orchestrator.store import now_s
 
     settings = _settings()
+    now = now_s()
     try:
-        found = _store(settings).load_agents()
+        found = _store(settings).load_fleet(settings.circuit_rule(), now).agents
     except OrchestratorError as exc:
         raise click.ClickException(str(exc)) from None
-    now = now_s()
     for a in found:
         a.status = effective_status(a, now, settings.agent_timeout_s)
     if as_json:

@@ -56,7 +56,7 @@ def backup_age_s(mon: MonitorStore, last_backup: dict[str, str], now: float) -> 
 
 
 def gather(store: StateStore, mon: MonitorStore, settings: Settings, now: float) -> Snapshot:
-    agents = store.load_agents()
+    agents = store.load_fleet(settings.circuit_rule(), now).agents
     for agent in agents:
         agent.status = effective_status(agent, now, settings.agent_timeout_s)
     statuses = [a.status for a in agents]
@@ -87,9 +87,7 @@ def gather(store: StateStore, mon: MonitorStore, settings: Settings, now: float)
         latency_p95_ms=runs.p95,
         latency_p99_ms=runs.p99,
         delegation_p95_ms=runs.delegation_p95,
-        circuits_open=sum(1 for a in agents if a.circuit is CircuitBreakerState.OPEN)
-        if settings.circuit_breaker_enabled
-        else 0,
+        circuits_open=sum(1 for a in agents if a.circuit is CircuitBreakerState.OPEN),
         alerts_firing=len(firing),
         backup_age_s=backup_age_s(mon, last_backup, now),
         backup_rpo_met=int(rpo_met(last_backup, settings.effective_backup_rpo_s, now)),

@@ -108,10 +108,13 @@ def _successes_to_close(cfg: CircuitBreakerConfig) -> int:
 
 
 def current_state(
-    state: BreakerState, cfg: CircuitBreakerConfig, now: float
+    state: BreakerState, cfg: CircuitBreakerConfig | None, now: float
 ) -> CircuitBreakerState:
-    """The state to show and to filter eligibility on: an open breaker past its recovery
-    timeout reads as half-open, because the next `admit` would let a trial through."""
+    """The one reading of a stored breaker, for routing and every display alike: an open
+    breaker past its recovery timeout reads as half-open, because the next `admit` would let
+    a trial through; with breakers off (`cfg` None) every breaker reads closed."""
+    if cfg is None:
+        return CircuitBreakerState.CLOSED
     if state.state is CircuitBreakerState.OPEN and _timed_out(state.opened_at, cfg, now):
         return CircuitBreakerState.HALF_OPEN
     return state.state

@@ -119,7 +119,7 @@ class Router(Dispatching):
         self.publish = publish
         self.rng = rng or random.Random()
         self.strategy = OrchestrationStrategy(settings.load_balancing_algorithm)
-        self.circuit_cfg = settings.circuit_config() if settings.circuit_breaker_enabled else None
+        self.circuit_cfg = settings.circuit_rule()
         self._fleet: Fleet | None = None
         self._checked_at = 0.0  # when the fleet version was last compared
         self._expires_at = 0.0  # view_expiry of the current view
@@ -146,12 +146,9 @@ class Router(Dispatching):
             current = self.store.fleet_version() == self._fleet.version
             self._checked_at = now
         if not current or self._fleet is None:
+            # With ORCH_CIRCUIT_BREAKER_ENABLED=false a breaker state stored while it was on
+            # (or by a router that has it on) reads closed: it excludes and penalises nobody.
             fleet = self.store.load_fleet(self.circuit_cfg, now)
-            if self.circuit_cfg is None:
-                # ORCH_CIRCUIT_BREAKER_ENABLED=false: a breaker state stored while it was on
-                # (or by a router that has it on) excludes and penalises nobody here.
-                for agent in fleet.agents:
-                    agent.circuit = CircuitBreakerState.CLOSED
             self._fleet, self._views = fleet, {}
             self._checked_at = now
             self._expires_at = view_expiry(

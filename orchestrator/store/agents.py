@@ -251,7 +251,11 @@ class AgentStore(StoreBase):
     def load_fleet(
         self, circuit_cfg: CircuitBreakerConfig | None = None, now: float | None = None
     ) -> Fleet:
-        """Every registered agent with its live figures and breaker, in one round trip."""
+        """Every registered agent with its live figures and breaker, in one round trip.
+
+        With `now`, each agent's `circuit` is breaker.current_state under `circuit_cfg`
+        (Settings.circuit_rule(): None with breakers off), the state routing and every
+        display show; without it, the stored state, for readers that never look at it."""
         with self._translate():
             records, beats, stats, statuses, circuits, scores, inflight, version = self._fleet(
                 keys=[AGENTS, HEARTBEATS, AGENT_STATS, AGENT_STATUS, PERF_SCORES, FLEET_VERSION],
@@ -296,7 +300,7 @@ class AgentStore(StoreBase):
                     "performance_score": min(scores.values(), default=1.0),
                     "circuit": (
                         current_state(breaker, circuit_cfg, now)
-                        if circuit_cfg is not None and now is not None
+                        if now is not None
                         else breaker.state
                     ),
                 }

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from orchestrator.models import CircuitBreakerConfig, CircuitBreakerState
+from orchestrator.config import load_settings
+from orchestrator.models import CircuitBreakerConfig, CircuitBreakerState, RegisteredAgent
 from orchestrator.recovery.breaker import (
     BreakerState,
     record_failure,
@@ -17,9 +18,10 @@ from orchestrator.recovery.breaker import (
     to_redis_hash,
 )
 from orchestrator.recovery.outbound import CircuitBreakerError, circuit_breaker
-from orchestrator.store import StateStore
+from orchestrator.routing.router import Router
+from orchestrator.store import StateStore, now_s
 from tests.integration.conftest import ledger
-from tests.support import wait_for
+from tests.support import cli_json, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -36,6 +38,38 @@ def beat(celery_procs, orch_env, tmp_path):
         )
 
     return start
+
+
+def test_every_display_reads_a_breaker_as_the_router_does(redis_url, orch_env):
+    """A breaker past its recovery timeout with no traffic since reads half-open everywhere
+    (the next routing decision would send it a trial), not only in the router: `agents`,
+    the metrics snapshot (`status`), hence circuits_open, CircuitsOpen and health."""
+    timeout_s = 30.0
+    env = {**orch_env, "ORCH_CIRCUIT_RECOVERY_TIMEOUT_S": str(timeout_s)}
+    settings = load_settings(redis_url=redis_url, circuit_recovery_timeout_s=timeout_s)
+    cfg = settings.circuit_config()
+    store = StateStore.from_url(redis_url)
+    now = now_s()
+    try:
+        # `due` opened longer than the recovery timeout ago, `fresh` just now.
+        for agent_id, opened_at in (("due", now - timeout_s - 5), ("fresh", now)):
+            agent = RegisteredAgent(
+                agent_id=agent_id, capabilities={"echo": 1.0}, queue=f"agent.{agent_id}"
+            )
+            store.register_agent(agent, now, source="test")
+            for _ in range(cfg.failure_threshold):
+                store.record_outcome(agent_id, False, 1.0, circuit_cfg=cfg, now=opened_at)
+            assert store.circuit(agent_id).state is CircuitBreakerState.OPEN
+        routed = {
+            a.agent_id: a.circuit.value
+            for a in Router(store, settings, lambda *a, **k: None).fleet(now_s()).agents
+        }
+    finally:
+        store.r.close()
+    assert routed == {"due": "half_open", "fresh": "open"}
+    listed = {a["agent_id"]: a["circuit"] for a in cli_json(env, "agents")}
+    assert listed == routed
+    assert cli_json(env, "status")["circuits_open"] == 1
 
 
 @pytest.mark.parametrize("seed", range(3))

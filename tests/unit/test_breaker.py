@@ -247,6 +247,17 @@ def test_current_state(state, now, expected):
 
 
 @pytest.mark.parametrize(
+    "state",
+    [
+        BreakerState(state=OPEN, opened_at=100),
+        BreakerState(state=HALF, opened_at=0, half_opened_at=60, half_open_calls=3),
+    ],
+)
+def test_with_breakers_off_every_breaker_reads_closed(state):
+    assert current_state(state, None, 120) is CLOSED
+
+
+@pytest.mark.parametrize(
     "state,now,expected",
     [
         (BreakerState(), 0, True),
