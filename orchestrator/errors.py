@@ -154,10 +154,6 @@ class UnknownTask(OrchestratorError):
     """No ledger entry exists for the id asked about."""
 
 
-class HandlerMissing(OrchestratorError):
-    """An agent received a task type it has no handler for."""
-
-
 class MessageRefused(OrchestratorError):
     """A worker refused a message at its edge (not JSON, a content type it does not accept, an
     unknown task, arguments that do not fit): nothing ran. The message is kept in the

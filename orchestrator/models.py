@@ -384,13 +384,6 @@ def describe_errors(exc: ValidationError, allowed: tuple[str, ...] | None = None
 # --- agents ------------------------------------------------------------------------------
 
 
-class AgentCapability(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    name: str
-    proficiency: float = Field(default=1.0, gt=0, le=1)
-
-
 class RegisteredAgent(BaseModel):
     """An agent as the registry sees it: identity, declared skills, and live figures."""
 
@@ -550,19 +543,6 @@ class DisasterRecoveryStatus(BaseModel):
     last_restore_at: float | None = None
     last_restore_path: str | None = None
     healthy: bool = False  # a verified backup within the RPO
-
-
-class OrchestrationMetrics(BaseModel):
-    """Counters of the routing path (what a router did), as opposed to the cluster snapshot."""
-
-    tasks_submitted: int = 0
-    tasks_rejected: int = 0
-    tasks_routed: int = 0
-    tasks_parked: int = 0
-    tasks_succeeded: int = 0
-    tasks_failed: int = 0
-    tasks_dead_lettered: int = 0
-    duplicates_ignored: int = 0
 
 
 class TaskRecord(BaseModel):

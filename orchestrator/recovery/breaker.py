@@ -62,11 +62,6 @@ class BreakerState(BaseModel):
             raise ValueError(f"must contain only {SUCCESS!r} and {FAILURE!r} (got {v!r})")
         return v
 
-    @property
-    def failure_rate(self) -> float:
-        """Share of failures in the window; 0.0 for an empty window."""
-        return self.outcomes.count(FAILURE) / len(self.outcomes) if self.outcomes else 0.0
-
 
 CLOSED_BREAKER = BreakerState()
 """An agent with no stored breaker: fresh and closed (frozen, so one shared instance)."""

@@ -35,10 +35,6 @@ def get_handler(name: str) -> Handler | None:
     return _HANDLERS.get(name)
 
 
-def registered() -> dict[str, Handler]:
-    return dict(_HANDLERS)
-
-
 def import_handlers(modules: Iterable[str]) -> None:
     for module in modules:
         try:

@@ -140,15 +140,6 @@ class EventGroupStore(StoreBase):
                 return True
         return False
 
-    def group_info(self) -> dict[str, Any] | None:
-        """XINFO GROUPS of the control workers' group (pending, last-delivered-id, lag)."""
-        with self._translate():
-            try:
-                groups = self.r.xinfo_groups(EVENTS)
-            except redis.ResponseError:
-                return None
-        return next((dict(g) for g in groups if g["name"] == EVENTS_GROUP), None)
-
     # --- idempotency markers -------------------------------------------------------------
 
     def take_mark(self, handler: str, event_id: str, value: str, lease_ms: int) -> str | None:
@@ -179,10 +170,6 @@ class EventGroupStore(StoreBase):
             pipe.rpush(EVENTS_FAILED, json.dumps(record, default=str))
             pipe.ltrim(EVENTS_FAILED, -EVENTS_FAILED_KEEP, -1)
             pipe.execute()
-
-    def failed_events(self, count: int = 100) -> list[dict[str, Any]]:
-        with self._translate():
-            return [json.loads(x) for x in self.r.lrange(EVENTS_FAILED, -count, -1)]
 
     # --- reading the stream (the CLI) ----------------------------------------------------
 
