@@ -61,12 +61,14 @@ from orchestrator.routing.weights import effective_status
 from orchestrator.security.fitness import KINDS as CONFIG_KINDS
 from orchestrator.security.fitness import config_findings
 from orchestrator.security.policy import (
+    REJECTED_SUBMISSIONS,
     AuditFacts,
     WorkerFacts,
     audit,
     consumer_findings,
     counter_findings,
     diff_findings,
+    finding_id,
     ordered,
     without_credentials,
 )
@@ -392,7 +394,7 @@ def security_report(ctx: LoopContext, now: float) -> dict[str, Any]:
     blocked = ctx.store.blocked_clients(now)
 
     def since(client: str) -> float | None:
-        found = findings.get(f"rejections:{client}")
+        found = findings.get(finding_id(REJECTED_SUBMISSIONS, client))
         return found.since if found is not None else None
 
     return {
@@ -436,7 +438,7 @@ def run_security(ctx: LoopContext, now: float) -> dict[str, Any]:
     flagged = flag_clients(refusals["m"], s.security_rejection_threshold)
     if s.security_auto_block:
         for client in flagged:
-            if f"rejections:{client}" not in previous:
+            if finding_id(REJECTED_SUBMISSIONS, client) not in previous:
                 ctx.store.block_client(client, now + s.security_block_s, now)
     blocked = ctx.store.blocked_clients(now)
     current = counter_findings(

@@ -61,9 +61,9 @@ def judge_redis(
     where = f"the {names} at {address}"
     if config.unreadable is not None:
         return [
-            Finding(
-                id=f"redis_config_unreadable:{key}",
-                kind="redis_config_unreadable",
+            Finding.of(
+                "redis_config_unreadable",
+                key,
                 severity=Severity.INFO,
                 summary=(
                     f"could not read the configuration of {where} ({config.unreadable}); "
@@ -87,9 +87,9 @@ def judge_redis(
             else ", or ORCH_ALLOW_EVICTING_REDIS=true to run anyway"
         )
         out.append(
-            Finding(
-                id=f"{EVICTING}:{key}",
-                kind=EVICTING,
+            Finding.of(
+                EVICTING,
+                key,
                 severity=Severity.WARNING if allow_evicting else Severity.CRITICAL,
                 summary=(
                     f"{where} has maxmemory-policy {config.policy} "
@@ -102,9 +102,9 @@ def judge_redis(
         )
     if config.appendonly is False:
         out.append(
-            Finding(
-                id=f"redis_no_aof:{key}",
-                kind="redis_no_aof",
+            Finding.of(
+                "redis_no_aof",
+                key,
                 severity=Severity.WARNING,
                 summary=(
                     f"{where} has appendonly no: a restart loses every queued task and record "
@@ -115,9 +115,9 @@ def judge_redis(
         )
     elif config.appendonly and config.appendfsync == "no":
         out.append(
-            Finding(
-                id=f"redis_aof_unsynced:{key}",
-                kind="redis_aof_unsynced",
+            Finding.of(
+                "redis_aof_unsynced",
+                key,
                 severity=Severity.WARNING,
                 summary=(
                     f"{where} has appendfsync no: the kernel writes the AOF out when it likes, "

@@ -29,6 +29,8 @@ ALERTING = frozenset({Severity.ERROR, Severity.CRITICAL})
 RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.ERROR: 2, Severity.CRITICAL: 3}
 
 AGENT_QUEUE_PREFIX = "agent."
+#: The finding of a client at or above the rejection threshold (the report's `threats`).
+REJECTED_SUBMISSIONS = "rejected_submissions"
 
 
 # --- the token bucket (scripts.ADMIT_CLIENT is its Lua twin) -------------------------------
@@ -59,8 +61,15 @@ def take_token(
 # --- findings --------------------------------------------------------------------------------
 
 
+def finding_id(kind: str, key: str | None) -> str:
+    """A finding's id: its kind, then `:` and what it is about (`key`: a client, a worker and
+    queue, the Redis roles...) when a deployment can have more than one of that kind."""
+    return f"{kind}:{key}" if key else kind
+
+
 class Finding(BaseModel):
-    """One security problem the loop found; `since` is when it was first found."""
+    """One security problem the loop found; `since` is when it was first found. Built with
+    `Finding.of`, so that every id is `finding_id(kind, key)`."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -70,6 +79,25 @@ class Finding(BaseModel):
     summary: str
     since: float = 0.0
     data: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls,
+        kind: str,
+        key: str | None,
+        *,
+        severity: Severity,
+        summary: str,
+        data: Mapping[str, Any] | None = None,
+    ) -> Finding:
+        """The finding of `kind` about `key` (None: there is one of its kind at most)."""
+        return cls(
+            id=finding_id(kind, key),
+            kind=kind,
+            severity=severity,
+            summary=summary,
+            data=dict(data or {}),
+        )
 
     @property
     def alerting(self) -> bool:
@@ -126,9 +154,9 @@ def counter_findings(
     for client, n in sorted(rejections.items()):
         if n >= threshold:
             out.append(
-                Finding(
-                    id=f"rejections:{client}",
-                    kind="rejected_submissions",
+                Finding.of(
+                    REJECTED_SUBMISSIONS,
+                    client,
                     severity=Severity.CRITICAL,
                     summary=(
                         f"client {client!r} had {n} submissions rejected in {window_s:g}s "
@@ -146,9 +174,9 @@ def counter_findings(
     for client, n in sorted(rate_limited.items()):
         if n > 0:
             out.append(
-                Finding(
-                    id=f"rate_limited:{client}",
-                    kind="rate_limited",
+                Finding.of(
+                    "rate_limited",
+                    client,
                     severity=Severity.WARNING,
                     summary=(
                         f"client {client!r} went over its rate limit: {n} submissions "
@@ -160,9 +188,9 @@ def counter_findings(
     for client, until in sorted(blocked.items()):
         n = blocked_refusals.get(client, 0)
         out.append(
-            Finding(
-                id=f"blocked:{client}",
-                kind="client_blocked",
+            Finding.of(
+                "client_blocked",
+                client,
                 severity=Severity.WARNING,
                 summary=(
                     f"client {client!r} is blocked ({n} submissions refused in {window_s:g}s); "
@@ -173,9 +201,9 @@ def counter_findings(
         )
     if poison_refused > 0:
         out.append(
-            Finding(
-                id="poison",
-                kind="poison_refused",
+            Finding.of(
+                "poison_refused",
+                None,
                 severity=Severity.ERROR,
                 summary=(
                     f"{poison_refused} message{'s' if poison_refused != 1 else ''} refused at "
@@ -212,9 +240,9 @@ def consumer_findings(
             data = {"worker": node, "queue": queue, "agent_id": agent_id}
             if agent_id not in agents:
                 out.append(
-                    Finding(
-                        id=f"unregistered_consumer:{node}:{queue}",
-                        kind="unregistered_consumer",
+                    Finding.of(
+                        "unregistered_consumer",
+                        f"{node}:{queue}",
                         severity=Severity.ERROR,
                         summary=(
                             f"worker {node} consumes {queue} but no agent {agent_id!r} is "
@@ -226,9 +254,9 @@ def consumer_findings(
                 )
             elif agents[agent_id] and agents[agent_id] != host:
                 out.append(
-                    Finding(
-                        id=f"foreign_consumer:{node}:{queue}",
-                        kind="foreign_consumer",
+                    Finding.of(
+                        "foreign_consumer",
+                        f"{node}:{queue}",
                         severity=Severity.CRITICAL,
                         summary=(
                             f"worker {node} consumes {queue}, the queue of agent "
@@ -268,9 +296,9 @@ def content_findings(where: str, accepted: Iterable[str]) -> list[Finding]:
     for name in sorted(names & set(UNSAFE_CONTENT)):
         subject = "this deployment's configuration" if where == "app" else f"worker {where}"
         out.append(
-            Finding(
-                id=f"unsafe_content:{where}:{name}",
-                kind="unsafe_content" if where == "app" else "worker_unsafe_content",
+            Finding.of(
+                "unsafe_content" if where == "app" else "worker_unsafe_content",
+                f"{where}:{name}",
                 severity=UNSAFE_CONTENT[name],
                 summary=(
                     f"{subject} accepts {name} messages"
@@ -352,9 +380,9 @@ def url_findings(urls: Mapping[str, str]) -> list[Finding]:
         data = {"roles": roles, "address": end.address}
         if not end.authenticated:
             out.append(
-                Finding(
-                    id=f"redis_no_password:{slug}",
-                    kind="redis_no_password",
+                Finding.of(
+                    "redis_no_password",
+                    slug,
                     severity=Severity.CRITICAL,
                     summary=(
                         f"the {names} at {end.address} is reached beyond loopback without a "
@@ -366,9 +394,9 @@ def url_findings(urls: Mapping[str, str]) -> list[Finding]:
             )
         if not end.tls:
             out.append(
-                Finding(
-                    id=f"redis_no_tls:{slug}",
-                    kind="redis_no_tls",
+                Finding.of(
+                    "redis_no_tls",
+                    slug,
                     severity=Severity.WARNING,
                     summary=(
                         f"the {names} at {end.address} is reached beyond loopback without "
@@ -387,9 +415,9 @@ def remote_control_findings(broker_url: str, remote_control: bool) -> list[Findi
     if not remote_control or end.local or end.authenticated:
         return []
     return [
-        Finding(
-            id="remote_control_open",
-            kind="remote_control_open",
+        Finding.of(
+            "remote_control_open",
+            None,
             severity=Severity.ERROR,
             summary=(
                 f"remote control through the broker at {end.address} needs no credentials: "
@@ -418,9 +446,9 @@ def flower_findings(url: str, status: int | None) -> list[Finding]:
         return []
     url = without_credentials(url)
     return [
-        Finding(
-            id="flower_open",
-            kind="flower_open",
+        Finding.of(
+            "flower_open",
+            None,
             severity=Severity.CRITICAL,
             summary=(
                 f"Flower at {url} answers its API without credentials: anyone who reaches it "

@@ -239,8 +239,8 @@ def test_a_client_hammering_past_its_limit_is_flagged_as_a_threat(ctx, redis_cli
             router.validate({"type": "echo", "client_id": "hammer"}, f"s{i + 1}", now)
     summary = run_security(ctx, now + 1)
     assert summary["threats"] == ["hammer"]
-    assert set(summary["new"]) == {"rejections:hammer", "rate_limited:hammer"}
-    assert set(ctx.mon.threats()) == {"rejections:hammer"}
+    assert set(summary["new"]) == {"rejected_submissions:hammer", "rate_limited:hammer"}
+    assert set(ctx.mon.threats()) == {"rejected_submissions:hammer"}
 
 
 # --- blocking --------------------------------------------------------------------------------
@@ -300,9 +300,15 @@ def test_a_flagged_client_is_blocked_until_an_operator_lifts_it(
 
         report = cli_json(env, "security")
         ids = {f["id"]: f for f in report["findings"]}
-        assert ids["rejections:evil"]["severity"] == "critical"
-        assert ids["blocked:evil"]["severity"] == "warning"
-        assert set(ids["rejections:evil"]) == {"id", "kind", "severity", "summary", "since"}
+        assert ids["rejected_submissions:evil"]["severity"] == "critical"
+        assert ids["client_blocked:evil"]["severity"] == "warning"
+        assert set(ids["rejected_submissions:evil"]) == {
+            "id",
+            "kind",
+            "severity",
+            "summary",
+            "since",
+        }
         assert report["blocked"] == {"evil": threat["blocked_until"]}
         assert report["counters"]["clients_blocked"] == 1
         assert report["counters"]["refused_while_blocked"] == 2
@@ -319,9 +325,9 @@ def test_a_flagged_client_is_blocked_until_an_operator_lifts_it(
         # The finding still stands (its rejections are in the window): no second event, and
         # no second block, so the operator's decision holds.
         run_security_task(app, redis_client)
-        assert [e["finding"] for e in events(redis_client)].count("rejections:evil") == 1
+        assert [e["finding"] for e in events(redis_client)].count("rejected_submissions:evil") == 1
         assert client.submit("echo", {}, client_id="evil").get(timeout=30) == {}
-        assert "blocked:evil" not in {f["id"] for f in cli_json(env, "security")["findings"]}
+        assert "client_blocked:evil" not in {f["id"] for f in cli_json(env, "security")["findings"]}
     finally:
         client.close()
         app.close()
@@ -382,16 +388,16 @@ def test_findings_one_event_each_across_runs(
         for e in found:
             by_finding.setdefault(e["finding"], []).append(e)
         ghost_id = f"unregistered_consumer:ghost@{HOST}:agent.ghost"
-        rogue_id = f"unsafe_content:rogue@{HOST}:pickle"
-        assert set(by_finding) == {ghost_id, rogue_id, "poison"}
+        rogue_id = f"worker_unsafe_content:rogue@{HOST}:pickle"
+        assert set(by_finding) == {ghost_id, rogue_id, "poison_refused"}
         assert all(len(v) == 1 for v in by_finding.values()), by_finding
         assert by_finding[ghost_id][0]["queue"] == "agent.ghost"
-        assert by_finding["poison"][0]["refused"] == 1
+        assert by_finding["poison_refused"][0]["refused"] == 1
         assert by_finding[rogue_id][0]["content_type"] == "pickle"
 
         report = cli_json(env, "security")
         severities = {f["id"]: f["severity"] for f in report["findings"]}
-        assert severities == {rogue_id: "critical", ghost_id: "error", "poison": "error"}
+        assert severities == {rogue_id: "critical", ghost_id: "error", "poison_refused": "error"}
         assert report["counters"]["poison"] == 1
         assert report["checked_at"] == checked["ts"]
         table = cli(env, "security").stdout
@@ -401,7 +407,7 @@ def test_findings_one_event_each_across_runs(
         ghost.terminate()
         run_security_task(app, redis_client)
         standing = {f["id"] for f in cli_json(env, "security")["findings"]}
-        assert standing == {rogue_id, "poison"}
+        assert standing == {rogue_id, "poison_refused"}
         assert len(events(redis_client)) == 3
     finally:
         app.close()
@@ -445,7 +451,7 @@ def test_the_alert_loop_fires_on_error_and_critical_findings_only(ctx, redis_cli
         ctx.store.record_rejection(["priority: bad"], f"s{i}", now, "bad-svc")
     ctx.store.record_rejection(["x"], "r", now, "limited", reason="rate_limited")
     run_security(ctx, now)
-    assert set(ctx.mon.findings()) == {"rejections:bad-svc", "rate_limited:limited"}
+    assert set(ctx.mon.findings()) == {"rejected_submissions:bad-svc", "rate_limited:limited"}
     assert "SecurityThreat" in run_alerts(ctx, now)["firing"]
     # The window passes: the finding is dropped and the alert resolves.
     later = now + ctx.settings.security_window_s + 120

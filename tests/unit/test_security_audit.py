@@ -10,6 +10,8 @@ import pytest
 from orchestrator.config import load_settings, mask_password
 from orchestrator.errors import ClientBlocked, ConfigError, RateLimited
 from orchestrator.models import ProductionEventSeverity as Sev
+from orchestrator.security.fitness import KINDS as CONFIG_KINDS
+from orchestrator.security.fitness import NO_EVICTION, RedisConfig, config_findings
 from orchestrator.security.policy import (
     AuditFacts,
     Bucket,
@@ -21,6 +23,7 @@ from orchestrator.security.policy import (
     content_findings,
     counter_findings,
     diff_findings,
+    finding_id,
     flower_findings,
     is_loopback,
     ordered,
@@ -151,25 +154,32 @@ def test_counter_findings() -> None:
     )
     by_id = {f.id: f for f in found}
     assert set(by_id) == {
-        "rejections:bad",
-        "rejections:limited",
+        "rejected_submissions:bad",
+        "rejected_submissions:limited",
         "rate_limited:limited",
-        "blocked:bad",
-        "poison",
+        "client_blocked:bad",
+        "poison_refused",
     }
-    assert by_id["rejections:bad"].severity is Sev.CRITICAL
-    assert by_id["rejections:bad"].data == {
+    assert by_id["rejected_submissions:bad"].severity is Sev.CRITICAL
+    assert by_id["rejected_submissions:bad"].data == {
         "client_id": "bad",
         "rejections": 20,
         "window_s": 300,
         "threshold": 20,
         "blocked_until": 1_800_000_300.0,
     }
-    assert "blocked_until" not in by_id["rejections:limited"].data
+    assert "blocked_until" not in by_id["rejected_submissions:limited"].data
     assert by_id["rate_limited:limited"].severity is Sev.WARNING
-    assert by_id["blocked:bad"].data["refused"] == 7
-    assert by_id["poison"].severity is Sev.ERROR and by_id["poison"].data["refused"] == 3
-    assert [f.id for f in threats(found)] == ["rejections:bad", "rejections:limited", "poison"]
+    assert by_id["client_blocked:bad"].data["refused"] == 7
+    assert (
+        by_id["poison_refused"].severity is Sev.ERROR
+        and by_id["poison_refused"].data["refused"] == 3
+    )
+    assert [f.id for f in threats(found)] == [
+        "rejected_submissions:bad",
+        "rejected_submissions:limited",
+        "poison_refused",
+    ]
     assert counter_findings({}, 20, {}, {}, {}, 0, 300) == []
 
 
@@ -233,7 +243,10 @@ def test_content_findings(accepted: list[str], expected: list[tuple[str, Sev]]) 
 
 def test_a_workers_content_finding_is_its_own_kind() -> None:
     (found,) = content_findings("rogue@h", ["pickle"])
-    assert (found.id, found.kind) == ("unsafe_content:rogue@h:pickle", "worker_unsafe_content")
+    assert (found.id, found.kind) == (
+        "worker_unsafe_content:rogue@h:pickle",
+        "worker_unsafe_content",
+    )
     assert "worker rogue@h accepts pickle" in found.summary
 
 
@@ -367,7 +380,7 @@ def test_flower_findings(status: int | None, found: bool) -> None:
                     "q@h": WorkerFacts(["y"], None),
                 },
             ),
-            ["unsafe_content:app:pickle", "unsafe_content:r@h:pickle"],
+            ["unsafe_content:app:pickle", "worker_unsafe_content:r@h:pickle"],
         ),
         (
             {"redis_url": "redis://redis:6379/0"},
@@ -394,11 +407,66 @@ def test_audit(settings: dict[str, str], facts: AuditFacts, expected: list[str])
     assert [f.id for f in audit(load_settings(**settings), facts)] == expected
 
 
+# --- finding ids ----------------------------------------------------------------------------
+
+
+def every_kind_of_finding() -> list[Finding]:
+    """At least one finding of each kind the audit makes, from each function that makes them."""
+    found = counter_findings({"bad": 20}, 20, {"bad": 1}, {"bad": 9.0}, {"bad": 1}, 1, 300)
+    found += consumer_findings({"x@h": ["agent.ghost"], "alpha@h9": ["agent.alpha"]}, AGENTS)
+    found += content_findings("app", ["pickle"]) + content_findings("w@h", ["yaml"])
+    found += url_findings({"broker": "redis://redis:6379/0", "state": "redis://redis:6379/1"})
+    found += remote_control_findings("redis://redis:6379/0", True)
+    found += flower_findings("http://f:5555", 200)
+    configs = {
+        "redis://a:1/0": RedisConfig(policy="allkeys-lru", appendonly=False),
+        "redis://b:1/0": RedisConfig(policy=NO_EVICTION, appendonly=True, appendfsync="no"),
+        "redis://c:1/0": RedisConfig(unreadable="NOPERM"),
+    }
+    found += config_findings({"broker": "redis://a:1/0", "results": "redis://b:1/0"}, configs)
+    found += config_findings({"state": "redis://c:1/0"}, configs)
+    return found
+
+
+def test_every_finding_id_is_its_kind_then_what_it_is_about() -> None:
+    found = every_kind_of_finding()
+    assert {f.kind for f in found} == {
+        "rejected_submissions",
+        "rate_limited",
+        "client_blocked",
+        "poison_refused",
+        "unregistered_consumer",
+        "foreign_consumer",
+        "unsafe_content",
+        "worker_unsafe_content",
+        "redis_no_password",
+        "redis_no_tls",
+        "remote_control_open",
+        "flower_open",
+        *CONFIG_KINDS,
+    }
+    for f in found:
+        kind, _, key = f.id.partition(":")
+        assert (kind, f.id) == (f.kind, finding_id(f.kind, key or None)), f
+
+
+def test_a_finding_of_a_kind_that_has_one_is_named_by_its_kind() -> None:
+    made = Finding.of("flower_open", None, severity=Sev.CRITICAL, summary="s", data={"n": 1})
+    assert (made.id, made.kind, made.data) == ("flower_open", "flower_open", {"n": 1})
+    assert Finding.of("rate_limited", "c", severity=Sev.WARNING, summary="s").id == (
+        "rate_limited:c"
+    )
+
+
 # --- diffing ---------------------------------------------------------------------------------
 
 
-def finding(fid: str, kind: str = "k", severity: Sev = Sev.ERROR, since: float = 0.0) -> Finding:
-    return Finding(id=fid, kind=kind, severity=severity, summary=fid, since=since)
+def finding(
+    fid: str, kind: str | None = None, severity: Sev = Sev.ERROR, since: float = 0.0
+) -> Finding:
+    """The finding `fid`: one of its own kind, or about `fid` when of `kind`."""
+    made = Finding.of(kind or fid, fid if kind else None, severity=severity, summary=fid)
+    return made.model_copy(update={"since": since})
 
 
 @pytest.mark.parametrize(
@@ -425,18 +493,17 @@ def test_each_finding_is_new_once_per_episode(
 
 def test_a_standing_finding_keeps_its_since_and_takes_fresh_data() -> None:
     first, _ = diff_findings({}, [finding("a")], now=10.0)
-    fresh = Finding(id="a", kind="k", severity=Sev.ERROR, summary="now 5", data={"n": 5})
+    fresh = Finding.of("a", None, severity=Sev.ERROR, summary="now 5", data={"n": 5})
     second, new = diff_findings(first, [fresh], now=20.0)
     assert new == [] and second["a"].since == 10.0 and second["a"].data == {"n": 5}
 
 
 def test_findings_of_a_check_that_did_not_run_stand_as_they_were() -> None:
-    before = {
-        "c": finding("c", kind="unregistered_consumer", since=5.0),
-        "x": finding("x", kind="other", since=5.0),
-    }
+    consumer = finding("c", kind="unregistered_consumer", since=5.0)
+    other = finding("x", kind="other", since=5.0)
+    before = {consumer.id: consumer, other.id: other}
     standing, new = diff_findings(before, [], now=50.0, unchecked_kinds=["unregistered_consumer"])
-    assert list(standing) == ["c"] and standing["c"].since == 5.0 and new == []
+    assert standing == {"unregistered_consumer:c": consumer} and new == []
 
 
 def test_ordered_puts_the_most_severe_and_oldest_first() -> None:
