@@ -51,7 +51,8 @@ memory under noeviction: the script takes nothing) is logged once, retried every
 `fetch_refused_backoff` seconds, and consuming resumes by itself. Fanout (pub/sub) is
 untouched. Relies on kombu's Redis channel internals (`_brpop_start`/`_brpop_read`, the
 `handlers` and `_register` of its MultiChannelPoller, which forgets a registration when its
-connection disconnects, QoS.append's record): kombu >= 5.4, < 6 (read in 5.7).
+connection disconnects, QoS.append's record), as of kombu 5.7: pyproject.toml pins that
+series and tests/unit/test_kombu_internals.py fails when one of them changes.
 """
 
 from __future__ import annotations
