@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test fuzz lint bench bench-routing bench-anomaly bench-failover bench-fleet bench-scale \
+.PHONY: run test test-chaos test-all fuzz lint bench bench-routing bench-anomaly bench-failover bench-fleet bench-scale \
 	bench-dispatch \
 	clean venv sysdeps
 
@@ -32,8 +32,20 @@ sysdeps:
 run: $(STAMP)
 	$(BIN)/orchestrator dev
 
+# The suite but the chaos runs, in TEST_WORKERS pytest-xdist processes (each with its own
+# redis-server; a test file stays on one process, so a module's shared cluster is started once);
+# prints the 15 slowest tests. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 4
 test: $(STAMP) sysdeps
-	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not chaos" --durations=15 \
+	  $(PYTEST_ARGS)
+
+# The chaos runs alone (workers and Redis killed under load, Sentinel failover; several minutes).
+test-chaos: $(STAMP)
+	$(BIN)/python -m pytest -q -m chaos --durations=15 tests/chaos $(PYTEST_ARGS)
+
+# Everything CI runs after lint.
+test-all: test test-chaos
 
 # The submission fuzzer alone, with more examples than `make test` runs (1,000); FUZZ_SEED=N
 # regenerates a batch. -s shows its summary line (the split, the timings, the seed).

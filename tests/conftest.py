@@ -45,6 +45,18 @@ def pytest_runtest_makereport(
     return report
 
 
+@pytest.fixture(autouse=True)
+def _no_inherited_orch_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test starts with no ORCH_* variable in os.environ.
+
+    A developer's shell (or CI) may export ORCH_REDIS_URL or ORCH_SCALE_MIN; settings loaded in
+    the test process would read them, so a test would pass or fail by the shell it ran in. A test
+    sets what it needs with monkeypatch; children get theirs from `orch_env`.
+    """
+    for key in [k for k in os.environ if k.startswith("ORCH_")]:
+        monkeypatch.delenv(key)
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """One redis-server for the whole session: starting one per test costs more than a flush."""

@@ -38,7 +38,7 @@ from tests.chaos.cluster import Cluster, chaos_env, submit_chaos
 from tests.chaos.verdict import ChaosReport
 from tests.support import RedisServer, terminate_all, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
 #: Far below kombu's 1-hour visibility timeout: recovery must not wait for it.
 RECOVERY_BUDGET_S = 45.0

@@ -29,7 +29,7 @@ from tests.chaos.cluster import Cluster, chaos_env
 from tests.sentinel import SentinelGroup
 from tests.support import wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
 BEFORE, AFTER = 60, 60  # submissions before the kill, and after the failover
 #: What a submission may raise while no primary answers (StoreUnavailable is an

@@ -150,11 +150,7 @@ def test_bad_settings_name_the_variable(monkeypatch, env, named):
 
 
 def test_settings_defaults_match_the_spec(monkeypatch, tmp_path):
-    monkeypatch.chdir(tmp_path)  # no stray .env
-    import os
-
-    for key in [k for k in os.environ if k.startswith("ORCH_")]:
-        monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)  # no stray .env; no ORCH_* either (the autouse fixture)
     s = load_settings()
     assert s.redis_url == "redis://127.0.0.1:6379/0"
     assert s.effective_broker_url == s.effective_result_backend == s.effective_state_url
