@@ -9,7 +9,7 @@ Runs bench/bench_routing.py, bench/bench_scale.py and bench/bench_fleet.py one a
 in this process, through their own run functions: each starts its private redis-server on a free
 port (never 6379) and its workers, and stops them on success, failure, Ctrl-C or SIGTERM. Their
 progress goes to stderr with a line as each stage starts and ends; then one table on stdout
-with the ten figures of issue 15, in the issue's order, each with its goal and whether it was
+with the ten performance figures, in their fixed order, each with its goal and whether it was
 met. Every figure is the one the benchmark's own table shows (a ratio against a baseline
 measured in the same run, median of the repeats), taken from its report, not recomputed.
 
@@ -237,7 +237,7 @@ def _routing_reasons(r: dict[str, Any]) -> dict[int, str]:
         )
 
     events_text = (
-        f"task events, on because Flower sees every task by name (SPEC section 10), alone give "
+        f"task events, on because Flower sees every task by name, alone give "
         f"plain+events / plain "
         f"{events:.2f}"
     )
@@ -260,7 +260,7 @@ def _scale_reasons(r: dict[str, Any]) -> dict[int, str]:
     small, large = (str(n) for n in r["config"]["agents"])
     d, fresh, ping = f["decision_ms"], f["decision_fresh_ms"], f["ping_p99_ms"]
     wrr = (
-        "the smooth weighted round-robin SPEC section 6 prescribes (one atomic step in Redis) "
+        "the smooth weighted round-robin the contract prescribes (one atomic step in Redis) "
         "adds every eligible agent's weight at each pick, so its Lua step grows with the "
         f"eligible agents: p50 {d[large]['p50']['median']:.2f} ms at {large} against "
         f"{d[small]['p50']['median']:.2f} ms at {small}, PING p99 "
@@ -284,8 +284,8 @@ def _fleet_reasons(r: dict[str, Any]) -> dict[int, str]:
     runs = r["memory"]["runs"]
     pss = statistics.median(x["agent"]["pss_total_mb"] - x["plain"]["pss_total_mb"] for x in runs)
     return {
-        7: "the agent imports pydantic and pydantic-settings, about 10 MB per process (SPEC "
-        "section 3: one pydantic-settings model; pydantic at every boundary); each -c 2 pool "
+        7: "the agent imports pydantic and pydantic-settings, about 10 MB per process ("
+        "one pydantic-settings model; pydantic at every boundary); each -c 2 pool "
         "child's RSS counts those pages again, "
         f"so the whole worker shows three times the main process's difference (by PSS, "
         f"which counts a shared page once: {pss:+.1f} MB)"
@@ -311,7 +311,7 @@ def reasons(reports: Mapping[str, dict[str, Any]]) -> dict[str, str]:
 def title(report: dict[str, Any]) -> str:
     cfg = report["config"]
     size = "QUICK RUN (smoke sizes, not the issue's figures)" if cfg["quick"] else "full run"
-    return f"issue 15 figures, {size}: {cfg['cpus']} CPUs, commit {cfg['commit']}"
+    return f"performance figures, {size}: {cfg['cpus']} CPUs, commit {cfg['commit']}"
 
 
 def markdown(report: dict[str, Any]) -> str:

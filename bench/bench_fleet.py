@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_fleet.py [--repeats 5] [--agents 100] [--json FILE]
     make bench-fleet
 
-Two figures of issue 15, against a private redis-server on a free port (never 6379):
+Two of the performance figures, against a private redis-server on a free port (never 6379):
 
 1. Memory: a plain Celery worker (`celery -A bench.plain_app worker -c 2`) and an agent worker
    (`celery -A orchestrator.app worker -c 2`, capability `echo`, handlers `examples.handlers`),

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from bench.common import spread, summary_ms
 
-GOAL_RATIO = 0.8  # client-routed throughput / plain (issue 15)
+GOAL_RATIO = 0.8  # client-routed throughput / plain: the goal
 GOAL_BYNAME_RATIO = 0.7  # by-name throughput / plain
 GOAL_BYNAME_P50_RATIO = 2.0  # by-name idle round trip p50 / plain p50
 GOAL_BYNAME_P99_MS = 25.0  # by-name idle round trip p99

@@ -222,7 +222,7 @@ def mask_password(url: str) -> str:
 
 
 class Settings(BaseSettings):
-    """The whole configuration surface; see SPEC section 3 and the README."""
+    """The whole configuration surface: every ORCH_* variable, described in the README."""
 
     model_config = SettingsConfigDict(
         env_prefix="ORCH_", env_file=".env", extra="ignore", validate_default=True
@@ -325,7 +325,7 @@ class Settings(BaseSettings):
     # The two scaling loops (orchestrator.autoscale, orchestrator.sleep_wake) run this often
     # (as Kubernetes' HPA syncs; a parked task wakes a sleeping agent at once regardless).
     scale_interval_s: PositiveSeconds = 15.0
-    # Autoscaling (issue 14): a command run (no shell) with {n} replaced by the desired count
+    # Autoscaling: a command run (no shell) with {n} replaced by the desired count
     # of a capability; empty = the signal is only exported and shown.
     scale_command: str = ""
     # Autoscaling hysteresis (scaling/decide.py): a lower need must hold this long before the
@@ -339,7 +339,7 @@ class Settings(BaseSettings):
     min_awake_agents: Annotated[int, Field(ge=0, le=10_000)] = 1
     sleep_windows: Annotated[list[SleepWindow], NoDecode] = Field(default_factory=list)
 
-    # Monitoring loops (issue 4); see the README's Operations section.
+    # Monitoring loops; see the README's Operations section.
     exporter_address: str = "0.0.0.0"  # where `orchestrator exporter` binds
     metrics_window_s: PositiveSeconds = 300.0  # window of the snapshot's rates and latencies
     metrics_history_len: Annotated[int, Field(ge=1)] = 1440  # snapshots / SLA points kept
@@ -348,7 +348,7 @@ class Settings(BaseSettings):
     beat_max_interval_s: PositiveSeconds = 5.0  # longest sleep of beat between ticks
     beat_lock_timeout_s: PositiveSeconds = 30.0  # a dead beat's lock frees after this
 
-    # Security at the edges (issue 8); see the README's Security chapter.
+    # Security at the edges; see the README's Security chapter.
     poison_keep: Annotated[int, Field(ge=1)] = 10_000  # refused messages kept for inspection
     poison_raw_max_bytes: Annotated[int, Field(ge=64)] = 65_536  # raw bytes kept of each
     # Per-client limits (checked in one Lua step, and only when one of them is on): a token

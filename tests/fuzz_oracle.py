@@ -1,8 +1,8 @@
 """The oracle of the submission fuzz: what the service must answer to generated kwargs.
 
-The oracle (`judge`) predicts, from SPEC section 4 and the README's task-spec paragraph alone,
-what the service must answer; it never calls the code under test. Where the SPEC is silent
-it follows the documented behaviour of the model (noted at each rule). It judges what the
+The oracle (`judge`) predicts, from the task-spec contract and the README's task-spec paragraph
+alone, what the service must answer; it never calls the code under test. Where the contract is
+silent it follows the documented behaviour of the model (noted at each rule). It judges what the
 worker receives: the kwargs after kombu's JSON round trip, since that is all a worker can see
 (dict keys become strings, tuples lists; NaN and infinities travel as JSON extensions). The
 strategies that generate the kwargs are in tests/fuzz_specs.py.
@@ -19,7 +19,7 @@ from typing import Any
 
 from kombu.utils import json as kombu_json
 
-#: The task spec's fields, as SPEC section 4 names them (the oracle's own copy).
+#: The task spec's fields, as the contract names them (the oracle's own copy).
 SPEC_FIELDS = (
     "task_id",
     "type",
@@ -196,7 +196,7 @@ def encoded_size(payload: Any) -> int:
 
 
 def judge(kwargs: Mapping[Any, Any], max_payload_bytes: int) -> Verdict:
-    """The answer SPEC section 4 requires for these submit kwargs. Raises Undeliverable
+    """The answer the task-spec contract requires for these submit kwargs. Raises Undeliverable
     for those no task can be given (see `wire`)."""
     fields = wire(kwargs)
     bad: set[str] = {k for k in fields if k not in SPEC_FIELDS}  # unknown fields

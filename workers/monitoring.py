@@ -1,4 +1,4 @@
-"""Monitoring tasks run by beat (SPEC section 9): thin wrappers around monitoring.loops.
+"""Monitoring tasks run by beat: thin wrappers around monitoring.loops.
 
 Each task obeys its feature flag, holds its singleton lock for the run (a run that finds the
 lock held skips itself: the previous one is still going), records itself in the run log

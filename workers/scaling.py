@@ -1,4 +1,4 @@
-"""The scaling loops run by beat (issue 14): thin wrappers around orchestrator.scaling.
+"""The scaling loops run by beat: thin wrappers around orchestrator.scaling.
 
 `orchestrator.autoscale` turns the backlog into a desired agent count per capability (with
 hysteresis and a cool-down) and runs ORCH_SCALE_COMMAND; `orchestrator.sleep_wake` puts idle

@@ -1,8 +1,8 @@
 """`orchestrator agent`: start an agent worker, or put one to sleep and wake it by hand.
 
-`orchestrator agent --capabilities echo=1.0 [CELERY ARGS]` starts a worker (the verb the SPEC
-names); `orchestrator agent sleep ID` and `orchestrator agent wake ID` act on a running one
-through the same steps as the sleep/wake loop (orchestrator.scaling.sleepwake).
+`orchestrator agent --capabilities echo=1.0 [CELERY ARGS]` starts a worker (the verb other
+services' tooling calls); `orchestrator agent sleep ID` and `orchestrator agent wake ID` act on a
+running one through the same steps as the sleep/wake loop (orchestrator.scaling.sleepwake).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`orchestrator bench`: issue 15's benchmarks in one table, run from the source checkout."""
+"""`orchestrator bench`: the performance benchmarks in one table, run from the source checkout."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def _wait(proc: subprocess.Popen[bytes]) -> int:
     help="Write the JSON report to PATH [default for a complete full run: bench/results.json].",
 )
 def bench(quick: bool, only: str | None, as_json: bool, json_file: str | None) -> None:
-    """Measure issue 15's ten figures against their goals, in one table.
+    """Measure the ten performance figures against their goals, in one table.
 
     Runs bench/bench_all.py of the source checkout with this interpreter: the routing, scale
     and fleet benchmarks in turn, each on its own redis-server on a free port (never 6379) with

@@ -22,7 +22,7 @@ from orchestrator.models import OrchestrationEvent
 EventHandler = Callable[[OrchestrationEvent, Any], object]
 H = TypeVar("H", bound=EventHandler)
 
-#: What an event type may look like: SPEC section 8's dotted names, and a team's own.
+#: What an event type may look like: the built-in dotted names (`task.failed`), and a team's own.
 EVENT_TYPE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}\Z")
 
 #: The shortest time an entry stays pending before another consumer may claim it, whatever

@@ -362,7 +362,7 @@ def load_rules(
     source: str = "alert rules file",
     known_metrics: frozenset[str] | None = KNOWN_METRICS,
 ) -> list[AlertRule]:
-    """Load an ORCH_ALERT_RULES_FILE body (SPEC section 9); raise ConfigError when invalid.
+    """Load an ORCH_ALERT_RULES_FILE body (the alert rules file); raise ConfigError when invalid.
 
     Metric names are checked against the snapshot vocabulary by default, because a typo
     would otherwise make a rule that can never fire; pass known_metrics=None to allow any.

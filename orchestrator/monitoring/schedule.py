@@ -85,7 +85,7 @@ LOOPS: tuple[Loop, ...] = (
         lambda s: s.performance_optimization_interval,
         lambda s: s.intelligent_routing_enabled,
     ),
-    # Scaling (issue 14; orchestrator.scaling): the autoscaling signal with its hysteresis and
+    # Scaling (orchestrator.scaling): the autoscaling signal with its hysteresis and
     # ORCH_SCALE_COMMAND; agents' sleep/wake (with sleeping off it still wakes an agent put
     # to sleep by hand when work needs it).
     Loop(
@@ -120,7 +120,7 @@ def beat_entry(task: str, interval_s: float, time_limit_s: float | None = None) 
 
 
 def loop_entries(settings: Settings) -> dict[str, dict[str, Any]]:
-    """The SPEC section 9 entries whose flag is on."""
+    """The beat entries of the monitoring loops whose feature flag is on."""
     entries = {}
     for loop in LOOPS:
         if loop.enabled(settings):

@@ -1,4 +1,4 @@
-"""The metrics snapshot (`ProductionMetrics`, SPEC section 9), gathered cheaply from Redis.
+"""The metrics snapshot (`ProductionMetrics`), gathered cheaply from Redis.
 
 Read-only: `orchestrator status`, the exporter and the alert loop all call `gather`; only the
 alert loop stores the result in the bounded history.

@@ -1,1 +1,1 @@
-"""The chaos suite of issue 3: real workers, real faults, and a history checker that judges."""
+"""The chaos suite: real workers, real faults, and a history checker that judges."""

@@ -1,4 +1,4 @@
-"""History checker: what the cluster recorded about each submitted id, judged against issue 3.
+"""History checker: what the cluster recorded about each submitted id, judged by the promise.
 
 The promise under test: every accepted task ends succeeded, failed with a reason, or
 dead-lettered; a completion is recorded once; nothing waits an hour to be recovered. The

@@ -104,7 +104,7 @@ def test_round_robin_state_of_the_older_layout_is_replaced_not_misread(redis_url
         store.r.hset("orch:wrr:echo", mapping={"a": 5, "b": -3})
         weights = {"a": 5, "b": 1, "c": 1}
         picks = [store.wrr_pick("echo", weights) for _ in range(7)]
-        assert picks == list("aabacaa")  # SPEC section 6: 5:1:1 runs a a b a c a a
+        assert picks == list("aabacaa")  # smooth WRR: 5:1:1 runs a a b a c a a
         assert store.wrr_state("echo") == {"a": 0, "b": 0, "c": 0}
         assert set(store.r.hkeys("orch:wrr:echo")) == {"d", "ids", "cur"}
     finally:

@@ -33,7 +33,7 @@ COMPOSE_COMMANDS: dict[str, list[str]] = {
     "exporter": ["orchestrator", "exporter"],
 }
 
-# SPEC section 11.
+# The services the compose file must define, with their commands.
 SERVICES = {
     "redis",
     "control",

@@ -1,4 +1,4 @@
-"""The task spec's rules (SPEC section 4) and the settings' validation (SPEC section 3)."""
+"""The task spec's rules and the settings' validation."""
 
 from __future__ import annotations
 
