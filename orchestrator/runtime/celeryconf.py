@@ -15,7 +15,13 @@ from orchestrator.config import SIGNING_DIGEST, Settings, is_sentinel, redis_ssl
 from orchestrator.models import OrchestrationTask, RegisteredAgent
 from orchestrator.monitoring.schedule import redbeat_config
 from orchestrator.routing.weights import to_broker_priority
-from orchestrator.runtime.transport import SENTINEL_TRANSPORT, TRANSPORT, Push, captured_pushes
+from orchestrator.runtime.transport import (
+    SENTINEL_TRANSPORT,
+    TRANSPORT,
+    Push,
+    alias_sentinel_scheme,
+    captured_pushes,
+)
 
 if TYPE_CHECKING:
     from orchestrator.routing.router import Preparer, Publisher
@@ -189,6 +195,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 def create_app(settings: Settings, *, with_tasks: bool = True) -> Celery:
     """Build a Celery app. Clients pass with_tasks=False: they only send by name."""
+    alias_sentinel_scheme()
     app = Celery("orchestrator", include=TASK_MODULES if with_tasks else [])
     app.conf.update(celery_config(settings))
     app.conf.orchestrator_settings = settings

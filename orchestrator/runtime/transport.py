@@ -559,9 +559,13 @@ class SentinelTransport(_FetchLoop, kombu_redis.SentinelTransport):
 TRANSPORT = f"{__name__}:Transport"
 SENTINEL_TRANSPORT = f"{__name__}:SentinelTransport"
 
+
 # kombu treats the `;`-separated parts of a broker URL as failover alternates and, switching to
 # the next after a connection error, takes the transport from that part's scheme: for
 # `sentinel://` kombu's stock one, without the screening above, whose publish inside
 # captured_pushes() pushes for real (outside the atomic step) and captures nothing. Found by
-# the failover test; the alias keeps every part on this transport, in this project's processes.
-TRANSPORT_ALIASES["sentinel"] = SENTINEL_TRANSPORT
+# the failover test; the alias keeps every part on this transport. kombu's alias table is one per
+# process, so the app factory sets it (importing this module changes nothing in kombu).
+def alias_sentinel_scheme() -> None:
+    """Resolve `sentinel://` URL parts to this project's SentinelTransport (idempotent)."""
+    TRANSPORT_ALIASES["sentinel"] = SENTINEL_TRANSPORT
