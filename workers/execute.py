@@ -33,6 +33,7 @@ from orchestrator.runtime.celeryconf import EXECUTE, agent_queue, execute_publis
 from orchestrator.runtime.handlers import get_handler
 from orchestrator.runtime.metrics import note_run
 from orchestrator.store import Dispatched, StateStore, now_s
+from orchestrator.store.codes import AttemptCode
 from orchestrator.store.telemetry import delegation_ms
 from workers._context import settings_of, store_of
 
@@ -180,6 +181,14 @@ def _store_when_room(
 def execute(
     self: Task, type: str, payload: dict[str, Any], max_retries: int = 3, dispatch: int = 0
 ) -> Any:
+    """Run one delivered copy of a task on this agent, under dispatch number `dispatch`.
+
+    `max_retries` is accepted and ignored: how often a failed task is tried again is
+    recovery's decision, made from the spec in the ledger (Healer.recover_task), never from
+    the message. Every execute message carries it all the same (runtime.celeryconf's
+    execute_publisher puts it in the kwargs; messages already queued, restored from a backup or
+    sent by a worker of an earlier version have it), and Celery refuses a message with a
+    keyword its task does not take, so the parameter stays for those messages."""
     agent_id = current_agent_id()
     marker = RunningMarker(agent_id)
     try:
@@ -217,7 +226,7 @@ def _execute(
     attempt = store.begin_attempt(
         task_id, agent_id, dispatch, started_at, pid, settings.max_deliveries
     )
-    if attempt.code == -4:
+    if attempt.code == AttemptCode.RUNNING_HERE:
         holder = int(attempt.info)
         if holder != pid and pid_alive(holder) and marker.holds(holder, task_id):
             raise Ignore()  # a restored copy of a task a live child of ours is running
@@ -225,12 +234,12 @@ def _execute(
         attempt = store.begin_attempt(
             task_id, agent_id, dispatch, started_at, pid, settings.max_deliveries, force=True
         )
-    if attempt.code == -1:
+    if attempt.code == AttemptCode.ENDED:
         stored = store.stored_result(task_id)
         if stored is None:
             raise Ignore()
         return json.loads(stored)  # the same value again: the backend's result is unchanged
-    if attempt.code == -3:
+    if attempt.code == AttemptCode.POISON:
         error = f"delivered {attempt.info} times without finishing (the worker died each time)"
         _hand_to_recovery(task, store, task_id, agent_id, ErrorKind.POISON, error)
         raise Ignore()

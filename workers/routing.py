@@ -102,7 +102,7 @@ def submit(self: Task, *args: Any, **fields: Any) -> str:
             # A client tracking its own id must see the refusal there too.
             self.backend.mark_as_failure(given, exc)
         raise
-    return outcome.status
+    return outcome.status.value
 
 
 @app.task(name="orchestrator.route_parked", bind=True, ignore_result=True)

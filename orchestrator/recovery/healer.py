@@ -22,6 +22,7 @@ from orchestrator.models import (
 )
 from orchestrator.recovery.floor import ejection_refusals
 from orchestrator.recovery.plan import ErrorKind, plan_recovery
+from orchestrator.routing.dispatch import PLACED, OutcomeStatus
 from orchestrator.routing.router import Router
 from orchestrator.routing.weights import effective_status
 
@@ -138,7 +139,7 @@ class Healer:
             outcome = self.router.dispatch(
                 spec, agents[target], now, countdown=plan.delay_s, tier=plan.tier.value
             )
-            if outcome.status == "routed":
+            if outcome.status is OutcomeStatus.ROUTED:
                 return
         # The planned agent vanished meanwhile: route anywhere but the agents that failed it.
         failed = self.store.failed_agents(plan.task_id)
@@ -254,7 +255,7 @@ class Healer:
                     source="move" if only_queued else "lost",
                     moved_from=agent_id,
                 )
-                moved += outcome.status in ("routed", "queued", "parked")
+                moved += outcome.status in PLACED
         return moved
 
     def agent_lost(self, agent_id: str, now: float, reason: str) -> int:
@@ -293,7 +294,7 @@ class Healer:
             outcome = self.router.reroute(
                 task_id, now, expect_dispatch=dispatch, reason="message lost"
             )
-            if outcome.status in ("routed", "queued", "parked"):
+            if outcome.status in PLACED:
                 rescued += 1
                 log.warning("task %s: message lost; dispatched again", task_id)
         return rescued

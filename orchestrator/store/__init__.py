@@ -1,11 +1,13 @@
 """The state store: every read and write of orchestrator state in Redis.
 
-One class, StateStore, made of the agent half (agents), the task half (ledger), the
-dead-letter store of both kinds (dlq), recovery's plans and lost agents' tasks (recovery),
-the per-client limits (clients), the control workers' consumer group on the event stream
-(events) and sleeping agents' checkpoints (sleep), over a shared base (base). Key names
-come from keys, and the atomic steps from scripts (Lua in lua/), so a reader finds every key
-in one place and every multi-key change in another.
+One class, StateStore, made of the agent half (agents), the task half (ledger, over the
+backlog and dispatching in backlog), the dead-letter store of both kinds (dlq), recovery's
+plans and lost agents' tasks (recovery), the per-client limits (clients), the control
+workers' consumer group on the event stream (events), sleeping agents' checkpoints (sleep)
+and the key layout's migration (migrate), over a shared base (base); the end of a run
+(settle_run), which spans the agent and task halves, is here. Key names come from keys, the
+codes the Lua steps answer with from codes, and the atomic steps from scripts (Lua in lua/),
+so a reader finds every key in one place and every multi-key change in another.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from orchestrator.models import (
 from orchestrator.recovery.breaker import (
     CLOSED_BREAKER,
     BreakerState,
+    BreakerTransition,
     admit,
     current_state,
     from_redis_hash,
@@ -361,7 +362,7 @@ class AgentStore(StoreBase):
             return
         severity = (
             ProductionEventSeverity.WARNING
-            if transition == "opened"
+            if transition == BreakerTransition.OPENED
             else ProductionEventSeverity.INFO
         )
         with self._translate():

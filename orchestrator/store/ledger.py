@@ -18,6 +18,12 @@ from orchestrator.models import (
 from orchestrator.monitoring.stats import REJECTIONS_TTL_S, client_label
 from orchestrator.store.backlog import BacklogStore
 from orchestrator.store.base import _event_args, _history
+from orchestrator.store.codes import (
+    REJECTION_COUNTS,
+    AcceptStatus,
+    AttemptCode,
+    RejectionReason,
+)
 from orchestrator.store.keys import (
     AGENT_STATS,
     COUNTERS,
@@ -53,17 +59,23 @@ def _outbox_message(kwargs: Mapping[str, Any], submit_id: str, queue: str) -> st
 class Attempt:
     """What begin_attempt decided for one delivered copy of a task."""
 
-    code: int  # >0: the attempt number, run it; <0: see scripts.BEGIN_ATTEMPT
-    info: str
+    code: AttemptCode | int  # >0: the attempt number, run it; else why not (AttemptCode)
+    info: str  # the previous state; the live child's pid (RUNNING_HERE); deliveries (POISON)
     submitted_at: float | None = None  # given with a copy to run
 
     @property
     def run(self) -> bool:
         return self.code > 0
 
+    @classmethod
+    def of(cls, code: int, info: str, submitted_at: float | None = None) -> Attempt:
+        """begin_attempt.lua's answer, its refusals as AttemptCode members."""
+        return cls(code if code > 0 else AttemptCode(code), info, submitted_at)
+
 
 class LedgerStore(BacklogStore):
-    """Tasks: the ledger, parking, recovery plans and the dead-letter store."""
+    """Tasks: the ledger, the submission outbox, refusals, parking, attempts and terminal
+    states (the dead-letter store is DeadLetterStore's, recovery plans RecoveryStore's)."""
 
     # --- the ledger ----------------------------------------------------------------------
 
@@ -73,7 +85,7 @@ class LedgerStore(BacklogStore):
         submit_id: str,
         now: float,
         outbox: tuple[Mapping[str, Any], str] | None = None,
-    ) -> tuple[str, str]:
+    ) -> tuple[AcceptStatus, str]:
         """Record a new task and announce it, in one round trip; tell a fresh acceptance from
         a redelivery of the same submit message or a duplicate submission. With `outbox`
         (the submission's fields and its queue) a new task also enters the outbox in the same
@@ -83,7 +95,7 @@ class LedgerStore(BacklogStore):
             status, state = self.replicated(
                 lambda client: self._accept(keys=keys, args=args, client=client)
             )
-        return str(status), str(state)
+        return AcceptStatus(str(status)), str(state)
 
     def accept_and_route(
         self,
@@ -93,7 +105,7 @@ class LedgerStore(BacklogStore):
         now: float,
         pushes: Sequence[tuple[str, str]],
         slots: int | None = None,
-    ) -> tuple[str, str]:
+    ) -> tuple[AcceptStatus, str]:
         """Accept a new task, route it to `agent_id` (dispatch 1) and publish its message by
         pushing `pushes` ((list key, payload): the broker's own message, built for dispatch 1)
         in one atomic step: all of it happens, or, for a task that is not new, none of it.
@@ -113,7 +125,7 @@ class LedgerStore(BacklogStore):
             status, state = self.replicated(
                 lambda client: self._accept_route(keys=keys, args=args, client=client)
             )
-        return str(status), str(state)
+        return AcceptStatus(str(status)), str(state)
 
     def _accept_step(
         self,
@@ -206,21 +218,22 @@ class LedgerStore(BacklogStore):
         submit_id: str,
         now: float,
         client_id: str | None,
-        reason: str = "invalid",
+        reason: RejectionReason = RejectionReason.INVALID,
     ) -> None:
-        """Count a refused submission and announce it (`task.rejected`). `reason`: "invalid"
-        (a bad spec), "rate_limited" or "blocked" (see admit_client). Invalid and
-        rate-limited ones count toward the security loop's rejection threshold; refusals of a
-        blocked client are counted apart, so a block runs its course instead of renewing the
-        finding that caused it."""
+        """Count a refused submission and announce it (`task.rejected`). `reason`: invalid
+        (a bad spec), rate_limited or blocked (see admit_client). Invalid and rate-limited
+        ones count toward the security loop's rejection threshold; refusals of a blocked
+        client are counted apart, so a block runs its course instead of renewing the finding
+        that caused it (codes.REJECTION_COUNTS)."""
         label = client_label(client_id)
         minute = int(now // 60)
-        kinds = {"invalid": ("m",), "rate_limited": ("m", "rl"), "blocked": ("blk",)}[reason]
+        reason = RejectionReason(reason)
+        kinds = REJECTION_COUNTS[reason]
         with self._translate():
             pipe = self.r.pipeline(transaction=True)  # all counted, or (Redis full) none
             pipe.hincrby(COUNTERS, "rejected", 1)
-            if reason != "invalid":
-                pipe.hincrby(COUNTERS, reason, 1)
+            if reason is not RejectionReason.INVALID:
+                pipe.hincrby(COUNTERS, reason.value, 1)
             # Per client and minute, for the security loop (both submission paths count).
             for kind in kinds:
                 minute_key = rejections_key(minute, kind)
@@ -235,11 +248,12 @@ class LedgerStore(BacklogStore):
                 submit_id=submit_id,
                 problems=list(problems),
                 client_id=client_id,
-                reason=reason,
+                reason=reason.value,
             )
             pipe.execute()
 
-    def count_duplicate(self, task_id: str, now: float) -> None:
+    def count_duplicate(self) -> None:
+        """Count a submission that runs nothing again (a duplicate; a redelivery past routing)."""
         with self._translate():
             self.r.hincrby(COUNTERS, "duplicates_ignored", 1)
 
@@ -418,7 +432,7 @@ class LedgerStore(BacklogStore):
                 ],
             )
         submitted = rest[0] if rest and rest[0] else None
-        return Attempt(int(code), str(info), None if submitted is None else float(submitted))
+        return Attempt.of(int(code), str(info), None if submitted is None else float(submitted))
 
     def mark_recovering(
         self, task_id: str, agent_id: str, now: float, error: str, kind: str
