@@ -32,8 +32,9 @@ from orchestrator.runtime.agent import RunningMarker, current_agent_id, pid_aliv
 from orchestrator.runtime.celeryconf import EXECUTE, agent_queue, execute_publisher
 from orchestrator.runtime.handlers import get_handler
 from orchestrator.runtime.metrics import note_run
-from orchestrator.store import Dispatched, StateStore, now_s
+from orchestrator.store import Dispatched, Settlement, now_s
 from orchestrator.store.codes import AttemptCode
+from orchestrator.store.ports import ExecutorStore
 from orchestrator.store.telemetry import delegation_ms
 from workers._context import settings_of, store_of
 
@@ -52,14 +53,14 @@ SETTLE_PATIENCE_S = 30.0
 FULL_PATIENCE_S = 600.0
 
 
-def _settle(task: Task, store: StateStore, *args: Any, **kwargs: Any) -> None:
+def _settle(task: Task, store: ExecutorStore, settlement: Settlement) -> None:
     """store.settle_run, tried again (0.1 s, doubling to 1 s) for up to SETTLE_PATIENCE_S
     (FULL_PATIENCE_S while Redis is full); then the tasks the freed slot took from the backlog
     are published to this agent's queue."""
     started, delay = time.monotonic(), 0.1
     while True:
         try:
-            _done, fills = store.settle_run(*args, **kwargs)
+            _done, fills = store.settle_run(settlement)
             break
         except (StoreUnavailable, OperationalError) as exc:
             patience = FULL_PATIENCE_S if "maxmemory" in str(exc) else SETTLE_PATIENCE_S
@@ -91,10 +92,10 @@ def _publish_fills(task: Task, fills: list[Dispatched]) -> None:
 
 
 def _hand_to_recovery(
-    task: Task, store: StateStore, task_id: str, agent_id: str, kind: ErrorKind, error: str
+    task: Task, store: ExecutorStore, task_id: str, agent_id: str, kind: ErrorKind, error: str
 ) -> None:
     now = now_s()
-    store.mark_recovering(task_id, agent_id, now, error, kind.value)
+    store.mark_recovering(task_id, agent_id=agent_id, now=now, error=error, kind=kind.value)
     task.app.send_task(
         RECOVER,
         kwargs={"task_id": task_id, "kind": kind.value, "agent_id": agent_id, "error": error},
@@ -120,15 +121,17 @@ def _record_success(task: Task, task_id: str, done: _Success) -> None:
     _settle(
         task,
         store,
-        task_id,
-        current_agent_id(),
-        TaskState.SUCCEEDED,
-        now_s(),
-        done.latency_ms,
-        done.type,
-        done.counts,
-        circuit_cfg=settings.circuit_config() if settings.circuit_breaker_enabled else None,
-        result=done.encoded,
+        Settlement(
+            task_id=task_id,
+            agent_id=current_agent_id(),
+            state=TaskState.SUCCEEDED,
+            now=now_s(),
+            latency_ms=done.latency_ms,
+            task_type=done.type,
+            counts=done.counts,
+            circuit_cfg=settings.circuit_config() if settings.circuit_breaker_enabled else None,
+            result=done.encoded,
+        ),
     )
 
 
@@ -213,7 +216,7 @@ def execute(
 def _execute(
     task: Task,
     settings: Settings,
-    store: StateStore,
+    store: ExecutorStore,
     agent_id: str,
     marker: RunningMarker,
     type: str,
@@ -224,7 +227,12 @@ def _execute(
     pid = os.getpid()
     started_at = now_s()
     attempt = store.begin_attempt(
-        task_id, agent_id, dispatch, started_at, pid, settings.max_deliveries
+        task_id,
+        agent_id=agent_id,
+        dispatch=dispatch,
+        now=started_at,
+        pid=pid,
+        max_deliveries=settings.max_deliveries,
     )
     if attempt.code == AttemptCode.RUNNING_HERE:
         holder = int(attempt.info)
@@ -232,7 +240,13 @@ def _execute(
             raise Ignore()  # a restored copy of a task a live child of ours is running
         started_at = now_s()
         attempt = store.begin_attempt(
-            task_id, agent_id, dispatch, started_at, pid, settings.max_deliveries, force=True
+            task_id,
+            agent_id=agent_id,
+            dispatch=dispatch,
+            now=started_at,
+            pid=pid,
+            max_deliveries=settings.max_deliveries,
+            force=True,
         )
     if attempt.code == AttemptCode.ENDED:
         stored = store.stored_result(task_id)
@@ -262,16 +276,18 @@ def _execute(
         _settle(
             task,
             store,
-            task_id,
-            agent_id,
-            TaskState.FAILED,
-            now_s(),
-            latency,
-            type,
-            counts("fail", latency),
-            circuit_cfg=cfg,
-            error=_reason(exc),
-            stats_type=known_type,
+            Settlement(
+                task_id=task_id,
+                agent_id=agent_id,
+                state=TaskState.FAILED,
+                now=now_s(),
+                latency_ms=latency,
+                task_type=type,
+                counts=counts("fail", latency),
+                circuit_cfg=cfg,
+                error=_reason(exc),
+                stats_type=known_type,
+            ),
         )
 
     started = time.perf_counter()

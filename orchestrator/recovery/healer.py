@@ -153,7 +153,12 @@ class Healer:
         except UnknownTask:
             return
         if self.store.finish(
-            task_id, TaskState.DEAD_LETTERED, None, now, error=reason, task_type=spec.type
+            task_id,
+            state=TaskState.DEAD_LETTERED,
+            agent_id=None,
+            now=now,
+            error=reason,
+            task_type=spec.type,
         ):
             self.store.event(
                 "recovery.escalated",
@@ -172,7 +177,8 @@ class Healer:
         eligible (then it stays, announced as `agent.ejection_refused`)."""
         if self.ejection_refused(agent_id, now, True, reason):
             return False
-        if self.store.quarantine(agent_id, now + self.settings.quarantine_s, now, reason):
+        until = now + self.settings.quarantine_s
+        if self.store.quarantine(agent_id, until=until, now=now, reason=reason):
             self.store.forget_failures(agent_id)
             self.move_queued(agent_id, now, only_queued=True)
         return True
@@ -262,9 +268,9 @@ class Healer:
         """Mark the agent offline and move everything it held; empty its queue."""
         self.store.set_status(
             agent_id,
-            AgentStatus.OFFLINE,
-            now,
-            "recovery",
+            status=AgentStatus.OFFLINE,
+            now=now,
+            source="recovery",
             event="agent.lost",
             severity=ProductionEventSeverity.ERROR,
             reason=reason,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import InvalidTask, NoCapableAgent, UnknownTask
 from orchestrator.models import OrchestrationTask, RegisteredAgent, TaskState
-from orchestrator.store import Dispatched, Fleet, StateStore
+from orchestrator.store import Acceptance, Dispatched, Fleet, StateStore
 from orchestrator.store.codes import AcceptStatus
 
 if TYPE_CHECKING:
@@ -99,9 +99,11 @@ class Dispatching:
                 f"eta: at most ORCH_LEDGER_TTL_S ({self.settings.ledger_ttl_s} s) ahead "
                 f"(got {due - now:.0f} s)"
             )
-            self.store.record_rejection(error.problems, submit_id, now, task.client_id)
+            self.store.record_rejection(
+                error.problems, submit_id=submit_id, now=now, client_id=task.client_id
+            )
             raise error
-        status, state = self.store.accept(task, submit_id, now)
+        status, state = self.store.accept(Acceptance(task, submit_id, now))
         if status is AcceptStatus.DUPLICATE or (
             status is AcceptStatus.RESUME and TaskState(state) is not TaskState.ACCEPTED
         ):
@@ -125,7 +127,7 @@ class Dispatching:
         assert task.task_id is not None
         from_agent = history.get("moved_from") if source == "lost" else None
         if parked:
-            done = self.store.park(task, now, source=source, avoid=avoid, from_agent=from_agent)
+            done = self.store.park(task, now=now, source=source, avoid=avoid, from_agent=from_agent)
         else:
             done = self.store.enqueue(
                 task,
@@ -199,7 +201,12 @@ class Dispatching:
                 continue
             error = NoCapableAgent(task_id, task.required_capabilities, waited)
             if self.store.finish(
-                task_id, TaskState.DEAD_LETTERED, None, now, error=str(error), task_type=task.type
+                task_id,
+                state=TaskState.DEAD_LETTERED,
+                agent_id=None,
+                now=now,
+                error=str(error),
+                task_type=task.type,
             ):
                 on_expired(task_id, error)
                 outcomes.append(Outcome(task_id, OutcomeStatus.EXPIRED))

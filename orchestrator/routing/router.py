@@ -34,7 +34,7 @@ from orchestrator.routing.weights import (
     pick_least_loaded,
     pick_power_of_two,
 )
-from orchestrator.store import Fleet, StateStore, WrrPeers
+from orchestrator.store import Acceptance, Fleet, StateStore, WrrPeers
 from orchestrator.store.codes import AcceptStatus, AdmitVerdict, RejectionReason
 
 AFFINITY_TTL_S = 24 * 3600
@@ -181,7 +181,10 @@ class Router(Dispatching):
         except InvalidTask as exc:
             client = fields.get("client_id")
             self.store.record_rejection(
-                exc.problems, submit_id, now, client if isinstance(client, str) else None
+                exc.problems,
+                submit_id=submit_id,
+                now=now,
+                client_id=client if isinstance(client, str) else None,
             )
             raise
         if task.task_id is None:
@@ -203,7 +206,9 @@ class Router(Dispatching):
         else:
             error = RateLimited(client, s.client_rate_limit, value)
             reason = RejectionReason.RATE_LIMITED
-        self.store.record_rejection([str(error)], submit_id, now, client, reason)
+        self.store.record_rejection(
+            [str(error)], submit_id=submit_id, now=now, client_id=client, reason=reason
+        )
         raise error
 
     def submit_valid(
@@ -218,7 +223,7 @@ class Router(Dispatching):
         `outbox` (fields, queue) keeps the submission in the outbox from the moment it is
         recorded until it is published (OrchestratorClient)."""
         assert task.task_id is not None
-        status, state = self.store.accept(task, submit_id, now, outbox)
+        status, state = self.store.accept(Acceptance(task, submit_id, now, outbox))
         if status is AcceptStatus.DUPLICATE or (
             status is AcceptStatus.RESUME
             and TaskState(state) not in (TaskState.ACCEPTED, TaskState.ROUTED)
@@ -251,7 +256,10 @@ class Router(Dispatching):
             return self.submit_valid(task, submit_id, now, outbox)
         sent, pushes = prepare(task, chosen, 1)
         status, _state = self.store.accept_and_route(
-            task, submit_id, chosen.agent_id, now, pushes, slots=self.slots_of(chosen)
+            Acceptance(task, submit_id, now),
+            agent_id=chosen.agent_id,
+            pushes=pushes,
+            slots=self.slots_of(chosen),
         )
         if status is AcceptStatus.QUEUED:
             # Another router took the agent's last slot since the pick: it waits, and any
@@ -365,7 +373,11 @@ class Router(Dispatching):
         if task.affinity_key:
             return view.by_id[
                 self.store.affinity_pick(
-                    task.affinity_key, task.capability_key, view.peers, own, AFFINITY_TTL_S
+                    task.affinity_key,
+                    capability_key=task.capability_key,
+                    weights=view.peers,
+                    fallback=own,
+                    ttl_s=AFFINITY_TTL_S,
                 )
             ]
         if own is None:
@@ -393,8 +405,8 @@ class Router(Dispatching):
         assert task.task_id is not None
         dispatch = self.store.mark_routed(
             task,
-            agent.agent_id,
-            now,
+            agent_id=agent.agent_id,
+            now=now,
             drop_outbox=not self.keep_outbox,
             expect_dispatch=expect_dispatch,
             slots=self.slots_of(agent),
