@@ -114,7 +114,9 @@ class OrchestratorClient:
                 raise broker_full(exc) or exc from exc
             # send_task's own result object is already subscribed to the result: reuse it.
             return outcome.sent if outcome.sent is not None else self.app.AsyncResult(task.task_id)
-        self.store.outbox_put(task.task_id, submit_id, kwargs, ROUTING_QUEUE, now)
+        self.store.outbox_put(
+            task.task_id, submit_id=submit_id, kwargs=kwargs, queue=ROUTING_QUEUE, now=now
+        )
         try:
             sent = self.app.send_task(
                 SUBMIT,

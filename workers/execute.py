@@ -32,7 +32,9 @@ from orchestrator.runtime.agent import RunningMarker, current_agent_id, pid_aliv
 from orchestrator.runtime.celeryconf import EXECUTE, agent_queue, execute_publisher
 from orchestrator.runtime.handlers import get_handler
 from orchestrator.runtime.metrics import note_run
-from orchestrator.store import Dispatched, StateStore, now_s
+from orchestrator.store import Dispatched, Settlement, now_s
+from orchestrator.store.codes import AttemptCode
+from orchestrator.store.ports import ExecutorStore
 from orchestrator.store.telemetry import delegation_ms
 from workers._context import settings_of, store_of
 
@@ -51,14 +53,14 @@ SETTLE_PATIENCE_S = 30.0
 FULL_PATIENCE_S = 600.0
 
 
-def _settle(task: Task, store: StateStore, *args: Any, **kwargs: Any) -> None:
+def _settle(task: Task, store: ExecutorStore, settlement: Settlement) -> None:
     """store.settle_run, tried again (0.1 s, doubling to 1 s) for up to SETTLE_PATIENCE_S
     (FULL_PATIENCE_S while Redis is full); then the tasks the freed slot took from the backlog
     are published to this agent's queue."""
     started, delay = time.monotonic(), 0.1
     while True:
         try:
-            _done, fills = store.settle_run(*args, **kwargs)
+            _done, fills = store.settle_run(settlement)
             break
         except (StoreUnavailable, OperationalError) as exc:
             patience = FULL_PATIENCE_S if "maxmemory" in str(exc) else SETTLE_PATIENCE_S
@@ -90,10 +92,10 @@ def _publish_fills(task: Task, fills: list[Dispatched]) -> None:
 
 
 def _hand_to_recovery(
-    task: Task, store: StateStore, task_id: str, agent_id: str, kind: ErrorKind, error: str
+    task: Task, store: ExecutorStore, task_id: str, agent_id: str, kind: ErrorKind, error: str
 ) -> None:
     now = now_s()
-    store.mark_recovering(task_id, agent_id, now, error, kind.value)
+    store.mark_recovering(task_id, agent_id=agent_id, now=now, error=error, kind=kind.value)
     task.app.send_task(
         RECOVER,
         kwargs={"task_id": task_id, "kind": kind.value, "agent_id": agent_id, "error": error},
@@ -119,15 +121,17 @@ def _record_success(task: Task, task_id: str, done: _Success) -> None:
     _settle(
         task,
         store,
-        task_id,
-        current_agent_id(),
-        TaskState.SUCCEEDED,
-        now_s(),
-        done.latency_ms,
-        done.type,
-        done.counts,
-        circuit_cfg=settings.circuit_config() if settings.circuit_breaker_enabled else None,
-        result=done.encoded,
+        Settlement(
+            task_id=task_id,
+            agent_id=current_agent_id(),
+            state=TaskState.SUCCEEDED,
+            now=now_s(),
+            latency_ms=done.latency_ms,
+            task_type=done.type,
+            counts=done.counts,
+            circuit_cfg=settings.circuit_config() if settings.circuit_breaker_enabled else None,
+            result=done.encoded,
+        ),
     )
 
 
@@ -180,6 +184,14 @@ def _store_when_room(
 def execute(
     self: Task, type: str, payload: dict[str, Any], max_retries: int = 3, dispatch: int = 0
 ) -> Any:
+    """Run one delivered copy of a task on this agent, under dispatch number `dispatch`.
+
+    `max_retries` is accepted and ignored: how often a failed task is tried again is
+    recovery's decision, made from the spec in the ledger (Healer.recover_task), never from
+    the message. Every execute message carries it all the same (runtime.celeryconf's
+    execute_publisher puts it in the kwargs; messages already queued, restored from a backup or
+    sent by a worker of an earlier version have it), and Celery refuses a message with a
+    keyword its task does not take, so the parameter stays for those messages."""
     agent_id = current_agent_id()
     marker = RunningMarker(agent_id)
     try:
@@ -204,7 +216,7 @@ def execute(
 def _execute(
     task: Task,
     settings: Settings,
-    store: StateStore,
+    store: ExecutorStore,
     agent_id: str,
     marker: RunningMarker,
     type: str,
@@ -215,22 +227,33 @@ def _execute(
     pid = os.getpid()
     started_at = now_s()
     attempt = store.begin_attempt(
-        task_id, agent_id, dispatch, started_at, pid, settings.max_deliveries
+        task_id,
+        agent_id=agent_id,
+        dispatch=dispatch,
+        now=started_at,
+        pid=pid,
+        max_deliveries=settings.max_deliveries,
     )
-    if attempt.code == -4:
+    if attempt.code == AttemptCode.RUNNING_HERE:
         holder = int(attempt.info)
         if holder != pid and pid_alive(holder) and marker.holds(holder, task_id):
             raise Ignore()  # a restored copy of a task a live child of ours is running
         started_at = now_s()
         attempt = store.begin_attempt(
-            task_id, agent_id, dispatch, started_at, pid, settings.max_deliveries, force=True
+            task_id,
+            agent_id=agent_id,
+            dispatch=dispatch,
+            now=started_at,
+            pid=pid,
+            max_deliveries=settings.max_deliveries,
+            force=True,
         )
-    if attempt.code == -1:
+    if attempt.code == AttemptCode.ENDED:
         stored = store.stored_result(task_id)
         if stored is None:
             raise Ignore()
         return json.loads(stored)  # the same value again: the backend's result is unchanged
-    if attempt.code == -3:
+    if attempt.code == AttemptCode.POISON:
         error = f"delivered {attempt.info} times without finishing (the worker died each time)"
         _hand_to_recovery(task, store, task_id, agent_id, ErrorKind.POISON, error)
         raise Ignore()
@@ -253,16 +276,18 @@ def _execute(
         _settle(
             task,
             store,
-            task_id,
-            agent_id,
-            TaskState.FAILED,
-            now_s(),
-            latency,
-            type,
-            counts("fail", latency),
-            circuit_cfg=cfg,
-            error=_reason(exc),
-            stats_type=known_type,
+            Settlement(
+                task_id=task_id,
+                agent_id=agent_id,
+                state=TaskState.FAILED,
+                now=now_s(),
+                latency_ms=latency,
+                task_type=type,
+                counts=counts("fail", latency),
+                circuit_cfg=cfg,
+                error=_reason(exc),
+                stats_type=known_type,
+            ),
         )
 
     started = time.perf_counter()

@@ -81,7 +81,10 @@ def submit(self: Task, *args: Any, **fields: Any) -> str:
             )
             client = fields.get("client_id")
             router.store.record_rejection(
-                error.problems, submit_id, now_s(), client if isinstance(client, str) else None
+                error.problems,
+                submit_id=submit_id,
+                now=now_s(),
+                client_id=client if isinstance(client, str) else None,
             )
             raise error
         held = getattr(self.request, HELD_ETA, None)
@@ -102,7 +105,7 @@ def submit(self: Task, *args: Any, **fields: Any) -> str:
             # A client tracking its own id must see the refusal there too.
             self.backend.mark_as_failure(given, exc)
         raise
-    return outcome.status
+    return outcome.status.value
 
 
 @app.task(name="orchestrator.route_parked", bind=True, ignore_result=True)

@@ -136,7 +136,7 @@ def restore_backup(
             # parking starts it over, and the healer must not escalate the old attempt.
             binary.hdel(RECOVERY, task_id)
             binary.zrem(RECOVERY_DEADLINES, task_id)
-            store.park(store.load_spec(task_id), now, source="restore")
+            store.park(store.load_spec(task_id), now=now, source="restore")
         for task_id in report.waiting:
             store.wait_again(store.load_spec(task_id), now)
     rows += [("tasks", "park_again")] * len(report.parked_again)

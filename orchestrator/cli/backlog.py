@@ -177,9 +177,9 @@ def cancel(task_id: str, as_json: bool) -> None:
         error = Cancelled(task_id, plan.state)
         done = store.finish(
             task_id,
-            TaskState.FAILED,
-            None,
-            now_s(),
+            state=TaskState.FAILED,
+            agent_id=None,
+            now=now_s(),
             error=str(error),
             task_type=before.get("type"),
         )

@@ -73,6 +73,7 @@ from orchestrator.security.policy import (
     without_credentials,
 )
 from orchestrator.store import StateStore
+from orchestrator.store.codes import RejectionKind
 from orchestrator.store.connect import redis_client, state_client
 from orchestrator.store.fitness import read_configs
 from orchestrator.store.keys import ALERTS, METRICS_HISTORY, SLA_HISTORY, SLO_ALERTS
@@ -387,7 +388,7 @@ def security_report(ctx: LoopContext, now: float) -> dict[str, Any]:
     (live), and the findings as the security loop last saw them."""
     s = ctx.settings
     refusals = ctx.mon.refusals(s.security_window_s, now)
-    counts = refusals["m"]
+    counts = refusals[RejectionKind.THRESHOLD]
     flagged = flag_clients(counts, s.security_rejection_threshold)
     findings = ctx.mon.findings()
     totals = ctx.store.counters()
@@ -402,7 +403,7 @@ def security_report(ctx: LoopContext, now: float) -> dict[str, Any]:
         "threshold": s.security_rejection_threshold,
         "rejected_total": totals.get("rejected", 0),
         "rejections": dict(sorted(counts.items())),
-        "rate_limited": dict(sorted(refusals["rl"].items())),
+        "rate_limited": dict(sorted(refusals[RejectionKind.RATE_LIMITED].items())),
         "blocked": dict(sorted(blocked.items())),
         "counters": {
             "rejected_total": totals.get("rejected", 0),
@@ -410,8 +411,8 @@ def security_report(ctx: LoopContext, now: float) -> dict[str, Any]:
             "blocked_total": totals.get("blocked", 0),
             "poison_total": totals.get("poison", 0),
             "rejected": sum(counts.values()),
-            "rate_limited": sum(refusals["rl"].values()),
-            "refused_while_blocked": sum(refusals["blk"].values()),
+            "rate_limited": sum(refusals[RejectionKind.RATE_LIMITED].values()),
+            "refused_while_blocked": sum(refusals[RejectionKind.BLOCKED].values()),
             "poison": ctx.mon.poison_refused(s.security_window_s, now),
             "clients_flagged": len(flagged),
             "clients_blocked": len(blocked),
@@ -435,18 +436,18 @@ def run_security(ctx: LoopContext, now: float) -> dict[str, Any]:
     window = s.security_window_s
     refusals = ctx.mon.refusals(window, now)
     previous = ctx.mon.findings()
-    flagged = flag_clients(refusals["m"], s.security_rejection_threshold)
+    flagged = flag_clients(refusals[RejectionKind.THRESHOLD], s.security_rejection_threshold)
     if s.security_auto_block:
         for client in flagged:
             if finding_id(REJECTED_SUBMISSIONS, client) not in previous:
                 ctx.store.block_client(client, now + s.security_block_s, now)
     blocked = ctx.store.blocked_clients(now)
     current = counter_findings(
-        refusals["m"],
+        refusals[RejectionKind.THRESHOLD],
         s.security_rejection_threshold,
-        refusals["rl"],
+        refusals[RejectionKind.RATE_LIMITED],
         blocked,
-        refusals["blk"],
+        refusals[RejectionKind.BLOCKED],
         ctx.mon.poison_refused(window, now),
         window,
     )
@@ -493,7 +494,7 @@ def run_security(ctx: LoopContext, now: float) -> dict[str, Any]:
     }
     ctx.mon.save_findings(standing, checked)
     return {
-        "clients": len(refusals["m"]),
+        "clients": len(refusals[RejectionKind.THRESHOLD]),
         "threats": sorted(flagged),
         "findings": sorted(standing),
         "new": [f.id for f in new],

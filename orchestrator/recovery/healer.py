@@ -22,6 +22,7 @@ from orchestrator.models import (
 )
 from orchestrator.recovery.floor import ejection_refusals
 from orchestrator.recovery.plan import ErrorKind, plan_recovery
+from orchestrator.routing.dispatch import PLACED, OutcomeStatus
 from orchestrator.routing.router import Router
 from orchestrator.routing.weights import effective_status
 
@@ -138,7 +139,7 @@ class Healer:
             outcome = self.router.dispatch(
                 spec, agents[target], now, countdown=plan.delay_s, tier=plan.tier.value
             )
-            if outcome.status == "routed":
+            if outcome.status is OutcomeStatus.ROUTED:
                 return
         # The planned agent vanished meanwhile: route anywhere but the agents that failed it.
         failed = self.store.failed_agents(plan.task_id)
@@ -152,7 +153,12 @@ class Healer:
         except UnknownTask:
             return
         if self.store.finish(
-            task_id, TaskState.DEAD_LETTERED, None, now, error=reason, task_type=spec.type
+            task_id,
+            state=TaskState.DEAD_LETTERED,
+            agent_id=None,
+            now=now,
+            error=reason,
+            task_type=spec.type,
         ):
             self.store.event(
                 "recovery.escalated",
@@ -171,7 +177,8 @@ class Healer:
         eligible (then it stays, announced as `agent.ejection_refused`)."""
         if self.ejection_refused(agent_id, now, True, reason):
             return False
-        if self.store.quarantine(agent_id, now + self.settings.quarantine_s, now, reason):
+        until = now + self.settings.quarantine_s
+        if self.store.quarantine(agent_id, until=until, now=now, reason=reason):
             self.store.forget_failures(agent_id)
             self.move_queued(agent_id, now, only_queued=True)
         return True
@@ -254,16 +261,16 @@ class Healer:
                     source="move" if only_queued else "lost",
                     moved_from=agent_id,
                 )
-                moved += outcome.status in ("routed", "queued", "parked")
+                moved += outcome.status in PLACED
         return moved
 
     def agent_lost(self, agent_id: str, now: float, reason: str) -> int:
         """Mark the agent offline and move everything it held; empty its queue."""
         self.store.set_status(
             agent_id,
-            AgentStatus.OFFLINE,
-            now,
-            "recovery",
+            status=AgentStatus.OFFLINE,
+            now=now,
+            source="recovery",
             event="agent.lost",
             severity=ProductionEventSeverity.ERROR,
             reason=reason,
@@ -293,7 +300,7 @@ class Healer:
             outcome = self.router.reroute(
                 task_id, now, expect_dispatch=dispatch, reason="message lost"
             )
-            if outcome.status in ("routed", "queued", "parked"):
+            if outcome.status in PLACED:
                 rescued += 1
                 log.warning("task %s: message lost; dispatched again", task_id)
         return rescued

@@ -9,15 +9,34 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import InvalidTask, NoCapableAgent, UnknownTask
 from orchestrator.models import OrchestrationTask, RegisteredAgent, TaskState
-from orchestrator.store import Dispatched, Fleet, StateStore
+from orchestrator.store import Acceptance, Dispatched, Fleet, StateStore
+from orchestrator.store.codes import AcceptStatus
 
 if TYPE_CHECKING:
     from orchestrator.config import Settings
     from orchestrator.routing.router import Publisher, RouteView
+
+
+class OutcomeStatus(StrEnum):
+    """What happened to one task the router handled."""
+
+    ROUTED = "routed"  # published to an agent (for the sweep: some task of the set was)
+    QUEUED = "queued"  # waiting in the backlog: no eligible agent has a free slot
+    PARKED = "parked"  # waiting in the backlog: no capable agent exists
+    DEFERRED = "deferred"  # held in Redis until due
+    DUPLICATE = "duplicate"  # a submission of an id already accepted: nothing runs again
+    EXPIRED = "expired"  # parked past ORCH_PENDING_TIMEOUT_S: dead-lettered
+    ENDED = "ended"  # no longer in a state to move (ended, or moved by someone else)
+    FULL = "full"  # the chosen agent had no free slot: nothing changed
+
+
+#: The outcomes that leave a task dispatched or waiting for an agent.
+PLACED = frozenset({OutcomeStatus.ROUTED, OutcomeStatus.QUEUED, OutcomeStatus.PARKED})
 
 
 @dataclass(frozen=True)
@@ -25,7 +44,7 @@ class Outcome:
     """What happened to one submission (for logs, the CLI and tests)."""
 
     task_id: str
-    status: str  # routed | queued | parked | deferred | duplicate | expired | ended
+    status: OutcomeStatus
     agent_id: str | None = None
     sent: Any = field(default=None, compare=False, repr=False)  # the Publisher's handle
 
@@ -80,14 +99,16 @@ class Dispatching:
                 f"eta: at most ORCH_LEDGER_TTL_S ({self.settings.ledger_ttl_s} s) ahead "
                 f"(got {due - now:.0f} s)"
             )
-            self.store.record_rejection(error.problems, submit_id, now, task.client_id)
+            self.store.record_rejection(
+                error.problems, submit_id=submit_id, now=now, client_id=task.client_id
+            )
             raise error
-        status, state = self.store.accept(task, submit_id, now)
-        if status == "duplicate" or (
-            status == "resume" and TaskState(state) is not TaskState.ACCEPTED
+        status, state = self.store.accept(Acceptance(task, submit_id, now))
+        if status is AcceptStatus.DUPLICATE or (
+            status is AcceptStatus.RESUME and TaskState(state) is not TaskState.ACCEPTED
         ):
-            self.store.count_duplicate(task.task_id, now)
-            return Outcome(task.task_id, "duplicate")
+            self.store.count_duplicate()
+            return Outcome(task.task_id, OutcomeStatus.DUPLICATE)
         return self.defer(task, due, now, countdown=round(due - now, 3))
 
     def hold(
@@ -106,7 +127,7 @@ class Dispatching:
         assert task.task_id is not None
         from_agent = history.get("moved_from") if source == "lost" else None
         if parked:
-            done = self.store.park(task, now, source=source, avoid=avoid, from_agent=from_agent)
+            done = self.store.park(task, now=now, source=source, avoid=avoid, from_agent=from_agent)
         else:
             done = self.store.enqueue(
                 task,
@@ -119,9 +140,9 @@ class Dispatching:
                 **history,
             )
         if not done:
-            return Outcome(task.task_id, "ended")
+            return Outcome(task.task_id, OutcomeStatus.ENDED)
         self.pump(task, now, exclude=exclude)
-        return Outcome(task.task_id, "parked" if parked else "queued")
+        return Outcome(task.task_id, OutcomeStatus.PARKED if parked else OutcomeStatus.QUEUED)
 
     def pump(
         self,
@@ -180,10 +201,15 @@ class Dispatching:
                 continue
             error = NoCapableAgent(task_id, task.required_capabilities, waited)
             if self.store.finish(
-                task_id, TaskState.DEAD_LETTERED, None, now, error=str(error), task_type=task.type
+                task_id,
+                state=TaskState.DEAD_LETTERED,
+                agent_id=None,
+                now=now,
+                error=str(error),
+                task_type=task.type,
             ):
                 on_expired(task_id, error)
-                outcomes.append(Outcome(task_id, "expired"))
+                outcomes.append(Outcome(task_id, OutcomeStatus.EXPIRED))
         sets = self.store.backlog_sets()
         if not sets:
             return outcomes
@@ -191,7 +217,7 @@ class Dispatching:
         for key in sets:
             probe = OrchestrationTask(type=key.split(",")[0], required_capabilities=key.split(","))
             if self.pump(probe, now, fleet):
-                outcomes.append(Outcome(key, "routed"))
+                outcomes.append(Outcome(key, OutcomeStatus.ROUTED))
         return outcomes
 
     def release(self, task_id: str, prefer: str | None, now: float) -> Outcome:
@@ -200,13 +226,13 @@ class Dispatching:
         try:
             task = self.store.load_spec(task_id)
         except UnknownTask:
-            return Outcome(task_id, "ended")
+            return Outcome(task_id, OutcomeStatus.ENDED)
         fleet = self.fleet(now)
         eligible = self.view(task, fleet, now).eligible
         agent = fleet.by_id().get(prefer) if prefer else None
         if agent is not None and agent in eligible:
             outcome = self.dispatch(task, agent, now, released=True)
-            if outcome.status != "full":
+            if outcome.status is not OutcomeStatus.FULL:
                 return outcome
         return self.hold(task, now, not eligible, source="due", released=True)
 
@@ -222,5 +248,5 @@ class Dispatching:
         message unacknowledged without handing it out again)."""
         assert task.task_id is not None
         if not self.store.defer(task.task_id, due, now, prefer, **history):
-            return Outcome(task.task_id, "ended")
-        return Outcome(task.task_id, "deferred", prefer)
+            return Outcome(task.task_id, OutcomeStatus.ENDED)
+        return Outcome(task.task_id, OutcomeStatus.DEFERRED, prefer)

@@ -27,14 +27,15 @@ from orchestrator.models import (
 from orchestrator.monitoring.stats import client_label
 from orchestrator.recovery.breaker import CLOSED_BREAKER, would_admit
 from orchestrator.recovery.floor import readmitted
-from orchestrator.routing.dispatch import Dispatching, Outcome
+from orchestrator.routing.dispatch import Dispatching, Outcome, OutcomeStatus
 from orchestrator.routing.weights import (
     integer_weights,
     is_eligible,
     pick_least_loaded,
     pick_power_of_two,
 )
-from orchestrator.store import Fleet, StateStore, WrrPeers
+from orchestrator.store import Acceptance, Fleet, StateStore, WrrPeers
+from orchestrator.store.codes import AcceptStatus, AdmitVerdict, RejectionReason
 
 AFFINITY_TTL_S = 24 * 3600
 FLEET_CACHE_S = 0.2  # how often a router asks whether the fleet changed (one GET)
@@ -177,7 +178,10 @@ class Router(Dispatching):
         except InvalidTask as exc:
             client = fields.get("client_id")
             self.store.record_rejection(
-                exc.problems, submit_id, now, client if isinstance(client, str) else None
+                exc.problems,
+                submit_id=submit_id,
+                now=now,
+                client_id=client if isinstance(client, str) else None,
             )
             raise
         if task.task_id is None:
@@ -191,13 +195,17 @@ class Router(Dispatching):
             client, now, s.client_rate_limit, s.client_burst, s.security_auto_block
         )
         error: RateLimited | ClientBlocked
-        if verdict == "ok":
+        if verdict is AdmitVerdict.OK:
             return
-        if verdict == "blocked":
-            error, reason = ClientBlocked(client, value, value - now), "blocked"
+        if verdict is AdmitVerdict.BLOCKED:
+            error = ClientBlocked(client, value, value - now)
+            reason = RejectionReason.BLOCKED
         else:
-            error, reason = RateLimited(client, s.client_rate_limit, value), "rate_limited"
-        self.store.record_rejection([str(error)], submit_id, now, client, reason)
+            error = RateLimited(client, s.client_rate_limit, value)
+            reason = RejectionReason.RATE_LIMITED
+        self.store.record_rejection(
+            [str(error)], submit_id=submit_id, now=now, client_id=client, reason=reason
+        )
         raise error
 
     def submit_valid(
@@ -212,13 +220,14 @@ class Router(Dispatching):
         `outbox` (fields, queue) keeps the submission in the outbox from the moment it is
         recorded until it is published (OrchestratorClient)."""
         assert task.task_id is not None
-        status, state = self.store.accept(task, submit_id, now, outbox)
-        if status == "duplicate" or (
-            status == "resume" and TaskState(state) not in (TaskState.ACCEPTED, TaskState.ROUTED)
+        status, state = self.store.accept(Acceptance(task, submit_id, now, outbox))
+        if status is AcceptStatus.DUPLICATE or (
+            status is AcceptStatus.RESUME
+            and TaskState(state) not in (TaskState.ACCEPTED, TaskState.ROUTED)
         ):
-            self.store.count_duplicate(task.task_id, now)
+            self.store.count_duplicate()
             self.store.outbox_drop(task.task_id)
-            return Outcome(task.task_id, "duplicate")
+            return Outcome(task.task_id, OutcomeStatus.DUPLICATE)
         return self.route(task, now)
 
     def submit_atomic(
@@ -244,16 +253,19 @@ class Router(Dispatching):
             return self.submit_valid(task, submit_id, now, outbox)
         sent, pushes = prepare(task, chosen, 1)
         status, _state = self.store.accept_and_route(
-            task, submit_id, chosen.agent_id, now, pushes, slots=self.slots_of(chosen)
+            Acceptance(task, submit_id, now),
+            agent_id=chosen.agent_id,
+            pushes=pushes,
+            slots=self.slots_of(chosen),
         )
-        if status == "queued":
+        if status is AcceptStatus.QUEUED:
             # Another router took the agent's last slot since the pick: it waits, and any
             # other agent free now takes it.
             self.pump(task, now)
-            return Outcome(task.task_id, "queued", sent=sent)
-        if status != "routed":
+            return Outcome(task.task_id, OutcomeStatus.QUEUED, sent=sent)
+        if status is not AcceptStatus.ROUTED:
             return self.submit_valid(task, submit_id, now, outbox)  # counted as a duplicate
-        return Outcome(task.task_id, "routed", chosen.agent_id, sent)
+        return Outcome(task.task_id, OutcomeStatus.ROUTED, chosen.agent_id, sent)
 
     def slots_of(self, agent: RegisteredAgent) -> int:
         """How many unended tasks the agent may hold: its concurrency + ORCH_AGENT_PREFETCH."""
@@ -358,7 +370,11 @@ class Router(Dispatching):
         if task.affinity_key:
             return view.by_id[
                 self.store.affinity_pick(
-                    task.affinity_key, task.capability_key, view.peers, own, AFFINITY_TTL_S
+                    task.affinity_key,
+                    capability_key=task.capability_key,
+                    weights=view.peers,
+                    fallback=own,
+                    ttl_s=AFFINITY_TTL_S,
                 )
             ]
         if own is None:
@@ -386,8 +402,8 @@ class Router(Dispatching):
         assert task.task_id is not None
         dispatch = self.store.mark_routed(
             task,
-            agent.agent_id,
-            now,
+            agent_id=agent.agent_id,
+            now=now,
             drop_outbox=not self.keep_outbox,
             expect_dispatch=expect_dispatch,
             slots=self.slots_of(agent),
@@ -395,13 +411,13 @@ class Router(Dispatching):
             **history,
         )
         if dispatch < 0:
-            return Outcome(task.task_id, "full", agent.agent_id)
+            return Outcome(task.task_id, OutcomeStatus.FULL, agent.agent_id)
         if dispatch == 0:
-            return Outcome(task.task_id, "ended")
+            return Outcome(task.task_id, OutcomeStatus.ENDED)
         sent = self.publish(task, agent, dispatch, countdown)
         if self.keep_outbox:
             self.store.outbox_drop(task.task_id)
-        return Outcome(task.task_id, "routed", agent.agent_id, sent)
+        return Outcome(task.task_id, OutcomeStatus.ROUTED, agent.agent_id, sent)
 
     def route(
         self,
@@ -425,7 +441,8 @@ class Router(Dispatching):
             view = self.view(task, fleet, now, exclude)
             chosen = self.choose(task, fleet, now, exclude)
             if chosen is None and expect_dispatch is not None and not view.eligible:
-                return Outcome(task.task_id, "ended")  # parking is not conditional: try later
+                # Parking is not conditional: try later.
+                return Outcome(task.task_id, OutcomeStatus.ENDED)
             if chosen is not None:
                 outcome = self.dispatch(
                     task,
@@ -435,7 +452,7 @@ class Router(Dispatching):
                     lost_from=history.get("moved_from") if source == "lost" else None,
                     **history,
                 )
-                if outcome.status != "full":
+                if outcome.status is not OutcomeStatus.FULL:
                     return outcome
         else:
             view = self.view(task, fleet, now, exclude)
@@ -460,5 +477,5 @@ class Router(Dispatching):
         try:
             task = self.store.load_spec(task_id)
         except UnknownTask:
-            return Outcome(task_id, "ended")
+            return Outcome(task_id, OutcomeStatus.ENDED)
         return self.route(task, now, fleet, exclude, expect_dispatch, source, avoid, **history)

@@ -21,6 +21,7 @@ from orchestrator.models import (
 from orchestrator.recovery.breaker import (
     CLOSED_BREAKER,
     BreakerState,
+    BreakerTransition,
     admit,
     current_state,
     from_redis_hash,
@@ -40,6 +41,16 @@ from orchestrator.store.keys import (
     affinity_key,
     circuit_key,
     wrr_key,
+)
+from orchestrator.store.scripts import (
+    AFFINITY_PICK_SIG,
+    HEARTBEAT_SIG,
+    LOAD_FLEET_SIG,
+    RECORD_CIRCUIT_SIG,
+    RECORD_OUTCOME_AND_CIRCUIT_SIG,
+    RECORD_OUTCOME_SIG,
+    WRR_PICK_SIG,
+    WRR_STATE_SIG,
 )
 
 SUCCESS_EWMA_ALPHA = 0.1
@@ -99,17 +110,18 @@ class WrrPeers:
             packed_slots,
         )
 
-    def args(self) -> list[str | bytes]:
-        if self.slots is None:
-            return [self.digest, self.ids_json, self.weights]
-        return [
-            self.digest,
-            self.ids_json,
-            self.weights,
-            self.slots[0],
-            INFLIGHT_PREFIX,
-            self.slots[1],
-        ]
+    def args(self, task_id: str | None = None) -> list[str | bytes]:
+        """wrr_pick's ARGV; `task_id` only with slots."""
+        slots, peers = self.slots or (None, None)
+        return WRR_PICK_SIG.arg_list(
+            digest=self.digest,
+            ids=self.ids_json,
+            weights=self.weights,
+            slots=slots,
+            inflight=None if slots is None else INFLIGHT_PREFIX,
+            peers=peers,
+            task_id=task_id,
+        )
 
 
 def _msgpack_array(items: list[bytes]) -> bytes:
@@ -123,20 +135,27 @@ def _msgpack_str(text: str) -> bytes:
 
 def _outcome_args(agent_id: str, ok: bool, latency_ms: float, task_type: str = "") -> list[Any]:
     """ARGV of scripts.RECORD_OUTCOME (with a task type: per agent and type too)."""
-    return [agent_id, 1 if ok else 0, latency_ms, SUCCESS_EWMA_ALPHA, LATENCY_EWMA_ALPHA, task_type]
+    return RECORD_OUTCOME_SIG.arg_list(
+        agent=agent_id,
+        ok=1 if ok else 0,
+        latency_ms=latency_ms,
+        success_alpha=SUCCESS_EWMA_ALPHA,
+        latency_alpha=LATENCY_EWMA_ALPHA,
+        task_type=task_type,
+    )
 
 
 def _circuit_args(ok: bool, now: float, cfg: CircuitBreakerConfig) -> list[Any]:
     """ARGV of scripts.RECORD_CIRCUIT."""
-    return [
-        1 if ok else 0,
-        repr(now),
-        cfg.failure_threshold,
-        min(cfg.success_threshold, cfg.half_open_max_calls),
-        cfg.window_size,
-        cfg.minimum_calls,
-        cfg.failure_rate_threshold,
-    ]
+    return RECORD_CIRCUIT_SIG.arg_list(
+        ok=1 if ok else 0,
+        now=repr(now),
+        failure_threshold=cfg.failure_threshold,
+        successes_to_close=min(cfg.success_threshold, cfg.half_open_max_calls),
+        window_size=cfg.window_size,
+        minimum_calls=cfg.minimum_calls,
+        failure_rate=cfg.failure_rate_threshold,
+    )
 
 
 class AgentStore(StoreBase):
@@ -188,14 +207,20 @@ class AgentStore(StoreBase):
         with self._translate():
             return str(
                 self._heartbeat(
-                    keys=[HEARTBEATS, AGENT_STATUS, QUARANTINED_UNTIL, FLEET_VERSION],
-                    args=[agent_id, repr(now)],
+                    keys=HEARTBEAT_SIG.key_list(
+                        heartbeats=HEARTBEATS,
+                        statuses=AGENT_STATUS,
+                        quarantined_until=QUARANTINED_UNTIL,
+                        version=FLEET_VERSION,
+                    ),
+                    args=HEARTBEAT_SIG.arg_list(agent=agent_id, now=repr(now)),
                 )
             )
 
     def set_status(
         self,
         agent_id: str,
+        *,
         status: AgentStatus,
         now: float,
         source: str,
@@ -225,14 +250,14 @@ class AgentStore(StoreBase):
             pipe.execute()
         return True
 
-    def quarantine(self, agent_id: str, until: float, now: float, reason: str) -> bool:
+    def quarantine(self, agent_id: str, *, until: float, now: float, reason: str) -> bool:
         with self._translate():
             self.r.hset(QUARANTINED_UNTIL, agent_id, repr(until))
         return self.set_status(
             agent_id,
-            AgentStatus.QUARANTINED,
-            now,
-            "recovery",
+            status=AgentStatus.QUARANTINED,
+            now=now,
+            source="recovery",
             event="agent.quarantined",
             severity=ProductionEventSeverity.WARNING,
             reason=reason,
@@ -258,8 +283,17 @@ class AgentStore(StoreBase):
         display show; without it, the stored state, for readers that never look at it."""
         with self._translate():
             records, beats, stats, statuses, circuits, scores, inflight, version = self._fleet(
-                keys=[AGENTS, HEARTBEATS, AGENT_STATS, AGENT_STATUS, PERF_SCORES, FLEET_VERSION],
-                args=[CIRCUIT_PREFIX, INFLIGHT_PREFIX],
+                keys=LOAD_FLEET_SIG.key_list(
+                    agents=AGENTS,
+                    heartbeats=HEARTBEATS,
+                    stats=AGENT_STATS,
+                    statuses=AGENT_STATUS,
+                    scores=PERF_SCORES,
+                    version=FLEET_VERSION,
+                ),
+                args=LOAD_FLEET_SIG.arg_list(
+                    circuit_prefix=CIRCUIT_PREFIX, inflight_prefix=INFLIGHT_PREFIX
+                ),
             )
         beats, stats, statuses = _pairs(beats), _pairs(stats), _pairs(statuses)
         in_flight = _pairs(inflight)
@@ -336,6 +370,7 @@ class AgentStore(StoreBase):
     def record_outcome(
         self,
         agent_id: str,
+        *,
         ok: bool,
         latency_ms: float,
         circuit_cfg: CircuitBreakerConfig | None = None,
@@ -348,12 +383,16 @@ class AgentStore(StoreBase):
         stats = _outcome_args(agent_id, ok, latency_ms, task_type)
         with self._translate():
             if circuit_cfg is None:
-                self._outcome(keys=[AGENT_STATS], args=stats)
+                self._outcome(keys=RECORD_OUTCOME_SIG.key_list(stats=AGENT_STATS), args=stats)
                 return ""
             transition = str(
                 self._outcome_circuit(
-                    keys=[AGENT_STATS, circuit_key(agent_id)],
-                    args=[*stats, *_circuit_args(ok, now, circuit_cfg)],
+                    keys=RECORD_OUTCOME_AND_CIRCUIT_SIG.key_list(
+                        stats=AGENT_STATS, circuit=circuit_key(agent_id)
+                    ),
+                    args=RECORD_OUTCOME_AND_CIRCUIT_SIG.arg_list(
+                        outcome=stats, breaker=_circuit_args(ok, now, circuit_cfg)
+                    ),
                 )
             )
         self.announce_circuit(agent_id, transition, now)
@@ -365,7 +404,7 @@ class AgentStore(StoreBase):
             return
         severity = (
             ProductionEventSeverity.WARNING
-            if transition == "opened"
+            if transition == BreakerTransition.OPENED
             else ProductionEventSeverity.INFO
         )
         with self._translate():
@@ -419,17 +458,17 @@ class AgentStore(StoreBase):
         slots all have none free (`task_id`'s own slot, where it holds one, counts as free)."""
         if not isinstance(peers, WrrPeers):
             peers = WrrPeers.of(peers)
-        args = peers.args()
-        if peers.slots is not None and task_id is not None:
-            args = [*args, task_id]
+        args = peers.args(task_id if peers.slots is not None else None)
         with self._translate():
-            index = int(self._wrr(keys=[wrr_key(capability_key)], args=args))
+            index = int(
+                self._wrr(keys=WRR_PICK_SIG.key_list(state=wrr_key(capability_key)), args=args)
+            )
         return peers.ids[index - 1] if index > 0 else None
 
     def wrr_state(self, capability_key: str) -> dict[str, int]:
         """The round-robin's `current` per agent (tests and diagnostics)."""
         with self._translate():
-            ids, cur = self._wrr_state(keys=[wrr_key(capability_key)])
+            ids, cur = self._wrr_state(keys=WRR_STATE_SIG.key_list(state=wrr_key(capability_key)))
         if not ids:
             return {}
         return {str(k): int(v) for k, v in zip(json.loads(ids), cur, strict=True)}
@@ -437,6 +476,7 @@ class AgentStore(StoreBase):
     def affinity_pick(
         self,
         key: str,
+        *,
         capability_key: str,
         weights: Mapping[str, int] | WrrPeers,
         fallback: str | None,
@@ -448,6 +488,9 @@ class AgentStore(StoreBase):
         own pick), or with None the next weighted round-robin pick, which advances only then."""
         if not isinstance(weights, WrrPeers):
             weights = WrrPeers.of(weights)
-        args: list[Any] = [ttl_s, fallback or "", *weights.args()]
+        keys = AFFINITY_PICK_SIG.key_list(
+            affinity=affinity_key(key), wrr_state=wrr_key(capability_key)
+        )
+        args = AFFINITY_PICK_SIG.arg_list(ttl=ttl_s, pick=fallback or "", wrr=weights.args())
         with self._translate():
-            return str(self._affinity(keys=[affinity_key(key), wrr_key(capability_key)], args=args))
+            return str(self._affinity(keys=keys, args=args))

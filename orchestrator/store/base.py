@@ -1,6 +1,7 @@
 """The state store's foundation: the connection, error translation, events and locks.
 
-The agents, ledger, dlq, recovery and clients modules add the rest; orchestrator.store puts
+The other modules of orchestrator.store each add a part on top of StoreBase (agents,
+backlog, ledger, dlq, recovery, clients, events, sleep, migrate); orchestrator.store puts
 them together as StateStore. Key names come from keys, Lua from scripts.
 """
 
@@ -61,7 +62,7 @@ def _pairs(flat: Sequence[Any]) -> dict[str, str]:
 
 
 class StoreBase:
-    """Connection, scripts, events and locks, shared by both halves of the store."""
+    """Connection, scripts, events and locks, shared by every part of the store."""
 
     #: After a WAIT that fell short (a replica missing), submissions go unconfirmed this long
     #: before WAIT is tried again, so a primary left without replicas stays fast.

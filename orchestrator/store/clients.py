@@ -1,26 +1,27 @@
 """The per-client half of the state store: rate limits and blocks.
 
 ORCH_CLIENT_RATE_LIMIT and ORCH_SECURITY_AUTO_BLOCK. Rejections themselves are counted with the
-ledger (LedgerStore.record_rejection), where every refused submission is."""
+ledger (LedgerStore.record_rejection, in ledger.py), where every refused submission is."""
 
 from __future__ import annotations
 
 from orchestrator.store.base import StoreBase
+from orchestrator.store.codes import AdmitVerdict
 from orchestrator.store.keys import BLOCKS, block_key, rate_key
 
 
 class ClientStore(StoreBase):
     def admit_client(
         self, client_id: str, now: float, rate: float, burst: int, check_block: bool
-    ) -> tuple[str, float]:
-        """One round trip (scripts.ADMIT_CLIENT): ("ok", 0), ("blocked", until) or
-        ("limited", seconds until the client's bucket has a token again)."""
+    ) -> tuple[AdmitVerdict, float]:
+        """One round trip (scripts.ADMIT_CLIENT): (OK, 0), (BLOCKED, until) or
+        (LIMITED, seconds until the client's bucket has a token again)."""
         with self._translate():
             verdict, value = self._admit(
                 keys=[block_key(client_id), rate_key(client_id)],
                 args=[repr(now), repr(float(rate)), burst, "1" if check_block else "0"],
             )
-        return str(verdict), float(value) if value else 0.0
+        return AdmitVerdict(str(verdict)), float(value) if value else 0.0
 
     def block_client(self, client_id: str, until: float, now: float) -> None:
         """Refuse the client's submissions until `until` (a key with that TTL, and its entry

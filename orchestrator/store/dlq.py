@@ -154,7 +154,7 @@ class DeadLetterStore(LedgerStore):
             pipe.persist(history_key(task_id))
             self.event("task.replayed", now, "cli", pipe, task_id=task_id)
             pipe.execute()
-        self.park(spec, now)
+        self.park(spec, now=now)
         return spec
 
     def purge_dead_letters(self, task_ids: Sequence[str] | None = None) -> int:

@@ -70,6 +70,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+from orchestrator.store.codes import RejectionKind
+
 PREFIX = "orch:"
 AGENTS = PREFIX + "agents"
 HEARTBEATS = PREFIX + "heartbeats"
@@ -215,14 +217,14 @@ def telemetry_key(resolution: str, slot: int) -> str:
     return f"{PREFIX}tm:{resolution}:{slot}"
 
 
-#: Per-minute refusal counts by kind: "m" counts toward the rejection threshold.
-REJECTION_KINDS = ("m", "rl", "blk")
+#: Per-minute refusal counts by kind (codes.RejectionKind): "m" counts toward the threshold.
+REJECTION_KINDS = tuple(RejectionKind)
 
 
-def rejections_key(minute: int, kind: str = "m") -> str:
+def rejections_key(minute: int, kind: RejectionKind = RejectionKind.THRESHOLD) -> str:
     """`kind`: "m" (every rejection the threshold counts), "rl" (rate-limited), "blk"
     (refused while blocked)."""
-    return f"{PREFIX}sec:{kind}:{minute}"
+    return f"{PREFIX}sec:{RejectionKind(kind).value}:{minute}"
 
 
 def rate_key(client_id: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from orchestrator.errors import UnknownTask
@@ -18,6 +18,12 @@ from orchestrator.models import (
 from orchestrator.monitoring.stats import REJECTIONS_TTL_S, client_label
 from orchestrator.store.backlog import BacklogStore
 from orchestrator.store.base import _event_args, _history
+from orchestrator.store.codes import (
+    REJECTION_COUNTS,
+    AcceptStatus,
+    AttemptCode,
+    RejectionReason,
+)
 from orchestrator.store.keys import (
     AGENT_STATS,
     COUNTERS,
@@ -33,6 +39,14 @@ from orchestrator.store.keys import (
     inflight_key,
     rejections_key,
     task_key,
+)
+from orchestrator.store.scripts import (
+    ACCEPT_AND_ROUTE_SIG,
+    ACCEPT_SIG,
+    BEGIN_ATTEMPT_SIG,
+    FINISH_SIG,
+    ROUTE_SIG,
+    TRANSITION_SIG,
 )
 
 ACTIVE_STATES = (
@@ -50,79 +64,91 @@ def _outbox_message(kwargs: Mapping[str, Any], submit_id: str, queue: str) -> st
 
 
 @dataclass(frozen=True)
+class Acceptance:
+    """One submission to record in the ledger (accept, accept_and_route): the task, the id of
+    the message that submitted it, when, and with `outbox` (the submission's fields and its
+    queue) its entry in the outbox too (see outbox_put)."""
+
+    task: OrchestrationTask
+    submit_id: str
+    now: float
+    outbox: tuple[Mapping[str, Any], str] | None = None
+
+
+@dataclass(frozen=True)
 class Attempt:
     """What begin_attempt decided for one delivered copy of a task."""
 
-    code: int  # >0: the attempt number, run it; <0: see scripts.BEGIN_ATTEMPT
-    info: str
+    code: AttemptCode | int  # >0: the attempt number, run it; else why not (AttemptCode)
+    info: str  # the previous state; the live child's pid (RUNNING_HERE); deliveries (POISON)
     submitted_at: float | None = None  # given with a copy to run
 
     @property
     def run(self) -> bool:
         return self.code > 0
 
+    @classmethod
+    def of(cls, code: int, info: str, submitted_at: float | None = None) -> Attempt:
+        """begin_attempt.lua's answer, its refusals as AttemptCode members."""
+        return cls(code if code > 0 else AttemptCode(code), info, submitted_at)
+
 
 class LedgerStore(BacklogStore):
-    """Tasks: the ledger, parking, recovery plans and the dead-letter store."""
+    """Tasks: the ledger, the submission outbox, refusals, parking, attempts and terminal
+    states (the dead-letter store is DeadLetterStore's, recovery plans RecoveryStore's)."""
 
     # --- the ledger ----------------------------------------------------------------------
 
-    def accept(
-        self,
-        task: OrchestrationTask,
-        submit_id: str,
-        now: float,
-        outbox: tuple[Mapping[str, Any], str] | None = None,
-    ) -> tuple[str, str]:
+    def accept(self, acceptance: Acceptance) -> tuple[AcceptStatus, str]:
         """Record a new task and announce it, in one round trip; tell a fresh acceptance from
-        a redelivery of the same submit message or a duplicate submission. With `outbox`
-        (the submission's fields and its queue) a new task also enters the outbox in the same
-        step (see outbox_put)."""
-        keys, args = self._accept_step(task, submit_id, now, outbox)
+        a redelivery of the same submit message or a duplicate submission. With its `outbox`
+        a new task also enters the outbox in the same step."""
+        keys, args = self._accept_step(acceptance)
         with self._translate():
             status, state = self.replicated(
                 lambda client: self._accept(keys=keys, args=args, client=client)
             )
-        return str(status), str(state)
+        return AcceptStatus(str(status)), str(state)
 
     def accept_and_route(
         self,
-        task: OrchestrationTask,
-        submit_id: str,
+        acceptance: Acceptance,
+        *,
         agent_id: str,
-        now: float,
         pushes: Sequence[tuple[str, str]],
         slots: int | None = None,
-    ) -> tuple[str, str]:
+    ) -> tuple[AcceptStatus, str]:
         """Accept a new task, route it to `agent_id` (dispatch 1) and publish its message by
         pushing `pushes` ((list key, payload): the broker's own message, built for dispatch 1)
         in one atomic step: all of it happens, or, for a task that is not new, none of it.
         With `slots` (the agent's concurrency + prefetch), an agent that has none free since
         it was picked gets nothing: the task waits in the backlog. Returns ("routed", "1"),
-        ("queued", ""), or accept's ("resume" | "duplicate", state)."""
-        accept_keys, accept_args = self._accept_step(task, submit_id, now, None)
+        ("queued", ""), or accept's ("resume" | "duplicate", state). The acceptance's outbox
+        is not used: the task is published in the same step."""
+        task, now = acceptance.task, acceptance.now
+        accept_keys, accept_args = self._accept_step(replace(acceptance, outbox=None))
         route_keys, route_args = self._route_step(
-            task, agent_id, now, drop_outbox=False, slots=slots
+            task, agent_id=agent_id, now=now, drop_outbox=False, slots=slots
         )
-        waiting = self._waiting_args(task, now)
-        args: list[Any] = []
-        for part in (accept_args, route_args, [payload for _, payload in pushes], waiting):
-            args += [len(part), *part]
-        keys = [*accept_keys, *route_keys, *(key for key, _ in pushes)]
+        keys = ACCEPT_AND_ROUTE_SIG.key_list(
+            accept=accept_keys, route=route_keys, pushes=[key for key, _ in pushes]
+        )
+        args = ACCEPT_AND_ROUTE_SIG.arg_list(
+            accepting=accept_args,
+            routing=route_args,
+            payloads=[payload for _, payload in pushes],
+            waiting=self._waiting_args(task, now),
+        )
         with self._translate():
             status, state = self.replicated(
                 lambda client: self._accept_route(keys=keys, args=args, client=client)
             )
-        return str(status), str(state)
+        return AcceptStatus(str(status)), str(state)
 
-    def _accept_step(
-        self,
-        task: OrchestrationTask,
-        submit_id: str,
-        now: float,
-        outbox: tuple[Mapping[str, Any], str] | None,
-    ) -> tuple[list[str], list[Any]]:
+    def _accept_step(self, acceptance: Acceptance) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV of scripts.ACCEPT."""
+        task, submit_id, now = acceptance.task, acceptance.submit_id, acceptance.now
+        outbox = acceptance.outbox
         assert task.task_id is not None
         event = OrchestrationEvent(
             type="task.submitted",
@@ -135,32 +161,34 @@ class LedgerStore(BacklogStore):
                 "priority": task.priority,
             },
         )
-        keys = [
-            task_key(task.task_id),
-            history_key(task.task_id),
-            COUNTERS,
-            EVENTS,
-            OUTBOX,
-            OUTBOX_MSG,
-        ]
-        args: list[Any] = [
-            submit_id,
-            repr(now),
-            task.model_dump_json(),
-            task.type,
-            _history("accepted", now, client_id=task.client_id),
-            self.ledger_ttl_s,
-            self.events_max_len,
-            task.task_id,
-            "" if outbox is None else _outbox_message(outbox[0], submit_id, outbox[1]),
-            *_event_args(event),
-        ]
+        keys = ACCEPT_SIG.key_list(
+            ledger=task_key(task.task_id),
+            history=history_key(task.task_id),
+            counters=COUNTERS,
+            events=EVENTS,
+            outbox=OUTBOX,
+            outbox_msg=OUTBOX_MSG,
+        )
+        args = ACCEPT_SIG.arg_list(
+            submit_id=submit_id,
+            now=repr(now),
+            spec=task.model_dump_json(),
+            type=task.type,
+            entry=_history("accepted", now, client_id=task.client_id),
+            ttl=self.ledger_ttl_s,
+            maxlen=self.events_max_len,
+            task_id=task.task_id,
+            outbox_message=(
+                "" if outbox is None else _outbox_message(outbox[0], submit_id, outbox[1])
+            ),
+            event=_event_args(event),
+        )
         return keys, args
 
     # --- the submission outbox ------------------------------------------------------------
 
     def outbox_put(
-        self, task_id: str, submit_id: str, kwargs: dict[str, Any], queue: str, now: float
+        self, task_id: str, *, submit_id: str, kwargs: dict[str, Any], queue: str, now: float
     ) -> None:
         """Keep a client's submission until it is routed or parked (OrchestratorClient)."""
         message = _outbox_message(kwargs, submit_id, queue)
@@ -203,24 +231,26 @@ class LedgerStore(BacklogStore):
     def record_rejection(
         self,
         problems: Sequence[str],
+        *,
         submit_id: str,
         now: float,
         client_id: str | None,
-        reason: str = "invalid",
+        reason: RejectionReason = RejectionReason.INVALID,
     ) -> None:
-        """Count a refused submission and announce it (`task.rejected`). `reason`: "invalid"
-        (a bad spec), "rate_limited" or "blocked" (see admit_client). Invalid and
-        rate-limited ones count toward the security loop's rejection threshold; refusals of a
-        blocked client are counted apart, so a block runs its course instead of renewing the
-        finding that caused it."""
+        """Count a refused submission and announce it (`task.rejected`). `reason`: invalid
+        (a bad spec), rate_limited or blocked (see admit_client). Invalid and rate-limited
+        ones count toward the security loop's rejection threshold; refusals of a blocked
+        client are counted apart, so a block runs its course instead of renewing the finding
+        that caused it (codes.REJECTION_COUNTS)."""
         label = client_label(client_id)
         minute = int(now // 60)
-        kinds = {"invalid": ("m",), "rate_limited": ("m", "rl"), "blocked": ("blk",)}[reason]
+        reason = RejectionReason(reason)
+        kinds = REJECTION_COUNTS[reason]
         with self._translate():
             pipe = self.r.pipeline(transaction=True)  # all counted, or (Redis full) none
             pipe.hincrby(COUNTERS, "rejected", 1)
-            if reason != "invalid":
-                pipe.hincrby(COUNTERS, reason, 1)
+            if reason is not RejectionReason.INVALID:
+                pipe.hincrby(COUNTERS, reason.value, 1)
             # Per client and minute, for the security loop (both submission paths count).
             for kind in kinds:
                 minute_key = rejections_key(minute, kind)
@@ -235,11 +265,12 @@ class LedgerStore(BacklogStore):
                 submit_id=submit_id,
                 problems=list(problems),
                 client_id=client_id,
-                reason=reason,
+                reason=reason.value,
             )
             pipe.execute()
 
-    def count_duplicate(self, task_id: str, now: float) -> None:
+    def count_duplicate(self) -> None:
+        """Count a submission that runs nothing again (a duplicate; a redelivery past routing)."""
         with self._translate():
             self.r.hincrby(COUNTERS, "duplicates_ignored", 1)
 
@@ -267,15 +298,15 @@ class LedgerStore(BacklogStore):
         history: dict[str, Any] | None = None,
         **fields: Any,
     ) -> tuple[int, str]:
-        args: list[Any] = [new.value, _history(new.value, now, **(history or {})), len(allowed)]
-        args += [s.value for s in allowed]
-        for name, value in fields.items():
-            if value is not None:
-                args += [name, value]
+        args = TRANSITION_SIG.arg_list(
+            state=new.value,
+            entry=_history(new.value, now, **(history or {})),
+            allowed=[s.value for s in allowed],
+            fields=[item for pair in fields.items() if pair[1] is not None for item in pair],
+        )
+        keys = TRANSITION_SIG.key_list(ledger=task_key(task_id), history=history_key(task_id))
         with self._translate():
-            done, previous = self._transition(
-                keys=[task_key(task_id), history_key(task_id)], args=args
-            )
+            done, previous = self._transition(keys=keys, args=args)
         return int(done), str(previous)
 
     def _waiting_args(self, task: OrchestrationTask, now: float) -> list[Any]:
@@ -286,6 +317,7 @@ class LedgerStore(BacklogStore):
     def mark_routed(
         self,
         task: OrchestrationTask,
+        *,
         agent_id: str,
         now: float,
         drop_outbox: bool = True,
@@ -300,9 +332,9 @@ class LedgerStore(BacklogStore):
         task moves only off `lost_from`, the agent found gone, while it still runs there."""
         keys, args = self._route_step(
             task,
-            agent_id,
-            now,
-            drop_outbox,
+            agent_id=agent_id,
+            now=now,
+            drop_outbox=drop_outbox,
             expect_dispatch=expect_dispatch,
             slots=slots,
             lost_from=lost_from,
@@ -315,6 +347,7 @@ class LedgerStore(BacklogStore):
     def _route_step(
         self,
         task: OrchestrationTask,
+        *,
         agent_id: str,
         now: float,
         drop_outbox: bool,
@@ -331,34 +364,35 @@ class LedgerStore(BacklogStore):
             source="router",
             data={"task_id": task.task_id, "agent_id": agent_id, "type": task.type},
         )
-        keys = [
-            task_key(task.task_id),
-            history_key(task.task_id),
-            COUNTERS,
-            AGENT_STATS,
-            PARKED,
-            EVENTS,
-            OUTBOX,
-            OUTBOX_MSG,
-        ]
-        args: list[Any] = [
-            agent_id,
-            repr(now),
-            _history("routed", now, agent=agent_id, **history),
-            INFLIGHT_PREFIX,
-            task.task_id,
-            self.events_max_len,
-            "1" if drop_outbox else "0",
-            "" if expect_dispatch is None else expect_dispatch,
-            "" if slots is None else slots,
-            lost_from or "",
-            *_event_args(event),
-        ]
+        keys = ROUTE_SIG.key_list(
+            ledger=task_key(task.task_id),
+            history=history_key(task.task_id),
+            counters=COUNTERS,
+            stats=AGENT_STATS,
+            parked=PARKED,
+            events=EVENTS,
+            outbox=OUTBOX,
+            outbox_msg=OUTBOX_MSG,
+        )
+        args = ROUTE_SIG.arg_list(
+            agent=agent_id,
+            now=repr(now),
+            entry=_history("routed", now, agent=agent_id, **history),
+            inflight_prefix=INFLIGHT_PREFIX,
+            task_id=task.task_id,
+            maxlen=self.events_max_len,
+            drop_outbox="1" if drop_outbox else "0",
+            expect_dispatch="" if expect_dispatch is None else expect_dispatch,
+            slots="" if slots is None else slots,
+            lost_from=lost_from or "",
+            event=_event_args(event),
+        )
         return keys, args
 
     def park(
         self,
         task: OrchestrationTask,
+        *,
         now: float,
         source: str = "new",
         avoid: Collection[str] = (),
@@ -375,7 +409,7 @@ class LedgerStore(BacklogStore):
         }
         return self.enqueue(
             task,
-            now,
+            now=now,
             parked=True,
             source=source,
             event=("task.parked", event),
@@ -397,6 +431,7 @@ class LedgerStore(BacklogStore):
     def begin_attempt(
         self,
         task_id: str,
+        *,
         agent_id: str,
         dispatch: int,
         now: float,
@@ -406,22 +441,24 @@ class LedgerStore(BacklogStore):
     ) -> Attempt:
         with self._translate():
             code, info, *rest = self._begin(
-                keys=[task_key(task_id), history_key(task_id)],
-                args=[
-                    agent_id,
-                    repr(now),
-                    _history("running", now, agent=agent_id),
-                    dispatch,
-                    pid,
-                    max_deliveries,
-                    "1" if force else "0",
-                ],
+                keys=BEGIN_ATTEMPT_SIG.key_list(
+                    ledger=task_key(task_id), history=history_key(task_id)
+                ),
+                args=BEGIN_ATTEMPT_SIG.arg_list(
+                    agent=agent_id,
+                    now=repr(now),
+                    entry=_history("running", now, agent=agent_id),
+                    dispatch=dispatch,
+                    pid=pid,
+                    max_deliveries=max_deliveries,
+                    force="1" if force else "0",
+                ),
             )
         submitted = rest[0] if rest and rest[0] else None
-        return Attempt(int(code), str(info), None if submitted is None else float(submitted))
+        return Attempt.of(int(code), str(info), None if submitted is None else float(submitted))
 
     def mark_recovering(
-        self, task_id: str, agent_id: str, now: float, error: str, kind: str
+        self, task_id: str, *, agent_id: str, now: float, error: str, kind: str
     ) -> bool:
         """The run failed and recovery takes the task over: it no longer holds a slot of the
         agent's (the caller fills the slot from the backlog)."""
@@ -441,6 +478,7 @@ class LedgerStore(BacklogStore):
     def finish(
         self,
         task_id: str,
+        *,
         state: TaskState,
         agent_id: str | None,
         now: float,
@@ -457,7 +495,15 @@ class LedgerStore(BacklogStore):
         with self._translate():
             owner = agent_id or self.r.hget(task_key(task_id), "agent")
             keys, args = self._finish_step(
-                task_id, state, agent_id, owner, now, error, latency_ms, task_type, result
+                task_id,
+                state=state,
+                agent_id=agent_id,
+                owner=owner,
+                now=now,
+                error=error,
+                latency_ms=latency_ms,
+                task_type=task_type,
+                result=result,
             )
             done, _ = self._finish(keys=keys, args=args)
         return int(done) == 1
@@ -465,6 +511,7 @@ class LedgerStore(BacklogStore):
     def _finish_step(
         self,
         task_id: str,
+        *,
         state: TaskState,
         agent_id: str | None,
         owner: str | None,
@@ -500,30 +547,29 @@ class LedgerStore(BacklogStore):
                 "type": task_type,
             },
         )
-        keys = [
-            task_key(task_id),
-            history_key(task_id),
-            COUNTERS,
-            RECOVERY,
-            RECOVERY_DEADLINES,
-            PARKED,
-            OUTBOX,
-            OUTBOX_MSG,
-            DLQ,
-            EVENTS,
-        ]
-        args: list[Any] = [
-            state.value,
-            _history(state.value, now, agent=agent_id, error=error),
-            repr(now),
-            self.ledger_ttl_s,
-            task_id,
-            inflight_key(owner) if owner else "",
-            self.events_max_len,
-            len(fields),
-            *fields,
-            *_event_args(event),
-        ]
+        keys = FINISH_SIG.key_list(
+            ledger=task_key(task_id),
+            history=history_key(task_id),
+            counters=COUNTERS,
+            plans=RECOVERY,
+            deadlines=RECOVERY_DEADLINES,
+            parked=PARKED,
+            outbox=OUTBOX,
+            outbox_msg=OUTBOX_MSG,
+            dead_letters=DLQ,
+            events=EVENTS,
+        )
+        args = FINISH_SIG.arg_list(
+            state=state.value,
+            entry=_history(state.value, now, agent=agent_id, error=error),
+            now=repr(now),
+            ttl=self.ledger_ttl_s,
+            task_id=task_id,
+            inflight=inflight_key(owner) if owner else "",
+            maxlen=self.events_max_len,
+            fields=fields,
+            event=_event_args(event),
+        )
         return keys, args
 
     def stored_result(self, task_id: str) -> str | None:

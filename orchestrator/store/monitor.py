@@ -17,6 +17,7 @@ from orchestrator.config import DEFAULT_SENTINEL_MASTER
 from orchestrator.models import AlertState, ProductionAlert
 from orchestrator.monitoring.stats import WindowStats, parse_fields, sum_fields
 from orchestrator.security.policy import Finding
+from orchestrator.store.codes import RejectionKind
 from orchestrator.store.connect import redis_client
 from orchestrator.store.keys import (
     AGENT_STATS,
@@ -167,13 +168,16 @@ class MonitorStore:
     def totals(self) -> dict[str, int]:
         return {k: int(v) for k, v in self.r.hgetall(TELEMETRY_TOTAL).items()}
 
-    def rejections(self, window_s: float, now: float, kind: str = "m") -> dict[str, int]:
+    def rejections(
+        self, window_s: float, now: float, kind: RejectionKind = RejectionKind.THRESHOLD
+    ) -> dict[str, int]:
         """Refused submissions per client over the window; `kind` as in keys.rejections_key."""
+        kind = RejectionKind(kind)
         return self.refusals(window_s, now, (kind,))[kind]
 
     def refusals(
-        self, window_s: float, now: float, kinds: Sequence[str] = REJECTION_KINDS
-    ) -> dict[str, dict[str, int]]:
+        self, window_s: float, now: float, kinds: Sequence[RejectionKind] = REJECTION_KINDS
+    ) -> dict[RejectionKind, dict[str, int]]:
         """Several kinds of refusal counts over the window, in one round trip."""
         first, last = int((now - window_s) // 60) + 1, int(now // 60)
         pipe = self.r.pipeline(transaction=False)
@@ -182,7 +186,10 @@ class MonitorStore:
                 pipe.hgetall(rejections_key(slot, kind))
         replies = pipe.execute()
         per = last - first + 1
-        return {k: sum_fields(replies[i * per : (i + 1) * per]) for i, k in enumerate(kinds)}
+        return {
+            RejectionKind(k): sum_fields(replies[i * per : (i + 1) * per])
+            for i, k in enumerate(kinds)
+        }
 
     def poison_refused(self, window_s: float, now: float) -> int:
         """Messages a worker refused at its edge within the window (the poison store's zset,

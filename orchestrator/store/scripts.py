@@ -6,16 +6,313 @@ the script's text once if Redis does not know it yet), so a call stays one round
 with (routing.weights.wrr_step, recovery.breaker.record_success/record_failure) are tested
 against them. The composed scripts at the end run several of these in one atomic step: each
 part becomes a local Lua function of its own KEYS and ARGV, then the `.lua` file of the
-composed script calls them.
+composed script calls them. Each script's KEYS and ARGV are named once, in its Signature.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from orchestrator.store.keys import lua_header
 
 LUA_DIR = Path(__file__).with_name("lua")
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A script's KEYS and ARGV, named once, in order: the `.lua` file's header comment
+    (`-- KEYS: ...` and `-- ARGV: ...`) lists the same names (tests/unit/test_lua_seams.py),
+    and the store builds each list by name with keys() and argv(), never by position.
+
+    A name may end in `?` (it may be left out: None; nothing named after it is then given),
+    `...` (the rest: a list of any length, maybe none) or `[]` (a section of a composed
+    script: its length, then its items). `part.name` is a name of another script's list that
+    a composed script takes whole: the builder is given the part as one list (`part=[...]`)."""
+
+    script: str
+    keys: tuple[str, ...] = ()
+    argv: tuple[str, ...] = ()
+
+    def key_list(self, **given: Any) -> list[Any]:
+        """KEYS, from one keyword per declared name (per part for `part.name`)."""
+        return _build(self.script, "KEYS", self.keys, given)
+
+    def arg_list(self, **given: Any) -> list[Any]:
+        """ARGV, likewise."""
+        return _build(self.script, "ARGV", self.argv, given)
+
+
+def part(name: str, names: Sequence[str]) -> tuple[str, ...]:
+    """Another script's names, as the part `name` of a composed script's list."""
+    return tuple(f"{name}.{n}" for n in names)
+
+
+def _base(name: str) -> str:
+    """A declared name without its `?`, `...` or `[]`."""
+    for suffix in ("...", "?", "[]"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _part_of(name: str) -> str | None:
+    base = _base(name)
+    return base.split(".", 1)[0] if "." in base else None
+
+
+def bare(name: str) -> str:
+    """The keyword a declared name takes: its part's name, or itself without its suffix."""
+    return _part_of(name) or _base(name)
+
+
+def _build(script: str, what: str, names: Sequence[str], given: dict[str, Any]) -> list[Any]:
+    wanted = {bare(n) for n in names}
+    if set(given) - wanted:
+        raise TypeError(f"{script} {what}: no {sorted(set(given) - wanted)} (has {names})")
+    out: list[Any] = []
+    omitted: str | None = None
+    done_parts: set[str] = set()
+    for name in names:
+        key = bare(name)
+        if _part_of(name) is not None:
+            if key in done_parts:
+                continue
+            done_parts.add(key)
+            members = [n for n in names if _part_of(n) == key]
+            required = [n for n in members if not n.endswith(("?", "..."))]
+            items = list(given[key])
+            if len(items) < len(required) or (
+                len(items) > len(members) and not members[-1].endswith("...")
+            ):
+                raise TypeError(f"{script} {what}: {key} has {len(items)} of {members}")
+            out += items
+            continue
+        if key not in given:
+            if name.endswith(("?", "...")):
+                omitted = omitted or name
+                continue
+            raise TypeError(f"{script} {what}: {name} not given")
+        value = given[key]
+        if (name.endswith("?") and value is None) or (name.endswith("...") and not value):
+            omitted = omitted or name
+            continue
+        if omitted is not None:
+            raise TypeError(f"{script} {what}: {name} given after {omitted} was left out")
+        if name.endswith("..."):
+            out += list(value)
+        elif name.endswith("[]"):
+            out += [len(value), *value]
+        else:
+            out.append(value)
+    return out
+
+
+#: backlog.context's six items (BacklogStore.backlog_context), the first part of every
+#: dispatching script's ARGV.
+CONTEXT = part("cx", ("now", "weights", "estimate", "prefetch", "timeout", "maxlen"))
+
+WRR_PICK_SIG = Signature(
+    "wrr_pick",
+    keys=("state",),
+    argv=("digest", "ids", "weights", "slots?", "inflight?", "peers?", "task_id?"),
+)
+WRR_STATE_SIG = Signature("wrr_state", keys=("state",))
+AFFINITY_PICK_SIG = Signature(
+    "affinity_pick",
+    keys=("affinity", "wrr_state"),
+    argv=("ttl", "pick", *part("wrr", WRR_PICK_SIG.argv[:-1])),
+)
+LOAD_FLEET_SIG = Signature(
+    "load_fleet",
+    keys=("agents", "heartbeats", "stats", "statuses", "scores", "version"),
+    argv=("circuit_prefix", "inflight_prefix"),
+)
+ACCEPT_SIG = Signature(
+    "accept",
+    keys=("ledger", "history", "counters", "events", "outbox", "outbox_msg"),
+    argv=(
+        "submit_id",
+        "now",
+        "spec",
+        "type",
+        "entry",
+        "ttl",
+        "maxlen",
+        "task_id",
+        "outbox_message",
+        "event...",
+    ),
+)
+TRANSITION_SIG = Signature(
+    "transition", keys=("ledger", "history"), argv=("state", "entry", "allowed[]", "fields...")
+)
+ROUTE_SIG = Signature(
+    "route",
+    keys=(
+        "ledger",
+        "history",
+        "counters",
+        "stats",
+        "parked",
+        "events",
+        "outbox",
+        "outbox_msg",
+    ),
+    argv=(
+        "agent",
+        "now",
+        "entry",
+        "inflight_prefix",
+        "task_id",
+        "maxlen",
+        "drop_outbox",
+        "expect_dispatch",
+        "slots",
+        "lost_from",
+        "event...",
+    ),
+)
+BEGIN_ATTEMPT_SIG = Signature(
+    "begin_attempt",
+    keys=("ledger", "history"),
+    argv=("agent", "now", "entry", "dispatch", "pid", "max_deliveries", "force"),
+)
+RECORD_OUTCOME_SIG = Signature(
+    "record_outcome",
+    keys=("stats",),
+    argv=("agent", "ok", "latency_ms", "success_alpha", "latency_alpha", "task_type"),
+)
+RECORD_CIRCUIT_SIG = Signature(
+    "record_circuit",
+    keys=("circuit",),
+    argv=(
+        "ok",
+        "now",
+        "failure_threshold",
+        "successes_to_close",
+        "window_size",
+        "minimum_calls",
+        "failure_rate",
+    ),
+)
+RECORD_OUTCOME_AND_CIRCUIT_SIG = Signature(
+    "record_outcome_and_circuit",
+    keys=("stats", "circuit"),
+    argv=(*part("outcome", RECORD_OUTCOME_SIG.argv), *part("breaker", RECORD_CIRCUIT_SIG.argv)),
+)
+HEARTBEAT_SIG = Signature(
+    "heartbeat",
+    keys=("heartbeats", "statuses", "quarantined_until", "version"),
+    argv=("agent", "now"),
+)
+RELEASE_LOCK_SIG = Signature("release_lock", keys=("lock",), argv=("token",))
+FINISH_SIG = Signature(
+    "finish",
+    keys=(
+        "ledger",
+        "history",
+        "counters",
+        "plans",
+        "deadlines",
+        "parked",
+        "outbox",
+        "outbox_msg",
+        "dead_letters",
+        "events",
+    ),
+    argv=("state", "entry", "now", "ttl", "task_id", "inflight", "maxlen", "fields[]", "event..."),
+)
+TELEMETRY_ADD_SIG = Signature(
+    "telemetry_add",
+    keys=("minute", "hour", "total?"),
+    argv=("minute_ttl", "hour_ttl", "counts..."),
+)
+SETTLE_RUN_SIG = Signature(
+    "settle_run",
+    keys=(
+        "stats_key",
+        "circuit_key",
+        *part("finish", FINISH_SIG.keys),
+        *part("count", TELEMETRY_ADD_SIG.keys),
+    ),
+    argv=("stats[]", "breaker[]", "ending[]", "counts[]", "dispatching[]"),
+)
+ACCEPT_AND_ROUTE_SIG = Signature(
+    "accept_and_route",
+    keys=(*part("accept", ACCEPT_SIG.keys), *part("route", ROUTE_SIG.keys), "pushes..."),
+    argv=("accepting[]", "routing[]", "payloads[]", "waiting[]"),
+)
+VANISHED_SIG = Signature(
+    "vanished", keys=("inflight", "unacked", "lists..."), argv=("ledger_prefix", "routed_before")
+)
+POISON_RECORD_SIG = Signature(
+    "poison_record",
+    keys=("poison", "details", "counters", "events"),
+    argv=("id", "ts", "detail", "keep", "maxlen", "event..."),
+)
+ADMIT_CLIENT_SIG = Signature(
+    "admit_client", keys=("block", "bucket"), argv=("now", "rate", "burst", "check_block")
+)
+SNAPSHOT_SIG = Signature("snapshot", argv=("pattern", "count", "extra..."))
+MIGRATE_HISTORY_SIG = Signature("migrate_history", keys=("old", "new"))
+ENQUEUE_SIG = Signature(
+    "enqueue",
+    argv=(
+        *CONTEXT,
+        "task_id",
+        "state",
+        "capability_set",
+        "priority",
+        "client",
+        "concurrency_key",
+        "limit",
+        "source",
+        "expect_dispatch",
+        "front",
+        "entry",
+        "event_type",
+        "event_data",
+        "avoid",
+        "lost_from",
+    ),
+)
+DEFER_SIG = Signature("defer", argv=("task_id", "due", "now", "entry", "prefer"))
+FILL_SIG = Signature("fill", argv=(*CONTEXT, "agent", "limit", "trusted"))
+#: Every script the store runs, by its `.lua` file (lua/fetch.lua is the runtime's transport's,
+#: lua/backlog.lua and lua/sections.lua are functions the others are composed with).
+SIGNATURES = {
+    sig.script: sig
+    for sig in (
+        WRR_PICK_SIG,
+        WRR_STATE_SIG,
+        AFFINITY_PICK_SIG,
+        LOAD_FLEET_SIG,
+        ACCEPT_SIG,
+        TRANSITION_SIG,
+        ROUTE_SIG,
+        BEGIN_ATTEMPT_SIG,
+        RECORD_OUTCOME_SIG,
+        RECORD_CIRCUIT_SIG,
+        RECORD_OUTCOME_AND_CIRCUIT_SIG,
+        HEARTBEAT_SIG,
+        RELEASE_LOCK_SIG,
+        FINISH_SIG,
+        TELEMETRY_ADD_SIG,
+        SETTLE_RUN_SIG,
+        ACCEPT_AND_ROUTE_SIG,
+        VANISHED_SIG,
+        POISON_RECORD_SIG,
+        ADMIT_CLIENT_SIG,
+        SNAPSHOT_SIG,
+        MIGRATE_HISTORY_SIG,
+        ENQUEUE_SIG,
+        DEFER_SIG,
+        FILL_SIG,
+    )
+}
 
 
 def _read(name: str) -> str:

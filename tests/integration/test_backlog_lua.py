@@ -22,7 +22,7 @@ import pytest
 from orchestrator.config import load_settings
 from orchestrator.models import OrchestrationTask, RegisteredAgent, TaskState
 from orchestrator.routing.backlog import Backlog, best
-from orchestrator.store import Dispatched, StateStore
+from orchestrator.store import Acceptance, Dispatched, Settlement, StateStore
 from orchestrator.store.keys import FAIR_VT, INFLIGHT_PREFIX
 
 pytestmark = pytest.mark.integration
@@ -109,7 +109,7 @@ class Lockstep:
             concurrency_key=key,
             concurrency_limit=limit if key else None,
         )
-        status, _ = self.store.accept(task, f"submit-{task_id}", self.now)
+        status, _ = self.store.accept(Acceptance(task, f"submit-{task_id}", self.now))
         assert status == "new"
         assert self.store.enqueue(task, self.now)
         cfg = self.store.dispatch_config
@@ -133,7 +133,7 @@ class Lockstep:
 
     def settle(self, agent_id: str, task_id: str, ran_ms: int) -> list[str]:
         done, fills = self.store.settle_run(
-            task_id, agent_id, TaskState.SUCCEEDED, self.now, float(ran_ms), "echo", {}
+            Settlement(task_id, agent_id, TaskState.SUCCEEDED, self.now, float(ran_ms), "echo", {})
         )
         assert done
         self.model.settle(task_id, ran_ms / 1000.0)
@@ -143,7 +143,9 @@ class Lockstep:
 
     def cancel(self, task_id: str) -> None:
         """A waiting task ends (a cancellation): out of its list or its key's waiting list."""
-        assert self.store.finish(task_id, TaskState.FAILED, None, self.now, error="cancelled")
+        assert self.store.finish(
+            task_id, state=TaskState.FAILED, agent_id=None, now=self.now, error="cancelled"
+        )
         self.model.end(task_id)
         self.ended.add(task_id)
 
@@ -312,10 +314,12 @@ def test_a_parked_keyed_task_waiting_for_a_permit_is_not_lost(lockstep: Lockstep
     parked = OrchestrationTask(
         task_id="parked", type="echo", required_capabilities=["w"], concurrency_key="K"
     )
-    lockstep.store.accept(parked, "submit-parked", lockstep.now)
-    assert lockstep.store.park(parked, lockstep.now)
+    lockstep.store.accept(Acceptance(parked, "submit-parked", lockstep.now))
+    assert lockstep.store.park(parked, now=lockstep.now)
     assert lockstep.store.concurrency_keys() == {"K": (1, 1, 1)}
-    lockstep.store.settle_run("holder", "ag-x", TaskState.SUCCEEDED, lockstep.now, 5.0, "echo", {})
+    lockstep.store.settle_run(
+        Settlement("holder", "ag-x", TaskState.SUCCEEDED, lockstep.now, 5.0, "echo", {})
+    )
     # The permit is free: the parked task holds it and waits in the backlog for a `w` agent.
     assert lockstep.store.concurrency_keys() == {"K": (1, 1, 0)}
     assert lockstep.store.backlog_count() == {"w": 1}

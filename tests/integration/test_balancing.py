@@ -317,7 +317,9 @@ def test_lua_affinity_step_matches_the_pure_rule(seed, redis_url):
             expected = follow_affinity(before, weights, fallback)
             if before is not None:
                 store.r.expire(affinity_key(key), 50)  # so a refresh shows
-            got = store.affinity_pick(key, "echo", weights, own, 1000)
+            got = store.affinity_pick(
+                key, capability_key="echo", weights=weights, fallback=own, ttl_s=1000
+            )
             assert got == expected, step
             stuck[key] = got
             assert store.r.get(affinity_key(key)) == got, step
@@ -342,7 +344,15 @@ def test_routers_racing_on_a_new_key_agree_on_one_agent(picks, redis_url):
     def race(i: int) -> None:
         for n in range(rounds):
             barrier.wait(timeout=30)
-            got[i].append(stores[i].affinity_pick(f"race-{n}", "echo", weights, picks[i], 600))
+            got[i].append(
+                stores[i].affinity_pick(
+                    f"race-{n}",
+                    capability_key="echo",
+                    weights=weights,
+                    fallback=picks[i],
+                    ttl_s=600,
+                )
+            )
 
     threads = [threading.Thread(target=race, args=(i,)) for i in range(len(picks))]
     try:

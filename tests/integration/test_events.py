@@ -22,7 +22,7 @@ from orchestrator.events.consumer import EventConsumer
 from orchestrator.events.registry import EventRegistry
 from orchestrator.models import CircuitBreakerState, OrchestrationTask, RegisteredAgent
 from orchestrator.recovery.breaker import BreakerState, to_redis_hash
-from orchestrator.store import StateStore
+from orchestrator.store import Acceptance, StateStore
 from orchestrator.store.keys import EVENTS, EVENTS_FAILED, EVENTS_GROUP
 from tests.integration import test_monitoring
 from tests.integration.conftest import ledger
@@ -231,8 +231,8 @@ def test_the_built_in_handlers_react_to_their_events(
 
         # recovery.escalated: a task routed to an agent that will never run it.
         task = OrchestrationTask(type="echo", task_id="esc-1")
-        store.accept(task, "esc-1", time.time())
-        store.mark_routed(task, "nobody", time.time())
+        store.accept(Acceptance(task, "esc-1", time.time()))
+        store.mark_routed(task, agent_id="nobody", now=time.time())
         emit(
             redis_client,
             "recovery.escalated",

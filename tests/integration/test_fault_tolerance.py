@@ -19,7 +19,7 @@ from orchestrator.recovery.breaker import (
 )
 from orchestrator.recovery.outbound import CircuitBreakerError, circuit_breaker
 from orchestrator.routing.router import Router
-from orchestrator.store import StateStore, now_s
+from orchestrator.store import Acceptance, StateStore, now_s
 from tests.integration.conftest import ledger
 from tests.support import cli_json, wait_for
 
@@ -97,7 +97,7 @@ def test_lua_breaker_matches_the_pure_state_machine(seed, redis_url):
             ok = rng.random() < 0.5
             step_fn = record_success if ok else record_failure
             expected, transition = step_fn(expected, cfg, now)
-            got = store.record_outcome("a", ok, 1.0, circuit_cfg=cfg, now=now)
+            got = store.record_outcome("a", ok=ok, latency_ms=1.0, circuit_cfg=cfg, now=now)
             assert got == (transition.value if transition else ""), step
             assert store.circuit("a") == expected, step
     finally:
@@ -346,8 +346,8 @@ def test_open_recovery_plan_escalates_after_the_escalation_timeout(redis_url):
         router = Router(store, settings, publish=lambda *a, **k: None)
         healer = Healer(router, lambda task_id, exc: failures.update({task_id: str(exc)}))
         task = OrchestrationTask(type="echo", task_id="slow-plan")
-        store.accept(task, "slow-plan", now=100.0)
-        store.mark_routed(task, "a", now=101.0)
+        store.accept(Acceptance(task, "slow-plan", now=100.0))
+        store.mark_routed(task, agent_id="a", now=101.0)
         store.save_plan(
             RecoveryPlan(
                 task_id="slow-plan",
@@ -386,7 +386,13 @@ def test_a_failed_publish_leaves_the_submission_in_the_client_outbox(redis_url):
         agent = RegisteredAgent(agent_id="a", capabilities={"echo": 1.0}, queue="agent.a")
         store.register_agent(agent, now=1000.0, source="test")
         task = OrchestrationTask(type="echo", task_id="t-1")
-        store.outbox_put("t-1", "submit-1", {"type": "echo", "task_id": "t-1"}, "q", 1000.0)
+        store.outbox_put(
+            "t-1",
+            submit_id="submit-1",
+            kwargs={"type": "echo", "task_id": "t-1"},
+            queue="q",
+            now=1000.0,
+        )
         with pytest.raises(ConnectionError):
             router.submit_valid(task, "submit-1", now=1000.5)
         assert store.task_fields("t-1")["state"] == "routed"
@@ -423,7 +429,9 @@ def test_an_accepted_submission_left_in_the_outbox_is_resent_under_its_message_i
     start_control(ORCH_OUTBOX_RESEND_S="0.5")
     kwargs = {"type": "count", "payload": {"key": "resent"}, "task_id": "resent-1"}
     task = OrchestrationTask(type="count", payload={"key": "resent"}, task_id="resent-1")
-    status, _ = client.store.accept(task, "submit-1", 1000.0, outbox=(kwargs, ROUTING_QUEUE))
+    status, _ = client.store.accept(
+        Acceptance(task, "submit-1", 1000.0, outbox=(kwargs, ROUTING_QUEUE))
+    )
     assert status == "new" and ledger(redis_client, "resent-1")["state"] == "accepted"
 
     client.app.send_task("orchestrator.recovery.monitor", queue=RECOVERY_QUEUE)

@@ -86,9 +86,9 @@ def test_a_registration_or_status_change_is_seen_at_the_next_version_check(store
     # Within the same 0.2 s the view stands; at the next check the version moved.
     assert picks(r, now + 0.15, 1) == ["a"]
     assert set(picks(r, now + 0.5, 2)) == {"a", "b"}
-    store.set_status("b", AgentStatus.OFFLINE, now + 0.6, "test")
+    store.set_status("b", status=AgentStatus.OFFLINE, now=now + 0.6, source="test")
     assert picks(r, now + 0.9, 3) == ["a", "a", "a"]
-    store.set_status("b", AgentStatus.ACTIVE, now + 1.0, "test")
+    store.set_status("b", status=AgentStatus.ACTIVE, now=now + 1.0, source="test")
     store.heartbeat("b", now + 1.0)
     assert "b" in picks(r, now + 1.3, 2)
 
@@ -114,7 +114,7 @@ def test_a_breaker_opening_is_seen_at_the_next_version_check(store):
     r = router(store)
     picks(r, now, 2)
     for i in range(cfg.failure_threshold):
-        store.record_outcome("a", False, 10.0, cfg, now + 0.01 * i)
+        store.record_outcome("a", ok=False, latency_ms=10.0, circuit_cfg=cfg, now=now + 0.01 * i)
     assert store.circuit("a").state.value == "open"
     assert picks(r, now + 0.3, 4) == ["b", "b", "b", "b"]
 

@@ -30,6 +30,7 @@ from orchestrator.monitoring.loops import (
 )
 from orchestrator.monitoring.stats import run_fields, sum_fields
 from orchestrator.runtime.celeryconf import create_app
+from orchestrator.store import Settlement
 from orchestrator.store.keys import (
     ALERTS,
     EVENTS,
@@ -93,7 +94,7 @@ def test_a_run_is_counted_with_the_state_that_ends_its_task_and_only_then(ctx):
     r.sadd("orch:inflight:a", "t1")
     counts = run_fields("echo", "ok", 150.0, 510.0)
     ended, _fills = ctx.store.settle_run(
-        "t1", "a", TaskState.SUCCEEDED, BASE + 0.2, 150.0, "echo", counts, result="{}"
+        Settlement("t1", "a", TaskState.SUCCEEDED, BASE + 0.2, 150.0, "echo", counts, result="{}")
     )
     assert ended
     ledger = r.hgetall(task_key("t1"))
@@ -109,7 +110,15 @@ def test_a_run_is_counted_with_the_state_that_ends_its_task_and_only_then(ctx):
     assert echo.lsum == 150_000 and echo.dsum == 510_000
     # a second copy of the same task ending it again records and counts nothing
     again, _fills = ctx.store.settle_run(
-        "t1", "a", TaskState.FAILED, BASE + 5, 1.0, "echo", run_fields("echo", "fail", 1.0, None)
+        Settlement(
+            "t1",
+            "a",
+            TaskState.FAILED,
+            BASE + 5,
+            1.0,
+            "echo",
+            run_fields("echo", "fail", 1.0, None),
+        )
     )
     assert not again
     assert r.hget(task_key("t1"), "state") == "succeeded"
@@ -216,8 +225,12 @@ def test_alert_loop_acks_and_history(ctx, redis_client):
 def test_security_loop_flags_a_client_once_per_episode(ctx, redis_client):
     threshold = ctx.settings.security_rejection_threshold
     for i in range(threshold):
-        ctx.store.record_rejection(["priority: bad"], f"s{i}", BASE + i, "bad-svc")
-    ctx.store.record_rejection(["priority: bad"], "s-fine", BASE, "fine-svc")
+        ctx.store.record_rejection(
+            ["priority: bad"], submit_id=f"s{i}", now=BASE + i, client_id="bad-svc"
+        )
+    ctx.store.record_rejection(
+        ["priority: bad"], submit_id="s-fine", now=BASE, client_id="fine-svc"
+    )
     assert run_security(ctx, BASE + 60)["threats"] == ["bad-svc"]
     assert run_security(ctx, BASE + 90)["threats"] == ["bad-svc"]
     found = events(redis_client, "security.threat")

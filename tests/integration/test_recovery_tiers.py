@@ -10,7 +10,7 @@ from orchestrator.client import OrchestratorClient
 from orchestrator.config import load_settings
 from orchestrator.models import CircuitBreakerState, OrchestrationTask, RegisteredAgent
 from orchestrator.routing.router import Router
-from orchestrator.store import StateStore
+from orchestrator.store import Acceptance, StateStore
 from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
@@ -125,7 +125,7 @@ def test_in_flight_counts_each_unfinished_task_once_wherever_it_moved(redis_url)
 
         tasks = [OrchestrationTask(type="echo", task_id=f"t{i}") for i in range(2)]
         for task in tasks:
-            store.accept(task, f"s-{task.task_id}", now)
+            store.accept(Acceptance(task, f"s-{task.task_id}", now))
         first = router.route(tasks[0], now, exclude={"b"})
         router.route(tasks[1], now, exclude={"a"})
         assert first.agent_id == "a" and in_flight() == {"a": 1, "b": 1}

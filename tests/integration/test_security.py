@@ -27,6 +27,7 @@ from orchestrator.routing.router import Router
 from orchestrator.runtime.celeryconf import MONITORING_QUEUE, ROUTING_QUEUE, create_app
 from orchestrator.security.policy import Bucket, take_token
 from orchestrator.store import StateStore
+from orchestrator.store.codes import RejectionReason
 from orchestrator.store.keys import COUNTERS, EVENTS, POISON, POISON_MSG, SECURITY_CHECKED
 from tests.integration.conftest import WORKER_FLAGS
 from tests.support import free_port, wait_for
@@ -448,8 +449,12 @@ def test_flower_without_authentication_is_a_finding(celery_procs, orch_env, ctx,
 def test_the_alert_loop_fires_on_error_and_critical_findings_only(ctx, redis_client):
     now = time.time()
     for i in range(3):
-        ctx.store.record_rejection(["priority: bad"], f"s{i}", now, "bad-svc")
-    ctx.store.record_rejection(["x"], "r", now, "limited", reason="rate_limited")
+        ctx.store.record_rejection(
+            ["priority: bad"], submit_id=f"s{i}", now=now, client_id="bad-svc"
+        )
+    ctx.store.record_rejection(
+        ["x"], submit_id="r", now=now, client_id="limited", reason=RejectionReason.RATE_LIMITED
+    )
     run_security(ctx, now)
     assert set(ctx.mon.findings()) == {"rejected_submissions:bad-svc", "rate_limited:limited"}
     assert "SecurityThreat" in run_alerts(ctx, now)["firing"]
@@ -459,7 +464,9 @@ def test_the_alert_loop_fires_on_error_and_critical_findings_only(ctx, redis_cli
     assert ctx.mon.findings() == {}
     assert "SecurityThreat" not in run_alerts(ctx, later)["firing"]
     # A warning alone (a rate-limited client) is a finding, not a threat.
-    ctx.store.record_rejection(["x"], "r2", later, "limited", reason="rate_limited")
+    ctx.store.record_rejection(
+        ["x"], submit_id="r2", now=later, client_id="limited", reason=RejectionReason.RATE_LIMITED
+    )
     run_security(ctx, later + 1)
     assert set(ctx.mon.findings()) == {"rate_limited:limited"} and ctx.mon.threats() == {}
     assert "SecurityThreat" not in run_alerts(ctx, later + 1)["firing"]

@@ -16,6 +16,7 @@ import redis
 from orchestrator.client import OrchestratorClient
 from orchestrator.config import load_settings
 from orchestrator.models import RegisteredAgent
+from orchestrator.store import Acceptance
 from orchestrator.store.keys import COUNTERS, EVENTS, OUTBOX, OUTBOX_MSG, history_key, task_key
 
 pytestmark = pytest.mark.integration
@@ -135,7 +136,9 @@ def test_a_routed_task_whose_message_vanished_is_routed_again_and_only_that_one(
         redis_client.hset(KOMBU_UNACKED, "tag-3", json.dumps([json.loads(raw), "", "agent.a"]))
         key, raw = message_of("started-4")
         redis_client.lrem(key, 0, raw)
-        client.store.begin_attempt("started-4", "a", 1, routed_at + 1, 4242, 3)
+        client.store.begin_attempt(
+            "started-4", agent_id="a", dispatch=1, now=routed_at + 1, pid=4242, max_deliveries=3
+        )
 
         healer = Healer(client.router, lambda task_id, exc: None)
 
@@ -168,11 +171,11 @@ def test_routing_again_on_condition_of_the_dispatch_changes_nothing_when_it_move
     store = StateStore.from_url(redis_url)
     try:
         task = OrchestrationTask(type="echo", task_id="t-3")
-        store.accept(task, "s-3", now=100.0)
-        assert store.mark_routed(task, "a", now=101.0) == 1
-        assert store.mark_routed(task, "b", now=102.0, expect_dispatch=5) == 0
-        store.begin_attempt("t-3", "a", 1, 103.0, 4242, 3)
-        assert store.mark_routed(task, "b", now=104.0, expect_dispatch=1) == 0
+        store.accept(Acceptance(task, "s-3", now=100.0))
+        assert store.mark_routed(task, agent_id="a", now=101.0) == 1
+        assert store.mark_routed(task, agent_id="b", now=102.0, expect_dispatch=5) == 0
+        store.begin_attempt("t-3", agent_id="a", dispatch=1, now=103.0, pid=4242, max_deliveries=3)
+        assert store.mark_routed(task, agent_id="b", now=104.0, expect_dispatch=1) == 0
         fields = store.task_fields("t-3")
         assert (fields["state"], fields["agent"], fields["dispatch"]) == ("running", "a", "1")
     finally:

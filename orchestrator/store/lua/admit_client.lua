@@ -1,3 +1,5 @@
+-- KEYS: block, bucket
+-- ARGV: now, rate, burst, check_block
 -- A submission's per-client limits in one round trip (run only when one of them is on):
 -- KEYS = the client's block key, its token bucket; ARGV = now, rate per second (0: no rate
 -- limit), burst, "1" to check the block. The bucket is security.take_token's: refill at `rate`

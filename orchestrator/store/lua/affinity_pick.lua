@@ -1,3 +1,5 @@
+-- KEYS: affinity, wrr_state
+-- ARGV: ttl, pick, wrr.digest, wrr.ids, wrr.weights, wrr.slots?, wrr.inflight?, wrr.peers?
 -- An affinity key's agent, read and written in one step (routing.weights.follow_affinity), so
 -- routers racing on a new key agree on one agent. KEYS = affinity key, round-robin key; ARGV =
 -- TTL seconds, the router's own pick ('': take the next smooth weighted round-robin pick, which

@@ -1,5 +1,5 @@
 -- The backlog (store/keys.py, "dispatch"), as local functions the dispatching scripts are
--- composed with. Key names come from the generated header (scripts.KEYS_HEADER: K.*). A
+-- composed with. Key names come from the generated header (keys.lua_header: K.*). A
 -- waiting task is one entry in the list of its (capability set, priority, client); per
 -- capability set a sorted set of the priorities waiting, per (set, priority) a sorted set of
 -- the clients waiting scored by their fair-share tag. Taking the next task: the highest

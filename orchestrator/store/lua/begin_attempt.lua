@@ -1,3 +1,5 @@
+-- KEYS: ledger, history
+-- ARGV: agent, now, entry, dispatch, pid, max_deliveries, force
 -- Start running a delivered copy. KEYS = ledger, history; ARGV = agent, now, history JSON,
 -- dispatch, pid, max deliveries, force. Returns {attempt, previous state, submitted_at} to run,
 -- or:

@@ -1,3 +1,5 @@
+-- KEYS: (none)
+-- ARGV: task_id, due, now, entry, prefer
 -- Hold a task until `due` (a countdown or a retry's backoff longer than the broker could keep
 -- a message unacknowledged): state queued, in the deferred set, out of every agent's
 -- in-flight set; a dispatch sweep releases it into the backlog when due (scripts.ENQUEUE,

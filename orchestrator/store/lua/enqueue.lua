@@ -1,3 +1,7 @@
+-- KEYS: (none)
+-- ARGV: cx.now, cx.weights, cx.estimate, cx.prefetch, cx.timeout, cx.maxlen, task_id, state,
+--   capability_set, priority, client, concurrency_key, limit, source, expect_dispatch, front,
+--   entry, event_type, event_data, avoid, lost_from
 -- Put a task into the backlog (backlog.enqueue): a new one no agent had a free slot for
 -- (from accepted), one moved off an agent (from routed: its older copies become stale under a
 -- new dispatch number; from running only when its agent was lost), one recovery hands back,

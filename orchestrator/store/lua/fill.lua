@@ -1,3 +1,5 @@
+-- KEYS: (none)
+-- ARGV: cx.now, cx.weights, cx.estimate, cx.prefetch, cx.timeout, cx.maxlen, agent, limit, trusted
 -- Dispatch waiting tasks to one agent while it has free slots (backlog.fill): after it
 -- registered or woke, its circuit closed, recovery moved work, or from the dispatch sweep.
 -- ARGV = the context (6 items), agent, at most ('' = as many as it has slots), 1 when the

@@ -1,3 +1,5 @@
+-- KEYS: heartbeats, statuses, quarantined_until, version
+-- ARGV: agent, now
 -- An agent's heartbeat; it also tells the agent whether the cluster gave it up for lost.
 -- KEYS = heartbeats, agent_status, quarantined_until, fleet version; ARGV = agent, now.
 -- Returns the status after the beat ('' when the agent is not registered).

@@ -1,3 +1,5 @@
+-- KEYS: agents, heartbeats, stats, statuses, scores, version
+-- ARGV: circuit_prefix, inflight_prefix
 -- The whole fleet in one round trip. KEYS = agents, heartbeats, agent_stats, agent_status,
 -- perf scores, fleet version; ARGV = circuit key prefix, in-flight set prefix. Returns {agents,
 -- heartbeats, stats, statuses, {id, circuit}..., scores, {id, in-flight count}..., the fleet

@@ -1,3 +1,5 @@
+-- KEYS: old, new
+-- ARGV: (none)
 -- One task's history list moved from the older layout's name to its own kind's key
 -- (StateStore.migrate_keys). KEYS = the old name (`orch:task:<id>:history`), the new one
 -- (`orch:history:<id>`). Only a list moves: a hash of that name is the ledger entry of a task

@@ -1,3 +1,5 @@
+-- KEYS: poison, details, counters, events
+-- ARGV: id, ts, detail, keep, maxlen, event...
 -- A message refused at a worker's edge (orchestrator.runtime.gate), kept for inspection: KEYS =
 -- poison zset, poison detail hash, counters, events; ARGV = id, ts, detail JSON, how many to keep,
 -- events maxlen, then the event's flat fields. The oldest beyond `keep` are forgotten.

@@ -1,3 +1,5 @@
+-- KEYS: circuit
+-- ARGV: ok, now, failure_threshold, successes_to_close, window_size, minimum_calls, failure_rate
 -- recovery.breaker.record_success / record_failure, atomically. KEYS = circuit hash;
 -- ARGV = ok (1/0), now, failure threshold, successes to close, window size, minimum calls,
 -- failure-rate threshold. Returns the transition ('opened', 'closed') or ''.

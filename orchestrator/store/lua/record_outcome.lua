@@ -1,3 +1,5 @@
+-- KEYS: stats
+-- ARGV: agent, ok, latency_ms, success_alpha, latency_alpha, task_type
 -- One outcome in an agent's stats. KEYS = stats hash; ARGV = agent, ok (1/0), latency ms,
 -- success alpha, latency alpha, task type ('' = none). (What an agent has in flight is the
 -- size of its in-flight set, which routing and finishing keep; see load_fleet.)

@@ -1,3 +1,7 @@
+-- KEYS: stats, circuit
+-- ARGV: outcome.agent, outcome.ok, outcome.latency_ms, outcome.success_alpha,
+--   outcome.latency_alpha, outcome.task_type, breaker.ok, breaker.now, breaker.failure_threshold,
+--   breaker.successes_to_close, breaker.window_size, breaker.minimum_calls, breaker.failure_rate
 -- RECORD_OUTCOME and RECORD_CIRCUIT in one round trip (the agent's hot path), their texts
 -- unchanged. KEYS = stats hash, circuit hash; ARGV = RECORD_OUTCOME's six, then
 -- RECORD_CIRCUIT's seven. Returns RECORD_CIRCUIT's transition.

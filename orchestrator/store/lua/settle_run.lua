@@ -1,28 +1,33 @@
+-- KEYS: stats_key, circuit_key, finish.ledger, finish.history, finish.counters, finish.plans,
+--   finish.deadlines, finish.parked, finish.outbox, finish.outbox_msg, finish.dead_letters,
+--   finish.events, count.minute, count.hour, count.total?
+-- ARGV: stats[], breaker[], ending[], counts[], dispatching[]
 -- The end of a handler run on an agent, in one round trip (the agent's hot path): the agent's
 -- stats, its breaker (when the circuit part is not empty), the ledger's terminal state, and,
--- when this run is the one that ended the task, its telemetry. KEYS = stats hash, circuit
--- hash, FINISH's ten keys, the three telemetry keys; ARGV = five sections (RECORD_OUTCOME's
--- six, RECORD_CIRCUIT's seven or none, FINISH's, TELEMETRY_ADD's, dispatch: the backlog
--- context (6 items) and the run time in seconds). When this run ended the task, the slot it
+-- when this run is the one that ended the task, its telemetry. KEYS: the agent's stats hash,
+-- its circuit hash, FINISH's keys, TELEMETRY_ADD's; ARGV: five sections (RECORD_OUTCOME's
+-- ARGV, RECORD_CIRCUIT's or none, FINISH's, TELEMETRY_ADD's, dispatching: the backlog context
+-- (6 items) and the run time in seconds). When this run ended the task, the slot it
 -- frees is filled from the backlog in the same step (backlog.fill), and a task that came from
 -- the backlog corrects its client's fair-share charge by its recorded run time. Returns
 -- {FINISH's two items, RECORD_CIRCUIT's transition, then fill's flat list}.
+local stats_key, circuit_key = KEYS[1], KEYS[2]
+local finish_keys, count_keys = {unpack(KEYS, 3, 12)}, {unpack(KEYS, 13)}
 local stats, at = section(1)
 local breaker, at2 = section(at)
 local ending, at3 = section(at2)
 local counts, at4 = section(at3)
 local dispatching = section(at4)
-outcome({KEYS[1]}, stats)
+outcome({stats_key}, stats)
 local transition = ''
-if #breaker > 0 then transition = circuit({KEYS[2]}, breaker) end
-local done = finish({KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10],
-                     KEYS[11], KEYS[12]}, ending)
-if done[1] == 1 and #counts > 2 then count({KEYS[13], KEYS[14], KEYS[15]}, counts) end
+if #breaker > 0 then transition = circuit({circuit_key}, breaker) end
+local done = finish(finish_keys, ending)
+if done[1] == 1 and #counts > 2 then count(count_keys, counts) end
 local out = {done[1], done[2], transition}
 if #dispatching == 0 then return out end
 local cx = context(dispatching)
 if done[1] == 1 then
-  local f = redis.call('HMGET', KEYS[3], 'fc', 'fest')
+  local f = redis.call('HMGET', finish_keys[1], 'fc', 'fest')  -- the ledger entry
   if f[1] and f[2] then
     local ran = tonumber(dispatching[7])
     local w = cx.weights[f[1]] or 1

@@ -1,7 +1,9 @@
+-- KEYS: (none)
+-- ARGV: pattern, count, extra...
 -- A point-in-time copy of the orchestrator's state: every key matching the pattern, and the
 -- named extra keys, each with its remaining TTL and its DUMP serialization, read in one atomic
 -- step (no other client's command runs in between, so the copy is consistent across keys).
--- KEYS: none (the keys are found by SCAN: the script is read-only and never replicated)
+-- It takes no KEYS: the keys are found by SCAN (the script is read-only, never replicated).
 -- ARGV[1] = match pattern, ARGV[2] = SCAN count, ARGV[3..] = extra keys
 -- returns {key1, pttl1, dump1, key2, ...}; a key SCAN yields twice is copied once
 local out, seen, cursor = {}, {}, "0"

@@ -1,3 +1,5 @@
+-- KEYS: minute, hour, total?
+-- ARGV: minute_ttl, hour_ttl, counts...
 -- Add counts to the telemetry buckets. KEYS = minute bucket, hour bucket, and optionally the
 -- cumulative hash; ARGV = minute TTL, hour TTL, then field/count pairs.
 for i = 3, #ARGV, 2 do

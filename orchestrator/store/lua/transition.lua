@@ -1,3 +1,5 @@
+-- KEYS: ledger, history
+-- ARGV: state, entry, allowed[], fields...
 -- Move a ledger entry from one of the allowed states to another.
 -- KEYS = ledger, history; ARGV = new state, history JSON, n, allowed..., then field/value pairs.
 local state = redis.call('HGET', KEYS[1], 'state')

@@ -1,3 +1,5 @@
+-- KEYS: inflight, unacked, lists...
+-- ARGV: ledger_prefix, routed_before
 -- Tasks of one agent still `routed` since before a moment whose message is nowhere: not in
 -- the agent's queue lists, not among kombu's unacknowledged deliveries (kombu pops a message
 -- before recording it as unacknowledged, and a Redis restart from its AOF can keep the first

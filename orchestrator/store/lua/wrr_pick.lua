@@ -1,3 +1,5 @@
+-- KEYS: state
+-- ARGV: digest, ids, weights, slots?, inflight?, peers?, task_id?
 -- Smooth weighted round-robin (routing.weights.wrr_step): every peer gains its weight, the
 -- largest `current` wins (ties: the first, peers being sorted by id), the winner pays back
 -- the total. KEYS = the state hash; ARGV = digest of the peers, the peers (a JSON array of ids

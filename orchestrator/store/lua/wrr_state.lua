@@ -1,3 +1,5 @@
+-- KEYS: state
+-- ARGV: (none)
 -- The round-robin state wrr_pick keeps, readable: KEYS = the state hash. Returns {the peers'
 -- JSON ids, their `current` values} ({false, {}} when there is none).
 local stored = redis.call('HMGET', KEYS[1], 'ids', 'cur')
