@@ -12,45 +12,22 @@ so a reader finds every key in one place and every multi-key change in another.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-
 from orchestrator.config import Settings
-from orchestrator.models import CircuitBreakerConfig, TaskState
+from orchestrator.models import TaskState
 from orchestrator.store.agents import AgentStore, Fleet, WrrPeers, _circuit_args, _outcome_args
 from orchestrator.store.backlog import DispatchConfig, Dispatched, parse_fills
 from orchestrator.store.base import now_s
+from orchestrator.store.calls import Acceptance, Attempt, Settlement
 from orchestrator.store.clients import ClientStore
 from orchestrator.store.dlq import DeadLetterStore
 from orchestrator.store.events import EventGroupStore
 from orchestrator.store.keys import AGENT_STATS, circuit_key
-from orchestrator.store.ledger import Acceptance, Attempt
 from orchestrator.store.migrate import KeyMigrationStore
 from orchestrator.store.ports import ExecutorStore
 from orchestrator.store.recovery import RecoveryStore
 from orchestrator.store.scripts import SETTLE_RUN_SIG
 from orchestrator.store.sleep import SleepStore
 from orchestrator.store.telemetry import telemetry_step
-
-
-@dataclass(frozen=True)
-class Settlement:
-    """The end of one handler run that ends its task (StateStore.settle_run): the task, the
-    agent it ran on, the terminal state, when, how long it ran, its type and telemetry
-    `counts`; the agent's breaker config (None: no breaker), the encoded result or the
-    error; `stats_type`, the type the agent's per-type stats go under (default: task_type)."""
-
-    task_id: str
-    agent_id: str
-    state: TaskState
-    now: float
-    latency_ms: float
-    task_type: str
-    counts: Mapping[str, int]
-    circuit_cfg: CircuitBreakerConfig | None = None
-    result: str | None = None
-    error: str | None = None
-    stats_type: str | None = None
 
 
 class StateStore(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from orchestrator.errors import UnknownTask
@@ -18,10 +18,10 @@ from orchestrator.models import (
 from orchestrator.monitoring.stats import REJECTIONS_TTL_S, client_label
 from orchestrator.store.backlog import BacklogStore
 from orchestrator.store.base import _event_args, _history
+from orchestrator.store.calls import Acceptance, Attempt
 from orchestrator.store.codes import (
     REJECTION_COUNTS,
     AcceptStatus,
-    AttemptCode,
     RejectionReason,
 )
 from orchestrator.store.keys import (
@@ -49,48 +49,10 @@ from orchestrator.store.scripts import (
     TRANSITION_SIG,
 )
 
-ACTIVE_STATES = (
-    TaskState.ACCEPTED,
-    TaskState.PARKED,
-    TaskState.ROUTED,
-    TaskState.RUNNING,
-    TaskState.RECOVERING,
-)
-
 
 def _outbox_message(kwargs: Mapping[str, Any], submit_id: str, queue: str) -> str:
     """An outbox entry: what the recovery monitor sends to `orchestrator.submit` again."""
     return json.dumps({"kwargs": dict(kwargs), "queue": queue, "submit_id": submit_id})
-
-
-@dataclass(frozen=True)
-class Acceptance:
-    """One submission to record in the ledger (accept, accept_and_route): the task, the id of
-    the message that submitted it, when, and with `outbox` (the submission's fields and its
-    queue) its entry in the outbox too (see outbox_put)."""
-
-    task: OrchestrationTask
-    submit_id: str
-    now: float
-    outbox: tuple[Mapping[str, Any], str] | None = None
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """What begin_attempt decided for one delivered copy of a task."""
-
-    code: AttemptCode | int  # >0: the attempt number, run it; else why not (AttemptCode)
-    info: str  # the previous state; the live child's pid (RUNNING_HERE); deliveries (POISON)
-    submitted_at: float | None = None  # given with a copy to run
-
-    @property
-    def run(self) -> bool:
-        return self.code > 0
-
-    @classmethod
-    def of(cls, code: int, info: str, submitted_at: float | None = None) -> Attempt:
-        """begin_attempt.lua's answer, its refusals as AttemptCode members."""
-        return cls(code if code > 0 else AttemptCode(code), info, submitted_at)
 
 
 class LedgerStore(BacklogStore):

@@ -1,6 +1,7 @@
-"""The slices of the state store its consumers use, as Protocols: each consumer types its store
-with its own slice, so mypy proves it uses nothing else. StateStore implements them all
-(orchestrator.store checks that too).
+"""The slices of the state store its consumers use, as Protocols.
+
+Each consumer types its store with its own slice, so mypy proves it uses nothing else.
+StateStore implements them all (orchestrator.store checks that too).
 
 So far: the executor (workers/execute.py). The router, the healer, the monitor and the CLI
 still take StateStore whole.
@@ -16,7 +17,7 @@ from orchestrator.models import CircuitBreakerConfig
 if TYPE_CHECKING:
     from orchestrator.store import Settlement
     from orchestrator.store.backlog import Dispatched
-    from orchestrator.store.ledger import Attempt
+    from orchestrator.store.calls import Attempt
 
 
 class TelemetrySink(Protocol):

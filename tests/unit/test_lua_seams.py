@@ -1,6 +1,8 @@
-"""Each Lua script's KEYS and ARGV are named once (store/scripts.py's Signature) and its `.lua`
-file's header lists the same names in the same order; the names the Lua body binds from KEYS
-sit where the signature says, and the builders take every name and nothing else."""
+"""Each Lua script's KEYS and ARGV are named once, and its `.lua` header lists the same.
+
+The names live in store/scripts.py (a Signature per script); the `.lua` file's header lists the
+same names in the same order; the names the Lua body binds from KEYS sit where the signature
+says, and the builders take every name and nothing else."""
 
 from __future__ import annotations
 
