@@ -96,7 +96,7 @@ def footprint(points: Sequence[tuple[str, float]], sensitivity: float) -> tuple[
     """(bytes in Redis, Python heap bytes) of the state after feeding every point.
 
     The live loop (anomaly_loop.feed) keeps {"slot", "state"} per series as one JSON field of a
-    hash (MonitorStore.save_json_hash); the heap figure is what rebuilding that state from its
+    hash (MonitoringStore.save_json_hash); the heap figure is what rebuilding that state from its
     JSON allocates and keeps, as the loop does for every series every minute."""
     state = new_state()
     for ts, value in points:

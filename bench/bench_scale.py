@@ -53,7 +53,7 @@ from orchestrator.store.keys import (  # noqa: E402
     history_key,
     task_key,
 )
-from orchestrator.store.monitor import MonitorStore  # noqa: E402
+from orchestrator.store.monitoring import MonitoringStore  # noqa: E402
 from tests.support import RedisServer  # noqa: E402
 
 SMALL = 10
@@ -132,7 +132,7 @@ class Fleet:
         self.router = Router(self.store, self.settings, lambda *args, **kwargs: None)
         self.sweeper = Router(self.store, self.settings, lambda *args, **kwargs: None)
         self.task = parse_task({"type": "echo", "task_id": "bench-scale"}, 1 << 20)
-        self.mon = MonitorStore(self.store.r)
+        self.mon = MonitoringStore(self.store.r)
 
     def decide_fresh(self) -> None:
         """A decision on a fresh read of the whole fleet: what sweeps and recovery do, and

@@ -3,7 +3,7 @@
 A worker is a control worker; with ORCH_AGENT_CAPABILITIES set it is an agent (see
 orchestrator.runtime.agent). This module puts the runtime together: the app of
 runtime.celeryconf with the worker's bootsteps, the gate first; a control worker also runs
-the event consumer (runtime.events). Invalid ORCH_* settings stop the process here, naming
+the event consumer (runtime.event_processing). Invalid ORCH_* settings stop the process here, naming
 the variable. With ORCH_LOG_FORMAT=json every line a worker or beat writes is a JSON object
 (runtime.logs).
 """
@@ -18,7 +18,7 @@ from orchestrator.config import Settings, load_settings
 from orchestrator.errors import ConfigError
 from orchestrator.runtime.agent import AgentInit, AgentPresence, logged_agent_id
 from orchestrator.runtime.celeryconf import create_app
-from orchestrator.runtime.events import EventProcessing
+from orchestrator.runtime.event_processing import EventProcessing
 from orchestrator.runtime.gate import GateStep
 from orchestrator.runtime.logs import install_celery_json_logs
 from orchestrator.runtime.metrics import MetricsStep

@@ -166,7 +166,7 @@ def _shown(value: str, limit: int = 40) -> str:
 
 
 class OrchestrationTask(BaseModel):
-    """The task spec of SPEC section 4. Every rule's message names the field and the value."""
+    """The task spec other services submit. Every rule's message names the field and the value."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -26,7 +26,7 @@ from orchestrator.monitoring.loops import (
 )
 from orchestrator.monitoring.schedule import LOOPS_BY_TASK
 from orchestrator.store import now_s
-from orchestrator.store.monitor import MonitorStore
+from orchestrator.store.monitoring import MonitoringStore
 from workers._context import settings_of, store_of
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ LoopBody = Callable[[LoopContext, float], dict[str, Any]]
 
 def _context(task: Task) -> LoopContext:
     store = store_of(task.app)
-    return LoopContext(settings_of(task.app), store, MonitorStore(store.r), app=task.app)
+    return LoopContext(settings_of(task.app), store, MonitoringStore(store.r), app=task.app)
 
 
 def run_loop(task: Task, body: LoopBody) -> dict[str, Any]:

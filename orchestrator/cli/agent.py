@@ -78,7 +78,7 @@ def _find(settings: Settings, agent_id: str) -> tuple[Any, RegisteredAgent, int]
     """The store, the agent (effective status) and the messages waiting in its queue."""
     from orchestrator.routing.weights import effective_status
     from orchestrator.store import now_s
-    from orchestrator.store.monitor import MonitorStore
+    from orchestrator.store.monitoring import MonitoringStore
 
     store = common.store(settings)
     now = now_s()
@@ -91,7 +91,7 @@ def _find(settings: Settings, agent_id: str) -> tuple[Any, RegisteredAgent, int]
         raise click.ClickException(f"no agent {agent_id!r} (agents: {known})")
     agent = found[agent_id]
     agent.status = effective_status(agent, now, settings.agent_timeout_s)
-    waiting = MonitorStore(store.r).waiting([agent.queue]).get(agent.queue, 0)
+    waiting = MonitoringStore(store.r).waiting([agent.queue]).get(agent.queue, 0)
     return store, agent, waiting
 
 

@@ -366,13 +366,13 @@ def _register_extensions() -> None:
     from orchestrator.cli import backlog as cli_backlog
     from orchestrator.cli import bench as cli_bench
     from orchestrator.cli import dlq as cli_dlq
-    from orchestrator.cli import monitor as cli_monitor
+    from orchestrator.cli import monitoring as cli_monitoring
 
     cli_agent.register(main)
     cli_backlog.register(main)
     cli_bench.register(main)
     cli_dlq.register(main)
-    cli_monitor.register(main)
+    cli_monitoring.register(main)
     __import__("orchestrator.cli.scale", fromlist=["register"]).register(main)
 
 

@@ -29,7 +29,7 @@ from orchestrator.routing.weights import effective_status
 from orchestrator.scaling.sleep import AgentView, wake_for
 from orchestrator.scaling.sleepwake import wake
 from orchestrator.store import now_s
-from orchestrator.store.monitor import MonitorStore
+from orchestrator.store.monitoring import MonitoringStore
 
 if TYPE_CHECKING:
     from orchestrator.events.consumer import EventContext
@@ -115,7 +115,7 @@ def push_critical_alert(event: OrchestrationEvent, ctx: EventContext) -> None:
     alerts by their labels, so this push and the alert loop's own one are the same alert.
     A push Alertmanager refuses raises, and the event is delivered again."""
     name = event.data.get("name")
-    stored = next((a for a in MonitorStore(ctx.store.r).all_alerts() if a.name == name), None)
+    stored = next((a for a in MonitoringStore(ctx.store.r).all_alerts() if a.name == name), None)
     every = ctx.settings.alert_evaluation_interval
     # A pushed firing alert lives 4 evaluation intervals (alerting.to_alertmanager).
     alert = alert_to_push(event, stored, now_s(), max_age_s=4 * every)

@@ -11,7 +11,7 @@ after the claim time, so the next claim runs the handler again. Only a worker dy
 a handler's effect and its marker makes an effect happen twice, and the built-in handlers'
 effects are idempotent in themselves.
 
-The loop runs in one thread the worker's bootstep (runtime/events.py) starts and stops.
+The loop runs in one thread the worker's bootstep (runtime/event_processing.py) starts and stops.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from orchestrator.events.registry import (
     settle,
 )
 from orchestrator.store import StateStore, now_s
-from orchestrator.store.events import Delivery
+from orchestrator.store.event_group import Delivery
 from orchestrator.store.keys import ON_DEMAND_EVENTS
 
 if TYPE_CHECKING:

@@ -27,7 +27,7 @@ from orchestrator.monitoring.regression import judge_regression, minute_median
 from orchestrator.monitoring.snapshot import gather
 from orchestrator.monitoring.stats import WindowStats, quantile
 from orchestrator.store.keys import REGRESSIONS
-from orchestrator.store.monitor import TelemetrySeries
+from orchestrator.store.monitoring import TelemetrySeries
 from orchestrator.store.telemetry import MINUTE_WINDOW_MAX_S
 
 log = logging.getLogger(__name__)

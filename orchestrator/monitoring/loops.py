@@ -77,7 +77,7 @@ from orchestrator.store.codes import RejectionKind
 from orchestrator.store.connect import redis_client, state_client
 from orchestrator.store.fitness import read_configs
 from orchestrator.store.keys import ALERTS, METRICS_HISTORY, SLA_HISTORY, SLO_ALERTS
-from orchestrator.store.monitor import MonitorStore
+from orchestrator.store.monitoring import MonitoringStore
 
 log = logging.getLogger(__name__)
 SOURCE = "monitor"
@@ -88,7 +88,7 @@ _AVAILABLE = (AgentStatus.ACTIVE, AgentStatus.SLEEPING)
 class LoopContext:
     settings: Settings
     store: StateStore
-    mon: MonitorStore
+    mon: MonitoringStore
     # A Celery app to ask the workers through remote control (the security loop's consumer
     # and worker audit); None skips those checks (the CLI and the exporter need none).
     app: Any = None
@@ -96,7 +96,7 @@ class LoopContext:
     @classmethod
     def from_settings(cls, settings: Settings) -> LoopContext:
         store = StateStore.from_settings(settings)
-        return cls(settings, store, MonitorStore(store.r))
+        return cls(settings, store, MonitoringStore(store.r))
 
 
 def _read(path: str, variable: str) -> str:
@@ -221,7 +221,7 @@ class SLAEvaluation:
 
 
 def evaluate_sla(
-    mon: MonitorStore, targets: Sequence[SLATarget], now: float
+    mon: MonitoringStore, targets: Sequence[SLATarget], now: float
 ) -> list[SLAEvaluation]:
     """Every target over its own window and the five burn-rate windows, from telemetry."""
     windows = set(BURN_WINDOWS_S) | {t.window_s for t in targets}

@@ -8,7 +8,7 @@ Feature flags (`ORCH_*_ENABLED` settings) and what they gate here:
 * `ORCH_EVENT_PROCESSING_ENABLED` gates the two loops that turn raw signals into derived
   events: `security-monitoring` (`security.threat`) and `anomaly-detection`
   (`anomaly.detected`, `regression.detected`), and, outside this table, the control
-  workers' event consumer (orchestrator.runtime.events), which reacts to events. Alerts,
+  workers' event consumer (orchestrator.runtime.event_processing), which reacts to events. Alerts,
   SLA and backups are the floor of operability and always run.
 * `ORCH_INTELLIGENT_ROUTING_ENABLED` gates `performance-optimization`: with plain round-robin
   every weight is 1, so the performance scores it computes would weigh nothing.

@@ -22,7 +22,7 @@ from orchestrator.monitoring.stats import WindowStats, assess_health, run_figure
 from orchestrator.routing.weights import effective_status
 from orchestrator.store import StateStore
 from orchestrator.store.keys import MONITOR_SINCE
-from orchestrator.store.monitor import MonitorStore
+from orchestrator.store.monitoring import MonitoringStore
 
 
 @dataclass
@@ -45,7 +45,7 @@ class Snapshot:
         return out
 
 
-def backup_age_s(mon: MonitorStore, last_backup: dict[str, str], now: float) -> float:
+def backup_age_s(mon: MonitoringStore, last_backup: dict[str, str], now: float) -> float:
     """Seconds since the newest backup; without one, since monitoring first ran (so a
     deployment whose backups never succeed still trips BackupStale), else 0."""
     last = last_backup.get("created_at")
@@ -55,7 +55,7 @@ def backup_age_s(mon: MonitorStore, last_backup: dict[str, str], now: float) -> 
     return max(0.0, now - float(since)) if since is not None else 0.0
 
 
-def gather(store: StateStore, mon: MonitorStore, settings: Settings, now: float) -> Snapshot:
+def gather(store: StateStore, mon: MonitoringStore, settings: Settings, now: float) -> Snapshot:
     agents = store.load_fleet(settings.circuit_rule(), now).agents
     for agent in agents:
         agent.status = effective_status(agent, now, settings.agent_timeout_s)

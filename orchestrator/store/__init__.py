@@ -20,7 +20,7 @@ from orchestrator.store.base import now_s
 from orchestrator.store.calls import Acceptance, Attempt, Settlement
 from orchestrator.store.clients import ClientStore
 from orchestrator.store.dlq import DeadLetterStore
-from orchestrator.store.events import EventGroupStore
+from orchestrator.store.event_group import EventGroupStore
 from orchestrator.store.keys import AGENT_STATS, circuit_key
 from orchestrator.store.migrate import KeyMigrationStore
 from orchestrator.store.ports import ExecutorStore

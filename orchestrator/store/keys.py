@@ -33,7 +33,7 @@ Key layout (prefix `orch:`):
   poison:msg          hash  poison id -> {id, queue, reason, size, excerpt, raw (base64,
                             capped), truncated, ts} JSON: the dead-letter store's "poison" kind
   counters            hash  cumulative counters (submitted, routed, succeeded, ...)
-  (orchestrator:events stream: the event log of SPEC section 8, named by the SPEC)
+  (orchestrator:events stream: the event log, its name fixed for other services)
   agent_status        hash  agent_id -> status (active|sleeping|quarantined|offline)
   quarantined_until   hash  agent_id -> unix time its quarantine ends
   fleet:version       str   a counter every change routers must see at once increments
@@ -81,7 +81,7 @@ DLQ = PREFIX + "dlq"
 POISON = PREFIX + "poison"
 POISON_MSG = PREFIX + "poison:msg"
 COUNTERS = PREFIX + "counters"
-EVENTS = "orchestrator:events"  # the name SPEC section 8 gives other services
+EVENTS = "orchestrator:events"  # a fixed name: other services read and write it
 AGENT_STATUS = PREFIX + "agent_status"
 QUARANTINED_UNTIL = PREFIX + "quarantined_until"
 FLEET_VERSION = PREFIX + "fleet:version"
@@ -159,7 +159,7 @@ def queue_lists(queue: str, steps: range = range(10)) -> list[str]:
     return [queue] + [f"{queue}{PRIORITY_SEP}{p}" for p in steps if p]
 
 
-# --- monitoring loops (issue 4: telemetry, alerts, SLA, anomaly, security, backup) --------
+# --- monitoring loops (telemetry, alerts, SLA, anomaly, security, backup) --------
 # tm:m:<minute> / tm:h:<hour>  hash  per-minute / per-hour telemetry buckets, fields
 #     "<type>|ok|fail|rec", "<type>|l|<i>" (run-time histogram), "<type>|d|<i>"
 #     (submit-to-start histogram), "<type>|lsum|dsum", "~avail|<cap>|good|total" (agent
@@ -235,7 +235,7 @@ def block_key(client_id: str) -> str:
     return f"{PREFIX}block:{client_id}"
 
 
-# --- event processing (issue 13: orchestrator/events, runtime/events.py) ------------------
+# --- event processing (orchestrator/events, runtime/event_processing.py) -------------------
 # The control workers read orchestrator:events as the consumer group EVENTS_GROUP (one
 # consumer per worker process, "<worker hostname>:<pid>"); another service reading the stream
 # uses a group of its own name and never takes their entries.
@@ -256,7 +256,7 @@ def event_mark_key(handler: str, event_id: str) -> str:
     return f"{PREFIX}events:mark:{handler}:{event_id}"
 
 
-# --- autoscaling (issue 14: orchestrator/scaling/autoscale.py, store/scaling.py) ----------
+# --- autoscaling (orchestrator/scaling/autoscale.py, store/scaling.py) ----------
 # One small entry per capability in each hash; capabilities no longer seen are dropped.
 SCALE_DECISIONS = PREFIX + "scale:decisions"
 SCALE_EXECUTED = PREFIX + "scale:executed"

@@ -125,10 +125,10 @@ def test_sleep_wake_reads_no_fleet_while_sleep_is_off_and_nobody_sleeps(store, r
     read of the statuses, not the whole fleet every 15 s."""
     from orchestrator.monitoring.loops import LoopContext
     from orchestrator.scaling.sleepwake import run_sleep_wake
-    from orchestrator.store.monitor import MonitorStore
+    from orchestrator.store.monitoring import MonitoringStore
 
     settings = load_settings(redis_url=redis_url, _env_file=None)
-    ctx = LoopContext(settings, store, MonitorStore(store.r))
+    ctx = LoopContext(settings, store, MonitoringStore(store.r))
     now = 1_000.0
     for agent_id in ("a", "b"):
         register(store, agent_id, now, {"echo": 1.0})

@@ -438,7 +438,7 @@ def test_every_handler_run_is_counted_once_in_telemetry(
     their run time; submit-to-start time only for first attempts; a duplicate runs nothing
     and counts nothing."""
     from orchestrator.monitoring.stats import parse_fields
-    from orchestrator.store.monitor import MonitorStore
+    from orchestrator.store.monitoring import MonitoringStore
 
     start_control()
     start_agent("a", "echo,flaky,broken", concurrency=2)
@@ -452,7 +452,7 @@ def test_every_handler_run_is_counted_once_in_telemetry(
     again = client.submit("echo", {"i": 0}, task_id=echoes[0].id)
     assert again.get(timeout=30) == {"i": 0}
 
-    mon = MonitorStore(redis_client)
+    mon = MonitoringStore(redis_client)
 
     def counted() -> Any:
         return parse_fields(mon.totals())

@@ -17,7 +17,7 @@ import pytest
 
 from orchestrator.config import load_settings
 from orchestrator.runtime.celeryconf import create_app
-from orchestrator.store.monitor import MonitorStore
+from orchestrator.store.monitoring import MonitoringStore
 from tests.support import cli, cli_json, wait_for
 
 pytestmark = pytest.mark.integration
@@ -64,7 +64,9 @@ def ticking(sender: Any, predicate: Callable[[], Any]) -> Callable[[], Any]:
 def ticks(sender: Any, redis_client, n: int) -> None:
     """Send the loop `n` ticks and wait until each has run (or skipped: lock held)."""
     sent = {sender.send_task("orchestrator.sleep_wake").id for _ in range(n)}
-    wait_for(lambda: sent <= {r["task_id"] for r in MonitorStore(redis_client).runs()}, timeout=20)
+    wait_for(
+        lambda: sent <= {r["task_id"] for r in MonitoringStore(redis_client).runs()}, timeout=20
+    )
 
 
 def test_an_idle_agent_sleeps_keeping_one_awake_and_wakes_on_backlog(
@@ -115,7 +117,7 @@ def test_an_agent_keeps_to_its_stored_status_at_each_heartbeat(
     queue is not put to sleep by hand."""
     start_agent("solo", "hold")
     held = [client.submit("hold", {"key": f"h{i}"}) for i in range(2)]
-    waiting = MonitorStore(redis_client).waiting
+    waiting = MonitoringStore(redis_client).waiting
     wait_for(lambda: waiting(["agent.solo"]) == {"agent.solo": 1}, timeout=15)  # 1 runs
     refused = cli(orch_env, "agent", "sleep", "solo", check=False)
     assert refused.returncode == 1 and "1 task(s) waiting in its queue" in refused.stderr

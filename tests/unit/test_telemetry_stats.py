@@ -25,7 +25,7 @@ from orchestrator.monitoring.stats import (
     sum_fields,
     window_counts,
 )
-from orchestrator.store.monitor import window_slots
+from orchestrator.store.monitoring import window_slots
 from orchestrator.store.telemetry import delegation_ms
 
 

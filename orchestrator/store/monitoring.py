@@ -125,7 +125,7 @@ class TelemetrySeries:
         return parse_fields(self.buckets.get("m", {}).get(slot, {}))
 
 
-class MonitorStore:
+class MonitoringStore:
     """All reads and writes of monitoring state. One instance per process."""
 
     def __init__(self, client: redis.Redis) -> None:
@@ -135,7 +135,7 @@ class MonitorStore:
         self._waiting = client.register_script(_WAITING)
 
     @classmethod
-    def from_url(cls, url: str, sentinel_master: str = DEFAULT_SENTINEL_MASTER) -> MonitorStore:
+    def from_url(cls, url: str, sentinel_master: str = DEFAULT_SENTINEL_MASTER) -> MonitoringStore:
         client = redis_client(
             url, sentinel_master=sentinel_master, decode_responses=True, health_check_interval=30
         )
