@@ -58,7 +58,9 @@ def test_every_display_reads_a_breaker_as_the_router_does(redis_url, orch_env):
             )
             store.register_agent(agent, now, source="test")
             for _ in range(cfg.failure_threshold):
-                store.record_outcome(agent_id, False, 1.0, circuit_cfg=cfg, now=opened_at)
+                store.record_outcome(
+                    agent_id, ok=False, latency_ms=1.0, circuit_cfg=cfg, now=opened_at
+                )
             assert store.circuit(agent_id).state is CircuitBreakerState.OPEN
         routed = {
             a.agent_id: a.circuit.value

@@ -99,7 +99,9 @@ def test_switching_to_the_next_sentinel_keeps_this_projects_transport() -> None:
     from kombu import Connection
 
     from orchestrator.runtime import transport
+    from orchestrator.runtime.celeryconf import create_app
 
+    create_app(load_settings(redis_url=URL), with_tasks=False)  # as every role's process does
     with Connection(URL, transport=SENTINEL_TRANSPORT) as conn:
         assert type(conn.transport) is transport.SentinelTransport
         conn.maybe_switch_next()
