@@ -239,7 +239,7 @@ def loops(fleet: Fleet, app_free_settings: Settings) -> dict[str, tuple[Callable
 
         out[loop.entry] = (run, loop.interval(s))
     router = Router(fleet.store, s, lambda *args, **kwargs: None)
-    healer = Healer(router, lambda task_id, exc: None)
+    healer = Healer(fleet.store, router, lambda task_id, exc: None)
 
     def recovery() -> Any:
         interval = s.recovery_monitor_interval_s

@@ -8,6 +8,7 @@ from orchestrator.app import app
 from orchestrator.recovery.healer import Healer
 from orchestrator.recovery.plan import ErrorKind
 from orchestrator.store import now_s
+from workers._context import store_of
 from workers.routing import router_for
 
 _healers: dict[int, Healer] = {}
@@ -17,7 +18,9 @@ def healer_for(task: Task) -> Healer:
     celery_app: Celery = task.app
     key = id(celery_app)
     if key not in _healers:
-        _healers[key] = Healer(router_for(celery_app), celery_app.backend.mark_as_failure)
+        _healers[key] = Healer(
+            store_of(celery_app), router_for(celery_app), celery_app.backend.mark_as_failure
+        )
     return _healers[key]
 
 

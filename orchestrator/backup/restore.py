@@ -36,7 +36,6 @@ from orchestrator.backup.merge import (
     unfinished,
     waiting,
 )
-from orchestrator.store import StateStore
 from orchestrator.store.keys import (
     FLEET_VERSION,
     PREFIX,
@@ -46,6 +45,7 @@ from orchestrator.store.keys import (
     history_key,
     legacy_history_task,
 )
+from orchestrator.store.ports import RestoreStore
 
 SCRATCH = PREFIX + "restore:scratch"
 RESTORE_LAST = PREFIX + "backup:restored"
@@ -98,7 +98,7 @@ def _entries(path: Path) -> Iterator[dict[str, Any]]:
 
 def restore_backup(
     binary: redis.Redis,
-    store: StateStore,
+    store: RestoreStore,
     path: str | os.PathLike[str],
     now: float,
     *,

@@ -7,7 +7,7 @@ running one through the same steps as the sleep/wake loop (orchestrator.scaling.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -16,6 +16,9 @@ from orchestrator.config import Settings
 from orchestrator.errors import OrchestratorError
 from orchestrator.models import AgentStatus, RegisteredAgent
 from orchestrator.settings_parsers import parse_capabilities
+
+if TYPE_CHECKING:
+    from orchestrator.store.ports import CliStore
 
 SOURCE = "cli"
 
@@ -74,7 +77,7 @@ def start(
     common.exec_celery([*args, *celery_args], env)
 
 
-def _find(settings: Settings, agent_id: str) -> tuple[Any, RegisteredAgent, int]:
+def _find(settings: Settings, agent_id: str) -> tuple[CliStore, RegisteredAgent, int]:
     """The store, the agent (effective status) and the messages waiting in its queue."""
     from orchestrator.routing.weights import effective_status
     from orchestrator.store import now_s

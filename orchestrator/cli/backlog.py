@@ -17,7 +17,7 @@ from orchestrator.errors import Cancelled, OrchestratorError
 if TYPE_CHECKING:
     from celery import Celery
 
-    from orchestrator.store import StateStore
+    from orchestrator.store.ports import CliStore
 
 #: How long `cancel` waits for the running task's worker to confirm it stopped the handler.
 REVOKE_TIMEOUT_S = 3.0
@@ -35,7 +35,7 @@ def _counts(counts: dict[Any, int]) -> str:
     return "  ".join(f"{k}:{n}" for k, n in counts.items())
 
 
-def backlog_report(store: StateStore, now: float) -> dict[str, Any]:
+def backlog_report(store: CliStore, now: float) -> dict[str, Any]:
     """The backlog as `orchestrator backlog --json` prints it."""
     groups = store.backlog(now)
     return {
@@ -131,7 +131,7 @@ def _refuse(task_id: str, state: str | None, problem: str, as_json: bool) -> NoR
     raise click.ClickException(problem)
 
 
-def _stop(app: Celery, store: StateStore, task_id: str, agent_id: str | None) -> bool:
+def _stop(app: Celery, store: CliStore, task_id: str, agent_id: str | None) -> bool:
     """Revoke the task, terminating its handler; True when its worker confirmed. The worker
     stores its own `REVOKED` state as it does so: the caller stores `Cancelled` after."""
     node = next((a.node for a in store.load_agents() if a.agent_id == agent_id and a.node), None)

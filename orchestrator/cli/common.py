@@ -15,7 +15,7 @@ from orchestrator.config import Settings, load_settings
 from orchestrator.errors import ConfigError
 
 if TYPE_CHECKING:
-    from orchestrator.store import StateStore
+    from orchestrator.store.ports import CliStore
 
 console = Console()
 err_console = Console(stderr=True)
@@ -48,7 +48,7 @@ def preflight(settings: Settings, state_only: bool = False) -> None:
         raise click.ClickException(str(exc)) from None
 
 
-def store(settings: Settings) -> StateStore:
+def store(settings: Settings) -> CliStore:
     from orchestrator.store import StateStore
 
     preflight(settings, state_only=True)

@@ -11,13 +11,16 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Column, Table
 
 from orchestrator.cli.embedded import reachable, start_redis
 from orchestrator.config import Settings, is_sentinel, mask_password
+
+if TYPE_CHECKING:
+    from orchestrator.store.ports import CliStore
 
 console = Console()
 log = logging.getLogger(__name__)
@@ -239,7 +242,7 @@ class DevStack:
         from orchestrator.errors import OrchestratorError
         from orchestrator.store import StateStore
 
-        store = StateStore.from_settings(self.settings)
+        store: CliStore = StateStore.from_settings(self.settings)
         try:
             store.migrate_keys()
         except OrchestratorError as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.table import Table
@@ -17,17 +17,20 @@ from rich.table import Table
 from orchestrator.cli import common
 from orchestrator.errors import OrchestratorError
 
+if TYPE_CHECKING:
+    from orchestrator.store.ports import CliStore
+
 console = common.console
 err_console = common.err_console
 
 KINDS = ("task", "poison", "all")
 
 
-def _store() -> Any:
+def _store() -> CliStore:
     return common.store(common.settings())
 
 
-def _task_rows(store: Any, limit: int) -> list[dict[str, Any]]:
+def _task_rows(store: CliStore, limit: int) -> list[dict[str, Any]]:
     rows = []
     for task_id, ts in store.dead_letters(limit):
         fields = store.task_fields(task_id)
@@ -44,7 +47,7 @@ def _task_rows(store: Any, limit: int) -> list[dict[str, Any]]:
     return rows
 
 
-def _poison_rows(store: Any, limit: int) -> list[dict[str, Any]]:
+def _poison_rows(store: CliStore, limit: int) -> list[dict[str, Any]]:
     return [{"kind": "poison", **row} for row in store.poison_messages(limit)]
 
 

@@ -10,7 +10,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -20,15 +20,26 @@ from orchestrator.cli import common
 from orchestrator.config import Settings
 from orchestrator.errors import OrchestratorError
 
+if TYPE_CHECKING:
+    from orchestrator.monitoring.loops import LoopContext
+    from orchestrator.store.ports import CliStore
+
 console = common.console
 _settings = common.settings
 _json = common.print_json
 
 
-def _ctx(settings: Settings | None = None) -> Any:
+def _ctx(settings: Settings | None = None) -> LoopContext:
     from orchestrator.monitoring.loops import LoopContext
 
     return LoopContext.from_settings(settings or _settings())
+
+
+def _store(settings: Settings) -> CliStore:
+    """The state store for a verb that changes state itself (not through a loop's acts)."""
+    from orchestrator.store import StateStore
+
+    return StateStore.from_settings(settings)
 
 
 def _when(ts: float | None) -> str:
@@ -71,7 +82,7 @@ def status(as_json: bool) -> None:
     console.print(table)
 
 
-def _alert_rows(ctx: Any) -> list[dict[str, Any]]:
+def _alert_rows(ctx: LoopContext) -> list[dict[str, Any]]:
     order = {"firing": 0, "pending": 1, "resolved": 2}
     alerts = sorted(ctx.mon.all_alerts(), key=lambda a: (order[a.state.value], a.name))
     return [
@@ -243,8 +254,7 @@ def security(click_ctx: click.Context, as_json: bool) -> None:
 @_guard
 def security_unblock(client_id: str, as_json: bool) -> None:
     """Lift CLIENT_ID's block (ORCH_SECURITY_AUTO_BLOCK) now."""
-    ctx = _ctx()
-    lifted = ctx.store.unblock_client(client_id)
+    lifted = _store(_settings()).unblock_client(client_id)
     if as_json:
         _json({"client_id": client_id, "unblocked": lifted})
     elif lifted:
@@ -263,7 +273,7 @@ def anomaly(click_ctx: click.Context, as_json: bool) -> None:
         return
     ctx = _ctx()
     states = ctx.mon.detector_states()
-    report = {
+    report: dict[str, Any] = {
         "episodes": sorted(n for n, e in states.items() if e.get("state", {}).get("in_episode")),
         "series": len(states),
         "regressions": ctx.mon.regressions(),
@@ -509,7 +519,7 @@ def backup_restore(path: str, dry_run: bool, as_json: bool) -> None:
     from orchestrator.store import now_s
     from orchestrator.store.connect import state_client
 
-    ctx = _ctx()
+    settings = _settings()
     err = common.err_console
     progress = Progress(
         "[progress.description]{task.description}",
@@ -519,13 +529,13 @@ def backup_restore(path: str, dry_run: bool, as_json: bool) -> None:
         transient=True,
         disable=not err.is_terminal,
     )
-    binary = state_client(ctx.settings)
+    binary = state_client(settings)
     try:
         with progress:
             bar = progress.add_task("restoring", total=None)
             report = restore_backup(
                 binary,
-                ctx.store,
+                _store(settings),
                 path,
                 now_s(),
                 dry_run=dry_run,

@@ -25,6 +25,7 @@ from orchestrator.recovery.plan import ErrorKind, plan_recovery
 from orchestrator.routing.dispatch import PLACED, OutcomeStatus
 from orchestrator.routing.router import Router
 from orchestrator.routing.weights import effective_status
+from orchestrator.store.ports import HealerStore
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +45,14 @@ class RecoveryEscalated(OrchestratorError):
 
 class Healer:
     def __init__(
-        self, router: Router, fail_task: FailTask, rng: random.Random | None = None
+        self,
+        store: HealerStore,
+        router: Router,
+        fail_task: FailTask,
+        rng: random.Random | None = None,
     ) -> None:
+        self.store = store
         self.router = router
-        self.store = router.store
         self.settings = router.settings
         self.fail_task = fail_task
         self.rng = rng or random.Random()

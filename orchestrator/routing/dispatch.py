@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import InvalidTask, NoCapableAgent, UnknownTask
 from orchestrator.models import OrchestrationTask, RegisteredAgent, TaskState
-from orchestrator.store import Acceptance, Dispatched, Fleet, StateStore
+from orchestrator.store import Acceptance, Dispatched, Fleet
 from orchestrator.store.codes import AcceptStatus
+from orchestrator.store.ports import RouterStore
 
 if TYPE_CHECKING:
     from orchestrator.config import Settings
@@ -52,7 +53,7 @@ class Outcome:
 class Dispatching:
     """Router's backlog side (every method runs on a Router, which provides the rest)."""
 
-    store: StateStore
+    store: RouterStore
     settings: Settings
     publish: Publisher
 

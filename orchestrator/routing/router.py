@@ -34,8 +34,9 @@ from orchestrator.routing.weights import (
     pick_least_loaded,
     pick_power_of_two,
 )
-from orchestrator.store import Acceptance, Fleet, StateStore, WrrPeers
+from orchestrator.store import Acceptance, Fleet, WrrPeers
 from orchestrator.store.codes import AcceptStatus, AdmitVerdict, RejectionReason
+from orchestrator.store.ports import RouterStore
 
 AFFINITY_TTL_S = 24 * 3600
 FLEET_CACHE_S = 0.2  # how often a router asks whether the fleet changed (one GET)
@@ -110,7 +111,7 @@ def view_expiry(
 class Router(Dispatching):
     def __init__(
         self,
-        store: StateStore,
+        store: RouterStore,
         settings: Settings,
         publish: Publisher,
         rng: random.Random | None = None,

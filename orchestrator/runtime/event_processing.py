@@ -56,7 +56,7 @@ class EventProcessing(bootsteps.StartStopStep):
             # A store of its own: the consumer's blocking reads hold a connection of its pool.
             store = StateStore.from_settings(self.settings)
             router = Router(store, self.settings, execute_publisher(consumer.app))
-            healer = Healer(router, consumer.app.backend.mark_as_failure)
+            healer = Healer(store, router, consumer.app.backend.mark_as_failure)
             self.events = EventConsumer(
                 store,
                 EventContext(self.settings, store, healer, consumer.app),

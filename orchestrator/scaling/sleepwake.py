@@ -25,7 +25,7 @@ from orchestrator.monitoring.loops import LoopContext
 from orchestrator.routing.weights import effective_status
 from orchestrator.scaling.sleep import AgentView, Decision, SleepPolicy, plan
 from orchestrator.scaling.windows import active_window
-from orchestrator.store import StateStore
+from orchestrator.store.ports import SleepWakeStore
 
 log = logging.getLogger(__name__)
 SOURCE = "sleep-wake"
@@ -40,7 +40,7 @@ def _tell(app: Any, command: str, agent: RegisteredAgent, **arguments: Any) -> N
 
 
 def put_to_sleep(
-    store: StateStore, app: Any, agent: RegisteredAgent, now: float, reason: str, source: str
+    store: SleepWakeStore, app: Any, agent: RegisteredAgent, now: float, reason: str, source: str
 ) -> bool:
     """Sleep an active agent; False (nothing done) when it was not active."""
     if not store.fall_asleep(agent, now, reason, source):
@@ -51,7 +51,7 @@ def put_to_sleep(
 
 
 def wake(
-    store: StateStore, app: Any, agent: RegisteredAgent, now: float, reason: str, source: str
+    store: SleepWakeStore, app: Any, agent: RegisteredAgent, now: float, reason: str, source: str
 ) -> bool:
     """Wake a sleeping agent; False (nothing done) when it was not asleep. The caller routes
     the parked tasks afterwards (once for every agent woken together)."""
@@ -62,7 +62,9 @@ def wake(
     return True
 
 
-def recycle(store: StateStore, app: Any, agent: RegisteredAgent, now: float, window: str) -> None:
+def recycle(
+    store: SleepWakeStore, app: Any, agent: RegisteredAgent, now: float, window: str
+) -> None:
     """Restart the agent's pool (its processes are replaced; a running task finishes first)."""
     _tell(app, "pool_restart", agent, reload=False)
     store.mark_recycled([agent.agent_id], window)

@@ -23,7 +23,13 @@ from orchestrator.store.dlq import DeadLetterStore
 from orchestrator.store.event_group import EventGroupStore
 from orchestrator.store.keys import AGENT_STATS, circuit_key
 from orchestrator.store.migrate import KeyMigrationStore
-from orchestrator.store.ports import ExecutorStore
+from orchestrator.store.ports import (
+    CliStore,
+    ExecutorStore,
+    HealerStore,
+    MonitorStore,
+    RouterStore,
+)
 from orchestrator.store.recovery import RecoveryStore
 from orchestrator.store.scripts import SETTLE_RUN_SIG
 from orchestrator.store.sleep import SleepStore
@@ -86,9 +92,12 @@ class StateStore(
         return int(done) == 1, parse_fills(fills)
 
 
-def _implements(store: StateStore) -> ExecutorStore:
-    """StateStore is every consumer's slice of the store (checked by mypy)."""
-    return store
+def _implements(
+    store: StateStore,
+) -> tuple[ExecutorStore, RouterStore, HealerStore, MonitorStore, CliStore]:
+    """StateStore is every consumer's slice of the store (checked by mypy; the monitor's and
+    the CLI's extend the sleep/wake and restore acts' slices)."""
+    return store, store, store, store, store
 
 
 __all__ = [

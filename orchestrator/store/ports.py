@@ -3,21 +3,42 @@
 Each consumer types its store with its own slice, so mypy proves it uses nothing else.
 StateStore implements them all (orchestrator.store checks that too).
 
-So far: the executor (workers/execute.py). The router, the healer, the monitor and the CLI
-still take StateStore whole.
+The executor (workers/execute.py), the router (routing/router.py and its mixin
+routing/dispatch.py; workers/routing.py reaches it as `router.store`), the healer
+(recovery/healer.py; workers/recovery.py reaches it as `healer.store`), the monitor
+(what the monitoring and scaling loops, the metrics snapshot and the exporter reach as
+`LoopContext.store`) and the CLI (orchestrator/cli). Two acts that take a store from more
+than one of them have a slice of their own, which those extend: sleep/wake
+(scaling/sleepwake.py, from the monitor and the CLI) and a backup's restore
+(backup/restore.py, from the CLI). The event handlers (events/) still take StateStore whole.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Protocol
 
-from orchestrator.models import CircuitBreakerConfig
+from orchestrator.models import CircuitBreakerConfig, ProductionEventSeverity
+from orchestrator.store.codes import RejectionReason
 
 if TYPE_CHECKING:
-    from orchestrator.store import Settlement
-    from orchestrator.store.backlog import Dispatched
+    import redis
+
+    from orchestrator.models import (
+        AgentStatus,
+        OrchestrationEvent,
+        OrchestrationTask,
+        RecoveryPlan,
+        RegisteredAgent,
+        TaskRecord,
+        TaskState,
+    )
+    from orchestrator.store import Acceptance, Settlement
+    from orchestrator.store.agents import Fleet, WrrPeers
+    from orchestrator.store.backlog import BacklogGroup, Dispatched
     from orchestrator.store.calls import Attempt
+    from orchestrator.store.codes import AcceptStatus, AdmitVerdict
 
 
 class TelemetrySink(Protocol):
@@ -65,3 +86,346 @@ class ExecutorStore(Protocol):
     def fill(
         self, agent_id: str, now: float, limit: int | None = None, trusted: bool = False
     ) -> list[Dispatched]: ...
+
+
+class RouterStore(Protocol):
+    """What the router reads and writes: the fleet and the picks among it, a submission
+    admitted, accepted or refused, the task routed, held in the backlog or deferred, free
+    slots filled, and the dispatch sweep's due, parked and expired tasks."""
+
+    # the fleet and the picks
+    def fleet_version(self) -> int: ...
+
+    def load_fleet(
+        self, circuit_cfg: CircuitBreakerConfig | None = None, now: float | None = None
+    ) -> Fleet: ...
+
+    def admit_circuit(self, agent_id: str, cfg: CircuitBreakerConfig, now: float) -> bool: ...
+
+    def wrr_pick(
+        self, capability_key: str, peers: Mapping[str, int] | WrrPeers, task_id: str | None = None
+    ) -> str | None: ...
+
+    def affinity_pick(
+        self,
+        key: str,
+        *,
+        capability_key: str,
+        weights: Mapping[str, int] | WrrPeers,
+        fallback: str | None,
+        ttl_s: int,
+    ) -> str: ...
+
+    # submissions
+    def admit_client(
+        self, client_id: str, now: float, rate: float, burst: int, check_block: bool
+    ) -> tuple[AdmitVerdict, float]: ...
+
+    def record_rejection(
+        self,
+        problems: Sequence[str],
+        *,
+        submit_id: str,
+        now: float,
+        client_id: str | None,
+        reason: RejectionReason = RejectionReason.INVALID,
+    ) -> None: ...
+
+    def accept(self, acceptance: Acceptance) -> tuple[AcceptStatus, str]: ...
+
+    def accept_and_route(
+        self,
+        acceptance: Acceptance,
+        *,
+        agent_id: str,
+        pushes: Sequence[tuple[str, str]],
+        slots: int | None = None,
+    ) -> tuple[AcceptStatus, str]: ...
+
+    def count_duplicate(self) -> None: ...
+
+    def outbox_drop(self, task_id: str, pipe: Any = None) -> None: ...
+
+    def task_exists(self, task_id: str) -> bool: ...
+
+    def load_spec(self, task_id: str) -> OrchestrationTask: ...
+
+    # routing, the backlog and the dispatch sweep
+    def mark_routed(
+        self,
+        task: OrchestrationTask,
+        *,
+        agent_id: str,
+        now: float,
+        drop_outbox: bool = True,
+        expect_dispatch: int | None = None,
+        slots: int | None = None,
+        lost_from: str | None = None,
+        **history: Any,
+    ) -> int: ...
+
+    def enqueue(
+        self,
+        task: OrchestrationTask,
+        now: float,
+        parked: bool = False,
+        source: str = "new",
+        expect_dispatch: int | None = None,
+        front: bool = False,
+        event: tuple[str, dict[str, Any]] | None = None,
+        avoid: Collection[str] = (),
+        from_agent: str | None = None,
+        **history: Any,
+    ) -> bool: ...
+
+    def park(
+        self,
+        task: OrchestrationTask,
+        *,
+        now: float,
+        source: str = "new",
+        avoid: Collection[str] = (),
+        from_agent: str | None = None,
+    ) -> bool: ...
+
+    def defer(
+        self, task_id: str, due: float, now: float, prefer: str | None = None, **history: Any
+    ) -> bool: ...
+
+    def fill(
+        self, agent_id: str, now: float, limit: int | None = None, trusted: bool = False
+    ) -> list[Dispatched]: ...
+
+    def deferred_due(self, now: float, limit: int = 500) -> list[tuple[str, str | None]]: ...
+
+    def parked(self, limit: int = 1000) -> list[tuple[str, float]]: ...
+
+    def claim_parked(self, task_id: str) -> bool: ...
+
+    def backlog_sets(self) -> list[str]: ...
+
+    def finish(
+        self,
+        task_id: str,
+        *,
+        state: TaskState,
+        agent_id: str | None,
+        now: float,
+        error: str | None = None,
+        latency_ms: float | None = None,
+        task_type: str | None = None,
+        result: str | None = None,
+    ) -> bool: ...
+
+
+class HealerStore(Protocol):
+    """What the healer reads and writes besides the router's part: a failed task's ledger and
+    its plan, the agent's recent failures and quarantine, a lost agent's status, tasks and
+    queue, vanished messages, overdue plans; and the recovery monitor's lock and outbox."""
+
+    def task_fields(self, task_id: str) -> dict[str, str]: ...
+
+    def load_spec(self, task_id: str) -> OrchestrationTask: ...
+
+    def failed_agents(self, task_id: str) -> set[str]: ...
+
+    def note_failure(self, agent_id: str, attempt: str, now: float, window_s: float) -> int: ...
+
+    def forget_failures(self, agent_id: str) -> None: ...
+
+    def save_plan(self, plan: RecoveryPlan) -> None: ...
+
+    def overdue_plans(self, now: float, limit: int = 500) -> list[RecoveryPlan]: ...
+
+    def finish(
+        self,
+        task_id: str,
+        *,
+        state: TaskState,
+        agent_id: str | None,
+        now: float,
+        error: str | None = None,
+        latency_ms: float | None = None,
+        task_type: str | None = None,
+        result: str | None = None,
+    ) -> bool: ...
+
+    def quarantine(self, agent_id: str, *, until: float, now: float, reason: str) -> bool: ...
+
+    def set_status(
+        self,
+        agent_id: str,
+        *,
+        status: AgentStatus,
+        now: float,
+        source: str,
+        event: str | None = None,
+        severity: ProductionEventSeverity = ProductionEventSeverity.INFO,
+        **data: Any,
+    ) -> bool: ...
+
+    def load_agents(self) -> list[RegisteredAgent]: ...
+
+    def liveness(self) -> dict[str, tuple[AgentStatus, float]]: ...
+
+    def inflight(self, agent_id: str) -> list[str]: ...
+
+    def vanished(self, agent_id: str, queue: str, routed_before: float) -> dict[str, int]: ...
+
+    def purge_agent_queue(self, queue: str) -> int: ...
+
+    def event(
+        self,
+        type_: str,
+        now: float,
+        source: str,
+        pipe: Any = None,
+        severity: ProductionEventSeverity = ProductionEventSeverity.INFO,
+        **data: Any,
+    ) -> None: ...
+
+    def singleton(self, name: str, ttl_s: float) -> AbstractContextManager[bool]: ...
+
+    def outbox_due(
+        self, older_than: float, now: float, limit: int = 500
+    ) -> list[tuple[str, dict[str, Any]]]: ...
+
+
+class SleepWakeStore(Protocol):
+    """What putting an agent to sleep, waking it and recycling it write
+    (scaling/sleepwake.py: the sleep/wake loop's acts, which the CLI runs by hand too)."""
+
+    def fall_asleep(self, agent: RegisteredAgent, now: float, reason: str, source: str) -> bool: ...
+
+    def wake_up(self, agent_id: str, now: float, reason: str, source: str) -> bool: ...
+
+    def mark_recycled(self, agent_ids: Iterable[str], window: str) -> None: ...
+
+    def event(
+        self,
+        type_: str,
+        now: float,
+        source: str,
+        pipe: Any = None,
+        severity: ProductionEventSeverity = ProductionEventSeverity.INFO,
+        **data: Any,
+    ) -> None: ...
+
+
+class MonitorStore(SleepWakeStore, Protocol):
+    """What the monitoring and scaling loops, the metrics snapshot and the exporter read and
+    write through `LoopContext.store` (their own keys are MonitoringStore's): the fleet, the
+    counters and the backlog, client blocks, the sleep/wake loop's marks, each loop's lock,
+    the events they announce, and the connection for the stores built on it."""
+
+    @property
+    def r(self) -> redis.Redis: ...
+
+    def singleton(self, name: str, ttl_s: float) -> AbstractContextManager[bool]: ...
+
+    def load_agents(self) -> list[RegisteredAgent]: ...
+
+    def load_fleet(
+        self, circuit_cfg: CircuitBreakerConfig | None = None, now: float | None = None
+    ) -> Fleet: ...
+
+    def counters(self) -> dict[str, int]: ...
+
+    def backlog(self, now: float, sample: int = 10000) -> list[BacklogGroup]: ...
+
+    def block_client(self, client_id: str, until: float, now: float) -> None: ...
+
+    def blocked_clients(self, now: float) -> dict[str, float]: ...
+
+    def anyone_sleeping(self) -> bool: ...
+
+    def mark_idle(self, idle: Mapping[str, bool], now: float) -> dict[str, float]: ...
+
+    def sleep_checkpoints(self) -> dict[str, dict[str, Any]]: ...
+
+    def recycled_marks(self) -> dict[str, str]: ...
+
+
+class RestoreStore(Protocol):
+    """What restoring a backup writes besides its keys (backup/restore.py): the snapshot's
+    unfinished tasks waiting again."""
+
+    def load_spec(self, task_id: str) -> OrchestrationTask: ...
+
+    def park(
+        self,
+        task: OrchestrationTask,
+        *,
+        now: float,
+        source: str = "new",
+        avoid: Collection[str] = (),
+        from_agent: str | None = None,
+    ) -> bool: ...
+
+    def wait_again(self, task: OrchestrationTask, now: float) -> None: ...
+
+
+class CliStore(SleepWakeStore, RestoreStore, Protocol):
+    """What the CLI's verbs read and write (and the sleep/wake and restore acts they run): a
+    task's record and its cancel, the fleet, the backlog, the events, the dead-letter store of
+    both kinds, a client's block lifted, the key layout's migration."""
+
+    @property
+    def r(self) -> redis.Redis: ...
+
+    def task_exists(self, task_id: str) -> bool: ...
+
+    def task_fields(self, task_id: str) -> dict[str, str]: ...
+
+    def task_record(self, task_id: str) -> TaskRecord: ...
+
+    def finish(
+        self,
+        task_id: str,
+        *,
+        state: TaskState,
+        agent_id: str | None,
+        now: float,
+        error: str | None = None,
+        latency_ms: float | None = None,
+        task_type: str | None = None,
+        result: str | None = None,
+    ) -> bool: ...
+
+    def load_agents(self) -> list[RegisteredAgent]: ...
+
+    def load_fleet(
+        self, circuit_cfg: CircuitBreakerConfig | None = None, now: float | None = None
+    ) -> Fleet: ...
+
+    def backlog(self, now: float, sample: int = 10000) -> list[BacklogGroup]: ...
+
+    def concurrency_keys(self) -> dict[str, tuple[int, int, int]]: ...
+
+    def deferred_count(self) -> int: ...
+
+    def parked_count(self) -> int: ...
+
+    def tail_events(self, count: int = 20) -> list[OrchestrationEvent]: ...
+
+    def events_after(self, last_id: str, count: int = 1000) -> list[OrchestrationEvent]: ...
+
+    def follow_events(
+        self, last_id: str = "$", block_ms: int = 1000
+    ) -> tuple[str, list[OrchestrationEvent]]: ...
+
+    def dead_letters(self, limit: int = 100) -> list[tuple[str, float]]: ...
+
+    def reopen_dead_letter(self, task_id: str, now: float) -> OrchestrationTask: ...
+
+    def purge_dead_letters(self, task_ids: Sequence[str] | None = None) -> int: ...
+
+    def poison_messages(self, limit: int = 100) -> list[dict[str, Any]]: ...
+
+    def poison_message(self, poison_id: str) -> dict[str, Any] | None: ...
+
+    def purge_poison(self, poison_ids: Sequence[str] | None = None) -> int: ...
+
+    def unblock_client(self, client_id: str) -> bool: ...
+
+    def migrate_keys(self, scan_count: int = 1000) -> int: ...

@@ -346,7 +346,7 @@ def test_open_recovery_plan_escalates_after_the_escalation_timeout(redis_url):
     failures: dict[str, str] = {}
     try:
         router = Router(store, settings, publish=lambda *a, **k: None)
-        healer = Healer(router, lambda task_id, exc: failures.update({task_id: str(exc)}))
+        healer = Healer(store, router, lambda task_id, exc: failures.update({task_id: str(exc)}))
         task = OrchestrationTask(type="echo", task_id="slow-plan")
         store.accept(Acceptance(task, "slow-plan", now=100.0))
         store.mark_routed(task, agent_id="a", now=101.0)

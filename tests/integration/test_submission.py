@@ -140,7 +140,7 @@ def test_a_routed_task_whose_message_vanished_is_routed_again_and_only_that_one(
             "started-4", agent_id="a", dispatch=1, now=routed_at + 1, pid=4242, max_deliveries=3
         )
 
-        healer = Healer(client.router, lambda task_id, exc: None)
+        healer = Healer(client.store, client.router, lambda task_id, exc: None)
 
         def monitor(at: float) -> int:
             client.store.heartbeat("a", at)  # alive all along
