@@ -78,7 +78,7 @@ from orchestrator.store.connect import redis_client, state_client
 from orchestrator.store.fitness import read_configs
 from orchestrator.store.keys import ALERTS, METRICS_HISTORY, SLA_HISTORY, SLO_ALERTS
 from orchestrator.store.monitoring import MonitoringStore
-from orchestrator.store.ports import MonitorStore
+from orchestrator.store.ports import LoopsStore
 
 log = logging.getLogger(__name__)
 SOURCE = "monitor"
@@ -88,7 +88,7 @@ _AVAILABLE = (AgentStatus.ACTIVE, AgentStatus.SLEEPING)
 @dataclass
 class LoopContext:
     settings: Settings
-    store: MonitorStore
+    store: LoopsStore
     mon: MonitoringStore
     # A Celery app to ask the workers through remote control (the security loop's consumer
     # and worker audit); None skips those checks (the CLI and the exporter need none).

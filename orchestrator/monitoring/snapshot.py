@@ -22,7 +22,7 @@ from orchestrator.monitoring.stats import WindowStats, assess_health, run_figure
 from orchestrator.routing.weights import effective_status
 from orchestrator.store.keys import MONITOR_SINCE
 from orchestrator.store.monitoring import MonitoringStore
-from orchestrator.store.ports import MonitorStore
+from orchestrator.store.ports import LoopsStore
 
 
 @dataclass
@@ -55,7 +55,7 @@ def backup_age_s(mon: MonitoringStore, last_backup: dict[str, str], now: float) 
     return max(0.0, now - float(since)) if since is not None else 0.0
 
 
-def gather(store: MonitorStore, mon: MonitoringStore, settings: Settings, now: float) -> Snapshot:
+def gather(store: LoopsStore, mon: MonitoringStore, settings: Settings, now: float) -> Snapshot:
     agents = store.load_fleet(settings.circuit_rule(), now).agents
     for agent in agents:
         agent.status = effective_status(agent, now, settings.agent_timeout_s)

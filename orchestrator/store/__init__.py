@@ -27,7 +27,7 @@ from orchestrator.store.ports import (
     CliStore,
     ExecutorStore,
     HealerStore,
-    MonitorStore,
+    LoopsStore,
     RouterStore,
 )
 from orchestrator.store.recovery import RecoveryStore
@@ -94,7 +94,7 @@ class StateStore(
 
 def _implements(
     store: StateStore,
-) -> tuple[ExecutorStore, RouterStore, HealerStore, MonitorStore, CliStore]:
+) -> tuple[ExecutorStore, RouterStore, HealerStore, LoopsStore, CliStore]:
     """StateStore is every consumer's slice of the store (checked by mypy; the monitor's and
     the CLI's extend the sleep/wake and restore acts' slices)."""
     return store, store, store, store, store

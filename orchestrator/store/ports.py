@@ -5,7 +5,7 @@ StateStore implements them all (orchestrator.store checks that too).
 
 The executor (workers/execute.py), the router (routing/router.py and its mixin
 routing/dispatch.py; workers/routing.py reaches it as `router.store`), the healer
-(recovery/healer.py; workers/recovery.py reaches it as `healer.store`), the monitor
+(recovery/healer.py; workers/recovery.py reaches it as `healer.store`), the loops
 (what the monitoring and scaling loops, the metrics snapshot and the exporter reach as
 `LoopContext.store`) and the CLI (orchestrator/cli). Two acts that take a store from more
 than one of them have a slice of their own, which those extend: sleep/wake
@@ -312,7 +312,7 @@ class SleepWakeStore(Protocol):
     ) -> None: ...
 
 
-class MonitorStore(SleepWakeStore, Protocol):
+class LoopsStore(SleepWakeStore, Protocol):
     """What the monitoring and scaling loops, the metrics snapshot and the exporter read and
     write through `LoopContext.store` (their own keys are MonitoringStore's): the fleet, the
     counters and the backlog, client blocks, the sleep/wake loop's marks, each loop's lock,
