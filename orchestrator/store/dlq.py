@@ -34,6 +34,7 @@ from orchestrator.store.keys import (
     task_key,
 )
 from orchestrator.store.ledger import LedgerStore
+from orchestrator.store.scripts import POISON_RECORD_SIG
 
 #: '/' is no character of a task id (models.TASK_ID_RE): the two kinds' ids never collide.
 POISON_PREFIX = "poison/"
@@ -80,15 +81,17 @@ class DeadLetterStore(LedgerStore):
         )
         with self._translate():
             self._poison(
-                keys=[POISON, POISON_MSG, COUNTERS, EVENTS],
-                args=[
-                    poison_id,
-                    repr(now),
-                    json.dumps(detail),
-                    keep,
-                    self.events_max_len,
-                    *_event_args(event),
-                ],
+                keys=POISON_RECORD_SIG.key_list(
+                    poison=POISON, details=POISON_MSG, counters=COUNTERS, events=EVENTS
+                ),
+                args=POISON_RECORD_SIG.arg_list(
+                    id=poison_id,
+                    ts=repr(now),
+                    detail=json.dumps(detail),
+                    keep=keep,
+                    maxlen=self.events_max_len,
+                    event=_event_args(event),
+                ),
             )
         return poison_id
 

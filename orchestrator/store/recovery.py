@@ -16,6 +16,7 @@ from orchestrator.store.keys import (
     queue_lists,
     task_key,
 )
+from orchestrator.store.scripts import VANISHED_SIG
 
 
 class RecoveryStore(StoreBase):
@@ -65,8 +66,14 @@ class RecoveryStore(StoreBase):
         Only meaningful when the broker is the state store's Redis."""
         with self._translate():
             flat = self._vanished(
-                keys=[inflight_key(agent_id), KOMBU_UNACKED, *queue_lists(queue)],
-                args=[task_key(""), repr(routed_before)],
+                keys=VANISHED_SIG.key_list(
+                    inflight=inflight_key(agent_id),
+                    unacked=KOMBU_UNACKED,
+                    lists=queue_lists(queue),
+                ),
+                args=VANISHED_SIG.arg_list(
+                    ledger_prefix=task_key(""), routed_before=repr(routed_before)
+                ),
             )
         return {str(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
 
