@@ -101,7 +101,7 @@ def _hand_to_recovery(
         kwargs={"task_id": task_id, "kind": kind.value, "agent_id": agent_id, "error": error},
     )
     # The failed task no longer holds its slot here: the backlog may fill it.
-    _publish_fills(task, store.fill(agent_id, now))
+    _publish_fills(task, store.fill(agent_id, now=now))
 
 
 @dataclass(frozen=True)

@@ -138,8 +138,8 @@ def _publish(ctx: LoopContext, transitions: Sequence[Transition], now: float) ->
         severity = a.severity if t.to_state is AlertState.FIRING else ProductionEventSeverity.INFO
         ctx.store.event(
             t.event_type,
-            now,
-            SOURCE,
+            now=now,
+            source=SOURCE,
             severity=severity,
             name=a.name,
             alert_severity=a.severity.value,
@@ -263,8 +263,8 @@ def run_sla(ctx: LoopContext, now: float) -> dict[str, Any]:
         if not r.compliant and was.get(r.name, True):
             ctx.store.event(
                 "sla.breached",
-                now,
-                SOURCE,
+                now=now,
+                source=SOURCE,
                 severity=ProductionEventSeverity.ERROR,
                 name=r.name,
                 sli=r.sli,
@@ -479,8 +479,8 @@ def run_security(ctx: LoopContext, now: float) -> dict[str, Any]:
     for f in new:
         ctx.store.event(
             "security.threat",
-            now,
-            SOURCE,
+            now=now,
+            source=SOURCE,
             severity=f.severity,
             kind=f.kind,
             finding=f.id,
@@ -536,5 +536,5 @@ def run_backup(ctx: LoopContext, now: float) -> dict[str, Any]:
         raw.close()
     verify_backup(info.path)  # read back before it counts: a bad disk must not look like a backup
     ctx.mon.set_last_backup(info.as_dict() | {"verified_at": now})
-    ctx.store.event("backup.completed", now, SOURCE, **info.as_dict())
+    ctx.store.event("backup.completed", now=now, source=SOURCE, **info.as_dict())
     return info.manifest()

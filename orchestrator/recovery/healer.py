@@ -66,7 +66,10 @@ class Healer:
         attempts = int(fields.get("attempts", 0))
         recent = (
             self.store.note_failure(
-                agent_id, f"{task_id}:{attempts}", now, self.settings.quarantine_window_s
+                agent_id,
+                attempt=f"{task_id}:{attempts}",
+                now=now,
+                window_s=self.settings.quarantine_window_s,
             )
             if agent_id and kind in AGENT_FAULTS
             else 0
@@ -103,8 +106,8 @@ class Healer:
         self.store.save_plan(plan)
         self.store.event(
             "recovery.started",
-            now,
-            "recovery",
+            now=now,
+            source="recovery",
             task_id=task_id,
             tier=plan.tier.value,
             agent_id=agent_id,
@@ -162,8 +165,8 @@ class Healer:
         ):
             self.store.event(
                 "recovery.escalated",
-                now,
-                "recovery",
+                now=now,
+                source="recovery",
                 severity=ProductionEventSeverity.CRITICAL,
                 task_id=task_id,
                 reason=reason,
@@ -225,8 +228,8 @@ class Healer:
             log.warning("%s%s", why, f"; {reason}" if reason else "")
             self.store.event(
                 "agent.ejection_refused",
-                now,
-                "recovery",
+                now=now,
+                source="recovery",
                 severity=ProductionEventSeverity.WARNING,
                 agent_id=agent_id,
                 capability=refusal.capability,

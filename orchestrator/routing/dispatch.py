@@ -131,7 +131,7 @@ class Dispatching:
         else:
             done = self.store.enqueue(
                 task,
-                now,
+                now=now,
                 source=source,
                 expect_dispatch=expect_dispatch,
                 front=source != "new",
@@ -163,7 +163,7 @@ class Dispatching:
             chosen = self.choose(task, fleet, now, tried)
             if chosen is None:
                 return dispatched
-            fills = self.store.fill(chosen.agent_id, now, limit=1, trusted=True)
+            fills = self.store.fill(chosen.agent_id, now=now, limit=1, trusted=True)
             if not fills:
                 tried.add(chosen.agent_id)  # nothing it can take, or its slot went meanwhile
                 continue
@@ -173,7 +173,7 @@ class Dispatching:
     def fill(self, agent: RegisteredAgent, now: float) -> int:
         """Fill all of one agent's free slots from the backlog (registration, wake, circuit
         close, recovery). Returns how many were dispatched."""
-        fills = self.store.fill(agent.agent_id, now)
+        fills = self.store.fill(agent.agent_id, now=now)
         self.publish_fills(agent, fills)
         return len(fills)
 
@@ -247,6 +247,6 @@ class Dispatching:
         """Hold the task in Redis until `due` (a countdown longer than the broker can hold a
         message unacknowledged without handing it out again)."""
         assert task.task_id is not None
-        if not self.store.defer(task.task_id, due, now, prefer, **history):
+        if not self.store.defer(task.task_id, due=due, now=now, prefer=prefer, **history):
             return Outcome(task.task_id, OutcomeStatus.ENDED)
         return Outcome(task.task_id, OutcomeStatus.DEFERRED, prefer)

@@ -192,7 +192,11 @@ class Router(Dispatching):
         s = self.settings
         client = client_label(client_id)
         verdict, value = self.store.admit_client(
-            client, now, s.client_rate_limit, s.client_burst, s.security_auto_block
+            client,
+            now=now,
+            rate=s.client_rate_limit,
+            burst=s.client_burst,
+            check_block=s.security_auto_block,
         )
         error: RateLimited | ClientBlocked
         if verdict is AdmitVerdict.OK:

@@ -111,6 +111,7 @@ class BacklogStore(StoreBase):
     def enqueue(
         self,
         task: OrchestrationTask,
+        *,
         now: float,
         parked: bool = False,
         source: str = "new",
@@ -152,7 +153,7 @@ class BacklogStore(StoreBase):
         return int(done) == 1
 
     def defer(
-        self, task_id: str, due: float, now: float, prefer: str | None = None, **history: Any
+        self, task_id: str, *, due: float, now: float, prefer: str | None = None, **history: Any
     ) -> bool:
         """Hold the task in Redis until `due` (scripts.DEFER): released by the dispatch sweep."""
         with self._translate():
@@ -268,7 +269,7 @@ class BacklogStore(StoreBase):
             with self._translate():
                 self.r.zadd(DEFERRED, {task.task_id: float(due)})
             return
-        self.enqueue(task, now, parked=state == "parked", source="restore", front=False)
+        self.enqueue(task, now=now, parked=state == "parked", source="restore", front=False)
 
     def want_events(self, consumer: str, types: Collection[str], on: bool = True) -> None:
         """Say that `consumer` handles these on-demand event types (keys.ON_DEMAND_EVENTS), or

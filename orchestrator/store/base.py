@@ -191,6 +191,7 @@ class StoreBase:
     def event(
         self,
         type_: str,
+        *,
         now: float,
         source: str,
         pipe: Any = None,

@@ -13,7 +13,7 @@ from orchestrator.store.scripts import ADMIT_CLIENT_SIG
 
 class ClientStore(StoreBase):
     def admit_client(
-        self, client_id: str, now: float, rate: float, burst: int, check_block: bool
+        self, client_id: str, *, now: float, rate: float, burst: int, check_block: bool
     ) -> tuple[AdmitVerdict, float]:
         """One round trip (scripts.ADMIT_CLIENT): (OK, 0), (BLOCKED, until) or
         (LIMITED, seconds until the client's bucket has a token again)."""

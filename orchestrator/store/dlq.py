@@ -48,6 +48,7 @@ class DeadLetterStore(LedgerStore):
     def record_poison(
         self,
         queue: str,
+        *,
         raw: bytes,
         reason: str,
         now: float,
@@ -155,7 +156,7 @@ class DeadLetterStore(LedgerStore):
             pipe.hdel(task_key(task_id), "finished_at", "result", "error")
             pipe.persist(task_key(task_id))
             pipe.persist(history_key(task_id))
-            self.event("task.replayed", now, "cli", pipe, task_id=task_id)
+            self.event("task.replayed", now=now, source="cli", pipe=pipe, task_id=task_id)
             pipe.execute()
         self.park(spec, now=now)
         return spec

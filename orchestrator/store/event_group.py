@@ -143,7 +143,7 @@ class EventGroupStore(StoreBase):
 
     # --- idempotency markers -------------------------------------------------------------
 
-    def take_mark(self, handler: str, event_id: str, value: str, lease_ms: int) -> str | None:
+    def take_mark(self, handler: str, event_id: str, *, value: str, lease_ms: int) -> str | None:
         """Set the handler's marker for the event to `value` for `lease_ms` if it has none;
         None when it was taken, else the value it already had. One step (SET NX GET)."""
         with self._translate():

@@ -30,7 +30,7 @@ class RecoveryStore(StoreBase):
             pipe.zadd(RECOVERY_DEADLINES, {plan.task_id: plan.deadline})
             pipe.execute()
 
-    def note_failure(self, agent_id: str, attempt: str, now: float, window_s: float) -> int:
+    def note_failure(self, agent_id: str, *, attempt: str, now: float, window_s: float) -> int:
         """Record one failed attempt of the agent (idempotent per `attempt`, so a redelivered
         recovery counts once) and return its failures within the last `window_s`."""
         key = failures_key(agent_id)

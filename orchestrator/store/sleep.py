@@ -60,7 +60,9 @@ class SleepStore(StoreBase):
                         pipe.hset(SLEEP, agent_id, json.dumps(mark))
                     else:
                         pipe.hdel(SLEEP, agent_id)
-                    self.event(event, now, source, pipe, agent_id=agent_id, reason=reason)
+                    self.event(
+                        event, now=now, source=source, pipe=pipe, agent_id=agent_id, reason=reason
+                    )
                     pipe.execute()
                     return True
                 except redis.WatchError:
@@ -71,7 +73,7 @@ class SleepStore(StoreBase):
         with self._translate():
             return AgentStatus.SLEEPING.value in self.r.hvals(AGENT_STATUS)
 
-    def fall_asleep(self, agent: RegisteredAgent, now: float, reason: str, source: str) -> bool:
+    def fall_asleep(self, agent: RegisteredAgent, *, now: float, reason: str, source: str) -> bool:
         """active -> sleeping, with its checkpoint and `agent.sleeping`; False if not active."""
         return self._change(
             agent.agent_id,
@@ -84,7 +86,7 @@ class SleepStore(StoreBase):
             checkpoint(agent, now, reason),
         )
 
-    def wake_up(self, agent_id: str, now: float, reason: str, source: str) -> bool:
+    def wake_up(self, agent_id: str, *, now: float, reason: str, source: str) -> bool:
         """sleeping -> active, with `agent.woken`; False if it was not asleep."""
         return self._change(
             agent_id,
