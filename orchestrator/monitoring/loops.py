@@ -444,12 +444,12 @@ def run_security(ctx: LoopContext, now: float) -> dict[str, Any]:
     blocked = ctx.store.blocked_clients(now)
     current = counter_findings(
         refusals[RejectionKind.THRESHOLD],
-        s.security_rejection_threshold,
-        refusals[RejectionKind.RATE_LIMITED],
-        blocked,
-        refusals[RejectionKind.BLOCKED],
-        ctx.mon.poison_refused(window, now),
-        window,
+        threshold=s.security_rejection_threshold,
+        rate_limited=refusals[RejectionKind.RATE_LIMITED],
+        blocked=blocked,
+        blocked_refusals=refusals[RejectionKind.BLOCKED],
+        poison_refused=ctx.mon.poison_refused(window, now),
+        window_s=window,
     )
     facts = audit_facts(ctx)
     unchecked: list[str] = []

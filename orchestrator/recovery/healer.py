@@ -147,7 +147,7 @@ class Healer:
         # The planned agent vanished meanwhile: route anywhere but the agents that failed it.
         failed = self.store.failed_agents(plan.task_id)
         self.router.reroute(
-            plan.task_id, now, fleet, exclude=failed, avoid=failed, tier=plan.tier.value
+            plan.task_id, now, fleet=fleet, exclude=failed, avoid=failed, tier=plan.tier.value
         )
 
     def escalate(self, task_id: str, reason: str, now: float) -> None:
@@ -210,12 +210,12 @@ class Healer:
         refusals = ejection_refusals(
             agent_id,
             fleet.agents,
-            fleet.breakers,
-            self.router.circuit_cfg,
-            now,
-            self.settings.agent_timeout_s,
-            self.settings.min_healthy_fraction,
-            quarantine,
+            breakers=fleet.breakers,
+            cfg=self.router.circuit_cfg,
+            now=now,
+            timeout_s=self.settings.agent_timeout_s,
+            fraction=self.settings.min_healthy_fraction,
+            quarantine=quarantine,
         )
         cause = "quarantine" if quarantine else "open circuit"
         for refusal in refusals:
@@ -259,7 +259,7 @@ class Healer:
                 outcome = self.router.reroute(
                     task_id,
                     now,
-                    fleet,
+                    fleet=fleet,
                     exclude={agent_id},
                     source="move" if only_queued else "lost",
                     moved_from=agent_id,

@@ -115,6 +115,7 @@ class Dispatching:
         self,
         task: OrchestrationTask,
         now: float,
+        *,
         parked: bool,
         source: str = "new",
         expect_dispatch: int | None = None,
@@ -234,7 +235,7 @@ class Dispatching:
             outcome = self.dispatch(task, agent, now, released=True)
             if outcome.status is not OutcomeStatus.FULL:
                 return outcome
-        return self.hold(task, now, not eligible, source="due", released=True)
+        return self.hold(task, now, parked=not eligible, source="due", released=True)
 
     def defer(
         self,

@@ -296,11 +296,11 @@ class Router(Dispatching):
             back = self._readmitted[1][task.capability_key] = readmitted(
                 fleet.agents,
                 required,
-                fleet.breakers,
-                self.circuit_cfg,
-                now,
-                timeout,
-                self.settings.min_healthy_fraction,
+                breakers=fleet.breakers,
+                cfg=self.circuit_cfg,
+                now=now,
+                timeout_s=timeout,
+                fraction=self.settings.min_healthy_fraction,
             )
         return [
             back.get(a.agent_id, a)
@@ -427,6 +427,7 @@ class Router(Dispatching):
         self,
         task: OrchestrationTask,
         now: float,
+        *,
         fleet: Fleet | None = None,
         exclude: Collection[str] = (),
         expect_dispatch: int | None = None,
@@ -461,13 +462,21 @@ class Router(Dispatching):
         else:
             view = self.view(task, fleet, now, exclude)
         return self.hold(
-            task, now, not view.eligible, source, expect_dispatch, exclude, avoid, **history
+            task,
+            now,
+            parked=not view.eligible,
+            source=source,
+            expect_dispatch=expect_dispatch,
+            exclude=exclude,
+            avoid=avoid,
+            **history,
         )  # (hold passes `moved_from` on: a lost agent's running task moves only off it)
 
     def reroute(
         self,
         task_id: str,
         now: float,
+        *,
         fleet: Fleet | None = None,
         exclude: Collection[str] = (),
         expect_dispatch: int | None = None,
@@ -482,4 +491,13 @@ class Router(Dispatching):
             task = self.store.load_spec(task_id)
         except UnknownTask:
             return Outcome(task_id, OutcomeStatus.ENDED)
-        return self.route(task, now, fleet, exclude, expect_dispatch, source, avoid, **history)
+        return self.route(
+            task,
+            now,
+            fleet=fleet,
+            exclude=exclude,
+            expect_dispatch=expect_dispatch,
+            source=source,
+            avoid=avoid,
+            **history,
+        )

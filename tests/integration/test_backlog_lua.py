@@ -115,10 +115,10 @@ class Lockstep:
         cfg = self.store.dispatch_config
         self.model.enqueue(
             task_id,
-            task.capability_key,
-            priority,
-            cfg.client(task),
-            self.now,
+            set_key=task.capability_key,
+            priority=priority,
+            client=cfg.client(task),
+            now=self.now,
             key=key,
             limit=cfg.limit(task),
         )
