@@ -125,7 +125,7 @@ class Backlog:
         step = max(1, self.size // 10)
         for n in range(self.size):
             now = time.time()
-            assert self.store.enqueue(self.accept(now), now)
+            assert self.store.enqueue(self.accept(now), now=now)
             if self.size >= 10_000 and (n + 1) % step == 0:
                 console.print(f"  {self.tag}: {n + 1:,} of {self.size:,} waiting")
         return time.perf_counter() - t0
@@ -157,16 +157,16 @@ def sample(b: Backlog, into: dict[str, list[float]]) -> None:
     store, r = b.store, b.store.r
     now = time.time()
     t1 = b.accept(now)
-    ok, s, us = timed(r, lambda: store.enqueue(t1, now))
+    ok, s, us = timed(r, lambda: store.enqueue(t1, now=now))
     assert ok
     into["enqueue_s"].append(s)
     into["enqueue_us"].append(us)
-    got, s, us = timed(r, lambda: store.fill(AGENT, now, 1))
+    got, s, us = timed(r, lambda: store.fill(AGENT, now=now, limit=1))
     assert len(got) == 1, "the agent's slot was not filled"
     into["fill_s"].append(s)
     into["fill_us"].append(us)
     t2 = b.accept(now)
-    assert store.enqueue(t2, now)
+    assert store.enqueue(t2, now=now)
     task_id = got[0].task.task_id
     assert task_id is not None
     (done, fills), s, us = timed(
@@ -221,7 +221,7 @@ def settle_round_trips(b: Backlog, n: int) -> dict[str, Any]:
     store, r = b.store, b.store.r
     now = time.time()
     store.heartbeat(AGENT, now)
-    got = store.fill(AGENT, now, 1)
+    got = store.fill(AGENT, now=now, limit=1)
     assert len(got) == 1
     current = got[0].task.task_id
     assert current is not None

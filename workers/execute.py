@@ -101,7 +101,7 @@ def _hand_to_recovery(
         kwargs={"task_id": task_id, "kind": kind.value, "agent_id": agent_id, "error": error},
     )
     # The failed task no longer holds its slot here: the backlog may fill it.
-    _publish_fills(task, store.fill(agent_id, now))
+    _publish_fills(task, store.fill(agent_id, now=now))
 
 
 @dataclass(frozen=True)
@@ -197,13 +197,13 @@ def execute(
     try:
         return _execute(
             self,
-            settings_of(self.app),
-            store_of(self.app),
-            agent_id,
-            marker,
-            type,
-            payload,
-            dispatch,
+            settings=settings_of(self.app),
+            store=store_of(self.app),
+            agent_id=agent_id,
+            marker=marker,
+            type=type,
+            payload=payload,
+            dispatch=dispatch,
         )
     except (StoreUnavailable, OperationalError) as exc:
         # Without Redis nothing can be recorded; leave the message unacknowledged so it is
@@ -215,6 +215,7 @@ def execute(
 
 def _execute(
     task: Task,
+    *,
     settings: Settings,
     store: ExecutorStore,
     agent_id: str,

@@ -29,7 +29,7 @@ import redis
 
 from orchestrator.backup.merge import kind_of
 from orchestrator.store.keys import EVENTS, PREFIX
-from orchestrator.store.scripts import SNAPSHOT
+from orchestrator.store.scripts import SNAPSHOT, SNAPSHOT_SIG
 
 FORMAT = "hive-orchestrator-backup"
 VERSION = 1
@@ -107,7 +107,8 @@ def create_backup(
     kinds: dict[str, int] = {}
     with open(partial, "wb") as raw, gzip.open(raw, "wt", encoding="utf-8") as out:
         out.write(json.dumps({"format": FORMAT, "version": VERSION, "created_at": now}) + "\n")
-        copied = client.eval(SNAPSHOT, 0, PREFIX + "*", SCAN_COUNT, EVENTS)
+        args = SNAPSHOT_SIG.arg_list(pattern=PREFIX + "*", count=SCAN_COUNT, extra=[EVENTS])
+        copied = client.eval(SNAPSHOT, len(SNAPSHOT_SIG.key_list()), *args)
         for i in range(0, len(copied), 3):
             key = copied[i].decode("utf-8", "surrogateescape")
             pttl = int(copied[i + 1])

@@ -117,7 +117,15 @@ def restore_backup(
     batch: list[dict[str, Any]] = []
 
     def flush() -> None:
-        _restore_batch(binary, batch, dry_run, rows, report, restored, merges)
+        _restore_batch(
+            binary,
+            batch,
+            dry_run=dry_run,
+            rows=rows,
+            report=report,
+            restored=restored,
+            merges=merges,
+        )
         report.keys += len(batch)
         batch.clear()
         if on_progress is not None:
@@ -152,6 +160,7 @@ def restore_backup(
 def _restore_batch(
     binary: redis.Redis,
     batch: list[dict[str, Any]],
+    *,
     dry_run: bool,
     rows: list[tuple[str, str]],
     report: RestoreReport,

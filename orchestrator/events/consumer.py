@@ -210,7 +210,7 @@ class EventConsumer:
         outcomes: dict[str, Outcome] = {}
         errors: dict[str, str] = {}
         for name, handler in handlers:
-            held = self.store.take_mark(name, delivery.id, lease, self.lease_ms)
+            held = self.store.take_mark(name, delivery.id, value=lease, lease_ms=self.lease_ms)
             skip = before_run(mark_of(held))
             if skip is not None:
                 outcomes[name] = skip

@@ -93,8 +93,8 @@ def feed(
             detections.append(data)
             ctx.store.event(
                 "anomaly.detected",
-                series.now,
-                SOURCE,
+                now=series.now,
+                source=SOURCE,
                 severity=ProductionEventSeverity.WARNING,
                 **data,
             )
@@ -140,8 +140,8 @@ def find_regressions(ctx: LoopContext, series: TelemetrySeries) -> dict[str, Any
         if kind not in previous:
             ctx.store.event(
                 "regression.detected",
-                series.now,
-                SOURCE,
+                now=series.now,
+                source=SOURCE,
                 severity=ProductionEventSeverity.WARNING,
                 type=kind,
                 **regression.model_dump(mode="json"),

@@ -139,8 +139,8 @@ def _publish(ctx: LoopContext, transitions: Sequence[Transition], now: float) ->
         severity = a.severity if t.to_state is AlertState.FIRING else ProductionEventSeverity.INFO
         ctx.store.event(
             t.event_type,
-            now,
-            SOURCE,
+            now=now,
+            source=SOURCE,
             severity=severity,
             name=a.name,
             alert_severity=a.severity.value,
@@ -264,8 +264,8 @@ def run_sla(ctx: LoopContext, now: float) -> dict[str, Any]:
         if not r.compliant and was.get(r.name, True):
             ctx.store.event(
                 "sla.breached",
-                now,
-                SOURCE,
+                now=now,
+                source=SOURCE,
                 severity=ProductionEventSeverity.ERROR,
                 name=r.name,
                 sli=r.sli,
@@ -445,12 +445,12 @@ def run_security(ctx: LoopContext, now: float) -> dict[str, Any]:
     blocked = ctx.store.blocked_clients(now)
     current = counter_findings(
         refusals[RejectionKind.THRESHOLD],
-        s.security_rejection_threshold,
-        refusals[RejectionKind.RATE_LIMITED],
-        blocked,
-        refusals[RejectionKind.BLOCKED],
-        ctx.mon.poison_refused(window, now),
-        window,
+        threshold=s.security_rejection_threshold,
+        rate_limited=refusals[RejectionKind.RATE_LIMITED],
+        blocked=blocked,
+        blocked_refusals=refusals[RejectionKind.BLOCKED],
+        poison_refused=ctx.mon.poison_refused(window, now),
+        window_s=window,
     )
     facts = audit_facts(ctx)
     unchecked: list[str] = []
@@ -480,8 +480,8 @@ def run_security(ctx: LoopContext, now: float) -> dict[str, Any]:
     for f in new:
         ctx.store.event(
             "security.threat",
-            now,
-            SOURCE,
+            now=now,
+            source=SOURCE,
             severity=f.severity,
             kind=f.kind,
             finding=f.id,
@@ -537,5 +537,5 @@ def run_backup(ctx: LoopContext, now: float) -> dict[str, Any]:
         raw.close()
     verify_backup(info.path)  # read back before it counts: a bad disk must not look like a backup
     ctx.mon.set_last_backup(info.as_dict() | {"verified_at": now})
-    ctx.store.event("backup.completed", now, SOURCE, **info.as_dict())
+    ctx.store.event("backup.completed", now=now, source=SOURCE, **info.as_dict())
     return info.manifest()

@@ -126,6 +126,7 @@ def ejection_order(pool: Iterable[RegisteredAgent], out: Mapping[str, float]) ->
 def readmitted(
     agents: Sequence[RegisteredAgent],
     required: Sequence[str],
+    *,
     breakers: Mapping[str, BreakerState],
     cfg: CircuitBreakerConfig | None,
     now: float,
@@ -158,6 +159,7 @@ def readmitted(
 def ejection_refusals(
     agent_id: str,
     agents: Sequence[RegisteredAgent],
+    *,
     breakers: Mapping[str, BreakerState],
     cfg: CircuitBreakerConfig | None,
     now: float,

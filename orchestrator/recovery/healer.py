@@ -71,7 +71,10 @@ class Healer:
         attempts = int(fields.get("attempts", 0))
         recent = (
             self.store.note_failure(
-                agent_id, f"{task_id}:{attempts}", now, self.settings.quarantine_window_s
+                agent_id,
+                attempt=f"{task_id}:{attempts}",
+                now=now,
+                window_s=self.settings.quarantine_window_s,
             )
             if agent_id and kind in AGENT_FAULTS
             else 0
@@ -108,8 +111,8 @@ class Healer:
         self.store.save_plan(plan)
         self.store.event(
             "recovery.started",
-            now,
-            "recovery",
+            now=now,
+            source="recovery",
             task_id=task_id,
             tier=plan.tier.value,
             agent_id=agent_id,
@@ -149,7 +152,7 @@ class Healer:
         # The planned agent vanished meanwhile: route anywhere but the agents that failed it.
         failed = self.store.failed_agents(plan.task_id)
         self.router.reroute(
-            plan.task_id, now, fleet, exclude=failed, avoid=failed, tier=plan.tier.value
+            plan.task_id, now, fleet=fleet, exclude=failed, avoid=failed, tier=plan.tier.value
         )
 
     def escalate(self, task_id: str, reason: str, now: float) -> None:
@@ -167,8 +170,8 @@ class Healer:
         ):
             self.store.event(
                 "recovery.escalated",
-                now,
-                "recovery",
+                now=now,
+                source="recovery",
                 severity=ProductionEventSeverity.CRITICAL,
                 task_id=task_id,
                 reason=reason,
@@ -212,12 +215,12 @@ class Healer:
         refusals = ejection_refusals(
             agent_id,
             fleet.agents,
-            fleet.breakers,
-            self.router.circuit_cfg,
-            now,
-            self.settings.agent_timeout_s,
-            self.settings.min_healthy_fraction,
-            quarantine,
+            breakers=fleet.breakers,
+            cfg=self.router.circuit_cfg,
+            now=now,
+            timeout_s=self.settings.agent_timeout_s,
+            fraction=self.settings.min_healthy_fraction,
+            quarantine=quarantine,
         )
         cause = "quarantine" if quarantine else "open circuit"
         for refusal in refusals:
@@ -230,8 +233,8 @@ class Healer:
             log.warning("%s%s", why, f"; {reason}" if reason else "")
             self.store.event(
                 "agent.ejection_refused",
-                now,
-                "recovery",
+                now=now,
+                source="recovery",
                 severity=ProductionEventSeverity.WARNING,
                 agent_id=agent_id,
                 capability=refusal.capability,
@@ -261,7 +264,7 @@ class Healer:
                 outcome = self.router.reroute(
                     task_id,
                     now,
-                    fleet,
+                    fleet=fleet,
                     exclude={agent_id},
                     source="move" if only_queued else "lost",
                     moved_from=agent_id,

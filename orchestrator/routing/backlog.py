@@ -151,6 +151,7 @@ class Backlog:
     def enqueue(
         self,
         task_id: str,
+        *,
         set_key: str,
         priority: int,
         client: str,

@@ -116,6 +116,7 @@ class Dispatching:
         self,
         task: OrchestrationTask,
         now: float,
+        *,
         parked: bool,
         source: str = "new",
         expect_dispatch: int | None = None,
@@ -132,7 +133,7 @@ class Dispatching:
         else:
             done = self.store.enqueue(
                 task,
-                now,
+                now=now,
                 source=source,
                 expect_dispatch=expect_dispatch,
                 front=source != "new",
@@ -164,7 +165,7 @@ class Dispatching:
             chosen = self.choose(task, fleet, now, tried)
             if chosen is None:
                 return dispatched
-            fills = self.store.fill(chosen.agent_id, now, limit=1, trusted=True)
+            fills = self.store.fill(chosen.agent_id, now=now, limit=1, trusted=True)
             if not fills:
                 tried.add(chosen.agent_id)  # nothing it can take, or its slot went meanwhile
                 continue
@@ -174,7 +175,7 @@ class Dispatching:
     def fill(self, agent: RegisteredAgent, now: float) -> int:
         """Fill all of one agent's free slots from the backlog (registration, wake, circuit
         close, recovery). Returns how many were dispatched."""
-        fills = self.store.fill(agent.agent_id, now)
+        fills = self.store.fill(agent.agent_id, now=now)
         self.publish_fills(agent, fills)
         return len(fills)
 
@@ -235,7 +236,7 @@ class Dispatching:
             outcome = self.dispatch(task, agent, now, released=True)
             if outcome.status is not OutcomeStatus.FULL:
                 return outcome
-        return self.hold(task, now, not eligible, source="due", released=True)
+        return self.hold(task, now, parked=not eligible, source="due", released=True)
 
     def defer(
         self,
@@ -248,6 +249,6 @@ class Dispatching:
         """Hold the task in Redis until `due` (a countdown longer than the broker can hold a
         message unacknowledged without handing it out again)."""
         assert task.task_id is not None
-        if not self.store.defer(task.task_id, due, now, prefer, **history):
+        if not self.store.defer(task.task_id, due=due, now=now, prefer=prefer, **history):
             return Outcome(task.task_id, OutcomeStatus.ENDED)
         return Outcome(task.task_id, OutcomeStatus.DEFERRED, prefer)

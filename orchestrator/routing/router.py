@@ -193,7 +193,11 @@ class Router(Dispatching):
         s = self.settings
         client = client_label(client_id)
         verdict, value = self.store.admit_client(
-            client, now, s.client_rate_limit, s.client_burst, s.security_auto_block
+            client,
+            now=now,
+            rate=s.client_rate_limit,
+            burst=s.client_burst,
+            check_block=s.security_auto_block,
         )
         error: RateLimited | ClientBlocked
         if verdict is AdmitVerdict.OK:
@@ -293,11 +297,11 @@ class Router(Dispatching):
             back = self._readmitted[1][task.capability_key] = readmitted(
                 fleet.agents,
                 required,
-                fleet.breakers,
-                self.circuit_cfg,
-                now,
-                timeout,
-                self.settings.min_healthy_fraction,
+                breakers=fleet.breakers,
+                cfg=self.circuit_cfg,
+                now=now,
+                timeout_s=timeout,
+                fraction=self.settings.min_healthy_fraction,
             )
         return [
             back.get(a.agent_id, a)
@@ -424,6 +428,7 @@ class Router(Dispatching):
         self,
         task: OrchestrationTask,
         now: float,
+        *,
         fleet: Fleet | None = None,
         exclude: Collection[str] = (),
         expect_dispatch: int | None = None,
@@ -458,13 +463,21 @@ class Router(Dispatching):
         else:
             view = self.view(task, fleet, now, exclude)
         return self.hold(
-            task, now, not view.eligible, source, expect_dispatch, exclude, avoid, **history
+            task,
+            now,
+            parked=not view.eligible,
+            source=source,
+            expect_dispatch=expect_dispatch,
+            exclude=exclude,
+            avoid=avoid,
+            **history,
         )  # (hold passes `moved_from` on: a lost agent's running task moves only off it)
 
     def reroute(
         self,
         task_id: str,
         now: float,
+        *,
         fleet: Fleet | None = None,
         exclude: Collection[str] = (),
         expect_dispatch: int | None = None,
@@ -479,4 +492,13 @@ class Router(Dispatching):
             task = self.store.load_spec(task_id)
         except UnknownTask:
             return Outcome(task_id, OutcomeStatus.ENDED)
-        return self.route(task, now, fleet, exclude, expect_dispatch, source, avoid, **history)
+        return self.route(
+            task,
+            now,
+            fleet=fleet,
+            exclude=exclude,
+            expect_dispatch=expect_dispatch,
+            source=source,
+            avoid=avoid,
+            **history,
+        )

@@ -124,10 +124,10 @@ class WorkerGate:
     def refuse(self, queue: str, raw: bytes, reason: str, task_id: str | None = None) -> None:
         poison_id = self.store.record_poison(
             queue,
-            raw,
-            reason,
-            now_s(),
-            self.source,
+            raw=raw,
+            reason=reason,
+            now=now_s(),
+            source=self.source,
             keep=self.settings.poison_keep,
             raw_max_bytes=self.settings.poison_raw_max_bytes,
         )

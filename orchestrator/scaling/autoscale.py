@@ -154,8 +154,8 @@ def execute(
         scales.save_execution(key, run)
         ctx.store.event(
             "scale.executed",
-            now,
-            SOURCE,
+            now=now,
+            source=SOURCE,
             severity=ProductionEventSeverity.INFO if run.ok else ProductionEventSeverity.WARNING,
             **run.model_dump(mode="json", exclude={"ts"}),
         )

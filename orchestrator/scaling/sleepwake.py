@@ -43,7 +43,7 @@ def put_to_sleep(
     store: SleepWakeStore, app: Any, agent: RegisteredAgent, now: float, reason: str, source: str
 ) -> bool:
     """Sleep an active agent; False (nothing done) when it was not active."""
-    if not store.fall_asleep(agent, now, reason, source):
+    if not store.fall_asleep(agent, now=now, reason=reason, source=source):
         return False
     _tell(app, "cancel_consumer", agent, queue=agent.queue)
     log.info("agent %s sleeps (%s)", agent.agent_id, reason)
@@ -55,7 +55,7 @@ def wake(
 ) -> bool:
     """Wake a sleeping agent; False (nothing done) when it was not asleep. The caller routes
     the parked tasks afterwards (once for every agent woken together)."""
-    if not store.wake_up(agent.agent_id, now, reason, source):
+    if not store.wake_up(agent.agent_id, now=now, reason=reason, source=source):
         return False
     _tell(app, "add_consumer", agent, queue=agent.queue)
     log.info("agent %s wakes (%s)", agent.agent_id, reason)
@@ -68,7 +68,7 @@ def recycle(
     """Restart the agent's pool (its processes are replaced; a running task finishes first)."""
     _tell(app, "pool_restart", agent, reload=False)
     store.mark_recycled([agent.agent_id], window)
-    store.event("agent.recycled", now, SOURCE, agent_id=agent.agent_id, window=window)
+    store.event("agent.recycled", now=now, source=SOURCE, agent_id=agent.agent_id, window=window)
     log.info("agent %s recycled in sleep window %s", agent.agent_id, window)
 
 

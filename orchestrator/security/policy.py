@@ -139,6 +139,7 @@ def threats(findings: Iterable[Finding]) -> list[Finding]:
 
 def counter_findings(
     rejections: Mapping[str, int],
+    *,
     threshold: int,
     rate_limited: Mapping[str, int],
     blocked: Mapping[str, float],

@@ -193,9 +193,9 @@ class AgentStore(StoreBase):
             pipe.incr(FLEET_VERSION)
             self.event(
                 "agent.registered",
-                now,
-                source,
-                pipe,
+                now=now,
+                source=source,
+                pipe=pipe,
                 agent_id=agent.agent_id,
                 capabilities=agent.capabilities,
                 queue=agent.queue,
@@ -239,9 +239,9 @@ class AgentStore(StoreBase):
             if event:
                 self.event(
                     event,
-                    now,
-                    source,
-                    pipe,
+                    now=now,
+                    source=source,
+                    pipe=pipe,
                     severity=severity,
                     agent_id=agent_id,
                     previous=previous,
@@ -270,7 +270,7 @@ class AgentStore(StoreBase):
             pipe = self.r.pipeline(transaction=True)
             pipe.hset(AGENT_STATUS, agent_id, AgentStatus.OFFLINE.value)
             pipe.incr(FLEET_VERSION)
-            self.event("agent.deregistered", now, source, pipe, agent_id=agent_id)
+            self.event("agent.deregistered", now=now, source=source, pipe=pipe, agent_id=agent_id)
             pipe.execute()
 
     def load_fleet(
@@ -411,7 +411,12 @@ class AgentStore(StoreBase):
             pipe = self.r.pipeline(transaction=True)
             pipe.incr(FLEET_VERSION)
             self.event(
-                f"circuit.{transition}", now, agent_id, pipe, severity=severity, agent_id=agent_id
+                f"circuit.{transition}",
+                now=now,
+                source=agent_id,
+                pipe=pipe,
+                severity=severity,
+                agent_id=agent_id,
             )
             pipe.execute()
 
@@ -434,7 +439,11 @@ class AgentStore(StoreBase):
                     pipe.incr(FLEET_VERSION)
                     if decision.transition is not None:
                         self.event(
-                            decision.transition.event_type, now, "router", pipe, agent_id=agent_id
+                            decision.transition.event_type,
+                            now=now,
+                            source="router",
+                            pipe=pipe,
+                            agent_id=agent_id,
                         )
                     pipe.execute()
                     return decision.admitted

@@ -29,6 +29,7 @@ from orchestrator.store.keys import (
     backlog_queue,
     task_key,
 )
+from orchestrator.store.scripts import DEFER_SIG, ENQUEUE_SIG, FILL_SIG
 
 #: A client's run-time estimate before any of its tasks settled from the backlog (seconds).
 DEFAULT_ESTIMATE_S = 1.0
@@ -110,6 +111,7 @@ class BacklogStore(StoreBase):
     def enqueue(
         self,
         task: OrchestrationTask,
+        *,
         now: float,
         parked: bool = False,
         source: str = "new",
@@ -128,41 +130,41 @@ class BacklogStore(StoreBase):
         assert task.task_id is not None
         cfg = self.dispatch_config
         state = "parked" if parked else "queued"
-        args = [
-            *self.backlog_context(now),
-            task.task_id,
-            state,
-            task.capability_key,
-            task.priority,
-            cfg.client(task),
-            task.concurrency_key or "",
-            cfg.limit(task),
-            source,
-            "" if expect_dispatch is None else expect_dispatch,
-            "1" if front else "0",
-            _history(state, now, **history),
-            event[0] if event else "",
-            json.dumps(event[1], default=str) if event else "",
-            ",".join(sorted(avoid)),
-            from_agent or "",
-        ]
+        args = ENQUEUE_SIG.arg_list(
+            cx=self.backlog_context(now),
+            task_id=task.task_id,
+            state=state,
+            capability_set=task.capability_key,
+            priority=task.priority,
+            client=cfg.client(task),
+            concurrency_key=task.concurrency_key or "",
+            limit=cfg.limit(task),
+            source=source,
+            expect_dispatch="" if expect_dispatch is None else expect_dispatch,
+            front="1" if front else "0",
+            entry=_history(state, now, **history),
+            event_type=event[0] if event else "",
+            event_data=json.dumps(event[1], default=str) if event else "",
+            avoid=",".join(sorted(avoid)),
+            lost_from=from_agent or "",
+        )
         with self._translate():
             done, _previous = self._enqueue(args=args)
         return int(done) == 1
 
     def defer(
-        self, task_id: str, due: float, now: float, prefer: str | None = None, **history: Any
+        self, task_id: str, *, due: float, now: float, prefer: str | None = None, **history: Any
     ) -> bool:
         """Hold the task in Redis until `due` (scripts.DEFER): released by the dispatch sweep."""
         with self._translate():
             done, _previous = self._defer(
-                args=[
-                    task_id,
-                    repr(due),
-                    repr(now),
-                    _history("queued", now, due=due, **history),
-                    prefer or "",
-                ]
+                args=DEFER_SIG.arg_list(
+                    task_id=task_id,
+                    due=repr(due),
+                    now=repr(now),
+                    entry=_history("queued", now, due=due, **history),
+                    prefer=prefer or "",
+                )
             )
         return int(done) == 1
 
@@ -185,12 +187,12 @@ class BacklogStore(StoreBase):
         `trusted`: the caller judged its circuit (a router's choice) and the step need not."""
         with self._translate():
             flat = self._fill(
-                args=[
-                    *self.backlog_context(now),
-                    agent_id,
-                    "" if limit is None else limit,
-                    "1" if trusted else "0",
-                ]
+                args=FILL_SIG.arg_list(
+                    cx=self.backlog_context(now),
+                    agent=agent_id,
+                    limit="" if limit is None else limit,
+                    trusted="1" if trusted else "0",
+                )
             )
         return parse_fills(flat)
 
@@ -267,7 +269,7 @@ class BacklogStore(StoreBase):
             with self._translate():
                 self.r.zadd(DEFERRED, {task.task_id: float(due)})
             return
-        self.enqueue(task, now, parked=state == "parked", source="restore", front=False)
+        self.enqueue(task, now=now, parked=state == "parked", source="restore", front=False)
 
     def want_events(self, consumer: str, types: Collection[str], on: bool = True) -> None:
         """Say that `consumer` handles these on-demand event types (keys.ON_DEMAND_EVENTS), or

@@ -191,6 +191,7 @@ class StoreBase:
     def event(
         self,
         type_: str,
+        *,
         now: float,
         source: str,
         pipe: Any = None,
@@ -240,7 +241,10 @@ class StoreBase:
         finally:
             if held:
                 with self._translate():
-                    self._release(keys=[lock_key(name)], args=[token])
+                    self._release(
+                        keys=scripts.RELEASE_LOCK_SIG.key_list(lock=lock_key(name)),
+                        args=scripts.RELEASE_LOCK_SIG.arg_list(token=token),
+                    )
 
 
 def _parse_event(entry_id: str, fields: Mapping[str, str]) -> OrchestrationEvent:

@@ -8,18 +8,26 @@ from __future__ import annotations
 from orchestrator.store.base import StoreBase
 from orchestrator.store.codes import AdmitVerdict
 from orchestrator.store.keys import BLOCKS, block_key, rate_key
+from orchestrator.store.scripts import ADMIT_CLIENT_SIG
 
 
 class ClientStore(StoreBase):
     def admit_client(
-        self, client_id: str, now: float, rate: float, burst: int, check_block: bool
+        self, client_id: str, *, now: float, rate: float, burst: int, check_block: bool
     ) -> tuple[AdmitVerdict, float]:
         """One round trip (scripts.ADMIT_CLIENT): (OK, 0), (BLOCKED, until) or
         (LIMITED, seconds until the client's bucket has a token again)."""
         with self._translate():
             verdict, value = self._admit(
-                keys=[block_key(client_id), rate_key(client_id)],
-                args=[repr(now), repr(float(rate)), burst, "1" if check_block else "0"],
+                keys=ADMIT_CLIENT_SIG.key_list(
+                    block=block_key(client_id), bucket=rate_key(client_id)
+                ),
+                args=ADMIT_CLIENT_SIG.arg_list(
+                    now=repr(now),
+                    rate=repr(float(rate)),
+                    burst=burst,
+                    check_block="1" if check_block else "0",
+                ),
             )
         return AdmitVerdict(str(verdict)), float(value) if value else 0.0
 

@@ -34,6 +34,7 @@ from orchestrator.store.keys import (
     task_key,
 )
 from orchestrator.store.ledger import LedgerStore
+from orchestrator.store.scripts import POISON_RECORD_SIG
 
 #: '/' is no character of a task id (models.TASK_ID_RE): the two kinds' ids never collide.
 POISON_PREFIX = "poison/"
@@ -47,6 +48,7 @@ class DeadLetterStore(LedgerStore):
     def record_poison(
         self,
         queue: str,
+        *,
         raw: bytes,
         reason: str,
         now: float,
@@ -80,15 +82,17 @@ class DeadLetterStore(LedgerStore):
         )
         with self._translate():
             self._poison(
-                keys=[POISON, POISON_MSG, COUNTERS, EVENTS],
-                args=[
-                    poison_id,
-                    repr(now),
-                    json.dumps(detail),
-                    keep,
-                    self.events_max_len,
-                    *_event_args(event),
-                ],
+                keys=POISON_RECORD_SIG.key_list(
+                    poison=POISON, details=POISON_MSG, counters=COUNTERS, events=EVENTS
+                ),
+                args=POISON_RECORD_SIG.arg_list(
+                    id=poison_id,
+                    ts=repr(now),
+                    detail=json.dumps(detail),
+                    keep=keep,
+                    maxlen=self.events_max_len,
+                    event=_event_args(event),
+                ),
             )
         return poison_id
 
@@ -152,7 +156,7 @@ class DeadLetterStore(LedgerStore):
             pipe.hdel(task_key(task_id), "finished_at", "result", "error")
             pipe.persist(task_key(task_id))
             pipe.persist(history_key(task_id))
-            self.event("task.replayed", now, "cli", pipe, task_id=task_id)
+            self.event("task.replayed", now=now, source="cli", pipe=pipe, task_id=task_id)
             pipe.execute()
         self.park(spec, now=now)
         return spec

@@ -27,6 +27,7 @@ from orchestrator.store.keys import (
     EVENTS_GROUP,
     event_mark_key,
 )
+from orchestrator.store.scripts import RELEASE_LOCK_SIG
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ class EventGroupStore(StoreBase):
 
     # --- idempotency markers -------------------------------------------------------------
 
-    def take_mark(self, handler: str, event_id: str, value: str, lease_ms: int) -> str | None:
+    def take_mark(self, handler: str, event_id: str, *, value: str, lease_ms: int) -> str | None:
         """Set the handler's marker for the event to `value` for `lease_ms` if it has none;
         None when it was taken, else the value it already had. One step (SET NX GET)."""
         with self._translate():
@@ -160,7 +161,10 @@ class EventGroupStore(StoreBase):
         """Drop the marker if it still holds `value` (this delivery's lease), so the next
         delivery runs the handler again at once."""
         with self._translate():
-            self._release(keys=[event_mark_key(handler, event_id)], args=[value])
+            self._release(
+                keys=RELEASE_LOCK_SIG.key_list(lock=event_mark_key(handler, event_id)),
+                args=RELEASE_LOCK_SIG.arg_list(token=value),
+            )
 
     # --- handlers given up on ------------------------------------------------------------
 

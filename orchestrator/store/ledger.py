@@ -220,9 +220,9 @@ class LedgerStore(BacklogStore):
                 pipe.expire(minute_key, REJECTIONS_TTL_S)
             self.event(
                 "task.rejected",
-                now,
-                "router",
-                pipe,
+                now=now,
+                source="router",
+                pipe=pipe,
                 severity=ProductionEventSeverity.WARNING,
                 submit_id=submit_id,
                 problems=list(problems),

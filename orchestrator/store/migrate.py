@@ -32,7 +32,8 @@ class KeyMigrationStore(StoreBase):
             for key in self.r.scan_iter(match=pattern, count=scan_count):
                 task_id = legacy_history_task(str(key))
                 if task_id is not None:
-                    moved += int(move(keys=[key, history_key(task_id)]))
+                    keys = scripts.MIGRATE_HISTORY_SIG.key_list(old=key, new=history_key(task_id))
+                    moved += int(move(keys=keys))
         if moved:
             log.info("moved %d task history lists to the orch:history:<id> keys", moved)
         return moved

@@ -16,6 +16,7 @@ from orchestrator.store.keys import (
     queue_lists,
     task_key,
 )
+from orchestrator.store.scripts import VANISHED_SIG
 
 
 class RecoveryStore(StoreBase):
@@ -29,7 +30,7 @@ class RecoveryStore(StoreBase):
             pipe.zadd(RECOVERY_DEADLINES, {plan.task_id: plan.deadline})
             pipe.execute()
 
-    def note_failure(self, agent_id: str, attempt: str, now: float, window_s: float) -> int:
+    def note_failure(self, agent_id: str, *, attempt: str, now: float, window_s: float) -> int:
         """Record one failed attempt of the agent (idempotent per `attempt`, so a redelivered
         recovery counts once) and return its failures within the last `window_s`."""
         key = failures_key(agent_id)
@@ -65,8 +66,14 @@ class RecoveryStore(StoreBase):
         Only meaningful when the broker is the state store's Redis."""
         with self._translate():
             flat = self._vanished(
-                keys=[inflight_key(agent_id), KOMBU_UNACKED, *queue_lists(queue)],
-                args=[task_key(""), repr(routed_before)],
+                keys=VANISHED_SIG.key_list(
+                    inflight=inflight_key(agent_id),
+                    unacked=KOMBU_UNACKED,
+                    lists=queue_lists(queue),
+                ),
+                args=VANISHED_SIG.arg_list(
+                    ledger_prefix=task_key(""), routed_before=repr(routed_before)
+                ),
             )
         return {str(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
 

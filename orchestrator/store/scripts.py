@@ -281,8 +281,13 @@ ENQUEUE_SIG = Signature(
 )
 DEFER_SIG = Signature("defer", argv=("task_id", "due", "now", "entry", "prefer"))
 FILL_SIG = Signature("fill", argv=(*CONTEXT, "agent", "limit", "trusted"))
-#: Every script the store runs, by its `.lua` file (lua/fetch.lua is the runtime's transport's,
-#: lua/backlog.lua and lua/sections.lua are functions the others are composed with).
+#: The runtime transport's atomic fetch (runtime/fetch.py reads lua/fetch.lua itself: the
+#: broker edge imports nothing of the store); `record` holds one flag per list, in order.
+FETCH_SIG = Signature(
+    "fetch", keys=("unacked", "unacked_index", "lists..."), argv=("now", "record...")
+)
+#: Every script by its `.lua` file (lua/backlog.lua and lua/sections.lua are functions the
+#: others are composed with).
 SIGNATURES = {
     sig.script: sig
     for sig in (
@@ -311,6 +316,7 @@ SIGNATURES = {
         ENQUEUE_SIG,
         DEFER_SIG,
         FILL_SIG,
+        FETCH_SIG,
     )
 }
 

@@ -37,6 +37,7 @@ class SleepStore(StoreBase):
     def _change(
         self,
         agent_id: str,
+        *,
         frm: AgentStatus,
         to: AgentStatus,
         now: float,
@@ -60,7 +61,9 @@ class SleepStore(StoreBase):
                         pipe.hset(SLEEP, agent_id, json.dumps(mark))
                     else:
                         pipe.hdel(SLEEP, agent_id)
-                    self.event(event, now, source, pipe, agent_id=agent_id, reason=reason)
+                    self.event(
+                        event, now=now, source=source, pipe=pipe, agent_id=agent_id, reason=reason
+                    )
                     pipe.execute()
                     return True
                 except redis.WatchError:
@@ -71,30 +74,30 @@ class SleepStore(StoreBase):
         with self._translate():
             return AgentStatus.SLEEPING.value in self.r.hvals(AGENT_STATUS)
 
-    def fall_asleep(self, agent: RegisteredAgent, now: float, reason: str, source: str) -> bool:
+    def fall_asleep(self, agent: RegisteredAgent, *, now: float, reason: str, source: str) -> bool:
         """active -> sleeping, with its checkpoint and `agent.sleeping`; False if not active."""
         return self._change(
             agent.agent_id,
-            AgentStatus.ACTIVE,
-            AgentStatus.SLEEPING,
-            now,
-            source,
-            "agent.sleeping",
-            reason,
-            checkpoint(agent, now, reason),
+            frm=AgentStatus.ACTIVE,
+            to=AgentStatus.SLEEPING,
+            now=now,
+            source=source,
+            event="agent.sleeping",
+            reason=reason,
+            mark=checkpoint(agent, now, reason),
         )
 
-    def wake_up(self, agent_id: str, now: float, reason: str, source: str) -> bool:
+    def wake_up(self, agent_id: str, *, now: float, reason: str, source: str) -> bool:
         """sleeping -> active, with `agent.woken`; False if it was not asleep."""
         return self._change(
             agent_id,
-            AgentStatus.SLEEPING,
-            AgentStatus.ACTIVE,
-            now,
-            source,
-            "agent.woken",
-            reason,
-            None,
+            frm=AgentStatus.SLEEPING,
+            to=AgentStatus.ACTIVE,
+            now=now,
+            source=source,
+            event="agent.woken",
+            reason=reason,
+            mark=None,
         )
 
     def sleep_checkpoints(self) -> dict[str, dict[str, Any]]:

@@ -37,12 +37,17 @@ def telemetry_step(
     fields: Mapping[str, int], now: float, cumulative: bool = True
 ) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of scripts.TELEMETRY_ADD for these counts at `now`."""
-    keys = [telemetry_key("m", int(now // 60)), telemetry_key("h", int(now // 3600))]
-    if cumulative:
-        keys.append(TELEMETRY_TOTAL)
-    args: list[Any] = [MINUTE_TTL_S, HOUR_TTL_S]
+    keys = scripts.TELEMETRY_ADD_SIG.key_list(
+        minute=telemetry_key("m", int(now // 60)),
+        hour=telemetry_key("h", int(now // 3600)),
+        total=TELEMETRY_TOTAL if cumulative else None,
+    )
+    counts: list[Any] = []
     for name, n in fields.items():
-        args += [name, n]
+        counts += [name, n]
+    args = scripts.TELEMETRY_ADD_SIG.arg_list(
+        minute_ttl=MINUTE_TTL_S, hour_ttl=HOUR_TTL_S, counts=counts
+    )
     return keys, args
 
 

@@ -111,14 +111,14 @@ class Lockstep:
         )
         status, _ = self.store.accept(Acceptance(task, f"submit-{task_id}", self.now))
         assert status == "new"
-        assert self.store.enqueue(task, self.now)
+        assert self.store.enqueue(task, now=self.now)
         cfg = self.store.dispatch_config
         self.model.enqueue(
             task_id,
-            task.capability_key,
-            priority,
-            cfg.client(task),
-            self.now,
+            set_key=task.capability_key,
+            priority=priority,
+            client=cfg.client(task),
+            now=self.now,
             key=key,
             limit=cfg.limit(task),
         )
@@ -128,7 +128,7 @@ class Lockstep:
         free = self.free(agent_id)
         if limit is not None:
             free = min(free, limit)
-        got = self.store.fill(agent_id, self.now, limit)
+        got = self.store.fill(agent_id, now=self.now, limit=limit)
         return self.follow(agent_id, got, free)
 
     def settle(self, agent_id: str, task_id: str, ran_ms: int) -> list[str]:
@@ -361,5 +361,5 @@ def test_fair_share_off_is_oldest_first_across_capability_sets(lockstep: Lockste
 
 def test_a_restore_of_a_waiting_task_does_not_queue_it_twice(lockstep: Lockstep) -> None:
     lockstep.submit("t", ["x"], 5, "c1")
-    assert lockstep.store.enqueue(lockstep.submitted["t"], lockstep.now, source="restore")
+    assert lockstep.store.enqueue(lockstep.submitted["t"], now=lockstep.now, source="restore")
     assert lockstep.store.backlog_count() == {"x": 1}

@@ -134,7 +134,9 @@ def test_sleep_wake_reads_no_fleet_while_sleep_is_off_and_nobody_sleeps(store, r
         register(store, agent_id, now, {"echo": 1.0})
     assert run_sleep_wake(ctx, now) == {"slept": 0, "woken": 0, "recycled": 0}
     assert store.reads == 0
-    assert store.fall_asleep(store.load_fleet().by_id()["b"], now, "by hand", "test")
+    assert store.fall_asleep(
+        store.load_fleet().by_id()["b"], now=now, reason="by hand", source="test"
+    )
     store.reads = 0
     run_sleep_wake(ctx, now + 1)
     assert store.reads == 1  # a sleeper may need waking: the whole tick runs

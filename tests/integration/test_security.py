@@ -104,7 +104,9 @@ def test_the_lua_token_bucket_is_take_token(ctx):
         for _ in range(40):
             now += rng.choice([0.0, 0.0, 0.01, 0.2, 1 / rate, -0.05, 3.0])
             allowed, bucket, retry = take_token(bucket, now, rate, burst)
-            verdict, value = ctx.store.admit_client(client, now, rate, burst, check_block=False)
+            verdict, value = ctx.store.admit_client(
+                client, now=now, rate=rate, burst=burst, check_block=False
+            )
             assert verdict == ("ok" if allowed else "limited"), (case, now)
             assert value == pytest.approx(retry, abs=1e-9)
         # The bucket lives only until it would be full again.
@@ -114,19 +116,30 @@ def test_the_lua_token_bucket_is_take_token(ctx):
 
 def test_a_block_is_a_key_with_a_ttl_and_the_same_lua_step_checks_it(ctx, redis_client):
     store = ctx.store
-    assert store.admit_client("svc", BASE, 0.0, 1, check_block=True) == ("ok", 0.0)
+    assert store.admit_client("svc", now=BASE, rate=0.0, burst=1, check_block=True) == ("ok", 0.0)
     store.block_client("svc", BASE + 300, BASE)
     assert 0 < redis_client.pttl("orch:block:svc") <= 300_000
-    assert store.admit_client("svc", BASE + 1, 0.0, 1, check_block=True) == ("blocked", BASE + 300)
+    assert store.admit_client("svc", now=BASE + 1, rate=0.0, burst=1, check_block=True) == (
+        "blocked",
+        BASE + 300,
+    )
     # Blocking is checked only when asked (auto-block on), and before the bucket.
-    assert store.admit_client("svc", BASE + 1, 0.0, 1, check_block=False) == ("ok", 0.0)
-    assert store.admit_client("svc", BASE + 1, 1.0, 1, check_block=True)[0] == "blocked"
+    assert store.admit_client("svc", now=BASE + 1, rate=0.0, burst=1, check_block=False) == (
+        "ok",
+        0.0,
+    )
+    assert (
+        store.admit_client("svc", now=BASE + 1, rate=1.0, burst=1, check_block=True)[0] == "blocked"
+    )
     assert not redis_client.exists("orch:rate:svc"), "a blocked submission takes no token"
     assert store.blocked_clients(BASE + 1) == {"svc": BASE + 300}
     assert store.blocked_clients(BASE + 301) == {}, "an ended block is not listed"
     assert store.unblock_client("svc") is True
     assert store.unblock_client("svc") is False
-    assert store.admit_client("svc", BASE + 2, 0.0, 1, check_block=True) == ("ok", 0.0)
+    assert store.admit_client("svc", now=BASE + 2, rate=0.0, burst=1, check_block=True) == (
+        "ok",
+        0.0,
+    )
 
 
 def test_with_both_limits_off_a_submission_makes_no_extra_redis_call(redis_url, redis_client):

@@ -29,7 +29,15 @@ Spec = tuple[str, int, str, str, str | None]
 def load(tasks: Sequence[Spec], limit: int = 1, **kw: object) -> Backlog:
     backlog = Backlog(**kw)  # type: ignore[arg-type]
     for t, (task_id, priority, client, set_key, key) in enumerate(tasks):
-        backlog.enqueue(task_id, set_key, priority, client, float(t), key=key, limit=limit)
+        backlog.enqueue(
+            task_id,
+            set_key=set_key,
+            priority=priority,
+            client=client,
+            now=float(t),
+            key=key,
+            limit=limit,
+        )
     return backlog
 
 
@@ -160,7 +168,9 @@ def simulate(
         for client in clients:
             while len(backlog.queues.get(("x", 5, client), ())) < 2:
                 serial[client] += 1
-                backlog.enqueue(f"{client}{serial[client]}", "x", 5, client, now)
+                backlog.enqueue(
+                    f"{client}{serial[client]}", set_key="x", priority=5, client=client, now=now
+                )
 
     running: list[tuple[float, str, str]] = []
     now = 0.0
@@ -200,7 +210,7 @@ def test_fair_share_of_starts(
 def test_estimate_learned_from_runs() -> None:
     backlog = Backlog()
     for i in range(3):
-        backlog.enqueue(f"t{i}", "x", 5, "c", 0.0)
+        backlog.enqueue(f"t{i}", set_key="x", priority=5, client="c", now=0.0)
     taken = backlog.take(["x"])
     assert taken is not None and taken.est == DEFAULT_ESTIMATE_S
     backlog.settle(taken.task_id, 10.0)
@@ -278,10 +288,10 @@ def test_a_new_client_gets_no_credit_for_time_it_was_idle(rounds: int) -> None:
     backlog = Backlog()
     for client in "ab":
         for i in range(rounds + 5):
-            backlog.enqueue(f"{client}{i}", "x", 5, client, 0.0)
+            backlog.enqueue(f"{client}{i}", set_key="x", priority=5, client=client, now=0.0)
     assert len(drain_n(backlog, 2 * rounds)) == 2 * rounds
     for i in range(5):
-        backlog.enqueue(f"c{i}", "x", 5, "c", 1.0)
+        backlog.enqueue(f"c{i}", set_key="x", priority=5, client="c", now=1.0)
     nxt = [t[0] for t in drain_n(backlog, 6)]
     assert Counter(nxt) == {"a": 2, "b": 2, "c": 2}
 
@@ -292,12 +302,12 @@ def test_a_returning_client_gets_no_credit_for_time_it_was_idle(idle_rounds: int
     list's virtual time (at most one task ahead of b, as start-time fair queuing goes), not
     at its old virtual time with the idle time as credit."""
     backlog = Backlog()
-    backlog.enqueue("a0", "x", 5, "a", 0.0)
+    backlog.enqueue("a0", set_key="x", priority=5, client="a", now=0.0)
     for i in range(idle_rounds + 10):
-        backlog.enqueue(f"b{i}", "x", 5, "b", 0.0)
+        backlog.enqueue(f"b{i}", set_key="x", priority=5, client="b", now=0.0)
     drain_n(backlog, idle_rounds + 1)  # a0 and then b alone
     for i in range(1, 11):
-        backlog.enqueue(f"a{i}", "x", 5, "a", 1.0)
+        backlog.enqueue(f"a{i}", set_key="x", priority=5, client="a", now=1.0)
     assert backlog.tags[("x", 5)]["a"] == backlog.v[("x", 5)]
     nxt = [t[0] for t in drain_n(backlog, 10)]
     assert Counter(nxt)["a"] in (5, 6)
@@ -317,5 +327,5 @@ def test_moved_back_task_goes_to_the_front_without_a_new_tag() -> None:
     backlog = load([("t0", 5, "c", "x", None), ("t1", 5, "c", "x", None)])
     taken = backlog.take(["x"])
     assert taken is not None and taken.task_id == "t0"
-    backlog.enqueue("t0", "x", 5, "c", 2.0, front=True)
+    backlog.enqueue("t0", set_key="x", priority=5, client="c", now=2.0, front=True)
     assert [t.task_id for t in backlog.fill(["x"], 5)] == ["t0", "t1"]

@@ -190,7 +190,9 @@ def test_ejection_order_puts_quarantines_first_then_the_longest_open():
     ],
 )
 def test_readmitted(fleet, breakers, fraction, back):
-    got = readmitted(fleet, ["x"], breakers, CFG, NOW, TIMEOUT, fraction)
+    got = readmitted(
+        fleet, ["x"], breakers=breakers, cfg=CFG, now=NOW, timeout_s=TIMEOUT, fraction=fraction
+    )
     assert sorted(got) == back
     for taken in got.values():  # as routing must see it: no trial slot to ask for
         assert taken.status is ACTIVE and taken.circuit is CircuitBreakerState.CLOSED
@@ -225,12 +227,33 @@ def test_readmitted(fleet, breakers, fraction, back):
 )
 def test_ejection_refusals(fleet, who, quarantine, refused):
     breakers = {"a": opened(NOW - 9), "b": opened(NOW - 1)}
-    got = ejection_refusals(who, fleet, breakers, CFG, NOW, TIMEOUT, 0.5, quarantine)
+    got = ejection_refusals(
+        who,
+        fleet,
+        breakers=breakers,
+        cfg=CFG,
+        now=NOW,
+        timeout_s=TIMEOUT,
+        fraction=0.5,
+        quarantine=quarantine,
+    )
     assert got == [EjectionRefused(who, *fields) for fields in refused]
 
 
 def test_ejection_refusals_with_the_floor_off():
-    assert ejection_refusals("a", [agent("a")], {}, CFG, NOW, TIMEOUT, 0.0, True) == []
+    assert (
+        ejection_refusals(
+            "a",
+            [agent("a")],
+            breakers={},
+            cfg=CFG,
+            now=NOW,
+            timeout_s=TIMEOUT,
+            fraction=0.0,
+            quarantine=True,
+        )
+        == []
+    )
 
 
 # --- recovery planning under the floor ---------------------------------------------------

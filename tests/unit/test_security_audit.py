@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -180,7 +181,8 @@ def test_counter_findings() -> None:
         "rejected_submissions:limited",
         "poison_refused",
     ]
-    assert counter_findings({}, 20, {}, {}, {}, 0, 300) == []
+    quiet: dict[str, Any] = {"rate_limited": {}, "blocked": {}, "blocked_refusals": {}}
+    assert counter_findings({}, threshold=20, poison_refused=0, window_s=300, **quiet) == []
 
 
 # --- (b) consumers of agent queues -----------------------------------------------------------
@@ -412,7 +414,15 @@ def test_audit(settings: dict[str, str], facts: AuditFacts, expected: list[str])
 
 def every_kind_of_finding() -> list[Finding]:
     """At least one finding of each kind the audit makes, from each function that makes them."""
-    found = counter_findings({"bad": 20}, 20, {"bad": 1}, {"bad": 9.0}, {"bad": 1}, 1, 300)
+    found = counter_findings(
+        {"bad": 20},
+        threshold=20,
+        rate_limited={"bad": 1},
+        blocked={"bad": 9.0},
+        blocked_refusals={"bad": 1},
+        poison_refused=1,
+        window_s=300,
+    )
     found += consumer_findings({"x@h": ["agent.ghost"], "alpha@h9": ["agent.alpha"]}, AGENTS)
     found += content_findings("app", ["pickle"]) + content_findings("w@h", ["yaml"])
     found += url_findings({"broker": "redis://redis:6379/0", "state": "redis://redis:6379/1"})

@@ -1,19 +1,19 @@
 -- KEYS: block, bucket
 -- ARGV: now, rate, burst, check_block
 -- A submission's per-client limits in one round trip (run only when one of them is on):
--- KEYS = the client's block key, its token bucket; ARGV = now, rate per second (0: no rate
--- limit), burst, "1" to check the block. The bucket is security.take_token's: refill at `rate`
--- up to `burst` since the last refill (never backwards), then take one token if there is one.
+-- `block` is the client's block key, `bucket` its token bucket; `rate` is per second (0: no
+-- rate limit); `check_block` is "1" to check the block. The bucket is security.take_token's:
+-- refill at `rate` up to `burst` since the last refill (never backwards), then take one token
+-- if there is one.
 -- Returns {"ok", ""}, {"blocked", until} or {"limited", seconds until a token is there}.
-local now = tonumber(ARGV[1])
-if ARGV[4] == '1' then
-  local untl = redis.call('GET', KEYS[1])
+local block, bucket = KEYS[1], KEYS[2]
+local now, rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if ARGV[4] == '1' then  -- check_block
+  local untl = redis.call('GET', block)
   if untl and tonumber(untl) > now then return {'blocked', untl} end
 end
-local rate = tonumber(ARGV[2])
 if rate <= 0 then return {'ok', ''} end
-local burst = tonumber(ARGV[3])
-local b = redis.call('HMGET', KEYS[2], 't', 'ts')
+local b = redis.call('HMGET', bucket, 't', 'ts')
 local tokens, ts = tonumber(b[1]), tonumber(b[2])
 if tokens == nil or ts == nil then tokens, ts = burst, now end
 tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
@@ -24,6 +24,6 @@ if tokens >= 1 then
 else
   verdict, value = 'limited', string.format('%.17g', (1 - tokens) / rate)
 end
-redis.call('HSET', KEYS[2], 't', string.format('%.17g', tokens), 'ts', string.format('%.17g', ts))
-redis.call('PEXPIRE', KEYS[2], math.ceil(burst / rate * 1000) + 1000)
+redis.call('HSET', bucket, 't', string.format('%.17g', tokens), 'ts', string.format('%.17g', ts))
+redis.call('PEXPIRE', bucket, math.ceil(burst / rate * 1000) + 1000)
 return {verdict, value}

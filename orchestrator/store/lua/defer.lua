@@ -3,20 +3,20 @@
 -- Hold a task until `due` (a countdown or a retry's backoff longer than the broker could keep
 -- a message unacknowledged): state queued, in the deferred set, out of every agent's
 -- in-flight set; a dispatch sweep releases it into the backlog when due (scripts.ENQUEUE,
--- from due). ARGV = task id, due, now, history JSON, prefer ('' none: the agent to try first).
+-- from due). `entry` is the history JSON, `prefer` the agent to try first ('' none).
 -- Returns {1, previous state} or {0, state}.
-local id = ARGV[1]
+local id, due, now, entry, prefer = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local l = ledger(id)
 local f = redis.call('HMGET', l, 'state', 'agent')
 local prev = f[1]
 if prev ~= 'accepted' and prev ~= 'recovering' and prev ~= 'routed' then return {0, prev or ''} end
 if f[2] then redis.call('SREM', K.INFLIGHT .. f[2], id) end
 if prev == 'routed' then redis.call('HINCRBY', l, 'dispatch', 1) end
-redis.call('HSET', l, 'state', 'queued', 'due', ARGV[2], 'queued_at', ARGV[3])
-if ARGV[5] ~= '' then redis.call('HSET', l, 'prefer', ARGV[5]) end
+redis.call('HSET', l, 'state', 'queued', 'due', due, 'queued_at', now)
+if prefer ~= '' then redis.call('HSET', l, 'prefer', prefer) end
 redis.call('HDEL', l, 'pid')
-redis.call('ZADD', K.DEFERRED, ARGV[2], id)
+redis.call('ZADD', K.DEFERRED, due, id)
 redis.call('ZREM', K.OUTBOX, id)
 redis.call('HDEL', K.OUTBOX_MSG, id)
-redis.call('RPUSH', history(id), ARGV[4])
+redis.call('RPUSH', history(id), entry)
 return {1, prev}

@@ -1,11 +1,14 @@
 #!lua
+-- KEYS: unacked, unacked_index, lists...
+-- ARGV: now, record...
 -- Take the next message off a consumer's lists and record it as unacknowledged, in one step:
 -- a Redis that dies at any instant either still has the entry in its list or has it in
 -- kombu's `unacked` hash, whence restore_visible brings it back after the visibility timeout.
--- KEYS = kombu's `unacked` hash, its `unacked_index` sorted set, then the lists in kombu's
--- consuming order (each queue's priority lists, most urgent first).
--- ARGV = now (the consumer's clock: the score kombu gives the index), then for each list '1'
--- to record what is taken from it (acknowledged consumers) or '0' (no_ack consumers).
+-- `unacked` is kombu's hash of unacknowledged deliveries, `unacked_index` its sorted set by
+-- time, `lists` the consumer's lists in kombu's consuming order (each queue's priority lists,
+-- most urgent first). `now` is the consumer's clock (the score kombu gives the index);
+-- `record` holds one flag per list, in the same order: '1' to record what is taken from it
+-- (acknowledged consumers), '0' not to (no_ack consumers).
 -- Returns false when every list is empty, else {list, entry, delivery tag}: the tag is ''
 -- when nothing was recorded (a '0' list, or an entry whose tag and delivery info a JSON
 -- decoder cannot find: the consumer refuses those anyway).
@@ -18,6 +21,9 @@
 -- write), so that a consumer tracking its keys (CLIENT TRACKING, on the connection that calls
 -- this) is told by Redis when one of them next changes, and fetches again then instead of
 -- polling. Without tracking the read only costs a count.
+local unacked, unacked_index = KEYS[1], KEYS[2]
+local now = ARGV[1]
+-- `lists` is KEYS[3..], `record` ARGV[2..]: the list KEYS[i] has its flag at ARGV[i - 1].
 local i = 3
 while i <= #KEYS do
   local item = redis.pcall('RPOP', KEYS[i])
@@ -35,8 +41,8 @@ while i <= #KEYS do
               and type(info['exchange']) == 'string'
               and type(info['routing_key']) == 'string' then
             tag = t
-            redis.call('ZADD', KEYS[2], ARGV[1], tag)
-            redis.call('HSET', KEYS[1], tag, '[' .. item .. ', '
+            redis.call('ZADD', unacked_index, now, tag)
+            redis.call('HSET', unacked, tag, '[' .. item .. ', '
               .. cjson.encode(info['exchange']) .. ', '
               .. cjson.encode(info['routing_key']) .. ']')
           end

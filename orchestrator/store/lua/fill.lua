@@ -2,10 +2,12 @@
 -- ARGV: cx.now, cx.weights, cx.estimate, cx.prefetch, cx.timeout, cx.maxlen, agent, limit, trusted
 -- Dispatch waiting tasks to one agent while it has free slots (backlog.fill): after it
 -- registered or woke, its circuit closed, recovery moved work, or from the dispatch sweep.
--- ARGV = the context (6 items), agent, at most ('' = as many as it has slots), 1 when the
--- caller (a router that chose the agent) vouches for its circuit. Returns the
--- flat list {task id, dispatch, spec JSON, ...} for the caller to publish.
+-- `cx` is the context (6 items, backlog.context), `limit` how many at most ('' = as many as
+-- it has slots), `trusted` '1' when the caller (a router that chose the agent) vouches for
+-- its circuit. Returns the flat list {task id, dispatch, spec JSON, ...} for the caller to
+-- publish.
 local cx = context(ARGV)
+local agent, trusted = ARGV[7], ARGV[9] == '1'
 local limit = nil
 if ARGV[8] ~= '' then limit = tonumber(ARGV[8]) end
-return fill(cx, ARGV[7], limit, ARGV[9] == '1')
+return fill(cx, agent, limit, trusted)

@@ -1,5 +1,6 @@
 -- KEYS: lock
 -- ARGV: token
--- Compare-and-delete: release a lock only if it still holds our token.
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+-- Compare-and-delete: release the `lock` only if it still holds our `token`.
+local lock, token = KEYS[1], ARGV[1]
+if redis.call('GET', lock) == token then return redis.call('DEL', lock) end
 return 0

@@ -4,8 +4,9 @@
 -- named extra keys, each with its remaining TTL and its DUMP serialization, read in one atomic
 -- step (no other client's command runs in between, so the copy is consistent across keys).
 -- It takes no KEYS: the keys are found by SCAN (the script is read-only, never replicated).
--- ARGV[1] = match pattern, ARGV[2] = SCAN count, ARGV[3..] = extra keys
--- returns {key1, pttl1, dump1, key2, ...}; a key SCAN yields twice is copied once
+-- `pattern` is the MATCH pattern, `count` the SCAN count, `extra` the named keys (ARGV[3..]).
+-- Returns {key1, pttl1, dump1, key2, ...}; a key SCAN yields twice is copied once.
+local pattern, count = ARGV[1], tonumber(ARGV[2])
 local out, seen, cursor = {}, {}, "0"
 local function copy(key)
   if seen[key] then return end
@@ -18,9 +19,9 @@ local function copy(key)
   end
 end
 repeat
-  local reply = redis.call("SCAN", cursor, "MATCH", ARGV[1], "COUNT", tonumber(ARGV[2]))
+  local reply = redis.call("SCAN", cursor, "MATCH", pattern, "COUNT", count)
   cursor = reply[1]
   for _, key in ipairs(reply[2]) do copy(key) end
 until cursor == "0"
-for i = 3, #ARGV do copy(ARGV[i]) end
+for i = 3, #ARGV do copy(ARGV[i]) end  -- extra
 return out

@@ -1,12 +1,13 @@
 -- KEYS: minute, hour, total?
 -- ARGV: minute_ttl, hour_ttl, counts...
--- Add counts to the telemetry buckets. KEYS = minute bucket, hour bucket, and optionally the
--- cumulative hash; ARGV = minute TTL, hour TTL, then field/count pairs.
+-- Add counts to the telemetry buckets: the `minute` and `hour` buckets, and the cumulative
+-- hash `total` when given; `counts` are field/count pairs (ARGV[3..]).
+local minute, hour, total = KEYS[1], KEYS[2], KEYS[3]
 for i = 3, #ARGV, 2 do
-  redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
-  redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1])
-  if KEYS[3] then redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1]) end
+  redis.call('HINCRBY', minute, ARGV[i], ARGV[i + 1])
+  redis.call('HINCRBY', hour, ARGV[i], ARGV[i + 1])
+  if total then redis.call('HINCRBY', total, ARGV[i], ARGV[i + 1]) end
 end
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('EXPIRE', minute, ARGV[1])  -- minute_ttl
+redis.call('EXPIRE', hour, ARGV[2])  -- hour_ttl
 return 1
