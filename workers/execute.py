@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import redis
@@ -226,29 +227,22 @@ def _execute(
 ) -> Any:
     task_id = task.request.id
     pid = os.getpid()
-    started_at = now_s()
-    attempt = store.begin_attempt(
+    begin = partial(
+        store.begin_attempt,
         task_id,
         agent_id=agent_id,
         dispatch=dispatch,
-        now=started_at,
         pid=pid,
         max_deliveries=settings.max_deliveries,
     )
+    started_at = now_s()
+    attempt = begin(now=started_at)
     if attempt.code == AttemptCode.RUNNING_HERE:
         holder = int(attempt.info)
         if holder != pid and pid_alive(holder) and marker.holds(holder, task_id):
             raise Ignore()  # a restored copy of a task a live child of ours is running
         started_at = now_s()
-        attempt = store.begin_attempt(
-            task_id,
-            agent_id=agent_id,
-            dispatch=dispatch,
-            now=started_at,
-            pid=pid,
-            max_deliveries=settings.max_deliveries,
-            force=True,
-        )
+        attempt = begin(now=started_at, force=True)
     if attempt.code == AttemptCode.ENDED:
         stored = store.stored_result(task_id)
         if stored is None:

@@ -181,7 +181,7 @@ class BacklogStore(StoreBase):
         return list(zip(ids, prefers, strict=True))
 
     def fill(
-        self, agent_id: str, now: float, limit: int | None = None, trusted: bool = False
+        self, agent_id: str, *, now: float, limit: int | None = None, trusted: bool = False
     ) -> list[Dispatched]:
         """Dispatch waiting tasks to the agent while it has free slots (scripts.FILL);
         `trusted`: the caller judged its circuit (a router's choice) and the step need not."""

@@ -84,7 +84,7 @@ class ExecutorStore(Protocol):
     ) -> bool: ...
 
     def fill(
-        self, agent_id: str, now: float, limit: int | None = None, trusted: bool = False
+        self, agent_id: str, *, now: float, limit: int | None = None, trusted: bool = False
     ) -> list[Dispatched]: ...
 
 
@@ -118,7 +118,7 @@ class RouterStore(Protocol):
 
     # submissions
     def admit_client(
-        self, client_id: str, now: float, rate: float, burst: int, check_block: bool
+        self, client_id: str, *, now: float, rate: float, burst: int, check_block: bool
     ) -> tuple[AdmitVerdict, float]: ...
 
     def record_rejection(
@@ -167,6 +167,7 @@ class RouterStore(Protocol):
     def enqueue(
         self,
         task: OrchestrationTask,
+        *,
         now: float,
         parked: bool = False,
         source: str = "new",
@@ -189,11 +190,11 @@ class RouterStore(Protocol):
     ) -> bool: ...
 
     def defer(
-        self, task_id: str, due: float, now: float, prefer: str | None = None, **history: Any
+        self, task_id: str, *, due: float, now: float, prefer: str | None = None, **history: Any
     ) -> bool: ...
 
     def fill(
-        self, agent_id: str, now: float, limit: int | None = None, trusted: bool = False
+        self, agent_id: str, *, now: float, limit: int | None = None, trusted: bool = False
     ) -> list[Dispatched]: ...
 
     def deferred_due(self, now: float, limit: int = 500) -> list[tuple[str, str | None]]: ...
@@ -229,7 +230,7 @@ class HealerStore(Protocol):
 
     def failed_agents(self, task_id: str) -> set[str]: ...
 
-    def note_failure(self, agent_id: str, attempt: str, now: float, window_s: float) -> int: ...
+    def note_failure(self, agent_id: str, *, attempt: str, now: float, window_s: float) -> int: ...
 
     def forget_failures(self, agent_id: str) -> None: ...
 
@@ -277,6 +278,7 @@ class HealerStore(Protocol):
     def event(
         self,
         type_: str,
+        *,
         now: float,
         source: str,
         pipe: Any = None,
@@ -295,15 +297,18 @@ class SleepWakeStore(Protocol):
     """What putting an agent to sleep, waking it and recycling it write
     (scaling/sleepwake.py: the sleep/wake loop's acts, which the CLI runs by hand too)."""
 
-    def fall_asleep(self, agent: RegisteredAgent, now: float, reason: str, source: str) -> bool: ...
+    def fall_asleep(
+        self, agent: RegisteredAgent, *, now: float, reason: str, source: str
+    ) -> bool: ...
 
-    def wake_up(self, agent_id: str, now: float, reason: str, source: str) -> bool: ...
+    def wake_up(self, agent_id: str, *, now: float, reason: str, source: str) -> bool: ...
 
     def mark_recycled(self, agent_ids: Iterable[str], window: str) -> None: ...
 
     def event(
         self,
         type_: str,
+        *,
         now: float,
         source: str,
         pipe: Any = None,
