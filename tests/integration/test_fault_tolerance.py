@@ -25,6 +25,10 @@ from tests.support import cli_json, wait_for
 
 pytestmark = pytest.mark.integration
 
+#: The module's shared cluster (tests/integration/conftest.py), for the tests that neither
+#: stop a worker nor need settings of their own.
+SHARED_AGENTS = {"a": ("suicide,echo,sleep", 2)}
+
 
 @pytest.fixture
 def beat(celery_procs, orch_env, tmp_path):
@@ -153,11 +157,11 @@ def test_failing_agent_is_avoided_its_tasks_succeed_elsewhere_and_circuit_recove
     client.close()
 
 
-def test_poison_message_is_dead_lettered_after_the_redelivery_cap_and_replayable(
-    start_control, start_agent, client, redis_client, orch_env
-):
-    start_control()
-    agent = start_agent("a", "suicide,echo", concurrency=2)
+def test_poison_message_is_dead_lettered_after_the_redelivery_cap_and_replayable(shared):
+    client, redis_client, orch_env = shared.client, shared.redis, shared.env
+    agent = shared.proc("a")
+    # What other tests on this cluster dead-lettered before, newest first as listed.
+    earlier = redis_client.zrevrange("orch:dlq", 0, -1)
     poison = client.submit("suicide", {"key": "p"}, task_id="poison-1")
     fine = [client.submit("echo", {"i": i}) for i in range(10)]
     assert [r.get(timeout=60) for r in fine] == [{"i": i} for i in range(10)]
@@ -178,7 +182,7 @@ def test_poison_message_is_dead_lettered_after_the_redelivery_cap_and_replayable
             check=True,
         ).stdout
     )
-    assert [d["task_id"] for d in listed] == ["poison-1"]
+    assert [d["task_id"] for d in listed] == ["poison-1", *earlier]
     # Replay: the same id runs again with a fresh attempt count (it dies again, here).
     done = subprocess.run(
         [*cli, "dlq", "replay", "poison-1"], env=orch_env, capture_output=True, text=True
@@ -200,15 +204,12 @@ def test_poison_message_is_dead_lettered_after_the_redelivery_cap_and_replayable
         text=True,
         check=True,
     )
-    assert "removed 1" in purged.stdout
+    assert f"removed {1 + len(earlier)} dead letter(s)" in purged.stdout
     assert redis_client.zcard("orch:dlq") == 0
 
 
-def test_handler_overrunning_its_timeout_is_stopped_and_retried_then_escalated(
-    start_control, start_agent, client
-):
-    start_control()
-    start_agent("a", "sleep")
+def test_handler_overrunning_its_timeout_is_stopped_and_retried_then_escalated(shared):
+    client = shared.client
     slow = client.submit("sleep", {"seconds": 30}, timeout_s=1, max_retries=1)
     with pytest.raises(Exception, match="retries exhausted"):
         slow.get(timeout=60)

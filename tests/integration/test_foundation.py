@@ -23,6 +23,10 @@ from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
 
+#: The module's shared cluster (tests/integration/conftest.py): one control worker and one
+#: agent with one process, so a task waits while another runs.
+SHARED_AGENTS = {"a": ("echo,count,broken,flaky,sleep", 1)}
+
 
 @pytest.mark.parametrize("path", ["client", "by-name"])
 def test_three_agents_share_tasks_by_proficiency(
@@ -61,11 +65,10 @@ def test_three_agents_share_tasks_by_proficiency(
         assert 70 <= shares["c"] <= 130, shares
 
 
-def test_by_name_submission_from_a_plain_celery_client(start_control, start_agent, redis_url):
+def test_by_name_submission_from_a_plain_celery_client(shared):
     """A service that never imports this project sends `orchestrator.submit` by name and
     `AsyncResult(id).get()` gives the handler's return value."""
-    start_control()
-    start_agent("a", "echo")
+    redis_url = shared.url
     script = textwrap.dedent(f"""
         import json, sys
         from celery import Celery
@@ -85,11 +88,8 @@ def test_by_name_submission_from_a_plain_celery_client(start_control, start_agen
     assert reply == {"value": {"x": 1}, "tracked": {"y": 2}, "leaked": []}
 
 
-def test_bad_input_is_rejected_naming_every_field_and_workers_keep_serving(
-    start_control, start_agent, client, redis_client
-):
-    start_control()
-    start_agent("a", "echo")
+def test_bad_input_is_rejected_naming_every_field_and_workers_keep_serving(shared):
+    client, redis_client = shared.client, shared.redis
     by_name = client.app.send_task(
         "orchestrator.submit",
         kwargs={
@@ -108,7 +108,7 @@ def test_bad_input_is_rejected_naming_every_field_and_workers_keep_serving(
     # The rejection is also the result of the client's own id, and nothing was routed.
     assert client.result("mine-1").state == "FAILURE"
     assert not redis_client.exists("orch:task:mine-1")
-    events = [e.type for e in client.store.read_events()]
+    events = [e.type for e in shared.events()]
     assert "task.rejected" in events and "task.routed" not in events
 
     # The Python client checks before anything is recorded, with the same message.
@@ -118,8 +118,8 @@ def test_bad_input_is_rejected_naming_every_field_and_workers_keep_serving(
     positional = client.app.send_task("orchestrator.submit", args=["echo"])
     with pytest.raises(InvalidTask, match="keyword arguments only"):
         positional.get(timeout=30)
-    assert redis_client.hget("orch:counters", "rejected") == "3"  # each announced too
-    assert [e.type for e in client.store.read_events()].count("task.rejected") == 3
+    assert shared.counter("rejected") == 3  # each announced too
+    assert [e.type for e in shared.events()].count("task.rejected") == 3
 
     assert client.submit("echo", {"still": "serving"}).get(timeout=30) == {"still": "serving"}
 
@@ -151,26 +151,20 @@ def test_parked_task_runs_once_a_capable_agent_starts(
     assert redis_client.zscore("orch:parked", parked.id) is None
 
 
-def test_second_submission_with_an_accepted_id_runs_nothing_again(
-    start_control, start_agent, client, redis_client
-):
-    start_control()
-    start_agent("a", "count")
+def test_second_submission_with_an_accepted_id_runs_nothing_again(shared):
+    client, redis_client = shared.client, shared.redis
     first = client.submit("count", {"key": "k1"}, task_id="once-1")
     assert first.get(timeout=30) == {"runs": 1}
     again = client.submit("count", {"key": "k1"}, task_id="once-1")
     # Prove the duplicate was processed (the router counted it) before judging it.
-    wait_for(lambda: redis_client.hget("orch:counters", "duplicates_ignored") == "1", timeout=30)
+    wait_for(lambda: shared.counter("duplicates_ignored") == 1, timeout=30)
     assert again.get(timeout=5) == {"runs": 1}
     assert redis_client.get("test:runs:k1") == "1"
     assert client.task("once-1").attempts == 1
 
 
-def test_priority_nine_runs_before_waiting_lower_priorities(
-    start_control, start_agent, client, redis_client
-):
-    start_control()
-    start_agent("solo", "sleep,echo", concurrency=1)
+def test_priority_nine_runs_before_waiting_lower_priorities(shared):
+    client, redis_client = shared.client, shared.redis  # its one agent has one process
     blocker = client.submit("sleep", {"seconds": 2.0})
     wait_for(lambda: ledger(redis_client, blocker.id).get("state") == "running", timeout=30)
     low = [client.submit("echo", {"n": i}, priority=0) for i in range(3)]
@@ -187,9 +181,8 @@ def test_priority_nine_runs_before_waiting_lower_priorities(
     assert started[high.id] < min(started[r.id] for r in low)
 
 
-def test_handler_failures_are_recorded_with_a_reason(start_control, start_agent, client):
-    start_control()
-    start_agent("a", "broken,flaky")
+def test_handler_failures_are_recorded_with_a_reason(shared):
+    client = shared.client
     failed = client.submit("broken", {"message": "disk on fire"})
     with pytest.raises(Exception, match="disk on fire"):
         failed.get(timeout=30)
@@ -281,19 +274,14 @@ def test_cli_reports_agents_and_a_task_ledger_as_json(start_control, start_agent
     assert bad.returncode == 1 and "priority: must be between 0 and 9 (got 12)" in bad.stderr
 
 
-def test_closing_a_client_closes_every_connection_it_opened(
-    start_control, start_agent, redis_url, redis_server
-):
+def test_closing_a_client_closes_every_connection_it_opened(shared):
     """A service that closes its client leaks no socket: the state store's, the publisher's
     and the result backend's (a result waited on subscribes a pub/sub connection)."""
-    start_control()
-    start_agent("a", "echo")
+    redis_url, port = shared.url, shared.cluster.server.port
 
     def ours() -> list:
         return [
-            c
-            for c in psutil.Process().net_connections("tcp")
-            if c.raddr and c.raddr.port == redis_server.port
+            c for c in psutil.Process().net_connections("tcp") if c.raddr and c.raddr.port == port
         ]
 
     before = len(ours())

@@ -31,6 +31,11 @@ pytestmark = pytest.mark.integration
 
 Entry = tuple[str, bytes]  # (what it is, the raw bytes pushed)
 
+#: The module's shared cluster (tests/integration/conftest.py): one control worker with one
+#: process and agent `alpha`; the tests here that need settings of their own start their own.
+SHARED_CONTROL_CONCURRENCY = 1
+SHARED_AGENTS = {"alpha": "echo,count"}
+
 
 def _template(redis_url: str, name: str, kwargs: dict[str, Any], queue: str) -> dict[str, Any]:
     """A genuine kombu envelope of `name`, as our own producers would push it."""
@@ -120,13 +125,14 @@ def hostile_entries(redis_url: str, queue: str) -> list[Entry]:
     return entries
 
 
-def _poison(redis_client: redis.Redis) -> list[dict[str, Any]]:
-    ids = redis_client.zrange(POISON, 0, -1)
+def _poison(redis_client: redis.Redis, besides: set[str] = frozenset()) -> list[dict[str, Any]]:
+    """The poison store's entries, but those in `besides` (kept before a test began)."""
+    ids = [i for i in redis_client.zrange(POISON, 0, -1) if i not in besides]
     return [json.loads(redis_client.hget(POISON_MSG, i)) for i in ids]
 
 
-def _threats(redis_client: redis.Redis) -> list[dict[str, Any]]:
-    entries = redis_client.xrange("orchestrator:events")
+def _threats(redis_client: redis.Redis, since: str = "-") -> list[dict[str, Any]]:
+    entries = redis_client.xrange("orchestrator:events", min=since)
     found = [json.loads(f["data"]) for _, f in entries if f["type"] == "security.threat"]
     return [d for d in found if d.get("kind") == "poison"]
 
@@ -141,17 +147,14 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_no_entry_stops_a_worker_and_each_is_kept_as_poison(
-    start_control: Callable[..., Any],
-    start_agent: Callable[..., Any],
-    client: Any,
-    redis_client: redis.Redis,
-    redis_url: str,
-    orch_env: dict[str, str],
-) -> None:
-    control = start_control(concurrency=1)
-    agent = start_agent("alpha", "echo,count")
+def test_no_entry_stops_a_worker_and_each_is_kept_as_poison(shared: Any) -> None:
+    client, redis_client, redis_url, orch_env = shared.client, shared.redis, shared.url, shared.env
+    control, agent = shared.proc("control"), shared.proc("alpha")
     pids = (control.pid, agent.pid)
+    # What the cluster kept, ran and dead-lettered for the tests before this one.
+    earlier = set(redis_client.zrange(POISON, 0, -1))
+    ran_before = set(redis_client.keys("test:runs:*"))
+    dead_before = redis_client.zrevrange("orch:dlq", 0, -1)
     assert client.submit("echo", {"before": True}).get(timeout=30) == {"before": True}
 
     raw = redis.Redis.from_url(redis_url)  # bytes in, bytes out
@@ -162,7 +165,7 @@ def test_no_entry_stops_a_worker_and_each_is_kept_as_poison(
             pushed.append((queue, what, entry))
 
     kept = wait_for(
-        lambda: (found := _poison(redis_client)) and len(found) >= len(pushed) and found,
+        lambda: (found := _poison(redis_client, earlier)) and len(found) >= len(pushed) and found,
         timeout=60,
         message=f"not every one of {len(pushed)} entries was refused",
     )
@@ -181,9 +184,9 @@ def test_no_entry_stops_a_worker_and_each_is_kept_as_poison(
         kept_raw = [base64.b64decode(g["raw"]) for g in got]
         for entry in expected:
             assert entry in kept_raw or any(_same_json(entry, k) for k in kept_raw), entry[:80]
-    assert redis_client.keys("test:runs:*") == []
-    assert int(redis_client.hget(COUNTERS, "poison")) == len(pushed)
-    threats = _threats(redis_client)
+    assert set(redis_client.keys("test:runs:*")) == ran_before
+    assert shared.counter("poison") == len(pushed)
+    threats = _threats(redis_client, since=shared.events_after)
     assert len(threats) == len(pushed)
     assert all({"queue", "reason", "size", "excerpt"} <= set(t) for t in threats)
     garbage = next(t for t in threats if t["queue"] == "agent.alpha" and t["size"] == 9)
@@ -207,9 +210,11 @@ def test_no_entry_stops_a_worker_and_each_is_kept_as_poison(
     listed = _cli(orch_env, "dlq", "list", "--kind", "poison", "--json")
     assert listed.returncode == 0, listed.stderr
     rows = json.loads(listed.stdout)
-    assert len(rows) == len(pushed) and all(r["kind"] == "poison" for r in rows)
+    assert len(rows) == len(pushed) + len(earlier) and all(r["kind"] == "poison" for r in rows)
+    assert {r["id"] for r in rows} - earlier == {e["id"] for e in kept}
     assert {"id", "queue", "reason", "size", "excerpt", "ts"} <= set(rows[0])
-    assert json.loads(_cli(orch_env, "dlq", "list", "--json").stdout) == []  # no task died
+    tasks = json.loads(_cli(orch_env, "dlq", "list", "--json").stdout)
+    assert [d["task_id"] for d in tasks] == dead_before  # no task died
     shown = _cli(orch_env, "dlq", "show", garbage["id"], "--json")
     assert shown.returncode == 0, shown.stderr
     assert base64.b64decode(json.loads(shown.stdout)["raw"]) == b"\x00\xffgarbage"
@@ -217,7 +222,7 @@ def test_no_entry_stops_a_worker_and_each_is_kept_as_poison(
     assert replay.returncode == 1 and "cannot be replayed" in " ".join(replay.stderr.split())
     purged = _cli(orch_env, "dlq", "purge", "--kind", "poison", "--all", "--yes")
     assert purged.returncode == 0, purged.stderr
-    assert f"{len(pushed)} poison message(s)" in purged.stdout
+    assert f"{len(pushed) + len(earlier)} poison message(s)" in purged.stdout
     assert redis_client.zcard(POISON) == 0 and redis_client.hlen(POISON_MSG) == 0
 
 
@@ -249,17 +254,11 @@ def test_the_store_keeps_at_most_the_configured_number(
     assert newest["reason"] == f"entry of {limit + 2} bytes exceeds the limit of {limit}"
 
 
-def test_a_replayed_message_runs_nothing_again(
-    start_control: Callable[..., Any],
-    start_agent: Callable[..., Any],
-    client: Any,
-    redis_client: redis.Redis,
-    redis_url: str,
-) -> None:
+def test_a_replayed_message_runs_nothing_again(shared: Any) -> None:
     """A well-formed message pushed again after it ran (a replay, with or without an edited
     id header) passes the gate: the ledger is what stops it from running twice."""
-    start_control(concurrency=1)
-    start_agent("gamma", "count")
+    client, redis_client, redis_url = shared.client, shared.redis, shared.url
+    poison_before = redis_client.zcard(POISON)
     settings = load_settings(redis_url=redis_url)
     app = create_app(settings, with_tasks=False)
     with captured_pushes() as pushes:
@@ -274,7 +273,7 @@ def test_a_replayed_message_runs_nothing_again(
             EXECUTE,
             task_id="r-1",
             kwargs={"type": "count", "payload": {"key": "r"}, "max_retries": 3, "dispatch": 1},
-            queue="agent.gamma",
+            queue="agent.alpha",
         )
     (exec_key, exec_entry), *_ = pushes
     replays = [
@@ -297,24 +296,18 @@ def test_a_replayed_message_runs_nothing_again(
     assert client.submit("count", {"key": "other"}).get(timeout=30) == {"runs": 1}
     assert redis_client.get("test:runs:r") == "1"
     assert client.task("r-1").attempts == 1
-    assert redis_client.zcard(POISON) == 0
+    assert redis_client.zcard(POISON) == poison_before  # nothing refused
     app.close()
 
 
-def test_the_sender_of_a_refused_task_message_is_told_why(
-    start_control: Callable[..., Any],
-    start_agent: Callable[..., Any],
-    client: Any,
-    redis_client: redis.Redis,
-    redis_url: str,
-) -> None:
+def test_the_sender_of_a_refused_task_message_is_told_why(shared: Any) -> None:
     """A producer that names a task no worker has, or sends pickle, gets the refusal as its
     result (as Celery answers an unknown task), not a result that never comes; a forged
     message never overwrites the outcome of a real task."""
     from celery import Celery
 
-    start_control(concurrency=1)
-    start_agent("delta", "echo")
+    client, redis_client, redis_url = shared.client, shared.redis, shared.url
+    poison_before = redis_client.zcard(POISON)
     plain = Celery(broker=redis_url, backend=redis_url)
     typo = plain.send_task("orchestrator.submitt", kwargs={"type": "echo"})
     with pytest.raises(Exception, match=r"unknown task 'orchestrator\.submitt'; nothing ran"):
@@ -333,16 +326,15 @@ def test_the_sender_of_a_refused_task_message_is_told_why(
         _template(redis_url, SUBMIT, {"type": "echo"}, "celery"), id="real-1", task="nope"
     )
     redis.Redis.from_url(redis_url).lpush("celery", forged)
-    wait_for(lambda: redis_client.zcard(POISON) == 3, timeout=30)
+    wait_for(lambda: redis_client.zcard(POISON) == poison_before + 3, timeout=30)
     assert client.result("real-1").get(timeout=5) == {"real": 1}
 
 
-def test_no_broadcast_stops_a_worker(
-    start_control: Callable[..., Any], redis_client: redis.Redis, orch_env: dict[str, str]
-) -> None:
+def test_no_broadcast_stops_a_worker(shared: Any) -> None:
     """Remote control arrives by pub/sub (fanout): hostile entries published there do not
     stop the worker either, and it still answers `celery inspect ping`."""
-    control = start_control(concurrency=1)
+    redis_client, orch_env = shared.redis, shared.env
+    control = shared.proc("control")
     # kombu subscribes with a pattern (PSUBSCRIBE) when fanout patterns are on.
     wait_for(lambda: redis_client.pubsub_channels() or redis_client.pubsub_numpat(), timeout=30)
     channels = {*redis_client.pubsub_channels(), "/0.celery.pidbox", "/0.celery.pidbox/x"}
