@@ -28,6 +28,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from tests.tls import TlsFiles
+from tests.zygote import ForkedChild, ForkServer, run_module
 
 T = TypeVar("T")
 
@@ -118,7 +119,7 @@ def tail(text: str, lines: int = 60) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _reap(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+def _reap(proc: subprocess.Popen[bytes] | ForkedChild, timeout: float) -> bool:
     """Wait for `proc` up to `timeout`; True if it exited."""
     try:
         proc.wait(timeout=max(timeout, 0))
@@ -161,14 +162,8 @@ class RedisServer(Started):
     `tls_client` too, the server asks for a client certificate and they present that one.
     """
 
-    DEFAULT_ARGS: tuple[str, ...] = (
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--maxmemory-policy",
-        "noeviction",
-    )
+    DEFAULT_ARGS: tuple[str, ...] = ("--save", "", "--appendonly", "no")
+    DEFAULT_ARGS += ("--maxmemory-policy", "noeviction")
 
     def __init__(
         self,
@@ -397,11 +392,12 @@ def child_pids(pid: int) -> list[int]:
 
 
 class CeleryProcess(Started):
-    """One `celery -A <app> ...` subprocess (worker, beat, ...) in its own process group.
+    """One `celery -A <app> ...` process (worker, beat, ...) in its own process group, forked by
+    the fork server (tests/zygote.py) with its imports done; a program given by `argv` is a
+    plain subprocess.
 
-    The own session lets a test SIGKILL the worker together with its pool children, as a
-    container runtime would, without touching pytest. Output goes to a log file, not a pipe:
-    a pipe nobody drains fills up and blocks the worker mid-test.
+    The own session lets a test SIGKILL the worker with its pool children, as a container
+    runtime would. Output goes to a log file: a pipe nobody drains blocks the worker.
 
     The child's cwd defaults to its log directory, so beat's schedule file and any relative
     paths stay out of the repository, and a developer's `.env` there is not read.
@@ -427,7 +423,7 @@ class CeleryProcess(Started):
         self.name = name or (self.args[0] if self.args else "celery")
         self.log_path = self.log_dir / f"{self.name}.log"
         self.cwd = Path(cwd) if cwd is not None else self.log_dir
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: subprocess.Popen[bytes] | ForkedChild | None = None
 
     @property
     def command(self) -> list[str]:
@@ -453,11 +449,16 @@ class CeleryProcess(Started):
         if self._proc is not None:
             raise RuntimeError(f"{self.name} already started (pid {self._proc.pid})")
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        env = hermetic_environ(self.env)
+        server = ForkServer.for_env(env) if self.argv is None else None
+        if server is not None:  # the same `python -m celery` run, its imports already paid
+            self._proc = server.spawn("celery", self.command[3:], env, self.cwd, self.log_path)
+            return self
         # The child gets its own copy of the descriptor; ours is closed at once.
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
                 self.command,
-                env=hermetic_environ(self.env),
+                env=env,
                 cwd=self.cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -589,7 +590,7 @@ CLI = [sys.executable, "-m", "orchestrator.cli"]
 
 def cli(env: Mapping[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run the `orchestrator` command; with `check`, fail the test on a non-zero exit."""
-    done = subprocess.run([*CLI, *args], env=dict(env), capture_output=True, text=True, timeout=60)
+    done = run_module("orchestrator.cli", args, env, timeout=60)
     if check:
         assert done.returncode == 0, f"{args}: {done.stderr}"
     return done

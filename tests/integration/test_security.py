@@ -31,6 +31,7 @@ from orchestrator.store.codes import RejectionReason
 from orchestrator.store.keys import COUNTERS, EVENTS, POISON, POISON_MSG, SECURITY_CHECKED
 from tests.integration.conftest import WORKER_FLAGS
 from tests.support import free_port, wait_for
+from tests.zygote import run_module
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("durable_redis")]
 
@@ -44,7 +45,7 @@ def events(client: redis.Redis, kind: str = "security.threat") -> list[dict[str,
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=60)
+    done = run_module("orchestrator.cli", args, env, timeout=60)
     assert done.returncode == 0, f"{args}: {done.stdout}\n{done.stderr}"
     return done
 
