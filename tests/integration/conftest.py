@@ -8,7 +8,6 @@ only submit work and read results, the ledger or the CLI.
 from __future__ import annotations
 
 import gc
-import os
 from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +23,10 @@ from orchestrator.store.keys import COUNTERS, EVENTS
 from tests.conftest import CELERY_PROCS_KEY
 from tests.support import (
     FORBIDDEN_PORT,
-    REPO_ROOT,
     CeleryProcess,
     RedisServer,
-    hermetic_environ,
     wait_for,
+    worker_environ,
 )
 
 WORKER_FLAGS = ["--without-gossip", "--without-mingle", "-l", "info"]
@@ -141,16 +139,7 @@ def pytest_runtest_makereport(
 
 def cluster_env(redis_url: str) -> dict[str, str]:
     """What `orch_env` gives a test's own processes, for a server of the module's own."""
-    pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
-    return hermetic_environ(
-        {
-            "ORCH_REDIS_URL": redis_url,
-            "ORCH_AGENT_HEARTBEAT_INTERVAL_S": "1",
-            "ORCH_AGENT_TIMEOUT_S": "4",
-            "PYTHONUNBUFFERED": "1",
-            "PYTHONPATH": pythonpath,
-        }
-    )
+    return worker_environ(redis_url)
 
 
 @dataclass
