@@ -221,11 +221,19 @@ class Router(Dispatching):
         outbox: tuple[Mapping[str, Any], str] | None = None,
     ) -> Outcome:
         """Record a valid task in the ledger and route it; a second submission of an id that
-        was already accepted (not a redelivery of the same message) runs nothing again.
+        was already accepted (not a redelivery of the same message) runs nothing again, and
+        places the recorded task if no submission has yet.
         `outbox` (fields, queue) keeps the submission in the outbox from the moment it is
         recorded until it is published (OrchestratorClient)."""
         assert task.task_id is not None
         status, state = self.store.accept(Acceptance(task, submit_id, now, outbox))
+        if status is AcceptStatus.DUPLICATE and TaskState(state) is TaskState.ACCEPTED:
+            # An earlier submission of this id was recorded but never placed (Redis failed over
+            # between the two steps and its client, told so, submitted again): this one places
+            # the recorded task. Two routers placing it at once is safe: the dispatch number
+            # makes the older message stale.
+            self.store.count_duplicate()
+            return self.route(self.store.load_spec(task.task_id), now)
         if status is AcceptStatus.DUPLICATE or (
             status is AcceptStatus.RESUME
             and TaskState(state) not in (TaskState.ACCEPTED, TaskState.ROUTED)

@@ -17,6 +17,10 @@ import pytest
 from orchestrator.client import OrchestratorClient
 from orchestrator.config import load_settings
 from orchestrator.errors import InvalidTask
+from orchestrator.models import OrchestrationTask
+from orchestrator.runtime.celeryconf import ROUTING_QUEUE
+from orchestrator.store import Acceptance, now_s
+from orchestrator.store.codes import AcceptStatus
 from orchestrator.store.keys import EVENTS
 from tests.integration.conftest import ledger
 from tests.support import wait_for
@@ -161,6 +165,20 @@ def test_second_submission_with_an_accepted_id_runs_nothing_again(shared):
     assert again.get(timeout=5) == {"runs": 1}
     assert redis_client.get("test:runs:k1") == "1"
     assert client.task("once-1").attempts == 1
+
+
+def test_a_submission_recorded_but_never_routed_runs_when_its_id_is_submitted_again(shared):
+    """Redis failed over after the ledger recorded a submission and before it was routed; the
+    client, told the store was unreachable, submits again under the same id: it runs, once."""
+    client, redis_client = shared.client, shared.redis
+    task = OrchestrationTask(task_id="half-1", type="count", payload={"key": "half"})
+    outbox = ({"type": "count", "payload": {"key": "half"}, "task_id": "half-1"}, ROUTING_QUEUE)
+    status, _ = client.store.accept(Acceptance(task, "lost-submit", now_s(), outbox))
+    assert status is AcceptStatus.NEW and ledger(redis_client, "half-1")["state"] == "accepted"
+    again = client.submit("count", {"key": "half"}, task_id="half-1")
+    assert again.get(timeout=30) == {"runs": 1}
+    assert redis_client.get("test:runs:half") == "1"
+    assert redis_client.zscore("orch:outbox", "half-1") is None
 
 
 def test_priority_nine_runs_before_waiting_lower_priorities(shared):
