@@ -16,7 +16,7 @@ import redis
 from orchestrator.config import DEFAULT_SENTINEL_MASTER
 from orchestrator.models import AlertState, ProductionAlert
 from orchestrator.monitoring.stats import WindowStats, parse_fields, sum_fields
-from orchestrator.security.policy import Finding
+from orchestrator.security.policy import Finding, finding_id
 from orchestrator.store.codes import RejectionKind
 from orchestrator.store.connect import redis_client
 from orchestrator.store.keys import (
@@ -337,13 +337,20 @@ class MonitoringStore:
         return self.json_hash(REGRESSIONS)
 
     def findings(self) -> dict[str, Finding]:
-        """The security loop's standing findings (orchestrator.security), by id."""
+        """The security loop's standing findings (orchestrator.security), by id. A finding an
+        older version stored under an id not made from its kind (`rejections:<client>` for
+        rejected_submissions) is read under today's id, so it stays the same finding (its
+        `since`, no second announcement, no second auto-block)."""
         out = {}
         for key, raw in self.r.hgetall(SECURITY_THREATS).items():
             try:
-                out[key] = Finding.model_validate_json(raw)
+                found = Finding.model_validate_json(raw)
             except ValueError:
                 continue  # written by an older version: found again at the next run
+            if key != found.kind and not key.startswith(found.kind + ":"):
+                about = key.partition(":")[2]
+                found = found.model_copy(update={"id": finding_id(found.kind, about or None)})
+            out[found.id] = found
         return out
 
     def save_findings(self, findings: Mapping[str, Finding], checked: Mapping[str, Any]) -> None:

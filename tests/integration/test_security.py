@@ -258,6 +258,31 @@ def test_a_client_hammering_past_its_limit_is_flagged_as_a_threat(ctx, redis_cli
     assert set(ctx.mon.threats()) == {"rejected_submissions:hammer"}
 
 
+def test_a_finding_stored_under_an_older_id_stays_the_same_finding(ctx, redis_client):
+    """Before each id was made from its kind, a client's rejections were `rejections:<c>`.
+    Read after an upgrade, it is the same finding: its `since` kept, not announced again, and
+    (auto-block on) the client an operator unblocked is not blocked a second time."""
+    settings = ctx.settings.model_copy(update={"security_auto_block": True})
+    upgraded = LoopContext(settings, ctx.store, ctx.mon)
+    router = Router(ctx.store, settings, publish=lambda *a, **k: None)
+    now = time.time()
+    for i in range(3):
+        with pytest.raises(InvalidTask):
+            router.validate({"type": "echo", "client_id": "old", "priorty": 1}, f"o{i}", now)
+    run_security(upgraded, now + 1)
+    first = ctx.mon.findings()["rejected_submissions:old"]
+    ctx.store.unblock_client("old")  # the operator lifted the block
+    stored = first.model_copy(update={"id": "rejections:old"}).model_dump_json()
+    redis_client.delete("orch:security:threats")
+    redis_client.hset("orch:security:threats", "rejections:old", stored)  # the older layout
+    announced = len(events(redis_client))
+    summary = run_security(upgraded, now + 2)
+    assert "rejected_submissions:old" not in summary["new"]
+    assert ctx.mon.findings()["rejected_submissions:old"].since == first.since
+    assert len(events(redis_client)) == announced
+    assert ctx.store.blocked_clients(now + 2) == {}
+
+
 # --- blocking --------------------------------------------------------------------------------
 
 
