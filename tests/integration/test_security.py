@@ -156,6 +156,11 @@ def test_with_both_limits_off_a_submission_makes_no_extra_redis_call(redis_url, 
             client.submit("echo", {"x": 1}, task_id=f"t-{name}")
             stats = redis_client.info("commandstats")
         calls[name] = {k: v["calls"] for k, v in stats.items() if "config" not in k}
+    # The router re-checks its view of the fleet (one GET of its version) once FLEET_CACHE_S
+    # has passed since it last did: by the clock, whatever the limits, so on a loaded machine
+    # either run may show it.
+    for run in calls.values():
+        assert run.pop("cmdstat_get", 0) <= 1, run
     # (commandstats counts the commands inside a script too: those are not round trips)
     assert calls["off"]["cmdstat_evalsha"] == 2
     assert calls["on"]["cmdstat_evalsha"] == 3
