@@ -388,7 +388,7 @@ class AgentStore(StoreBase):
             transition = str(
                 self._outcome_circuit(
                     keys=RECORD_OUTCOME_AND_CIRCUIT_SIG.key_list(
-                        stats=AGENT_STATS, circuit=circuit_key(agent_id)
+                        stats_key=AGENT_STATS, circuit_key=circuit_key(agent_id)
                     ),
                     args=RECORD_OUTCOME_AND_CIRCUIT_SIG.arg_list(
                         outcome=stats, breaker=_circuit_args(ok, now, circuit_cfg)

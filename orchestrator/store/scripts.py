@@ -200,7 +200,7 @@ RECORD_CIRCUIT_SIG = Signature(
 )
 RECORD_OUTCOME_AND_CIRCUIT_SIG = Signature(
     "record_outcome_and_circuit",
-    keys=("stats", "circuit"),
+    keys=("stats_key", "circuit_key"),
     argv=(*part("outcome", RECORD_OUTCOME_SIG.argv), *part("breaker", RECORD_CIRCUIT_SIG.argv)),
 )
 HEARTBEAT_SIG = Signature(

@@ -8,7 +8,8 @@
 -- Returns {"ok", ""}, {"blocked", until} or {"limited", seconds until a token is there}.
 local block, bucket = KEYS[1], KEYS[2]
 local now, rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-if ARGV[4] == '1' then  -- check_block
+local check_block = ARGV[4]
+if check_block == '1' then
   local untl = redis.call('GET', block)
   if untl and tonumber(untl) > now then return {'blocked', untl} end
 end

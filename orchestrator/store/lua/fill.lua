@@ -7,7 +7,6 @@
 -- its circuit. Returns the flat list {task id, dispatch, spec JSON, ...} for the caller to
 -- publish.
 local cx = context(ARGV)
-local agent, trusted = ARGV[7], ARGV[9] == '1'
-local limit = nil
-if ARGV[8] ~= '' then limit = tonumber(ARGV[8]) end
+local agent, limit, trusted = ARGV[7], ARGV[8], ARGV[9] == '1'
+if limit == '' then limit = nil else limit = tonumber(limit) end
 return fill(cx, agent, limit, trusted)
