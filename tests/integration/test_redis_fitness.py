@@ -372,5 +372,29 @@ def test_a_publish_refused_by_a_full_redis_is_refused_for_memory_not_a_lost_conn
                 relay.submit("echo", {"after": 1})
                 by_name.send_task("orchestrator.submit", kwargs={"type": "echo"})
                 assert admin.llen(ROUTING_QUEUE) == queued + 2
+            gc.collect()  # results still listening on it say goodbye while the clients are open
     finally:
         by_name.close()
+
+
+def test_a_publish_to_a_redis_that_is_down_is_still_a_lost_connection(tmp_path):
+    """Only a refusal is retried as it is: a Redis that is gone is a connection error (kombu
+    connects again, and gives up after its retries), and publishing resumes once it is back."""
+    with RedisServer(workdir=tmp_path / "redis-down") as server:
+        settings = load_settings(redis_url=server.url)
+        by_name = create_app(settings, with_tasks=False)
+        try:
+            by_name.send_task("orchestrator.submit", kwargs={"type": "echo"}, ignore_result=True)
+            server.stop()
+            with pytest.raises(OperationalError) as lost:
+                by_name.send_task(
+                    "orchestrator.submit", kwargs={"type": "echo"}, ignore_result=True
+                )
+            assert isinstance(lost.value.__cause__, redis.ConnectionError), lost.value
+            assert "maxmemory" not in str(lost.value)
+            server.restart()
+            by_name.send_task("orchestrator.submit", kwargs={"type": "echo"}, ignore_result=True)
+            with server.client() as admin:
+                assert admin.llen(ROUTING_QUEUE) == 1  # a restart without persistence
+        finally:
+            by_name.close()
