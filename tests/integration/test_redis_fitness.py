@@ -398,3 +398,21 @@ def test_a_publish_to_a_redis_that_is_down_is_still_a_lost_connection(tmp_path):
                 assert admin.llen(ROUTING_QUEUE) == 1  # a restart without persistence
         finally:
             by_name.close()
+
+
+def test_a_submission_to_a_broker_that_is_down_says_the_connection_is_lost(tmp_path, redis_url):
+    """The client's submission through a control worker, its broker gone (the state store
+    up): kombu's connection error, with Redis's own error as its cause."""
+    with RedisServer(workdir=tmp_path / "broker-down") as broker:
+        settings = load_settings(redis_url=redis_url, broker_url=broker.url)
+        with OrchestratorClient(settings=settings, route_locally=False) as relay:
+            broker.stop()
+            with pytest.raises(OperationalError) as lost:
+                relay.submit("echo", {})
+            assert isinstance(lost.value.__cause__, redis.ConnectionError), lost.value
+            assert "maxmemory" not in str(lost.value)
+            broker.restart()
+            relay.submit("echo", {})
+            with broker.client() as admin:
+                assert admin.llen(ROUTING_QUEUE) == 1
+            gc.collect()
