@@ -39,6 +39,14 @@ def broker_full(exc: BaseException) -> StoreUnavailable | None:
     )
 
 
+def _raise_broker_full(exc: BaseException) -> None:
+    """Raise the StoreUnavailable of a full broker for `exc`, if it is one (any other failure
+    is the caller's to re-raise as it is, its cause kept)."""
+    full = broker_full(exc)
+    if full is not None:
+        raise full from exc
+
+
 class OrchestratorClient:
     """Submits tasks (routing them itself) and tracks each orchestration id to its result."""
 
@@ -111,7 +119,8 @@ class OrchestratorClient:
                     else self.router.submit_valid(task, submit_id, now, outbox)
                 )
             except OperationalError as exc:  # the publish to the broker's Redis
-                raise broker_full(exc) or exc from exc
+                _raise_broker_full(exc)
+                raise
             # send_task's own result object is already subscribed to the result: reuse it.
             return outcome.sent if outcome.sent is not None else self.app.AsyncResult(task.task_id)
         self.store.outbox_put(
@@ -127,7 +136,8 @@ class OrchestratorClient:
             )
         except Exception as exc:
             self.store.outbox_drop(task.task_id)
-            raise broker_full(exc) or exc from exc
+            _raise_broker_full(exc)
+            raise
         # The submit message's own result object is already subscribed: reuse it when it
         # carries the orchestration id.
         return sent if sent.id == task.task_id else self.app.AsyncResult(task.task_id)

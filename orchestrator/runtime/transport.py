@@ -16,6 +16,10 @@ Inside `captured_pushes()`, a message published to a queue is not pushed: its li
 payload (kombu's own envelope, priority list and all) are handed back, so that a Lua step can
 push it atomically with the state change it belongs to (the client's accept-route-publish).
 
+A command Redis refuses (out of memory, ...) is not a lost connection: kombu retries it as it
+is and then reports it in Redis's words, instead of reconnecting under the publish it belongs
+to (`_RefusalIsNotALostConnection`).
+
 No entry stops a consumer. kombu decodes a popped list entry with a bare `json.loads` and
 builds the message by indexing the envelope's fields, both inside the worker's event loop, so
 one entry that is not a kombu envelope stops the worker for good ("Unrecoverable error",
@@ -530,7 +534,25 @@ class _FetchLoop:
         self.cycle.fetch_loop = loop
 
 
-class Transport(_FetchLoop, kombu_redis.Transport):
+class _RefusalIsNotALostConnection:
+    """Which Redis errors are a lost connection, for kombu's retries (Connection.ensure).
+
+    kombu's Redis transport does not say, so kombu takes every error, a command Redis refused
+    (its error reply: out of memory, NOPERM, ...) included, for a lost connection: it releases
+    the connection, connects again and retries the publish. The publish first declares its
+    queue (a write, refused too by a full Redis) under a retry of its own, which on that
+    refusal releases the connection the publish is running on and connects again; when the
+    declare then succeeds, the publish goes on over its released channel ("the broker
+    connection was already released") in place of the refusal. Here only errors of the
+    connection are (kombu reconnects for them, as before); an error reply is retried as it
+    is, on the same connection, and once the retries are spent it is what the caller gets, in
+    Redis's words (a full Redis: `maxmemory`)."""
+
+    recoverable_connection_errors = kombu_redis.Transport.connection_errors
+    recoverable_channel_errors = kombu_redis.Transport.channel_errors
+
+
+class Transport(_RefusalIsNotALostConnection, _FetchLoop, kombu_redis.Transport):
     Channel = Channel
 
 
@@ -550,7 +572,7 @@ class SentinelChannel(Channel, kombu_redis.SentinelChannel):
     )
 
 
-class SentinelTransport(_FetchLoop, kombu_redis.SentinelTransport):
+class SentinelTransport(_RefusalIsNotALostConnection, _FetchLoop, kombu_redis.SentinelTransport):
     """For a sentinel-form broker URL (`sentinel://h1:26379;sentinel://h2:26379/0`)."""
 
     Channel = SentinelChannel

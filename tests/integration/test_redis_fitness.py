@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import gc
 import json
+import random
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,7 +27,7 @@ from kombu.exceptions import OperationalError
 from orchestrator.client import OrchestratorClient
 from orchestrator.config import load_settings
 from orchestrator.errors import StoreUnavailable
-from orchestrator.runtime.celeryconf import MONITORING_QUEUE, create_app
+from orchestrator.runtime.celeryconf import MONITORING_QUEUE, ROUTING_QUEUE, create_app
 from orchestrator.store.keys import EVENTS, SECURITY_CHECKED, task_key
 from tests.integration.conftest import agent_args, control_args
 from tests.support import RedisServer, free_port, wait_for
@@ -306,3 +309,110 @@ def _scrape(port: int) -> str:
             return str(reply.read().decode())
     except OSError:
         return ""
+
+
+@pytest.fixture
+def flickering_redis(tmp_path) -> Iterator[tuple[RedisServer, threading.Event]]:
+    """A noeviction Redis at its memory limit one moment and not the next, as a full Redis
+    whose workers drain it is, until the event is set; then it has room for good."""
+    stop = threading.Event()
+    with RedisServer(workdir=tmp_path / "redis-flicker") as server:
+
+        def flicker() -> None:
+            rng = random.Random(7)
+            with server.client() as admin:
+                while not stop.is_set():
+                    admin.config_set("maxmemory", "1")  # over it at once: every write refused
+                    time.sleep(rng.random() * 0.004)
+                    admin.config_set("maxmemory", "0")
+                    time.sleep(rng.random() * 0.004)
+
+        thread = threading.Thread(target=flicker, daemon=True)
+        thread.start()
+        try:
+            yield server, stop
+        finally:
+            stop.set()
+            thread.join(timeout=10)
+            gc.collect()
+
+
+def test_a_publish_refused_by_a_full_redis_is_refused_for_memory_not_a_lost_connection(
+    flickering_redis,
+):
+    """kombu retries a refused publish; the declare inside it must not leave the publish on a
+    channel it released: each submission through a control worker, and each plain send_task,
+    is accepted or refused naming maxmemory, and both go on working once Redis has room."""
+    server, stop = flickering_redis
+    settings = load_settings(redis_url=server.url)
+    by_name = create_app(settings, with_tasks=False)
+    outcomes: list[str] = []
+    try:
+        with OrchestratorClient(settings=settings, route_locally=False) as relay:
+            for i in range(400):
+                try:
+                    if i % 2:
+                        relay.submit("echo", {"i": i})
+                    else:
+                        by_name.send_task("orchestrator.submit", kwargs={"type": "echo"})
+                except StoreUnavailable as exc:
+                    assert "maxmemory" in str(exc), exc
+                    outcomes.append("refused")
+                except OperationalError as exc:
+                    assert i % 2 == 0 and "maxmemory" in str(exc), (i, exc)
+                    outcomes.append("refused")
+                else:
+                    outcomes.append("accepted")
+            assert {"accepted", "refused"} <= set(outcomes), outcomes
+            stop.set()
+            time.sleep(0.05)
+            with server.client() as admin:
+                admin.config_set("maxmemory", "0")
+                queued = admin.llen(ROUTING_QUEUE)
+                relay.submit("echo", {"after": 1})
+                by_name.send_task("orchestrator.submit", kwargs={"type": "echo"})
+                assert admin.llen(ROUTING_QUEUE) == queued + 2
+            gc.collect()  # results still listening on it say goodbye while the clients are open
+    finally:
+        by_name.close()
+
+
+def test_a_publish_to_a_redis_that_is_down_is_still_a_lost_connection(tmp_path):
+    """Only a refusal is retried as it is: a Redis that is gone is a connection error (kombu
+    connects again, and gives up after its retries), and publishing resumes once it is back."""
+    with RedisServer(workdir=tmp_path / "redis-down") as server:
+        settings = load_settings(redis_url=server.url)
+        by_name = create_app(settings, with_tasks=False)
+        try:
+            by_name.send_task("orchestrator.submit", kwargs={"type": "echo"}, ignore_result=True)
+            server.stop()
+            with pytest.raises(OperationalError) as lost:
+                by_name.send_task(
+                    "orchestrator.submit", kwargs={"type": "echo"}, ignore_result=True
+                )
+            assert isinstance(lost.value.__cause__, redis.ConnectionError), lost.value
+            assert "maxmemory" not in str(lost.value)
+            server.restart()
+            by_name.send_task("orchestrator.submit", kwargs={"type": "echo"}, ignore_result=True)
+            with server.client() as admin:
+                assert admin.llen(ROUTING_QUEUE) == 1  # a restart without persistence
+        finally:
+            by_name.close()
+
+
+def test_a_submission_to_a_broker_that_is_down_says_the_connection_is_lost(tmp_path, redis_url):
+    """The client's submission through a control worker, its broker gone (the state store
+    up): kombu's connection error, with Redis's own error as its cause."""
+    with RedisServer(workdir=tmp_path / "broker-down") as broker:
+        settings = load_settings(redis_url=redis_url, broker_url=broker.url)
+        with OrchestratorClient(settings=settings, route_locally=False) as relay:
+            broker.stop()
+            with pytest.raises(OperationalError) as lost:
+                relay.submit("echo", {})
+            assert isinstance(lost.value.__cause__, redis.ConnectionError), lost.value
+            assert "maxmemory" not in str(lost.value)
+            broker.restart()
+            relay.submit("echo", {})
+            with broker.client() as admin:
+                assert admin.llen(ROUTING_QUEUE) == 1
+            gc.collect()

@@ -133,6 +133,22 @@ KEY_LINES: dict[str, tuple[Callable[..., Any], tuple[str, ...]]] = {
         ("self._expires = {}", "self.handlers = {'BRPOP': self._brpop_read"),
     ),
     "MultiChannelPoller.__init__": (Poller.__init__, ("self._fd_to_chan = {}",)),
+    # the transport's recoverable_*_errors decide whether a failed publish reconnects
+    "Connection.ensure": (
+        kombu.Connection.ensure,
+        (
+            "conn_errors = self.recoverable_connection_errors",
+            "chan_errors = self.recoverable_channel_errors",
+        ),
+    ),
+    "Connection.recoverable_connection_errors": (
+        kombu.Connection.recoverable_connection_errors.func,
+        ("self.get_transport_cls().recoverable_connection_errors",),
+    ),
+    "Connection.recoverable_channel_errors": (
+        kombu.Connection.recoverable_channel_errors.func,
+        ("self.get_transport_cls().recoverable_channel_errors",),
+    ),
     # the health check reads what _brpop_start sets
     "MultiChannelPoller.maybe_check_brpop_health": (
         Poller.maybe_check_brpop_health,
@@ -150,3 +166,21 @@ def test_the_attributes_the_edge_uses_are_there() -> None:
         assert not gone, explain(f"{name} without {gone}")
     options = set(kombu_redis.SentinelChannel.from_transport_options)
     assert {"master_name", "sentinel_kwargs"} <= options, explain("SentinelChannel's options")
+
+
+def test_a_refusal_is_retried_as_it_is_and_only_a_lost_connection_reconnects() -> None:
+    import redis
+
+    from orchestrator.runtime.transport import SENTINEL_TRANSPORT, TRANSPORT
+
+    for transport in (TRANSPORT, SENTINEL_TRANSPORT):
+        conn = kombu.Connection("redis://127.0.0.1:1/0", transport=transport)
+        try:
+            oom = redis.exceptions.OutOfMemoryError("command not allowed when used memory")
+            assert not isinstance(oom, conn.recoverable_connection_errors)
+            assert isinstance(oom, conn.recoverable_channel_errors)
+            lost = redis.ConnectionError("the broker connection was already released")
+            assert isinstance(lost, conn.recoverable_connection_errors)
+            assert isinstance(OSError(), conn.recoverable_connection_errors)
+        finally:
+            conn.release()
