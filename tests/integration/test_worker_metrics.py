@@ -158,8 +158,13 @@ def test_in_flight_forgets_a_pool_child_killed_mid_task(
         timeout=30,
         message="the held task never showed in flight",
     )
-    pid = int(redis_client.hget("orch:task:held-1", "pid") or 0)
-    assert pid > 0
+    # The gauge counts from Celery's prerun signal; the child's pid reaches the ledger a moment
+    # later, when the run takes its attempt.
+    pid = wait_for(
+        lambda: int(redis_client.hget("orch:task:held-1", "pid") or 0),
+        timeout=30,
+        message="the held task's attempt never recorded its pid",
+    )
     os.kill(pid, signal.SIGKILL)  # as the OOM killer would: no shutdown signal runs
     redis_client.set("test:release:k2", "1")
     assert held.get(timeout=60) is not None  # delivered again and run by a live child
