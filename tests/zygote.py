@@ -183,7 +183,8 @@ class ForkServer:
         key = tuple(sorted((k, v) for k, v in env.items() if k.startswith("PYTHON")))
         server = cls._servers.get(key)
         if server is None or server._proc.poll() is not None:
-            server = cls._servers[key] = cls(env)
+            plain = {k: v for k, v in env.items() if not k.startswith("ORCH_")}
+            server = cls._servers[key] = cls(plain)  # its children get their ORCH_* per start
         return server
 
     def call(self, request: dict[str, Any]) -> dict[str, Any]:
