@@ -10,6 +10,8 @@ from orchestrator.runtime.handlers import capability
 if TYPE_CHECKING:
     import pybreaker
 
+    from orchestrator.client import OrchestratorClient
+
 
 def circuit_breaker(name: str, **kwargs: Any) -> pybreaker.CircuitBreaker:
     """A circuit breaker shared by every agent, for a handler's outbound calls."""
@@ -18,5 +20,15 @@ def circuit_breaker(name: str, **kwargs: Any) -> pybreaker.CircuitBreaker:
     return shared(name, **kwargs)
 
 
-__all__ = ["capability", "circuit_breaker", "on_event"]
+def __getattr__(name: str) -> Any:
+    # The client is imported when first asked for: a handler module importing `capability`
+    # does not load Celery's client side.
+    if name == "OrchestratorClient":
+        from orchestrator.client import OrchestratorClient
+
+        return OrchestratorClient
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["OrchestratorClient", "capability", "circuit_breaker", "on_event"]
 __version__ = "0.1.0"
