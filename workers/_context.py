@@ -1,6 +1,8 @@
-"""Per-process helpers the task modules share: the settings and the state store."""
+"""What the task modules share: the settings, the state store, a housekeeping task's options."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from celery import Celery
 
@@ -16,3 +18,9 @@ def settings_of(app: Celery) -> Settings:
 
 def store_of(app: Celery) -> StateStore:
     return process_store(app_settings(app))
+
+
+#: The options of a housekeeping task (the beat loops, the recovery monitor, the sweeps): no
+#: result, and no task events, so Flower, `celery events` and Flower's event counters show
+#: the users' work only (the loops record their runs themselves: keys.MONITOR_RUNS).
+HOUSEKEEPING: dict[str, Any] = {"bind": True, "ignore_result": True, "send_events": False}

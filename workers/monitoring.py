@@ -27,7 +27,7 @@ from orchestrator.monitoring.loops import (
 from orchestrator.monitoring.schedule import LOOPS_BY_TASK
 from orchestrator.store import now_s
 from orchestrator.store.monitoring import MonitoringStore
-from workers._context import settings_of, store_of
+from workers._context import HOUSEKEEPING, settings_of, store_of
 
 log = logging.getLogger(__name__)
 
@@ -55,37 +55,37 @@ def run_loop(task: Task, body: LoopBody) -> dict[str, Any]:
         return body(ctx, now)
 
 
-@app.task(name="orchestrator.monitor.alerts", bind=True, ignore_result=True)
+@app.task(name="orchestrator.monitor.alerts", **HOUSEKEEPING)
 def alerts(self: Task) -> dict[str, Any]:
     """Evaluate the alert rules over a fresh metrics snapshot; push to Alertmanager."""
     return run_loop(self, run_alerts)
 
 
-@app.task(name="orchestrator.monitor.sla", bind=True, ignore_result=True)
+@app.task(name="orchestrator.monitor.sla", **HOUSEKEEPING)
 def sla(self: Task) -> dict[str, Any]:
     """SLIs, error budgets and burn-rate alerts of every SLA target."""
     return run_loop(self, run_sla)
 
 
-@app.task(name="orchestrator.monitor.security", bind=True, ignore_result=True)
+@app.task(name="orchestrator.monitor.security", **HOUSEKEEPING)
 def security(self: Task) -> dict[str, Any]:
     """Threat counters, consumers of agent queues, the configuration audit: findings."""
     return run_loop(self, run_security)
 
 
-@app.task(name="orchestrator.monitor.backup", bind=True, ignore_result=True)
+@app.task(name="orchestrator.monitor.backup", **HOUSEKEEPING)
 def backup(self: Task) -> dict[str, Any]:
     """A checksummed snapshot of the orchestrator's keys into ORCH_BACKUP_DIR."""
     return run_loop(self, run_backup)
 
 
-@app.task(name="orchestrator.monitor.anomaly", bind=True, ignore_result=True)
+@app.task(name="orchestrator.monitor.anomaly", **HOUSEKEEPING)
 def anomaly(self: Task) -> dict[str, Any]:
     """Anomaly detectors per series and per-task-type regression detection."""
     return run_loop(self, run_anomaly)
 
 
-@app.task(name="orchestrator.optimize", bind=True, ignore_result=True)
+@app.task(name="orchestrator.optimize", **HOUSEKEEPING)
 def optimize(self: Task) -> dict[str, Any]:
     """Record the agents' performance scores (see loops.run_optimize)."""
     return run_loop(self, run_optimize)

@@ -8,7 +8,7 @@ from orchestrator.app import app
 from orchestrator.recovery.healer import Healer
 from orchestrator.recovery.plan import ErrorKind
 from orchestrator.store import now_s
-from workers._context import store_of
+from workers._context import HOUSEKEEPING, store_of
 from workers.routing import router_for
 
 _healers: dict[int, Healer] = {}
@@ -45,7 +45,7 @@ def recover_agent(
     return healer.agent_lost(agent_id, now_s(), reason)
 
 
-@app.task(name="orchestrator.recovery.monitor", bind=True, ignore_result=True)
+@app.task(name="orchestrator.recovery.monitor", **HOUSEKEEPING)
 def monitor(self: Task) -> dict[str, int]:
     """Periodic: lost agents, stranded tasks, recovery plans past their escalation timeout."""
     healer = healer_for(self)

@@ -21,7 +21,7 @@ from orchestrator.routing.router import Outcome, Preparer, Router
 from orchestrator.runtime.celeryconf import execute_preparer, execute_publisher
 from orchestrator.runtime.gate import HELD_ETA
 from orchestrator.store import now_s
-from workers._context import settings_of, store_of
+from workers._context import HOUSEKEEPING, settings_of, store_of
 
 _routers: dict[int, Router] = {}
 _preparers: dict[int, Preparer] = {}
@@ -108,7 +108,7 @@ def submit(self: Task, *args: Any, **fields: Any) -> str:
     return outcome.status.value
 
 
-@app.task(name="orchestrator.route_parked", bind=True, ignore_result=True)
+@app.task(name="orchestrator.route_parked", **HOUSEKEEPING)
 def route_parked(self: Task) -> int:
     """Route parked tasks that now have a capable agent; dead-letter those parked too long."""
 

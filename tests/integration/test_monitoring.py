@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -22,7 +23,9 @@ from typing import Any
 
 import pytest
 
+from orchestrator.config import load_settings
 from orchestrator.errors import InvalidTask
+from orchestrator.runtime.celeryconf import create_app
 from orchestrator.store.keys import EVENTS
 from tests.support import CLI, REPO_ROOT, cli, cli_json, free_port, wait_for
 
@@ -471,3 +474,41 @@ def test_every_handler_run_is_counted_once_in_telemetry(
     # the minute buckets hold the same runs as the cumulative totals
     window, _ = mon.window(300, time.time())
     assert (window.of("echo").ok, window.of("flaky").rec, window.of("broken").fail) == (5, 1, 1)
+
+
+def test_housekeeping_sends_no_task_events_and_the_users_work_does(
+    start_control, start_agent, celery_procs, orch_env, redis_client, client
+):
+    """Flower and `celery events` see the users' tasks, not the beat loops, the recovery
+    monitor and the sweeps that run every second or two."""
+    env = {**orch_env, **FAST, "ORCH_PARKED_SWEEP_INTERVAL_S": "1"}
+    start_control(**FAST, ORCH_PARKED_SWEEP_INTERVAL_S="1")
+    start_agent("a", "echo")
+    app = create_app(load_settings(redis_url=orch_env["ORCH_REDIS_URL"]), with_tasks=False)
+    received: dict[str, str] = {}  # task id -> name, from the task-received events
+    events: list[str] = []
+
+    def note(event: dict[str, Any]) -> None:
+        events.append(event["type"])
+        if event["type"] == "task-received":
+            received[event["uuid"]] = event["name"]
+
+    with app.connection_for_read() as conn:
+        receiver = app.events.Receiver(conn, handlers={"*": note})
+        listening = threading.Thread(target=receiver.capture, kwargs={"wakeup": False})
+        listening.start()
+        try:
+            wait_for(lambda: "worker-heartbeat" in events, timeout=30)  # subscribed
+            celery_procs(["beat", "-l", "info"], env, name="beat")
+            wait_for(lambda: len(deliveries(redis_client, "alerts")) >= 3, timeout=40)
+            done = client.submit("echo", {"x": 1})
+            assert done.get(timeout=30) == {"x": 1}
+            wait_for(lambda: done.id in received, timeout=10)
+            time.sleep(2)  # two more seconds of every loop's ticks
+        finally:
+            receiver.should_stop = True
+            listening.join(10)
+    app.close()
+    assert set(received.values()) == {"orchestrator.execute"}, received
+    ran = {r["loop"] for r in map(json.loads, redis_client.lrange("orch:monitor:runs", 0, -1))}
+    assert {"alerts", "sla", "security"} <= ran  # the housekeeping did run, unseen
