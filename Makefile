@@ -42,7 +42,7 @@ test: $(STAMP) sysdeps
 
 # The chaos runs alone (workers and Redis killed under load, Sentinel failover; several minutes).
 test-chaos: $(STAMP)
-	$(BIN)/python -m pytest -q -m chaos --durations=15 tests/chaos $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m chaos --durations=15 $(PYTEST_ARGS)
 
 # Everything CI runs after lint.
 test-all: test test-chaos
