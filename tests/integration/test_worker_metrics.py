@@ -184,6 +184,8 @@ def test_every_name_the_dashboard_rules_and_keda_read_is_served(
     assert client.submit("echo", {"x": 1}).get(timeout=60) == {"x": 1}
     # A backlog across priorities behind a busy agent, and parked tasks no agent can take.
     held = client.submit("hold", {"key": "k3", "max_s": 60})
+    # Busy first: the agent's one process would otherwise take a priority-9 echo before it.
+    wait_for(lambda: redis_client.hget(f"orch:task:{held.id}", "state") == "running", timeout=30)
     waiting = [client.submit("echo", {"i": i}, priority=i % 10) for i in range(12)]
     parked = [client.submit("rare", {"i": i}) for i in range(3)]
 
@@ -194,7 +196,13 @@ def test_every_name_the_dashboard_rules_and_keda_read_is_served(
             and value(text, "orchestrator_desired_agents", capability="echo") == 3
         )
 
-    wait_for(scaled, timeout=30, message=lambda: scrape(exporter))
+    try:
+        wait_for(scaled, timeout=30)
+    except AssertionError:
+        shown = [line for line in scrape(exporter).splitlines() if "capability=" in line]
+        raise AssertionError(
+            "backlog or desired agents not as expected:\n" + "\n".join(shown)
+        ) from None
     text = scrape(exporter)
     assert value(text, "orchestrator_capability_agents", capability="echo") == 1
     assert value(text, "orchestrator_capability_backlog", capability="rare") == 3
