@@ -124,6 +124,13 @@ def test_an_agent_with_two_pool_children_serves_every_run_once_in_one_scrape(
     with pytest.raises(Exception, match="no handler"):
         client.submit("made-up", {}, required_capabilities=["echo"]).get(timeout=60)
 
+    # A run is counted by Celery's postrun signal, just after its result is stored: the last
+    # run's count may trail its `.get()` by a moment.
+    wait_for(
+        lambda: value(scrape(port), "orchestrator_worker_tasks_failed_total", type="unknown"),
+        timeout=10,
+        message="the last run was never counted",
+    )
     text = scrape(port)  # one scrape of the parent: every child's counts are in it
     assert value(text, "orchestrator_worker_tasks_executed_total", type="echo") == n
     assert value(text, "orchestrator_worker_task_run_seconds_count", type="echo") == n
