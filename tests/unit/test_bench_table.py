@@ -1,4 +1,4 @@
-"""Issue 15's one table from canned reports, and the `orchestrator bench` verb's edges."""
+"""The performance figures table from canned reports, and the `orchestrator bench` verb's edges."""
 
 from __future__ import annotations
 
