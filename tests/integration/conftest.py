@@ -137,11 +137,6 @@ def pytest_runtest_makereport(
     return report
 
 
-def cluster_env(redis_url: str) -> dict[str, str]:
-    """What `orch_env` gives a test's own processes, for a server of the module's own."""
-    return worker_environ(redis_url)
-
-
 @dataclass
 class SharedCluster:
     """One control worker and the agents a module declares, on a redis-server of its own.
@@ -167,7 +162,7 @@ class SharedCluster:
 
     @property
     def env(self) -> dict[str, str]:
-        return cluster_env(self.url)
+        return worker_environ(self.url)
 
     @property
     def alive(self) -> bool:
