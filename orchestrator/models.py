@@ -165,8 +165,34 @@ def _shown(value: str, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit] + f"... ({len(value)} chars)"
 
 
+class Canvas(BaseModel):
+    """What Celery's canvas hung on a submission's message: the links to fire when its
+    handler finishes (`callbacks`, the rest of a `chain`), on failure (`errbacks`), the
+    `chord` callback with the header's group, and the workflow's root and parent ids. The
+    submit hop takes them off its own request and every execute message of the task carries
+    them, so Celery fires each link once the handler has run, never when the task is routed.
+    Set by the submit hop only, never from a client's fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    callbacks: list[dict[str, Any]] | None = None
+    errbacks: list[dict[str, Any]] | None = None
+    chain: list[dict[str, Any]] | None = None
+    chord: dict[str, Any] | None = None
+    group_id: str | None = None
+    group_index: int | None = None
+    root_id: str | None = None
+    parent_id: str | None = None
+
+    @property
+    def fires(self) -> bool:
+        """Whether a finished run hands anything on (a link, a chain, errbacks, a chord)."""
+        return bool(self.callbacks or self.errbacks or self.chain or self.chord)
+
+
 class OrchestrationTask(BaseModel):
-    """The task spec other services submit. Every rule's message names the field and the value."""
+    """The task spec other services submit. Every rule's message names the field and the value.
+    `canvas` is the submit hop's, not a client's (parse_task refuses it)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -181,6 +207,7 @@ class OrchestrationTask(BaseModel):
     client_id: str = "anonymous"
     concurrency_key: str | None = None
     concurrency_limit: int | None = None  # None: ORCH_CONCURRENCY_DEFAULT_LIMIT
+    canvas: Canvas | None = None
 
     @field_validator("task_id", mode="before")
     @classmethod
@@ -291,7 +318,8 @@ class OrchestrationTask(BaseModel):
         return ",".join(self.required_capabilities)
 
 
-ALLOWED_TASK_FIELDS = tuple(OrchestrationTask.model_fields)
+#: The fields a client may set (the canvas comes from the submission's own message).
+ALLOWED_TASK_FIELDS = tuple(f for f in OrchestrationTask.model_fields if f != "canvas")
 
 
 class ExecuteRequest(BaseModel):
@@ -339,6 +367,9 @@ def parse_task(fields: dict[str, Any], max_payload_bytes: int) -> OrchestrationT
     if unreadable:
         fields = {k: v for k, v in fields.items() if k not in unreadable}
     unknown = [_unknown_field(field_label((k,)), ALLOWED_TASK_FIELDS) for k in unreadable]
+    if "canvas" in fields:
+        fields = {k: v for k, v in fields.items() if k != "canvas"}
+        unknown.append(_unknown_field("canvas", ALLOWED_TASK_FIELDS))
     try:
         task = OrchestrationTask.model_validate(
             fields, context={"max_payload_bytes": max_payload_bytes}
@@ -404,6 +435,9 @@ class RegisteredAgent(BaseModel):
     in_flight: int = 0
     performance_score: float = 1.0  # the lowest of its capability scores (1.0: none yet)
     capability_scores: dict[str, float] = Field(default_factory=dict)  # orchestrator.optimize's
+    # Runs a Celery task named by each of its capabilities (an agent of an earlier version
+    # runs `orchestrator.execute` only): routers name the execute message by its type then.
+    handler_tasks: bool = False
 
 
 # --- events, recovery, breakers ----------------------------------------------------------

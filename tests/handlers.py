@@ -235,3 +235,21 @@ def stamp_start(payload: dict[str, Any]) -> dict[str, Any]:
     with open(payload["path"], "a", encoding="utf-8") as fh:
         fh.write(f"{payload['key']} {time.time()!r}\n")
     return {"key": payload["key"]}
+
+
+@capability("step")
+def step(payload: dict[str, Any]) -> dict[str, Any]:
+    """A workflow step (tests/integration/test_canvas.py): sleeps `seconds`, appends one JSON
+    line {key, start, end, ok} to the file `path` (kept outside Redis), and returns its key
+    with the previous result it was given. With `fail` it raises PermanentError, with
+    `crash` a plain exception (recovery's to retry or dead-letter)."""
+    key, start = payload["key"], time.time()
+    time.sleep(float(payload.get("seconds", 0.0)))
+    ok = not (payload.get("fail") or payload.get("crash"))
+    with open(payload["path"], "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"key": key, "start": start, "end": time.time(), "ok": ok}) + "\n")
+    if payload.get("fail"):
+        raise PermanentError(f"step {key} failed on purpose")
+    if payload.get("crash"):
+        raise RuntimeError(f"step {key} crashed on purpose")
+    return {"key": key, "previous": payload.get("previous")}

@@ -77,6 +77,10 @@ def _settle(task: Task, store: ExecutorStore, settlement: Settlement) -> None:
         log.warning("%d task(s) taken from the backlog not published: %s", len(fills), exc)
 
 
+def _has_links(request: Any) -> bool:
+    return bool(request.callbacks or request.errbacks or request.chain or request.chord)
+
+
 def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
@@ -87,7 +91,12 @@ def _publish_fills(task: Task, fills: list[Dispatched]) -> None:
         return
     agent_id = current_agent_id()
     publish = execute_publisher(task.app)
-    me = RegisteredAgent(agent_id=agent_id, capabilities={}, queue=agent_queue(agent_id))
+    me = RegisteredAgent(
+        agent_id=agent_id,
+        capabilities=settings_of(task.app).agent_capabilities,
+        queue=agent_queue(agent_id),
+        handler_tasks=True,
+    )
     for got in fills:
         publish(got.task, me, got.dispatch)
 
@@ -137,13 +146,18 @@ def _record_success(task: Task, task_id: str, done: _Success) -> None:
 
 
 class ExecuteTask(Task):
-    """Records a success in the ledger after Celery stored the result (see _execute).
+    """Runs a handler: `orchestrator.execute`, and on an agent the task per handler type
+    named by it (runtime.celeryconf.register_handler_tasks), the same run under each name.
+
+    Records a success in the ledger after Celery stored the result (see _execute).
 
     A success the ledger cannot record (Redis away or full beyond _settle's patience) is
     not acknowledged: the message is requeued, and comes back. When Redis is full as Celery
     stores the result (its write refused), the worker's internal-error path would acknowledge
     the message with the task `running` for ever: `_store_when_room` waits for room instead,
     then stores the result and records the success."""
+
+    runs_handler = True  # the gate lets it (and only it) through an agent's queue
 
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
         done = _unstored.pop(task_id, None)
@@ -159,7 +173,7 @@ class ExecuteTask(Task):
 def _store_when_room(
     sender: Any = None, task_id: str | None = None, exception: Any = None, **_: Any
 ) -> None:
-    if getattr(sender, "name", None) != EXECUTE or task_id is None:
+    if not getattr(sender, "runs_handler", False) or task_id is None:
         return
     done = _unstored.pop(task_id, None)
     if done is None or "maxmemory" not in str(exception):
@@ -181,7 +195,7 @@ def _store_when_room(
         log.error("task %s succeeded but the ledger could not record it: %s", task_id, exc)
 
 
-@app.task(name="orchestrator.execute", bind=True, base=ExecuteTask, throws=(PermanentError,))
+@app.task(name=EXECUTE, bind=True, base=ExecuteTask, throws=(PermanentError,))
 def execute(
     self: Task, type: str, payload: dict[str, Any], max_retries: int = 3, dispatch: int = 0
 ) -> Any:
@@ -245,8 +259,8 @@ def _execute(
         attempt = begin(now=started_at, force=True)
     if attempt.code == AttemptCode.ENDED:
         stored = store.stored_result(task_id)
-        if stored is None:
-            raise Ignore()
+        if stored is None or _has_links(task.request):
+            raise Ignore()  # (the run that ended it fired its links: a copy fires none)
         return json.loads(stored)  # the same value again: the backend's result is unchanged
     if attempt.code == AttemptCode.POISON:
         error = f"delivered {attempt.info} times without finishing (the worker died each time)"

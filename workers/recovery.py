@@ -7,6 +7,7 @@ from celery import Celery, Task
 from orchestrator.app import app
 from orchestrator.recovery.healer import Healer
 from orchestrator.recovery.plan import ErrorKind
+from orchestrator.runtime.canvas import task_failer
 from orchestrator.store import now_s
 from workers._context import HOUSEKEEPING, store_of
 from workers.routing import router_for
@@ -18,13 +19,14 @@ def healer_for(task: Task) -> Healer:
     celery_app: Celery = task.app
     key = id(celery_app)
     if key not in _healers:
+        store = store_of(celery_app)
         _healers[key] = Healer(
-            store_of(celery_app), router_for(celery_app), celery_app.backend.mark_as_failure
+            store, router_for(celery_app), task_failer(celery_app, store.load_spec)
         )
     return _healers[key]
 
 
-@app.task(name="orchestrator.recover", bind=True, ignore_result=True)
+@app.task(name="orchestrator.recover", **HOUSEKEEPING)
 def recover(
     self: Task, task_id: str, kind: str = "crash", agent_id: str | None = None, error: str = ""
 ) -> str | None:
@@ -33,7 +35,7 @@ def recover(
     return plan.tier.value if plan else None
 
 
-@app.task(name="orchestrator.recover_agent", bind=True, ignore_result=True)
+@app.task(name="orchestrator.recover_agent", **HOUSEKEEPING)
 def recover_agent(
     self: Task, agent_id: str, reason: str = "manual", only_queued: bool = False
 ) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery, Task
-from celery.exceptions import Reject
+from celery.exceptions import Ignore, Reject
 from kombu.exceptions import OperationalError
 
 from orchestrator.app import app
@@ -18,8 +18,10 @@ from orchestrator.errors import (
 )
 from orchestrator.models import TASK_ID_RE
 from orchestrator.routing.router import Outcome, Preparer, Router
-from orchestrator.runtime.celeryconf import execute_preparer, execute_publisher
+from orchestrator.runtime.canvas import canvas_of, task_failer
+from orchestrator.runtime.celeryconf import SUBMIT, execute_preparer, execute_publisher
 from orchestrator.runtime.gate import HELD_ETA
+from orchestrator.runtime.results import add_alias
 from orchestrator.store import now_s
 from workers._context import HOUSEKEEPING, settings_of, store_of
 
@@ -39,7 +41,7 @@ def router_for(task_app: Celery) -> Router:
 
 
 def _route(
-    task_app: Celery,
+    task: Task,
     router: Router,
     fields: dict[str, Any],
     submit_id: str,
@@ -49,36 +51,71 @@ def _route(
     the state store's Redis (as OrchestratorClient does; two round trips and a publish fewer
     than recording and routing apart), else apart (a redelivery resumes from the ledger).
     With `due` (an ETA the gate took from the broker) the task is recorded and held until
-    then."""
+    then. The links Celery's canvas hung on the message go with the task (runtime.canvas);
+    a `task_id` other than the message's id is made an alias of it first, so the message's
+    id resolves to the task's outcome too."""
     now = now_s()
-    task = router.validate(fields, submit_id, now)
+    valid = router.validate(fields, submit_id, now)
+    task_id = valid.task_id
+    assert task_id is not None
+    canvas = canvas_of(task.request)
+    if canvas is not None:
+        valid = valid.model_copy(update={"canvas": canvas})
+    if task_id != submit_id:
+        add_alias(task.backend, task_id, submit_id)
     if due is not None:
-        return router.submit_later(task, submit_id, now, due)
+        return router.submit_later(valid, submit_id, now, due)
     if not router.settings.broker_is_state_store:
-        return router.submit_valid(task, submit_id, now)
-    key = id(task_app)
+        return router.submit_valid(valid, submit_id, now)
+    key = id(task.app)
     if key not in _preparers:
-        _preparers[key] = execute_preparer(task_app)
-    return router.submit_atomic(task, submit_id, now, _preparers[key])
+        _preparers[key] = execute_preparer(task.app)
+    return router.submit_atomic(valid, submit_id, now, _preparers[key])
+
+
+def _with_previous(args: tuple[Any, ...], fields: dict[str, Any]) -> dict[str, Any]:
+    """The fields with the positional argument Celery's canvas prepends (the previous link's
+    result in a chain, the header's results for a chord callback) as payload["previous"].
+    More than one positional argument, or one beside a payload that is not an object, is
+    refused (InvalidTask, naming it)."""
+    if not args:
+        return fields
+    if len(args) > 1:
+        raise InvalidTask(
+            [
+                f"args: orchestrator.submit takes the task's fields as keyword arguments and at "
+                f"most one positional argument, the previous result in a chain (got {len(args)})"
+            ]
+        )
+    payload = fields.get("payload")
+    if payload is None:
+        payload = {}
+    if not isinstance(payload, dict):
+        return fields  # the spec's own check names the payload
+    return {**fields, "payload": {**payload, "previous": args[0]}}
 
 
 @app.task(
-    name="orchestrator.submit",
+    name=SUBMIT,
     bind=True,
     ignore_result=True,
     store_errors_even_if_ignored=True,
     throws=REFUSALS,
+    send_events=False,
 )
-def submit(self: Task, *args: Any, **fields: Any) -> str:
-    """Validate, record and route one task; its id becomes the orchestration id."""
+def submit(self: Task, *args: Any, **fields: Any) -> None:
+    """Validate, record and route one task; its id becomes the orchestration id.
+
+    It reports nothing itself (no result, no task events, and raises Ignore once the task
+    is routed): the task's story is its execute message's, told under the task's id and
+    type when the handler has run; only a refusal is this message's result. A positional
+    argument (a chain's previous result) becomes payload["previous"]."""
     router = router_for(self.app)
     submit_id = self.request.id
     try:
-        if args:
-            error = InvalidTask(
-                "args: orchestrator.submit takes keyword arguments only "
-                "(send kwargs={'type': ..., 'payload': {...}})"
-            )
+        try:
+            fields = _with_previous(args, fields)
+        except InvalidTask as error:
             client = fields.get("client_id")
             router.store.record_rejection(
                 error.problems,
@@ -86,10 +123,10 @@ def submit(self: Task, *args: Any, **fields: Any) -> str:
                 now=now_s(),
                 client_id=client if isinstance(client, str) else None,
             )
-            raise error
+            raise
         held = getattr(self.request, HELD_ETA, None)
         due = float(held) if isinstance(held, int | float) else None
-        outcome = _route(self.app, router, fields, submit_id, due)
+        _route(self, router, fields, submit_id, due)
     except (StoreUnavailable, OperationalError) as exc:
         # Redis went away mid-way (a restart, a failover): delivered again, the submission
         # resumes where the ledger says it stopped, instead of failing.
@@ -105,14 +142,19 @@ def submit(self: Task, *args: Any, **fields: Any) -> str:
             # A client tracking its own id must see the refusal there too.
             self.backend.mark_as_failure(given, exc)
         raise
-    return outcome.status.value
+    # Routed (or parked, queued, a duplicate): Celery must not fire the message's links now,
+    # nor count it done; the execute message carries them to the handler's end.
+    raise Ignore()
 
 
 @app.task(name="orchestrator.route_parked", **HOUSEKEEPING)
 def route_parked(self: Task) -> int:
-    """Route parked tasks that now have a capable agent; dead-letter those parked too long."""
+    """Route parked tasks that now have a capable agent; dead-letter those parked too long
+    (their links fail with them)."""
+    router = router_for(self.app)
+    fail = task_failer(self.app, router.store.load_spec)
 
     def expired(task_id: str, error: NoCapableAgent) -> None:
-        self.backend.mark_as_failure(task_id, error)
+        fail(task_id, error)
 
-    return len(router_for(self.app).dispatch_sweep(now_s(), expired))
+    return len(router.dispatch_sweep(now_s(), expired))

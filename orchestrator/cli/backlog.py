@@ -164,6 +164,7 @@ def cancel(task_id: str, as_json: bool) -> None:
     """
     from orchestrator.models import TaskState
     from orchestrator.routing.cancel import plan_cancel, revoke_needed
+    from orchestrator.runtime.canvas import task_failer
     from orchestrator.runtime.celeryconf import create_app
     from orchestrator.store import now_s
 
@@ -190,7 +191,7 @@ def cancel(task_id: str, as_json: bool) -> None:
         app = create_app(settings, with_tasks=False)
         revoke = revoke_needed(plan, before, after)
         stopped = _stop(app, store, task_id, after.get("agent")) if revoke else False
-        app.backend.mark_as_failure(task_id, error)
+        task_failer(app, store.load_spec)(task_id, error)  # its links fail with it
         # The freed slot, or the key's permit passed on, goes to the next waiting task.
         app.send_task("orchestrator.route_parked")
     except OrchestratorError as exc:

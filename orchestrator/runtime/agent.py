@@ -22,7 +22,7 @@ from celery import Celery, bootsteps
 from orchestrator.config import AGENT_ID_RE, AGENT_ID_RULE, Settings
 from orchestrator.errors import ConfigError
 from orchestrator.models import AgentStatus, RegisteredAgent
-from orchestrator.runtime.celeryconf import agent_queue, app_settings
+from orchestrator.runtime.celeryconf import agent_queue, app_settings, register_handler_tasks
 from orchestrator.runtime.handlers import import_handlers, missing_handlers
 from orchestrator.runtime.logs import say_refusal
 from orchestrator.store import StateStore, now_s
@@ -152,6 +152,10 @@ class AgentInit(bootsteps.Step):
             raise SystemExit(2)
         _Process.agent_id = agent_id
         _Process.settings = settings
+        # One Celery task per capability, named by it (before the consumer builds its task
+        # strategies and the pool forks): Flower, `celery inspect registered` and
+        # `celery control rate_limit TYPE` see the types.
+        register_handler_tasks(worker.app, settings.agent_capabilities)
         queue = agent_queue(agent_id)
         queues = worker.app.amqp.queues
         # No -Q given (Celery leaves _consume_from unset): an agent consumes only its own
@@ -186,6 +190,7 @@ class AgentPresence(bootsteps.StartStopStep):
             concurrency=int(getattr(consumer.controller, "concurrency", 1) or 1),
             registered_at=now,
             last_heartbeat=now,
+            handler_tasks=True,
         )
 
     def start(self, consumer: Any) -> None:

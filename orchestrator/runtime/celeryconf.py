@@ -5,6 +5,7 @@ Importing this builds nothing; `orchestrator.app` builds the module-level app fr
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery
@@ -15,6 +16,8 @@ from orchestrator.config import SIGNING_DIGEST, Settings, is_sentinel, redis_ssl
 from orchestrator.models import OrchestrationTask, RegisteredAgent
 from orchestrator.monitoring.schedule import redbeat_config
 from orchestrator.routing.weights import to_broker_priority
+from orchestrator.runtime import results
+from orchestrator.runtime.canvas import canvas_options
 from orchestrator.runtime.transport import (
     SENTINEL_TRANSPORT,
     TRANSPORT,
@@ -45,14 +48,51 @@ TASK_MODULES = [
 BROKER_PRIORITY_STEPS = list(range(10))
 
 
+#: Celery's and the orchestrator's own names: no handler type is run as a task of that name.
+RESERVED_PREFIXES = ("orchestrator.", "celery.")
+
+
+def handler_task_name(type: str) -> str | None:
+    """The Celery task an agent runs a handler type as (the type's own name), or None where
+    that name is Celery's or the orchestrator's own."""
+    return None if type.startswith(RESERVED_PREFIXES) else type
+
+
+def execute_name(task: OrchestrationTask, agent: RegisteredAgent) -> str:
+    """The execute message's task name: the task's type where the agent runs a Celery task
+    of that name (one per capability), so Flower, `celery events`, `celery inspect
+    registered` and `celery control rate_limit` see the type; else `orchestrator.execute`."""
+    if agent.handler_tasks and task.type in agent.capabilities:
+        return handler_task_name(task.type) or EXECUTE
+    return EXECUTE
+
+
+def register_handler_tasks(celery_app: Celery, types: Iterable[str]) -> list[str]:
+    """Register on an agent one task per handler type it runs, each `orchestrator.execute`
+    itself under the type's name (same run, same gate and ledger steps); returns the names."""
+    execute = celery_app.tasks[EXECUTE]
+    cls = type(execute)
+    names = []
+    for handler_type in sorted(types):
+        name = handler_task_name(handler_type)
+        if name is None:
+            continue
+        if name not in celery_app.tasks:
+            celery_app.task(name=name, base=cls, bind=True)(cls.__dict__["run"])
+        names.append(name)
+    return names
+
+
 def execute_publisher(celery_app: Celery) -> Publisher:
-    """Publishes `orchestrator.execute` to the chosen agent's queue under the task's id."""
+    """Publishes the task's execute message to the chosen agent's queue under the task's id,
+    named by its type (execute_name; events show the type either way), carrying the links
+    Celery's canvas hung on the submission."""
 
     def publish(
         task: OrchestrationTask, agent: RegisteredAgent, dispatch: int, countdown: float = 0.0
     ) -> AsyncResult:
         return celery_app.send_task(
-            EXECUTE,
+            execute_name(task, agent),
             task_id=task.task_id,
             kwargs={
                 "type": task.type,
@@ -65,6 +105,8 @@ def execute_publisher(celery_app: Celery) -> Publisher:
             soft_time_limit=task.timeout_s,
             time_limit=task.timeout_s + 10,
             countdown=countdown or None,
+            shadow=task.type,
+            **canvas_options(task.canvas),
         )
 
     return publish
@@ -197,6 +239,7 @@ def create_app(settings: Settings, *, with_tasks: bool = True) -> Celery:
     """Build a Celery app. Clients pass with_tasks=False: they only send by name."""
     alias_sentinel_scheme()
     app = Celery("orchestrator", include=TASK_MODULES if with_tasks else [])
+    results.install(app)  # one outcome under a task's id and its submission's message id
     app.conf.update(celery_config(settings))
     app.conf.orchestrator_settings = settings
     if settings.signing_enabled:

@@ -21,6 +21,7 @@ from orchestrator.events.consumer import EventConsumer, EventContext
 from orchestrator.events.registry import claim_idle_s
 from orchestrator.recovery.healer import Healer
 from orchestrator.routing.router import Router
+from orchestrator.runtime.canvas import task_failer
 from orchestrator.runtime.celeryconf import app_settings, execute_publisher
 from orchestrator.runtime.handlers import import_handlers
 from orchestrator.runtime.logs import say_refusal
@@ -56,7 +57,7 @@ class EventProcessing(bootsteps.StartStopStep):
             # A store of its own: the consumer's blocking reads hold a connection of its pool.
             store = StateStore.from_settings(self.settings)
             router = Router(store, self.settings, execute_publisher(consumer.app))
-            healer = Healer(store, router, consumer.app.backend.mark_as_failure)
+            healer = Healer(store, router, task_failer(consumer.app, store.load_spec))
             self.events = EventConsumer(
                 store,
                 EventContext(self.settings, store, healer, consumer.app),

@@ -116,7 +116,7 @@ class WorkerMetrics:
             self._count(note.type, note.outcome, note.run_s)
             if note.delegation_s is not None:
                 self.delegation.labels(note.type).observe(note.delegation_s)
-        elif task.name != EXECUTE and began is not None:
+        elif not getattr(task, "runs_handler", False) and began is not None:
             # Control work counts by its Celery name; an execute copy that ran no handler
             # (already ended, a stale dispatch) counts nothing.
             outcome = {"FAILURE": "fail", "RETRY": "retry"}.get(state or "", "ok")

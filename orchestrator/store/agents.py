@@ -182,6 +182,7 @@ class AgentStore(StoreBase):
                 "pid",
                 "concurrency",
                 "registered_at",
+                "handler_tasks",
             }
         )
         with self._translate():

@@ -82,14 +82,16 @@ def test_by_name_submission_from_a_plain_celery_client(shared):
         own = app.send_task("orchestrator.submit",
                             kwargs={{"type": "echo", "payload": {{"y": 2}}, "task_id": "svc-42"}})
         tracked = app.AsyncResult("svc-42").get(timeout=30)
+        by_message = own.get(timeout=30)  # the message's own id tells the same outcome
         leaked = [m for m in sys.modules if m.split(".")[0] in ("orchestrator", "workers")]
-        print(json.dumps({{"value": value, "tracked": tracked, "leaked": leaked}}))
+        print(json.dumps({{"value": value, "tracked": tracked, "by_message": by_message,
+                          "leaked": leaked}}))
     """)
     out = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=90, check=True
     )
     reply = json.loads(out.stdout.strip().splitlines()[-1])
-    assert reply == {"value": {"x": 1}, "tracked": {"y": 2}, "leaked": []}
+    assert reply == {"value": {"x": 1}, "tracked": {"y": 2}, "by_message": {"y": 2}, "leaked": []}
 
 
 def test_bad_input_is_rejected_naming_every_field_and_workers_keep_serving(shared):
@@ -118,12 +120,17 @@ def test_bad_input_is_rejected_naming_every_field_and_workers_keep_serving(share
     # The Python client checks before anything is recorded, with the same message.
     with pytest.raises(InvalidTask, match=r"type: must be 1-64 chars"):
         client.submit("Not A Type")
-    # Positional arguments (a common by-name mistake) are rejected the same way.
+    # One positional argument is a chain's previous result (payload["previous"]): the type
+    # given that way (a common by-name mistake) is missing from the fields; more than one
+    # positional argument is refused as such.
     positional = client.app.send_task("orchestrator.submit", args=["echo"])
-    with pytest.raises(InvalidTask, match="keyword arguments only"):
+    with pytest.raises(InvalidTask, match="type: is required"):
         positional.get(timeout=30)
-    assert shared.counter("rejected") == 3  # each announced too
-    assert [e.type for e in shared.events()].count("task.rejected") == 3
+    two = client.app.send_task("orchestrator.submit", args=["echo", 1], kwargs={"type": "echo"})
+    with pytest.raises(InvalidTask, match="at most one positional argument"):
+        two.get(timeout=30)
+    assert shared.counter("rejected") == 4  # each announced too
+    assert [e.type for e in shared.events()].count("task.rejected") == 4
 
     assert client.submit("echo", {"still": "serving"}).get(timeout=30) == {"still": "serving"}
 

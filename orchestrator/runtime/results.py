@@ -1,0 +1,107 @@
+"""Celery's Redis result backend, with aliases: one task's outcome under more than one id.
+
+A submission's message has its own Celery id; the task it submits is known by `task_id`
+when the client gave one. A client holding the message's id (the AsyncResult `send_task`
+returned, a chain link's id) must see the same outcome as one holding `task_id`. The submit
+hop makes the message's id an alias of the task's (`add_alias`) before routing it; every
+write of the task's result (by any process: the agent, recovery, a cancel) also writes it
+under each alias, in the same MULTI as the write itself (`_set`). Either the write sees the
+alias or the alias sees the written result, so no alias misses an outcome.
+
+`install` makes an app's `redis://`, `rediss://` and `sentinel://` result backends these
+classes (Celery's loader lets an app name its own class for a scheme).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, states
+from celery.backends.redis import RedisBackend, SentinelBackend
+from kombu.utils.encoding import bytes_to_str
+
+#: The set of a task's aliases, beside Celery's `celery-task-meta-<id>` (same Redis, same TTL).
+ALIAS_PREFIX = "celery-task-aliases-"
+
+
+class _Aliasing(RedisBackend):
+    def _aliases_key(self, task_id: str) -> str:
+        return ALIAS_PREFIX + task_id
+
+    def _task_id_of(self, key: Any) -> str | None:
+        text = bytes_to_str(key)
+        prefix = bytes_to_str(self.task_keyprefix)
+        return text[len(prefix) :] if text.startswith(prefix) else None
+
+    def _set(self, key: Any, value: Any, expires: Any = None) -> None:
+        """Celery's write (SET with its expiry, PUBLISH to its waiters), reading the task's
+        aliases in the same MULTI; then the same outcome under each alias."""
+        if expires is None:
+            expires = self.expires
+        task_id = self._task_id_of(key)
+        with self.client.pipeline() as pipe:
+            if expires:
+                pipe.setex(key, expires, value)
+            else:
+                pipe.set(key, value)
+            pipe.publish(key, value)
+            if task_id is not None:
+                pipe.smembers(self._aliases_key(task_id))
+            replies = pipe.execute()
+        if task_id is not None and replies[-1]:
+            for alias in sorted(bytes_to_str(a) for a in replies[-1]):
+                self._write_alias(alias, value, expires)
+
+    def _write_alias(self, alias: str, value: Any, expires: Any) -> None:
+        meta = self.decode(value)
+        meta["task_id"] = alias  # a waiter on the alias is woken by the id in the meta
+        encoded = self.encode(meta)
+        key = self.get_key_for_task(alias)
+        with self.client.pipeline() as pipe:
+            if expires:
+                pipe.setex(key, expires, encoded)
+            else:
+                pipe.set(key, encoded)
+            pipe.publish(key, encoded)
+            pipe.execute()
+
+    def add_alias(self, task_id: str, alias: str) -> None:
+        """Make `alias` resolve to `task_id`'s outcome: from now on, and at once if the task
+        has ended already (a second submission of a finished task's id)."""
+        self.ensure(self._add_alias, (task_id, alias))
+
+    def _add_alias(self, task_id: str, alias: str) -> None:
+        aliases = self._aliases_key(task_id)
+        with self.client.pipeline() as pipe:
+            pipe.sadd(aliases, alias)
+            pipe.expire(aliases, int(self.expires or 24 * 3600))
+            pipe.get(self.get_key_for_task(task_id))
+            *_, raw = pipe.execute()
+        if raw is not None and self.decode(raw).get("status") in states.READY_STATES:
+            self._write_alias(alias, raw, self.expires)
+
+
+class AliasingRedisBackend(_Aliasing):
+    """RedisBackend with aliases."""
+
+
+class AliasingSentinelBackend(_Aliasing, SentinelBackend):
+    """SentinelBackend with aliases."""
+
+
+def install(celery_app: Celery) -> None:
+    """Make the app's Redis result backends the aliasing ones."""
+    here = f"{__name__}:"
+    celery_app.loader.override_backends = {
+        "redis": here + AliasingRedisBackend.__name__,
+        "rediss": here + AliasingRedisBackend.__name__,
+        "sentinel": here + AliasingSentinelBackend.__name__,
+    }
+
+
+def add_alias(backend: Any, task_id: str, alias: str) -> None:
+    """backend.add_alias where the backend is an aliasing one (always, in an app built by
+    runtime.celeryconf.create_app)."""
+    adder = getattr(backend, "add_alias", None)
+    if adder is not None:
+        adder(task_id, alias)
