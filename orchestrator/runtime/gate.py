@@ -23,7 +23,7 @@ from orchestrator.config import Settings
 from orchestrator.errors import MessageRefused
 from orchestrator.models import TASK_ID_RE
 from orchestrator.runtime.agent import process_store
-from orchestrator.runtime.celeryconf import SUBMIT, app_settings
+from orchestrator.runtime.celeryconf import EXECUTE, SUBMIT, app_settings
 from orchestrator.runtime.transport import install_gate
 from orchestrator.security.screen import TaskPolicy, check_task_message, depth_bound, excerpt
 from orchestrator.store import StateStore, now_s
@@ -92,7 +92,11 @@ class WorkerGate:
         if self._policy is None:
             tasks = self.app.tasks.items()
             signatures = {name: inspect.signature(task.run) for name, task in tasks}
-            self._policy = TaskPolicy(signatures, self.settings.max_payload_bytes)
+            # orchestrator.execute, and the task an agent registers per handler type it runs.
+            handlers = {name for name, task in tasks if getattr(task, "runs_handler", False)}
+            self._policy = TaskPolicy(
+                signatures, self.settings.max_payload_bytes, frozenset({EXECUTE, *handlers})
+            )
             self._accept = prepare_accept_content(self.app.conf.accept_content)
         return self._policy
 

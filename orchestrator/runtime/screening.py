@@ -32,8 +32,8 @@ class Gate(Protocol):
         """None to deliver the kombu message, else the reason to refuse it."""
 
     def refuse(self, queue: str, raw: bytes, reason: str, task_id: str | None = None) -> None:
-        """Keep (or report) a refused entry; `task_id` is the id header of a refused task
-        message, so its sender can be told. Must not raise."""
+        """Keep (or report) a refused entry; `task_id` is the id its sender waits on (the id
+        header, or a protocol-1 body's `id`), so the sender can be told. Must not raise."""
 
 
 class LoggingGate:

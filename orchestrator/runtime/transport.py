@@ -96,7 +96,7 @@ from orchestrator.runtime.screening import (
     install_gate,
     refuse,
 )
-from orchestrator.security.screen import check_envelope
+from orchestrator.security.screen import check_envelope, sender_task_id
 
 __all__ = [  # the broker edge's names, some kept in runtime/screening.py
     "SENTINEL_TRANSPORT",
@@ -479,10 +479,8 @@ class Channel(kombu_redis.Channel):
                 return callback(message)
             if not no_ack:  # recorded as unacknowledged on delivery: take it off there
                 self.basic_ack(message.delivery_tag)
-            headers = message.headers if isinstance(message.headers, dict) else {}
-            task_id = headers.get("id")
-            raw = dumps(message._raw).encode()
-            refuse(queue, raw, reason, task_id if isinstance(task_id, str) else None)
+            task_id = sender_task_id(message.headers, message.content_type, message.body)
+            refuse(queue, dumps(message._raw).encode(), reason, task_id)
             return None
 
         if no_ack:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import binascii
 import inspect
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,25 +88,33 @@ def check_envelope(payload: Any) -> str | None:
 class TaskPolicy:
     """What the consuming worker runs: its registered tasks with their signatures.
 
-    An agent's queue (`agent.<id>`) takes `orchestrator.execute` only; every other queue
-    takes any registered task but that one (no producer of ours sends it elsewhere).
+    The tasks that run a handler (`handler_tasks`: `orchestrator.execute`, always, and the
+    task an agent's worker registers per handler type it runs, named by the type) are taken
+    from an agent's queue (`agent.<id>`) only, and nothing else is: no producer of ours sends
+    them elsewhere, or anything else there.
     """
 
     signatures: Mapping[str, inspect.Signature]
     max_payload_bytes: int = 1_048_576
+    handler_tasks: frozenset[str] = frozenset({EXECUTE})
     _names: frozenset[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_names", frozenset(self.signatures))
+        object.__setattr__(self, "handler_tasks", frozenset(self.handler_tasks) | {EXECUTE})
 
     def allows(self, queue: str, name: str) -> str | None:
         if name not in self._names:
             return f"unknown task {name!r}"
         on_agent_queue = queue.startswith(AGENT_QUEUE_PREFIX)
-        if on_agent_queue and name != EXECUTE:
-            return f"task {name!r} is not run from an agent's queue (only {EXECUTE})"
-        if not on_agent_queue and name == EXECUTE:
-            return f"task {EXECUTE!r} is only run from an agent's queue, not {queue!r}"
+        runs_handler = name in self.handler_tasks
+        if on_agent_queue and not runs_handler:
+            return (
+                f"task {name!r} is not run from an agent's queue (only {EXECUTE} and the "
+                "tasks named by handler types)"
+            )
+        if not on_agent_queue and runs_handler:
+            return f"task {name!r} is only run from an agent's queue, not {queue!r}"
         return None
 
 
@@ -127,8 +136,8 @@ def check_task_message(
     body_depth_bound: int | None = None,
 ) -> str | None:
     """Whether a decoded task message (Celery protocol 2) is one this queue runs: a
-    registered task, allowed on this queue, whose arguments bind to its signature; for
-    `orchestrator.execute`, arguments that keep to the execute contract. `body_depth_bound`
+    registered task, allowed on this queue, whose arguments bind to its signature; for a
+    task that runs a handler, arguments that keep to the execute contract. `body_depth_bound`
     (depth_bound of the encoded body) spares the walk over a body that cannot be deep."""
     if not headers or not isinstance(headers.get("task"), str):
         return "not a Celery task message: no task header (protocol 1 is not accepted)"
@@ -152,8 +161,8 @@ def check_task_message(
     for part, value in parts:
         if nesting_depth(value, MAX_MESSAGE_DEPTH) > MAX_MESSAGE_DEPTH:
             return f"task {name!r}: {part} nested deeper than {MAX_MESSAGE_DEPTH} levels"
-    if name == EXECUTE:  # the hot path: its model is stricter than its signature
-        return _check_execute(task_id, args, kwargs, policy.max_payload_bytes)
+    if name in policy.handler_tasks:  # the hot path: its model is stricter than its signature
+        return _check_execute(name, task_id, args, kwargs, policy.max_payload_bytes)
     if not all(isinstance(k, str) for k in kwargs):
         return f"task {name!r}: keyword argument names must be strings"
     if "self" in kwargs:  # it would bind to **fields, but Celery calls Task.__call__(self, ...)
@@ -166,15 +175,34 @@ def check_task_message(
 
 
 def _check_execute(
-    task_id: str, args: Any, kwargs: dict[str, Any], max_payload_bytes: int
+    name: str, task_id: str, args: Any, kwargs: dict[str, Any], max_payload_bytes: int
 ) -> str | None:
     if not TASK_ID_RE.match(task_id):
-        return f"task {EXECUTE!r}: id {task_id[:64]!r} is not a valid task id"
+        return f"task {name!r}: id {task_id[:64]!r} is not a valid task id"
     if args:
-        return f"task {EXECUTE!r}: takes keyword arguments only"
+        return f"task {name!r}: takes keyword arguments only"
     try:
         ExecuteRequest.model_validate(kwargs, context={"max_payload_bytes": max_payload_bytes})
     except ValidationError as exc:
         problems = describe_errors(exc, tuple(ExecuteRequest.model_fields))
-        return f"task {EXECUTE!r}: " + "; ".join(problems)
+        return f"task {name!r}: " + "; ".join(problems)
     return None
+
+
+def sender_task_id(headers: Any, content_type: Any, body: bytes | str | None) -> str | None:
+    """The id a refused message's sender waits on, so the refusal can be its result: the id
+    header, or else the `id` of a JSON object body (Celery protocol 1 sends the task's fields,
+    id included, as the body). `body` is the message's body as kombu decoded the envelope
+    (base64 and compression undone). Only JSON is read here: another serializer (pickle) is
+    never run on a refused message."""
+    task_id = headers.get("id") if isinstance(headers, Mapping) else None
+    if isinstance(task_id, str):
+        return task_id
+    if content_type != "application/json" or not body:
+        return None
+    try:
+        fields = json.loads(body)
+    except (ValueError, TypeError, RecursionError):  # (UnicodeDecodeError is a ValueError)
+        return None
+    task_id = fields.get("id") if isinstance(fields, dict) else None
+    return task_id if isinstance(task_id, str) and TASK_ID_RE.match(task_id) else None

@@ -14,12 +14,14 @@ import json
 import pickle
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import redis
 import yaml
+from celery.result import AsyncResult
 
 from orchestrator.config import load_settings
 from orchestrator.runtime.celeryconf import CONTROL_QUEUES, EXECUTE, SUBMIT, create_app
@@ -328,6 +330,30 @@ def test_the_sender_of_a_refused_task_message_is_told_why(shared: Any) -> None:
     redis.Redis.from_url(redis_url).lpush("celery", forged)
     wait_for(lambda: redis_client.zcard(POISON) == poison_before + 3, timeout=30)
     assert client.result("real-1").get(timeout=5) == {"real": 1}
+
+
+def test_the_sender_of_a_protocol_1_message_is_told_it_is_refused(shared: Any) -> None:
+    """Celery's protocol 1 carries the task's name and id in the body, not in headers: it is
+    refused, and answered under the body's id, so its sender's get() does not wait forever."""
+    from celery import Celery
+
+    redis_client, redis_url = shared.redis, shared.url
+    poison_before = redis_client.zcard(POISON)
+    task_id = str(uuid.uuid4())
+    fields = {"task": SUBMIT, "id": task_id, "args": [], "kwargs": {"type": "echo"}}
+    envelope = _template(redis_url, SUBMIT, {"type": "echo"}, "celery")
+    envelope["headers"] = {}
+    entry = _with_body(envelope, json.dumps(fields).encode(), "application/json")
+    redis.Redis.from_url(redis_url).lpush("celery", entry)
+
+    client_app = Celery(broker=redis_url, backend=redis_url)
+    try:
+        with pytest.raises(Exception, match=r"message refused .*protocol 1 is not accepted"):
+            AsyncResult(task_id, app=client_app).get(timeout=10)
+    finally:
+        client_app.close()
+    assert redis_client.zcard(POISON) == poison_before + 1
+    assert shared.proc("control").alive
 
 
 def test_no_broadcast_stops_a_worker(shared: Any) -> None:

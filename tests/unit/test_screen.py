@@ -243,3 +243,101 @@ def test_a_deep_body_is_refused_whatever_bound_is_given_above_the_limit() -> Non
     # A bound at or under the limit (from the encoded body) proves the body shallow.
     shallow = check_task_message("agent.a", H_EXECUTE, [[], EXECUTE_KW, {}], POLICY, 4)
     assert shallow is None
+
+
+#: An agent's worker registers one task per handler type it runs (the task's name is the
+#: type), each running what orchestrator.execute runs: the family of handler tasks.
+_SIG = inspect.signature(_execute)
+TYPED = TaskPolicy(
+    {**POLICY.signatures, "echo": _SIG, "count": _SIG},
+    max_payload_bytes=1024,
+    handler_tasks=frozenset({"orchestrator.execute", "echo", "count"}),
+)
+H_ECHO = {"task": "echo", "id": "task-2"}
+
+
+@pytest.mark.parametrize(
+    ("queue", "headers", "body", "reason"),
+    [
+        ("agent.a", H_ECHO, [[], EXECUTE_KW, {}], None),
+        ("agent.a", {**H_ECHO, "task": "count"}, [[], EXECUTE_KW, {}], None),
+        ("agent.a", H_EXECUTE, [[], EXECUTE_KW, {}], None),
+        ("celery", H_ECHO, [[], EXECUTE_KW, {}], "task 'echo' is only run from an agent's queue"),
+        ("orchestrator.routing", H_ECHO, [[], EXECUTE_KW, {}], "only run from an agent's queue"),
+        ("agent.a", H_SUBMIT, [[], {"type": "echo"}, {}], "not run from an agent's queue"),
+        ("agent.a", {**H_ECHO, "task": "evil"}, [[], EXECUTE_KW, {}], "unknown task 'evil'"),
+        ("celery", {**H_ECHO, "task": "evil"}, [[], EXECUTE_KW, {}], "unknown task 'evil'"),
+        ("agent.a", H_ECHO, [["echo", {}], {}, {}], "task 'echo': takes keyword arguments only"),
+        ("agent.a", {**H_ECHO, "id": "a/b"}, [[], EXECUTE_KW, {}], "task 'echo': id 'a/b' is not"),
+        ("agent.a", H_ECHO, [[], {**EXECUTE_KW, "x": 1}, {}], "task 'echo': x: unknown field"),
+        ("agent.a", H_ECHO, [[], {**EXECUTE_KW, "dispatch": -1}, {}], "task 'echo': dispatch:"),
+    ],
+)
+def test_every_task_that_runs_a_handler_is_screened_as_execute(
+    queue: str, headers: Any, body: Any, reason: str | None
+) -> None:
+    got = check_task_message(queue, headers, body, TYPED)
+    if reason is None:
+        assert got is None
+    else:
+        assert got is not None and reason in got, got
+
+
+def test_orchestrator_execute_always_runs_a_handler() -> None:
+    """A policy naming only the typed tasks still keeps orchestrator.execute to agents' queues
+    and to its model."""
+    policy = TaskPolicy(TYPED.signatures, handler_tasks=frozenset({"echo"}))
+    assert "orchestrator.execute" in policy.handler_tasks
+    got = check_task_message("celery", H_EXECUTE, [[], EXECUTE_KW, {}], policy)
+    assert got is not None and "only run from an agent's queue" in got
+
+
+@pytest.mark.parametrize(
+    ("headers", "content_type", "body", "task_id"),
+    [
+        ({"id": "t-1", "task": "x"}, "application/json", b"[[], {}, {}]", "t-1"),
+        ({}, "application/json", b'{"task": "x", "id": "p-1", "args": [], "kwargs": {}}', "p-1"),
+        (None, "application/json", b'{"id": "p-2"}', "p-2"),
+        ({"id": 7}, "application/json", '{"id": "p-3"}', "p-3"),  # kombu may hand a str
+        ({}, "application/json", b'{"id": "../etc"}', None),  # not a task id
+        ({}, "application/json", b'{"id": 12}', None),
+        ({}, "application/json", b'["p-4"]', None),
+        ({}, "application/json", b"{not json", None),
+        ({}, "application/json", b"[" * 30_000 + b"]" * 30_000, None),
+        ({}, "application/json", b"\xff\xfe\x00", None),
+        ({}, "application/x-python-serialize", b'{"id": "p-5"}', None),  # only JSON is read
+        ({}, "application/json", None, None),
+    ],
+)
+def test_the_id_a_refused_message_is_answered_under(
+    headers: Any, content_type: Any, body: Any, task_id: str | None
+) -> None:
+    """The id header, or else (Celery protocol 1: the task's fields are the body's) the
+    JSON body's own `id`."""
+    from orchestrator.security.screen import sender_task_id
+
+    assert sender_task_id(headers, content_type, body) == task_id
+
+
+def test_the_gate_takes_the_handler_tasks_from_the_app() -> None:
+    """The tasks whose class says `runs_handler` (orchestrator.execute's, and the one per
+    handler type an agent registers) are the family; orchestrator.execute is one always."""
+    from celery import Celery, Task
+
+    from orchestrator.config import load_settings
+    from orchestrator.runtime.gate import WorkerGate
+
+    class RunsHandler(Task):  # type: ignore[misc]
+        runs_handler = True
+
+    app = Celery("gate-policy", set_as_current=False)
+    for name in ("echo", "count"):
+        app.task(name=name, base=RunsHandler)(_execute)
+    app.task(name="orchestrator.submit")(_submit)
+    gate = WorkerGate(app, load_settings(), store=None, source="test")  # type: ignore[arg-type]
+    policy = gate.policy()
+    assert policy.handler_tasks == {"orchestrator.execute", "echo", "count"}
+    assert check_task_message("agent.a", H_ECHO, [[], EXECUTE_KW, {}], policy) is None
+    got = check_task_message("celery", H_ECHO, [[], EXECUTE_KW, {}], policy)
+    assert got is not None and "only run from an agent's queue" in got
+    assert check_task_message("celery", H_SUBMIT, [[], {"type": "echo"}, {}], policy) is None
