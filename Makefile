@@ -60,7 +60,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-# Issue 15's ten figures in one table: the routing, scale and fleet benchmarks in turn (about 10
+# The ten headline figures in one table: the routing, scale and fleet benchmarks in turn (about 10
 # minutes), each on its own redis-server and workers; writes bench/results.json and RESULTS.md.
 # BENCH_ARGS="--quick" for a smoke run of a few minutes, "--only scale" for one stage.
 bench: $(STAMP)

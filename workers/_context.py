@@ -21,6 +21,7 @@ def store_of(app: Celery) -> StateStore:
 
 
 #: The options of a housekeeping task (the beat loops, the recovery monitor, the sweeps, the
-#: recovery of a failed task or a lost agent): no result, and no task events, so Flower, `celery events` and Flower's event counters show
-#: the users' work only (the loops record their runs themselves: keys.MONITOR_RUNS).
+#: recovery of a failed task or a lost agent): no result, and no task events, so Flower,
+#: `celery events` and Flower's event counters show the users' work only (the loops record
+#: their runs themselves: keys.MONITOR_RUNS).
 HOUSEKEEPING: dict[str, Any] = {"bind": True, "ignore_result": True, "send_events": False}

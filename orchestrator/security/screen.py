@@ -186,6 +186,8 @@ def _check_execute(
     except ValidationError as exc:
         problems = describe_errors(exc, tuple(ExecuteRequest.model_fields))
         return f"task {name!r}: " + "; ".join(problems)
+    if name != EXECUTE and kwargs.get("type") != name:
+        return f"task {name!r}: runs type {name!r} only (got type {kwargs.get('type')!r})"
     return None
 
 

@@ -1,4 +1,4 @@
-"""Issue 3's chaos suite: real workers, real faults, and a history checker that judges.
+"""The chaos suite: real workers, real faults, and a history checker that judges.
 
 Each scenario starts real `celery worker` / `celery beat` processes on a flushed Redis, runs
 `chaos` tasks (count their start, sleep, count their completion; the task id is the counter

@@ -1,4 +1,4 @@
-"""Issue 13 part 2: performance-driven allocation through real agents, beat and routers."""
+"""Performance-driven allocation through real agents, beat and routers."""
 
 from __future__ import annotations
 

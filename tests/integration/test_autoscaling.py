@@ -1,4 +1,4 @@
-"""Issue 14, autoscaling: the decided agent count from a real backlog, end to end.
+"""The decided agent count from a real backlog, end to end.
 
 Served by the exporter and `orchestrator scale`, held by the cool-down, and carried out by
 ORCH_SCALE_COMMAND.

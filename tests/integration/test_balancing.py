@@ -1,4 +1,4 @@
-"""Issue 13 part 3: each balancing algorithm and affinity, proven through real routers.
+"""Each balancing algorithm and affinity, proven through real routers.
 
 The cluster tests route through both kinds of router: the client's own (OrchestratorClient
 routes in this process) and a control worker's (`orchestrator.submit` sent by name), with

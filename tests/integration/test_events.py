@@ -1,9 +1,10 @@
-"""Issue 13, part 1: event processing in real control workers, and `orchestrator events`.
+"""Event processing in real control workers, and `orchestrator events`.
 
-Events are written here as another service would write them (a plain XADD of the SPEC
-section 8 fields), and the control workers' consumer group reacts. The handlers these tests
-register live in tests/handlers.py (ORCH_HANDLERS=tests.handlers on the control workers).
-Claims happen after ORCH_AGENT_TIMEOUT_S of idleness: 4 s in these tests' environment.
+Events are written here as another service would write them (a plain XADD of the event's
+fields: type, ts, severity, source, data), and the control workers' consumer group reacts.
+The handlers these tests register live in tests/handlers.py (ORCH_HANDLERS=tests.handlers on
+the control workers). Claims happen after ORCH_AGENT_TIMEOUT_S of idleness: 4 s in these
+tests' environment.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 3: breakers, recovery tiers, lost agents, the redelivery cap, dead letters, timeouts."""
+"""Breakers, recovery tiers, lost agents, the redelivery cap, dead letters, timeouts."""
 
 from __future__ import annotations
 

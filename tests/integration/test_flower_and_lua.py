@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import json
 import random
+import re
 import socket
+import time
 import urllib.request
 
 import pytest
@@ -26,11 +28,23 @@ def _http(url: str, auth: str, body: dict | None = None) -> dict:
         return json.loads(response.read())
 
 
-def test_submit_through_flowers_http_api_and_flower_sees_tasks_by_name(
+#: Every loop beat schedules, each second or two: their runs must not show in Flower.
+FAST_LOOPS = {
+    "ORCH_ALERT_EVALUATION_INTERVAL": "1",
+    "ORCH_SLA_MONITORING_INTERVAL": "1",
+    "ORCH_SECURITY_MONITORING_INTERVAL": "1",
+    "ORCH_ANOMALY_DETECTION_INTERVAL": "1",
+    "ORCH_PERFORMANCE_OPTIMIZATION_INTERVAL": "1",
+    "ORCH_RECOVERY_MONITOR_INTERVAL_S": "1",
+}
+
+
+def test_submit_through_flowers_http_api_and_flower_shows_the_work_by_type(
     celery_procs, orch_env, start_control, start_agent, client
 ):
-    start_control()
-    start_agent("a", "echo")
+    start_control(**FAST_LOOPS)
+    celery_procs(["beat", "-l", "info"], {**orch_env, **FAST_LOOPS}, name="beat")
+    start_agent("a", "echo,sleep")
     start_agent("b", "echo")
     port, auth = free_port(), "ops:secret"
     flower = celery_procs(
@@ -59,22 +73,42 @@ def test_submit_through_flowers_http_api_and_flower_sees_tasks_by_name(
     send = f"{base}/api/task/send-task/orchestrator.submit"
     reply = _http(send, auth, {"kwargs": {"type": "echo", "payload": {"via": "flower"}}})
     assert client.result(reply["task-id"]).get(timeout=30) == {"via": "flower"}
-    # With the client's own task_id the submit message and the execution have distinct ids,
-    # so Flower lists both; without one they share the id and Flower shows the execution.
+    # With the client's own task_id, the message's id tells the same outcome.
     own = _http(send, auth, {"kwargs": {"type": "echo", "task_id": "flower-1"}})
     assert client.result("flower-1").get(timeout=30) == {}
+    assert client.result(own["task-id"]).get(timeout=30) == {}
+    slept = client.submit("sleep", {"seconds": 0.01})
+    slept.get(timeout=30)
+    time.sleep(3)  # every loop has run a few times
 
-    def names() -> dict[str, str]:
-        return {k: t.get("name") for k, t in _http(f"{base}/api/tasks", auth).items()}
+    def tasks() -> dict[str, dict]:
+        return _http(f"{base}/api/tasks", auth)
 
-    expected = {
-        reply["task-id"]: "orchestrator.execute",
-        own["task-id"]: "orchestrator.submit",
-        "flower-1": "orchestrator.execute",
-    }
+    # One task per submission, named by its type and with its agent; no loop, no submit hop.
+    expected = {reply["task-id"]: "echo", "flower-1": "echo", slept.id: "sleep"}
     wait_for(
-        lambda: names() == expected, timeout=30, message="Flower did not see the tasks by name"
+        lambda: {k: t.get("name") for k, t in tasks().items()} == expected,
+        timeout=30,
+        message="Flower did not show the work by type",
     )
+    assert tasks()[slept.id]["worker"] == f"a@{host}"
+    # Flower's own event counter counts the users' work only.
+    scrape = urllib.request.Request(f"{base}/metrics")
+    scrape.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    with urllib.request.urlopen(scrape, timeout=10) as response:
+        metrics = response.read().decode()
+    counted = set(re.findall(r'^flower_events_total\{[^}]*task="([^"]*)"', metrics, re.M))
+    assert counted == {"echo", "sleep"}, metrics
+
+    # Each agent runs a Celery task per type it offers: listed, and rate-limited per type.
+    inspect = client.app.control.inspect(destination=[f"a@{host}"], timeout=5)
+    registered = inspect.registered()[f"a@{host}"]
+    assert {"echo", "sleep", "orchestrator.execute"} <= set(registered)
+    replies = client.app.control.rate_limit(
+        "sleep", "600/m", destination=[f"a@{host}"], reply=True, timeout=5
+    )
+    assert "ok" in replies[0][f"a@{host}"], replies
+    assert client.submit("sleep", {"seconds": 0.01}).get(timeout=30) == {"slept": 0.01}
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -1,4 +1,4 @@
-"""Issue 2: a task enqueued by name reaches the best capable agent; its id resolves to the result.
+"""A task enqueued by name reaches the best capable agent; its id resolves to the result.
 
 Every agent and router here is a real `celery worker` process on a private redis-server.
 """

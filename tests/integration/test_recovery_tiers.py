@@ -1,4 +1,4 @@
-"""Issue 13 part 4: each recovery tier reachable at default settings; flags honoured at run time."""
+"""Each recovery tier reachable at default settings; flags honoured at run time."""
 
 from __future__ import annotations
 

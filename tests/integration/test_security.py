@@ -1,7 +1,6 @@
 """Per-client limits and blocking, and the security loop's findings, on a real cluster.
 
-Issue 8, parts 2 and 5: per-client limits and blocking, and the security loop's findings,
-against a real redis-server and real celery workers (and a real Flower)."""
+Against a real redis-server and real celery workers (and a real Flower)."""
 
 from __future__ import annotations
 

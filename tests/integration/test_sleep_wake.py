@@ -1,4 +1,4 @@
-"""Issue 14, part 1: agents sleep when idle and wake when work needs them (real workers).
+"""Agents sleep when idle and wake when work needs them (real workers).
 
 What a worker consumes is read as an operator would, with Celery's `inspect active_queues`;
 the registry (`orch:agent_status`) and the event stream say the rest. The sleep/wake loop is

@@ -1,4 +1,4 @@
-"""Issue 8: generated submissions through the real `orchestrator.submit`, by name.
+"""Generated submissions through the real `orchestrator.submit`, by name.
 
 Hypothesis draws FUZZ_EXAMPLES submit kwargs (default 1,000; `make fuzz` runs 10,000) from
 tests/fuzz_specs.py; a plain `Celery(broker, backend)` app, as a service that never imports

@@ -1,4 +1,4 @@
-"""Issue 12: each worker's own metrics (prefork-correct) and the exporter, as Prometheus reads."""
+"""Each worker's own metrics (prefork-correct) and the exporter, as Prometheus reads."""
 
 from __future__ import annotations
 

@@ -260,7 +260,9 @@ H_ECHO = {"task": "echo", "id": "task-2"}
     ("queue", "headers", "body", "reason"),
     [
         ("agent.a", H_ECHO, [[], EXECUTE_KW, {}], None),
-        ("agent.a", {**H_ECHO, "task": "count"}, [[], EXECUTE_KW, {}], None),
+        ("agent.a", {**H_ECHO, "task": "count"}, [[], {**EXECUTE_KW, "type": "count"}, {}], None),
+        # A type's task runs that type only (its rate limit is that type's).
+        ("agent.a", {**H_ECHO, "task": "count"}, [[], EXECUTE_KW, {}], "runs type 'count' only"),
         ("agent.a", H_EXECUTE, [[], EXECUTE_KW, {}], None),
         ("celery", H_ECHO, [[], EXECUTE_KW, {}], "task 'echo' is only run from an agent's queue"),
         ("orchestrator.routing", H_ECHO, [[], EXECUTE_KW, {}], "only run from an agent's queue"),
