@@ -17,7 +17,7 @@ median minutes that first episode stayed flagged (in the REGRESSIONS hash, regre
 The default 20 hours leave the slowest drift (12 h from hour 7) room to play out.
 
 `--compare` also runs the rule the loop had before (detect_regression's 20 % / p < 0.01 at
-every minute, no hysteresis). Prints a markdown table per rule (the README's), or one JSON
+every minute, no hysteresis). Prints a markdown table per rule (the anomalies page's), or one JSON
 object with --json; progress goes to stderr. Two processes (the machine has two cores).
 """
 

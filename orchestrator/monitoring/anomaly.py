@@ -11,7 +11,7 @@ better than the plain level does, so a daily peak is not novel the second time r
 views of the series are judged, each point and the mean of the last 12; the second finds a
 shift too small for any single point to stand out.
 
-Why this shape, measured on the labelled tuning set (README, "Anomaly detection"): a z-score
+Why this shape, measured on the labelled tuning set (docs/operations/anomalies.md): a z-score
 against a rolling baseline pages again and again on a noisy series, because a 2-sigma point
 is an everyday event there (505 false flags for 64 windows), while a point beyond the series'
 own recent range is rare by construction; a level shift pages once, and the new level is
@@ -37,7 +37,7 @@ MAD_TO_SIGMA = 1.4826
 MEANAD_TO_SIGMA = 1.2533
 DAY_S = 86_400.0
 # The score's unit, in noise scales: the default sensitivity 2.0 pages 0.9 scales beyond the
-# range. Measured on the tuning set, the best margin lies between 0.8 and 0.95 scales (README);
+# range. Measured on the tuning set, the best margin lies between 0.8 and 0.95 scales (docs/operations/anomalies.md);
 # in this unit the variable keeps its range and meaning and its default sits in that plateau.
 SCORE_UNIT = 0.45
 _TINY = 1e-9

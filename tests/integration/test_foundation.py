@@ -6,6 +6,7 @@ Every agent and router here is a real `celery worker` process on a private redis
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -23,7 +24,7 @@ from orchestrator.store import Acceptance, now_s
 from orchestrator.store.codes import AcceptStatus
 from orchestrator.store.keys import EVENTS
 from tests.integration.conftest import ledger
-from tests.support import wait_for
+from tests.support import REPO_ROOT, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -325,3 +326,22 @@ def test_closing_a_client_closes_every_connection_it_opened(shared):
         again.route_locally = False
         assert again.submit("echo", {"n": 5}).get(timeout=30) == {"n": 5}
     assert len(ours()) == before, ours()
+
+
+def test_the_readmes_python_examples_run_as_shown(shared):
+    """README.md's Python examples (by name, a chain, the client), run as one script against
+    a real cluster with only the Redis URL changed: what a new user copies works."""
+    text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    clients = [b for b in blocks if "send_task" in b or "chain(" in b or "OrchestratorClient(" in b]
+    assert len(clients) == 3, clients
+    script = "\n".join(clients).replace("redis://127.0.0.1:6390/0", shared.url)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "{'x': 1}",
+        "{'note': 'after the sleep', 'previous': {'slept': 0.2}}",
+        "{'x': 1}",
+    ], out.stdout

@@ -76,7 +76,7 @@ def test_iso_timestamps_score_as_numbers_do():
         pytest.param(10, 0, 0, 0.0, id="null detector"),
         pytest.param(10, 10, 0, 100.0, id="perfect"),
         pytest.param(10, 5, 0, 50.0, id="half the windows"),
-        pytest.param(64, 55, 59, 80.87, id="README: Numenta HTM"),
+        pytest.param(64, 55, 59, 80.87, id="docs: Numenta HTM"),
         pytest.param(1, 1, 100, -450.0, id="false flags can push it below 0"),
         pytest.param(0, 0, 0, None, id="no window: undefined"),
         pytest.param(0, 0, 7, None, id="no window, false flags: still undefined"),

@@ -26,7 +26,7 @@ PROVISIONING = GRAFANA / "provisioning"
 DATASOURCES = PROVISIONING / "datasources" / "prometheus.yml"
 PROVIDERS = PROVISIONING / "dashboards" / "hive.yml"
 
-#: What the orchestrator serves (README, Observability): the exporter's and every worker's
+#: What the orchestrator serves (docs/operations/monitoring.md): the exporter's and every worker's
 #: names, counters with `_total`, histograms by family. Flower's flower_* names and
 #: Prometheus' own `up` are not the orchestrator's and no panel may depend on them.
 EXPORTER_NAMES = frozenset(

@@ -1,6 +1,6 @@
 """ORCH_SIGNING_KEY / _CERT / _CERT_STORE: all three or none, each one a file Celery can use.
 
-The key and certificates are made with the openssl commands the README shows; the settings
+The key and certificates are made with the openssl commands docs/operations/security.md shows; the settings
 read them with Celery's own classes, so a configuration that passes here is one every
 signing role and every verifying worker accepts.
 """
@@ -45,7 +45,7 @@ class Identity:
 
 
 def openssl_identity(directory: Path, name: str) -> Identity:
-    """A test key and self-signed certificate, exactly as the README makes them:
+    """A test key and self-signed certificate, exactly as docs/operations/security.md makes them:
 
         openssl req -x509 -newkey rsa:2048 -sha256 -days 365 -nodes \\
           -keyout NAME.key -out NAME.crt -subj "/CN=NAME"
