@@ -52,7 +52,12 @@ _GAUGES = (
     ("security_threats", "security_threats", "Security findings of severity error/critical", 1),
     ("anomalies_active", "anomalies_active", "Metric series in an anomalous episode", 1),
     ("regressions_active", "regressions_active", "Task types with a latency regression", 1),
-    ("backup_age_s", "backup_age_seconds", "Seconds since the newest backup", 1),
+    (
+        "backup_age_s",
+        "backup_age_seconds",
+        "Seconds since the newest backup (with none yet, since monitoring began)",
+        1,
+    ),
     ("backup_rpo_met", "backup_rpo_met", "1 while the newest good backup is within the RPO", 1),
 )
 

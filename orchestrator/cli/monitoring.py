@@ -486,15 +486,19 @@ def backup_status(as_json: bool) -> None:
         last_restore(ctx.store.r),
         ctx.settings.effective_backup_rpo_s,
         now_s(),
+        since=ctx.mon.monitoring_began(),
     )
     if as_json:
         _json(status.model_dump(mode="json"))
         return
     age = "-" if status.backup_age_s is None else f"{status.backup_age_s:.0f} s"
-    console.print(
-        f"newest backup: {status.last_backup_path or 'none'} ({_when(status.last_backup_at)}, "
-        f"age {age}, verified {_when(status.last_verified_at)})"
-    )
+    if status.last_backup_path is None:
+        console.print(f"newest backup: none (none for {age}: since monitoring began)")
+    else:
+        console.print(
+            f"newest backup: {status.last_backup_path} ({_when(status.last_backup_at)}, "
+            f"age {age}, verified {_when(status.last_verified_at)})"
+        )
     verdict = "met" if status.rpo_met else "NOT met"
     console.print(f"RPO {status.rpo_s:.0f} s: {verdict}; {status.backups_kept} backups kept")
     restore = status.last_restore_path or "none"

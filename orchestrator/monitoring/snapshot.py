@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from orchestrator.backup.status import rpo_met
+from orchestrator.backup.status import backup_age_s, rpo_met
 from orchestrator.config import Settings
 from orchestrator.models import (
     AgentStatus,
@@ -20,7 +20,6 @@ from orchestrator.models import (
 )
 from orchestrator.monitoring.stats import WindowStats, assess_health, run_figures
 from orchestrator.routing.weights import effective_status
-from orchestrator.store.keys import MONITOR_SINCE
 from orchestrator.store.monitoring import MonitoringStore
 from orchestrator.store.ports import LoopsStore
 
@@ -43,16 +42,6 @@ class Snapshot:
             for cap in agent.capabilities:
                 out[cap] = out.get(cap, 0) + self.depths.get(agent.queue, 0)
         return out
-
-
-def backup_age_s(mon: MonitoringStore, last_backup: dict[str, str], now: float) -> float:
-    """Seconds since the newest backup; without one, since monitoring first ran (so a
-    deployment whose backups never succeed still trips BackupStale), else 0."""
-    last = last_backup.get("created_at")
-    if last is not None:
-        return max(0.0, now - float(last))
-    since = mon.r.get(MONITOR_SINCE)
-    return max(0.0, now - float(since)) if since is not None else 0.0
 
 
 def gather(store: LoopsStore, mon: MonitoringStore, settings: Settings, now: float) -> Snapshot:
@@ -89,7 +78,7 @@ def gather(store: LoopsStore, mon: MonitoringStore, settings: Settings, now: flo
         delegation_p95_ms=runs.delegation_p95,
         circuits_open=sum(1 for a in agents if a.circuit is CircuitBreakerState.OPEN),
         alerts_firing=len(firing),
-        backup_age_s=backup_age_s(mon, last_backup, now),
+        backup_age_s=backup_age_s(last_backup, mon.monitoring_began(), now),
         backup_rpo_met=int(rpo_met(last_backup, settings.effective_backup_rpo_s, now)),
         security_threats=len(mon.threats()),
         anomalies_active=sum(1 for s in episodes.values() if s.get("state", {}).get("in_episode")),

@@ -381,6 +381,11 @@ class MonitoringStore:
         }
         self.r.hset(BACKUP_LAST, mapping=mapping)
 
+    def monitoring_began(self) -> float | None:
+        """When monitoring first ran here, or None (it never has)."""
+        since = self.r.get(MONITOR_SINCE)
+        return None if since is None else float(since)
+
     def monitoring_since(self, now: float) -> float:
         """When monitoring first ran here (set once); the age of "no backup yet"."""
         self.r.set(MONITOR_SINCE, repr(now), nx=True)

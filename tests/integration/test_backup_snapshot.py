@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,15 @@ def test_a_backup_killed_on_the_way_leaves_nothing_listed(env, redis_client):
     made = cli_json(env, "backup", "create")
     assert [b["path"] for b in cli_json(env, "backup", "list")] == [made["path"]]
     assert not list(folder.glob("*.partial")), "the next backup removed the partial file"
+
+
+def test_status_and_backup_status_give_one_backup_age(env, redis_client):
+    """With no backup yet, both say how long there has been none (since monitoring began),
+    and the text says `none` instead of a bare number."""
+    redis_client.set("orch:monitor:since", repr(time.time() - 882))
+    status = cli_json(env, "status")
+    dr = cli_json(env, "backup", "status")
+    assert dr["last_backup_path"] is None
+    assert abs(status["backup_age_s"] - dr["backup_age_s"]) < 5
+    assert 880 <= dr["backup_age_s"] < 900
+    assert "newest backup: none (none for 88" in cli(env, "backup", "status").stdout

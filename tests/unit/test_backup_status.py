@@ -2,7 +2,7 @@
 
 import pytest
 
-from orchestrator.backup.status import dr_status
+from orchestrator.backup.status import backup_age_s, dr_status
 from orchestrator.config import load_settings
 from orchestrator.monitoring.alerting import builtin_rules
 
@@ -43,3 +43,18 @@ def test_the_rpo_defaults_to_two_intervals_and_drives_backup_stale(monkeypatch):
     assert settings.effective_backup_rpo_s == 900
     rules = builtin_rules(settings.backup_interval_hours, settings.effective_backup_rpo_s)
     assert next(r for r in rules if r.name == "BackupStale").threshold == 900
+
+
+@pytest.mark.parametrize(
+    "last,since,age",
+    [
+        pytest.param(GOOD, NOW - 5000, 100.0, id="the newest backup's age"),
+        pytest.param({}, NOW - 882, 882.0, id="none yet: since monitoring began"),
+        pytest.param({}, None, None, id="none, and monitoring never ran"),
+    ],
+)
+def test_one_backup_age_for_status_the_exporter_and_backup_status(last, since, age):
+    """`orchestrator status` and the exporter (the snapshot) and `orchestrator backup status`
+    (the disaster-recovery status) give one figure for one question."""
+    assert dr_status(last, 0, None, 3600, NOW, since=since).backup_age_s == age
+    assert backup_age_s(last, since, NOW) == (age or 0.0)
