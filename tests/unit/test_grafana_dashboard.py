@@ -429,3 +429,21 @@ def test_served_names_reads_an_exposition_in_the_same_vocabulary() -> None:
     assert dashboards.histogram_families(text) == {"orchestrator_task_run_seconds"}
     quantile = "histogram_quantile(0.5, rate(orchestrator_task_run_seconds_bucket[5m]))"
     assert dashboards.metric_names(quantile, dashboards.histogram_families(text)) <= served
+
+
+def test_the_health_panel_shows_each_state_in_its_own_colour(
+    panels: list[dict[str, Any]],
+) -> None:
+    """healthy, degraded and critical each read as a word on a colour of their own (one
+    colour whatever the state says nothing at a glance)."""
+    (health,) = [p for p in panels if p["title"] == "Health"]
+    (target,) = health["targets"]
+    for state in ("degraded", "critical"):
+        assert f'orchestrator_health{{state="{state}"}}' in target["expr"]
+    mapped: dict[str, tuple[str, str]] = {}
+    for mapping in health["fieldConfig"]["defaults"]["mappings"]:
+        for value, shown in mapping["options"].items():
+            mapped[value] = (shown["text"], shown["color"])
+    assert {v[0] for v in mapped.values()} == {"healthy", "degraded", "critical"}
+    assert len({v[1] for v in mapped.values()}) == 3, mapped
+    assert health["options"]["colorMode"] == "background"
