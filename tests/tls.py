@@ -46,7 +46,8 @@ def _signed(ca_cert: Path, ca_key: Path, folder: Path, role: str, usage: str) ->
 
 def make_tls_files(folder: str | os.PathLike[str], name: str = "Test") -> TlsFiles:
     """A throwaway CA (`name`) and a server certificate it signed for 127.0.0.1 and localhost,
-    made with the `openssl` command (what an operator would run; see docs/operations/security.md)."""
+    made with the `openssl` command (what an operator would run; see
+    docs/operations/security.md)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     ca_key, ca_cert = folder / "ca.key", folder / "ca.crt"

@@ -5,8 +5,9 @@ per key with its remaining TTL and Redis' own DUMP serialization (base64), which
 back as is, and a trailer (the key count, the count per kind). Beside it, `<file>.sha256` in
 `sha256sum` format. The keys are copied by one Lua script (store/lua/snapshot.lua), so a
 backup is one point in time across all keys; Redis serves nobody else while it runs (0.7 s
-per 100,000 ledger entries measured: docs/operations/backups.md). The file is written under a temporary
-name, fsynced with its checksum and renamed, so a crash leaves no file that lists as a backup.
+per 100,000 ledger entries measured: docs/operations/backups.md). The file is written under
+a temporary name, fsynced with its checksum and renamed, so a crash leaves no file that lists
+as a backup.
 
 Create, list and verify live here; restore is backup.restore.
 """

@@ -9,16 +9,16 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
 
+from orchestrator.cli.output import ReportConsole
 from orchestrator.config import Settings, load_settings
 from orchestrator.errors import ConfigError
 
 if TYPE_CHECKING:
     from orchestrator.store.ports import CliStore
 
-console = Console()
-err_console = Console(stderr=True)
+console = ReportConsole()
+err_console = ReportConsole(stderr=True)
 
 
 def settings() -> Settings:

@@ -13,16 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from rich.console import Console
 from rich.table import Column, Table
 
 from orchestrator.cli.embedded import reachable, start_redis
+from orchestrator.cli.output import ReportConsole
 from orchestrator.config import Settings, is_sentinel, mask_password
 
 if TYPE_CHECKING:
     from orchestrator.store.ports import CliStore
 
-console = Console()
+console = ReportConsole()
 log = logging.getLogger(__name__)
 
 # Demo agents: every one runs echo, at different proficiencies, so the weighted sequence shows.

@@ -30,7 +30,8 @@ _exec_celery = common.exec_celery
 def main() -> None:
     """Hive Orchestrator: capability-weighted task routing for agent fleets.
 
-    Configuration comes from ORCH_* environment variables (or .env); every one is listed in docs/reference/settings.md.
+    Configuration comes from ORCH_* environment variables (or .env); every one is listed in
+    docs/reference/settings.md.
     """
 
 

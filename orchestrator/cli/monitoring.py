@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from orchestrator.cli import common
@@ -348,7 +347,7 @@ def anomaly_evaluate(
     if sensitivity is None:
         sensitivity = _settings().anomaly_detection_sensitivity
     root = Path(directory)
-    err = Console(stderr=True)
+    err = common.err_console
     try:
         labels = read_labels(Path(labels_file))
     except ValueError as exc:
@@ -407,12 +406,7 @@ def anomaly_evaluate(
         score = "-" if s.score is None else f"{s.score:.1f}"
         counts = (s.points, s.windows, s.hit, s.missed, s.false_flags)
         table.add_row(s.name, *map(str, counts), score, end_section=i == len(scores) - 1)
-    if console.is_terminal:
-        console.print(table)
-        return
-    # Piped into a file, the table takes the width it needs: whole series names, one per line.
-    wide = console.measure(table, options=console.options.update_width(10_000)).maximum
-    Console(width=max(console.width, wide)).print(table)
+    console.print(table)  # piped into a file: whole series names, a row per line
 
 
 @click.group()

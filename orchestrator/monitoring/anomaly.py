@@ -37,8 +37,9 @@ MAD_TO_SIGMA = 1.4826
 MEANAD_TO_SIGMA = 1.2533
 DAY_S = 86_400.0
 # The score's unit, in noise scales: the default sensitivity 2.0 pages 0.9 scales beyond the
-# range. Measured on the tuning set, the best margin lies between 0.8 and 0.95 scales (docs/operations/anomalies.md);
-# in this unit the variable keeps its range and meaning and its default sits in that plateau.
+# range. Measured on the tuning set, the best margin lies between 0.8 and 0.95 scales
+# (docs/operations/anomalies.md); in this unit the variable keeps its range and meaning and
+# its default sits in that plateau.
 SCORE_UNIT = 0.45
 _TINY = 1e-9
 

@@ -1,7 +1,7 @@
 """The code layout's rules: no import cycles, short modules, each saying what it owns.
 
-docs/contributing.md, "Code layout": no module imports another in a cycle, none is over 600 lines, each
-opens with one line that says what it owns. The dependency rule itself is `lint-imports`
+docs/contributing.md, "Code layout": no module imports another in a cycle, none is over 600
+lines, each opens with one line that says what it owns. The dependency rule itself is `lint-imports`
 (pyproject.toml's contracts), run by `make lint`."""
 
 from __future__ import annotations

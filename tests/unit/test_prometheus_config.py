@@ -28,8 +28,8 @@ RULES = dashboards.rules_path()
 RULE_TESTS = DEPLOY / "prometheus-rules.test.yml"
 ALERTMANAGER = DEPLOY / "alertmanager.yml"
 
-#: The alerts on what the orchestrator cannot report about itself (docs/operations/monitoring.md, Dashboards and
-#: alert flow), by name.
+#: The alerts on what the orchestrator cannot report about itself
+#: (docs/operations/monitoring.md, Dashboards and alert flow), by name.
 ALERTS = {
     "OrchestratorExporterDown",
     "OrchestratorRedisUnreachable",

@@ -1,4 +1,4 @@
-"""What `import orchestrator` offers a service or a handler module, as the README and docs show it."""
+"""What `import orchestrator` offers a service or a handler module, as the docs show it."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """ORCH_SIGNING_KEY / _CERT / _CERT_STORE: all three or none, each one a file Celery can use.
 
-The key and certificates are made with the openssl commands docs/operations/security.md shows; the settings
-read them with Celery's own classes, so a configuration that passes here is one every
-signing role and every verifying worker accepts.
+The key and certificates are made with the openssl commands docs/operations/security.md
+shows; the settings read them with Celery's own classes, so a configuration that passes here
+is one every signing role and every verifying worker accepts.
 """
 
 from __future__ import annotations
