@@ -96,8 +96,8 @@ def _bounds(metadata: list[Any]) -> str:
         words.append(f"{_number(ge)} to {_number(le)}")
     else:
         words += [f"at least {_number(ge)}"] if ge is not None else []
+        words += [f"more than {_number(gt)}"] if gt is not None else []
         words += [f"at most {_number(le)}"] if le is not None else []
-    words += [f"more than {_number(gt)}"] if gt is not None else []
     return ", ".join(words)
 
 
