@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import math
-import os
 import re
 import shlex
-import ssl
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from orchestrator.errors import ConfigError
 from orchestrator.models import CircuitBreakerConfig
+from orchestrator.redis_urls import (
+    DEFAULT_SENTINEL_MASTER,
+    is_sentinel,
+    mask_password,
+    parse_sentinel,
+    redis_ssl_options,
+)
 from orchestrator.scaling.windows import SleepWindow, parse_windows
+from orchestrator.security.signing import LOADERS, SIGNING_VARIABLES, check_signing_identity
 from orchestrator.settings_parsers import parse_capabilities, parse_client_weights
 
 MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
@@ -28,347 +32,352 @@ AGENT_ID_RULE = "1-128 chars of [A-Za-z0-9._@:-]"
 PositiveSeconds = Annotated[float, Field(gt=0)]
 
 
-#: `ssl_cert_reqs` values of a rediss:// URL that Celery, kombu and redis-py all read alike.
-SSL_CERT_REQS = {
-    "required": ssl.CERT_REQUIRED,
-    "optional": ssl.CERT_OPTIONAL,
-    "none": ssl.CERT_NONE,
-}
-#: Query parameters of a rediss:// URL that name files (CA bundle, client certificate and key).
-SSL_FILE_PARAMS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
-
-
-def redis_ssl_options(url: str) -> dict[str, Any] | None:
-    """The TLS options a rediss:// URL asks for in its query, as Celery's `broker_use_ssl`
-    and `redis_backend_use_ssl` take them; None for a URL without TLS.
-
-    Without them, kombu under our transport (orchestrator.runtime.transport) speaks plain TCP to a
-    rediss:// broker, and Celery's result backend refuses the URL; given them, both verify
-    the server against the system's CAs unless the query says otherwise, as redis-py does
-    for the state store. The messages name the parameter, never the URL: it may hold a
-    password.
-    """
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query))
-    asked = sorted(k for k in query if k.startswith("ssl_"))
-    if parts.scheme != "rediss":
-        if asked:
-            raise ValueError(f"TLS options need a rediss:// URL (got {', '.join(asked)})")
-        return None
-    reqs = query.get("ssl_cert_reqs", "required")
-    if reqs not in SSL_CERT_REQS:
-        raise ValueError(
-            f"ssl_cert_reqs must be one of {', '.join(SSL_CERT_REQS)} (got ssl_cert_reqs={reqs})"
-        )
-    options: dict[str, Any] = {"ssl_cert_reqs": SSL_CERT_REQS[reqs]}
-    options.update({name: query[name] for name in SSL_FILE_PARAMS if query.get(name)})
-    if "ssl_check_hostname" in query:
-        options["ssl_check_hostname"] = query["ssl_check_hostname"].lower() not in (
-            "false",
-            "no",
-            "0",
-        )
-    return options
-
-
-#: The signing variables, all set or none (Celery's `auth` serializer, see celeryconf).
-SIGNING_VARIABLES = ("ORCH_SIGNING_KEY", "ORCH_SIGNING_CERT", "ORCH_SIGNING_CERT_STORE")
-#: Digest of the signatures (Celery's security_digest).
-SIGNING_DIGEST = "sha256"
-
-
-def load_signing_key(path: str) -> Any:
-    """This role's private key as Celery's `auth` serializer reads it (celery.security), so
-    what passes here is what `app.setup_security()` accepts: an unencrypted PEM RSA key."""
-    from celery.exceptions import SecurityError
-    from celery.security.key import PrivateKey
-
-    if not os.path.isfile(path):
-        raise ValueError("no such file")
-    try:
-        with open(path) as f:
-            return PrivateKey(f.read())
-    except (SecurityError, OSError, TypeError, ValueError) as exc:
-        raise ValueError(f"not an unencrypted PEM RSA private key ({exc})") from None
-
-
-def load_signing_cert(path: str) -> Any:
-    """This role's certificate (PEM, RSA, not expired), as Celery reads it."""
-    from celery.exceptions import SecurityError
-    from celery.security.certificate import Certificate
-
-    if not os.path.isfile(path):
-        raise ValueError("no such file")
-    try:
-        with open(path) as f:
-            cert = Certificate(f.read())
-    except (SecurityError, OSError, TypeError, ValueError) as exc:
-        raise ValueError(f"not a PEM RSA certificate ({exc})") from None
-    if cert.has_expired():
-        raise ValueError("the certificate has expired")
-    return cert
-
-
-def load_cert_store(path: str) -> Any:
-    """The certificates this role trusts: a PEM file, or a directory of them, as Celery's
-    FSCertStore reads it (none expired, no two of one issuer and serial)."""
-    from celery.exceptions import SecurityError
-    from celery.security.certificate import FSCertStore
-
-    if not os.path.exists(path):
-        raise ValueError("no such file or directory")
-    try:
-        store = FSCertStore(path)
-    except (SecurityError, OSError, TypeError, ValueError) as exc:
-        raise ValueError(f"not a store of PEM RSA certificates ({exc})") from None
-    if not list(store.itercerts()):
-        raise ValueError("holds no certificate")
-    return store
-
-
-def check_signing_identity(key: str, cert: str, store: str) -> str | None:
-    """Why this key, certificate and store would not sign and verify messages, or None: the
-    key must be the certificate's, and the store must trust the certificate (a role verifies
-    what it signs itself: tasks it sends itself, the replies to its remote-control
-    requests)."""
-    from celery.exceptions import SecurityError
-    from celery.security.utils import get_digest_algorithm
-
-    digest = get_digest_algorithm(SIGNING_DIGEST)
-    own = load_signing_cert(cert)
-    probe = b"hive-orchestrator signing probe"
-    signature = load_signing_key(key).sign(probe, digest)
-    # A signature that does not verify surfaces as TypeError in Celery 5.7 (its
-    # reraise_errors is handed the cryptography.exceptions module, not a class).
-    try:
-        own.verify(probe, signature, digest)
-    except (SecurityError, TypeError):
-        return "ORCH_SIGNING_KEY is not the key of ORCH_SIGNING_CERT"
-    try:
-        load_cert_store(store)[own.get_id()].verify(probe, signature, digest)
-    except (SecurityError, TypeError):
-        return "ORCH_SIGNING_CERT_STORE does not hold ORCH_SIGNING_CERT"
-    return None
-
-
-_SIGNING_LOADERS = {
-    "signing_key": load_signing_key,
-    "signing_cert": load_signing_cert,
-    "signing_cert_store": load_cert_store,
-}
-
-
-#: The master name of a sentinel-form URL unless ORCH_REDIS_SENTINEL_MASTER says otherwise.
-DEFAULT_SENTINEL_MASTER = "mymaster"
-
-
-@dataclass(frozen=True)
-class SentinelAddress:
-    """A sentinel-form URL (`sentinel://h1:26379;sentinel://h2:26379/0`), as kombu reads it
-    for the broker and Celery for the result backend: the sentinels to ask for the master,
-    and the database and credentials (of the first part that has them) for the master."""
-
-    sentinels: tuple[tuple[str, int], ...]
-    db: int = 0
-    username: str | None = None
-    password: str | None = None
-
-
-def is_sentinel(url: str) -> bool:
-    return url.startswith("sentinel://")
-
-
-def parse_sentinel(url: str) -> SentinelAddress:
-    """Parse a sentinel-form URL; ValueError naming the part that is wrong (never the
-    password)."""
-    sentinels: list[tuple[str, int]] = []
-    db: int | None = None
-    username = password = None
-    for number, chunk in enumerate(url.split(";"), 1):
-        parts = urlsplit(chunk.strip())
-        if parts.scheme != "sentinel":
-            raise ValueError(f"part {number} of a sentinel URL must start with sentinel://")
-        try:
-            port = parts.port or 26379
-        except ValueError:
-            raise ValueError(f"part {number} of a sentinel URL has a bad port") from None
-        if not parts.hostname:
-            raise ValueError(f"part {number} of a sentinel URL names no host")
-        if parts.query:
-            raise ValueError(f"part {number} of a sentinel URL: query options are not supported")
-        path = parts.path.strip("/")
-        if path:
-            if not path.isdigit():
-                raise ValueError(f"part {number} of a sentinel URL: database must be a number")
-            if db is not None and int(path) != db:
-                raise ValueError("the parts of a sentinel URL name different databases")
-            db = int(path)
-        if parts.password and password is None:
-            username, password = parts.username or None, unquote(parts.password)
-        sentinels.append((parts.hostname, port))
-    return SentinelAddress(tuple(sentinels), db or 0, username, password)
-
-
-def mask_password(url: str) -> str:
-    """`url` with its password (if any) shown as ********."""
-    if ";" in url:
-        return ";".join(mask_password(chunk) for chunk in url.split(";"))
-    parts = urlsplit(url)
-    if "://" not in url or not parts.password:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=f"{user}:********@{host}").geturl()
-
-
 class Settings(BaseSettings):
-    """The whole configuration surface: every ORCH_* variable, described in the README."""
+    """The whole configuration surface: every ORCH_* variable, each described by its rule."""
 
     model_config = SettingsConfigDict(
         env_prefix="ORCH_", env_file=".env", extra="ignore", validate_default=True
     )
 
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    broker_url: str | None = None
-    result_backend: str | None = None
-    state_url: str | None = None
-    redis_sentinel_master: Annotated[str, Field(min_length=1)] = DEFAULT_SENTINEL_MASTER
-    # Start even when a Redis evicts keys when full (maxmemory-policy other than noeviction),
-    # with a warning instead of the refusal: queued tasks and records may then vanish.
-    allow_evicting_redis: bool = False
-
-    agent_id: str | None = None
-    agent_capabilities: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
-    handlers: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    agent_heartbeat_interval_s: PositiveSeconds = 5.0
-    agent_timeout_s: PositiveSeconds = 15.0
-
-    alert_evaluation_interval: PositiveSeconds = 30.0
-    sla_monitoring_interval: PositiveSeconds = 60.0
-    security_monitoring_interval: PositiveSeconds = 30.0
-    backup_interval_hours: Annotated[float, Field(gt=0)] = 6
-    anomaly_detection_interval: PositiveSeconds = 60.0
-    anomaly_detection_sensitivity: Annotated[float, Field(gt=0)] = 2.0
-
-    event_processing_enabled: bool = True
-    auto_recovery_enabled: bool = True
-    recovery_escalation_timeout: PositiveSeconds = 300.0
-
-    circuit_breaker_enabled: bool = True
-    circuit_failure_threshold: Annotated[int, Field(ge=1)] = 5
-    circuit_recovery_timeout_s: PositiveSeconds = 60.0
-    circuit_half_open_max_calls: Annotated[int, Field(ge=1)] = 3
-
-    visibility_timeout_s: Annotated[float, Field(ge=10)] = 60.0
-    max_deliveries: Annotated[int, Field(ge=1, le=100)] = 3
-    recovery_monitor_interval_s: PositiveSeconds = 2.0
-    outbox_resend_s: PositiveSeconds = 60.0
-    retry_base_delay_s: Annotated[float, Field(ge=0)] = 1.0
-    retry_max_delay_s: Annotated[float, Field(ge=0)] = 30.0
-    # The quarantine tier: an agent with this many failed attempts (handed to recovery) within
-    # the window is quarantined for quarantine_s. Counted apart from the breaker's window,
-    # which clears when it opens, so the tier is reachable at any breaker setting.
-    quarantine_failures: Annotated[int, Field(ge=1)] = 10
-    quarantine_window_s: PositiveSeconds = 600.0
-    quarantine_s: PositiveSeconds = 300.0
-    # The ejection floor (Envoy's panic threshold): quarantine and open circuits together
-    # never leave fewer than this share of a capability's live agents eligible, nor none;
-    # an ejection past it is refused (`agent.ejection_refused`). 0 turns the floor off.
-    min_healthy_fraction: Annotated[float, Field(ge=0, le=1)] = 0.5
-
-    intelligent_routing_enabled: bool = True
-    performance_optimization_interval: PositiveSeconds = 120.0
-    load_balancing_algorithm: Literal["weighted_round_robin", "least_loaded", "power_of_two"] = (
-        "weighted_round_robin"
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis of the broker, result backend and state store: redis://, rediss://, "
+        "unix://, or the Sentinel form sentinel://h1:26379;sentinel://h2:26379/0.",
+    )
+    broker_url: str | None = Field(
+        None, description="The broker's Redis URL, if not ORCH_REDIS_URL (same forms)."
+    )
+    result_backend: str | None = Field(
+        None, description="The result backend's Redis URL, if not ORCH_REDIS_URL (same forms)."
+    )
+    state_url: str | None = Field(
+        None, description="The state store's Redis URL, if not ORCH_REDIS_URL (same forms)."
+    )
+    redis_sentinel_master: str = Field(
+        DEFAULT_SENTINEL_MASTER,
+        min_length=1,
+        description="Master to ask the sentinels for (Sentinel URLs).",
+    )
+    allow_evicting_redis: bool = Field(
+        False,
+        description="Start even if a Redis evicts keys when full (maxmemory-policy not "
+        "noeviction), with a warning instead of the refusal: tasks and records may vanish.",
     )
 
-    max_payload_bytes: Annotated[int, Field(ge=2)] = 1_048_576
-    pending_timeout_s: PositiveSeconds = 3600.0
-    parked_sweep_interval_s: PositiveSeconds = 5.0
-    # Dispatch: an agent holds at most concurrency + agent_prefetch unended tasks; the rest
-    # waits in the backlog, by priority, then fair share between clients (or oldest first).
-    agent_prefetch: Annotated[int, Field(ge=0, le=1000)] = 1
-    fair_share: Literal["client", "off"] = "client"
-    client_weights: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
-    concurrency_default_limit: Annotated[int, Field(ge=1, le=10_000)] = 1
-    ledger_ttl_s: Annotated[int, Field(ge=60)] = 7 * 24 * 3600
-    events_max_len: Annotated[int, Field(ge=100)] = 100_000
-    # A submission is confirmed only once this many replicas have it (Redis WAIT), so a
-    # failover right after cannot lose it; 0 = off (README, Disaster recovery).
-    submit_wait_replicas: Annotated[int, Field(ge=0, le=16)] = 0
-    submit_wait_ms: Annotated[int, Field(ge=1, le=60_000)] = 100
+    agent_id: str | None = Field(
+        None,
+        description=f"This agent's id ({AGENT_ID_RULE}; its queue is agent.<id>); unset: the "
+        "worker's node name.",
+    )
+    agent_capabilities: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=dict,
+        description="name=proficiency,... (0 < proficiency <= 1; a bare name means 1); set: "
+        "this worker is an agent.",
+    )
+    handlers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated modules that agents import for @capability handlers, "
+        "control workers for @on_event handlers.",
+    )
+    agent_heartbeat_interval_s: PositiveSeconds = Field(
+        5.0, description="Seconds between an agent's heartbeats."
+    )
+    agent_timeout_s: PositiveSeconds = Field(
+        15.0,
+        description="Seconds of heartbeat silence after which an agent is lost and its work "
+        "moved; more than ORCH_AGENT_HEARTBEAT_INTERVAL_S.",
+    )
 
-    backup_dir: str = "./backups"
-    backup_retention: Annotated[int, Field(ge=1)] = 10
-    # The recovery point objective: the newest good backup may be this old (default: twice
-    # the backup interval); the BackupStale alert and `backup status` judge it.
-    backup_rpo_s: PositiveSeconds | None = None
+    alert_evaluation_interval: PositiveSeconds = Field(
+        30.0, description="Seconds between runs of the alert loop."
+    )
+    sla_monitoring_interval: PositiveSeconds = Field(
+        60.0, description="Seconds between runs of the SLA loop."
+    )
+    security_monitoring_interval: PositiveSeconds = Field(
+        30.0, description="Seconds between runs of the security loop."
+    )
+    backup_interval_hours: float = Field(
+        6, gt=0, description="Hours between backups of the Redis state (a fraction is accepted)."
+    )
+    anomaly_detection_interval: PositiveSeconds = Field(
+        60.0, description="Seconds between runs of the anomaly loop."
+    )
+    anomaly_detection_sensitivity: float = Field(
+        2.0,
+        gt=0,
+        description="How far past its recent range a point must lie to be anomalous, in 0.45 "
+        "noise scales: higher pages less.",
+    )
 
-    alertmanager_url: str = ""
-    alert_rules_file: str = ""
-    sla_targets_file: str = ""
+    event_processing_enabled: bool = Field(
+        True,
+        description="Control workers run the event handlers, and beat the security and "
+        "anomaly loops; false: none of them.",
+    )
+    auto_recovery_enabled: bool = Field(
+        True, description="Recover failed attempts (retry, move, quarantine); false: fail them."
+    )
+    recovery_escalation_timeout: PositiveSeconds = Field(
+        300.0, description="Seconds a recovery plan may stay open before it escalates."
+    )
 
-    # How every role writes its log: `text` lines as Celery and logging print them, or `json`,
-    # one JSON object per line for a log collector (orchestrator.runtime.logs).
-    log_format: Literal["text", "json"] = "text"
+    circuit_breaker_enabled: bool = Field(
+        True, description="Circuit breakers keep failing agents out of routing; false: off."
+    )
+    circuit_failure_threshold: int = Field(
+        5, ge=1, description="Consecutive failures that open an agent's circuit."
+    )
+    circuit_recovery_timeout_s: PositiveSeconds = Field(
+        60.0, description="Seconds an open circuit waits before it half-opens."
+    )
+    circuit_half_open_max_calls: int = Field(
+        3, ge=1, description="Trial tasks a half-open circuit admits."
+    )
 
-    exporter_port: Annotated[int, Field(ge=0, le=65535)] = 9808
-    # A worker's own Prometheus endpoint (runtime/metrics.py); 0 = off.
-    metrics_port: Annotated[int, Field(ge=0, le=65535)] = 0
-    metrics_address: str = "0.0.0.0"
+    visibility_timeout_s: float = Field(
+        60.0,
+        ge=10,
+        description="kombu's visibility timeout (broker, result backend), in seconds: what a "
+        "dead worker held comes back after it.",
+    )
+    max_deliveries: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="Deliveries of one dispatch before it is poison (dead-lettered), and of "
+        "one event before its failing handler is given up.",
+    )
+    recovery_monitor_interval_s: PositiveSeconds = Field(
+        2.0, description="Seconds between the recovery monitor's lost-agent and escalation sweeps."
+    )
+    outbox_resend_s: PositiveSeconds = Field(
+        60.0, description="Seconds after which a submission no router accepted is sent again."
+    )
+    retry_base_delay_s: float = Field(
+        1.0, ge=0, description="Retry tier: seconds of the first backoff, doubled per attempt."
+    )
+    retry_max_delay_s: float = Field(
+        30.0,
+        ge=0,
+        description="Longest backoff of the retry tier, in seconds; at most half of "
+        "ORCH_VISIBILITY_TIMEOUT_S.",
+    )
+    quarantine_failures: int = Field(
+        10,
+        ge=1,
+        description="Failed attempts within the quarantine window that quarantine an agent.",
+    )
+    quarantine_window_s: PositiveSeconds = Field(
+        600.0, description="Seconds over which ORCH_QUARANTINE_FAILURES are counted."
+    )
+    quarantine_s: PositiveSeconds = Field(
+        300.0, description="Seconds a quarantined agent stays out of routing."
+    )
+    min_healthy_fraction: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Share of a capability's live agents that quarantine and open circuits "
+        "must leave eligible (and never none): an ejection past it is refused; 0: off.",
+    )
 
-    # The autoscaling signal (scaling/signal.py): per capability, enough agents that each has
-    # at most `scale_target_backlog` tasks waiting or running, within [scale_min, scale_max].
-    scale_min: Annotated[int, Field(ge=0, le=10_000)] = 1
-    scale_max: Annotated[int, Field(ge=1, le=10_000)] = 10
-    scale_target_backlog: Annotated[int, Field(ge=1, le=1_000_000)] = 5
-    # The two scaling loops (orchestrator.autoscale, orchestrator.sleep_wake) run this often
-    # (as Kubernetes' HPA syncs; a parked task wakes a sleeping agent at once regardless).
-    scale_interval_s: PositiveSeconds = 15.0
-    # Autoscaling: a command run (no shell) with {n} replaced by the desired count
-    # of a capability; empty = the signal is only exported and shown.
-    scale_command: str = ""
-    # Autoscaling hysteresis (scaling/decide.py): a lower need must hold this long before the
-    # desired count drops, and a failed ORCH_SCALE_COMMAND is tried again after it; 0 = none.
-    scale_cooldown_s: Annotated[float, Field(ge=0, le=86_400)] = 300.0
+    intelligent_routing_enabled: bool = Field(
+        True,
+        description="Weigh agents by proficiency and performance score; false: each weighs 1 "
+        "and the scores are not computed.",
+    )
+    performance_optimization_interval: PositiveSeconds = Field(
+        120.0, description="Seconds between updates of the agents' performance scores."
+    )
+    load_balancing_algorithm: Literal["weighted_round_robin", "least_loaded", "power_of_two"] = (
+        Field("weighted_round_robin", description="How a router picks among eligible agents.")
+    )
 
-    # Sleep/wake (scaling/sleep.py): an agent idle this long sleeps (0 = never, outside the
-    # sleep windows), keeping at least `min_awake_agents` awake per capability; inside a
-    # window idle agents sleep at once and are recycled, and wake when it ends.
-    sleep_after_idle_s: Annotated[float, Field(ge=0)] = 0.0
-    min_awake_agents: Annotated[int, Field(ge=0, le=10_000)] = 1
-    sleep_windows: Annotated[list[SleepWindow], NoDecode] = Field(default_factory=list)
+    max_payload_bytes: int = Field(
+        1_048_576, ge=2, description="Largest payload accepted, in bytes of compact JSON."
+    )
+    pending_timeout_s: PositiveSeconds = Field(
+        3600.0,
+        description="Seconds a parked task (no capable agent) may wait before it is dead-lettered.",
+    )
+    parked_sweep_interval_s: PositiveSeconds = Field(
+        5.0,
+        description="Seconds between dispatch sweeps: fill free slots from the backlog, "
+        "release due countdowns, expire parked tasks.",
+    )
+    agent_prefetch: int = Field(
+        1,
+        ge=0,
+        le=1000,
+        description="Tasks an agent may hold beyond its concurrency; the rest wait in the backlog.",
+    )
+    fair_share: Literal["client", "off"] = Field(
+        "client",
+        description="Backlog order within a priority: client (fair share between client ids, "
+        "by worker-seconds) or off (oldest first).",
+    )
+    client_weights: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=dict,
+        description="Fair-share weights, client=weight,...; a client not named weighs 1.",
+    )
+    concurrency_default_limit: int = Field(
+        1,
+        ge=1,
+        le=10_000,
+        description="The limit of a concurrency_key submitted without concurrency_limit.",
+    )
+    ledger_ttl_s: int = Field(
+        7 * 24 * 3600, ge=60, description="Seconds an ended task's ledger entry is kept."
+    )
+    events_max_len: int = Field(
+        100_000, ge=100, description="Entries the orchestrator:events stream keeps (roughly)."
+    )
+    submit_wait_replicas: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="Replicas that must have a submission (Redis WAIT) before it is "
+        "confirmed; 0: off.",
+    )
+    submit_wait_ms: int = Field(
+        100,
+        ge=1,
+        le=60_000,
+        description="Longest wait for ORCH_SUBMIT_WAIT_REPLICAS, in milliseconds.",
+    )
 
-    # Monitoring loops; see the README's Operations section.
-    exporter_address: str = "0.0.0.0"  # where `orchestrator exporter` binds
-    metrics_window_s: PositiveSeconds = 300.0  # window of the snapshot's rates and latencies
-    metrics_history_len: Annotated[int, Field(ge=1)] = 1440  # snapshots / SLA points kept
-    security_window_s: PositiveSeconds = 300.0  # window rejections are counted over
-    security_rejection_threshold: Annotated[int, Field(ge=1)] = 20  # per client, per window
-    beat_max_interval_s: PositiveSeconds = 5.0  # longest sleep of beat between ticks
-    beat_lock_timeout_s: PositiveSeconds = 30.0  # a dead beat's lock frees after this
+    backup_dir: str = Field("./backups", description="Folder the backups are written to.")
+    backup_retention: int = Field(10, ge=1, description="Backups kept; older ones are deleted.")
+    backup_rpo_s: PositiveSeconds | None = Field(
+        None,
+        description="Seconds the newest good backup may be old (the RPO); unset: twice the "
+        "backup interval.",
+    )
 
-    # Security at the edges; see the README's Security chapter.
-    poison_keep: Annotated[int, Field(ge=1)] = 10_000  # refused messages kept for inspection
-    poison_raw_max_bytes: Annotated[int, Field(ge=64)] = 65_536  # raw bytes kept of each
-    # Per-client limits (checked in one Lua step, and only when one of them is on): a token
-    # bucket of `client_rate_limit` submissions/s per client_id (0: off) holding at most
-    # `client_rate_burst` (0: the rate rounded up, at least 1); and, with auto-block, a client
-    # the security loop flags is refused for `security_block_s`.
-    client_rate_limit: Annotated[float, Field(ge=0)] = 0.0
-    client_rate_burst: Annotated[int, Field(ge=0)] = 0
-    security_auto_block: bool = False
-    security_block_s: PositiveSeconds = 300.0
-    # The security loop's audit: how long it waits for workers' remote-control replies, and
-    # Flower's base URL to probe for an unauthenticated API (empty: not checked).
-    security_inspect_timeout_s: Annotated[float, Field(gt=0, le=10)] = 1.0
-    flower_url: str = ""
-    # Message signing (Celery's `auth` serializer), all three or none (empty: off): this
-    # role's private key and certificate, and the certificates of every signer it trusts (a
-    # PEM file or a directory of them). Set on every role; see celeryconf.signing_config.
-    signing_key: str = ""
-    signing_cert: str = ""
-    signing_cert_store: str = ""
+    alertmanager_url: str = Field(
+        "", description="Alertmanager's URL to push alerts to (API v2); empty: none."
+    )
+    alert_rules_file: str = Field(
+        "", description="YAML or JSON alert rules merged over the built-in ones; empty: none."
+    )
+    sla_targets_file: str = Field(
+        "", description="YAML or JSON SLA targets merged over the built-in ones; empty: none."
+    )
+
+    log_format: Literal["text", "json"] = Field(
+        "text", description="How every role logs: text lines, or json (one object per line)."
+    )
+
+    exporter_port: int = Field(
+        9808, ge=0, le=65535, description="Port of `orchestrator exporter`; 0: any free port."
+    )
+    exporter_address: str = Field("0.0.0.0", description="Address `orchestrator exporter` binds.")
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="Port of a worker's own /metrics; 0: off."
+    )
+    metrics_address: str = Field("0.0.0.0", description="Address a worker's own /metrics binds.")
+
+    scale_min: int = Field(
+        1, ge=0, le=10_000, description="Fewest agents per capability the autoscaling signal wants."
+    )
+    scale_max: int = Field(
+        10,
+        ge=1,
+        le=10_000,
+        description="Most agents per capability the signal wants (>= ORCH_SCALE_MIN).",
+    )
+    scale_target_backlog: int = Field(
+        5,
+        ge=1,
+        le=1_000_000,
+        description="Tasks waiting or running per agent that the desired count is sized for "
+        "(and per awake agent, past which a sleeping one wakes).",
+    )
+    scale_interval_s: PositiveSeconds = Field(
+        15.0, description="Seconds between runs of the autoscaling and sleep-wake loops."
+    )
+    scale_command: str = Field(
+        "",
+        description="Command run (no shell) when a desired count changes, {n} and {capability} "
+        "replaced; empty: the signal is only exported and shown.",
+    )
+    scale_cooldown_s: float = Field(
+        300.0,
+        ge=0,
+        le=86_400,
+        description="Seconds a lower need must last before the desired count drops, and before "
+        "a failed ORCH_SCALE_COMMAND is retried; 0: none.",
+    )
+
+    sleep_after_idle_s: float = Field(
+        0.0, ge=0, description="Seconds an agent may idle before it sleeps; 0: never."
+    )
+    min_awake_agents: int = Field(
+        1, ge=0, le=10_000, description="Agents kept awake per capability."
+    )
+    sleep_windows: Annotated[list[SleepWindow], NoDecode] = Field(
+        default_factory=list,
+        description="HH:MM-HH:MM [time zone],...: inside, idle agents sleep at once and are "
+        "recycled; they wake when a window ends.",
+    )
+
+    metrics_window_s: PositiveSeconds = Field(
+        300.0, description="Seconds of the snapshot's rates and percentiles."
+    )
+    metrics_history_len: int = Field(
+        1440, ge=1, description="Metrics snapshots and SLA points kept (one per evaluation)."
+    )
+    security_window_s: PositiveSeconds = Field(
+        300.0, description="Seconds over which a client's rejected submissions are counted."
+    )
+    security_rejection_threshold: int = Field(
+        20, ge=1, description="Rejections of a client within ORCH_SECURITY_WINDOW_S that flag it."
+    )
+    beat_max_interval_s: PositiveSeconds = Field(
+        5.0, description="Longest sleep of beat between ticks, in seconds."
+    )
+    beat_lock_timeout_s: PositiveSeconds = Field(
+        30.0,
+        description="Seconds after which a dead beat's lock frees; at least 3 x "
+        "ORCH_BEAT_MAX_INTERVAL_S.",
+    )
+
+    poison_keep: int = Field(
+        10_000, ge=1, description="Messages refused at workers' edges kept (the newest)."
+    )
+    poison_raw_max_bytes: int = Field(
+        65_536, ge=64, description="Raw bytes kept of each refused message."
+    )
+    client_rate_limit: float = Field(
+        0.0, ge=0, description="Submissions per second per client_id (a token bucket); 0: off."
+    )
+    client_rate_burst: int = Field(
+        0, ge=0, description="Tokens a client's bucket holds; 0: the rate rounded up (at least 1)."
+    )
+    security_auto_block: bool = Field(
+        False, description="Refuse a client the security loop flags for ORCH_SECURITY_BLOCK_S."
+    )
+    security_block_s: PositiveSeconds = Field(
+        300.0, description="Seconds a flagged client stays blocked."
+    )
+    security_inspect_timeout_s: float = Field(
+        1.0, gt=0, le=10, description="Seconds the security loop waits for workers' replies."
+    )
+    flower_url: str = Field(
+        "", description="Flower's URL, probed for an unauthenticated API; empty: not checked."
+    )
+    signing_key: str = Field(
+        "",
+        description="This role's private key (PEM, RSA, unencrypted); the three ORCH_SIGNING_* "
+        "are set together, on every role, or none (off).",
+    )
+    signing_cert: str = Field(
+        "", description="This role's certificate (PEM, RSA, not expired), for signing."
+    )
+    signing_cert_store: str = Field(
+        "", description="Certificates of every signer this role trusts: a PEM file or a folder."
+    )
 
     @field_validator("agent_capabilities", mode="before")
     @classmethod
@@ -412,7 +421,7 @@ class Settings(BaseSettings):
     @classmethod
     def _signing_file(cls, value: str, info: ValidationInfo) -> str:
         if value:
-            _SIGNING_LOADERS[str(info.field_name)](value)  # raises naming what is wrong
+            LOADERS[f"ORCH_{str(info.field_name).upper()}"](value)  # raises naming what is wrong
         return value
 
     @field_validator("flower_url")

@@ -12,7 +12,7 @@ import signal
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import (
@@ -62,8 +62,92 @@ _GAUGES = (
 )
 
 
-def _histogram(name: str, doc: str, per_type: dict[str, TypeStats], delegation: bool) -> Metric:
-    family = HistogramMetricFamily(name, doc, labels=["type"])
+class FamilySpec(NamedTuple):
+    """One family the exporter serves."""
+
+    kind: str  # gauge, counter or histogram
+    help: str
+    labels: tuple[str, ...] = ()
+
+
+#: Every family the exporter serves, by name: `collect` fills them at each scrape, `describe`
+#: lists them without samples (prometheus_client's collector protocol).
+FAMILIES: dict[str, FamilySpec] = {
+    "orchestrator_up": FamilySpec("gauge", "1 when Redis answered this scrape"),
+    "orchestrator_agents": FamilySpec(
+        "gauge", "Registered agents by effective status", ("status",)
+    ),
+    **{f"orchestrator_{name}": FamilySpec("gauge", doc) for _, name, doc, _ in _GAUGES},
+    "orchestrator_health": FamilySpec("gauge", "1 for the current health", ("state",)),
+    "orchestrator_agent_queue_depth": FamilySpec("gauge", "Tasks waiting per agent", ("agent",)),
+    "orchestrator_agent_performance_score": FamilySpec(
+        "gauge", "Routing performance score", ("agent",)
+    ),
+    "orchestrator_alert": FamilySpec(
+        "gauge", "1 per pending or firing alert", ("alertname", "severity", "state")
+    ),
+    "orchestrator_security_findings": FamilySpec(
+        "gauge", "Standing security findings by severity", ("severity",)
+    ),
+    "orchestrator_capability_agents": FamilySpec(
+        "gauge", "Live agents offering the capability (awake or asleep)", ("capability",)
+    ),
+    "orchestrator_capability_backlog": FamilySpec(
+        "gauge",
+        "Tasks waiting for the capability (every priority, unacknowledged, parked)",
+        ("capability",),
+    ),
+    "orchestrator_desired_agents": FamilySpec(
+        "gauge", "Agents the capability should have (the autoscaling decision)", ("capability",)
+    ),
+    "orchestrator_backlog_tasks": FamilySpec(
+        "gauge",
+        "Tasks waiting in the backlog for a free slot, by capability and priority (a task "
+        "needing several capabilities counts toward each)",
+        ("capability", "priority"),
+    ),
+    "orchestrator_backlog_oldest_seconds": FamilySpec(
+        "gauge",
+        "How long the oldest task waiting in the backlog for the capability has waited",
+        ("capability",),
+    ),
+    "orchestrator_agent_slots_free": FamilySpec(
+        "gauge",
+        "Slots a live agent has free: concurrency + ORCH_AGENT_PREFETCH minus its unended tasks",
+        ("agent",),
+    ),
+    "orchestrator_tasks": FamilySpec(
+        "counter", "Task lifecycle events since the start", ("event",)
+    ),
+    "orchestrator_task_runs": FamilySpec(
+        "counter", "Handler runs by type and outcome", ("type", "outcome")
+    ),
+    "orchestrator_task_run_seconds": FamilySpec("histogram", "Handler run time", ("type",)),
+    "orchestrator_task_delegation_seconds": FamilySpec(
+        "histogram", "Submit-to-start time", ("type",)
+    ),
+    "orchestrator_sla_compliant": FamilySpec(
+        "gauge", "1 when the SLA target was met at the last evaluation", ("slo",)
+    ),
+    "orchestrator_sla_error_budget_remaining": FamilySpec(
+        "gauge", "Share of the error budget left", ("slo",)
+    ),
+}
+_KINDS: dict[str, Any] = {
+    "gauge": GaugeMetricFamily,
+    "counter": CounterMetricFamily,
+    "histogram": HistogramMetricFamily,
+}
+
+
+def family(name: str) -> Any:
+    """A new, empty family of FAMILIES (a KeyError names one served but not declared)."""
+    spec = FAMILIES[name]
+    return _KINDS[spec.kind](name, spec.help, labels=list(spec.labels))
+
+
+def _histogram(name: str, per_type: dict[str, TypeStats], delegation: bool) -> Metric:
+    histogram = family(name)
     for kind, stats in sorted(per_type.items()):
         hist = stats.delegation if delegation else stats.latency
         if not hist:
@@ -76,8 +160,8 @@ def _histogram(name: str, doc: str, per_type: dict[str, TypeStats], delegation: 
             buckets.append((f"{bound / 1000:g}", float(cumulative)))
         buckets.append(("+Inf", float(sum(hist.values()))))
         total_us = stats.dsum if delegation else stats.lsum
-        family.add_metric([kind], buckets, sum_value=total_us / 1e6)
-    return family
+        histogram.add_metric([kind], buckets, sum_value=total_us / 1e6)
+    return histogram
 
 
 class OrchestratorCollector:
@@ -86,8 +170,12 @@ class OrchestratorCollector:
     def __init__(self, ctx: LoopContext) -> None:
         self.ctx = ctx
 
+    def describe(self) -> Iterator[Metric]:
+        for name in FAMILIES:
+            yield family(name)
+
     def collect(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily("orchestrator_up", "1 when Redis answered this scrape")
+        up = family("orchestrator_up")
         try:
             metrics = list(self._collect())
         except Exception as exc:  # a scrape must answer even when Redis does not
@@ -104,38 +192,26 @@ class OrchestratorCollector:
         now = now_s()
         snap = gather(ctx.store, ctx.mon, ctx.settings, now)
         m = snap.metrics
-        agents = GaugeMetricFamily(
-            "orchestrator_agents", "Registered agents by effective status", labels=["status"]
-        )
+        agents = family("orchestrator_agents")
         for status in AgentStatus:
             agents.add_metric([status.value], float(sum(a.status is status for a in snap.agents)))
         yield agents
-        for field_name, name, doc, scale in _GAUGES:
-            yield GaugeMetricFamily(
-                f"orchestrator_{name}", doc, value=float(getattr(m, field_name)) * scale
-            )
-        health = GaugeMetricFamily(
-            "orchestrator_health", "1 for the current health", labels=["state"]
-        )
+        for field_name, name, _doc, scale in _GAUGES:
+            gauge = family(f"orchestrator_{name}")
+            gauge.add_metric([], float(getattr(m, field_name)) * scale)
+            yield gauge
+        health = family("orchestrator_health")
         for state in SystemHealth:
             health.add_metric([state.value], 1.0 if m.health is state else 0.0)
         yield health
-        depth = GaugeMetricFamily(
-            "orchestrator_agent_queue_depth", "Tasks waiting per agent", labels=["agent"]
-        )
-        score = GaugeMetricFamily(
-            "orchestrator_agent_performance_score", "Routing performance score", labels=["agent"]
-        )
+        depth = family("orchestrator_agent_queue_depth")
+        score = family("orchestrator_agent_performance_score")
         for a in snap.agents:
             depth.add_metric([a.agent_id], float(snap.depths.get(a.queue, 0)))
             score.add_metric([a.agent_id], a.performance_score)
         yield depth
         yield score
-        alerts = GaugeMetricFamily(
-            "orchestrator_alert",
-            "1 per pending or firing alert",
-            labels=["alertname", "severity", "state"],
-        )
+        alerts = family("orchestrator_alert")
         for alert in snap.alerts:
             alerts.add_metric([alert.name, alert.severity.value, alert.state.value], 1.0)
         yield alerts
@@ -146,11 +222,7 @@ class OrchestratorCollector:
         yield from self._sla()
 
     def _security(self) -> Iterator[Metric]:
-        findings = GaugeMetricFamily(
-            "orchestrator_security_findings",
-            "Standing security findings by severity",
-            labels=["severity"],
-        )
+        findings = family("orchestrator_security_findings")
         by_severity = Counter(f.severity.value for f in self.ctx.mon.findings().values())
         for severity in Severity:
             findings.add_metric([severity.value], float(by_severity.get(severity.value, 0)))
@@ -161,25 +233,13 @@ class OrchestratorCollector:
         the very count `orchestrator scale` shows and ORCH_SCALE_COMMAND was given."""
         rows = scale_report(self.ctx, now, snap.agents, snap.depths, snap.window)
         families = {
-            "current": GaugeMetricFamily(
-                "orchestrator_capability_agents",
-                "Live agents offering the capability (awake or asleep)",
-                labels=["capability"],
-            ),
-            "backlog": GaugeMetricFamily(
-                "orchestrator_capability_backlog",
-                "Tasks waiting for the capability (every priority, unacknowledged, parked)",
-                labels=["capability"],
-            ),
-            "desired": GaugeMetricFamily(
-                "orchestrator_desired_agents",
-                "Agents the capability should have (the autoscaling decision)",
-                labels=["capability"],
-            ),
+            "current": family("orchestrator_capability_agents"),
+            "backlog": family("orchestrator_capability_backlog"),
+            "desired": family("orchestrator_desired_agents"),
         }
         for row in rows:
-            for attr, family in families.items():
-                family.add_metric([row["capability"]], float(row[attr]))
+            for attr, gauge in families.items():
+                gauge.add_metric([row["capability"]], float(row[attr]))
         yield from families.values()
 
     def _backlog(self, snap: Snapshot, now: float) -> Iterator[Metric]:
@@ -187,66 +247,38 @@ class OrchestratorCollector:
         live agent's free slots: one backlog read per scrape (store.backlog reads each
         waiting list's length and head, not the tasks)."""
         tasks, oldest = capability_backlog(self.ctx.store.backlog(now))
-        waiting = GaugeMetricFamily(
-            "orchestrator_backlog_tasks",
-            "Tasks waiting in the backlog for a free slot, by capability and priority (a task "
-            "needing several capabilities counts toward each)",
-            labels=["capability", "priority"],
-        )
+        waiting = family("orchestrator_backlog_tasks")
         for (capability, priority), n in sorted(tasks.items()):
             waiting.add_metric([capability, str(priority)], float(n))
         yield waiting
-        age = GaugeMetricFamily(
-            "orchestrator_backlog_oldest_seconds",
-            "How long the oldest task waiting in the backlog for the capability has waited",
-            labels=["capability"],
-        )
+        age = family("orchestrator_backlog_oldest_seconds")
         for capability, seconds in sorted(oldest.items()):
             age.add_metric([capability], seconds)
         yield age
-        free = GaugeMetricFamily(
-            "orchestrator_agent_slots_free",
-            "Slots a live agent has free: concurrency + ORCH_AGENT_PREFETCH minus its unended "
-            "tasks",
-            labels=["agent"],
-        )
+        free = family("orchestrator_agent_slots_free")
         for agent, n in sorted(slots_free(snap.agents, self.ctx.settings.agent_prefetch).items()):
             free.add_metric([agent], float(n))
         yield free
 
     def _counters(self) -> Iterator[Metric]:
-        events = CounterMetricFamily(
-            "orchestrator_tasks", "Task lifecycle events since the start", labels=["event"]
-        )
+        events = family("orchestrator_tasks")
         for name, value in sorted(self.ctx.store.counters().items()):
             events.add_metric([name], float(value))
         yield events
         totals = parse_fields(self.ctx.mon.totals())
-        runs = CounterMetricFamily(
-            "orchestrator_task_runs", "Handler runs by type and outcome", labels=["type", "outcome"]
-        )
+        runs = family("orchestrator_task_runs")
         for kind, stats in sorted(totals.types.items()):
             runs.add_metric([kind, "succeeded"], float(stats.ok))
             runs.add_metric([kind, "failed"], float(stats.fail))
             runs.add_metric([kind, "recovered"], float(stats.rec))
         yield runs
-        yield _histogram("orchestrator_task_run_seconds", "Handler run time", totals.types, False)
-        yield _histogram(
-            "orchestrator_task_delegation_seconds", "Submit-to-start time", totals.types, True
-        )
+        yield _histogram("orchestrator_task_run_seconds", totals.types, False)
+        yield _histogram("orchestrator_task_delegation_seconds", totals.types, True)
 
     def _sla(self) -> Iterator[Metric]:
         latest = self.ctx.mon.history(SLA_HISTORY, 1)
-        compliant = GaugeMetricFamily(
-            "orchestrator_sla_compliant",
-            "1 when the SLA target was met at the last evaluation",
-            labels=["slo"],
-        )
-        budget = GaugeMetricFamily(
-            "orchestrator_sla_error_budget_remaining",
-            "Share of the error budget left",
-            labels=["slo"],
-        )
+        compliant = family("orchestrator_sla_compliant")
+        budget = family("orchestrator_sla_error_budget_remaining")
         targets: dict[str, Any] = latest[-1]["targets"] if latest else {}
         for name, point in sorted(targets.items()):
             compliant.add_metric([name], 1.0 if point.get("compliant") else 0.0)

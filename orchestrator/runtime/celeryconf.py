@@ -12,9 +12,10 @@ from celery import Celery
 from celery.result import AsyncResult
 from kombu import Queue
 
-from orchestrator.config import SIGNING_DIGEST, Settings, is_sentinel, redis_ssl_options
+from orchestrator.config import Settings
 from orchestrator.models import OrchestrationTask, RegisteredAgent
 from orchestrator.monitoring.schedule import redbeat_config
+from orchestrator.redis_urls import is_sentinel, redis_ssl_options
 from orchestrator.routing.weights import to_broker_priority
 from orchestrator.runtime import results
 from orchestrator.runtime.canvas import canvas_options
@@ -25,6 +26,7 @@ from orchestrator.runtime.transport import (
     alias_sentinel_scheme,
     captured_pushes,
 )
+from orchestrator.security.signing import SIGNING_DIGEST
 
 if TYPE_CHECKING:
     from orchestrator.routing.router import Preparer, Publisher
@@ -184,7 +186,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return {
         "broker_url": broker,
         "result_backend": backend,
-        # TLS as each rediss:// URL asks (see config.redis_ssl_options); kombu, Flower and
+        # TLS as each rediss:// URL asks (see redis_urls.redis_ssl_options); kombu, Flower and
         # RedBeat read these dicts, not the URL, for a bare rediss:// URL.
         "broker_use_ssl": redis_ssl_options(broker),
         "redis_backend_use_ssl": redis_ssl_options(backend),

@@ -64,7 +64,8 @@ def note_run(
 
 
 class WorkerMetrics:
-    """The families one worker serves; created in the parent, inherited by each child."""
+    """The families one worker serves, each an attribute (the docs' metrics reference reads
+    them there); created in the parent, inherited by each child."""
 
     def __init__(self, agent: str, role: str, types: Iterable[str] = ()) -> None:
         from prometheus_client import Counter, Gauge, Histogram
@@ -90,14 +91,14 @@ class WorkerMetrics:
             multiprocess_mode="livesum",
             registry=None,
         )
-        info = Gauge(
+        self.info = Gauge(
             "orchestrator_worker_info",
             "1 per worker: its agent id (or node name) and role",
             ["agent", "role"],
             multiprocess_mode="max",
             registry=None,
         )
-        info.labels(agent, role).set(1)
+        self.info.labels(agent, role).set(1)
         # Every type this worker can run starts at zero, so a rate() over it is 0, not absent.
         for type in types:
             for family in (self.executed, self.failed, self.retried, self.run):

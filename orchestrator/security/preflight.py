@@ -35,9 +35,10 @@ from celery import bootsteps, signals
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from orchestrator.config import DEFAULT_SENTINEL_MASTER, SSL_FILE_PARAMS, Settings
+from orchestrator.config import Settings
 from orchestrator.errors import ConfigError
 from orchestrator.models import ProductionEventSeverity as Severity
+from orchestrator.redis_urls import DEFAULT_SENTINEL_MASTER, SSL_FILE_PARAMS
 from orchestrator.runtime.logs import say_refusal
 from orchestrator.security.fitness import EVICTING, RedisConfig, judge_redis
 from orchestrator.security.policy import Finding, RedisEndpoint

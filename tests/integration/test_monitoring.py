@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator.cli.exporter import FAMILIES
 from orchestrator.config import load_settings
 from orchestrator.errors import InvalidTask
 from orchestrator.runtime.celeryconf import create_app
@@ -261,6 +262,15 @@ def test_exporter_serves_metrics_and_stops_on_ctrl_c(orch_env, redis_client, tmp
             if line and line[0] != "#"
         }
         assert all(n.startswith("orchestrator_") for n in names), names
+        # What it serves is what it declares (exporter.FAMILIES: describe(), the docs' reference).
+        served = dict(
+            line.split(" ")[2:4] for line in text.splitlines() if line.startswith("# TYPE ")
+        )
+        declared = {
+            name + ("_total" if spec.kind == "counter" else ""): spec.kind
+            for name, spec in FAMILIES.items()
+        }
+        assert served == declared
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=15) == 0
         assert "exporter stopped" in log.read_text()

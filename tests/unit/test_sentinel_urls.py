@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.config import SentinelAddress, load_settings, mask_password, parse_sentinel
+from orchestrator.config import load_settings
 from orchestrator.errors import ConfigError
+from orchestrator.redis_urls import SentinelAddress, mask_password, parse_sentinel
 from orchestrator.runtime.celeryconf import celery_config
 from orchestrator.runtime.transport import SENTINEL_TRANSPORT, TRANSPORT
 from orchestrator.security.policy import RedisEndpoint

@@ -1,0 +1,115 @@
+"""What a Redis URL says: its TLS options, the Sentinel form, and its password masked.
+
+Shared by the settings, the store's connections, the Celery app and the start-up checks."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+#: `ssl_cert_reqs` values of a rediss:// URL that Celery, kombu and redis-py all read alike.
+SSL_CERT_REQS = {
+    "required": ssl.CERT_REQUIRED,
+    "optional": ssl.CERT_OPTIONAL,
+    "none": ssl.CERT_NONE,
+}
+#: Query parameters of a rediss:// URL that name files (CA bundle, client certificate and key).
+SSL_FILE_PARAMS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+
+
+def redis_ssl_options(url: str) -> dict[str, Any] | None:
+    """The TLS options a rediss:// URL asks for in its query, as Celery's `broker_use_ssl`
+    and `redis_backend_use_ssl` take them; None for a URL without TLS.
+
+    Without them, kombu under our transport (orchestrator.runtime.transport) speaks plain TCP to a
+    rediss:// broker, and Celery's result backend refuses the URL; given them, both verify
+    the server against the system's CAs unless the query says otherwise, as redis-py does
+    for the state store. The messages name the parameter, never the URL: it may hold a
+    password.
+    """
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    asked = sorted(k for k in query if k.startswith("ssl_"))
+    if parts.scheme != "rediss":
+        if asked:
+            raise ValueError(f"TLS options need a rediss:// URL (got {', '.join(asked)})")
+        return None
+    reqs = query.get("ssl_cert_reqs", "required")
+    if reqs not in SSL_CERT_REQS:
+        raise ValueError(
+            f"ssl_cert_reqs must be one of {', '.join(SSL_CERT_REQS)} (got ssl_cert_reqs={reqs})"
+        )
+    options: dict[str, Any] = {"ssl_cert_reqs": SSL_CERT_REQS[reqs]}
+    options.update({name: query[name] for name in SSL_FILE_PARAMS if query.get(name)})
+    if "ssl_check_hostname" in query:
+        options["ssl_check_hostname"] = query["ssl_check_hostname"].lower() not in (
+            "false",
+            "no",
+            "0",
+        )
+    return options
+
+
+#: The master name of a sentinel-form URL unless ORCH_REDIS_SENTINEL_MASTER says otherwise.
+DEFAULT_SENTINEL_MASTER = "mymaster"
+
+
+@dataclass(frozen=True)
+class SentinelAddress:
+    """A sentinel-form URL (`sentinel://h1:26379;sentinel://h2:26379/0`), as kombu reads it
+    for the broker and Celery for the result backend: the sentinels to ask for the master,
+    and the database and credentials (of the first part that has them) for the master."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+
+def is_sentinel(url: str) -> bool:
+    return url.startswith("sentinel://")
+
+
+def parse_sentinel(url: str) -> SentinelAddress:
+    """Parse a sentinel-form URL; ValueError naming the part that is wrong (never the
+    password)."""
+    sentinels: list[tuple[str, int]] = []
+    db: int | None = None
+    username = password = None
+    for number, chunk in enumerate(url.split(";"), 1):
+        parts = urlsplit(chunk.strip())
+        if parts.scheme != "sentinel":
+            raise ValueError(f"part {number} of a sentinel URL must start with sentinel://")
+        try:
+            port = parts.port or 26379
+        except ValueError:
+            raise ValueError(f"part {number} of a sentinel URL has a bad port") from None
+        if not parts.hostname:
+            raise ValueError(f"part {number} of a sentinel URL names no host")
+        if parts.query:
+            raise ValueError(f"part {number} of a sentinel URL: query options are not supported")
+        path = parts.path.strip("/")
+        if path:
+            if not path.isdigit():
+                raise ValueError(f"part {number} of a sentinel URL: database must be a number")
+            if db is not None and int(path) != db:
+                raise ValueError("the parts of a sentinel URL name different databases")
+            db = int(path)
+        if parts.password and password is None:
+            username, password = parts.username or None, unquote(parts.password)
+        sentinels.append((parts.hostname, port))
+    return SentinelAddress(tuple(sentinels), db or 0, username, password)
+
+
+def mask_password(url: str) -> str:
+    """`url` with its password (if any) shown as ********."""
+    if ";" in url:
+        return ";".join(mask_password(chunk) for chunk in url.split(";"))
+    parts = urlsplit(url)
+    if "://" not in url or not parts.password:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{user}:********@{host}").geturl()
