@@ -178,3 +178,8 @@ class TransientError(OrchestratorError):
 
 class PermanentError(OrchestratorError):
     """Raised by a handler: retrying cannot help; fail the task now with this reason."""
+
+
+class RecoveryEscalated(OrchestratorError):
+    """The final failure of a task that recovery gave up on (retries spent, or no agent left
+    to try): it is in the dead-letter store (`orchestrator dlq list`), and this is its result."""

@@ -142,7 +142,7 @@ class Transition:
 
     @property
     def event_type(self) -> str | None:
-        """The SPEC event to publish for this edge, or None for bookkeeping-only changes."""
+        """The event to publish for this edge, or None for bookkeeping-only changes."""
         if self.to_state is AlertState.FIRING:
             return "alert.firing"
         if self.to_state is AlertState.RESOLVED:

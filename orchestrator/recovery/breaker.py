@@ -31,8 +31,8 @@ class BreakerTransition(StrEnum):
 
     @property
     def event_type(self) -> str:
-        """`circuit.opened`, `circuit.half_opened`, `circuit.closed` (SPEC 8 names the
-        first and the last; half-opening is announced only if the edge chooses to)."""
+        """`circuit.opened`, `circuit.half_opened`, `circuit.closed` (the contract's events
+        are the first and the last; half-opening is announced only if the edge chooses to)."""
         return f"circuit.{self.value}"
 
 

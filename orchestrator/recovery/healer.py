@@ -11,7 +11,7 @@ import logging
 import random
 from collections.abc import Callable
 
-from orchestrator.errors import OrchestratorError, UnknownTask
+from orchestrator.errors import RecoveryEscalated, UnknownTask
 from orchestrator.models import (
     AgentStatus,
     ProductionEventSeverity,
@@ -37,10 +37,6 @@ FailTask = Callable[[str, Exception], None]
 AGENT_FAULTS = frozenset({ErrorKind.TRANSIENT, ErrorKind.TIMEOUT, ErrorKind.CRASH})
 #: Agents whose queue is still theirs: a message missing from it is lost, not moved.
 LIVE = frozenset({AgentStatus.ACTIVE, AgentStatus.SLEEPING, AgentStatus.QUARANTINED})
-
-
-class RecoveryEscalated(OrchestratorError):
-    """The final failure of a task that recovery gave up on (it is in the dead-letter store)."""
 
 
 class Healer:

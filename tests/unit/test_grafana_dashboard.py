@@ -18,6 +18,8 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from docs.reference_gen import worker_metrics
+from orchestrator.cli.exporter import FAMILIES
 from tests import dashboards
 
 REPO = dashboards.REPO
@@ -26,55 +28,17 @@ PROVISIONING = GRAFANA / "provisioning"
 DATASOURCES = PROVISIONING / "datasources" / "prometheus.yml"
 PROVIDERS = PROVISIONING / "dashboards" / "hive.yml"
 
-#: What the orchestrator serves (docs/operations/monitoring.md): the exporter's and every worker's
-#: names, counters with `_total`, histograms by family. Flower's flower_* names and
-#: Prometheus' own `up` are not the orchestrator's and no panel may depend on them.
-EXPORTER_NAMES = frozenset(
-    {
-        "orchestrator_up",
-        "orchestrator_agents",
-        "orchestrator_queue_depth",
-        "orchestrator_agent_queue_depth",
-        "orchestrator_parked_tasks",
-        "orchestrator_dead_letters",
-        "orchestrator_error_rate",
-        "orchestrator_throughput_per_second",
-        "orchestrator_circuits_open",
-        "orchestrator_alerts_firing",
-        "orchestrator_alert",
-        "orchestrator_health",
-        "orchestrator_security_threats",
-        "orchestrator_security_findings",
-        "orchestrator_anomalies_active",
-        "orchestrator_regressions_active",
-        "orchestrator_backup_age_seconds",
-        "orchestrator_backup_rpo_met",
-        "orchestrator_agent_performance_score",
-        "orchestrator_tasks_total",
-        "orchestrator_task_runs_total",
-        "orchestrator_task_run_seconds",
-        "orchestrator_task_delegation_seconds",
-        "orchestrator_sla_compliant",
-        "orchestrator_sla_error_budget_remaining",
-        "orchestrator_capability_agents",
-        "orchestrator_capability_backlog",
-        "orchestrator_desired_agents",
-        "orchestrator_backlog_tasks",
-        "orchestrator_backlog_oldest_seconds",
-        "orchestrator_agent_slots_free",
-    }
-)
-WORKER_NAMES = frozenset(
-    {
-        "orchestrator_worker_info",
-        "orchestrator_worker_tasks_executed_total",
-        "orchestrator_worker_tasks_failed_total",
-        "orchestrator_worker_tasks_retried_total",
-        "orchestrator_worker_task_run_seconds",
-        "orchestrator_worker_task_delegation_seconds",
-        "orchestrator_worker_tasks_in_flight",
-    }
-)
+
+#: What the orchestrator serves, from the code that serves it (the exporter's families and a
+#: worker's own metrics, as the generated metrics reference lists them): counters with
+#: `_total`, histograms by family. Flower's flower_* names and Prometheus' own `up` are not
+#: the orchestrator's and no panel may depend on them.
+def _exposed(name: str, kind: str) -> str:
+    return f"{name}_total" if kind == "counter" and not name.endswith("_total") else name
+
+
+EXPORTER_NAMES = frozenset(_exposed(name, spec.kind) for name, spec in FAMILIES.items())
+WORKER_NAMES = frozenset(_exposed(name, kind) for name, kind, *_ in worker_metrics())
 SERVED = EXPORTER_NAMES | WORKER_NAMES
 
 #: What each panel the dashboard promises must read (title -> names).
