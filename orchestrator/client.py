@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+import warnings
+from collections.abc import Sequence
 from typing import Any
 from uuid import uuid4
 
@@ -12,8 +14,9 @@ from kombu.exceptions import OperationalError
 from kombu.pools import ProducerPool
 
 from orchestrator.config import Settings, load_settings
-from orchestrator.errors import StoreUnavailable
+from orchestrator.errors import DuplicateTask, StoreUnavailable
 from orchestrator.models import RegisteredAgent, TaskRecord
+from orchestrator.routing.dispatch import Outcome, OutcomeStatus
 from orchestrator.routing.router import Router
 from orchestrator.runtime.celeryconf import (
     ROUTING_QUEUE,
@@ -47,6 +50,48 @@ def _raise_broker_full(exc: BaseException) -> None:
         raise full from exc
 
 
+class Submission(AsyncResult):
+    """What OrchestratorClient.submit returns: the task's AsyncResult, its id the
+    orchestration id (`get()`, `state`, `ready()` as for any), and what the submission did.
+
+    `outcome` is routed, queued, parked, deferred or duplicate (None when a control worker
+    routes it: route_locally=False); a parked task's `reason` says why no agent can take it
+    (it waits up to ORCH_PENDING_TIMEOUT_S, then goes to the dead-letter store); `differs`
+    names the fields in which a spec submitted under an id already accepted differs from the
+    accepted one (nothing runs again either way)."""
+
+    def __init__(
+        self,
+        id: str,
+        backend: Any = None,
+        task_name: str | None = None,
+        app: Celery | None = None,
+        parent: Any = None,
+        *,
+        outcome: OutcomeStatus | None = None,
+        reason: str | None = None,
+        differs: Sequence[str] = (),
+        subscribed: AsyncResult | None = None,
+    ) -> None:
+        super().__init__(id, backend=backend, task_name=task_name, app=app, parent=parent)
+        self.outcome = outcome
+        self.reason = reason
+        self.differs = tuple(differs)
+        # The publish's own result object, already subscribed to the result: kept, so the
+        # subscription lasts as long as this handle.
+        self._subscribed = subscribed
+
+    @property
+    def parked(self) -> bool:
+        """No agent can take the task now (`reason` says why); it waits for one."""
+        return self.outcome is OutcomeStatus.PARKED
+
+    @property
+    def duplicate(self) -> bool:
+        """An earlier submission was accepted under this id: this one ran nothing."""
+        return self.outcome is OutcomeStatus.DUPLICATE
+
+
 class OrchestratorClient:
     """Submits tasks (routing them itself) and tracks each orchestration id to its result."""
 
@@ -78,13 +123,14 @@ class OrchestratorClient:
         # also removed the `expires` header: headers are not signed).
         self.submit_expires_s = float(settings.ledger_ttl_s)
 
-    def submit(
-        self, type: str, payload: dict[str, Any] | None = None, **fields: Any
-    ) -> AsyncResult:
+    def submit(self, type: str, payload: dict[str, Any] | None = None, **fields: Any) -> Submission:
         """Submit one task and route it from here: validate, record, pick the agent and
         publish `orchestrator.execute` to its queue, with no hop through a control worker.
-        The returned result's id is the orchestration id (`task_id` if given); `.get()` gives
-        the handler's return value or raises the final failure. A spec that breaks a rule
+        The returned Submission is the task's AsyncResult, its id the orchestration id
+        (`task_id` if given): `.get()` gives the handler's return value or raises the final
+        failure; `.parked` and `.reason` say when no agent can take it, and why. A second
+        submission under an id already accepted runs nothing again; when its spec differs,
+        it warns (DuplicateTask, naming the fields in `.differs`). A spec that breaks a rule
         raises InvalidTask here, naming every offending field; a client over its per-client
         limits gets RateLimited or ClientBlocked here (ORCH_CLIENT_RATE_LIMIT,
         ORCH_SECURITY_AUTO_BLOCK).
@@ -121,8 +167,7 @@ class OrchestratorClient:
             except OperationalError as exc:  # the publish to the broker's Redis
                 _raise_broker_full(exc)
                 raise
-            # send_task's own result object is already subscribed to the result: reuse it.
-            return outcome.sent if outcome.sent is not None else self.app.AsyncResult(task.task_id)
+            return self._submission(outcome)
         self.store.outbox_put(
             task.task_id, submit_id=submit_id, kwargs=kwargs, queue=ROUTING_QUEUE, now=now
         )
@@ -138,9 +183,24 @@ class OrchestratorClient:
             self.store.outbox_drop(task.task_id)
             _raise_broker_full(exc)
             raise
-        # The submit message's own result object is already subscribed: reuse it when it
-        # carries the orchestration id.
-        return sent if sent.id == task.task_id else self.app.AsyncResult(task.task_id)
+        # The submit message's own result object is already subscribed: kept when it carries
+        # the orchestration id.
+        return Submission(
+            task.task_id, app=self.app, subscribed=sent if sent.id == task.task_id else None
+        )
+
+    def _submission(self, outcome: Outcome) -> Submission:
+        """The handle of a submission routed here; a duplicate whose spec differs warns."""
+        if outcome.differs:
+            warnings.warn(DuplicateTask(outcome.task_id, outcome.differs), stacklevel=3)
+        return Submission(
+            outcome.task_id,
+            app=self.app,
+            outcome=outcome.status,
+            reason=outcome.reason,
+            differs=outcome.differs,
+            subscribed=outcome.sent,
+        )
 
     def result(self, task_id: str) -> AsyncResult:
         return self.app.AsyncResult(task_id)
@@ -161,6 +221,13 @@ class OrchestratorClient:
         if backend is not None:
             consumer = getattr(backend, "result_consumer", None)
             if consumer is not None:
+                # Forget the results still waited on (a get() that timed out leaves its result
+                # registered) and the subscriptions: a result object finalised later, at
+                # interpreter exit too, then has nothing to unsubscribe, where it would open a
+                # connection again to do so (a traceback, when Python is shutting down).
+                for waiting in getattr(backend, "_pending_results", ()):
+                    waiting.clear()
+                getattr(consumer, "subscribed_to", set()).clear()
                 consumer.stop()
             client = getattr(backend, "client", None)
             if client is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 import shlex
 from typing import Annotated, Any, Literal
@@ -10,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from orchestrator.env_names import ENV_PREFIX, warn_unknown_variables
 from orchestrator.errors import ConfigError
 from orchestrator.models import CircuitBreakerConfig
 from orchestrator.redis_urls import (
@@ -570,9 +572,16 @@ class Settings(BaseSettings):
         return bool(self.agent_capabilities)
 
 
+def setting_names() -> frozenset[str]:
+    """Every variable Settings reads (upper case; read whatever its case)."""
+    return frozenset(f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields)
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Build Settings from the environment, turning validation errors into one ConfigError
-    whose lines name the ORCH_ variable, so an operator knows exactly what to fix."""
+    whose lines name the ORCH_ variable, so an operator knows exactly what to fix. A variable
+    no setting reads is warned about first (warn_unknown_variables)."""
+    warn_unknown_variables(os.environ, setting_names())
     try:
         return Settings(**overrides)
     except ValidationError as exc:
@@ -585,4 +594,4 @@ def load_settings(**overrides: Any) -> Settings:
             quiet = isinstance(got, dict) or field == "" or "(got" in message
             shown = "" if quiet else f" (got {got!r})"
             lines.append(f"{name}: {message}{shown}")
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines), lines) from None

@@ -13,7 +13,13 @@ class OrchestratorError(Exception):
 
 
 class ConfigError(OrchestratorError):
-    """A setting or a declared capability is unusable; the process must not start."""
+    """A setting or a declared capability is unusable; the process must not start.
+    `problems` holds one `ORCH_X: what is wrong` line per setting at fault (the message
+    itself when it was not given them)."""
+
+    def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.problems = list(problems) or [message]
 
 
 class InvalidTask(OrchestratorError):
@@ -152,6 +158,25 @@ class Cancelled(OrchestratorError):
 
 class UnknownTask(OrchestratorError):
     """No ledger entry exists for the id asked about."""
+
+
+class DuplicateTask(UserWarning):
+    """A warning, not an error: a submission under an id already accepted came with another
+    spec. Nothing runs again and the id's result stays the first submission's, as for any
+    duplicate (so a retry of the same spec stays quiet and idempotent); `differs` names the
+    fields that differ."""
+
+    def __init__(self, task_id: str, differs: Sequence[str]) -> None:
+        self.task_id = task_id
+        self.differs = tuple(differs)
+        super().__init__(
+            f"duplicate id with a different payload: task {task_id} was accepted before with "
+            f"another {', '.join(self.differs)}; nothing runs again and its result is the first "
+            "submission's (submit under a new task_id to run this one)"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.task_id, self.differs))
 
 
 class MessageRefused(OrchestratorError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery, Task
@@ -11,6 +12,7 @@ from kombu.exceptions import OperationalError
 from orchestrator.app import app
 from orchestrator.errors import (
     ClientBlocked,
+    DuplicateTask,
     InvalidTask,
     NoCapableAgent,
     RateLimited,
@@ -25,6 +27,7 @@ from orchestrator.runtime.results import add_alias
 from orchestrator.store import now_s
 from workers._context import HOUSEKEEPING, settings_of, store_of
 
+log = logging.getLogger(__name__)
 _routers: dict[int, Router] = {}
 _preparers: dict[int, Preparer] = {}
 #: A submission refused before anything was accepted: the result of its ids, not a crash.
@@ -126,7 +129,9 @@ def submit(self: Task, *args: Any, **fields: Any) -> None:
             raise
         held = getattr(self.request, HELD_ETA, None)
         due = float(held) if isinstance(held, int | float) else None
-        _route(self, router, fields, submit_id, due)
+        outcome = _route(self, router, fields, submit_id, due)
+        if outcome.differs:  # a submitter by name has no one else to tell it
+            log.warning("%s", DuplicateTask(outcome.task_id, outcome.differs))
     except (StoreUnavailable, OperationalError) as exc:
         # Redis went away mid-way (a restart, a failover): delivered again, the submission
         # resumes where the ledger says it stopped, instead of failing.

@@ -88,7 +88,7 @@ def _find(settings: Settings, agent_id: str) -> tuple[CliStore, RegisteredAgent,
     try:
         found = {a.agent_id: a for a in store.load_fleet(settings.circuit_rule(), now).agents}
     except OrchestratorError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise common.failure(exc) from None
     if agent_id not in found:
         known = ", ".join(sorted(found)) or "none registered"
         raise click.ClickException(f"no agent {agent_id!r} (agents: {known})")

@@ -82,7 +82,7 @@ def backlog(as_json: bool) -> None:
     try:
         report = backlog_report(common.store(common.settings()), now_s())
     except OrchestratorError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise common.failure(exc) from None
     if as_json:
         common.print_json(report)
         return
@@ -195,7 +195,7 @@ def cancel(task_id: str, as_json: bool) -> None:
         # The freed slot, or the key's permit passed on, goes to the next waiting task.
         app.send_task("orchestrator.route_parked")
     except OrchestratorError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise common.failure(exc) from None
     if as_json:
         common.print_json(
             {

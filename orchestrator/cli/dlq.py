@@ -73,7 +73,7 @@ def dlq_list(kind: str, limit: int, as_json: bool) -> None:
         tasks = _task_rows(store, limit) if kind in ("task", "all") else []
         poison = _poison_rows(store, limit) if kind in ("poison", "all") else []
     except OrchestratorError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise common.failure(exc) from None
     if as_json:
         common.print_json(tasks + poison)
         return
@@ -117,7 +117,7 @@ def dlq_show(ctx: click.Context, entry_id: str, as_json: bool) -> None:
     try:
         entry = _store().poison_message(entry_id)
     except OrchestratorError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise common.failure(exc) from None
     if entry is None:
         raise click.ClickException(f"no poison message {entry_id!r} (purged, or never kept)")
     if as_json:
@@ -200,7 +200,7 @@ def dlq_purge(entry_ids: tuple[str, ...], kind: str, purge_all: bool, yes: bool)
             tasks = store.purge_dead_letters([i for i in entry_ids if not is_poison_id(i)])
             poison = store.purge_poison([i for i in entry_ids if is_poison_id(i)])
     except OrchestratorError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise common.failure(exc) from None
     click.echo(f"removed {tasks} dead letter(s) and {poison} poison message(s)")
 
 

@@ -5,13 +5,19 @@ from __future__ import annotations
 import json
 import re
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 from rich.table import Table
 
 from orchestrator.cli import common
-from orchestrator.errors import InvalidTask, OrchestratorError, UnknownTask
+from orchestrator.errors import OrchestratorError
+from orchestrator.models import TaskState
+
+if TYPE_CHECKING:
+    from orchestrator.config import Settings
+    from orchestrator.models import TaskRecord
+    from orchestrator.store.ports import CliStore
 
 console = common.console
 err_console = common.err_console
@@ -25,13 +31,14 @@ _fmt_ts = common.fmt_ts
 _exec_celery = common.exec_celery
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=common.OrchestratorGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="hive-orchestrator")
 def main() -> None:
     """Hive Orchestrator: capability-weighted task routing for agent fleets.
 
     Configuration comes from ORCH_* environment variables (or .env); every one is listed in
-    docs/reference/settings.md.
+    docs/reference/settings.md. An error that concerns one reads `Error: ORCH_X: what is
+    wrong` and exits with status 2.
     """
 
 
@@ -45,94 +52,17 @@ def control(celery_args: tuple[str, ...]) -> None:
 
 
 @main.command()
-@click.argument("task_type")
-@click.option("--payload", default="{}", help="JSON object given to the handler.")
-@click.option("--priority", type=int, default=None, help="0-9, 9 is most urgent (default 5).")
-@click.option("--task-id", default=None, help="Your own id (idempotent resubmission).")
-@click.option(
-    "--capability",
-    "capabilities",
-    multiple=True,
-    help="Required capability (repeatable; default: the task type).",
-)
-@click.option("--timeout", "timeout_s", type=float, default=None, help="Handler timeout, s.")
-@click.option("--max-retries", type=int, default=None)
-@click.option("--affinity-key", default=None)
-@click.option("--client-id", default="cli")
-@click.option("--wait", is_flag=True, help="Wait for the result and print it.")
-@click.option("--wait-timeout", type=float, default=300.0, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def submit(
-    task_type: str,
-    payload: str,
-    priority: int | None,
-    task_id: str | None,
-    capabilities: tuple[str, ...],
-    timeout_s: float | None,
-    max_retries: int | None,
-    affinity_key: str | None,
-    client_id: str,
-    wait: bool,
-    wait_timeout: float,
-    as_json: bool,
-) -> None:
-    """Submit a task of TASK_TYPE; prints its id (and its result with --wait)."""
-    from orchestrator.client import OrchestratorClient
-    from orchestrator.models import parse_task
-
-    try:
-        body = json.loads(payload)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--payload") from None
-    fields: dict[str, Any] = {"client_id": client_id}
-    for name, value in (
-        ("priority", priority),
-        ("task_id", task_id),
-        ("timeout_s", timeout_s),
-        ("max_retries", max_retries),
-        ("affinity_key", affinity_key),
-    ):
-        if value is not None:
-            fields[name] = value
-    if capabilities:
-        fields["required_capabilities"] = list(capabilities)
-    settings = _settings()
-    try:  # the router checks again; checking here too gives the error before a round trip
-        parse_task({"type": task_type, "payload": body, **fields}, settings.max_payload_bytes)
-    except InvalidTask as exc:
-        raise click.ClickException(str(exc)) from None
-    _preflight(settings)
-    with OrchestratorClient(settings=settings) as client:
-        try:
-            result = client.submit(task_type, body, **fields)
-        except OrchestratorError as exc:  # RateLimited, ClientBlocked, the store unreachable
-            raise click.ClickException(str(exc)) from None
-        if not wait:
-            _print_json({"task_id": result.id}) if as_json else click.echo(result.id)
-            return
-        try:
-            value = result.get(timeout=wait_timeout, propagate=True)
-        except Exception as exc:
-            if as_json:
-                _print_json({"task_id": result.id, "state": "failed", "error": str(exc)})
-            raise click.ClickException(f"task {result.id} failed: {exc}") from None
-        if as_json:
-            _print_json({"task_id": result.id, "state": "succeeded", "result": value})
-        else:
-            click.echo(f"{result.id}: {json.dumps(value)}")
-
-
-@main.command()
 @click.argument("task_id")
 @click.option("--json", "as_json", is_flag=True)
 def task(task_id: str, as_json: bool) -> None:
-    """Show a task's ledger entry: state, agent, attempts, history."""
+    """Show a task's ledger entry: state, agent, attempts, history (and, for a parked task,
+    why no agent can take it)."""
+    settings = _settings()
+    store = _store(settings)
     try:
-        record = _store(_settings()).task_record(task_id)
-    except UnknownTask as exc:
-        raise click.ClickException(str(exc)) from None
-    except OrchestratorError as exc:
-        raise click.ClickException(str(exc)) from None
+        record = store.task_record(task_id)
+    except OrchestratorError as exc:  # UnknownTask, the store unreachable
+        raise common.failure(exc) from None
     if as_json:
         _print_json(record.model_dump(mode="json"))
         return
@@ -140,6 +70,8 @@ def task(task_id: str, as_json: bool) -> None:
         f"[bold]{record.task_id}[/] {record.type}: [bold]{record.state.value}[/] "
         f"on {record.agent_id or '-'} after {record.attempts} attempt(s)"
     )
+    if record.state is TaskState.PARKED:
+        console.print(f"parked: {_parked_reason(store, settings, record)}", markup=False)
     if record.error:
         console.print(f"error: {record.error}")
     table = Table("time", "state", "details")
@@ -151,6 +83,20 @@ def task(task_id: str, as_json: bool) -> None:
             json.dumps(details) if details else "",
         )
     console.print(table)
+
+
+def _parked_reason(store: CliStore, settings: Settings, record: TaskRecord) -> str:
+    """The reason recorded when the task was parked; for one parked without (a restore, a
+    dead letter replayed), the reason the fleet gives now."""
+    from orchestrator.routing.explain import park_reason, parked_reason
+    from orchestrator.store import now_s
+
+    recorded = parked_reason(record.history)
+    if recorded is not None:
+        return recorded
+    now = now_s()
+    fleet = store.load_fleet(settings.circuit_rule(), now)
+    return park_reason(record.required_capabilities, fleet.agents, now, settings.agent_timeout_s)
 
 
 @main.command()
@@ -165,7 +111,7 @@ def agents(as_json: bool) -> None:
     try:
         found = _store(settings).load_fleet(settings.circuit_rule(), now).agents
     except OrchestratorError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise common.failure(exc) from None
     for a in found:
         a.status = effective_status(a, now, settings.agent_timeout_s)
     if as_json:
@@ -280,7 +226,7 @@ def events(
     except KeyboardInterrupt:
         pass
     except OrchestratorError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise common.failure(exc) from None
 
 
 @main.command()
@@ -368,12 +314,14 @@ def _register_extensions() -> None:
     from orchestrator.cli import bench as cli_bench
     from orchestrator.cli import dlq as cli_dlq
     from orchestrator.cli import monitoring as cli_monitoring
+    from orchestrator.cli import submit as cli_submit
 
     cli_agent.register(main)
     cli_backlog.register(main)
     cli_bench.register(main)
     cli_dlq.register(main)
     cli_monitoring.register(main)
+    cli_submit.register(main)
     __import__("orchestrator.cli.scale", fromlist=["register"]).register(main)
 
 

@@ -28,17 +28,20 @@ _settings = common.settings
 _json = common.print_json
 
 
-def _ctx(settings: Settings | None = None) -> LoopContext:
+def _ctx(settings: Settings | None = None, check: bool = True) -> LoopContext:
+    """The loops' context; with `check`, the state store answering first (common.preflight:
+    a refusal or silence said in one line naming the variable)."""
     from orchestrator.monitoring.loops import LoopContext
 
-    return LoopContext.from_settings(settings or _settings())
+    settings = settings or _settings()
+    if check:
+        common.preflight(settings, state_only=True)
+    return LoopContext.from_settings(settings)
 
 
 def _store(settings: Settings) -> CliStore:
     """The state store for a verb that changes state itself (not through a loop's acts)."""
-    from orchestrator.store import StateStore
-
-    return StateStore.from_settings(settings)
+    return common.store(settings)
 
 
 def _when(ts: float | None) -> str:
@@ -56,7 +59,7 @@ def _guard(fn: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except (OrchestratorError, redis.RedisError) as exc:
-            raise click.ClickException(str(exc)) from None
+            raise common.failure(exc) from None
 
     return wrapper
 
@@ -576,7 +579,7 @@ def exporter(port: int | None, address: str | None) -> None:
     port = settings.exporter_port if port is None else port
     address = settings.exporter_address if address is None else address
     try:
-        serve(_ctx(settings), address, port)
+        serve(_ctx(settings, check=False), address, port)  # checked above, and waits for Redis
     except OSError as exc:
         if as_json:
             log.critical("cannot serve on %s:%d: %s", address, port, exc)

@@ -59,7 +59,7 @@ def scale(as_json: bool) -> None:
     try:
         rows = scale_report(LoopContext.from_settings(settings), now)
     except (OrchestratorError, redis.RedisError) as exc:  # a clean message, not a traceback
-        raise click.ClickException(str(exc)) from None
+        raise common.failure(exc) from None
     if as_json:
         common.print_json(rows)
         return

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import InvalidTask, NoCapableAgent, UnknownTask
 from orchestrator.models import OrchestrationTask, RegisteredAgent, TaskState
+from orchestrator.routing.explain import park_reason, spec_differences
 from orchestrator.store import Acceptance, Dispatched, Fleet
 from orchestrator.store.codes import AcceptStatus
 from orchestrator.store.ports import RouterStore
@@ -48,6 +49,10 @@ class Outcome:
     status: OutcomeStatus
     agent_id: str | None = None
     sent: Any = field(default=None, compare=False, repr=False)  # the Publisher's handle
+    #: Parked: why no agent can take it (routing.explain.park_reason).
+    reason: str | None = field(default=None, compare=False)
+    #: A duplicate: the fields in which its spec differs from the accepted one.
+    differs: tuple[str, ...] = field(default=(), compare=False)
 
 
 class Dispatching:
@@ -105,12 +110,24 @@ class Dispatching:
             )
             raise error
         status, state = self.store.accept(Acceptance(task, submit_id, now))
-        if status is AcceptStatus.DUPLICATE or (
-            status is AcceptStatus.RESUME and TaskState(state) is not TaskState.ACCEPTED
-        ):
+        if status is AcceptStatus.DUPLICATE:
+            return self.duplicate(task)
+        if status is AcceptStatus.RESUME and TaskState(state) is not TaskState.ACCEPTED:
             self.store.count_duplicate()
             return Outcome(task.task_id, OutcomeStatus.DUPLICATE)
         return self.defer(task, due, now, countdown=round(due - now, 3))
+
+    def duplicate(self, task: OrchestrationTask) -> Outcome:
+        """A submission of an id another submission was accepted under: nothing runs again.
+        Its spec is compared with the accepted one (one read, only for a duplicate), so the
+        submitter can be told when it differs; the difference is counted too."""
+        assert task.task_id is not None
+        try:
+            differs = spec_differences(self.store.load_spec(task.task_id), task)
+        except UnknownTask:  # forgotten (ORCH_LEDGER_TTL_S) since: nothing to compare with
+            differs = ()
+        self.store.count_duplicate(differing=bool(differs))
+        return Outcome(task.task_id, OutcomeStatus.DUPLICATE, differs=differs)
 
     def hold(
         self,
@@ -122,14 +139,26 @@ class Dispatching:
         expect_dispatch: int | None = None,
         exclude: Collection[str] = (),
         avoid: Collection[str] = (),
+        fleet: Fleet | None = None,
         **history: Any,
     ) -> Outcome:
         """Put the task in the backlog (no agent in `avoid`, those it failed on, takes it
-        from there), then let any agent free now but those in `exclude` take from it."""
+        from there), then let any agent free now but those in `exclude` take from it. A
+        parked task keeps why (park_reason over `fleet`, the view it was judged on)."""
         assert task.task_id is not None
         from_agent = history.get("moved_from") if source == "lost" else None
+        reason = None
         if parked:
-            done = self.store.park(task, now=now, source=source, avoid=avoid, from_agent=from_agent)
+            reason = park_reason(
+                task.required_capabilities,
+                (fleet or self.fleet(now)).agents,
+                now,
+                self.settings.agent_timeout_s,
+                exclude,
+            )
+            done = self.store.park(
+                task, now=now, source=source, avoid=avoid, from_agent=from_agent, reason=reason
+            )
         else:
             done = self.store.enqueue(
                 task,
@@ -144,7 +173,9 @@ class Dispatching:
         if not done:
             return Outcome(task.task_id, OutcomeStatus.ENDED)
         self.pump(task, now, exclude=exclude)
-        return Outcome(task.task_id, OutcomeStatus.PARKED if parked else OutcomeStatus.QUEUED)
+        if parked:
+            return Outcome(task.task_id, OutcomeStatus.PARKED, reason=reason)
+        return Outcome(task.task_id, OutcomeStatus.QUEUED)
 
     def pump(
         self,
@@ -236,7 +267,7 @@ class Dispatching:
             outcome = self.dispatch(task, agent, now, released=True)
             if outcome.status is not OutcomeStatus.FULL:
                 return outcome
-        return self.hold(task, now, parked=not eligible, source="due", released=True)
+        return self.hold(task, now, parked=not eligible, source="due", fleet=fleet, released=True)
 
     def defer(
         self,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from orchestrator.config import Settings
@@ -28,6 +28,7 @@ from orchestrator.monitoring.stats import client_label
 from orchestrator.recovery.breaker import CLOSED_BREAKER, would_admit
 from orchestrator.recovery.floor import readmitted
 from orchestrator.routing.dispatch import Dispatching, Outcome, OutcomeStatus
+from orchestrator.routing.explain import spec_differences
 from orchestrator.routing.weights import (
     integer_weights,
     is_eligible,
@@ -232,11 +233,16 @@ class Router(Dispatching):
             # between the two steps and its client, told so, submitted again): this one places
             # the recorded task. Two routers placing it at once is safe: the dispatch number
             # makes the older message stale.
-            self.store.count_duplicate()
-            return self.route(self.store.load_spec(task.task_id), now)
-        if status is AcceptStatus.DUPLICATE or (
-            status is AcceptStatus.RESUME
-            and TaskState(state) not in (TaskState.ACCEPTED, TaskState.ROUTED)
+            accepted = self.store.load_spec(task.task_id)
+            differs = spec_differences(accepted, task)
+            self.store.count_duplicate(differing=bool(differs))
+            return replace(self.route(accepted, now), differs=differs)
+        if status is AcceptStatus.DUPLICATE:
+            self.store.outbox_drop(task.task_id)
+            return self.duplicate(task)
+        if status is AcceptStatus.RESUME and TaskState(state) not in (
+            TaskState.ACCEPTED,
+            TaskState.ROUTED,
         ):
             self.store.count_duplicate()
             self.store.outbox_drop(task.task_id)
@@ -478,6 +484,7 @@ class Router(Dispatching):
             expect_dispatch=expect_dispatch,
             exclude=exclude,
             avoid=avoid,
+            fleet=fleet,
             **history,
         )  # (hold passes `moved_from` on: a lost agent's running task moves only off it)
 

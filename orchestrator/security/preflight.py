@@ -177,11 +177,14 @@ def read_target(target: RedisTarget, timeout_s: float = PING_TIMEOUT_S) -> Redis
 
 
 def preflight(
-    targets: Iterable[RedisTarget], connect: Callable[[str], Any] | None = None
+    targets: Iterable[RedisTarget],
+    connect: Callable[[str], Any] | None = None,
+    strict: bool = False,
 ) -> list[str]:
     """Ping each target once (`connect(url)` instead, when given). Raises ConfigError, one line
-    `VARIABLE: reason`, at the first failure waiting cannot fix; returns notes on the targets
-    that did not answer."""
+    `VARIABLE: reason`, at the first failure waiting cannot fix, and with `strict` (a command
+    that does its work now, or not at all) at a target that does not answer too; returns notes
+    on the targets that did not answer."""
     notes = []
     for target in targets:
         problem = unreadable_tls_file(target.url)
@@ -193,7 +196,9 @@ def preflight(
                     connect(target.url)
             except (redis.RedisError, OSError) as exc:
                 problem = classify_failure(exc)
-                if problem is None:
+                if problem is None and strict:
+                    problem = f"Redis not reachable ({exc})"
+                elif problem is None:
                     notes.append(f"{target.variable}: Redis not reachable yet ({exc})")
         if problem is not None:
             raise ConfigError(f"{target.variable}: {problem}")

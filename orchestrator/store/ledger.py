@@ -231,10 +231,18 @@ class LedgerStore(BacklogStore):
             )
             pipe.execute()
 
-    def count_duplicate(self) -> None:
-        """Count a submission that runs nothing again (a duplicate; a redelivery past routing)."""
+    def count_duplicate(self, differing: bool = False) -> None:
+        """Count a submission that runs nothing again (a duplicate; a redelivery past routing);
+        `differing`: a duplicate whose spec differs from the accepted one (counted apart too,
+        as `duplicates_differing`: a submitter by name is told nothing else)."""
         with self._translate():
-            self.r.hincrby(COUNTERS, "duplicates_ignored", 1)
+            if not differing:
+                self.r.hincrby(COUNTERS, "duplicates_ignored", 1)
+                return
+            pipe = self.r.pipeline(transaction=False)
+            pipe.hincrby(COUNTERS, "duplicates_ignored", 1)
+            pipe.hincrby(COUNTERS, "duplicates_differing", 1)
+            pipe.execute()
 
     def task_exists(self, task_id: str) -> bool:
         with self._translate():
@@ -359,16 +367,20 @@ class LedgerStore(BacklogStore):
         source: str = "new",
         avoid: Collection[str] = (),
         from_agent: str | None = None,
+        reason: str | None = None,
     ) -> bool:
         """Put a task no capable agent exists for into the backlog as `parked` (its wait is
         bounded by ORCH_PENDING_TIMEOUT_S), announced as `task.parked`; it leaves the outbox
-        in the same step."""
+        in the same step. `reason` (why no agent can take it) goes in the event and in the
+        history entry, where `orchestrator task` reads it."""
         assert task.task_id is not None
-        event = {
+        event: dict[str, Any] = {
             "task_id": task.task_id,
             "type": task.type,
             "required_capabilities": task.required_capabilities,
         }
+        if reason is not None:
+            event["reason"] = reason
         return self.enqueue(
             task,
             now=now,
@@ -377,6 +389,7 @@ class LedgerStore(BacklogStore):
             event=("task.parked", event),
             avoid=avoid,
             from_agent=from_agent,
+            reason=reason,
         )
 
     def parked(self, limit: int = 1000) -> list[tuple[str, float]]:

@@ -86,6 +86,7 @@ class Parks(Protocol):
         source: str = "new",
         avoid: Collection[str] = (),
         from_agent: str | None = None,
+        reason: str | None = None,
     ) -> bool: ...
 
 
@@ -241,7 +242,7 @@ class RouterStore(Fills, LoadsFleet, KnowsTasks, LoadsSpecs, Parks, EndsTasks, P
         slots: int | None = None,
     ) -> tuple[AcceptStatus, str]: ...
 
-    def count_duplicate(self) -> None: ...
+    def count_duplicate(self, differing: bool = False) -> None: ...
 
     def outbox_drop(self, task_id: str, pipe: Any = None) -> None: ...
 

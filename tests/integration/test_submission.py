@@ -15,6 +15,7 @@ import redis
 
 from orchestrator.client import OrchestratorClient
 from orchestrator.config import load_settings
+from orchestrator.errors import DuplicateTask
 from orchestrator.models import RegisteredAgent
 from orchestrator.store import Acceptance
 from orchestrator.store.keys import COUNTERS, EVENTS, OUTBOX, OUTBOX_MSG, history_key, task_key
@@ -75,8 +76,9 @@ def test_a_duplicate_submission_changes_nothing_and_publishes_nothing(redis_url,
     with OrchestratorClient(settings=load_settings(redis_url=redis_url)) as client:
         client.submit("echo", {"x": 1}, task_id="t-1")
         before = redis_client.hgetall(task_key("t-1"))
-        again = client.submit("echo", {"x": 2}, task_id="t-1")
-    assert again.id == "t-1"
+        with pytest.warns(DuplicateTask, match="another payload;"):
+            again = client.submit("echo", {"x": 2}, task_id="t-1")
+    assert again.id == "t-1" and again.duplicate and again.differs == ("payload",)
     assert redis_client.hgetall(task_key("t-1")) == before
     assert len(queued(redis_client, "agent.a")) == 1
     assert redis_client.hget(COUNTERS, "duplicates_ignored") == "1"
