@@ -54,9 +54,10 @@ CATALOGUE: tuple[EventSpec, ...] = (
         "task.parked",
         "info",
         "router",
-        ("task_id", "type", "required_capabilities"),
+        ("task_id", "type", "required_capabilities", "reason"),
         "No agent offers every capability the task requires: it waits, at most "
-        "ORCH_PENDING_TIMEOUT_S, for one to register or wake.",
+        "ORCH_PENDING_TIMEOUT_S, for one to register or wake; `reason` says why no agent can "
+        "take it.",
     ),
     EventSpec(
         "task.routed",
