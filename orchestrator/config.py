@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from orchestrator.errors import ConfigError
 from orchestrator.models import CircuitBreakerConfig
+from orchestrator.profiles import PROFILES, ProfileDefaults, ProfileName
 from orchestrator.scaling.windows import SleepWindow, parse_windows
 from orchestrator.settings_parsers import parse_capabilities, parse_client_weights
 
@@ -228,6 +229,12 @@ class Settings(BaseSettings):
         env_prefix="ORCH_", env_file=".env", extra="ignore", validate_default=True
     )
 
+    profile: ProfileName = Field(
+        "production",
+        description="The set of defaults to start from: `production`, or `dev` (what "
+        "`orchestrator dev` sets), which keeps ordinary development from paging anyone; "
+        "a variable set explicitly wins over either (orchestrator.profiles).",
+    )
     redis_url: str = "redis://127.0.0.1:6379/0"
     broker_url: str | None = None
     result_backend: str | None = None
@@ -370,6 +377,14 @@ class Settings(BaseSettings):
     signing_cert: str = ""
     signing_cert_store: str = ""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _profile_defaults(cls, data: Any) -> Any:
+        """The profile's defaults under what was set: a variable set explicitly wins."""
+        if isinstance(data, dict) and data.get("profile") in PROFILES:
+            return {**PROFILES[data["profile"]].settings, **data}
+        return data
+
     @field_validator("agent_capabilities", mode="before")
     @classmethod
     def _capabilities(cls, value: Any) -> dict[str, float]:
@@ -506,6 +521,11 @@ class Settings(BaseSettings):
         # the broker, and by the security loop) answers with this repr of the app's settings.
         for name, value in super().__repr_args__():
             yield name, mask_password(value) if isinstance(value, str) else value
+
+    @property
+    def profile_defaults(self) -> ProfileDefaults:
+        """What the profile sets beyond settings: finding severities, the latency objective."""
+        return PROFILES[self.profile]
 
     def circuit_config(self) -> CircuitBreakerConfig:
         return CircuitBreakerConfig(

@@ -20,10 +20,14 @@ if TYPE_CHECKING:
 console = Console()
 err_console = Console(stderr=True)
 
+#: The port of `orchestrator dev`'s own Redis unless taken: fixed, so that what a second
+#: terminal exported stays true from one run to the next (never 6379, the machine's own).
+DEV_REDIS_PORT = 6390
 
-def settings() -> Settings:
+
+def settings(**overrides: Any) -> Settings:
     try:
-        return load_settings()
+        return load_settings(**overrides)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
 
