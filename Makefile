@@ -2,21 +2,34 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# One stamp per kind of install, each redone when pyproject.toml changes: what running needs
+# (`make run`), and that with the dev tools (`make test`, `make lint`, ...).
+RUN_STAMP := $(VENV)/.installed-run
+STAMP := $(VENV)/.installed-dev
 # Material for MkDocs prints a banner about MkDocs 2 on every build; this variable silences it.
 MKDOCS := NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs
 
-.PHONY: run test test-chaos test-all fuzz lint docs bench bench-routing bench-anomaly bench-failover bench-fleet bench-scale \
-	bench-dispatch \
-	clean venv sysdeps
+.PHONY: run run-fresh test test-chaos test-all fuzz lint docs bench bench-routing bench-anomaly \
+	bench-failover bench-fleet bench-scale bench-dispatch \
+	clean venv sysdeps FORCE
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+$(BIN)/python:
+	@echo "== creating the virtualenv $(VENV)"
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	@echo "== installing what running needs into $(VENV) (pip install -e .)"
+	$(BIN)/python -m pip install -e .
+	touch $(RUN_STAMP)
+
+# The dev extras hold everything the run install does, so its stamp is touched as well.
+$(STAMP): pyproject.toml | $(BIN)/python
+	@echo "== installing the package and the dev tools into $(VENV) (pip install -e '.[dev]')"
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $(STAMP) $(RUN_STAMP)
 
 # Debian packages the tests run for real: Alertmanager (and amtool), Prometheus's promtool.
 # Installed only when missing; a machine without apt-get or root gets a warning and the tests
@@ -31,8 +44,20 @@ sysdeps:
 	      prometheus-alertmanager prometheus >/dev/null ) || \
 	  echo "warning: could not install prometheus-alertmanager and prometheus (promtool)"; }
 
-run: $(STAMP)
-	$(BIN)/orchestrator dev
+# The dev stack: its own redis-server on port 6390 unless ORCH_REDIS_URL is set (the banner
+# prints what to export in a second terminal), its data, logs and lock in RUN_DIR. The recipe
+# execs the stack, so make's child is the stack itself; its target is a file the stack
+# watches: make, interrupted (Ctrl-C, or SIGINT to make's pid alone, as an IDE's stop button
+# sends), deletes it and waits, and the stack stops. DEV_ARGS: more `orchestrator dev`
+# options (--agents 5, --no-flower, ...). `make run-fresh` starts with empty data.
+RUN_DIR ?= .run
+DEV_ARGS ?=
+run: $(RUN_DIR)/running
+run-fresh: DEV_FRESH := --fresh
+run-fresh: $(RUN_DIR)/running
+
+$(RUN_DIR)/running: $(RUN_STAMP) FORCE
+	exec $(BIN)/orchestrator dev --run-dir $(RUN_DIR) --stop-file $@ $(DEV_FRESH) $(DEV_ARGS)
 
 # The suite but the chaos runs, in TEST_WORKERS pytest-xdist processes (each with its own
 # redis-server; a test file stays on one process, so a module's shared cluster is started once);
@@ -108,6 +133,7 @@ bench-dispatch: $(STAMP)
 bench-fleet: $(STAMP)
 	$(BIN)/python bench/bench_fleet.py $(BENCH_ARGS)
 
-# What the build, the tools and the docs leave behind, the virtualenv included.
+# Everything made here: the virtualenv, the tools' caches, the docs site and the dev stack's
+# data and logs (.run).
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build site *.egg-info
+	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache build site *.egg-info

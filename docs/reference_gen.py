@@ -23,6 +23,7 @@ HELP_WIDTH = 88
 
 #: The settings' topics, each starting at a field of the model (they follow its order).
 SETTINGS_SECTIONS = (
+    ("Profile", "profile"),
     ("Redis", "redis_url"),
     ("Agents", "agent_id"),
     ("Monitoring loops", "alert_evaluation_interval"),

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from orchestrator.env_names import ENV_PREFIX, warn_unknown_variables
 from orchestrator.errors import ConfigError
 from orchestrator.models import CircuitBreakerConfig
+from orchestrator.profiles import PROFILE_HELP, PROFILES, ProfileDefaults, ProfileName
 from orchestrator.redis_urls import (
     DEFAULT_SENTINEL_MASTER,
     is_sentinel,
@@ -23,7 +24,11 @@ from orchestrator.redis_urls import (
 )
 from orchestrator.scaling.windows import SleepWindow, parse_windows
 from orchestrator.security.signing import LOADERS, SIGNING_VARIABLES, check_signing_identity
-from orchestrator.settings_parsers import parse_capabilities, parse_client_weights
+from orchestrator.settings_parsers import (
+    parse_capabilities,
+    parse_client_weights,
+    settings_problems,
+)
 
 MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 #: An agent id (ORCH_AGENT_ID, or else the worker's node name): never a `|`, which joins an
@@ -41,6 +46,7 @@ class Settings(BaseSettings):
         env_prefix="ORCH_", env_file=".env", extra="ignore", validate_default=True
     )
 
+    profile: ProfileName = Field("production", description=PROFILE_HELP)
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0",
         description="Redis of the broker, result backend and state store: redis://, rediss://, "
@@ -381,6 +387,14 @@ class Settings(BaseSettings):
         "", description="Certificates of every signer this role trusts: a PEM file or a folder."
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _profile_defaults(cls, data: Any) -> Any:
+        """The profile's defaults under what was set: a variable set explicitly wins."""
+        if isinstance(data, dict) and data.get("profile") in PROFILES:
+            return {**PROFILES[data["profile"]].settings, **data}
+        return data
+
     @field_validator("agent_capabilities", mode="before")
     @classmethod
     def _capabilities(cls, value: Any) -> dict[str, float]:
@@ -458,37 +472,28 @@ class Settings(BaseSettings):
         return list(value or [])
 
     @model_validator(mode="after")
-    def _scale_bounds(self) -> Settings:
-        if self.scale_min > self.scale_max:
-            raise ValueError("ORCH_SCALE_MIN must be at most ORCH_SCALE_MAX")
-        return self
-
-    @model_validator(mode="after")
-    def _liveness(self) -> Settings:
-        if self.agent_timeout_s <= self.agent_heartbeat_interval_s:
-            raise ValueError(
-                "ORCH_AGENT_TIMEOUT_S must be longer than ORCH_AGENT_HEARTBEAT_INTERVAL_S"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _delays(self) -> Settings:
-        # A countdown longer than the visibility timeout makes kombu restore the held message
-        # and run it again; keep every retry delay well inside it.
-        if self.retry_max_delay_s > self.visibility_timeout_s / 2:
-            raise ValueError(
-                "ORCH_RETRY_MAX_DELAY_S must be at most half of ORCH_VISIBILITY_TIMEOUT_S"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _beat_lock(self) -> Settings:
-        # The lock holder extends its lock once per tick; a tick can be beat_max_interval_s
-        # apart, so a shorter lock would lapse under a healthy beat and let a standby in.
-        if self.beat_lock_timeout_s < 3 * self.beat_max_interval_s:
-            raise ValueError(
-                "ORCH_BEAT_LOCK_TIMEOUT_S must be at least 3 x ORCH_BEAT_MAX_INTERVAL_S"
-            )
+    def _relations(self) -> Settings:
+        """The rules between settings. A countdown longer than the visibility timeout makes
+        kombu restore the held message and run it again, so every retry delay stays well
+        inside it; beat's lock holder extends its lock once per tick, so a lock shorter than
+        three ticks would lapse under a healthy beat and let a standby in."""
+        for broken, rule in (
+            (self.scale_min > self.scale_max, "ORCH_SCALE_MIN must be at most ORCH_SCALE_MAX"),
+            (
+                self.agent_timeout_s <= self.agent_heartbeat_interval_s,
+                "ORCH_AGENT_TIMEOUT_S must be longer than ORCH_AGENT_HEARTBEAT_INTERVAL_S",
+            ),
+            (
+                self.retry_max_delay_s > self.visibility_timeout_s / 2,
+                "ORCH_RETRY_MAX_DELAY_S must be at most half of ORCH_VISIBILITY_TIMEOUT_S",
+            ),
+            (
+                self.beat_lock_timeout_s < 3 * self.beat_max_interval_s,
+                "ORCH_BEAT_LOCK_TIMEOUT_S must be at least 3 x ORCH_BEAT_MAX_INTERVAL_S",
+            ),
+        ):
+            if broken:
+                raise ValueError(rule)
         return self
 
     @model_validator(mode="after")
@@ -517,6 +522,11 @@ class Settings(BaseSettings):
         # the broker, and by the security loop) answers with this repr of the app's settings.
         for name, value in super().__repr_args__():
             yield name, mask_password(value) if isinstance(value, str) else value
+
+    @property
+    def profile_defaults(self) -> ProfileDefaults:
+        """What the profile sets beyond settings: finding severities, the latency objective."""
+        return PROFILES[self.profile]
 
     def circuit_config(self) -> CircuitBreakerConfig:
         return CircuitBreakerConfig(
@@ -585,13 +595,5 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            field = str(err["loc"][0]) if err["loc"] else ""
-            name = f"ORCH_{field.upper()}" if field else "configuration"
-            message = str(err["msg"]).removeprefix("Value error, ")
-            got = err.get("input")
-            quiet = isinstance(got, dict) or field == "" or "(got" in message
-            shown = "" if quiet else f" (got {got!r})"
-            lines.append(f"{name}: {message}{shown}")
+        lines = settings_problems(exc)
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines), lines) from None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from pydantic import ValidationError
+
 NAME_RE = re.compile(r"^[a-z0-9_.-]{1,64}\Z")
 
 
@@ -66,3 +68,17 @@ def parse_client_weights(raw: str | dict[str, Any] | None) -> dict[str, float]:
 
 
 CLIENT_WEIGHT_NAME_RE = re.compile(r"^[A-Za-z0-9._:@-]{1,128}\Z")
+
+
+def settings_problems(exc: ValidationError) -> list[str]:
+    """One `ORCH_X: what is wrong (got ...)` line per error the settings model raised."""
+    lines = []
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else ""
+        name = f"ORCH_{field.upper()}" if field else "configuration"
+        message = str(err["msg"]).removeprefix("Value error, ")
+        got = err.get("input")
+        quiet = isinstance(got, dict) or field == "" or "(got" in message
+        shown = "" if quiet else f" (got {got!r})"
+        lines.append(f"{name}: {message}{shown}")
+    return lines

@@ -40,9 +40,14 @@ class SettingProblem(click.ClickException):
     exit_code = SETTING_EXIT
 
 
-def settings() -> Settings:
+#: The port of `orchestrator dev`'s own Redis unless taken: fixed, so that what a second
+#: terminal exported stays true from one run to the next (never 6379, the machine's own).
+DEV_REDIS_PORT = 6390
+
+
+def settings(**overrides: Any) -> Settings:
     try:
-        loaded = load_settings()
+        loaded = load_settings(**overrides)
     except ConfigError as exc:
         raise SettingProblem(config_problem(exc)) from None
     ctx = click.get_current_context(silent=True)

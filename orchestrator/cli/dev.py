@@ -5,17 +5,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from rich.table import Column, Table
 
-from orchestrator.cli.embedded import reachable, start_redis
+from orchestrator.cli.common import DEV_REDIS_PORT
+from orchestrator.cli.embedded import pick_port, reachable, start_redis
+from orchestrator.cli.lifetime import Lifeline, die_with_parent, lock_holder, lock_run_dir
 from orchestrator.cli.output import ReportConsole
 from orchestrator.config import Settings, is_sentinel, mask_password
 
@@ -45,6 +50,7 @@ class Child:
     log: IO[bytes] | None = field(default=None, repr=False)
     restart_at: float | None = None
     backoff_s: float = 1.0
+    preexec_fn: Callable[[], None] | None = field(default=None, repr=False)
 
     def start(self) -> None:
         self.log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the child
@@ -54,6 +60,7 @@ class Child:
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=self.preexec_fn,
         )
 
     @property
@@ -85,8 +92,18 @@ class DevStack:
         beat: bool = True,
         flower: bool = True,
         exporter_port: int | None = None,
+        redis_port: int = DEV_REDIS_PORT,
+        fresh: bool = False,
+        stop_file: str | None = None,
+        watch_parent: bool = True,
     ) -> None:
         self.settings = settings
+        # Its own Redis unless ORCH_REDIS_URL (or .env) names one: never a guess at 6379.
+        self.own_redis = "redis_url" not in settings.model_fields_set
+        self.redis_port = redis_port
+        self.fresh = fresh
+        self.lifeline = Lifeline(Path(stop_file) if stop_file else None, watch_parent)
+        self.preexec_fn = die_with_parent()
         self.run_dir = Path(run_dir).resolve()
         self.logs = self.run_dir / "logs"
         self.n_agents = n_agents
@@ -110,7 +127,13 @@ class DevStack:
 
     def _env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_AGENT_")}
-        env.update({"ORCH_REDIS_URL": self.settings.redis_url, "PYTHONUNBUFFERED": "1"})
+        env.update(
+            {
+                "ORCH_REDIS_URL": self.settings.redis_url,
+                "ORCH_PROFILE": self.settings.profile,
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         env.update(extra)
         return env
 
@@ -196,30 +219,22 @@ class DevStack:
             from orchestrator.runtime.logs import configure_logging
 
             configure_logging("json")
-        signal.signal(signal.SIGINT, self._on_signal)
-        signal.signal(signal.SIGTERM, self._on_signal)
-        url = self.settings.redis_url
+        lock = lock_run_dir(self.run_dir)
+        if lock is None:
+            self._say(
+                f"another `orchestrator dev` (pid {lock_holder(self.run_dir)}) uses "
+                f"{self.run_dir}: stop it first, or give this one another --run-dir",
+                logging.ERROR,
+                "red",
+            )
+            return 2
         try:
-            if reachable(url, sentinel_master=self.settings.redis_sentinel_master):
-                self._say(
-                    f"Redis: using the server at {mask_password(url)}", redis_url=mask_password(url)
-                )
-            elif is_sentinel(url):
-                self._say(
-                    f"no master {self.settings.redis_sentinel_master!r} answers through "
-                    f"the sentinels of ORCH_REDIS_URL ({mask_password(url)}); an embedded "
-                    "Redis is only started for a redis:// URL",
-                    logging.ERROR,
-                    "red",
-                    redis_url=mask_password(url),
-                )
-                return 1
-            else:
-                self._say(
-                    f"Redis: nothing answers at {url}; starting an embedded one",
-                    redis_url=mask_password(url),
-                )
-                self.redis_proc = start_redis(url, self.run_dir / "redis", self.logs / "redis.log")
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, self._on_signal)
+            self.lifeline.arm()
+            code = self._redis()
+            if code:
+                return code
             refusal = self._fitness()
             if refusal is not None:
                 self._say(refusal, logging.ERROR, "red")
@@ -227,15 +242,96 @@ class DevStack:
             self._migrate_keys()
             self.children = self.plan()
             for child in self.children:
+                child.preexec_fn = self.preexec_fn
                 child.start()
             self._banner()
             while not self._stopping:
+                reason = self.lifeline.reason()
+                if reason is not None:
+                    self._say(f"{reason}: stopping", logging.WARNING, "yellow")
+                    break
                 for child in self.children:
                     self._supervise(child)
                 time.sleep(0.5)
         finally:
             self.stop()
+            self.lifeline.disarm()
+            lock.close()
         return 0
+
+    def _redis(self) -> int:
+        """Start this stack's own redis-server, or use the one ORCH_REDIS_URL names (started
+        at that address when nothing answers there); non-zero when the stack cannot go on."""
+        data_dir = self.run_dir / "redis"
+        if self.own_redis:
+            split = ("broker_url", "result_backend", "state_url")
+            given = [f"ORCH_{n.upper()}" for n in split if getattr(self.settings, n)]
+            if given:
+                self._say(
+                    f"{', '.join(given)} set without ORCH_REDIS_URL: the stack starts its own "
+                    "Redis only when no Redis is named; set ORCH_REDIS_URL too",
+                    logging.ERROR,
+                    "red",
+                )
+                return 2
+            port = pick_port(self.redis_port)
+            url = f"redis://127.0.0.1:{port}/0"
+            self.settings = self.settings.model_copy(update={"redis_url": url})
+            taken = (
+                f" ({self.redis_port} is taken)"
+                if self.redis_port and port != self.redis_port
+                else ""
+            )
+            self._say(
+                f"Redis: ORCH_REDIS_URL is not set: starting this stack's own redis-server at "
+                f"{url}{taken}, data in {data_dir}",
+                redis_url=url,
+            )
+            self._wipe(data_dir)
+            self.redis_proc = start_redis(
+                url, data_dir, self.logs / "redis.log", preexec_fn=self.preexec_fn
+            )
+            return 0
+        url = self.settings.redis_url
+        masked = mask_password(url)
+        if reachable(url, sentinel_master=self.settings.redis_sentinel_master):
+            if self.fresh:
+                self._say(
+                    f"--fresh wipes only the data of a Redis this stack starts; the one at "
+                    f"ORCH_REDIS_URL ({masked}) answers already, and is left as it is",
+                    logging.ERROR,
+                    "red",
+                    redis_url=masked,
+                )
+                return 2
+            self._say(f"Redis: using the server at ORCH_REDIS_URL, {masked}", redis_url=masked)
+            return 0
+        if is_sentinel(url):
+            self._say(
+                f"no master {self.settings.redis_sentinel_master!r} answers through "
+                f"the sentinels of ORCH_REDIS_URL ({masked}); an embedded "
+                "Redis is only started for a redis:// URL",
+                logging.ERROR,
+                "red",
+                redis_url=masked,
+            )
+            return 1
+        self._say(
+            f"Redis: nothing answers at {masked}; starting an embedded one, data in {data_dir}",
+            redis_url=masked,
+        )
+        self._wipe(data_dir)
+        self.redis_proc = start_redis(
+            url, data_dir, self.logs / "redis.log", preexec_fn=self.preexec_fn
+        )
+        return 0
+
+    def _wipe(self, data_dir: Path) -> None:
+        """With --fresh, the embedded Redis's data of earlier runs goes (tasks, parked and
+        dead-lettered ones, findings, alerts), before the server reads it."""
+        if self.fresh and data_dir.exists():
+            shutil.rmtree(data_dir)
+            self._say(f"--fresh: removed {data_dir}")
 
     def _migrate_keys(self) -> None:
         """Keys of an older layout renamed before any worker starts (idempotent)."""
@@ -319,10 +415,11 @@ class DevStack:
 
     def _banner(self) -> None:
         url = self.settings.redis_url
+        masked = mask_password(url)
         redis_pid = self.redis_proc.pid if self.redis_proc else None
         # role, pid, where (as the table says it), where (as JSON fields), log
         rows: list[tuple[str, int | None, str, dict[str, str], Path]] = [
-            ("redis", redis_pid, url, {"address": mask_password(url)}, self.logs / "redis.log")
+            ("redis", redis_pid, masked, {"address": masked}, self.logs / "redis.log")
         ]
         for child in self.children:
             where, fields = "", {}
@@ -343,6 +440,9 @@ class DevStack:
             pid = child.proc.pid if child.proc else None
             rows.append((child.name, pid, where, fields, child.log_path))
         submit = ".venv/bin/orchestrator submit echo --payload '{\"x\": 1}' --wait"
+        # What a second terminal needs so that `orchestrator status` there sees this stack:
+        # its Redis (with the password masked, for a URL that has one) and its profile.
+        export = f"export ORCH_REDIS_URL={shlex.quote(masked)} ORCH_PROFILE={self.settings.profile}"
         if self.as_json:
             for role, pid, where, fields, log_path in rows:
                 detail = fields.get("address", where)
@@ -351,7 +451,8 @@ class DevStack:
                     text, extra={"role": role, "pid": pid, **fields, "log_path": str(log_path)}
                 )
             log.info(
-                "Hive Orchestrator (dev) is up; Ctrl-C stops everything", extra={"submit": submit}
+                "Hive Orchestrator (dev) is up; Ctrl-C stops everything",
+                extra={"submit": submit, "export": export},
             )
             return
         # Addresses and log paths are copied whole, never cut to "…", even on a narrow console
@@ -367,6 +468,7 @@ class DevStack:
             table.add_row(role, "-" if pid is None else str(pid), where, str(log_path))
         console.print(table)
         console.print(
+            f"In another terminal, first:\n  {export}\n"
             f"Submit a task:  {submit}\n"
             "Agents:         .venv/bin/orchestrator agents\n"
             "Events:         .venv/bin/orchestrator events --follow\n"

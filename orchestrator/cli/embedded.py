@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -13,6 +15,9 @@ import redis
 
 from orchestrator.config import DEFAULT_SENTINEL_MASTER
 from orchestrator.store.connect import redis_client
+
+#: The port of the machine's own Redis, if it has one: never the dev stack's.
+MACHINE_REDIS_PORT = 6379
 
 
 def find_redis_server() -> str:
@@ -45,8 +50,36 @@ def reachable(
         client.close()
 
 
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether redis-server could listen on `port` now (it binds with SO_REUSEADDR too)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def pick_port(preferred: int, host: str = "127.0.0.1") -> int:
+    """`preferred` when it is free (0: no preference), else a port the kernel hands out;
+    never 6379. Nothing is asked of whatever listens on a taken port."""
+    if preferred and preferred != MACHINE_REDIS_PORT and port_free(preferred, host):
+        return preferred
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port: int = sock.getsockname()[1]
+        if port != MACHINE_REDIS_PORT:
+            return port
+
+
 def start_redis(
-    url: str, data_dir: Path, log_path: Path, wait_s: float = 10.0
+    url: str,
+    data_dir: Path,
+    log_path: Path,
+    wait_s: float = 10.0,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start redis-server where `url` points (host and port), with AOF on, and wait for it."""
     parsed = urlparse(url)
@@ -80,6 +113,7 @@ def start_redis(
         stderr=subprocess.DEVNULL,
         start_new_session=True,
         env=dict(os.environ),
+        preexec_fn=preexec_fn,
     )
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:

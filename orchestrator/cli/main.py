@@ -282,7 +282,37 @@ def recover(task_id: str | None, agent_id: str | None) -> None:
     type=click.Path(file_okay=False),
     default=".run",
     show_default=True,
-    help="Where logs and the embedded Redis's data go.",
+    help="Where logs and the embedded Redis's data (RUN_DIR/redis) go.",
+)
+@click.option(
+    "--redis-port",
+    type=click.IntRange(0, 65535),
+    default=common.DEV_REDIS_PORT,
+    show_default=True,
+    help="Port of the stack's own redis-server, started when ORCH_REDIS_URL is not set; "
+    "a free port instead when this one is taken (0: a free port). 6379 is never used.",
+)
+@click.option(
+    "--fresh",
+    is_flag=True,
+    help="Start with empty data (`make run-fresh`): remove the embedded Redis's data "
+    "(RUN_DIR/redis: tasks, parked and dead-lettered ones, findings, alerts of earlier runs) "
+    "first. Refused when ORCH_REDIS_URL names a Redis that answers: the stack never wipes "
+    "one it did not start.",
+)
+@click.option(
+    "--stop-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="PATH",
+    help="Write PATH, and stop everything once it is removed (`make run` passes its "
+    "target, which make removes when it is interrupted).",
+)
+@click.option(
+    "--outlive-parent",
+    is_flag=True,
+    help="Keep running when the process that started this one exits (by default "
+    "everything stops then: make or an IDE killed).",
 )
 def dev(
     n_agents: int,
@@ -291,19 +321,35 @@ def dev(
     no_beat: bool,
     no_flower: bool,
     run_dir: str,
+    redis_port: int,
+    fresh: bool,
+    stop_file: str | None,
+    outlive_parent: bool,
 ) -> None:
-    """Start everything locally (Redis if none answers, control, agents, beat, Flower, the
-    metrics exporter)."""
+    """Start everything locally: a Redis, a control worker, demo agents, beat, Flower and the
+    metrics exporter, until Ctrl-C.
+
+    The Redis is the one ORCH_REDIS_URL names (started there if nothing answers), else the
+    stack's own redis-server on --redis-port; the banner prints what to export in a second
+    terminal. Everything runs under ORCH_PROFILE=dev unless ORCH_PROFILE is set: a typo in a
+    task name or a slow demo task is a warning, not a page."""
     from orchestrator.cli.dev import DevStack
 
+    settings = _settings()
+    if "profile" not in settings.model_fields_set:
+        settings = _settings(profile="dev")
     stack = DevStack(
-        _settings(),
+        settings,
         run_dir=run_dir,
         n_agents=n_agents,
         flower_port=flower_port,
         exporter_port=exporter_port,
         beat=not no_beat,
         flower=not no_flower,
+        redis_port=redis_port,
+        fresh=fresh,
+        stop_file=stop_file,
+        watch_parent=not outlive_parent,
     )
     sys.exit(stack.run())
 

@@ -38,9 +38,9 @@ from orchestrator.monitoring.alerting import (
     merge_rules,
 )
 from orchestrator.monitoring.slo import (
-    BUILTIN_TARGETS,
     BURN_WINDOWS_S,
     SLAReport,
+    builtin_targets,
     burn_alert_rules,
     evaluate_target,
     load_targets,
@@ -109,7 +109,11 @@ def _read(path: str, variable: str) -> str:
 
 def alert_rules(settings: Settings) -> list[AlertRule]:
     """Built-in rules merged with ORCH_ALERT_RULES_FILE (ConfigError naming it when bad)."""
-    rules = builtin_rules(settings.backup_interval_hours, settings.effective_backup_rpo_s)
+    rules = builtin_rules(
+        settings.backup_interval_hours,
+        settings.effective_backup_rpo_s,
+        settings.profile_defaults.latency_p95_ms,
+    )
     path = settings.alert_rules_file
     if not path:
         return rules
@@ -119,13 +123,14 @@ def alert_rules(settings: Settings) -> list[AlertRule]:
 
 
 def sla_targets(settings: Settings) -> list[SLATarget]:
-    """Built-in targets merged with ORCH_SLA_TARGETS_FILE."""
+    """Built-in targets (the profile's) merged with ORCH_SLA_TARGETS_FILE."""
+    builtin = builtin_targets(settings.profile_defaults.latency_p95_ms)
     path = settings.sla_targets_file
     if not path:
-        return list(BUILTIN_TARGETS)
+        return builtin
     text = _read(path, "ORCH_SLA_TARGETS_FILE")
     custom = load_targets(text, detect_format(path), source=f"ORCH_SLA_TARGETS_FILE ({path})")
-    return merge_targets(BUILTIN_TARGETS, custom)
+    return merge_targets(builtin, custom)
 
 
 # --- alerts ------------------------------------------------------------------------------
@@ -451,6 +456,7 @@ def run_security(ctx: LoopContext, now: float) -> dict[str, Any]:
         blocked_refusals=refusals[RejectionKind.BLOCKED],
         poison_refused=ctx.mon.poison_refused(window, now),
         window_s=window,
+        severities=s.profile_defaults.finding_severities,
     )
     facts = audit_facts(ctx)
     unchecked: list[str] = []

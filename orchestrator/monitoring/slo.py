@@ -250,11 +250,17 @@ def evaluate_target(
     )
 
 
-BUILTIN_TARGETS: list[SLATarget] = [
-    SLATarget(name="task-success", sli="success_rate", objective=0.99),
-    SLATarget(name="task-latency-p95", sli="latency_p95_ms", objective=5000),
-    SLATarget(name="agent-availability", sli="availability", objective=0.999),
-]
+def builtin_targets(latency_p95_ms: float = 5000) -> list[SLATarget]:
+    """The targets every deployment gets; the latency objective is the profile's
+    (orchestrator.profiles: 5 s in production)."""
+    return [
+        SLATarget(name="task-success", sli="success_rate", objective=0.99),
+        SLATarget(name="task-latency-p95", sli="latency_p95_ms", objective=latency_p95_ms),
+        SLATarget(name="agent-availability", sli="availability", objective=0.999),
+    ]
+
+
+BUILTIN_TARGETS: list[SLATarget] = builtin_targets()
 
 
 def _check_target(target: SLATarget) -> list[str]:

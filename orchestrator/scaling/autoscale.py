@@ -25,7 +25,7 @@ from orchestrator.errors import ConfigError
 from orchestrator.models import ProductionEventSeverity, RegisteredAgent, SLATarget
 from orchestrator.monitoring.loops import LoopContext, sla_targets
 from orchestrator.monitoring.schedule import LOOPS_BY_TASK
-from orchestrator.monitoring.slo import BUILTIN_TARGETS
+from orchestrator.monitoring.slo import builtin_targets
 from orchestrator.monitoring.stats import WindowStats
 from orchestrator.routing.weights import effective_status
 from orchestrator.scaling.decide import (
@@ -81,7 +81,7 @@ def _targets(settings: Settings) -> list[SLATarget]:
         return sla_targets(settings)
     except ConfigError as exc:  # the SLA loop reports it; scaling goes on with the defaults
         log.warning("autoscale: %s; using the built-in SLA targets", exc)
-        return list(BUILTIN_TARGETS)
+        return builtin_targets(settings.profile_defaults.latency_p95_ms)
 
 
 def figures(

@@ -31,6 +31,16 @@ RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.ERROR: 2, Severity.CRITI
 AGENT_QUEUE_PREFIX = "agent."
 #: The finding of a client at or above the rejection threshold (the report's `threats`).
 REJECTED_SUBMISSIONS = "rejected_submissions"
+#: The finding of messages refused at a worker's edge (an unknown task name among them).
+POISON_REFUSED = "poison_refused"
+#: The threat counters' findings and their severities, as production has them; a profile
+#: (orchestrator.profiles) may set others.
+COUNTER_SEVERITIES: Mapping[str, Severity] = {
+    REJECTED_SUBMISSIONS: Severity.CRITICAL,
+    "rate_limited": Severity.WARNING,
+    "client_blocked": Severity.WARNING,
+    POISON_REFUSED: Severity.ERROR,
+}
 
 
 # --- the token bucket (scripts.ADMIT_CLIENT is its Lua twin) -------------------------------
@@ -146,11 +156,13 @@ def counter_findings(
     blocked_refusals: Mapping[str, int],
     poison_refused: int,
     window_s: float,
+    severities: Mapping[str, Severity] | None = None,
 ) -> list[Finding]:
     """Clients at or above the rejection threshold (critical; with when their block ends, if
     blocked), clients refused by the rate limit (warning), clients blocked now (warning),
     messages refused at a worker's edge in the window (error). `blocked`: client -> when its
-    block ends."""
+    block ends; `severities`: finding kind -> severity, where a profile changes one."""
+    severity = {**COUNTER_SEVERITIES, **(severities or {})}
     out = []
     for client, n in sorted(rejections.items()):
         if n >= threshold:
@@ -158,7 +170,7 @@ def counter_findings(
                 Finding.of(
                     REJECTED_SUBMISSIONS,
                     client,
-                    severity=Severity.CRITICAL,
+                    severity=severity[REJECTED_SUBMISSIONS],
                     summary=(
                         f"client {client!r} had {n} submissions rejected in {window_s:g}s "
                         f"(threshold {threshold}): a broken or hostile producer"
@@ -178,7 +190,7 @@ def counter_findings(
                 Finding.of(
                     "rate_limited",
                     client,
-                    severity=Severity.WARNING,
+                    severity=severity["rate_limited"],
                     summary=(
                         f"client {client!r} went over its rate limit: {n} submissions "
                         f"refused in {window_s:g}s (ORCH_CLIENT_RATE_LIMIT)"
@@ -192,7 +204,7 @@ def counter_findings(
             Finding.of(
                 "client_blocked",
                 client,
-                severity=Severity.WARNING,
+                severity=severity["client_blocked"],
                 summary=(
                     f"client {client!r} is blocked ({n} submissions refused in {window_s:g}s); "
                     f"`orchestrator security unblock {client}` lifts it"
@@ -203,9 +215,9 @@ def counter_findings(
     if poison_refused > 0:
         out.append(
             Finding.of(
-                "poison_refused",
+                POISON_REFUSED,
                 None,
-                severity=Severity.ERROR,
+                severity=severity[POISON_REFUSED],
                 summary=(
                     f"{poison_refused} message{'s' if poison_refused != 1 else ''} refused at "
                     f"a worker's edge in {window_s:g}s: "
