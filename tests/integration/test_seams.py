@@ -67,8 +67,10 @@ def test_an_agent_queue_purged_by_hand_is_dispatched_again(
     `routed` there whose message is in neither the queue nor the unacknowledged deliveries
     for ORCH_AGENT_TIMEOUT_S is dispatched again, once."""
     start_control()
-    start_agent("alpha", "sleep")
-    first = client.submit("sleep", {"seconds": 3})
+    start_agent("alpha", "sleep,hold")
+    # The first task holds the agent's one process until the queue was purged (a sleep of a
+    # few seconds raced the purge's start-up on a loaded machine: the second was fetched).
+    first = client.submit("hold", {"key": "purge", "max_s": 60})
     wait_for(lambda: redis_client.hget(task_key(first.id), "state") == "running", timeout=30)
     second = client.submit("sleep", {"seconds": 0.1})
     assert redis_client.hget(task_key(second.id), "state") == "routed"
@@ -90,6 +92,7 @@ def test_an_agent_queue_purged_by_hand_is_dispatched_again(
         timeout=60,
     )
     assert purge.returncode == 0, purge.stderr
+    redis_client.set("test:release:purge", "1")
 
     def done() -> bool:
         sender.send_task("orchestrator.recovery.monitor")
