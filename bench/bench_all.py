@@ -92,52 +92,130 @@ def _span(s: Mapping[str, float], fmt: str = ".2f") -> str:
     return f"{s['median']:{fmt}} ({s['min']:{fmt}}-{s['max']:{fmt}})"
 
 
-def _routing_rows(r: dict[str, Any]) -> list[tuple[str, bool]]:
-    """Figures 1-4 (measured, met) from the routing benchmark's summarised report."""
-    g, trip = r["goals"], r["by_name_round_trip"]
+@dataclass(frozen=True)
+class Figure:
+    """One row of the table: its key (which the stage's rows and reasons use), what it
+    measures, its goal, and the stage measuring it."""
+
+    key: str
+    name: str
+    goal: str
+    stage: str
+
+
+#: The ten figures in their order. Ratios are against plain Celery with task events on (what
+#: a Flower user runs), measured in the same run.
+FIGURES = (
+    Figure(
+        "client_ratio",
+        "client-routed throughput / plain Celery with task events",
+        f">= {rr.GOAL_RATIO:g}",
+        "routing",
+    ),
+    Figure(
+        "by_name_ratio",
+        "by-name routed throughput / plain Celery with task events",
+        f">= {rr.GOAL_BYNAME_RATIO:g}",
+        "routing",
+    ),
+    Figure(
+        "by_name_latency",
+        "by-name sequential delegation (idle round trip) p50 / plain+events p50; p99",
+        f"<= {rr.GOAL_BYNAME_P50_RATIO:g}; p99 <= {rr.GOAL_BYNAME_P99_MS:g} ms",
+        "routing",
+    ),
+    Figure(
+        "redis_cpu",
+        "Redis CPU per routed task / plain+events'; tasks/s one Redis core carries",
+        f"<= {rr.GOAL_REDIS_CPU_RATIO:g} (each routed path)",
+        "routing",
+    ),
+    Figure(
+        "registration",
+        "registration (register_agent) p99",
+        f"<= {rr.GOAL_REGISTRATION_P99_MS:g} ms",
+        "routing",
+    ),
+    Figure(
+        "decision_growth",
+        "routing decision at 1,000 eligible agents / at 10",
+        f"<= {scale_report.GOAL_LARGE_OVER_SMALL:g}",
+        "scale",
+    ),
+    Figure(
+        "fleet",
+        "100 real agent processes on one machine: all registered, tasks spread by weight",
+        f"all; within {fleet_report.GOAL_SHARE_REL * 100:g} %",
+        "fleet",
+    ),
+    Figure(
+        "rss",
+        "agent worker RSS - plain Celery worker RSS, whole -c 2 worker",
+        f"<= {fleet_report.GOAL_RSS_DELTA_MB:g} MB",
+        "fleet",
+    ),
+    Figure(
+        "loops",
+        "CPU of all monitoring loops and the exporter at 1,000 registered agents",
+        f"<= {scale_report.GOAL_LOOPS_PCT:g} % of one core",
+        "scale",
+    ),
+    Figure(
+        "memory",
+        "state store memory per accepted-and-finished task after retention",
+        "stated and bounded",
+        "scale",
+    ),
+)
+#: A stage's figures: key -> (measured, met).
+Measured = dict[str, tuple[str, bool]]
+
+
+def _routing_rows(r: dict[str, Any]) -> Measured:
+    """The routing benchmark's figures from its summarised report."""
+    g, ratios, trip, redis = r["goals"], r["ratios"], r["by_name_round_trip"], r["redis"]
     reg = r["in_process_ms"]["register_agent_ms"]
-    return [
-        (
-            _span(r["ratios"][f"{rr.BYNAME}/{rr.PLAIN}"]),
-            g[f"by_name_ratio_ge_{rr.GOAL_BYNAME_RATIO}"],
+    per_core = redis["tasks_per_core"]
+    return {
+        "client_ratio": (_span(ratios[f"{rr.ORCH}/{rr.BASELINE}"]), g["client_ratio"]),
+        "by_name_ratio": (_span(ratios[f"{rr.BYNAME}/{rr.BASELINE}"]), g["by_name_ratio"]),
+        "by_name_latency": (
+            f"p50 ratio {trip['p50_ratio']:.2f}; p99 {trip['p99_ms']:.2f} ms",
+            g["by_name_p50_ratio"] and g["by_name_p99"],
         ),
-        (_span(r["ratios"][f"{rr.ORCH}/{rr.PLAIN}"]), g[f"client_ratio_ge_{rr.GOAL_RATIO}"]),
-        (
-            f"p50 ratio {trip['p50_ratio_to_plain']:.2f}; p99 {trip['p99_ms']:.2f} ms",
-            g[f"by_name_p50_ratio_le_{rr.GOAL_BYNAME_P50_RATIO}"]
-            and g[f"by_name_p99_le_{rr.GOAL_BYNAME_P99_MS:g}ms"],
+        "redis_cpu": (
+            f"client-routed {_span(redis['ratio_to_baseline'][rr.ORCH])}, by-name "
+            f"{_span(redis['ratio_to_baseline'][rr.BYNAME])}; one core: "
+            f"{per_core[rr.ORCH]} / {per_core[rr.BYNAME]} tasks/s "
+            f"({rr.BASELINE} {per_core[rr.BASELINE]})",
+            g["redis_cpu_ratio"],
         ),
-        (f"{reg['p99']:.3f} ms", g["register_p99_le_5ms"]),
-    ]
+        "registration": (f"{reg['p99']:.3f} ms", g["register_p99"]),
+    }
 
 
-def _scale_rows(r: dict[str, Any]) -> list[tuple[str, bool]]:
-    """Figures 5, 6, 9 and 10 from the scale benchmark's summarised report."""
+def _scale_rows(r: dict[str, Any]) -> Measured:
+    """The scale benchmark's figures from its summarised report."""
     f, mem, g = r["figures"], r["memory"], r["figures"]["goals"]
     small, large = (str(n) for n in r["config"]["agents"])
-    over_ping = f["decision_over_ping_p99"]
     growth = f["large_over_small"]
-    return [
-        (
-            f"{_span(over_ping[large])} at {large} agents; {_span(over_ping[small])} at {small}",
-            all(g["decision_over_ping_le_3"].values()),
-        ),
-        (
+    return {
+        "decision_growth": (
             f"p50 {_span(growth['p50'])}; p99 {_span(growth['p99'])} ({large} / {small} agents)",
-            all(g["large_over_small_le_1.5"].values()),
+            all(g["large_over_small"].values()),
         ),
-        (f"{_span(f['loops_total_pct'])} % at {large} agents", g["loops_le_2pct"]),
-        (
+        "loops": (f"{_span(f['loops_total_pct'])} % at {large} agents", g["loops_le_2pct"]),
+        "memory": (
             f"{mem['bytes_per_task_retained']} B while the ledger keeps it "
             f"({mem['ledger_ttl_s']} s); {mem['bytes_per_task_after_ttl']} B after "
             f"(event stream, capped at {mem['events_max_len']} entries)",
             g["memory_bounded"],
         ),
-    ]
+    }
 
 
-def _fleet_rows(r: dict[str, Any]) -> list[tuple[str, bool]]:
-    """Figures 7 and 8 from the fleet benchmark's report."""
+def _fleet_rows(r: dict[str, Any]) -> Measured:
+    """The fleet benchmark's figures from its report."""
     m, f, g = r["memory"], r["fleet"], fleet_report.goals(r)
     shares = (
         f"shares {f['share_1_0']:.3f} / {f['share_0_5']:.3f}, rel. error "
@@ -145,128 +223,109 @@ def _fleet_rows(r: dict[str, Any]) -> list[tuple[str, bool]]:
         if "tasks" in f
         else "no tasks sent"
     )
-    return [
-        (
+    return {
+        "fleet": (
             f"{f['registered']} / {f['requested']} registered in {f['registered_s']} s; "
             f"{f.get('tasks', 0)} tasks, {shares}",
             g["all_registered"] and g.get("share_within_10pct", False),
         ),
-        (
-            f"main {m['delta_main_mb']:+.1f} MB, total {m['delta_total_mb']:+.1f} MB",
-            g["rss_main_le_15mb"] and g["rss_total_le_15mb"],
+        "rss": (
+            f"{m['delta_total_mb']:+.1f} MB (main process {m['delta_main_mb']:+.1f} MB)",
+            g["rss_total_le_15mb"],
         ),
-    ]
+    }
 
 
-#: The issue's ten figures in its order: (figure, goal, stage, index in that stage's rows).
-FIGURES = (
-    ("by-name routed throughput / plain Celery", f">= {rr.GOAL_BYNAME_RATIO:g}", "routing", 0),
-    ("client-routed throughput / plain Celery", f">= {rr.GOAL_RATIO:g}", "routing", 1),
-    (
-        "by-name sequential delegation (idle round trip) p50 / plain p50; p99",
-        f"<= {rr.GOAL_BYNAME_P50_RATIO:g}; p99 <= {rr.GOAL_BYNAME_P99_MS:g} ms",
-        "routing",
-        2,
-    ),
-    ("registration (register_agent) p99", f"<= {rr.GOAL_REGISTRATION_P99_MS:g} ms", "routing", 3),
-    (
-        "one routing decision p99 / Redis PING p99",
-        f"<= {scale_report.GOAL_DECISION_OVER_PING:g}",
-        "scale",
-        0,
-    ),
-    (
-        "routing decision at 1,000 registered agents / at 10",
-        f"<= {scale_report.GOAL_LARGE_OVER_SMALL:g}",
-        "scale",
-        1,
-    ),
-    (
-        "100 real agent processes on one machine: all registered, tasks spread by weight",
-        f"all; within {fleet_report.GOAL_SHARE_REL * 100:g} %",
-        "fleet",
-        0,
-    ),
-    (
-        "agent worker RSS - plain Celery worker RSS",
-        f"<= {fleet_report.GOAL_RSS_DELTA_MB:g} MB",
-        "fleet",
-        1,
-    ),
-    (
-        "CPU of all monitoring loops and the exporter at 1,000 registered agents",
-        f"<= {scale_report.GOAL_LOOPS_PCT:g} % of one core",
-        "scale",
-        2,
-    ),
-    (
-        "state store memory per accepted-and-finished task after retention",
-        "stated and bounded",
-        "scale",
-        3,
-    ),
-)
 STAGE_ROWS = {"routing": _routing_rows, "scale": _scale_rows, "fleet": _fleet_rows}
 
 
 def table_rows(reports: Mapping[str, dict[str, Any]]) -> list[GoalRow]:
     """The ten rows; a figure whose benchmark did not run says so, with no verdict."""
-    measured = {stage: STAGE_ROWS[stage](reports[stage]) for stage in STAGES if stage in reports}
+    measured: Measured = {}
+    for stage in STAGES:
+        if stage in reports:
+            measured |= STAGE_ROWS[stage](reports[stage])
     rows: list[GoalRow] = []
-    for figure, goal, stage, index in FIGURES:
-        if stage in measured:
-            value, met = measured[stage][index]
-            rows.append((figure, value, goal, met))
+    for fig in FIGURES:
+        if fig.key in measured:
+            value, met = measured[fig.key]
+            rows.append((fig.name, value, fig.goal, met))
         else:
-            rows.append((figure, NOT_MEASURED, goal, None))
+            rows.append((fig.name, NOT_MEASURED, fig.goal, None))
     return rows
 
 
-def _routing_reasons(r: dict[str, Any]) -> dict[int, str]:
-    """Why figures 1-3 fall short, in this run's own numbers."""
-    tp, cpu, trip = r["throughput_per_s"], r["cpu_ms_per_task"], r["round_trip_idle_p50_ms"]
-    events = tp[rr.PLAIN_EV]["median"] / tp[rr.PLAIN]["median"]
-    hop2 = tp[rr.HOP2]["median"] / tp[rr.PLAIN]["median"]
+def against_plain(reports: Mapping[str, dict[str, Any]]) -> str | None:
+    """The routing figures' throughput and latency ratios against plain Celery without task
+    events, from the same run (None when the routing benchmark did not run)."""
+    if "routing" not in reports:
+        return None
+    r = reports["routing"]
+    ratios, trip = r["ratios"], r["by_name_round_trip"]
+    return (
+        f"Against plain Celery without task events, same run: client-routed throughput "
+        f"{_span(ratios[f'{rr.ORCH}/{rr.PLAIN}'])}, by-name "
+        f"{_span(ratios[f'{rr.BYNAME}/{rr.PLAIN}'])}, by-name idle p50 "
+        f"{trip['p50_ratio_to_plain']:.2f}; task events alone: {rr.PLAIN_EV} / {rr.PLAIN} "
+        f"{_span(ratios[f'{rr.PLAIN_EV}/{rr.PLAIN}'])}."
+    )
 
-    def per_task(variant: str) -> str:
-        parts = {k: v for k, v in cpu[variant].items() if k != "total" and v >= 0.05}
-        return (
-            f"{cpu[variant]['total']:.1f} ms ("
-            + ", ".join(f"{k} {v:.2f}" for k, v in parts.items())
-            + ")"
-        )
 
-    events_text = (
-        f"task events, on because Flower sees every task by name, alone give "
-        f"plain+events / plain "
-        f"{events:.2f}"
+def _cpu_text(cpu: Mapping[str, float]) -> str:
+    """A variant's CPU ms per task: the total, then each process using at least 0.05 ms."""
+    parts = {k: v for k, v in cpu.items() if k != "total" and v >= 0.05}
+    return f"{cpu['total']:.1f} ms (" + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()) + ")"
+
+
+def _redis_text(redis: Mapping[str, Any], variant: str) -> str:
+    """What Redis did per task for one variant: CPU, reads, commands and the costliest."""
+    commands = redis["commands_per_task"][variant]
+    return (
+        f"{variant} {redis['cpu_ms_per_task'][variant]['median']:.3f} ms, "
+        f"{redis['reads_per_task'][variant]:.1f} reads, "
+        f"{sum(c['calls'] for c in commands.values()):.1f} commands ("
+        f"{rr.top_commands(commands, 3)})"
+    )
+
+
+def _routing_reasons(r: dict[str, Any]) -> dict[str, str]:
+    """Why the routing figures fall short, in this run's own numbers."""
+    cpu, trip, redis = r["cpu_ms_per_task"], r["round_trip_idle_p50_ms"], r["redis"]
+    base = rr.BASELINE
+    hop2 = r["ratios"][f"{rr.HOP2}/{base}"]["median"]
+    cores = f"CPU per task on {r['config']['cpus']} cores"
+    h, b = trip[rr.HOP2]["median"], trip[base]["median"]
+    latency = (
+        f"two worker hops: 2-hop+events (no orchestration work) idle p50 {h:.2f} ms against "
+        f"{base} {b:.2f} ms, {h / b:.2f} x on its own; by name "
+        f"{trip[rr.BYNAME]['median']:.2f} ms, p99 {r['by_name_round_trip']['p99_ms']:.2f} ms"
     )
     return {
-        0: f"{events_text}; by name every task makes two worker hops, and two hops with events "
-        f"and no orchestration at all give {hop2:.2f}; CPU per task on 2 cores: plain "
-        f"{per_task(rr.PLAIN)}, by name {per_task(rr.BYNAME)}",
-        1: f"{events_text}; CPU per task on 2 cores: plain {per_task(rr.PLAIN)}, client-routed "
-        f"{per_task(rr.ORCH)}: the route step (pick, then accept-route-publish), the agent's "
-        "begin and settle steps of the at-least-once ledger, and the events",
-        2: f"two worker hops: 2-hop+events (no orchestration work) idle p50 "
-        f"{trip[rr.HOP2]['median']:.2f} ms against plain {trip[rr.PLAIN]['median']:.2f} ms, "
-        f"{trip[rr.HOP2]['median'] / trip[rr.PLAIN]['median']:.2f} x on its own",
+        "client_ratio": f"{cores}: {base} {_cpu_text(cpu[base])}, client-routed "
+        f"{_cpu_text(cpu[rr.ORCH])}: the route step (pick, then accept-route-publish), the "
+        "agent's begin and settle steps of the at-least-once ledger, and the events",
+        "by_name_ratio": f"by name every task makes two worker hops, and two hops with events "
+        f"and no orchestration at all give 2-hop+events / {base} {hop2:.2f}; {cores}: "
+        f"{base} {_cpu_text(cpu[base])}, by name {_cpu_text(cpu[rr.BYNAME])}",
+        "by_name_latency": latency,
+        "redis_cpu": "Redis per task (reads: about one per round trip; commands: a Lua "
+        "script's own included): "
+        + "; ".join(_redis_text(redis, v) for v in (base, rr.ORCH, rr.BYNAME)),
     }
 
 
-def _scale_reasons(r: dict[str, Any]) -> dict[int, str]:
-    """Why figures 5, 6 and 9 fall short, in this run's own numbers."""
+def _scale_reasons(r: dict[str, Any]) -> dict[str, str]:
+    """Why the scale figures fall short, in this run's own numbers."""
     f = r["figures"]
     small, large = (str(n) for n in r["config"]["agents"])
-    d, fresh, ping = f["decision_ms"], f["decision_fresh_ms"], f["ping_p99_ms"]
+    d, fresh = f["decision_ms"], f["decision_fresh_ms"]
     wrr = (
         "the smooth weighted round-robin the contract prescribes (one atomic step in Redis) "
         "adds every eligible agent's weight at each pick, so its Lua step grows with the "
         f"eligible agents: p50 {d[large]['p50']['median']:.2f} ms at {large} against "
-        f"{d[small]['p50']['median']:.2f} ms at {small}, PING p99 "
-        f"{ping[large]['median']:.2f} ms; the fleet itself is no longer read per decision "
-        f"(a fresh read and decision: {fresh[large]['p50']['median']:.1f} ms at {large}, at "
-        "most once per 5 s or fleet change per router)"
+        f"{d[small]['p50']['median']:.2f} ms at {small}; the fleet itself is no longer read per "
+        f"decision (a fresh read and decision: {fresh[large]['p50']['median']:.1f} ms at "
+        f"{large}, at most once per 5 s or fleet change per router)"
     )
     top = sorted(f["loops"].items(), key=lambda kv: -kv[1]["share_pct"])[:4]
     loops = (
@@ -276,19 +335,26 @@ def _scale_reasons(r: dict[str, Any]) -> dict[int, str]:
         + ", ".join(f"{name} {v['share_pct']:.2f} %" for name, v in top)
         + "; each of these reads the whole fleet or every queue per run"
     )
-    return {4: wrr, 5: wrr, 8: loops}
+    return {"decision_growth": wrr, "loops": loops}
 
 
-def _fleet_reasons(r: dict[str, Any]) -> dict[int, str]:
-    """Why figure 8 falls short, in this run's own numbers."""
-    runs = r["memory"]["runs"]
-    pss = statistics.median(x["agent"]["pss_total_mb"] - x["plain"]["pss_total_mb"] for x in runs)
+def _fleet_reasons(r: dict[str, Any]) -> dict[str, str]:
+    """Why the agent worker's memory falls short, in this run's own numbers."""
+    m = r["memory"]
+    plain, agent = m["plain"], m["agent"]
+    main, total = m["delta_main_mb"], m["delta_total_mb"]
+    children = sum(agent["children_mb"]) - sum(plain["children_mb"])
+    pss = statistics.median(
+        x["agent"]["pss_total_mb"] - x["plain"]["pss_total_mb"] for x in m["runs"]
+    )
+    times = f", {total / main:.1f} x the main process's" if main > 0 else ""
     return {
-        7: "the agent imports pydantic and pydantic-settings, about 10 MB per process ("
-        "one pydantic-settings model; pydantic at every boundary); each -c 2 pool "
-        "child's RSS counts those pages again, "
-        f"so the whole worker shows three times the main process's difference (by PSS, "
-        f"which counts a shared page once: {pss:+.1f} MB)"
+        "rss": f"the main process {main:+.1f} MB and its {len(agent['children_mb'])} pool "
+        f"children {children:+.1f} MB together: each child's RSS counts again the pages it "
+        "shares with the main process, the agent's imports (pydantic and pydantic-settings: "
+        f"one pydantic-settings model, pydantic at every boundary) among them, so the whole "
+        f"worker shows {total:+.1f} MB{times} (by PSS, which counts a shared page once: "
+        f"{pss:+.1f} MB)"
     }
 
 
@@ -297,15 +363,12 @@ STAGE_REASONS = {"routing": _routing_reasons, "scale": _scale_reasons, "fleet": 
 
 def reasons(reports: Mapping[str, dict[str, Any]]) -> dict[str, str]:
     """Each figure not met -> why, from the same run's measurements."""
-    rows = table_rows(reports)
-    out: dict[str, str] = {}
+    met = {fig.name: row[3] for fig, row in zip(FIGURES, table_rows(reports), strict=True)}
+    why: dict[str, str] = {}
     for stage in STAGES:
-        if stage not in reports:
-            continue
-        for index, why in STAGE_REASONS[stage](reports[stage]).items():
-            if rows[index][3] is False:
-                out[FIGURES[index][0]] = why
-    return out
+        if stage in reports:
+            why |= STAGE_REASONS[stage](reports[stage])
+    return {fig.name: why[fig.key] for fig in FIGURES if met[fig.name] is False and fig.key in why}
 
 
 def title(report: dict[str, Any]) -> str:
@@ -315,7 +378,7 @@ def title(report: dict[str, Any]) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """bench/RESULTS.md's issue-15 section: when, on what, by which command, then the table."""
+    """bench/RESULTS.md's figures section: when, on what, by which command, then the table."""
     cfg = report["config"]
     kind = "a quick run (smoke sizes, not the issue's figures)" if cfg["quick"] else "a full run"
     lines = [
@@ -325,9 +388,11 @@ def markdown(report: dict[str, Any]) -> str:
         f"Generated {cfg['date']} by `{cfg['command']}`, {kind}, commit `{cfg['commit']}`, on "
         f"{cfg['cpus']} CPUs; load average {cfg['loadavg_start'][0]} at start, "
         f"{cfg['loadavg_end'][0]} at end; {cfg['elapsed_s']:.0f} s. Ratios are medians over "
-        "the repeats (min-max in brackets), each against a baseline measured in the same run.",
+        "the repeats (min-max in brackets), each against a baseline measured in the same run: "
+        "for the routed paths, plain Celery with task events on, as a Flower user runs it.",
         "",
         *goal_markdown(table_rows(report["reports"])),
+        *(["", note] if (note := against_plain(report["reports"])) else []),
         "",
         "Why a goal is not met, measured in the same run:",
         "",
@@ -386,9 +451,10 @@ def build_report(
     }
     why = reasons(reports)
     report["figures"] = [
-        {"figure": f, "measured": m, "goal": g, "met": ok, "reason": why.get(f)}
-        for f, m, g, ok in table_rows(reports)
+        {"figure": f, "measured": m, "goal": g, "met": ok, "reason": why.get(f), "key": fig.key}
+        for fig, (f, m, g, ok) in zip(FIGURES, table_rows(reports), strict=True)
     ]
+    report["against_plain"] = against_plain(reports)
     return report
 
 
@@ -469,6 +535,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         out = Console(width=max(Console().width, 120))
         out.print(goal_table(title(report), table_rows(report["reports"])))
+        if report["against_plain"]:
+            out.print(report["against_plain"])
         for figure, why in reasons(report["reports"]).items():
             out.print(f"[bold]{figure}[/bold], not met: {why}")
         if args.quick:

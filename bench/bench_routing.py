@@ -18,9 +18,11 @@ here. Each repeat runs every variant once, in alternating order (A B C D, then D
 
 Every run starts on a flushed server with freshly started workers, warms them up, then times
 N tasks from one producer (first send to last result) while measuring the CPU each process
-uses, then sends M tasks one at a time to measure the round trip on an idle system. Reported:
-the median throughput of each variant, the ratios between variants (median of the per-repeat
-ratios) with their spread, CPU per task by process, and for the orchestrated path the
+uses (redis-server's from its own INFO, with its reads and commands), then sends M tasks one at
+a time to measure the round trip on an idle system. Reported: the median throughput of each
+variant, the ratios between variants (median of the per-repeat ratios) with their spread, the
+goals' ratios against plain+events (plain Celery as a Flower user runs it), CPU per task by
+process, Redis CPU per task and the tasks/s one Redis core carries, and for the routed paths the
 enqueue-to-start latency from the ledger (`delegation`: the router's `submitted_at` to the
 agent's `started_at`, SPEC's `delegation_p95_ms`).
 
@@ -52,12 +54,19 @@ import celery  # noqa: E402
 import redis  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from bench.common import cpu_s, source_version, summary_ms  # noqa: E402
+from bench.common import (  # noqa: E402
+    cpu_s,
+    redis_counters,
+    redis_per_task,
+    source_version,
+    summary_ms,
+)
 from bench.routing_report import (  # noqa: E402
     BYNAME,
     HOP2,
     ORCH,
     PLAIN,
+    REQUIRED,
     VARIANTS,
     render,
     summarise,
@@ -69,15 +78,19 @@ CONCURRENCY = 2
 WARMUP_TASKS = 20
 
 
+#: A cluster's counters at one moment: CPU seconds by role, and redis-server's own counters.
+Mark = tuple[dict[str, float], dict[str, Any]]
+
+
 class Cluster:
     """The celery processes of one run; stopped (and their process groups swept) on exit."""
 
-    def __init__(self, url: str, log_dir: Path, tag: str, redis_pid: int | None = None) -> None:
+    def __init__(self, url: str, log_dir: Path, tag: str) -> None:
         self.url = url
-        self.redis_pid = redis_pid
         self.log_dir = log_dir
         self.tag = tag
         self.procs: list[CeleryProcess] = []
+        self.redis = redis.Redis.from_url(url)  # reads the server's own counters
 
     def env(self, **extra: str) -> dict[str, str]:
         pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
@@ -109,23 +122,27 @@ class Cluster:
         for proc in self.procs:
             proc._finish(max(deadline - time.monotonic(), 0))
         self.procs.clear()
+        self.redis.close()
 
-    def cpu(self) -> dict[str, float]:
-        """CPU seconds used so far by each role: this producer, redis-server, and each
-        worker's main process (consumer) and prefork pool."""
+    def mark(self) -> Mark:
+        """CPU seconds used so far by each role (this producer, redis-server, and each worker's
+        main process (consumer) and prefork pool), and redis-server's counters."""
+        server = redis_counters(self.redis)
         times = os.times()
-        out = {"producer": times.user + times.system, "redis-server": cpu_s(self.redis_pid)}
+        cpu = {"producer": times.user + times.system, "redis-server": server["cpu_s"]}
         for proc in self.procs:
             role = proc.name.removeprefix(f"{self.tag}-")
-            out[f"{role} main"] = cpu_s(proc.pid)
-            out[f"{role} pool"] = sum(cpu_s(c) for c in proc.child_pids())
-        return out
+            cpu[f"{role} main"] = cpu_s(proc.pid)
+            cpu[f"{role} pool"] = sum(cpu_s(c) for c in proc.child_pids())
+        return cpu, server
 
-    def cpu_ms_per_task(self, before: dict[str, float], n: int) -> dict[str, float]:
-        after = self.cpu()
-        used = {k: (after[k] - before.get(k, 0.0)) * 1000 / n for k in after}
+    def per_task(self, before: Mark, n: int) -> tuple[dict[str, float], dict[str, Any]]:
+        """Since `before`, per task: CPU ms by role (and their total), and what redis-server
+        did (reads and commands)."""
+        cpu, server = self.mark()
+        used = {k: (cpu[k] - before[0].get(k, 0.0)) * 1000 / n for k in cpu}
         used["total"] = sum(used.values())
-        return {k: round(v, 3) for k, v in used.items()}
+        return {k: round(v, 3) for k, v in used.items()}, redis_per_task(before[1], server, n)
 
     def logs(self) -> str:
         return "\n".join(
@@ -176,12 +193,12 @@ def run_plain(
         timeout = 60 + n / 20
         collect([send(-1 - i) for i in range(WARMUP_TASKS)], timeout, lambda v: True)
 
-        cpu_before = cluster.cpu()
+        before = cluster.mark()
         start = time.perf_counter()
         results = [send(i) for i in range(n)]
         sent = time.perf_counter()
         end = collect(results, timeout, lambda v: isinstance(v, int))
-        cpu = cluster.cpu_ms_per_task(cpu_before, n)
+        cpu, server = cluster.per_task(before, n)
 
         rtts = []
         for i in range(probe):
@@ -196,6 +213,7 @@ def run_plain(
         "throughput": n / (end - start),
         "round_trip_ms": summary_ms(rtts, (50, 95, 99)),
         "cpu_ms_per_task": cpu,
+        "redis_per_task": server,
     }
 
 
@@ -262,7 +280,7 @@ def run_orchestrated(
         collect(warm, timeout, check(-1))
 
         sent_at: dict[str, float] = {}
-        cpu_before = cluster.cpu()
+        before = cluster.mark()
         start = time.perf_counter()
         results = []
         for i in range(n):
@@ -276,7 +294,7 @@ def run_orchestrated(
             if value != {"i": i}:
                 raise RuntimeError(f"task {i} ({result.id}) returned {value!r}")
         end = time.perf_counter()
-        cpu = cluster.cpu_ms_per_task(cpu_before, n)
+        cpu, server = cluster.per_task(before, n)
         burst = ledger_delays(client.store.r, [r.id for r in results], sent_at)
 
         rtts, probe_sent = [], {}
@@ -298,6 +316,7 @@ def run_orchestrated(
         "throughput": n / (end - start),
         "round_trip_ms": summary_ms(rtts, (50, 95, 99)),
         "cpu_ms_per_task": cpu,
+        "redis_per_task": server,
         "burst_delegation": burst["delegation"],
         "burst_send_to_start": burst["send_to_start"],
         "idle_delegation": idle["delegation"],
@@ -427,7 +446,7 @@ def run_all(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             order = variants if repeat % 2 == 0 else variants[::-1]
             for variant in order:
                 flush(server)
-                cluster = Cluster(server.url, log_root / f"run{len(runs) + 1}", variant, server.pid)
+                cluster = Cluster(server.url, log_root / f"run{len(runs) + 1}", variant)
                 try:
                     if variant in (ORCH, BYNAME):
                         result = run_orchestrated(
@@ -506,7 +525,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--variants",
         default=",".join(VARIANTS),
         help=f"comma-separated, in this order within a repeat ({','.join(VARIANTS)}); "
-        "plain and orchestrated are required",
+        f"{', '.join(REQUIRED)} are required",
     )
     parser.add_argument(
         "--keep-logs", action="store_true", help="keep the worker and redis logs (a temp dir)"
@@ -516,9 +535,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--tasks, --repeats, --probe and --samples must be positive")
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = sorted(set(variants) - set(VARIANTS))
-    if unknown or PLAIN not in variants or ORCH not in variants:
+    if unknown or not set(REQUIRED) <= set(variants):
         parser.error(
-            f"--variants: choose from {', '.join(VARIANTS)}, including {PLAIN} and {ORCH}"
+            f"--variants: choose from {', '.join(VARIANTS)}, including {', '.join(REQUIRED)}"
             + (f" (unknown: {', '.join(unknown)})" if unknown else "")
         )
     args.variants = [v for v in VARIANTS if v in variants]

@@ -47,7 +47,7 @@ from orchestrator.config import Settings, load_settings  # noqa: E402
 from orchestrator.models import RegisteredAgent, TaskState, parse_task  # noqa: E402
 from orchestrator.monitoring.loops import LoopContext  # noqa: E402
 from orchestrator.routing.router import Router  # noqa: E402
-from orchestrator.store import StateStore  # noqa: E402
+from orchestrator.store import Acceptance, Settlement, StateStore  # noqa: E402
 from orchestrator.store.keys import (  # noqa: E402
     HEARTBEATS,
     history_key,
@@ -98,7 +98,12 @@ def populate(store: StateStore, settings: Settings, n: int, seed: int) -> list[R
         for _ in range(rng.randint(2, 6)):
             ok = rng.random() > 0.1
             store.record_outcome(
-                agent.agent_id, ok, rng.uniform(5, 200), cfg, now, task_type="echo"
+                agent.agent_id,
+                ok=ok,
+                latency_ms=rng.uniform(5, 200),
+                circuit_cfg=cfg,
+                now=now,
+                task_type="echo",
             )
     return agents
 
@@ -319,18 +324,29 @@ def memory_per_task(url: str, k: int) -> dict[str, Any]:
                 assert task.task_id is not None
                 chosen = router.choose(task, router.fleet(now), now)
                 assert chosen is not None
-                store.accept_and_route(task, f"submit-{tag}-{i}", chosen.agent_id, now, [])
-                store.begin_attempt(task.task_id, chosen.agent_id, 1, now, 4242, 5)
-                store.settle_run(
+                store.accept_and_route(
+                    Acceptance(task, f"submit-{tag}-{i}", now), agent_id=chosen.agent_id, pushes=[]
+                )
+                store.begin_attempt(
                     task.task_id,
-                    chosen.agent_id,
-                    TaskState.SUCCEEDED,
-                    time.time(),
-                    1.5,
-                    "echo",
-                    {"runs:echo": 1, "ok:echo": 1},
-                    circuit_cfg=cfg,
-                    result=json.dumps(payload),
+                    agent_id=chosen.agent_id,
+                    dispatch=1,
+                    now=now,
+                    pid=4242,
+                    max_deliveries=5,
+                )
+                store.settle_run(
+                    Settlement(
+                        task.task_id,
+                        chosen.agent_id,
+                        TaskState.SUCCEEDED,
+                        time.time(),
+                        1.5,
+                        "echo",
+                        {"runs:echo": 1, "ok:echo": 1},
+                        circuit_cfg=cfg,
+                        result=json.dumps(payload),
+                    )
                 )
 
         beat_all(store, agents, time.time())

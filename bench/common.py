@@ -53,6 +53,43 @@ def cpu_s(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def redis_counters(r: Any) -> dict[str, Any]:
+    """What redis-server has done so far: CPU seconds, reads from clients (about one per round
+    trip: a pipeline's commands arrive in one read), and calls and microseconds per command
+    (those a Lua script runs counted too; the INFO calls made here left out)."""
+    pipe = r.pipeline(transaction=False)
+    pipe.info("cpu")
+    pipe.info("stats")
+    pipe.info("commandstats")
+    cpu, stats, commands = pipe.execute()
+    return {
+        "cpu_s": float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"]),
+        "reads": int(stats["total_reads_processed"]),
+        "commands": {
+            name.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"]))
+            for name, v in commands.items()
+            if name != "cmdstat_info"
+        },
+    }
+
+
+def redis_per_task(before: dict[str, Any], after: dict[str, Any], n: int) -> dict[str, Any]:
+    """redis_counters' differences per task: reads, and each command's calls and microseconds
+    (commands not called left out), the most time first."""
+    commands: dict[str, dict[str, float]] = {}
+    for name, (calls, usec) in after["commands"].items():
+        calls0, usec0 = before["commands"].get(name, (0, 0))
+        if calls > calls0:
+            commands[name] = {
+                "calls": round((calls - calls0) / n, 3),
+                "us": round((usec - usec0) / n, 2),
+            }
+    return {
+        "reads": round((after["reads"] - before["reads"]) / n, 3),
+        "commands": dict(sorted(commands.items(), key=lambda kv: -kv[1]["us"])),
+    }
+
+
 def source_version() -> str | None:
     """The commit measured, with "+dirty" when the work tree has changes (read-only git)."""
     try:
