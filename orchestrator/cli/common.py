@@ -12,7 +12,6 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -61,16 +60,6 @@ def config_problem(exc: ConfigError) -> str:
     return exc.problems[0] if len(exc.problems) == 1 else str(exc)
 
 
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    """The error and those it was raised from or during (a library's, under ours)."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
 def _loaded_settings() -> Settings | None:
     ctx = click.get_current_context(silent=True)
     found = ctx.meta.get(SETTINGS_KEY) if ctx is not None else None
@@ -92,15 +81,20 @@ def redis_problem(exc: BaseException) -> str | None:
     import redis
     from kombu.exceptions import OperationalError
 
-    from orchestrator.security.preflight import classify_failure, redis_targets, state_target
+    from orchestrator.security.preflight import (
+        classify_failure,
+        exception_chain,
+        redis_targets,
+        state_target,
+    )
 
-    for cause in _causes(exc):
+    for cause in exception_chain(exc):
         if not isinstance(cause, redis.ConnectionError | redis.TimeoutError):
             continue
         loaded = _loaded_settings()
         if loaded is None:
             variable = "ORCH_REDIS_URL"
-        elif any(isinstance(c, OperationalError) for c in _causes(exc)):
+        elif any(isinstance(c, OperationalError) for c in exception_chain(exc)):
             variable = redis_targets(loaded)[0].variable  # the broker comes first
         else:
             variable = state_target(loaded).variable

@@ -24,6 +24,15 @@ from kombu.utils.encoding import bytes_to_str
 ALIAS_PREFIX = "celery-task-aliases-"
 
 
+def _store(pipe: Any, key: Any, value: Any, expires: Any) -> None:
+    """Celery's write of a result: SET (with its expiry), and PUBLISH to its waiters."""
+    if expires:
+        pipe.setex(key, expires, value)
+    else:
+        pipe.set(key, value)
+    pipe.publish(key, value)
+
+
 class _Aliasing(RedisBackend):
     def _aliases_key(self, task_id: str) -> str:
         return ALIAS_PREFIX + task_id
@@ -40,11 +49,7 @@ class _Aliasing(RedisBackend):
             expires = self.expires
         task_id = self._task_id_of(key)
         with self.client.pipeline() as pipe:
-            if expires:
-                pipe.setex(key, expires, value)
-            else:
-                pipe.set(key, value)
-            pipe.publish(key, value)
+            _store(pipe, key, value, expires)
             if task_id is not None:
                 pipe.smembers(self._aliases_key(task_id))
             replies = pipe.execute()
@@ -56,13 +61,8 @@ class _Aliasing(RedisBackend):
         meta = self.decode(value)
         meta["task_id"] = alias  # a waiter on the alias is woken by the id in the meta
         encoded = self.encode(meta)
-        key = self.get_key_for_task(alias)
         with self.client.pipeline() as pipe:
-            if expires:
-                pipe.setex(key, expires, encoded)
-            else:
-                pipe.set(key, encoded)
-            pipe.publish(key, encoded)
+            _store(pipe, self.get_key_for_task(alias), encoded, expires)
             pipe.execute()
 
     def add_alias(self, task_id: str, alias: str) -> None:

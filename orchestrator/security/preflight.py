@@ -95,7 +95,7 @@ def state_target(settings: Settings) -> RedisTarget:
     )
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
     """The exception and those it was raised from or during (redis-py wraps socket errors)."""
     seen: set[int] = set()
     current: BaseException | None = exc
@@ -121,7 +121,7 @@ def classify_failure(exc: BaseException) -> str | None:
         return f"authentication failed ({_server_said(exc)})"
     if isinstance(exc, redis.exceptions.NoPermissionError):
         return f"permission denied ({_server_said(exc)})"
-    for cause in _chain(exc):
+    for cause in exception_chain(exc):
         if isinstance(cause, ssl.SSLCertVerificationError):
             return f"TLS certificate not trusted ({cause.verify_message or cause.reason})"
         if isinstance(cause, ssl.SSLError) and cause.reason == "WRONG_VERSION_NUMBER":
