@@ -281,6 +281,10 @@ def test_cli_reports_agents_and_a_task_ledger_as_json(start_control, start_agent
         ("a", {"echo": 0.8}, "active", "closed")
     ]
     assert agents[0]["performance_score"] == pytest.approx(1.0)
+    # Piped, the table is tab-separated lines: a header, then one whole row per agent.
+    header, row = run("agents").splitlines()
+    columns = header.split("\t")
+    assert dict(zip(columns, row.split("\t"), strict=True))[columns[0]] == "a", (header, row)
 
     bad = subprocess.run(
         [*cli, "submit", "echo", "--payload", "{nope"],
