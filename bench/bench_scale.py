@@ -49,6 +49,7 @@ from orchestrator.monitoring.loops import LoopContext  # noqa: E402
 from orchestrator.routing.router import Router  # noqa: E402
 from orchestrator.store import Acceptance, Settlement, StateStore  # noqa: E402
 from orchestrator.store.keys import (  # noqa: E402
+    EVENT_STREAMS,
     HEARTBEATS,
     history_key,
     task_key,
@@ -352,18 +353,18 @@ def memory_per_task(url: str, k: int) -> dict[str, Any]:
         beat_all(store, agents, time.time())
         run_tasks(200, "warm")  # telemetry buckets, counters, stats keys exist from here on
         before = int(r.info("memory")["used_memory"])
-        stream_before = int(r.xlen("orchestrator:events"))
+        stream_before = sum(int(r.xlen(s)) for s in EVENT_STREAMS)
         run_tasks(k, "t")
         after = int(r.info("memory")["used_memory"])
-        stream_after = int(r.xlen("orchestrator:events"))
+        stream_after = sum(int(r.xlen(s)) for s in EVENT_STREAMS)
         ids = [f"t-{i:06d}" for i in range(0, k, max(1, k // 50))]
         sample = [task_key(i) for i in ids]
         histories = [history_key(i) for i in ids]
         task_bytes = statistics.mean(int(r.memory_usage(key) or 0) for key in sample)
         history_bytes = statistics.mean(int(r.memory_usage(key) or 0) for key in histories)
         ttls = [int(r.ttl(key)) for key in sample + histories]
-        stream_total = int(r.memory_usage("orchestrator:events", samples=0) or 0)
-        stream_entries = int(r.xlen("orchestrator:events"))
+        stream_total = sum(int(r.memory_usage(s, samples=0) or 0) for s in EVENT_STREAMS)
+        stream_entries = sum(int(r.xlen(s)) for s in EVENT_STREAMS)
         # What the ledger's TTL leaves: every key without a TTL (the task keys all have one).
         lasting = [key for key in r.scan_iter(count=1000) if int(r.ttl(key)) == -1]
         kept = sum(int(r.memory_usage(key, samples=0) or 0) for key in lasting)

@@ -258,7 +258,7 @@ def metrics_reference() -> str:
 def events_reference() -> str:
     from orchestrator.events.catalogue import CATALOGUE
     from orchestrator.models import OrchestrationEvent, ProductionEventSeverity
-    from orchestrator.store.keys import EVENTS
+    from orchestrator.store.keys import EVENTS, TASK_EVENTS
 
     envelope = ", ".join(code(f) for f in OrchestrationEvent.model_fields if f != "id")
     levels = ", ".join(code(s.value) for s in ProductionEventSeverity)
@@ -268,6 +268,8 @@ def events_reference() -> str:
         meaning = spec.meaning + (
             " Written only while some control worker's handler takes it." if spec.on_demand else ""
         )
+        if spec.task_stream:
+            meaning += f" In `{TASK_EVENTS}`."
         groups.setdefault(title, []).append(
             (
                 code(spec.type),
@@ -278,8 +280,10 @@ def events_reference() -> str:
             )
         )
     out = [
-        f"Each event is an entry of the stream `{EVENTS}` with the fields {envelope}; "
-        f"`severity` is one of {levels}, and `data` is a JSON object with the keys listed below."
+        f"Each event is an entry of the stream `{EVENTS}`, or of `{TASK_EVENTS}` for the task "
+        "lifecycle types every task writes (their meaning says so), with the fields "
+        f"{envelope}; `severity` is one of {levels}, and `data` is a JSON object with the keys "
+        "listed below. `orchestrator events` reads both streams, merged by entry id."
     ]
     header = ("Type", "Severity", "Source", "Data", "Meaning")
     out += [f"## {title}\n\n" + table(header, rows) for title, rows in groups.items()]

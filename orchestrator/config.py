@@ -239,7 +239,7 @@ class Settings(BaseSettings):
         7 * 24 * 3600, ge=60, description="Seconds an ended task's ledger entry is kept."
     )
     events_max_len: int = Field(
-        100_000, ge=100, description="Entries the orchestrator:events stream keeps (roughly)."
+        100_000, ge=100, description="Entries each of the two event streams keeps (roughly)."
     )
     submit_wait_replicas: int = Field(
         0,

@@ -1,4 +1,4 @@
-"""Backups of the orchestrator's state (every `orch:*` key, the event stream): checksummed files.
+"""Backups of the orchestrator's state (every `orch:*` key, both event streams): checksummed files.
 
 A backup is a gzip'd JSON-lines file: a header line (format, version, created_at), one line
 per key with its remaining TTL and Redis' own DUMP serialization (base64), which RESTORE takes
@@ -29,7 +29,7 @@ from typing import Any
 import redis
 
 from orchestrator.backup.merge import kind_of
-from orchestrator.store.keys import EVENTS, PREFIX
+from orchestrator.store.keys import EVENT_STREAMS, PREFIX
 from orchestrator.store.scripts import SNAPSHOT, SNAPSHOT_SIG
 
 FORMAT = "hive-orchestrator-backup"
@@ -108,7 +108,9 @@ def create_backup(
     kinds: dict[str, int] = {}
     with open(partial, "wb") as raw, gzip.open(raw, "wt", encoding="utf-8") as out:
         out.write(json.dumps({"format": FORMAT, "version": VERSION, "created_at": now}) + "\n")
-        args = SNAPSHOT_SIG.arg_list(pattern=PREFIX + "*", count=SCAN_COUNT, extra=[EVENTS])
+        args = SNAPSHOT_SIG.arg_list(
+            pattern=PREFIX + "*", count=SCAN_COUNT, extra=list(EVENT_STREAMS)
+        )
         copied = client.eval(SNAPSHOT, len(SNAPSHOT_SIG.key_list()), *args)
         for i in range(0, len(copied), 3):
             key = copied[i].decode("utf-8", "surrogateescape")

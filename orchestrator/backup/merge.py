@@ -9,7 +9,7 @@ accepted since the snapshot may be lost, so the live state wins wherever both ha
   keyed by task id only the tasks the restore brought back are added;
 - any other key both have stays as it is live (`keep`): the ledger entry of a task the live
   Redis knows, the agents (they re-register by their own heartbeat), counters, the event
-  stream, telemetry and the loops' state;
+  streams, telemetry and the loops' state;
 - what describes work in flight or waiting right now is never restored (`skip`): in-flight
   sets, locks, the client outbox, the backlog's lists and indexes, concurrency-key permits,
   fair-share state and the deferred set. What the snapshot had in flight is parked again

@@ -172,7 +172,8 @@ STREAM_ID_RE = re.compile(r"^[0-9]{1,20}(-[0-9]{1,20})?\Z")
 def events(
     follow: bool, types: tuple[str, ...], since_id: str | None, count: int | None, as_json: bool
 ) -> None:
-    """Read the event stream (orchestrator:events), oldest first, each line with its id."""
+    """Read the event log (orchestrator:events and orchestrator:events:tasks, merged by id),
+    oldest first, each line with its id."""
     from orchestrator.models import OrchestrationEvent
 
     if since_id is not None and not STREAM_ID_RE.match(since_id):
@@ -207,17 +208,20 @@ def events(
                 if not page:
                     break
                 for event in page:
-                    if count is not None and shown >= count:
+                    # Never between two events of one id (one in each stream): resuming
+                    # after the last id shown must find neither again.
+                    if count is not None and shown >= count and event.id != last:
                         break
                     show(event)
                     last = event.id or last
         else:
             wanted = count or 50
-            recent = store.tail_events(wanted if not types else wanted * 20)
+            recent = store.tail_events(wanted if not types else wanted * 20, settled=True)
             matching = [e for e in recent if not types or e.type in types]
             for event in matching[-wanted:]:
                 show(event)
-            last = recent[-1].id if recent and recent[-1].id else "$"
+            # None settled yet: whatever there is was written this millisecond.
+            last = recent[-1].id if recent and recent[-1].id else "0-0"
         if follow:
             while True:
                 last, batch = store.follow_events(last)

@@ -1,1 +1,1 @@
-"""Event processing: handlers of the orchestrator:events stream, run by control workers."""
+"""Event processing: handlers of the orchestrator's event streams, run by control workers."""

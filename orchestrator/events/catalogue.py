@@ -1,7 +1,9 @@
-"""The catalogue of the event types the orchestrator writes to orchestrator:events (pure).
+"""The catalogue of the event types the orchestrator writes to its event streams (pure).
 
 Events are written from many places, some of them Lua scripts, so the catalogue is declared
-here once: what each type means, its severity, who writes it and the keys of its `data`.
+here once: what each type means, its severity, who writes it, the keys of its `data`, and
+whether it is one of the task lifecycle types that every task writes on its normal path, which
+go to orchestrator:events:tasks instead of orchestrator:events (store.keys.TASK_EVENT_TYPES).
 tests/unit/test_event_catalogue.py holds it to the code (every type written is here, and every
 type here is written, with those keys), and the docs' events reference is made from it.
 """
@@ -22,6 +24,7 @@ class EventSpec:
     fields: tuple[str, ...]
     meaning: str
     on_demand: bool = False  # written only while some control worker's handler takes it
+    task_stream: bool = False  # written to orchestrator:events:tasks, not orchestrator:events
 
 
 _TERMINAL = ("task_id", "agent_id", "error", "latency_ms", "type")
@@ -34,6 +37,7 @@ CATALOGUE: tuple[EventSpec, ...] = (
         "router",
         ("task_id", "type", "client_id", "priority"),
         "A router accepted a submission: it is in the ledger, routed or waiting.",
+        task_stream=True,
     ),
     EventSpec(
         "task.rejected",
@@ -65,6 +69,7 @@ CATALOGUE: tuple[EventSpec, ...] = (
         "router, dispatch",
         ("task_id", "agent_id", "type", "dispatch"),
         "The task was handed to an agent's queue (dispatch: its dispatch number).",
+        task_stream=True,
     ),
     EventSpec(
         "task.dispatched",
@@ -80,6 +85,7 @@ CATALOGUE: tuple[EventSpec, ...] = (
         "the agent's id",
         _TERMINAL,
         "The task's handler returned; its result is stored.",
+        task_stream=True,
     ),
     EventSpec(
         "task.failed",
@@ -87,6 +93,7 @@ CATALOGUE: tuple[EventSpec, ...] = (
         "the agent's id; recovery for a cancel",
         _TERMINAL,
         "The task ended failed: its handler failed for good, or it was cancelled.",
+        task_stream=True,
     ),
     EventSpec(
         "task.dead_lettered",

@@ -3,9 +3,14 @@
 Delivery is at least once. Each control worker process reads new entries of
 orchestrator:events as its own consumer of the group (XREADGROUP), and every few seconds
 takes over entries left pending for the claim time (XAUTOCLAIM): a dead worker's, or ones a
-handler raised on. An entry is acknowledged (XACK) only after every handler of its type ran,
-had run before, or was given up on (registry.settle). A handler runs at most once per event
-id however often the entry is delivered: before running it the delivery takes the handler's
+handler raised on. The task lifecycle events (several per task) have a stream of their own,
+orchestrator:events:tasks, which the same XREADGROUP reads only when a handler of this
+process takes one of its types (keys.streams_for): otherwise the group never reads it, and a
+task on its normal path costs the consumer nothing.
+
+An entry is acknowledged (XACK) only after every handler of its type ran, had run before, or
+was given up on (registry.settle). A handler runs at most once per event (stream and id)
+however often the entry is delivered: before running it the delivery takes the handler's
 marker with a lease (SET NX), and marks it done afterwards; a lease of a dead worker lapses
 after the claim time, so the next claim runs the handler again. Only a worker dying between
 a handler's effect and its marker makes an effect happen twice, and the built-in handlers'
@@ -38,7 +43,7 @@ from orchestrator.events.registry import (
 )
 from orchestrator.store import StateStore, now_s
 from orchestrator.store.event_group import Delivery
-from orchestrator.store.keys import ON_DEMAND_EVENTS
+from orchestrator.store.keys import ON_DEMAND_EVENTS, streams_for
 
 if TYPE_CHECKING:
     from orchestrator.recovery.healer import Healer
@@ -100,6 +105,9 @@ class EventConsumer:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._claim_at = 0.0  # monotonic time of the next claim pass
+        #: The streams this consumer reads, and those of them the group is made on.
+        self.streams = streams_for(self.registry.types())
+        self._ready: tuple[str, ...] = ()
 
     # --- the thread ----------------------------------------------------------------------
 
@@ -109,8 +117,9 @@ class EventConsumer:
         this process."""
         if self._thread is not None and self._thread.is_alive():
             return
+        self.streams = streams_for(self.registry.types())
         try:
-            self.store.ensure_group()
+            self._ready = self.store.ensure_groups(self.streams)
             self.store.want_events(self.name, self._on_demand())
         except Exception as exc:  # Redis away at start: the loop creates the group later
             log.warning("event processing: cannot create the consumer group yet: %s", exc)
@@ -121,8 +130,9 @@ class EventConsumer:
         )
         self._thread.start()
         log.info(
-            "event processing: consumer %s started; handlers %s",
+            "event processing: consumer %s started; reads %s; handlers %s",
             self.name,
+            ", ".join(self.streams),
             self.registry.types(),
         )
 
@@ -172,23 +182,36 @@ class EventConsumer:
 
     def poll(self, block_ms: int) -> int:
         """Claim what is due (every claim_every_s), then read new entries (waiting up to
-        `block_ms`), and handle them; returns how many entries were handled."""
+        `block_ms`), and handle them; returns how many entries were handled. A stream that
+        has no group yet (no stream yet, or Redis flushed) gets it from its start once the
+        stream exists."""
+        if len(self._ready) < len(self.streams):
+            missing = [s for s in self.streams if s not in self._ready]
+            made = set(self._ready) | set(self.store.ensure_groups(missing, "0-0"))
+            self._ready = tuple(s for s in self.streams if s in made)
         handled = 0
-        if time.monotonic() >= self._claim_at:
+        if time.monotonic() >= self._claim_at and self._ready:
             self._claim_at = time.monotonic() + self.claim_every_s
-            handled += self.handle(self.store.claim_idle(self.name, self.lease_ms, BATCH))
-        return handled + self.handle(self.store.read_new(self.name, BATCH, block_ms))
+            for stream in self._ready:
+                claimed = self.store.claim_idle(self.name, self.lease_ms, BATCH, stream)
+                handled += self.handle(claimed)
+        new = self.store.read_new(self.name, BATCH, block_ms, self._ready)
+        if new is None:  # a group vanished: made again, from the start, once there is a stream
+            self._ready = ()
+            return handled
+        return handled + self.handle(new)
 
     def handle(self, deliveries: Sequence[Delivery]) -> int:
-        """Handle each entry and acknowledge those that are finished, in one XACK. While
-        stopping, entries with handlers are left pending (for a claim) and the rest acked."""
-        finished = []
+        """Handle each entry and acknowledge those that are finished, in one round trip.
+        While stopping, entries with handlers are left pending (for a claim) and the rest
+        acked."""
+        finished: dict[str, list[str]] = {}
         for delivery in deliveries:
             if self._stopping.is_set() and self._has_handlers(delivery):
                 continue
             if self.deliver(delivery):
-                finished.append(delivery.id)
-        self.store.ack(finished)
+                finished.setdefault(delivery.stream, []).append(delivery.id)
+        self.store.ack_all(finished)
         return len(deliveries)
 
     def _has_handlers(self, delivery: Delivery) -> bool:
@@ -210,7 +233,9 @@ class EventConsumer:
         outcomes: dict[str, Outcome] = {}
         errors: dict[str, str] = {}
         for name, handler in handlers:
-            held = self.store.take_mark(name, delivery.id, value=lease, lease_ms=self.lease_ms)
+            held = self.store.take_mark(
+                name, delivery.id, value=lease, lease_ms=self.lease_ms, stream=delivery.stream
+            )
             skip = before_run(mark_of(held))
             if skip is not None:
                 outcomes[name] = skip
@@ -227,11 +252,11 @@ class EventConsumer:
                     delivery.deliveries,
                     self.max_deliveries,
                 )
-                self.store.release_mark(name, delivery.id, lease)
+                self.store.release_mark(name, delivery.id, lease, delivery.stream)
                 outcomes[name] = Outcome.RAISED
                 errors[name] = f"{type(exc).__name__}: {exc}"
                 continue
-            self.store.end_mark(name, delivery.id, DONE)
+            self.store.end_mark(name, delivery.id, DONE, delivery.stream)
             outcomes[name] = Outcome.RAN
             took_ms = (time.monotonic() - started) * 1000
             if took_ms > self.lease_ms:
@@ -245,7 +270,7 @@ class EventConsumer:
                 )
         verdict = settle(outcomes, delivery.deliveries, self.max_deliveries)
         for name in verdict.give_up:
-            self.store.end_mark(name, delivery.id, FAILED)
+            self.store.end_mark(name, delivery.id, FAILED, delivery.stream)
             self._record_failed(delivery, event.type, errors[name], {"handler": name})
             log.error(
                 "event %s (%s): handler %s gave up after %d deliveries: %s",
@@ -263,6 +288,7 @@ class EventConsumer:
         self.store.record_failed(
             {
                 "id": delivery.id,
+                "stream": delivery.stream,
                 "type": event_type or delivery.fields.get("type"),
                 "source": delivery.fields.get("source"),
                 "handler": None,

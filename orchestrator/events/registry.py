@@ -1,10 +1,12 @@
 """The event handler registry (`@on_event`) and what one delivery of an event comes to (pure).
 
-A control worker's consumer (events/consumer.py) reads each entry of orchestrator:events,
-runs every handler registered for its type, and acknowledges the entry once each handler has
-run or been given up on. What a handler's marker says (`mark_of`), whether it runs now
-(`before_run`) and what the delivery ends in (`settle`) are decided here, over plain values,
-so the rules are tables in tests/unit/test_events.py and the consumer only does the I/O.
+A control worker's consumer (events/consumer.py) reads each entry of the event streams it
+reads (orchestrator:events, and orchestrator:events:tasks when a handler here takes a task
+lifecycle type), runs every handler registered for its type, and acknowledges the entry once
+each handler has run or been given up on. What a handler's marker says (`mark_of`), whether
+it runs now (`before_run`) and what the delivery ends in (`settle`) are decided here, over
+plain values, so the rules are tables in tests/unit/test_events.py and the consumer only does
+the I/O.
 """
 
 from __future__ import annotations

@@ -27,10 +27,7 @@ from orchestrator.models import (
 )
 from orchestrator.store import refusals, scripts
 from orchestrator.store.connect import redis_client
-from orchestrator.store.keys import (
-    EVENTS,
-    lock_key,
-)
+from orchestrator.store.keys import events_key, lock_key
 from orchestrator.store.telemetry import TelemetryWriter
 
 log = logging.getLogger(__name__)
@@ -186,7 +183,12 @@ class StoreBase:
     def emit(self, event: OrchestrationEvent, pipe: Any = None) -> None:
         target = pipe if pipe is not None else self.r
         with self._translate():
-            target.xadd(EVENTS, _event_fields(event), maxlen=self.events_max_len, approximate=True)
+            target.xadd(
+                events_key(event.type),
+                _event_fields(event),
+                maxlen=self.events_max_len,
+                approximate=True,
+            )
 
     def event(
         self,
@@ -202,31 +204,6 @@ class StoreBase:
             OrchestrationEvent(type=type_, ts=now, severity=severity, source=source, data=data),
             pipe,
         )
-
-    def read_events(
-        self, since_id: str = "-", count: int = 1000, types: Sequence[str] = ()
-    ) -> list[OrchestrationEvent]:
-        with self._translate():
-            entries = self.r.xrange(EVENTS, min=since_id, count=count)
-        events = (_parse_event(i, f) for i, f in entries)
-        return [e for e in events if not types or e.type in types]
-
-    def tail_events(self, count: int = 20) -> list[OrchestrationEvent]:
-        with self._translate():
-            entries = self.r.xrevrange(EVENTS, count=count)
-        return [_parse_event(i, f) for i, f in reversed(entries)]
-
-    def follow_events(
-        self, last_id: str = "$", block_ms: int = 1000
-    ) -> tuple[str, list[OrchestrationEvent]]:
-        with self._translate():
-            reply = self.r.xread({EVENTS: last_id}, block=block_ms, count=100)
-        events = []
-        for _stream, entries in reply or []:
-            for entry_id, fields in entries:
-                events.append(_parse_event(entry_id, fields))
-                last_id = entry_id
-        return last_id, events
 
     # --- locks ---------------------------------------------------------------------------
 

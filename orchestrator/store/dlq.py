@@ -27,9 +27,9 @@ from orchestrator.store.base import _event_args
 from orchestrator.store.keys import (
     COUNTERS,
     DLQ,
-    EVENTS,
     POISON,
     POISON_MSG,
+    events_key,
     history_key,
     task_key,
 )
@@ -83,7 +83,10 @@ class DeadLetterStore(LedgerStore):
         with self._translate():
             self._poison(
                 keys=POISON_RECORD_SIG.key_list(
-                    poison=POISON, details=POISON_MSG, counters=COUNTERS, events=EVENTS
+                    poison=POISON,
+                    details=POISON_MSG,
+                    counters=COUNTERS,
+                    events=events_key(event.type),
                 ),
                 args=POISON_RECORD_SIG.arg_list(
                     id=poison_id,

@@ -1,10 +1,13 @@
-"""The event stream as control workers consume it: the consumer group, claims, markers, failures.
+"""The event streams as control workers consume them: the consumer group, claims, markers, failures.
 
-The stream itself (orchestrator:events, written by every role through StoreBase.event) is
-read here as the consumer group EVENTS_GROUP: new entries with XREADGROUP, a dead consumer's
-pending ones with XAUTOCLAIM, done ones acknowledged with XACK. Each handler's idempotency
-marker per event (events:mark:...) and the record of handlers given up on (events:failed)
-live here too, so every key of event processing is read and written in one module.
+The streams (orchestrator:events, and orchestrator:events:tasks for the task lifecycle types,
+written by every role through StoreBase.event and the Lua steps) are read here as the consumer
+group EVENTS_GROUP: new entries with XREADGROUP, a dead consumer's pending ones with
+XAUTOCLAIM, done ones acknowledged with XACK. A consumer names the streams it reads
+(keys.streams_for): the group is made on each of them, and one XREADGROUP reads them all. Each
+handler's idempotency marker per event (events:mark:..., events:taskmark:...) and the record
+of handlers given up on (events:failed) live here too, so every key of event processing is
+read and written in one module.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from orchestrator.models import OrchestrationEvent
 from orchestrator.store.base import StoreBase, _parse_event
 from orchestrator.store.keys import (
     EVENT_MARK_TTL_S,
+    EVENT_STREAMS,
     EVENTS,
     EVENTS_FAILED,
     EVENTS_FAILED_KEEP,
@@ -37,6 +41,7 @@ class Delivery:
     id: str
     fields: Mapping[str, str]
     deliveries: int = 1
+    stream: str = EVENTS
 
     def event(self) -> OrchestrationEvent:
         """The entry as an event; ValueError when it is not one (a foreign writer's entry)."""
@@ -53,116 +58,152 @@ def _no_group(exc: redis.ResponseError) -> bool:
 class EventGroupStore(StoreBase):
     """The control workers' consumer group on the event stream, and its handlers' markers."""
 
-    def ensure_group(self, start: str = "$") -> bool:
-        """Create the group on the stream, at `start`; False when it exists already or there
+    def ensure_group(self, start: str = "$", stream: str = EVENTS) -> bool:
+        """Create the group on `stream`, at `start`; False when it exists already or there
         is no stream yet. It writes nothing while there is no stream (a consumer must not put
         a key back into a Redis just flushed or being restored): the group is made once the
         first event creates the stream. Created at the end (`$`, at a worker's start), a
         first deployment does not replay history; made for a stream that appeared later
         (`0-0`), every entry in it is new."""
+        return self._ensure(stream, start) is True
+
+    def ensure_groups(self, streams: Sequence[str], start: str = "$") -> tuple[str, ...]:
+        """ensure_group on each of `streams`; the ones that have the group now."""
+        return tuple(s for s in streams if self._ensure(s, start) is not None)
+
+    def _ensure(self, stream: str, start: str) -> bool | None:
+        """True: made now; False: there already; None: no stream yet."""
         with self._translate():
-            if not self.r.exists(EVENTS):
-                return False
+            if not self.r.exists(stream):
+                return None
             try:
-                self.r.xgroup_create(EVENTS, EVENTS_GROUP, id=start)
+                self.r.xgroup_create(stream, EVENTS_GROUP, id=start)
             except redis.ResponseError as exc:
                 if "BUSYGROUP" in str(exc):
                     return False
                 raise
         return True
 
-    def read_new(self, consumer: str, count: int, block_ms: int) -> list[Delivery]:
-        """Entries no consumer of the group has had yet (waiting at most `block_ms`). A group
-        that vanished (Redis flushed or restored), or was never made because there was no
-        stream, is made from the stream's start once there is one; nothing is returned."""
+    def read_new(
+        self, consumer: str, count: int, block_ms: int, streams: Sequence[str] = (EVENTS,)
+    ) -> list[Delivery] | None:
+        """Entries of `streams` no consumer of the group has had yet (waiting at most
+        `block_ms`); None when the group is missing on one of them (Redis flushed or
+        restored): the caller makes it again (ensure_groups) once there is a stream."""
+        if not streams:
+            time.sleep(block_ms / 1000)  # no stream yet: wait as XREADGROUP would
+            return []
         with self._translate():
             try:
                 reply = self.r.xreadgroup(
-                    EVENTS_GROUP, consumer, {EVENTS: ">"}, count=count, block=block_ms
+                    EVENTS_GROUP,
+                    consumer,
+                    dict.fromkeys(streams, ">"),
+                    count=count,
+                    block=block_ms,
                 )
             except redis.ResponseError as exc:
                 if not _no_group(exc):
                     raise
-                if not self.ensure_group("0-0"):
-                    time.sleep(block_ms / 1000)  # no stream yet: wait as XREADGROUP would
-                return []
-        return [Delivery(i, f or {}) for _stream, entries in reply or [] for i, f in entries]
+                return None
+        return [
+            Delivery(i, f or {}, stream=stream)
+            for stream, entries in reply or []
+            for i, f in entries
+        ]
 
-    def claim_idle(self, consumer: str, min_idle_ms: int, count: int) -> list[Delivery]:
-        """Take over up to `count` entries pending for at least `min_idle_ms` with any
-        consumer (a dead one's, or this one's own that a handler failed on), with the number
-        of times each has now been delivered."""
+    def claim_idle(
+        self, consumer: str, min_idle_ms: int, count: int, stream: str = EVENTS
+    ) -> list[Delivery]:
+        """Take over up to `count` entries of `stream` pending for at least `min_idle_ms`
+        with any consumer (a dead one's, or this one's own that a handler failed on), with
+        the number of times each has now been delivered; none while the group is missing
+        there (read_new finds that out)."""
         claimed: list[tuple[str, Mapping[str, str]]] = []
         cursor = "0-0"
         with self._translate():
             try:
                 while len(claimed) < count:
                     cursor, entries, *_deleted = self.r.xautoclaim(
-                        EVENTS, EVENTS_GROUP, consumer, min_idle_ms, cursor, count=count
+                        stream, EVENTS_GROUP, consumer, min_idle_ms, cursor, count=count
                     )
                     # Entries trimmed off the stream meanwhile: Redis 7 drops them from the
                     # pending list itself; 6.2 hands them back without fields (acked here).
                     claimed += [(i, f) for i, f in entries if f is not None]
                     gone = [i for i, f in entries if f is None]
                     if gone:
-                        self.r.xack(EVENTS, EVENTS_GROUP, *gone)
+                        self.r.xack(stream, EVENTS_GROUP, *gone)
                     if cursor == "0-0":
                         break
             except redis.ResponseError as exc:
                 if not _no_group(exc):
                     raise
-                self.ensure_group("0-0")
                 return []
             if not claimed:
                 return []
             pipe = self.r.pipeline(transaction=False)
             for entry_id, _fields in claimed:
-                pipe.xpending_range(EVENTS, EVENTS_GROUP, min=entry_id, max=entry_id, count=1)
+                pipe.xpending_range(stream, EVENTS_GROUP, min=entry_id, max=entry_id, count=1)
             pending = pipe.execute()
         times = {str(p["message_id"]): int(p["times_delivered"]) for one in pending for p in one}
-        return [Delivery(i, f, times.get(i, 1)) for i, f in claimed]
+        return [Delivery(i, f, times.get(i, 1), stream) for i, f in claimed]
 
-    def ack(self, ids: Sequence[str]) -> int:
-        if not ids:
+    def ack(self, ids: Sequence[str], stream: str = EVENTS) -> int:
+        return self.ack_all({stream: ids})
+
+    def ack_all(self, by_stream: Mapping[str, Sequence[str]]) -> int:
+        """Acknowledge entries of one or more streams, in one round trip."""
+        wanted = {s: ids for s, ids in by_stream.items() if ids}
+        if not wanted:
             return 0
         with self._translate():
-            return int(self.r.xack(EVENTS, EVENTS_GROUP, *ids))
+            pipe = self.r.pipeline(transaction=False)
+            for stream, ids in wanted.items():
+                pipe.xack(stream, EVENTS_GROUP, *ids)
+            return sum(int(n) for n in pipe.execute())
 
     def forget_consumer(self, consumer: str) -> bool:
-        """Remove this consumer from the group when it holds nothing pending (a warm
-        shutdown); with pending entries it stays, for a live consumer to claim them from."""
+        """Remove this consumer from the group on each stream where it holds nothing pending
+        (a warm shutdown); where it holds pending entries it stays, for a live consumer to
+        claim them from. True when it is gone from every stream's group."""
+        gone = True
         with self._translate():
-            try:
-                consumers = self.r.xinfo_consumers(EVENTS, EVENTS_GROUP)
-            except redis.ResponseError:
-                return False
-            if any(c["name"] == consumer and int(c["pending"]) == 0 for c in consumers):
-                self.r.xgroup_delconsumer(EVENTS, EVENTS_GROUP, consumer)
-                return True
-        return False
+            for stream in EVENT_STREAMS:
+                try:
+                    consumers = self.r.xinfo_consumers(stream, EVENTS_GROUP)
+                except redis.ResponseError:
+                    continue  # no stream, or no group on it
+                mine = [c for c in consumers if c["name"] == consumer]
+                if any(int(c["pending"]) == 0 for c in mine):
+                    self.r.xgroup_delconsumer(stream, EVENTS_GROUP, consumer)
+                elif mine:
+                    gone = False
+        return gone
 
     # --- idempotency markers -------------------------------------------------------------
 
-    def take_mark(self, handler: str, event_id: str, *, value: str, lease_ms: int) -> str | None:
+    def take_mark(
+        self, handler: str, event_id: str, *, value: str, lease_ms: int, stream: str = EVENTS
+    ) -> str | None:
         """Set the handler's marker for the event to `value` for `lease_ms` if it has none;
         None when it was taken, else the value it already had. One step (SET NX GET)."""
         with self._translate():
             previous = self.r.set(
-                event_mark_key(handler, event_id), value, nx=True, px=lease_ms, get=True
+                event_mark_key(handler, event_id, stream), value, nx=True, px=lease_ms, get=True
             )
         return None if previous is None else str(previous)
 
-    def end_mark(self, handler: str, event_id: str, value: str) -> None:
+    def end_mark(self, handler: str, event_id: str, value: str, stream: str = EVENTS) -> None:
         """The handler is done with the event (`value`: done or failed) for good."""
         with self._translate():
-            self.r.set(event_mark_key(handler, event_id), value, ex=EVENT_MARK_TTL_S)
+            self.r.set(event_mark_key(handler, event_id, stream), value, ex=EVENT_MARK_TTL_S)
 
-    def release_mark(self, handler: str, event_id: str, value: str) -> None:
+    def release_mark(self, handler: str, event_id: str, value: str, stream: str = EVENTS) -> None:
         """Drop the marker if it still holds `value` (this delivery's lease), so the next
         delivery runs the handler again at once."""
         with self._translate():
             self._release(
-                keys=RELEASE_LOCK_SIG.key_list(lock=event_mark_key(handler, event_id)),
+                keys=RELEASE_LOCK_SIG.key_list(lock=event_mark_key(handler, event_id, stream)),
                 args=RELEASE_LOCK_SIG.arg_list(token=value),
             )
 
@@ -174,15 +215,3 @@ class EventGroupStore(StoreBase):
             pipe.rpush(EVENTS_FAILED, json.dumps(record, default=str))
             pipe.ltrim(EVENTS_FAILED, -EVENTS_FAILED_KEEP, -1)
             pipe.execute()
-
-    # --- reading the stream (the CLI) ----------------------------------------------------
-
-    def events_after(self, last_id: str, count: int = 1000) -> list[OrchestrationEvent]:
-        """Up to `count` events written after the entry `last_id` ("0": from the start),
-        oldest first, as XREAD would hand them to a reader resuming from `last_id`."""
-        with self._translate():
-            try:
-                entries = self.r.xrange(EVENTS, min=f"({last_id}", count=count)
-            except redis.ResponseError as exc:  # not a stream entry id
-                raise ValueError(f"{last_id!r} is not a stream entry id: {exc}") from exc
-        return [_parse_event(i, f) for i, f in entries]

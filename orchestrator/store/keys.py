@@ -7,8 +7,9 @@ Naming scheme: no two ids or names can map to the same key, nor to the same hash
     the id after a kind's prefix is the whole rest of the key, whatever characters it has:
     `orch:task:X:history` is task `X:history`'s ledger entry, never task X's history, which
     is `orch:history:X`. Nothing is ever appended after an id.
-  - Where one key holds two ids (events:mark:<handler>:<event id>) the last one is a stream
-    entry id (`<ms>-<seq>`), which has no `:`, so the last `:` splits them.
+  - Where one key holds two ids (events:mark:<handler>:<event id>, events:taskmark:...) the
+    last one is a stream entry id (`<ms>-<seq>`), which has no `:`, so the last `:` splits
+    them.
   - Hash fields that join names (agent_stats `<agent>|<...>`, perf `<agent>|<capability>`,
     telemetry `<type>|...`) join them with `|`, which agent ids (ORCH_AGENT_ID, or the worker's
     node name, checked alike: 1-128 of [A-Za-z0-9._@:-]), task types and capabilities
@@ -34,6 +35,7 @@ Key layout (prefix `orch:`):
                             capped), truncated, ts} JSON: the dead-letter store's "poison" kind
   counters            hash  cumulative counters (submitted, routed, succeeded, ...)
   (orchestrator:events stream: the event log, its name fixed for other services)
+  (orchestrator:events:tasks stream: the task lifecycle events, TASK_EVENT_TYPES, apart)
   agent_status        hash  agent_id -> status (active|sleeping|quarantined|offline)
   quarantined_until   hash  agent_id -> unix time its quarantine ends
   fleet:version       str   a counter every change routers must see at once increments
@@ -68,7 +70,7 @@ is emptied after its tasks were re-routed.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from orchestrator.store.codes import RejectionKind
 
@@ -82,6 +84,8 @@ POISON = PREFIX + "poison"
 POISON_MSG = PREFIX + "poison:msg"
 COUNTERS = PREFIX + "counters"
 EVENTS = "orchestrator:events"  # a fixed name: other services read and write it
+#: The task lifecycle events: a stream of their own beside EVENTS, its name fixed alike.
+TASK_EVENTS = "orchestrator:events:tasks"
 AGENT_STATUS = PREFIX + "agent_status"
 QUARANTINED_UNTIL = PREFIX + "quarantined_until"
 FLEET_VERSION = PREFIX + "fleet:version"
@@ -236,12 +240,14 @@ def block_key(client_id: str) -> str:
 
 
 # --- event processing (orchestrator/events, runtime/event_processing.py) -------------------
-# The control workers read orchestrator:events as the consumer group EVENTS_GROUP (one
-# consumer per worker process, "<worker hostname>:<pid>"); another service reading the stream
-# uses a group of its own name and never takes their entries.
+# The control workers read orchestrator:events (and orchestrator:events:tasks when a handler
+# takes a task lifecycle type) as the consumer group EVENTS_GROUP (one consumer per worker
+# process, "<worker hostname>:<pid>"); another service reading the streams uses a group of its
+# own name and never takes their entries.
 # events:mark:<handler>:<event id>  str  the handler's idempotency marker for one event:
 #     "run:<token>" while a delivery runs it (TTL: the claim time, so a dead run's lapses),
 #     then "done" or "failed" (TTL: EVENT_MARK_TTL_S)
+# events:taskmark:<handler>:<event id>  str  the same, for an entry of orchestrator:events:tasks
 # events:failed         list  {id, type, source, handler, error, deliveries, consumer, ts}
 #                             JSON per handler given up on, newest last, capped
 EVENTS_GROUP = "orchestrator"
@@ -252,8 +258,43 @@ EVENT_MARK_TTL_S = 7 * 24 * 3600
 EVENTS_FAILED_KEEP = 1000
 
 
-def event_mark_key(handler: str, event_id: str) -> str:
-    return f"{PREFIX}events:mark:{handler}:{event_id}"
+def event_mark_key(handler: str, event_id: str, stream: str = EVENTS) -> str:
+    """The marker of `handler` for the entry `event_id` of `stream`: the two streams' ids are
+    independent (one id can name an entry in each), so the task stream's markers are a kind
+    of their own."""
+    kind = "taskmark" if stream == TASK_EVENTS else "mark"
+    return f"{PREFIX}events:{kind}:{handler}:{event_id}"
+
+
+# --- the two event streams ------------------------------------------------------------------
+# Every task writes several lifecycle events on its normal path (submitted, routed, then
+# succeeded or failed), from the Lua steps of the hot path and from Python. They go to
+# TASK_EVENTS; every other type (agents, breakers, recovery, alerts, the rarer task events such
+# as task.parked, task.dead_lettered and the on-demand task.queued / task.dispatched) stays in
+# EVENTS. So the control workers' group reads TASK_EVENTS only when a handler of the process
+# takes one of its types (streams_for), and otherwise never pays for the task events. Readers
+# of the whole log (`orchestrator events`, StateStore.read_events) merge the two by entry id:
+# both streams' ids come from the one Redis server's clock (store/event_log.py). Both are
+# capped near ORCH_EVENTS_MAX_LEN each, and both are backed up.
+# Before the split every type went to EVENTS: nothing moves at the upgrade. Entries already
+# in EVENTS stay there (read and merged as ever), new task events go to TASK_EVENTS; another
+# service that followed task events in EVENTS reads TASK_EVENTS too.
+TASK_EVENT_TYPES = frozenset({"task.submitted", "task.routed", "task.succeeded", "task.failed"})
+#: Both event streams, in the order a tie of ids is shown in (EVENTS first).
+EVENT_STREAMS = (EVENTS, TASK_EVENTS)
+
+
+def events_key(event_type: str) -> str:
+    """The stream an event of `event_type` is written to."""
+    return TASK_EVENTS if event_type in TASK_EVENT_TYPES else EVENTS
+
+
+def streams_for(handled: Iterable[str]) -> tuple[str, ...]:
+    """The streams a consumer group member with handlers for `handled` types reads: EVENTS
+    always, TASK_EVENTS only when one of them is written there."""
+    if TASK_EVENT_TYPES.isdisjoint(handled):
+        return (EVENTS,)
+    return EVENT_STREAMS
 
 
 # --- autoscaling (orchestrator/scaling/autoscale.py, store/scaling.py) ----------
@@ -340,6 +381,7 @@ def lua_header() -> str:
         "PARKED": PARKED,
         "COUNTERS": COUNTERS,
         "EVENTS": EVENTS,
+        "TASK_EVENTS": TASK_EVENTS,
         "BL_SETS": BL_SETS,
         "BL_COUNT": BL_COUNT,
         "BL_PRIOS": BL_PRIOS,
@@ -357,5 +399,7 @@ def lua_header() -> str:
         "OUTBOX_MSG": OUTBOX_MSG,
         "EVENTS_WANT": EVENTS_WANT,
     }
-    items = ", ".join(f"{name} = {json.dumps(value)}" for name, value in names.items())
-    return f"local K = {{{items}}}\n"
+    items = [f"{name} = {json.dumps(value)}" for name, value in names.items()]
+    task_types = ", ".join(f"[{json.dumps(t)}] = true" for t in sorted(TASK_EVENT_TYPES))
+    items.append(f"TASK_EVENT_TYPES = {{{task_types}}}")
+    return f"local K = {{{', '.join(items)}}}\n"

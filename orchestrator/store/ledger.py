@@ -28,13 +28,13 @@ from orchestrator.store.keys import (
     AGENT_STATS,
     COUNTERS,
     DLQ,
-    EVENTS,
     INFLIGHT_PREFIX,
     OUTBOX,
     OUTBOX_MSG,
     PARKED,
     RECOVERY,
     RECOVERY_DEADLINES,
+    events_key,
     history_key,
     inflight_key,
     rejections_key,
@@ -127,7 +127,7 @@ class LedgerStore(BacklogStore):
             ledger=task_key(task.task_id),
             history=history_key(task.task_id),
             counters=COUNTERS,
-            events=EVENTS,
+            events=events_key(event.type),
             outbox=OUTBOX,
             outbox_msg=OUTBOX_MSG,
         )
@@ -340,7 +340,7 @@ class LedgerStore(BacklogStore):
             counters=COUNTERS,
             stats=AGENT_STATS,
             parked=PARKED,
-            events=EVENTS,
+            events=events_key(event.type),
             outbox=OUTBOX,
             outbox_msg=OUTBOX_MSG,
         )
@@ -532,7 +532,7 @@ class LedgerStore(BacklogStore):
             outbox=OUTBOX,
             outbox_msg=OUTBOX_MSG,
             dead_letters=DLQ,
-            events=EVENTS,
+            events=events_key(event.type),
         )
         args = FINISH_SIG.arg_list(
             state=state.value,

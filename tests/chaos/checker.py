@@ -3,7 +3,7 @@
 The promise under test: every accepted task ends succeeded, failed with a reason, or
 dead-lettered; a completion is recorded once; nothing waits an hour to be recovered. The
 checker reads every source of truth a client or an operator could look at (the ledger and its
-history, the events stream, the dead-letter set, Celery's result backend, and the handlers' own
+history, the event streams, the dead-letter set, Celery's result backend, and the handlers' own
 `test:start:<id>` / `test:done:<id>` counters) and cross-checks them, because a fault usually
 shows as two of them disagreeing rather than as one of them being wrong.
 
@@ -23,7 +23,8 @@ from typing import Any
 
 import redis
 
-from orchestrator.store.keys import DLQ, EVENTS, history_key, task_key
+from orchestrator.store.event_log import entry_order
+from orchestrator.store.keys import DLQ, EVENT_STREAMS, history_key, task_key
 from tests.chaos.verdict import (
     TERMINAL_STATES,
     ChaosReport,
@@ -127,25 +128,28 @@ def ledger_states(r: redis.Redis, ids: Sequence[str]) -> dict[str, tuple[str | N
 def read_events(
     r: redis.Redis, types: Iterable[str] = (), since: str = "-"
 ) -> list[tuple[str, str, dict[str, Any]]]:
-    """(entry id, type, data) of every event (of `types`, if given) in the stream."""
+    """(entry id, type, data) of every event (of `types`, if given) in both event streams,
+    by entry id."""
     wanted = set(types)
     found: list[tuple[str, str, dict[str, Any]]] = []
-    last = since
-    while True:
-        entries = r.xrange(EVENTS, min=last, count=2000)
-        for entry_id, fields in entries:
-            kind = _text(fields.get("type") or fields.get(b"type")) or ""
-            if wanted and kind not in wanted:
-                continue
-            try:
-                data = json.loads(_text(fields.get("data") or fields.get(b"data")) or "{}")
-            except ValueError:
-                data = {}
-            data.setdefault("_ts", float(_text(fields.get("ts") or fields.get(b"ts")) or 0))
-            found.append((_text(entry_id) or "", kind, data))
-        if len(entries) < 2000:
-            return found
-        last = "(" + (_text(entries[-1][0]) or "")
+    for stream in EVENT_STREAMS:
+        last = since
+        while True:
+            entries = r.xrange(stream, min=last, count=2000)
+            for entry_id, fields in entries:
+                kind = _text(fields.get("type") or fields.get(b"type")) or ""
+                if wanted and kind not in wanted:
+                    continue
+                try:
+                    data = json.loads(_text(fields.get("data") or fields.get(b"data")) or "{}")
+                except ValueError:
+                    data = {}
+                data.setdefault("_ts", float(_text(fields.get("ts") or fields.get(b"ts")) or 0))
+                found.append((_text(entry_id) or "", kind, data))
+            if len(entries) < 2000:
+                break
+            last = "(" + (_text(entries[-1][0]) or "")
+    return sorted(found, key=lambda e: entry_order(e[0]))  # stable: a tie keeps EVENTS' first
 
 
 def _settled(r: redis.Redis, ids: Sequence[str], require_result: bool) -> set[str]:
@@ -272,25 +276,26 @@ def broker_holdings(r: redis.Redis, scan_count: int = 1000) -> dict[str, list[st
 
 def _read_end_events(r: redis.Redis, wanted: set[str]) -> dict[str, Counter[str]]:
     counts: dict[str, Counter[str]] = {}
-    last = "-"
-    while True:
-        entries = r.xrange(EVENTS, min=last, count=2000)
-        if not entries:
-            break
-        for _entry_id, fields in entries:
-            kind = _text(fields.get("type") or fields.get(b"type"))
-            if kind not in END_EVENTS:
-                continue
-            try:
-                data = json.loads(_text(fields.get("data") or fields.get(b"data")) or "{}")
-            except ValueError:
-                continue
-            task_id = str(data.get("task_id"))
-            if task_id in wanted:
-                counts.setdefault(task_id, Counter())[kind] += 1
-        last = "(" + (_text(entries[-1][0]) or "")
-        if len(entries) < 2000:
-            break
+    for stream in EVENT_STREAMS:
+        last = "-"
+        while True:
+            entries = r.xrange(stream, min=last, count=2000)
+            if not entries:
+                break
+            for _entry_id, fields in entries:
+                kind = _text(fields.get("type") or fields.get(b"type"))
+                if kind not in END_EVENTS:
+                    continue
+                try:
+                    data = json.loads(_text(fields.get("data") or fields.get(b"data")) or "{}")
+                except ValueError:
+                    continue
+                task_id = str(data.get("task_id"))
+                if task_id in wanted:
+                    counts.setdefault(task_id, Counter())[kind] += 1
+            last = "(" + (_text(entries[-1][0]) or "")
+            if len(entries) < 2000:
+                break
     return counts
 
 

@@ -19,7 +19,8 @@ import redis
 from orchestrator.client import OrchestratorClient
 from orchestrator.config import load_settings
 from orchestrator.models import OrchestrationEvent
-from orchestrator.store.keys import COUNTERS, EVENTS
+from orchestrator.store.event_log import entry_order
+from orchestrator.store.keys import COUNTERS, EVENT_STREAMS
 from tests.conftest import CELERY_PROCS_KEY
 from tests.support import (
     FORBIDDEN_PORT,
@@ -294,7 +295,8 @@ def shared(request: pytest.FixtureRequest, shared_cluster: SharedCluster) -> Ite
         shared_cluster.dirty = False
     request.node.stash.setdefault(CELERY_PROCS_KEY, []).extend(shared_cluster.procs)
     r = redis.Redis.from_url(shared_cluster.url, decode_responses=True)
-    last = r.xrevrange(EVENTS, count=1)
+    # The newest entry of either event stream: what the test reads comes after it.
+    newest = [e[0][0] for e in (r.xrevrange(s, count=1) for s in EVENT_STREAMS) if e]
     try:
         with OrchestratorClient(settings=load_settings(redis_url=shared_cluster.url)) as client:
             yield Shared(
@@ -303,7 +305,7 @@ def shared(request: pytest.FixtureRequest, shared_cluster: SharedCluster) -> Ite
                 redis=r,
                 url=shared_cluster.url,
                 env=shared_cluster.env,
-                events_after=f"({last[0][0]}" if last else "-",
+                events_after=f"({max(newest, key=entry_order)}" if newest else "-",
                 counters_before=r.hgetall(COUNTERS),
             )
     finally:

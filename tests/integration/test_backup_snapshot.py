@@ -73,7 +73,8 @@ def test_the_manifest_counts_every_kind(env, redis_client):
     manifest = cli_json(env, "backup", "create")
     assert manifest["format"] == "hive-orchestrator-backup" and manifest["version"] == 1
     assert manifest["kinds"]["tasks"] == 3 and manifest["kinds"]["breakers"] == 1
-    assert manifest["kinds"]["parked"] == 1 and manifest["kinds"]["events"] == 1
+    # Both streams: task.submitted in the task stream, task.parked in orchestrator:events.
+    assert manifest["kinds"]["parked"] == 1 and manifest["kinds"]["events"] == 2
     assert manifest["keys"] == sum(manifest["kinds"].values())
     verified = cli_json(env, "backup", "verify", manifest["path"])
     assert {k: verified[k] for k in manifest} == manifest

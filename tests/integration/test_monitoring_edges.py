@@ -33,10 +33,10 @@ from orchestrator.runtime.celeryconf import create_app
 from orchestrator.store import Settlement
 from orchestrator.store.keys import (
     ALERTS,
-    EVENTS,
     METRICS_HISTORY,
     REGRESSIONS,
     SLO_ALERTS,
+    events_key,
     task_key,
 )
 
@@ -45,7 +45,8 @@ BASE = 1_800_000_000.0  # a minute boundary
 
 
 def events(client: redis.Redis, kind: str) -> list[dict]:
-    return [json.loads(f["data"]) for _, f in client.xrange(EVENTS) if f["type"] == kind]
+    stream = events_key(kind)
+    return [json.loads(f["data"]) for _, f in client.xrange(stream) if f["type"] == kind]
 
 
 @pytest.fixture

@@ -18,7 +18,14 @@ from orchestrator.config import load_settings
 from orchestrator.errors import DuplicateTask
 from orchestrator.models import RegisteredAgent
 from orchestrator.store import Acceptance
-from orchestrator.store.keys import COUNTERS, EVENTS, OUTBOX, OUTBOX_MSG, history_key, task_key
+from orchestrator.store.keys import (
+    COUNTERS,
+    OUTBOX,
+    OUTBOX_MSG,
+    TASK_EVENTS,
+    history_key,
+    task_key,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -61,7 +68,7 @@ def test_client_accepts_routes_and_publishes_in_one_step(redis_url, redis_client
     states = [json.loads(h)["state"] for h in redis_client.lrange(history_key("t-1"), 0, -1)]
     assert states == ["accepted", "routed"]
     assert redis_client.hgetall(COUNTERS) == {"submitted": "2", "routed": "2"}
-    kinds = [f["type"] for _, f in redis_client.xrange(EVENTS) if "t-1" in f["data"]]
+    kinds = [f["type"] for _, f in redis_client.xrange(TASK_EVENTS) if "t-1" in f["data"]]
     assert kinds == ["task.submitted", "task.routed"]
     # nothing was ever in the outbox: there was no moment a crash could strand the task
     assert redis_client.zcard(OUTBOX) == 0 and redis_client.hlen(OUTBOX_MSG) == 0

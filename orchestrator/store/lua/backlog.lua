@@ -146,8 +146,15 @@ local function bl_best(sets)
   return bk, bp, bc, bt
 end
 
+-- The stream an event of `etype` goes to (keys.events_key): the task lifecycle types have
+-- their own.
+local function events_key(etype)
+  if K.TASK_EVENT_TYPES[etype] then return K.TASK_EVENTS end
+  return K.EVENTS
+end
+
 local function event(cx, etype, source, data)
-  redis.call('XADD', K.EVENTS, 'MAXLEN', '~', cx.maxlen, '*', 'type', etype,
+  redis.call('XADD', events_key(etype), 'MAXLEN', '~', cx.maxlen, '*', 'type', etype,
              'ts', string.format('%.17g', cx.now), 'severity', 'info', 'source', source,
              'data', cjson.encode(data))
 end

@@ -49,7 +49,7 @@ redis.call('RPUSH', history(id), entry)
 redis.call('HINCRBY', K.COUNTERS, state, 1)
 if state == 'parked' then redis.call('ZADD', K.PARKED, 'NX', cx.now, id) end
 if event_type ~= '' then
-  redis.call('XADD', K.EVENTS, 'MAXLEN', '~', cx.maxlen, '*', 'type', event_type, 'ts',
-             now, 'severity', 'info', 'source', 'router', 'data', event_data)
+  redis.call('XADD', events_key(event_type), 'MAXLEN', '~', cx.maxlen, '*', 'type', event_type,
+             'ts', now, 'severity', 'info', 'source', 'router', 'data', event_data)
 end
 return {1, prev}
