@@ -22,16 +22,20 @@ LOCK_NAME = "dev.lock"
 
 
 def die_with_parent() -> Callable[[], None] | None:
-    """A `preexec_fn` for each child: the kernel sends it SIGTERM when the stack dies, even
-    by SIGKILL, when the stack gets no chance to stop it. None off Linux (no prctl), where
-    the children stop only through the stack's own stop."""
+    """A `preexec_fn` for each child: the kernel kills it (SIGKILL) when the stack dies
+    without stopping it (the stack itself killed). Not SIGTERM: every child would get it at
+    the same instant, Redis included, and a worker's warm shutdown could then wait on the
+    Redis that just went, long after the stack; what a killed worker held comes back through
+    the visibility timeout and the ledger. The stack's own stop stays orderly (workers
+    first, Redis last). None off Linux (no prctl), where the children stop only through the
+    stack's own stop."""
     if not sys.platform.startswith("linux"):
         return None
     libc = ctypes.CDLL(None, use_errno=True)  # loaded here, not in the forked child
     parent = os.getpid()
 
     def preexec() -> None:
-        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
         if os.getppid() != parent:  # the stack died before prctl: no signal would come
             os._exit(1)
 
