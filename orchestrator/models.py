@@ -184,11 +184,6 @@ class Canvas(BaseModel):
     root_id: str | None = None
     parent_id: str | None = None
 
-    @property
-    def fires(self) -> bool:
-        """Whether a finished run hands anything on (a link, a chain, errbacks, a chord)."""
-        return bool(self.callbacks or self.errbacks or self.chain or self.chord)
-
 
 class OrchestrationTask(BaseModel):
     """The task spec other services submit. Every rule's message names the field and the value.

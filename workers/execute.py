@@ -30,6 +30,7 @@ from orchestrator.models import CircuitBreakerConfig, RegisteredAgent, TaskState
 from orchestrator.monitoring.stats import run_fields
 from orchestrator.recovery.plan import ErrorKind
 from orchestrator.runtime.agent import RunningMarker, current_agent_id, pid_alive
+from orchestrator.runtime.canvas import carries_links
 from orchestrator.runtime.celeryconf import EXECUTE, agent_queue, execute_publisher
 from orchestrator.runtime.handlers import get_handler
 from orchestrator.runtime.metrics import note_run
@@ -75,10 +76,6 @@ def _settle(task: Task, store: ExecutorStore, settlement: Settlement) -> None:
         # Each is `routed` here with no message: the recovery monitor's scan for vanished
         # messages routes it again.
         log.warning("%d task(s) taken from the backlog not published: %s", len(fills), exc)
-
-
-def _has_links(request: Any) -> bool:
-    return bool(request.callbacks or request.errbacks or request.chain or request.chord)
 
 
 def _reason(exc: BaseException) -> str:
@@ -259,7 +256,7 @@ def _execute(
         attempt = begin(now=started_at, force=True)
     if attempt.code == AttemptCode.ENDED:
         stored = store.stored_result(task_id)
-        if stored is None or _has_links(task.request):
+        if stored is None or carries_links(task.request):
             raise Ignore()  # (the run that ended it fired its links: a copy fires none)
         return json.loads(stored)  # the same value again: the backend's result is unchanged
     if attempt.code == AttemptCode.POISON:

@@ -287,11 +287,7 @@ class DevStack:
                 f"{url}{taken}, data in {data_dir}",
                 redis_url=url,
             )
-            self._wipe(data_dir)
-            self.redis_proc = start_redis(
-                url, data_dir, self.logs / "redis.log", preexec_fn=self.preexec_fn
-            )
-            return 0
+            return self._start_own(url, data_dir)
         url = self.settings.redis_url
         masked = mask_password(url)
         if reachable(url, sentinel_master=self.settings.redis_sentinel_master):
@@ -320,6 +316,10 @@ class DevStack:
             f"Redis: nothing answers at {masked}; starting an embedded one, data in {data_dir}",
             redis_url=masked,
         )
+        return self._start_own(url, data_dir)
+
+    def _start_own(self, url: str, data_dir: Path) -> int:
+        """Start this stack's redis-server at `url` (its data wiped first with --fresh)."""
         self._wipe(data_dir)
         self.redis_proc = start_redis(
             url, data_dir, self.logs / "redis.log", preexec_fn=self.preexec_fn

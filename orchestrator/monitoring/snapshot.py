@@ -44,6 +44,11 @@ class Snapshot:
         return out
 
 
+def _since(mon: MonitoringStore, last_backup: dict[str, str]) -> float | None:
+    """When monitoring began: read only while there is no backup (backup_age_s needs it then)."""
+    return None if last_backup.get("created_at") else mon.monitoring_began()
+
+
 def gather(store: LoopsStore, mon: MonitoringStore, settings: Settings, now: float) -> Snapshot:
     agents = store.load_fleet(settings.circuit_rule(), now).agents
     for agent in agents:
@@ -78,7 +83,7 @@ def gather(store: LoopsStore, mon: MonitoringStore, settings: Settings, now: flo
         delegation_p95_ms=runs.delegation_p95,
         circuits_open=sum(1 for a in agents if a.circuit is CircuitBreakerState.OPEN),
         alerts_firing=len(firing),
-        backup_age_s=backup_age_s(last_backup, mon.monitoring_began(), now),
+        backup_age_s=backup_age_s(last_backup, _since(mon, last_backup), now),
         backup_rpo_met=int(rpo_met(last_backup, settings.effective_backup_rpo_s, now)),
         security_threats=len(mon.threats()),
         anomalies_active=sum(1 for s in episodes.values() if s.get("state", {}).get("in_episode")),

@@ -24,9 +24,18 @@ from orchestrator.models import Canvas, OrchestrationTask
 FailTask = Callable[[str, BaseException], None]
 
 
+def carries_links(request: Any) -> bool:
+    """Whether a message's request has links to fire when its task ends (callbacks, the rest
+    of a chain, errbacks, a chord)."""
+    return bool(request.callbacks or request.errbacks or request.chain or request.chord)
+
+
 def canvas_of(request: Any) -> Canvas | None:
-    """The links a submission's own message carries (None for a plain submission)."""
-    canvas = Canvas(
+    """The links a submission's own message carries (None for a plain submission: the
+    submit path's common case builds nothing)."""
+    if not (carries_links(request) or request.group or request.parent_id):
+        return None
+    return Canvas(
         callbacks=_signatures(request.callbacks),
         errbacks=_signatures(request.errbacks),
         chain=_signatures(request.chain),
@@ -36,9 +45,6 @@ def canvas_of(request: Any) -> Canvas | None:
         root_id=request.root_id or None,
         parent_id=request.parent_id or None,
     )
-    if canvas.fires or canvas.group_id or canvas.parent_id:
-        return canvas
-    return None
 
 
 def _signatures(value: Any) -> list[dict[str, Any]] | None:
