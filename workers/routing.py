@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from celery import Celery, Task
-from celery.exceptions import Ignore, Reject
+from celery.exceptions import Reject
 from kombu.exceptions import OperationalError
 
 from orchestrator.app import app
@@ -20,7 +20,7 @@ from orchestrator.errors import (
 )
 from orchestrator.models import TASK_ID_RE
 from orchestrator.routing.router import Outcome, Preparer, Router
-from orchestrator.runtime.canvas import canvas_of, task_failer
+from orchestrator.runtime.canvas import canvas_of, detach_links, task_failer
 from orchestrator.runtime.celeryconf import SUBMIT, execute_preparer, execute_publisher
 from orchestrator.runtime.gate import HELD_ETA
 from orchestrator.runtime.results import add_alias
@@ -109,10 +109,11 @@ def _with_previous(args: tuple[Any, ...], fields: dict[str, Any]) -> dict[str, A
 def submit(self: Task, *args: Any, **fields: Any) -> None:
     """Validate, record and route one task; its id becomes the orchestration id.
 
-    It reports nothing itself (no result, no task events, and raises Ignore once the task
-    is routed): the task's story is its execute message's, told under the task's id and
-    type when the handler has run; only a refusal is this message's result. A positional
-    argument (a chain's previous result) becomes payload["previous"]."""
+    It reports nothing itself (no result, no task events, and once the task is routed its
+    message's links are taken off, so Celery fires none): the task's story is its execute
+    message's, told under the task's id and type when the handler has run; only a refusal
+    is this message's result. A positional argument (a chain's previous result) becomes
+    payload["previous"]."""
     router = router_for(self.app)
     submit_id = self.request.id
     try:
@@ -147,9 +148,9 @@ def submit(self: Task, *args: Any, **fields: Any) -> None:
             # A client tracking its own id must see the refusal there too.
             self.backend.mark_as_failure(given, exc)
         raise
-    # Routed (or parked, queued, a duplicate): Celery must not fire the message's links now,
-    # nor count it done; the execute message carries them to the handler's end.
-    raise Ignore()
+    # Routed (or parked, queued, a duplicate): Celery must not fire the message's links now
+    # (nor count a chord's part); the execute message carries them to the handler's end.
+    detach_links(self.request)
 
 
 @app.task(name="orchestrator.route_parked", **HOUSEKEEPING)
