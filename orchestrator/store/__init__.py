@@ -13,12 +13,14 @@ every multi-key change in another.
 
 from __future__ import annotations
 
+from typing import Any
+
 from orchestrator.config import Settings
 from orchestrator.models import TaskState
 from orchestrator.store.agents import AgentStore, Fleet, WrrPeers, _circuit_args, _outcome_args
 from orchestrator.store.backlog import DispatchConfig, Dispatched, parse_fills
 from orchestrator.store.base import now_s
-from orchestrator.store.calls import Acceptance, Attempt, Settlement
+from orchestrator.store.calls import Acceptance, Attempt, ResultWrite, Settlement
 from orchestrator.store.clients import ClientStore
 from orchestrator.store.dlq import DeadLetterStore
 from orchestrator.store.event_group import EventGroupStore
@@ -88,11 +90,20 @@ class StateStore(
             ending=ending,
             counts=counting,
             dispatching=[*self.backlog_context(run.now), run.latency_ms / 1000.0],
+            result=_result_args(run),
         )
         with self._translate():
             done, _previous, transition, *fills = self._settle(keys=keys, args=args)
         self.announce_circuit(run.agent_id, str(transition), run.now)
         return int(done) == 1, parse_fills(fills)
+
+
+def _result_args(run: Settlement) -> list[Any]:
+    """settle_run's `result` section: Celery's result of the run (none: nothing to write)."""
+    out = run.celery_result
+    if out is None:
+        return []
+    return [out.prefix, run.task_id, out.head, out.expires, out.aliases]
 
 
 def _implements(
@@ -108,6 +119,7 @@ __all__ = [
     "Attempt",
     "Dispatched",
     "Fleet",
+    "ResultWrite",
     "Settlement",
     "StateStore",
     "WrrPeers",

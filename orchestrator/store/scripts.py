@@ -238,7 +238,7 @@ SETTLE_RUN_SIG = Signature(
         *part("finish", FINISH_SIG.keys),
         *part("count", TELEMETRY_ADD_SIG.keys),
     ),
-    argv=("stats[]", "breaker[]", "ending[]", "counts[]", "dispatching[]"),
+    argv=("stats[]", "breaker[]", "ending[]", "counts[]", "dispatching[]", "result[]"),
 )
 ACCEPT_AND_ROUTE_SIG = Signature(
     "accept_and_route",

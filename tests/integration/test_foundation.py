@@ -207,6 +207,39 @@ def test_priority_nine_runs_before_waiting_lower_priorities(shared):
     assert started[high.id] < min(started[r.id] for r in low)
 
 
+def test_a_result_a_client_sees_is_already_the_ledgers_success(shared):
+    """The result and the ledger's `succeeded` are written in one step: a client woken by
+    its result never reads the task as still running (nor the in-flight slot as held), by
+    its own id or by an alias (the message id of a submission by name with a task_id)."""
+    client, redis_client = shared.client, shared.redis
+    for i in range(40):
+        result = client.submit("echo", {"i": i})
+        assert result.get(timeout=30) == {"i": i}
+        assert ledger(redis_client, result.id)["state"] == "succeeded", f"task {i} of 40"
+    from celery import Celery
+
+    plain = Celery("foreign", broker=shared.url, backend=shared.url)
+    plain.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
+    try:
+        sent = plain.send_task(
+            "orchestrator.submit",
+            kwargs={"type": "echo", "payload": {"alias": 1}, "task_id": "aliased-1"},
+            queue=ROUTING_QUEUE,
+        )
+        assert sent.get(timeout=30) == {"alias": 1}  # the message id resolves to the outcome
+        assert ledger(redis_client, "aliased-1")["state"] == "succeeded"
+        meta = json.loads(redis_client.get(f"celery-task-meta-{sent.id}"))
+        assert (meta["task_id"], meta["status"], meta["result"]) == (
+            sent.id,
+            "SUCCESS",
+            {"alias": 1},
+        )
+        own = json.loads(redis_client.get("celery-task-meta-aliased-1"))
+        assert own["task_id"] == "aliased-1" and own["date_done"] == meta["date_done"]
+    finally:
+        plain.close()
+
+
 def test_handler_failures_are_recorded_with_a_reason(shared):
     client = shared.client
     failed = client.submit("broken", {"message": "disk on fire"})

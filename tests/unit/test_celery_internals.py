@@ -18,6 +18,7 @@ from typing import Any
 import celery
 import pytest
 from celery.app.backends import by_name
+from celery.backends.base import Backend, BaseKeyValueStoreBackend
 from celery.backends.redis import RedisBackend
 
 from orchestrator.config import load_settings
@@ -26,13 +27,21 @@ from orchestrator.runtime.celeryconf import create_app
 
 RECHECK = (
     "Celery {version}'s {what} is not what orchestrator/runtime/results.py was read against "
-    "(Celery 5.7.0): carry the change over to _Aliasing._set or install(), then update the "
+    "(Celery 5.7.0): carry the change over to _Aliasing._set, install() or success_write "
+    "(and settle_run.lua's result write), then update the "
     "digest in tests/unit/test_celery_internals.py"
 )
 DIGESTS: dict[str, tuple[Callable[..., Any], str]] = {
     "RedisBackend._set": (RedisBackend._set, "7996c210d39a35ef"),  # copied, with the aliases
     "RedisBackend.set": (RedisBackend.set, "a6ef6953d47016a1"),  # the caller of _set
     "backends.by_name": (by_name, "d1cf56022827c1f4"),  # reads loader.override_backends
+    # settle_run writes a success as _store_result does (not over a SUCCESS), and the agent
+    # sets request.ignore_result so that mark_as_done stores nothing more
+    "KeyValueStoreBackend._store_result": (
+        BaseKeyValueStoreBackend._store_result,
+        "f43059ebe446d43d",
+    ),
+    "Backend.mark_as_done": (Backend.mark_as_done, "8fe9548a219f0495"),
 }
 
 
