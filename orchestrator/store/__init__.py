@@ -1,14 +1,14 @@
 """The state store: every read and write of orchestrator state in Redis.
 
 One class, StateStore, made of the agent half (agents), the task half (ledger, over the
-backlog and dispatching in backlog), the dead-letter store of both kinds (dlq), recovery's
-plans and lost agents' tasks (recovery), the per-client limits (clients), the control
-workers' consumer group on the event streams (event_group), the event log's readers
-(event_log), sleeping agents' checkpoints (sleep) and the key layout's migration (migrate),
-over a shared base (base); the end of a run (settle_run), which spans the agent and task
-halves, is here. Key names come from keys, the codes the Lua steps answer with from codes,
-and the atomic steps from scripts (Lua in lua/), so a reader finds every key in one place and
-every multi-key change in another.
+backlog and dispatching in backlog; a new task placed in one step in placing), the
+dead-letter store of both kinds (dlq), recovery's plans and lost agents' tasks (recovery),
+the per-client limits (clients), the control workers' consumer group on the event streams
+(event_group), the event log's readers (event_log), sleeping agents' checkpoints (sleep)
+and the key layout's migration (migrate), over a shared base (base); the end of a run
+(settle_run), which spans the agent and task halves, is here. Key names come from keys, the
+codes the Lua steps answer with from codes, and the atomic steps from scripts (Lua in lua/),
+so a reader finds every key in one place and every multi-key change in another.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from orchestrator.store.event_group import EventGroupStore
 from orchestrator.store.event_log import EventLogStore
 from orchestrator.store.keys import AGENT_STATS, circuit_key
 from orchestrator.store.migrate import KeyMigrationStore
+from orchestrator.store.placing import PlacingStore
 from orchestrator.store.ports import (
     CliStore,
     ExecutorStore,
@@ -42,6 +43,7 @@ from orchestrator.store.telemetry import telemetry_step
 
 class StateStore(
     AgentStore,
+    PlacingStore,
     DeadLetterStore,
     RecoveryStore,
     ClientStore,
