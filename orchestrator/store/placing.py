@@ -36,7 +36,12 @@ class PlacingStore(LedgerStore):
         it was picked gets nothing: the task waits in the backlog. Returns ("routed", agent),
         ("queued", agent), or accept's ("resume" | "duplicate", state). The acceptance's outbox
         is not used: the task is published in the same step."""
-        return self._place(acceptance, agent_id, pushes, slots, picking=[])
+        keys, args = self._place_step(acceptance, agent_id, pushes, slots, picking=[])
+        with self._translate():
+            status, state = self.replicated(
+                lambda client: self._accept_route(keys=keys, args=args, client=client)
+            )
+        return AcceptStatus(str(status)), str(state)
 
     def accept_and_place(
         self,
@@ -56,9 +61,16 @@ class PlacingStore(LedgerStore):
         task_id = acceptance.task.task_id
         picking = [stand_in, *peers.args(task_id)]
         keys_for = acceptance.task.capability_key
-        return self._place(acceptance, stand_in, pushes, None, picking, wrr_key(keys_for))
+        keys, args = self._place_step(
+            acceptance, stand_in, pushes, None, picking, wrr_key(keys_for)
+        )
+        with self._translate():
+            status, state = self.replicated(
+                lambda client: self._accept_route(keys=keys, args=args, client=client)
+            )
+        return AcceptStatus(str(status)), str(state)
 
-    def _place(
+    def _place_step(
         self,
         acceptance: Acceptance,
         agent_id: str,
@@ -66,7 +78,8 @@ class PlacingStore(LedgerStore):
         slots: int | None,
         picking: list[Any],
         wrr_state: str = "",
-    ) -> tuple[AcceptStatus, str]:
+    ) -> tuple[list[Any], list[Any]]:
+        """KEYS and ARGV of scripts.ACCEPT_AND_ROUTE."""
         task, now = acceptance.task, acceptance.now
         accept_keys, accept_args = self._accept_step(replace(acceptance, outbox=None))
         route_keys, route_args = self._route_step(
@@ -85,8 +98,4 @@ class PlacingStore(LedgerStore):
             waiting=self._waiting_args(task, now),
             picking=picking,
         )
-        with self._translate():
-            status, state = self.replicated(
-                lambda client: self._accept_route(keys=keys, args=args, client=client)
-            )
-        return AcceptStatus(str(status)), str(state)
+        return keys, args
