@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import time
+from datetime import datetime
 from typing import Any
 
 from celery import Celery, Task
@@ -142,11 +144,21 @@ def _submit(task: Task, request: Any, args: tuple[Any, ...], fields: dict[str, A
     detach_links(request)
 
 
+def _unexpired(expires: Any) -> bool:
+    """Whether a message's `expires` header leaves it to run now (none, or later)."""
+    if not expires:
+        return True
+    try:
+        return datetime.fromisoformat(str(expires)).timestamp() > time.time()
+    except ValueError:
+        return False  # Celery says what is wrong with it
+
+
 def submit_strategy(task: Task, app: Celery, consumer: Any, **options: Any) -> Any:
     """How a control worker takes `orchestrator.submit` messages: routed in the consumer
     itself as they arrive, then acknowledged, without a pool process, a task request or a
     trace (the Celery task's own path, now only for messages with an ETA the broker holds, a
-    revoked or expiring id, or protocol 1): a by-name submission then costs about what one
+    revoked id, an expiry passed, or protocol 1): a by-name submission then costs about what one
     from OrchestratorClient does. A refusal is stored under the message's id (its link_error
     fires, a chord counts it) as Celery stores a failure; an unreachable store requeues it."""
     from celery.app.task import Context
@@ -164,7 +176,7 @@ def submit_strategy(task: Task, app: Celery, consumer: Any, **options: Any) -> A
             body is not None
             or not isinstance(headers, dict)
             or headers.get("eta")
-            or headers.get("expires")
+            or not _unexpired(headers.get("expires"))
             or headers.get("id") in revoked
         ):
             return celery_way(message, body, ack, reject, callbacks, **kw)
