@@ -353,12 +353,14 @@ class Channel(kombu_redis.Channel):
         else:
             self._cancel_wait()
 
-    #: The last fetch's arguments: (queues, no_ack queues) -> (numkeys and KEYS, record flags).
+    #: The last fetch's arguments: (queues, no_ack queues) -> (numkeys, KEYS and the record
+    #: keys, record flags): `now` goes between the two.
     _fetch_cache: tuple[Any, tuple[list[Any], list[str]]] | None = None
 
     def _fetch_args(self, queues: tuple[str, ...]) -> tuple[list[Any], list[str]]:
-        """The fetch's KEYS (with their count) and its record flags, built again only when the
-        queues change: an idle channel fetches dozens of times a second."""
+        """The fetch's KEYS (with their count, then the record keys) and its record flags,
+        built again only when the queues change: an idle channel fetches dozens of times a
+        second."""
         ident = (queues, self._no_ack_queues)
         if self._fetch_cache is not None and self._fetch_cache[0] == ident:
             return self._fetch_cache[1]
@@ -368,8 +370,9 @@ class Channel(kombu_redis.Channel):
             for queue in queues:
                 acked = self.ack_emulation and queue not in self._no_ack_queues
                 record.setdefault(prefix + self._q_for_pri(queue, pri), "1" if acked else "0")
-        keys = [prefix + self.unacked_key, prefix + self.unacked_index_key, *record]
-        args = ([len(keys), *keys], list(record.values()))
+        keys = list(record)  # the records' keys go in ARGV (fetch.lua says why)
+        records = [prefix + self.unacked_key, prefix + self.unacked_index_key]
+        args = ([len(keys), *keys, *records], list(record.values()))
         self._fetch_cache = (ident, args)
         return args
 

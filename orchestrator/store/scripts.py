@@ -289,7 +289,7 @@ FILL_SIG = Signature("fill", argv=(*CONTEXT, "agent", "limit", "trusted"))
 #: The runtime transport's atomic fetch (runtime/fetch.py reads lua/fetch.lua itself: the
 #: broker edge imports nothing of the store); `record` holds one flag per list, in order.
 FETCH_SIG = Signature(
-    "fetch", keys=("unacked", "unacked_index", "lists..."), argv=("now", "record...")
+    "fetch", keys=("lists...",), argv=("unacked", "unacked_index", "now", "record...")
 )
 #: Every script by its `.lua` file (lua/backlog.lua and lua/sections.lua are functions the
 #: others are composed with).

@@ -83,10 +83,10 @@ def test_fetch_pops_and_records_in_one_step(redis_url: str, redis_client: redis.
     assert (urgent_key, calm_key) == ("celery", "celery\x06\x169")
     redis_client.lpush(calm_key, calm)
     redis_client.lpush(urgent_key, urgent)
-    keys = [KOMBU_UNACKED, KOMBU_UNACKED_INDEX, *lists]
+    keys, records = lists, [KOMBU_UNACKED, KOMBU_UNACKED_INDEX]
 
     now = 1_700_000_000.25
-    got = fetch(keys=keys, args=[now, *["1"] * len(lists)])
+    got = fetch(keys=keys, args=[*records, now, *["1"] * len(lists)])
     envelope = json.loads(urgent)
     tag = envelope["properties"]["delivery_tag"]
     assert got == ["celery", urgent, tag]
@@ -99,16 +99,16 @@ def test_fetch_pops_and_records_in_one_step(redis_url: str, redis_client: redis.
     assert score == now
 
     # A no_ack consumer's entry: taken, not recorded.
-    got = fetch(keys=keys, args=[now, *["0"] * len(lists)])
+    got = fetch(keys=keys, args=[*records, now, *["0"] * len(lists)])
     assert got[:2] == [calm_key, calm] and got[2] == ""
     assert redis_client.hlen(KOMBU_UNACKED) == 1
     # No envelope: taken (the consumer refuses it), not recorded, and nothing stops there.
     redis_client.lpush("celery\x06\x163", "{not json")
     redis_client.set("celery\x06\x161", "a string, not a list")  # skipped: no queue
-    got = fetch(keys=keys, args=[now, *["1"] * len(lists)])
+    got = fetch(keys=keys, args=[*records, now, *["1"] * len(lists)])
     assert got == ["celery\x06\x163", "{not json", ""]
     assert redis_client.hlen(KOMBU_UNACKED) == 1
-    assert fetch(keys=keys, args=[now, *["1"] * len(lists)]) is None
+    assert fetch(keys=keys, args=[*records, now, *["1"] * len(lists)]) is None
 
 
 def test_restore_visible_brings_back_what_the_fetch_recorded(redis_url, redis_client, tmp_path):
@@ -118,7 +118,7 @@ def test_restore_visible_brings_back_what_the_fetch_recorded(redis_url, redis_cl
     lists = fetch_keys("celery")
     old = time.time() - 7200  # fetched two hours ago by a consumer that died
     tag = redis_client.register_script(FETCH)(
-        keys=[KOMBU_UNACKED, KOMBU_UNACKED_INDEX, *lists], args=[old, *["1"] * len(lists)]
+        keys=lists, args=[KOMBU_UNACKED, KOMBU_UNACKED_INDEX, old, *["1"] * len(lists)]
     )[2]
     assert redis_client.llen(list_key) == 0
     # The project's priority steps (0-9): kombu's default steps would restore to another list.
@@ -142,8 +142,8 @@ def test_an_empty_fetch_tracks_its_lists(redis_server, redis_url, redis_client):
     its keys is told (on its wake connection) of the next push to any of them, once; what it
     pops itself (NOLOOP) tells it nothing."""
     lists = fetch_keys("t.tracked")
-    keys = [KOMBU_UNACKED, KOMBU_UNACKED_INDEX, *lists]
-    args = [time.time(), *["1"] * len(lists)]
+    keys = lists
+    args = [KOMBU_UNACKED, KOMBU_UNACKED_INDEX, time.time(), *["1"] * len(lists)]
     pool = redis.ConnectionPool.from_url(redis_url, protocol=2)
     wake, fetcher = pool.get_connection(), pool.get_connection()
     try:
@@ -182,6 +182,15 @@ def test_an_empty_fetch_tracks_its_lists(redis_server, redis_url, redis_client):
         assert fetch() is None
         redis_client.rpush(lists[0], "c")
         assert said() == invalidated(lists[0])
+        # Another consumer's deliveries and acks (kombu's unacked records, which every
+        # consumer shares) wake no idle one: only its own lists are tracked. (Redis 7.0
+        # remembers every key a script declares when the script reads one.)
+        assert fetch()[1] == b"c"
+        assert fetch() is None
+        redis_client.hset(KOMBU_UNACKED, "other", "x")
+        redis_client.zadd(KOMBU_UNACKED_INDEX, {"other": 1.0})
+        redis_client.hdel(KOMBU_UNACKED, "other")
+        assert said() == []
     finally:
         pool.disconnect()
 

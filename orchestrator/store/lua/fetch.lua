@@ -1,6 +1,6 @@
 #!lua
--- KEYS: unacked, unacked_index, lists...
--- ARGV: now, record...
+-- KEYS: lists...
+-- ARGV: unacked, unacked_index, now, record...
 -- Take the next message off a consumer's lists and record it as unacknowledged, in one step:
 -- a Redis that dies at any instant either still has the entry in its list or has it in
 -- kombu's `unacked` hash, whence restore_visible brings it back after the visibility timeout.
@@ -15,22 +15,25 @@
 -- The record is kombu's own (QoS.append): the delivery tag -> the JSON list [envelope,
 -- exchange, routing key], scored by time in the index. The envelope is the entry itself,
 -- byte for byte; only the two strings are encoded here.
+-- The two record keys come in ARGV, not KEYS: Redis 7.0 tracks every key a script declares
+-- once the script reads one (the EXISTS below), and every consumer's deliveries and acks
+-- change these two, so each would wake every idle consumer (it remembers the commands' own
+-- keys from 7.2 on). Not cluster-safe, as kombu's broker never is.
 -- The `#!lua` line makes Redis (7+) refuse the whole script while it is out of memory under
 -- noeviction, so a refused fetch has taken nothing.
 -- A fetch that finds every list empty reads them once more (EXISTS: a read, where RPOP is a
 -- write), so that a consumer tracking its keys (CLIENT TRACKING, on the connection that calls
 -- this) is told by Redis when one of them next changes, and fetches again then instead of
 -- polling. Without tracking the read only costs a count.
-local unacked, unacked_index = KEYS[1], KEYS[2]
-local now = ARGV[1]
--- `lists` is KEYS[3..], `record` ARGV[2..]: the list KEYS[i] has its flag at ARGV[i - 1].
-local i = 3
+local unacked, unacked_index, now = ARGV[1], ARGV[2], ARGV[3]
+-- `lists` is KEYS[1..], `record` ARGV[4..]: the list KEYS[i] has its flag at ARGV[i + 3].
+local i = 1
 while i <= #KEYS do
   local item = redis.pcall('RPOP', KEYS[i])
   -- A key of another type (an error reply, a table) is no queue: skip it, never stop here.
   if type(item) == 'string' then
     local tag = ''
-    if ARGV[i - 1] == '1' then
+    if ARGV[i + 3] == '1' then
       local ok, envelope = pcall(cjson.decode, item)
       if ok and type(envelope) == 'table' then
         local properties = envelope['properties']
@@ -53,7 +56,7 @@ while i <= #KEYS do
   end
   i = i + 1
 end
-i = 3
+i = 1
 while i <= #KEYS do
   local last = math.min(i + 99, #KEYS)
   redis.call('EXISTS', unpack(KEYS, i, last))
