@@ -189,3 +189,95 @@ def cross_validate(
     """Score the grid over the series and hold each group out in turn."""
     per_setting = score_grid(series, settings, processes, on_setting)
     return leave_one_group_out(settings, per_setting, [group(name) for name, _, _ in series])
+
+
+# --- per-family sensitivity from an operator's own labels ----------------------------------
+
+# The sensitivities `orchestrator anomaly tune` tries per metric family (the default is put
+# first, so that it wins every tie).
+TUNE_SENSITIVITIES = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
+
+
+class FamilyTuning(BaseModel):
+    """The sensitivity of one metric family, chosen on the operator's labelled series.
+
+    best: the sensitivity with the best pooled score on all the family's series; in_sample
+    its score there. held_out: the same choice made with each series left out in turn and
+    that series scored (leave-one-series-out), pooled: what the choice is worth on a series
+    it was not made on. default: the default sensitivity's score on all the series (it
+    involves no choice, so that is its held-out figure too). The best sensitivity is adopted
+    only when its held-out score beats the default's: an in-sample gain alone changes nothing.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    family: str
+    series: int
+    windows: int
+    best: float
+    in_sample: Score
+    held_out: Score | None
+    default_sensitivity: float
+    default: Score
+    adopted: bool
+
+    @property
+    def sensitivity(self) -> float:
+        return self.best if self.adopted else self.default_sensitivity
+
+
+def tune_grid(default: float, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+    values = [default, *(s for s in TUNE_SENSITIVITIES if s != default)]
+    return [{"sensitivity": s, **params} for s in values]
+
+
+def tune_family(
+    family: str,
+    settings: Sequence[Setting],
+    per_setting: Sequence[Sequence[Score]],
+    names: Sequence[str],
+) -> FamilyTuning:
+    """Choose one family's sensitivity from its scores under `settings` (the first of which
+    is the default); `names` are its series, each held out in turn."""
+    everything = [True] * len(names)
+    chosen = best_setting(per_setting, everything)
+    held_out = None
+    if len(names) >= 2:
+        held_out = leave_one_group_out(settings, per_setting, names).pooled
+    default = total(per_setting[0])
+    better = (
+        held_out is not None
+        and held_out.score is not None
+        and default.score is not None
+        and held_out.score > default.score
+    )
+    return FamilyTuning(
+        family=family,
+        series=len(names),
+        windows=default.windows,
+        best=float(settings[chosen]["sensitivity"]),
+        in_sample=total(per_setting[chosen]).model_copy(update={"name": family}),
+        held_out=None if held_out is None else held_out.model_copy(update={"name": family}),
+        default_sensitivity=float(settings[0]["sensitivity"]),
+        default=default.model_copy(update={"name": family}),
+        adopted=better and chosen != 0,
+    )
+
+
+def tune(
+    series: Sequence[Series],
+    default: float,
+    params_of: Callable[[str], Mapping[str, Any]],
+    processes: int = 2,
+) -> list[FamilyTuning]:
+    """Per family (the first folder of a series' name), the sensitivity its labels support;
+    `params_of(family)` gives the DetectorParams the live loop runs that family with."""
+    families: dict[str, list[Series]] = {}
+    for item in series:
+        families.setdefault(group_of(item[0]), []).append(item)
+    tuned = []
+    for family, members in families.items():
+        settings = tune_grid(default, params_of(family))
+        per_setting = score_grid(members, settings, processes)
+        tuned.append(tune_family(family, settings, per_setting, [m[0] for m in members]))
+    return tuned
