@@ -1,5 +1,7 @@
-"""CLI verbs of the anomaly detector: the live loop's state, and its offline tools (backtest,
-evaluate with or without cross-validation, tune the sensitivity on an operator's labels)."""
+"""CLI verbs of the anomaly detector: the loop's state, backtest, evaluate, tune.
+
+`evaluate --cv` holds each group of series out in turn; `tune --labels` chooses each metric
+family's sensitivity on an operator's labelled history and stores it for the live loop."""
 
 from __future__ import annotations
 
@@ -333,3 +335,8 @@ def _print_tuning(results: list[FamilyTuning], written: bool) -> None:
     console.print(table)
     if written:
         console.print("stored: the live loop uses these from its next tick")
+
+
+def register(group: click.Group) -> None:
+    """Attach `orchestrator anomaly` to the `orchestrator` group."""
+    group.add_command(anomaly)

@@ -445,7 +445,5 @@ def exporter(port: int | None, address: str | None) -> None:
 
 def register(group: click.Group) -> None:
     """Attach this module's commands to the `orchestrator` group."""
-    from orchestrator.cli.anomaly import anomaly
-
-    for command in (status, alerts, sla, security, anomaly, backup, exporter):
+    for command in (status, alerts, sla, security, backup, exporter):
         group.add_command(command)

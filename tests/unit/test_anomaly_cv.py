@@ -1,5 +1,6 @@
-"""Leave-one-group-out evaluation (orchestrator/monitoring/anomaly_cv.py): the split, the
-choice made without the held-out group, and a run over small synthetic series."""
+"""Leave-one-group-out evaluation of the anomaly detector (monitoring/anomaly_cv.py).
+
+The split, the choice made without the held-out group, and a run over small synthetic series."""
 
 import random
 
