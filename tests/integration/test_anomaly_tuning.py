@@ -129,3 +129,24 @@ def test_the_loop_uses_the_tuned_sensitivity_of_the_family(ctx, redis_client):
     assert detected(redis_client) == []
     ctx.mon.set_anomaly_tuning("latency_p95_ms", None)
     assert ctx.mon.anomaly_sensitivities() == {}
+
+
+def test_evaluate_cv_holds_each_folder_out(orch_env, tmp_path):
+    data = tmp_path / "data"
+    labels = tmp_path / "windows.json"
+    labels.write_text(json.dumps(labelled(data)))
+    args = ("anomaly", "evaluate", str(data), "--labels", str(labels), "--cv")
+    report = cli_json(orch_env, *args)
+    cv = report["cv"]
+    assert [g["group"] for g in cv["groups"]] == ["latency_p95_ms", "throughput"]
+    assert cv["in_sample"] == report["total"]
+    assert cv["pooled"]["windows"] == 5 and cv["settings"] == 32
+    assert all(g["setting"]["sensitivity"] in (1.5, 2.0, 2.5, 3.0) for g in cv["groups"])
+    table = cli(orch_env, *args).stdout
+    assert "leave one group out" in table and "mean of groups" in table
+    only = {"throughput/s0.csv": json.loads(labels.read_text())["throughput/s0.csv"]}
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps(only))
+    args = ("anomaly", "evaluate", str(data), "--labels", str(one), "--cv")
+    done = cli(orch_env, *args, check=False)
+    assert done.returncode != 0 and "has 1" in done.stderr
