@@ -79,6 +79,15 @@ class DetectorParams(BaseModel):
     rel_floor, min_scale: lower bounds of the scale, as a share of the series' level and in
         absolute units. They keep a flat series (MAD 0) from dividing by zero and from
         paging on a 0.1 % wiggle.
+    error_z, error_short, error_long: the second test, beside the range rule (a point pages
+        when either fires; 0 turns it off, the default): the mean of the last `error_short`
+        prediction errors (the previous point as the prediction, in noise scales) more than
+        `error_z` standard deviations above the mean of single errors over about
+        `error_long` points, as HTM's anomaly likelihood judges a short average of its
+        errors against their long-run Gaussian. It finds what stays inside the recent range
+        (a change of variance, denser spikes). Measured on the tuning set at error_z 1.75
+        and error_short 48: in-sample 74.1 (49 of 64 windows, 29 false flags, against 72.7,
+        48 and 27), but leave-one-category-out 78.7 against 78.9, so it stays off.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -99,16 +108,23 @@ class DetectorParams(BaseModel):
     direction: Literal["both", "up", "down"] = "both"
     rel_floor: float = Field(default=0.01, ge=0)
     min_scale: float = Field(default=0.0, ge=0)
+    error_z: float = Field(default=0.0, ge=0)
+    error_short: int = Field(default=12, ge=1, le=1000)
+    error_long: int = Field(default=2000, ge=10, le=100_000)
 
 
 class DetectorState(BaseModel):
     """Everything a detector remembers between ticks; JSON-serialisable, immutable. A state
-    written by an older detector fails validation (extra fields), and the loop starts afresh.
+    written by a newer detector fails validation here (extra fields), and the loop starts
+    afresh; one written by an older detector loads, its missing fields at their defaults
+    (errs and err_*: the error test starts counting from there).
 
     raw, ys, means: the last `window` values as received, with the daily profile taken out,
     and the means of `smooth` of the latter. level, sigma: the median of `raw` and the scales
     of `ys` and `means`, as last measured. highs/lows: per finished block, the largest and
-    smallest y and mean; `block_*` is the block being filled.
+    smallest y and mean; `block_*` is the block being filled. errs: the last `error_short`
+    prediction errors; err_mean, err_var, err_n: the long-run mean and variance of single
+    errors (exponentially weighted over `error_long` points) and how many were seen.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -137,6 +153,10 @@ class DetectorState(BaseModel):
     calm: int = 0
     since_onset: int | None = None
     episodes: int = 0
+    errs: tuple[float, ...] = ()
+    err_mean: float = 0.0
+    err_var: float = 0.0
+    err_n: int = 0
 
 
 class Detection(BaseModel):
@@ -324,6 +344,34 @@ def _remember(state: DetectorState, y: float, mean: float) -> dict[str, Any]:
     }
 
 
+# A prediction error counts at most this many scales: one outage must not swamp the
+# distribution of errors the next hours are judged against.
+ERROR_CAP = 10.0
+
+
+def _surprise(state: DetectorState, y: float, scale: float) -> tuple[float | None, dict[str, Any]]:
+    """(z, state updates) of the second test: how far the mean of the last
+    `error_short` prediction errors lies above the distribution of single errors over about
+    `error_long` points, in its standard deviations (None until `warmup` errors are known).
+    The prediction is the previous point; the error is in noise scales, capped at ERROR_CAP.
+    A point that stays inside the recent range but comes with a change of variance, a denser
+    run of spikes or a jump inside the range moves the short mean, not the range."""
+    p = state.params
+    previous = state.ys[-1] if state.ys else y
+    error = min(abs(y - previous) / scale, ERROR_CAP)
+    errs = (*state.errs, error)[-p.error_short :]
+    z = None
+    if state.err_n >= p.warmup:
+        short = sum(errs) / len(errs)
+        z = (short - state.err_mean) / max(math.sqrt(state.err_var), _TINY)
+    n = state.err_n + 1
+    alpha = max(1.0 / n, 1.0 / p.error_long)
+    delta = error - state.err_mean
+    mean = state.err_mean + alpha * delta
+    var = (1.0 - alpha) * (state.err_var + alpha * delta * delta)
+    return z, {"errs": errs, "err_mean": mean, "err_var": var, "err_n": n}
+
+
 def step(
     state: DetectorState, value: float, ts: str | float, sensitivity: float
 ) -> tuple[DetectorState, Detection | None]:
@@ -360,6 +408,14 @@ def step(
     if state.seen >= min(p.cold_start, p.warmup):
         score, direction, extreme, scale = _novelty(state, sigma, y, mean)
         novel = score > sensitivity * cold_margin(state.seen, p)
+    if p.error_z > 0:
+        z, surprise = _surprise(state, y, sigma[0])
+        updates |= surprise
+        if not novel and z is not None and z > p.error_z:
+            novel = True
+            previous = state.ys[-1] if state.ys else y
+            score, extreme, scale = z, previous, sigma[0]
+            direction = "up" if y >= previous else "down"
     if novel:
         calm = 0
         if not in_episode and (since is None or since >= p.refractory):
