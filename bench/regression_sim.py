@@ -14,18 +14,21 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from statistics import median
-from typing import Literal
+from typing import Any, Literal
 
+from orchestrator.monitoring.anomaly_eval import Score
 from orchestrator.monitoring.regression import (
     Regression,
+    RegressionParams,
     detect_regression,
     judge_regression,
     minute_median,
     split_window,
 )
+from orchestrator.monitoring.regression_cv import params_of, score_run
 from orchestrator.monitoring.stats import Histogram, bucket_index
 from orchestrator.store.telemetry import MINUTE_WINDOW_MAX_S
 
@@ -62,6 +65,16 @@ class Case:
     @property
     def slower(self) -> bool:
         return self.shape in ("step", "drift") and self.amount > 0
+
+    @property
+    def family(self) -> str:
+        """What the leave-one-family-out evaluation holds out together: the noisy cases
+        (one noise process, with and without a step), a faster run, then the shape."""
+        if self.cv >= 0.5:
+            return "noisy"
+        if self.shape in ("step", "drift") and self.amount < 0:
+            return "faster"
+        return self.shape
 
     def level(self, minute: int, change_at: int) -> float:
         since = minute - change_at
@@ -112,16 +125,29 @@ class Run:
     ends: tuple[int, ...]
 
 
+def synth_medians(case: Case, seed: int, minutes: int, change_at: int) -> list[float | None]:
+    """The per-minute medians the loop would read, one seed's worth."""
+    rng = random.Random(seed)
+    return [
+        minute_median(synth_minute(rng, case, case.level(minute, change_at)))
+        for minute in range(minutes)
+    ]
+
+
 def simulate(
     case: Case, seed: int, minutes: int, change_at: int, decide: Decision = judge_regression
 ) -> Run:
-    rng = random.Random(seed)
+    return replay(synth_medians(case, seed, minutes, change_at), decide)
+
+
+def replay(medians: Sequence[float | None], decide: Decision = judge_regression) -> Run:
+    """Feed the medians minute by minute through `decide`, as the loop does."""
     window: deque[float | None] = deque(maxlen=WINDOW_MINUTES)
     regressed = False
     onsets: list[int] = []
     ends: list[int] = []
-    for minute in range(minutes):
-        window.append(minute_median(synth_minute(rng, case, case.level(minute, change_at))))
+    for minute, value in enumerate(medians):
+        window.append(value)
         now = decide(list(window), regressed) is not None
         if now and not regressed:
             onsets.append(minute + 1)
@@ -189,3 +215,30 @@ def _flagged(run: Run, change_at: int, minutes: int) -> int | None:
         return None
     end = next((t for t in run.ends if t > onset), minutes)
     return end - onset
+
+
+def scored_settings(
+    case: Case,
+    seed: int,
+    minutes: int,
+    change_at: int,
+    settings: Sequence[Mapping[str, Any]],
+) -> list[Score]:
+    """One seed of one case under every setting (regression_cv's grid): the medians are
+    synthesised once and replayed through judge_regression with each setting's params, each
+    run scored as a labelled series (regression_cv.score_run)."""
+    medians = synth_medians(case, seed, minutes, change_at)
+    name = f"{case.name} #{seed}"
+    out = []
+    for setting in settings:
+        params = params_of(setting)
+
+        def decide(
+            window: Sequence[float | None], regressed: bool, p: RegressionParams = params
+        ) -> Regression | None:
+            return judge_regression(window, regressed, p)
+
+        run = replay(medians, decide)
+        changed = change_at if case.slower else None
+        out.append(score_run(name, run.onsets, minutes, changed, case.ramp_minutes))
+    return out

@@ -360,6 +360,7 @@ def dev(
 
 def _register_extensions() -> None:
     from orchestrator.cli import agent as cli_agent
+    from orchestrator.cli import anomaly as cli_anomaly
     from orchestrator.cli import backlog as cli_backlog
     from orchestrator.cli import bench as cli_bench
     from orchestrator.cli import dlq as cli_dlq
@@ -367,6 +368,7 @@ def _register_extensions() -> None:
     from orchestrator.cli import submit as cli_submit
 
     cli_agent.register(main)
+    cli_anomaly.register(main)
     cli_backlog.register(main)
     cli_bench.register(main)
     cli_dlq.register(main)

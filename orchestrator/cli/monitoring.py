@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -265,153 +264,6 @@ def security_unblock(client_id: str, as_json: bool) -> None:
         click.echo(f"{client_id} was not blocked")
 
 
-@click.group(invoke_without_command=True)
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_context
-@_guard
-def anomaly(click_ctx: click.Context, as_json: bool) -> None:
-    """Series in an anomalous episode and task types with a regression (or: backtest, evaluate)."""
-    if click_ctx.invoked_subcommand is not None:
-        return
-    ctx = _ctx()
-    states = ctx.mon.detector_states()
-    report: dict[str, Any] = {
-        "episodes": sorted(n for n, e in states.items() if e.get("state", {}).get("in_episode")),
-        "series": len(states),
-        "regressions": ctx.mon.regressions(),
-    }
-    if as_json:
-        _json(report)
-        return
-    console.print(f"{report['series']} series watched")
-    console.print(f"in an anomalous episode: {', '.join(report['episodes']) or 'none'}")
-    console.print(f"regressions: {', '.join(report['regressions']) or 'none'}")
-
-
-SENSITIVITY = click.option(
-    "--sensitivity",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    help="How far beyond its recent range a point must lie to page, in 0.45 noise scales: "
-    "higher = fewer, surer pages (default ORCH_ANOMALY_DETECTION_SENSITIVITY, 2.0).",
-)
-
-
-@anomaly.command("backtest")
-@click.argument("csv_file", type=click.Path(exists=True, dir_okay=False))
-@SENSITIVITY
-@click.option("--json", "as_json", is_flag=True)
-def anomaly_backtest(csv_file: str, sensitivity: float | None, as_json: bool) -> None:
-    """Replay a `timestamp,value` CSV through the live detector; print where it would page."""
-    from orchestrator.monitoring.anomaly import backtest, read_series_csv
-
-    if sensitivity is None:
-        sensitivity = _settings().anomaly_detection_sensitivity
-    try:
-        points = read_series_csv(Path(csv_file).read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise click.ClickException(f"{csv_file}: {exc}") from None
-    fired = backtest(points, sensitivity)
-    if as_json:
-        _json(fired)
-        return
-    click.echo(f"{len(points)} points, sensitivity {sensitivity:g}: {len(fired)} episode(s)")
-    for ts in fired:
-        click.echo(ts)
-
-
-@anomaly.command("evaluate")
-@click.argument("directory", type=click.Path(exists=True, file_okay=False))
-@click.option(
-    "--labels",
-    "labels_file",
-    type=click.Path(exists=True, dir_okay=False),
-    required=True,
-    help='JSON: {"series.csv": [[start, end], ...], ...}, paths relative to DIRECTORY.',
-)
-@SENSITIVITY
-@click.option("--json", "as_json", is_flag=True)
-def anomaly_evaluate(
-    directory: str, labels_file: str, sensitivity: float | None, as_json: bool
-) -> None:
-    """Backtest every labelled series in DIRECTORY and score it: windows hit and missed,
-    false flags, and the simplified NAB score (per series and in total)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    from orchestrator.monitoring.anomaly_eval import (
-        evaluate,
-        missing_series,
-        read_labelled,
-        read_labels,
-        total,
-        unlabelled_series,
-    )
-
-    if sensitivity is None:
-        sensitivity = _settings().anomaly_detection_sensitivity
-    root = Path(directory)
-    err = common.err_console
-    try:
-        labels = read_labels(Path(labels_file))
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
-    missing = missing_series(root, labels)
-    if missing:
-        raise click.ClickException(
-            f"{len(missing)} labelled series not found in {root}: {', '.join(missing)}"
-        )
-    ignored = unlabelled_series(root, labels)
-    if ignored:
-        click.echo(
-            f"note: {len(ignored)} CSV file(s) in {root} have no labels and are ignored: "
-            + ", ".join(ignored),
-            err=True,
-        )
-    progress = Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-        disable=not err.is_terminal,
-    )
-    with progress:
-        task = progress.add_task("evaluating", total=len(labels))
-
-        def announced() -> Iterator[Any]:
-            for series in read_labelled(root, labels):
-                progress.update(task, description=series[0])
-                yield series
-
-        def advance(_score: Any) -> None:
-            progress.advance(task)
-
-        try:
-            scores = evaluate(announced(), sensitivity, on_series=advance)
-        except ValueError as exc:
-            raise click.ClickException(str(exc)) from None
-    summed = total(scores)
-    if as_json:
-        _json(
-            {
-                "sensitivity": sensitivity,
-                "series": [s.model_dump() for s in scores],
-                "total": summed.model_dump(),
-            }
-        )
-        return
-    table = Table(title=f"sensitivity {sensitivity:g}")
-    table.add_column("series", overflow="fold")
-    for column in ("points", "windows", "hit", "missed", "false flags", "score"):
-        table.add_column(column, justify="right")
-    for i, s in enumerate([*scores, summed]):
-        score = "-" if s.score is None else f"{s.score:.1f}"
-        counts = (s.points, s.windows, s.hit, s.missed, s.false_flags)
-        table.add_row(s.name, *map(str, counts), score, end_section=i == len(scores) - 1)
-    console.print(table)  # piped into a file: whole series names, a row per line
-
-
 @click.group()
 def backup() -> None:
     """Backups of the orchestrator's Redis state (ORCH_BACKUP_DIR)."""
@@ -593,5 +445,5 @@ def exporter(port: int | None, address: str | None) -> None:
 
 def register(group: click.Group) -> None:
     """Attach this module's commands to the `orchestrator` group."""
-    for command in (status, alerts, sla, security, anomaly, backup, exporter):
+    for command in (status, alerts, sla, security, backup, exporter):
         group.add_command(command)

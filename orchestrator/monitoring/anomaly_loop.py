@@ -76,8 +76,11 @@ def _state(entry: dict[str, Any] | None, series: str) -> DetectorState:
 def feed(
     ctx: LoopContext, series: TelemetrySeries, slots: list[int], depths: dict[str, float]
 ) -> list[dict[str, Any]]:
-    """Step every series through the given minutes; emit anomaly.detected at each onset."""
-    sensitivity = ctx.settings.anomaly_detection_sensitivity
+    """Step every series through the given minutes; emit anomaly.detected at each onset.
+    A metric family's sensitivity is the one `orchestrator anomaly tune --labels` stored for
+    it, ORCH_ANOMALY_DETECTION_SENSITIVITY otherwise."""
+    default = ctx.settings.anomaly_detection_sensitivity
+    tuned = ctx.mon.anomaly_sensitivities()
     stored = ctx.mon.detector_states()
     types = {t for bucket in series.buckets.get("m", {}).values() for t in _types(bucket)}
     detections = []
@@ -85,6 +88,7 @@ def feed(
         newest = slot == slots[-1]
         points = minute_points(series.minute(slot), types, depths if newest else None)
         for name, value in points.items():
+            sensitivity = tuned.get(name.split(":", 1)[0], default)
             state, found = step(_state(stored.get(name), name), value, slot * 60 + 60, sensitivity)
             stored[name] = {"slot": slot, "state": state.model_dump(mode="json")}
             if found is None:

@@ -27,7 +27,7 @@ import math
 from collections.abc import Mapping, Sequence
 from statistics import median
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.monitoring.stats import quantile
 
@@ -36,6 +36,22 @@ MIN_RUNS_PER_MINUTE = 3
 MIN_SHIFT = 0.2
 ALPHA = 1e-4
 CLEAR_SHIFT = 0.05
+
+
+class RegressionParams(BaseModel):
+    """The rule's tuning (the module constants are its defaults): recent_minutes judged
+    against the rest of the window, the shift and p-value that enter a regression, and the
+    shift that keeps one flagged."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    recent_minutes: int = Field(default=RECENT_MINUTES, ge=1)
+    min_shift: float = Field(default=MIN_SHIFT, ge=0)
+    alpha: float = Field(default=ALPHA, gt=0, le=1)
+    clear_shift: float = Field(default=CLEAR_SHIFT, ge=0)
+
+
+DEFAULT_PARAMS = RegressionParams()
 
 
 class Regression(BaseModel):
@@ -147,10 +163,14 @@ def split_window(
     return baseline, recent
 
 
-def judge_regression(medians: Sequence[float | None], regressed: bool) -> Regression | None:
+def judge_regression(
+    medians: Sequence[float | None],
+    regressed: bool,
+    params: RegressionParams = DEFAULT_PARAMS,
+) -> Regression | None:
     """The regression the window shows, or None: entering needs a large and significant
     shift, staying only a shift of CLEAR_SHIFT (see the module docstring)."""
-    baseline, recent = split_window(medians)
+    baseline, recent = split_window(medians, params.recent_minutes)
     if regressed:
-        return detect_regression(baseline, recent, CLEAR_SHIFT, alpha=1.0)
-    return detect_regression(baseline, recent, MIN_SHIFT, ALPHA)
+        return detect_regression(baseline, recent, params.clear_shift, alpha=1.0)
+    return detect_regression(baseline, recent, params.min_shift, params.alpha)

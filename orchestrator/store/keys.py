@@ -186,6 +186,8 @@ def queue_lists(queue: str, steps: range = range(10)) -> list[str]:
 # sla:history           list  {ts, targets: {name: {value, budget, compliant}}} JSON, capped
 # anomaly:state         hash  series -> {"slot": last minute fed, "state": DetectorState}
 # anomaly:slot          str   the last complete minute the anomaly loop consumed
+# anomaly:sensitivity   hash  metric family -> {"sensitivity", ...} JSON: the sensitivity
+#                             `orchestrator anomaly tune --labels` chose on the operator's labels
 # regressions           hash  task type -> Regression JSON while the regression lasts
 # security:threats      hash  finding id -> {id, kind, severity, summary, since, data} JSON,
 #                             the security loop's findings while they last (security/policy.py)
@@ -205,6 +207,7 @@ SLA_COMPLIANT = PREFIX + "sla:compliant"
 SLA_HISTORY = PREFIX + "sla:history"
 ANOMALY_STATE = PREFIX + "anomaly:state"
 ANOMALY_SLOT = PREFIX + "anomaly:slot"
+ANOMALY_SENSITIVITY = PREFIX + "anomaly:sensitivity"
 REGRESSIONS = PREFIX + "regressions"
 SECURITY_THREATS = PREFIX + "security:threats"
 SECURITY_CHECKED = PREFIX + "security:checked"

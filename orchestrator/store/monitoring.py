@@ -24,6 +24,7 @@ from orchestrator.store.keys import (
     ALERT_ACKS,
     ALERTS,
     ALERTS_UNSENT,
+    ANOMALY_SENSITIVITY,
     ANOMALY_SLOT,
     ANOMALY_STATE,
     BACKUP_LAST,
@@ -332,6 +333,27 @@ class MonitoringStore:
 
     def save_detector_states(self, states: Mapping[str, Any]) -> None:
         self.save_json_hash(ANOMALY_STATE, states)
+
+    def anomaly_tuning(self) -> dict[str, Any]:
+        """Per metric family, what `orchestrator anomaly tune --labels` wrote."""
+        return self.json_hash(ANOMALY_SENSITIVITY)
+
+    def anomaly_sensitivities(self) -> dict[str, float]:
+        """Per metric family, the tuned sensitivity the live loop uses instead of the default
+        (an entry that does not hold a positive number is ignored)."""
+        found = {}
+        for family, entry in self.anomaly_tuning().items():
+            value = entry.get("sensitivity") if isinstance(entry, dict) else None
+            if isinstance(value, int | float) and value > 0:
+                found[family] = float(value)
+        return found
+
+    def set_anomaly_tuning(self, family: str, entry: Mapping[str, Any] | None) -> None:
+        """Write one family's tuned sensitivity; None removes it (the default applies)."""
+        if entry is None:
+            self.r.hdel(ANOMALY_SENSITIVITY, family)
+        else:
+            self.r.hset(ANOMALY_SENSITIVITY, family, json.dumps(dict(entry), default=str))
 
     def regressions(self) -> dict[str, Any]:
         return self.json_hash(REGRESSIONS)

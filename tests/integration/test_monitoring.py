@@ -436,6 +436,12 @@ def test_bench_anomaly_writes_results_beside_the_published(tmp_path):
     assert "so they do not compare" in text  # 4 windows here, not the tuning set's 64
     assert "| sub/flat.csv | 500 | 0 | 0 | 0 | 0 | - |" in text
     assert "| 4 | 4 |" in text  # the sweep's row at sensitivity 4
+    # Leave one category out: each top-level series is its own group here, "sub" another.
+    cv = report["cv"]
+    assert cv["settings"] == 32 and len(cv["groups"]) == len(points)
+    assert cv["in_sample"] == report["total"] | {"name": "total"}
+    assert "### Leave one category out" in text and "mean of the categories" in text
+    assert report["cold_start"]["series"] == len(points)
 
     absent = subprocess.run(
         [*bench[:2], "--data", str(tmp_path / "nowhere")],

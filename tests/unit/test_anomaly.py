@@ -11,6 +11,7 @@ from orchestrator.monitoring.anomaly import (
     DetectorParams,
     DetectorState,
     backtest,
+    cold_margin,
     new_state,
     read_series_csv,
     step,
@@ -96,7 +97,24 @@ def pages(xs, sensitivity=2.0, spacing=MINUTE, **params):
             [401],
             id="a shift of 1.6 sigma is found by the recent mean",
         ),
-        pytest.param(with_bursts(noise(300, 6), [100], 5, 60), {}, [], id="warm-up is silent"),
+        pytest.param(
+            with_bursts(noise(300, 6), [100], 5, 60), {}, [100], id="a gross change pages early"
+        ),
+        pytest.param(
+            with_bursts(noise(300, 6), [100], 5, 60),
+            {"cold_start": 240},
+            [],
+            id="a cold start as long as the warm-up is silent",
+        ),
+        pytest.param(
+            with_bursts(noise(300, 6), [5], 5, 500), {}, [], id="nothing before the cold start"
+        ),
+        pytest.param(
+            with_bursts(noise(600, 3), [30], 1, 35), {}, [], id="a 7-sigma spike early: wide margin"
+        ),
+        pytest.param(
+            with_bursts(noise(600, 3), [400], 1, 35), {}, [400], id="the same spike later pages"
+        ),
         pytest.param([5.0] * 300, {}, [], id="flat line"),
         pytest.param([5.0] * 300 + [5.01] * 20, {}, [], id="flat line, 0.2 % wiggle"),
         pytest.param([5.0] * 300 + [10.0] * 20 + [5.0] * 80, {}, [300], id="flat, step"),
@@ -165,6 +183,43 @@ def test_a_state_an_older_detector_wrote_does_not_validate():
     old = {"params": {"window": 120, "min_run": 4}, "window": [1.0, 2.0], "run": 0}
     with pytest.raises(ValidationError):
         DetectorState.model_validate(old)
+
+
+@pytest.mark.parametrize(
+    "seen,expected",
+    [
+        (0, math.inf),
+        (9, math.inf),
+        (10, 24.0),
+        (60, 4.0),
+        (120, 2.0),
+        (239, 240 / 239),
+        (240, 1.0),
+        (5000, 1.0),
+    ],
+)
+def test_cold_margin_shrinks_as_evidence_accumulates(seen, expected):
+    assert cold_margin(seen, DetectorParams()) == pytest.approx(expected)
+
+
+def test_a_tenfold_spike_on_a_new_series_pages_within_minutes():
+    rng = random.Random(4)
+    latency = [100 * math.exp(rng.gauss(0, 0.2)) for _ in range(40)]
+    latency[12] *= 10
+    assert pages(latency) == [12]
+
+
+def test_a_state_stored_before_the_cold_start_existed_still_validates():
+    """The live loop keeps states as JSON in Redis: one written before the cold-start fields
+    existed lacks them; it validates with their defaults and carries on where it was."""
+    state = new_state()
+    for ts, v in stamped(noise(300, 2)):
+        state, _ = step(state, v, ts, 2.0)
+    stored = state.model_dump(mode="json")
+    for field in ("cold_start", "cold_power"):
+        del stored["params"][field]
+    restored = DetectorState.model_validate(stored)
+    assert restored == state and restored.seen == 300
 
 
 def test_state_stays_small_after_a_long_series():
