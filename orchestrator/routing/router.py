@@ -8,8 +8,6 @@ recovery tasks that re-route work away from failed or lost agents.
 from __future__ import annotations
 
 import random
-import re
-import secrets
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -31,6 +29,7 @@ from orchestrator.recovery.breaker import CLOSED_BREAKER, would_admit
 from orchestrator.recovery.floor import readmitted
 from orchestrator.routing.dispatch import Dispatching, Outcome, OutcomeStatus
 from orchestrator.routing.explain import spec_differences
+from orchestrator.routing.stand_in import stand_in_for
 from orchestrator.routing.weights import (
     integer_weights,
     is_eligible,
@@ -93,31 +92,6 @@ class RouteView:
         if self._stand_in is None:
             self._stand_in = (stand_in_for(self.eligible),)
         return self._stand_in[0]
-
-
-#: Agent ids the placing step may put in a message as they are (nothing JSON escapes).
-PLAIN_ID_RE = re.compile(r"^[A-Za-z0-9._:@-]{1,200}\Z")
-#: The stand-in's id: nothing a real agent, a payload or a queue name would contain.
-STAND_IN_ID = f"orch-stand-in-{secrets.token_hex(12)}"
-
-
-def stand_in_for(agents: list[RegisteredAgent]) -> RegisteredAgent | None:
-    """RouteView.stand_in, for these eligible agents."""
-    prefixes = set()
-    for agent in agents:
-        if agent.circuit is not CircuitBreakerState.CLOSED or not PLAIN_ID_RE.match(agent.agent_id):
-            return None
-        if not agent.queue.endswith(agent.agent_id):
-            return None
-        prefixes.add(agent.queue[: -len(agent.agent_id)])
-    if len(prefixes) != 1:
-        return None
-    return RegisteredAgent(
-        agent_id=STAND_IN_ID,
-        capabilities={},
-        queue=prefixes.pop() + STAND_IN_ID,
-        handler_tasks=all(a.handler_tasks for a in agents),
-    )
 
 
 def view_expiry(

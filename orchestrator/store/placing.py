@@ -1,8 +1,10 @@
-"""A new task accepted, routed and published in one atomic step (the broker being the state
-store's Redis): to an agent the router chose (`accept_and_route`), or to the next pick of the
-shared smooth weighted round-robin made in the same step (`accept_and_place`), its message
-built beforehand for a stand-in agent whose id the step puts in. Either way a task no agent
-has a free slot for waits in the backlog instead, in the same step."""
+"""A new task accepted, routed and published in one atomic step.
+
+The broker being the state store's Redis, the step sends it to an agent the router chose
+(`accept_and_route`), or to the next pick of the shared smooth weighted round-robin made in
+the same step (`accept_and_place`), its message built beforehand for a stand-in agent whose
+id the step puts in. Either way a task no agent has a free slot for waits in the backlog
+instead, in the same step."""
 
 from __future__ import annotations
 

@@ -60,8 +60,8 @@ def test_client_accepts_routes_and_publishes_in_one_step(redis_url, redis_client
         result = client.submit("echo", {"x": 1}, priority=9, task_id="t-1")
         calls = redis_client.info("commandstats")
     assert result.id == "t-1"
-    # two Lua steps (the round-robin pick, then accept + route + publish), no transaction
-    assert calls["cmdstat_evalsha"]["calls"] == 2
+    # one Lua step (accept, the round-robin pick, route and publish), no transaction
+    assert calls["cmdstat_evalsha"]["calls"] == 1
     assert "cmdstat_exec" not in calls and "cmdstat_zadd" not in calls
     ledger = redis_client.hgetall(task_key("t-1"))
     assert (ledger["state"], ledger["agent"], ledger["dispatch"]) == ("routed", "a", "1")

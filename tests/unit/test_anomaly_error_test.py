@@ -1,5 +1,7 @@
-"""The second test of the anomaly detector: the recent prediction errors against their own
-long-run distribution, beside the range rule (a page when either fires)."""
+"""The anomaly detector's second test, beside the range rule.
+
+The recent prediction errors against their own long-run distribution (a page when either
+test fires)."""
 
 import json
 import random

@@ -1,5 +1,6 @@
-"""Leave-one-family-out evaluation of the regression rule: scoring a simulated run, the
-families, and the choice made without the held-out family."""
+"""Leave-one-family-out evaluation of the regression rule.
+
+Scoring a simulated run, the families, and the choice made without the held-out family."""
 
 from bench.regression_sim import CASES, Case, scored_settings, simulate
 from orchestrator.monitoring.anomaly_eval import Score
