@@ -49,6 +49,9 @@ Key layout (prefix `orch:`):
                             (the quarantine tier's count; trimmed to ORCH_QUARANTINE_WINDOW_S)
   circuit:<agent>     hash  the agent's breaker (orchestrator.recovery.breaker.to_redis_hash)
   inflight:<agent>    set   task ids routed to the agent and not yet ended
+  inflight_log        list  agent ids, one per change of an in-flight set (the newest few
+                            thousand), so a round-robin pick re-checks only those agents' slots
+  inflight_seq        str   how many entries inflight_log has ever had
   recovery            hash  task_id -> the open RecoveryPlan JSON
   recovery_deadlines  zset  task_id -> when its open plan escalates
   lock:<name>         str   a periodic task's singleton lock (token)
@@ -98,6 +101,10 @@ OUTBOX = PREFIX + "outbox"
 OUTBOX_MSG = PREFIX + "outbox:msg"
 CIRCUIT_PREFIX = PREFIX + "circuit:"
 INFLIGHT_PREFIX = PREFIX + "inflight:"
+INFLIGHT_LOG = PREFIX + "inflight_log"
+INFLIGHT_SEQ = PREFIX + "inflight_seq"
+INFLIGHT_LOG_KEEP = 4096  # entries kept: a pick further behind re-checks every peer
+INFLIGHT_LOG_TRIM = 1024  # trimmed every this many entries
 FAILURES_PREFIX = PREFIX + "failures:"
 HANDLER_CIRCUIT_PREFIX = PREFIX + "handler_circuit:"
 KOMBU_UNACKED = "unacked"
@@ -377,6 +384,8 @@ def lua_header() -> str:
         "AGENT_STATUS": AGENT_STATUS,
         "HEARTBEATS": HEARTBEATS,
         "INFLIGHT": INFLIGHT_PREFIX,
+        "INFLIGHT_LOG": INFLIGHT_LOG,
+        "INFLIGHT_SEQ": INFLIGHT_SEQ,
         "CIRCUIT": CIRCUIT_PREFIX,
         "PARKED": PARKED,
         "COUNTERS": COUNTERS,
@@ -402,4 +411,16 @@ def lua_header() -> str:
     items = [f"{name} = {json.dumps(value)}" for name, value in names.items()]
     task_types = ", ".join(f"[{json.dumps(t)}] = true" for t in sorted(TASK_EVENT_TYPES))
     items.append(f"TASK_EVENT_TYPES = {{{task_types}}}")
-    return f"local K = {{{', '.join(items)}}}\n"
+    return f"local K = {{{', '.join(items)}}}\n" + _INFLIGHT_CHANGED
+
+
+#: Every step that adds to or takes from an agent's in-flight set calls this, so the
+#: round-robin learns which agents' fullness may have changed (lua/wrr_pick.lua).
+_INFLIGHT_CHANGED = f"""local function inflight_changed(agent)
+  local n = redis.call('INCR', K.INFLIGHT_SEQ)
+  redis.call('RPUSH', K.INFLIGHT_LOG, agent)
+  if n % {INFLIGHT_LOG_TRIM} == 0 then
+    redis.call('LTRIM', K.INFLIGHT_LOG, -{INFLIGHT_LOG_KEEP}, -1)
+  end
+end
+"""

@@ -1,68 +1,251 @@
 -- KEYS: state
--- ARGV: digest, ids, weights, slots?, inflight?, peers?, task_id?
--- Smooth weighted round-robin (routing.weights.wrr_step): every peer gains its weight, the
--- largest `current` wins (ties: the first, peers being sorted by id), the winner pays back
--- the total. `state` is the round-robin's hash; `digest` names the peers, `ids` are the peers
--- (a JSON array of ids sorted), `weights` their weights (a MessagePack array of integers,
--- aligned), and optionally `slots` theirs (a MessagePack array, aligned: concurrency +
--- prefetch), `inflight` the in-flight set prefix, `peers` the ids again as a MessagePack array
--- (cheaper to decode than the JSON), and `task_id` the task's id (a task moved again does not
--- count against the agent already holding it):
--- a peer holding that many unended tasks is skipped this round, as nginx skips a peer at
--- max_conns (it neither gains nor pays). Returns the winner's index (1-based), 0 when every
--- peer is full. The state is {d = digest, ids = the peers' JSON, cur = MessagePack array of
--- `current` aligned with them}: while the peers stay the same (the usual case) a pick decodes
--- and writes two arrays of numbers and never the ids; when they change, `current` carries
--- over by id and peers no longer given drop out. (MessagePack, not JSON: cjson spends most of
--- a pick formatting numbers; at 1,000 peers a pick costs about 0.3 ms of Redis CPU.)
+-- ARGV: digest, task_id, all_free, ids?, weights?, slots?
+-- Smooth weighted round-robin (routing.weights.wrr_step), one step in O(log n): every free
+-- peer gains its weight, the largest `current` wins (ties: the first, peers being sorted by
+-- id), the winner pays back the total of the free peers' weights. A peer holding as many
+-- unended tasks as its slots (concurrency + prefetch) is skipped this round, as nginx skips a
+-- peer at max_conns: it neither gains nor pays; `task_id`'s own slot, where its agent holds
+-- it, counts as free ('': none); `all_free` '1' skips nobody (an affinity key's pick).
+-- `digest` names the peers with their weights and slots; `ids` (a JSON array of ids sorted),
+-- `weights` and `slots` (MessagePack arrays of integers, aligned; no slots: nobody is ever
+-- full) are sent only when the script answered -1: it keeps the peers under the digest.
+-- Returns the winner's index (1-based), 0 when every peer is full, -1 when the digest is not
+-- the stored one and the peers were not given.
+--
+-- The state hash: d digest, ids, n peers, L leaves (a power of two), t steps, W the free
+-- weights' total, q the in-flight log's position read, s 1 with slots, nf peers full;
+-- `i:<id>` a peer's index; `l<i>` leaf i {b, w, slots, full, cur when full, id}: a free
+-- peer's `current` is b + t * w, so a step writes only its winner; `k<node>` a node of the
+-- tournament over the leaves (root 1, children 2k and 2k+1, leaf i is node L + i - 1)
+-- {winner leaf or 0, the first step at which a comparison in its subtree may turn}. It is a
+-- kinetic tournament: lines b + t * w compared in exact integers, each node's certificate
+-- the step its winner is overtaken; a step recomputes the nodes whose certificate expired and
+-- the winner's path. Fullness follows the in-flight log (K.INFLIGHT_LOG: every script that
+-- changes an agent's in-flight set appends the agent): a pick reads the entries since `q`
+-- and checks only those agents (all of them when the log was trimmed past `q`).
 local state = KEYS[1]
-local digest, ids, weights = ARGV[1], ARGV[2], ARGV[3]
-local slots, inflight, peers, task_id = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-local stored = redis.call('HMGET', state, 'd', 'cur')
-local w = cmsgpack.unpack(weights)
-local cur
-local fresh = false
-if stored[1] == digest then
-  cur = cmsgpack.unpack(stored[2])
-else
-  local old = {}
-  if stored[1] then
-    local oldids = cjson.decode(redis.call('HGET', state, 'ids'))
-    local oldcur = cmsgpack.unpack(stored[2])
-    for i = 1, #oldids do old[oldids[i]] = oldcur[i] end
+local digest, task_id, all_free = ARGV[1], ARGV[2], ARGV[3]
+local INF = 4503599627370496  -- 2^52: a certificate that never expires
+local head = redis.call('HMGET', state, 'd', 'n', 'L', 't', 'W', 'q', 's', 'nf')
+local leaves, nodes, dirty = {}, {}, {}
+local n, L, t, W, q, s, nf
+
+local function leaf(i)
+  local r = leaves[i]
+  if not r then
+    r = cmsgpack.unpack(redis.call('HGET', state, 'l' .. i))
+    leaves[i] = r
   end
-  local newids = cjson.decode(ids)
-  cur = {}
-  for i = 1, #newids do cur[i] = old[newids[i]] or 0 end
-  -- Rewritten whole: whatever else the hash held (an older layout's fields) goes.
-  redis.call('DEL', state)
-  redis.call('HSET', state, 'd', digest, 'ids', ids)
-  fresh = true
+  return r
 end
-local room, holders = nil, nil  -- slots and peers, decoded
-if slots then room, holders = cmsgpack.unpack(slots), cmsgpack.unpack(peers) end
-local total, best, bestv = 0, 0, nil
-for i = 1, #w do
-  local free = true
-  if room then
-    local held = redis.call('SCARD', inflight .. holders[i])
-    if held >= room[i] and task_id
-       and redis.call('SISMEMBER', inflight .. holders[i], task_id) == 1 then
-      held = held - 1
+local function set_leaf(i, r) leaves[i] = r; dirty['l' .. i] = r end
+local function node(k)  -- {winner, expiry}
+  if k >= L then
+    local i = k - L + 1
+    if i > n or leaf(i)[4] == 1 then return {0, INF} end
+    return {i, INF}
+  end
+  local r = nodes[k]
+  if not r then
+    r = cmsgpack.unpack(redis.call('HGET', state, 'k' .. k))
+    nodes[k] = r
+  end
+  return r
+end
+local function floordiv(a, b)  -- exact floor(a / b) for integers, b > 0
+  local f = math.floor(a / b)
+  while f * b > a do f = f - 1 end
+  while (f + 1) * b <= a do f = f + 1 end
+  return f
+end
+local function recompute(k)
+  local l, r = node(2 * k), node(2 * k + 1)
+  local win, cert = 0, INF
+  local a, b = l[1], r[1]
+  if a == 0 then win = b
+  elseif b == 0 then win = a
+  else
+    local la, lb = leaf(a), leaf(b)
+    local va, vb = la[1] + t * la[2], lb[1] + t * lb[2]
+    if va >= vb then
+      win = a  -- b overtakes at the first step where b_b + x w_b > b_a + x w_a
+      if lb[2] > la[2] then cert = floordiv(la[1] - lb[1], lb[2] - la[2]) + 1 end
+    else
+      win = b  -- a takes it back at the first step where b_a + x w_a >= b_b + x w_b
+      if la[2] > lb[2] then cert = -floordiv(la[1] - lb[1], la[2] - lb[2]) end
     end
-    free = held < room[i]
   end
-  if free then
-    local c = cur[i] + w[i]
-    cur[i] = c
-    total = total + w[i]
-    if bestv == nil or c > bestv then best = i; bestv = c end
+  local rec = {win, math.min(cert, l[2], r[2])}
+  nodes[k] = rec
+  dirty['k' .. k] = rec
+end
+local function fetch(fields, keep)  -- read the fields not read yet in one HMGET
+  if #fields == 0 then return end
+  local got = redis.call('HMGET', state, unpack(fields))
+  for j = 1, #fields do keep(fields[j], cmsgpack.unpack(got[j])) end
+end
+local function keep_node(f, r) nodes[tonumber(string.sub(f, 2))] = r end
+local function keep_leaf(f, r) leaves[tonumber(string.sub(f, 2))] = r end
+local function up(i)  -- leaf i changed: its path to the root
+  -- What the path's comparisons read (the siblings, their winners), fetched at once.
+  local sibs, want_nodes, want_leaves = {}, {}, {}
+  local function want_leaf(j)
+    if j <= n and not leaves[j] then
+      leaves[j] = false  -- asked for once
+      want_leaves[#want_leaves + 1] = 'l' .. j
+    end
+  end
+  local c = L + i - 1
+  while c > 1 do
+    local sib = c + 1 - 2 * (c % 2)
+    if sib >= L then want_leaf(sib - L + 1)
+    else
+      sibs[#sibs + 1] = sib
+      if not nodes[sib] then want_nodes[#want_nodes + 1] = 'k' .. sib end
+    end
+    c = math.floor(c / 2)
+  end
+  fetch(want_nodes, keep_node)
+  for _, sib in ipairs(sibs) do
+    if nodes[sib][1] > 0 then want_leaf(nodes[sib][1]) end
+  end
+  fetch(want_leaves, keep_leaf)
+  local k = math.floor((L + i - 1) / 2)
+  while k >= 1 do
+    recompute(k)
+    k = math.floor(k / 2)
   end
 end
-if best == 0 then
-  if fresh then redis.call('HSET', state, 'cur', cmsgpack.pack(cur)) end
-  return 0
+local function advance(k)  -- recompute the nodes whose certificate expired by step t
+  if k >= L or node(k)[2] > t then return end
+  advance(2 * k)
+  advance(2 * k + 1)
+  recompute(k)
 end
-cur[best] = cur[best] - total
-redis.call('HSET', state, 'cur', cmsgpack.pack(cur))
+local function full(r)  -- the peer holds as many unended tasks as its slots
+  return s == 1 and redis.call('SCARD', K.INFLIGHT .. r[6]) >= r[3]
+end
+local function freeze(i, r)
+  r[5] = r[1] + t * r[2]; r[4] = 1
+  W = W - r[2]; nf = nf + 1
+  set_leaf(i, r)
+end
+local function thaw(i, r)
+  r[1] = r[5] - t * r[2]; r[4] = 0; r[5] = 0
+  W = W + r[2]; nf = nf - 1
+  set_leaf(i, r)
+end
+local function build()  -- every node from the leaves, bottom up
+  for k = L - 1, 1, -1 do recompute(k) end
+end
+
+local seq = tonumber(redis.call('GET', K.INFLIGHT_SEQ) or '0')
+if head[1] == digest then
+  n, L, t, W = tonumber(head[2]), tonumber(head[3]), tonumber(head[4]), tonumber(head[5])
+  q, s, nf = tonumber(head[6]), tonumber(head[7]), tonumber(head[8])
+else
+  local ids = ARGV[4]
+  if not ids then return -1 end
+  -- New peers (or weights, or slots): `current` carries over by id, peers no longer given
+  -- drop out, and the whole state is written anew (O(n), once per change).
+  local old = {}
+  if head[1] then
+    local on, ot = tonumber(head[2]), tonumber(head[4])
+    if on then
+      local fields = {}
+      for i = 1, on do fields[i] = 'l' .. i end
+      for _, raw in ipairs(redis.call('HMGET', state, unpack(fields))) do
+        if raw then
+          local r = cmsgpack.unpack(raw)
+          old[r[6]] = (r[4] == 1) and r[5] or (r[1] + ot * r[2])
+        end
+      end
+    end
+  end
+  local peers, w = cjson.decode(ids), cmsgpack.unpack(ARGV[5])
+  local room = ARGV[6] and cmsgpack.unpack(ARGV[6])
+  n, t, W, q, nf = #peers, 0, 0, seq, 0
+  s = room and 1 or 0
+  L = 1
+  while L < n do L = L * 2 end
+  redis.call('DEL', state)
+  local index = {}
+  for i = 1, n do
+    local r = {old[peers[i]] or 0, w[i], room and room[i] or 0, 0, 0, peers[i]}
+    if full(r) then r[4], r[5] = 1, r[1]; nf = nf + 1 else W = W + w[i] end
+    set_leaf(i, r)
+    index[#index + 1] = 'i:' .. peers[i]
+    index[#index + 1] = i
+  end
+  for j = 1, #index, 2000 do
+    redis.call('HSET', state, unpack(index, j, math.min(j + 1999, #index)))
+  end
+  build()
+  dirty['d'], dirty['ids'], dirty['n'], dirty['L'], dirty['s'] = digest, ids, n, L, s
+end
+
+-- Fullness changed since the last pick: the agents the in-flight log names since `q`.
+if s == 1 and seq ~= q then
+  local len = redis.call('LLEN', K.INFLIGHT_LOG)
+  local first = seq - len + 1  -- the log's oldest entry's number
+  local names
+  if q + 1 < first or q > seq then
+    names = {}
+    for i = 1, n do names[i] = leaf(i)[6] end
+  else
+    names = redis.call('LRANGE', K.INFLIGHT_LOG, q + 1 - first, -1)
+  end
+  local seen = {}
+  for _, id in ipairs(names) do
+    if not seen[id] then
+      seen[id] = true
+      local i = tonumber(redis.call('HGET', state, 'i:' .. id))
+      if i then
+        local r = leaf(i)
+        local now_full = full(r)
+        if now_full and r[4] == 0 then freeze(i, r); up(i)
+        elseif not now_full and r[4] == 1 then thaw(i, r); up(i) end
+      end
+    end
+  end
+  q = seq
+end
+
+-- Peers full now that take part this round anyway: `task_id`'s agent (its own slot), or all.
+local lent = {}
+if nf > 0 and all_free == '1' then
+  for i = 1, n do
+    local r = leaf(i)
+    if r[4] == 1 then thaw(i, r); up(i); lent[#lent + 1] = i end
+  end
+elseif nf > 0 and task_id ~= '' then
+  local holder = redis.call('HGET', K.TASK_PRE .. task_id .. K.TASK_SUF, 'agent')
+  local i = holder and tonumber(redis.call('HGET', state, 'i:' .. holder))
+  if i and leaf(i)[4] == 1
+     and redis.call('SISMEMBER', K.INFLIGHT .. holder, task_id) == 1
+     and redis.call('SCARD', K.INFLIGHT .. holder) - 1 < leaf(i)[3] then
+    thaw(i, leaf(i)); up(i); lent[1] = i
+  end
+end
+
+local best = node(1)[1]
+if best > 0 then
+  t = t + 1
+  advance(1)
+  best = node(1)[1]
+  local r = leaf(best)
+  r[1] = r[1] - W
+  set_leaf(best, r)
+  up(best)
+end
+for _, i in ipairs(lent) do freeze(i, leaf(i)); up(i) end
+
+local out = {'t', t, 'W', W, 'q', q, 'nf', nf}
+for f, v in pairs(dirty) do
+  out[#out + 1] = f
+  out[#out + 1] = type(v) == 'table' and cmsgpack.pack(v) or v
+end
+for j = 1, #out, 2000 do  -- unpack's bound on how many values one call takes
+  redis.call('HSET', state, unpack(out, j, math.min(j + 1999, #out)))
+end
 return best
