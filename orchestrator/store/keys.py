@@ -371,8 +371,9 @@ def affixes(key_of: Callable[[str], str]) -> tuple[str, str]:
     return prefix, suffix
 
 
-def lua_header() -> str:
-    """The key names Lua steps build themselves, as a Lua table `K` (scripts.py)."""
+def lua_header(*only: str) -> str:
+    """The key names Lua steps build themselves, as a Lua table `K` (scripts.py): all of
+    them, or `only` those (a table built on every call costs a short script's time)."""
     task_pre, task_suf = affixes(task_key)
     hist_pre, hist_suf = affixes(history_key)
     names = {
@@ -408,7 +409,11 @@ def lua_header() -> str:
         "OUTBOX_MSG": OUTBOX_MSG,
         "EVENTS_WANT": EVENTS_WANT,
     }
+    if only:
+        names = {name: names[name] for name in only}
     items = [f"{name} = {json.dumps(value)}" for name, value in names.items()]
+    if only:
+        return f"local K = {{{', '.join(items)}}}\n"
     task_types = ", ".join(f"[{json.dumps(t)}] = true" for t in sorted(TASK_EVENT_TYPES))
     items.append(f"TASK_EVENT_TYPES = {{{task_types}}}")
     return f"local K = {{{', '.join(items)}}}\n" + _INFLIGHT_CHANGED

@@ -26,6 +26,7 @@
 local state = KEYS[1]
 local digest, task_id, all_free = ARGV[1], ARGV[2], ARGV[3]
 local INF = 4503599627370496  -- 2^52: a certificate that never expires
+local RECHECK = 4096  -- steps between checks of every peer's slots
 local head = redis.call('HMGET', state, 'd', 'n', 'L', 't', 'W', 'q', 's', 'nf')
 local leaves, nodes, dirty = {}, {}, {}
 local n, L, t, W, q, s, nf
@@ -39,11 +40,13 @@ local function leaf(i)
   return r
 end
 local function set_leaf(i, r) leaves[i] = r; dirty['l' .. i] = r end
-local function node(k)  -- {winner, expiry}
+local function node(k)  -- {winner, expiry, the winner's b and w}
   if k >= L then
     local i = k - L + 1
-    if i > n or leaf(i)[4] == 1 then return {0, INF} end
-    return {i, INF}
+    if i > n then return {0, INF, 0, 0} end
+    local r = leaf(i)
+    if r[4] == 1 then return {0, INF, 0, 0} end
+    return {i, INF, r[1], r[2]}
   end
   local r = nodes[k]
   if not r then
@@ -59,23 +62,19 @@ local function floordiv(a, b)  -- exact floor(a / b) for integers, b > 0
   return f
 end
 local function recompute(k)
-  local l, r = node(2 * k), node(2 * k + 1)
-  local win, cert = 0, INF
-  local a, b = l[1], r[1]
-  if a == 0 then win = b
-  elseif b == 0 then win = a
-  else
-    local la, lb = leaf(a), leaf(b)
-    local va, vb = la[1] + t * la[2], lb[1] + t * lb[2]
-    if va >= vb then
-      win = a  -- b overtakes at the first step where b_b + x w_b > b_a + x w_a
-      if lb[2] > la[2] then cert = floordiv(la[1] - lb[1], lb[2] - la[2]) + 1 end
+  local la, lb = node(2 * k), node(2 * k + 1)
+  local win, cert = la, INF
+  if la[1] == 0 then win = lb
+  elseif lb[1] ~= 0 then
+    if la[3] + t * la[4] >= lb[3] + t * lb[4] then
+      -- b overtakes at the first step where b_b + x w_b > b_a + x w_a
+      if lb[4] > la[4] then cert = floordiv(la[3] - lb[3], lb[4] - la[4]) + 1 end
     else
-      win = b  -- a takes it back at the first step where b_a + x w_a >= b_b + x w_b
-      if la[2] > lb[2] then cert = -floordiv(la[1] - lb[1], la[2] - lb[2]) end
+      win = lb  -- a takes it back at the first step where b_a + x w_a >= b_b + x w_b
+      if la[4] > lb[4] then cert = -floordiv(la[3] - lb[3], la[4] - lb[4]) end
     end
   end
-  local rec = {win, math.min(cert, l[2], r[2])}
+  local rec = {win[1], math.min(cert, la[2], lb[2]), win[3], win[4]}
   nodes[k] = rec
   dirty['k' .. k] = rec
 end
@@ -87,28 +86,19 @@ end
 local function keep_node(f, r) nodes[tonumber(string.sub(f, 2))] = r end
 local function keep_leaf(f, r) leaves[tonumber(string.sub(f, 2))] = r end
 local function up(i)  -- leaf i changed: its path to the root
-  -- What the path's comparisons read (the siblings, their winners), fetched at once.
-  local sibs, want_nodes, want_leaves = {}, {}, {}
-  local function want_leaf(j)
-    if j <= n and not leaves[j] then
-      leaves[j] = false  -- asked for once
-      want_leaves[#want_leaves + 1] = 'l' .. j
-    end
-  end
+  -- The siblings along the path (their winners' lines with them), fetched at once.
+  local want_nodes, want_leaves = {}, {}
   local c = L + i - 1
   while c > 1 do
     local sib = c + 1 - 2 * (c % 2)
-    if sib >= L then want_leaf(sib - L + 1)
-    else
-      sibs[#sibs + 1] = sib
+    if sib < L then
       if not nodes[sib] then want_nodes[#want_nodes + 1] = 'k' .. sib end
+    elseif sib - L + 1 <= n and not leaves[sib - L + 1] then
+      want_leaves[#want_leaves + 1] = 'l' .. (sib - L + 1)
     end
     c = math.floor(c / 2)
   end
   fetch(want_nodes, keep_node)
-  for _, sib in ipairs(sibs) do
-    if nodes[sib][1] > 0 then want_leaf(nodes[sib][1]) end
-  end
   fetch(want_leaves, keep_leaf)
   local k = math.floor((L + i - 1) / 2)
   while k >= 1 do
@@ -185,11 +175,12 @@ else
 end
 
 -- Fullness changed since the last pick: the agents the in-flight log names since `q`.
-if s == 1 and seq ~= q then
+-- Every peer now and then, too: a change no step logged (a restore) is not missed for long.
+if s == 1 and (seq ~= q or t % RECHECK == RECHECK - 1) then
   local len = redis.call('LLEN', K.INFLIGHT_LOG)
   local first = seq - len + 1  -- the log's oldest entry's number
   local names
-  if q + 1 < first or q > seq then
+  if q + 1 < first or q > seq or t % RECHECK == RECHECK - 1 then
     names = {}
     for i = 1, n do names[i] = leaf(i)[6] end
   else
