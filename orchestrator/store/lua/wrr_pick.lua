@@ -12,8 +12,8 @@
 -- Returns the winner's index (1-based), 0 when every peer is full, -1 when the digest is not
 -- the stored one and the peers were not given.
 --
--- The state hash: d digest, ids, n peers, L leaves (a power of two), t steps, W the free
--- weights' total, q the in-flight log's position read, s 1 with slots, nf peers full;
+-- The state hash: d digest, ids, h {n peers, L leaves (a power of two), t steps, W the free
+-- weights' total, q the in-flight log's position read, s 1 with slots, nf peers full};
 -- `i:<id>` a peer's index; `l<i>` leaf i {b, w, slots, full, cur when full, id}: a free
 -- peer's `current` is b + t * w, so a step writes only its winner; `k<node>` a node of the
 -- tournament over the leaves (root 1, children 2k and 2k+1, leaf i is node L + i - 1)
@@ -27,7 +27,7 @@ local state = KEYS[1]
 local digest, task_id, all_free = ARGV[1], ARGV[2], ARGV[3]
 local INF = 4503599627370496  -- 2^52: a certificate that never expires
 local RECHECK = 4096  -- steps between checks of every peer's slots
-local head = redis.call('HMGET', state, 'd', 'n', 'L', 't', 'W', 'q', 's', 'nf')
+local head = redis.call('HMGET', state, 'd', 'h', 'k1')
 local leaves, nodes, dirty = {}, {}, {}
 local n, L, t, W, q, s, nf
 
@@ -78,33 +78,38 @@ local function recompute(k)
   nodes[k] = rec
   dirty['k' .. k] = rec
 end
-local function fetch(fields, keep)  -- read the fields not read yet in one HMGET
+local function load(fields)  -- `k..` and `l..` fields, in one HMGET
   if #fields == 0 then return end
   local got = redis.call('HMGET', state, unpack(fields))
-  for j = 1, #fields do keep(fields[j], cmsgpack.unpack(got[j])) end
+  for j, f in ipairs(fields) do
+    local x = tonumber(string.sub(f, 2))
+    if string.byte(f) == 107 then nodes[x] = cmsgpack.unpack(got[j])  -- 'k'
+    else leaves[x] = cmsgpack.unpack(got[j]) end
+  end
 end
-local function keep_node(f, r) nodes[tonumber(string.sub(f, 2))] = r end
-local function keep_leaf(f, r) leaves[tonumber(string.sub(f, 2))] = r end
-local function up(i)  -- leaf i changed: its path to the root
-  -- The siblings along the path (their winners' lines with them), fetched at once.
-  local want_nodes, want_leaves = {}, {}
+local function siblings(i, fields)  -- what leaf i's path compares with, not read yet
   local c = L + i - 1
   while c > 1 do
     local sib = c + 1 - 2 * (c % 2)
     if sib < L then
-      if not nodes[sib] then want_nodes[#want_nodes + 1] = 'k' .. sib end
+      if not nodes[sib] then fields[#fields + 1] = 'k' .. sib end
     elseif sib - L + 1 <= n and not leaves[sib - L + 1] then
-      want_leaves[#want_leaves + 1] = 'l' .. (sib - L + 1)
+      fields[#fields + 1] = 'l' .. (sib - L + 1)
     end
     c = math.floor(c / 2)
   end
-  fetch(want_nodes, keep_node)
-  fetch(want_leaves, keep_leaf)
+  return fields
+end
+local function path(i)  -- recompute leaf i's path to the root
   local k = math.floor((L + i - 1) / 2)
   while k >= 1 do
     recompute(k)
     k = math.floor(k / 2)
   end
+end
+local function up(i)  -- leaf i changed
+  load(siblings(i, {}))
+  path(i)
 end
 local function advance(k)  -- recompute the nodes whose certificate expired by step t
   if k >= L or node(k)[2] > t then return end
@@ -131,16 +136,17 @@ end
 
 local seq = tonumber(redis.call('GET', K.INFLIGHT_SEQ) or '0')
 if head[1] == digest then
-  n, L, t, W = tonumber(head[2]), tonumber(head[3]), tonumber(head[4]), tonumber(head[5])
-  q, s, nf = tonumber(head[6]), tonumber(head[7]), tonumber(head[8])
+  n, L, t, W, q, s, nf = unpack(cmsgpack.unpack(head[2]))
+  if head[3] then nodes[1] = cmsgpack.unpack(head[3]) end
 else
   local ids = ARGV[4]
   if not ids then return -1 end
   -- New peers (or weights, or slots): `current` carries over by id, peers no longer given
   -- drop out, and the whole state is written anew (O(n), once per change).
   local old = {}
-  if head[1] then
-    local on, ot = tonumber(head[2]), tonumber(head[4])
+  if head[2] then
+    local h = cmsgpack.unpack(head[2])
+    local on, ot = h[1], h[3]
     if on then
       local fields = {}
       for i = 1, on do fields[i] = 'l' .. i end
@@ -171,7 +177,7 @@ else
     redis.call('HSET', state, unpack(index, j, math.min(j + 1999, #index)))
   end
   build()
-  dirty['d'], dirty['ids'], dirty['n'], dirty['L'], dirty['s'] = digest, ids, n, L, s
+  dirty['d'], dirty['ids'] = digest, ids
 end
 
 -- Fullness changed since the last pick: the agents the in-flight log names since `q`.
@@ -224,14 +230,15 @@ if best > 0 then
   t = t + 1
   advance(1)
   best = node(1)[1]
-  local r = leaf(best)
+  load(siblings(best, leaves[best] and {} or {'l' .. best}))
+  local r = leaves[best]
   r[1] = r[1] - W
   set_leaf(best, r)
-  up(best)
+  path(best)
 end
 for _, i in ipairs(lent) do freeze(i, leaf(i)); up(i) end
 
-local out = {'t', t, 'W', W, 'q', q, 'nf', nf}
+local out = {'h', cmsgpack.pack({n, L, t, W, q, s, nf})}
 for f, v in pairs(dirty) do
   out[#out + 1] = f
   out[#out + 1] = type(v) == 'table' and cmsgpack.pack(v) or v

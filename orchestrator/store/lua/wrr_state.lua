@@ -3,9 +3,10 @@
 -- The round-robin state wrr_pick keeps, readable: the `state` hash. Returns {the peers'
 -- JSON ids, their `current` values} ({false, {}} when there is none).
 local state = KEYS[1]
-local stored = redis.call('HMGET', state, 'ids', 'n', 't')
+local stored = redis.call('HMGET', state, 'ids', 'h')
 if not stored[1] or not stored[2] then return {false, {}} end
-local n, t = tonumber(stored[2]), tonumber(stored[3])
+local h = cmsgpack.unpack(stored[2])
+local n, t = h[1], h[3]
 local cur = {}
 for i = 1, n do
   local r = cmsgpack.unpack(redis.call('HGET', state, 'l' .. i))
