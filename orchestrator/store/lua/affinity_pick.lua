@@ -27,7 +27,8 @@ end
 local chosen = pick
 if chosen == '' then
   local i = wrr({wrr_state}, wrr_argv)
-  chosen = cmsgpack.unpack(redis.call('HGET', wrr_state, 'l' .. i))[6]
+  local raw = redis.call('HGET', wrr_state, 'l' .. i)
+  chosen = string.sub(raw, select(6, struct.unpack('>diiBd', raw)))  -- the leaf's id
 end
 redis.call('SET', affinity, chosen, 'EX', ttl)
 return chosen

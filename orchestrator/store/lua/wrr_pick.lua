@@ -30,11 +30,22 @@ local RECHECK = 4096  -- steps between checks of every peer's slots
 local head = redis.call('HMGET', state, 'd', 'h', 'k1')
 local leaves, nodes, dirty = {}, {}, {}
 local n, L, t, W, q, s, nf
+-- Records as struct binary (a third of cmsgpack's time): a leaf {b, w, slots, full, cur},
+-- then its id; a node {winner, expiry, b, w}; the numbers {n, L, t, W, q, s, nf}.
+local LEAF, NODE, HEAD = '>diiBd', '>iddi', '>iidddii'
+local function leaf_of(raw)
+  local b, w, room, full, cur, at = struct.unpack(LEAF, raw)
+  return {b, w, room, full, cur, string.sub(raw, at)}
+end
+local function node_of(raw)
+  local win, exp, b, w = struct.unpack(NODE, raw)
+  return {win, exp, b, w}
+end
 
 local function leaf(i)
   local r = leaves[i]
   if not r then
-    r = cmsgpack.unpack(redis.call('HGET', state, 'l' .. i))
+    r = leaf_of(redis.call('HGET', state, 'l' .. i))
     leaves[i] = r
   end
   return r
@@ -50,7 +61,7 @@ local function node(k)  -- {winner, expiry, the winner's b and w}
   end
   local r = nodes[k]
   if not r then
-    r = cmsgpack.unpack(redis.call('HGET', state, 'k' .. k))
+    r = node_of(redis.call('HGET', state, 'k' .. k))
     nodes[k] = r
   end
   return r
@@ -83,8 +94,8 @@ local function load(fields)  -- `k..` and `l..` fields, in one HMGET
   local got = redis.call('HMGET', state, unpack(fields))
   for j, f in ipairs(fields) do
     local x = tonumber(string.sub(f, 2))
-    if string.byte(f) == 107 then nodes[x] = cmsgpack.unpack(got[j])  -- 'k'
-    else leaves[x] = cmsgpack.unpack(got[j]) end
+    if string.byte(f) == 107 then nodes[x] = node_of(got[j])  -- 'k'
+    else leaves[x] = leaf_of(got[j]) end
   end
 end
 local function siblings(i, fields)  -- what leaf i's path compares with, not read yet
@@ -136,8 +147,8 @@ end
 
 local seq = tonumber(redis.call('GET', K.INFLIGHT_SEQ) or '0')
 if head[1] == digest then
-  n, L, t, W, q, s, nf = unpack(cmsgpack.unpack(head[2]))
-  if head[3] then nodes[1] = cmsgpack.unpack(head[3]) end
+  n, L, t, W, q, s, nf = struct.unpack(HEAD, head[2])
+  if head[3] then nodes[1] = node_of(head[3]) end
 else
   local ids = ARGV[4]
   if not ids then return -1 end
@@ -145,14 +156,13 @@ else
   -- drop out, and the whole state is written anew (O(n), once per change).
   local old = {}
   if head[2] then
-    local h = cmsgpack.unpack(head[2])
-    local on, ot = h[1], h[3]
+    local on, _, ot = struct.unpack(HEAD, head[2])
     if on then
       local fields = {}
       for i = 1, on do fields[i] = 'l' .. i end
       for _, raw in ipairs(redis.call('HMGET', state, unpack(fields))) do
         if raw then
-          local r = cmsgpack.unpack(raw)
+          local r = leaf_of(raw)
           old[r[6]] = (r[4] == 1) and r[5] or (r[1] + ot * r[2])
         end
       end
@@ -238,10 +248,12 @@ if best > 0 then
 end
 for _, i in ipairs(lent) do freeze(i, leaf(i)); up(i) end
 
-local out = {'h', cmsgpack.pack({n, L, t, W, q, s, nf})}
+local out = {'h', struct.pack(HEAD, n, L, t, W, q, s, nf)}
 for f, v in pairs(dirty) do
   out[#out + 1] = f
-  out[#out + 1] = type(v) == 'table' and cmsgpack.pack(v) or v
+  if type(v) ~= 'table' then out[#out + 1] = v
+  elseif string.byte(f) == 107 then out[#out + 1] = struct.pack(NODE, v[1], v[2], v[3], v[4])
+  else out[#out + 1] = struct.pack(LEAF, v[1], v[2], v[3], v[4], v[5]) .. v[6] end
 end
 for j = 1, #out, 2000 do  -- unpack's bound on how many values one call takes
   redis.call('HSET', state, unpack(out, j, math.min(j + 1999, #out)))

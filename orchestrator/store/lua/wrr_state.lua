@@ -5,11 +5,10 @@
 local state = KEYS[1]
 local stored = redis.call('HMGET', state, 'ids', 'h')
 if not stored[1] or not stored[2] then return {false, {}} end
-local h = cmsgpack.unpack(stored[2])
-local n, t = h[1], h[3]
+local n, _, t = struct.unpack('>iidddii', stored[2])  -- as wrr_pick writes them
 local cur = {}
 for i = 1, n do
-  local r = cmsgpack.unpack(redis.call('HGET', state, 'l' .. i))
-  if r[4] == 1 then cur[i] = r[5] else cur[i] = r[1] + t * r[2] end
+  local b, w, _, full, frozen = struct.unpack('>diiBd', redis.call('HGET', state, 'l' .. i))
+  if full == 1 then cur[i] = frozen else cur[i] = b + t * w end
 end
 return {stored[1], cur}
