@@ -85,6 +85,17 @@ def _run(store: StateStore, seed: int, steps: int, n: int, key: str) -> None:
                 held[agent].add(task)
                 change(args=[agent, task, "1"])
                 store.r.hset(task_key(task), "agent", agent)
+        if rng.random() < 0.05:  # a new affinity key's pick: nobody is skipped
+            expected = model.step(weights, None, held, None)
+            chosen = store.affinity_pick(
+                f"key{rng.random()}",
+                capability_key=key,
+                weights=prepared,
+                fallback=None,
+                ttl_s=60,
+            )
+            assert chosen == expected
+            continue
         task_id = None
         if rng.random() < 0.3:  # a task moved again: its own slot counts as free
             holders = [p for p in everyone if held[p]]
@@ -147,3 +158,36 @@ def test_every_peer_full_gives_none_and_changes_nothing(redis_url):
     finally:
         store.r.flushdb()
         store.r.close()
+
+
+@pytest.mark.parametrize("top", [3, 40])
+def test_a_long_run_at_many_peers_keeps_the_sequence(top, redis_url):
+    """Thousands of steps past a zero state, where lines cross every few steps (every
+    certificate of the tournament expires in turn), and where weights tie."""
+    store = StateStore.from_url(redis_url)
+    rng = random.Random(top)
+    try:
+        weights = {f"agent-{i:03d}": rng.randint(1, top) for i in range(37)}
+        prepared = WrrPeers.of(weights)
+        state: dict[str, int] = {}
+        for _ in range(3000):
+            expected, state = wrr_step(state, weights)
+            assert store.wrr_pick("long", prepared) == expected
+        assert store.wrr_state("long") == state
+    finally:
+        store.r.flushdb()
+        store.r.close()
+
+
+def test_the_digest_names_ids_weights_and_slots():
+    """A pick sends only the digest: any change the script must see gives a new one."""
+    base = WrrPeers.of({"a": 2, "b": 1}, {"a": 3, "b": 3})
+    assert WrrPeers.of({"b": 1, "a": 2}, {"b": 3, "a": 3}).digest == base.digest
+    for other in (
+        WrrPeers.of({"a": 2, "b": 2}, {"a": 3, "b": 3}),
+        WrrPeers.of({"a": 2, "c": 1}, {"a": 3, "c": 3}),
+        WrrPeers.of({"a": 2, "b": 1}, {"a": 3, "b": 4}),
+        WrrPeers.of({"a": 2, "b": 1}),
+    ):
+        assert other.digest != base.digest
+    assert base.args("t1") == [base.digest, "t1", ""]  # a pick's whole ARGV

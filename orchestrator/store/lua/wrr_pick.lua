@@ -157,9 +157,9 @@ else
   local old = {}
   if head[2] then
     local on, _, ot = struct.unpack(HEAD, head[2])
-    if on then
+    for from = 1, on or 0, 1000 do  -- in chunks: unpack's bound on how many values it gives
       local fields = {}
-      for i = 1, on do fields[i] = 'l' .. i end
+      for i = from, math.min(from + 999, on) do fields[#fields + 1] = 'l' .. i end
       for _, raw in ipairs(redis.call('HMGET', state, unpack(fields))) do
         if raw then
           local r = leaf_of(raw)
