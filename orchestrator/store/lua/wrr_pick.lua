@@ -89,27 +89,33 @@ local function recompute(k)
   nodes[k] = rec
   dirty['k' .. k] = rec
 end
-local function load(fields)  -- `k..` and `l..` fields, in one HMGET
+local function load(fields, at)  -- fields of nodes (at > 0) and leaves (at < 0), one HMGET
   if #fields == 0 then return end
   local got = redis.call('HMGET', state, unpack(fields))
-  for j, f in ipairs(fields) do
-    local x = tonumber(string.sub(f, 2))
-    if string.byte(f) == 107 then nodes[x] = node_of(got[j])  -- 'k'
-    else leaves[x] = leaf_of(got[j]) end
+  for j = 1, #fields do
+    local x = at[j]
+    if x > 0 then nodes[x] = node_of(got[j]) else leaves[-x] = leaf_of(got[j]) end
   end
 end
-local function siblings(i, fields)  -- what leaf i's path compares with, not read yet
+local function siblings(i, fields, at)  -- what leaf i's path compares with, not read yet
   local c = L + i - 1
   while c > 1 do
     local sib = c + 1 - 2 * (c % 2)
     if sib < L then
-      if not nodes[sib] then fields[#fields + 1] = 'k' .. sib end
-    elseif sib - L + 1 <= n and not leaves[sib - L + 1] then
-      fields[#fields + 1] = 'l' .. (sib - L + 1)
+      if not nodes[sib] then
+        fields[#fields + 1] = 'k' .. sib
+        at[#at + 1] = sib
+      end
+    else
+      local j = sib - L + 1
+      if j <= n and not leaves[j] then
+        fields[#fields + 1] = 'l' .. j
+        at[#at + 1] = -j
+      end
     end
-    c = math.floor(c / 2)
+    c = (c - c % 2) / 2
   end
-  return fields
+  return fields, at
 end
 local function path(i)  -- recompute leaf i's path to the root
   local k = math.floor((L + i - 1) / 2)
@@ -119,7 +125,7 @@ local function path(i)  -- recompute leaf i's path to the root
   end
 end
 local function up(i)  -- leaf i changed
-  load(siblings(i, {}))
+  load(siblings(i, {}, {}))
   path(i)
 end
 local function advance(k)  -- recompute the nodes whose certificate expired by step t
@@ -240,7 +246,8 @@ if best > 0 then
   t = t + 1
   advance(1)
   best = node(1)[1]
-  load(siblings(best, leaves[best] and {} or {'l' .. best}))
+  if leaves[best] then load(siblings(best, {}, {}))
+  else load(siblings(best, {'l' .. best}, {-best})) end
   local r = leaves[best]
   r[1] = r[1] - W
   set_leaf(best, r)
