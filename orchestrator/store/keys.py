@@ -24,7 +24,9 @@ Key layout (prefix `orch:`):
   agents              hash  agent_id -> RegisteredAgent JSON (identity, capabilities, status)
   heartbeats          hash  agent_id -> unix time of the last heartbeat
   agent_stats         hash  "<agent_id>|<ok|fail|lat|sr>" -> number (and per task type)
-  wrr:<capabilities>  hash  agent_id -> smooth weighted round-robin `current`
+  wrr:<capabilities>  hash  the smooth weighted round-robin's peers and state, kept under a
+                            digest of the peers (lua/wrr_pick.lua: a leaf per peer, a node
+                            per tournament node, `i:<agent_id>` -> the peer's index)
   affinity:<key>      str   agent_id the affinity key sticks to
   task:<id>           hash  the ledger entry (spec JSON, state, agent, attempts, times, error)
   history:<id>        list  JSON entries, one per state change (same TTL as task:<id>)
