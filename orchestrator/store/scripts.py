@@ -333,9 +333,8 @@ def _as_function(name: str, body: str) -> str:
 #: The key names and the backlog's functions (lua/backlog.lua) that dispatching steps use.
 _BACKLOG = lua_header() + _read("backlog")
 
-WRR_PICK = (
-    lua_header("INFLIGHT", "INFLIGHT_LOG", "INFLIGHT_SEQ", "TASK_PRE", "TASK_SUF")
-    + _read("wrr_pick")
+WRR_PICK = lua_header("INFLIGHT", "INFLIGHT_LOG", "INFLIGHT_SEQ", "TASK_PRE", "TASK_SUF") + _read(
+    "wrr_pick"
 )
 WRR_STATE = _read("wrr_state")
 LOAD_FLEET = _read("load_fleet")
