@@ -160,14 +160,15 @@ def test_every_peer_full_gives_none_and_changes_nothing(redis_url):
         store.r.close()
 
 
-@pytest.mark.parametrize("top", [3, 40])
-def test_a_long_run_at_many_peers_keeps_the_sequence(top, redis_url):
+@pytest.mark.parametrize(("top", "n"), [(3, 37), (40, 37), (20, 150)])
+def test_a_long_run_at_many_peers_keeps_the_sequence(top, n, redis_url):
     """Thousands of steps past a zero state, where lines cross every few steps (every
-    certificate of the tournament expires in turn), and where weights tie."""
+    certificate of the tournament expires in turn), where weights tie, and with three
+    levels of nodes."""
     store = StateStore.from_url(redis_url)
     rng = random.Random(top)
     try:
-        weights = {f"agent-{i:03d}": rng.randint(1, top) for i in range(37)}
+        weights = {f"agent-{i:03d}": rng.randint(1, top) for i in range(n)}
         prepared = WrrPeers.of(weights)
         state: dict[str, int] = {}
         for _ in range(3000):

@@ -12,27 +12,31 @@
 -- Returns the winner's index (1-based), 0 when every peer is full, -1 when the digest is not
 -- the stored one and the peers were not given.
 --
--- The state hash: d digest, ids, h {n peers, L leaves (a power of two), t steps, W the free
--- weights' total, q the in-flight log's position read, s 1 with slots, nf peers full};
--- `i:<id>` a peer's index; `l<i>` leaf i {b, w, slots, full, cur when full, id}: a free
--- peer's `current` is b + t * w, so a step writes only its winner; `k<node>` a node of the
--- tournament over the leaves (root 1, children 2k and 2k+1, leaf i is node L + i - 1)
--- {winner leaf or 0, the first step at which a comparison in its subtree may turn}. It is a
--- kinetic tournament: lines b + t * w compared in exact integers, each node's certificate
--- the step its winner is overtaken; a step recomputes the nodes whose certificate expired and
--- the winner's path. Fullness follows the in-flight log (K.INFLIGHT_LOG: every script that
--- changes an agent's in-flight set appends the agent): a pick reads the entries since `q`
--- and checks only those agents (all of them when the log was trimmed past `q`).
+-- The state hash: d digest, ids, h {n peers, H levels, t steps, W the free weights' total,
+-- q the in-flight log's position read, s 1 with slots, nf peers full}; `i:<id>` a peer's
+-- index; `l<i>` leaf i {b, w, slots, full, cur when full, id}: a free peer's `current` is
+-- b + t * w, so a step writes only its winner. Over the leaves, a tournament of F-way nodes:
+-- `g<h>:<j>` the F children of node j of level h (level 1's children are leaves), each
+-- {winner leaf or 0, expiry, the winner's b and w}; `r` the root alike. It is a kinetic
+-- tournament: lines b + t * w compared in exact integers, a node's expiry the first step at
+-- which a child overtakes its winner or a node below it changes; a step recomputes the nodes
+-- that expired and the winner's path (H = log_F n groups read and written). Fullness follows
+-- the in-flight log (K.INFLIGHT_LOG: every script that changes an agent's in-flight set
+-- appends the agent): a pick reads the entries since `q` and checks only those agents (all
+-- of them when the log was trimmed past `q`, and every RECHECK steps).
 local state = KEYS[1]
 local digest, task_id, all_free = ARGV[1], ARGV[2], ARGV[3]
 local INF = 4503599627370496  -- 2^52: a certificate that never expires
 local RECHECK = 4096  -- steps between checks of every peer's slots
-local head = redis.call('HMGET', state, 'd', 'h', 'k1')
-local leaves, nodes, dirty = {}, {}, {}
-local n, L, t, W, q, s, nf
+local F = 8  -- a node's children
+local head = redis.call('HMGET', state, 'd', 'h', 'r')
+local leaves, groups, dirty = {}, {}, {}
+local n, H, t, W, q, s, nf, root
 -- Records as struct binary (a third of cmsgpack's time): a leaf {b, w, slots, full, cur},
--- then its id; a node {winner, expiry, b, w}; the numbers {n, L, t, W, q, s, nf}.
+-- then its id; the root {winner, expiry, b, w}; a group the F children of one node, each
+-- {winner, expiry, b, w}; the numbers {n, H, t, W, q, s, nf}.
 local LEAF, NODE, HEAD = '>diiBd', '>iddi', '>iidddii'
+local GROUP = '>' .. string.rep('iddi', F)
 local function leaf_of(raw)
   local b, w, room, full, cur, at = struct.unpack(LEAF, raw)
   return {b, w, room, full, cur, string.sub(raw, at)}
@@ -51,20 +55,15 @@ local function leaf(i)
   return r
 end
 local function set_leaf(i, r) leaves[i] = r; dirty['l' .. i] = r end
-local function node(k)  -- {winner, expiry, the winner's b and w}
-  if k >= L then
-    local i = k - L + 1
-    if i > n then return {0, INF, 0, 0} end
-    local r = leaf(i)
-    if r[4] == 1 then return {0, INF, 0, 0} end
-    return {i, INF, r[1], r[2]}
+local function group(h, j)  -- the children of node j of level h (level 1's are leaves)
+  local key = 'g' .. h .. ':' .. j
+  local g = groups[key]
+  if not g then
+    g = {struct.unpack(GROUP, redis.call('HGET', state, key))}
+    groups[key] = g
   end
-  local r = nodes[k]
-  if not r then
-    r = node_of(redis.call('HGET', state, 'k' .. k))
-    nodes[k] = r
-  end
-  return r
+  dirty[key] = g
+  return g
 end
 local function floordiv(a, b)  -- exact floor(a / b) for integers, b > 0
   local f = math.floor(a / b)
@@ -72,67 +71,101 @@ local function floordiv(a, b)  -- exact floor(a / b) for integers, b > 0
   while (f + 1) * b <= a do f = f + 1 end
   return f
 end
-local function recompute(k)
-  local la, lb = node(2 * k), node(2 * k + 1)
-  local win, cert = la, INF
-  if la[1] == 0 then win = lb
-  elseif lb[1] ~= 0 then
-    if la[3] + t * la[4] >= lb[3] + t * lb[4] then
-      -- b overtakes at the first step where b_b + x w_b > b_a + x w_a
-      if lb[4] > la[4] then cert = floordiv(la[3] - lb[3], lb[4] - la[4]) + 1 end
-    else
-      win = lb  -- a takes it back at the first step where b_a + x w_a >= b_b + x w_b
-      if la[4] > lb[4] then cert = -floordiv(la[3] - lb[3], la[4] - lb[4]) end
+local function put(g, slot, win, exp, b, w)
+  local o = 4 * slot
+  g[o + 1], g[o + 2], g[o + 3], g[o + 4] = win, exp, b, w
+end
+local function put_leaf(g, slot, i)  -- leaf i's line, or nothing (full, or past the last)
+  local r = i <= n and leaf(i)
+  if r and r[4] == 0 then put(g, slot, i, INF, r[1], r[2]) else put(g, slot, 0, INF, 0, 0) end
+end
+-- The node over a group at step t: its children's largest line (ties: the first), and the
+-- first step at which a child's line overtakes it or a child's own node changes.
+local function combine(g)
+  local best, bv = nil, nil
+  for o = 0, 4 * F - 4, 4 do
+    if g[o + 1] ~= 0 then
+      local v = g[o + 3] + t * g[o + 4]
+      if not best or v > bv then best, bv = o, v end
     end
   end
-  local rec = {win[1], math.min(cert, la[2], lb[2]), win[3], win[4]}
-  nodes[k] = rec
-  dirty['k' .. k] = rec
+  local exp = INF
+  if not best then
+    for o = 0, 4 * F - 4, 4 do exp = math.min(exp, g[o + 2]) end
+    return 0, exp, 0, 0
+  end
+  local bb, bw = g[best + 3], g[best + 4]
+  for o = 0, 4 * F - 4, 4 do
+    local e = g[o + 2]
+    if e < exp then exp = e end
+    local w = g[o + 4]
+    if o ~= best and g[o + 1] ~= 0 and w > bw then
+      if o < best then
+        -- an earlier child takes it at the first step where b_c + x w_c >= b + x w
+        e = -floordiv(g[o + 3] - bb, w - bw)
+      else
+        e = floordiv(bb - g[o + 3], w - bw) + 1  -- a later one where b_c + x w_c > b + x w
+      end
+      if e < exp then exp = e end
+    end
+  end
+  return g[best + 1], exp, bb, bw
 end
-local function load(fields, at)  -- fields of nodes (at > 0) and leaves (at < 0), one HMGET
+local function load(i)  -- the groups on leaf i's path, not read yet, in one HMGET
+  local fields, x = {}, i - 1
+  for h = 1, H do
+    x = (x - x % F) / F
+    local key = 'g' .. h .. ':' .. x
+    if not groups[key] then fields[#fields + 1] = key end
+  end
+  if not leaves[i] then fields[#fields + 1] = 'l' .. i end
   if #fields == 0 then return end
   local got = redis.call('HMGET', state, unpack(fields))
-  for j = 1, #fields do
-    local x = at[j]
-    if x > 0 then nodes[x] = node_of(got[j]) else leaves[-x] = leaf_of(got[j]) end
+  for j, f in ipairs(fields) do
+    if string.byte(f) == 103 then groups[f] = {struct.unpack(GROUP, got[j])}  -- 'g'
+    else leaves[i] = leaf_of(got[j]) end
   end
 end
-local function siblings(i, fields, at)  -- what leaf i's path compares with, not read yet
-  local c = L + i - 1
-  while c > 1 do
-    local sib = c + 1 - 2 * (c % 2)
-    if sib < L then
-      if not nodes[sib] then
-        fields[#fields + 1] = 'k' .. sib
-        at[#at + 1] = sib
-      end
-    else
-      local j = sib - L + 1
-      if j <= n and not leaves[j] then
-        fields[#fields + 1] = 'l' .. j
-        at[#at + 1] = -j
+local function up(i)  -- leaf i changed: its path to the root
+  load(i)
+  local x = i - 1
+  local g = group(1, (x - x % F) / F)
+  put_leaf(g, x % F, i)
+  for h = 1, H do
+    local j = (x - x % F) / F
+    local win, exp, b, w = combine(group(h, j))
+    if h == H then root = {win, exp, b, w}
+    else put(group(h + 1, (j - j % F) / F), j % F, win, exp, b, w) end
+    x = j
+  end
+end
+local function advance(h, j)  -- recompute the nodes whose certificate expired by step t
+  local g = group(h, j)
+  if h > 1 then
+    for slot = 0, F - 1 do
+      if g[4 * slot + 2] <= t then put(g, slot, advance(h - 1, F * j + slot)) end
+    end
+  end
+  return combine(g)
+end
+local function build()  -- every node from the leaves, bottom up
+  local below = n  -- nodes on the level below
+  for h = 1, H do
+    local count = math.ceil(below / F)
+    for j = 0, count - 1 do
+      local g = {}
+      groups['g' .. h .. ':' .. j] = g
+      dirty['g' .. h .. ':' .. j] = g
+      for slot = 0, F - 1 do
+        local c = F * j + slot
+        if h == 1 then put_leaf(g, slot, c + 1)
+        elseif c < below then put(g, slot, combine(groups['g' .. (h - 1) .. ':' .. c]))
+        else put(g, slot, 0, INF, 0, 0) end
       end
     end
-    c = (c - c % 2) / 2
+    below = count
   end
-  return fields, at
-end
-local function path(i)  -- recompute leaf i's path to the root
-  local k = math.floor((L + i - 1) / 2)
-  while k >= 1 do
-    recompute(k)
-    k = math.floor(k / 2)
-  end
-end
-local function up(i)  -- leaf i changed
-  load(siblings(i, {}, {}))
-  path(i)
-end
-local function advance(k)  -- recompute the nodes whose certificate expired by step t
-  if k >= L or node(k)[2] > t then return end
-  advance(2 * k)
-  advance(2 * k + 1)
-  recompute(k)
+  root = {combine(groups['g' .. H .. ':0'])}
 end
 local function full(r)  -- the peer holds as many unended tasks as its slots
   return s == 1 and redis.call('SCARD', K.INFLIGHT .. r[6]) >= r[3]
@@ -147,21 +180,21 @@ local function thaw(i, r)
   W = W + r[2]; nf = nf - 1
   set_leaf(i, r)
 end
-local function build()  -- every node from the leaves, bottom up
-  for k = L - 1, 1, -1 do recompute(k) end
-end
-
 local seq = tonumber(redis.call('GET', K.INFLIGHT_SEQ) or '0')
 if head[1] == digest then
-  n, L, t, W, q, s, nf = struct.unpack(HEAD, head[2])
-  if head[3] then nodes[1] = node_of(head[3]) end
+  n, H, t, W, q, s, nf = struct.unpack(HEAD, head[2])
+  root = node_of(head[3])
 else
   local ids = ARGV[4]
   if not ids then return -1 end
   -- New peers (or weights, or slots): `current` carries over by id, peers no longer given
   -- drop out, and the whole state is written anew (O(n), once per change).
   local old = {}
-  if head[2] then
+  local before = not head[2] and redis.call('HMGET', state, 'ids', 'cur')
+  if before and before[1] and before[2] then  -- the layout before: ids, and `current` aligned
+    local oldids, oldcur = cjson.decode(before[1]), cmsgpack.unpack(before[2])
+    for i = 1, #oldids do old[oldids[i]] = oldcur[i] end
+  elseif head[2] then
     local on, _, ot = struct.unpack(HEAD, head[2])
     for from = 1, on or 0, 1000 do  -- in chunks: unpack's bound on how many values it gives
       local fields = {}
@@ -178,8 +211,8 @@ else
   local room = ARGV[6] and cmsgpack.unpack(ARGV[6])
   n, t, W, q, nf = #peers, 0, 0, seq, 0
   s = room and 1 or 0
-  L = 1
-  while L < n do L = L * 2 end
+  H = 1
+  while F ^ H < n do H = H + 1 end
   redis.call('DEL', state)
   local index = {}
   for i = 1, n do
@@ -241,25 +274,24 @@ elseif nf > 0 and task_id ~= '' then
   end
 end
 
-local best = node(1)[1]
+local best = root[1]
 if best > 0 then
   t = t + 1
-  advance(1)
-  best = node(1)[1]
-  if leaves[best] then load(siblings(best, {}, {}))
-  else load(siblings(best, {'l' .. best}, {-best})) end
+  if root[2] <= t then root = {advance(H, 0)} end
+  best = root[1]
+  load(best)
   local r = leaves[best]
   r[1] = r[1] - W
   set_leaf(best, r)
-  path(best)
+  up(best)
 end
 for _, i in ipairs(lent) do freeze(i, leaf(i)); up(i) end
 
-local out = {'h', struct.pack(HEAD, n, L, t, W, q, s, nf)}
+local out = {'h', struct.pack(HEAD, n, H, t, W, q, s, nf), 'r', struct.pack(NODE, unpack(root))}
 for f, v in pairs(dirty) do
   out[#out + 1] = f
   if type(v) ~= 'table' then out[#out + 1] = v
-  elseif string.byte(f) == 107 then out[#out + 1] = struct.pack(NODE, v[1], v[2], v[3], v[4])
+  elseif string.byte(f) == 103 then out[#out + 1] = struct.pack(GROUP, unpack(v, 1, 4 * F))
   else out[#out + 1] = struct.pack(LEAF, v[1], v[2], v[3], v[4], v[5]) .. v[6] end
 end
 for j = 1, #out, 2000 do  -- unpack's bound on how many values one call takes
