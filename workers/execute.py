@@ -34,7 +34,8 @@ from orchestrator.runtime.canvas import carries_links
 from orchestrator.runtime.celeryconf import EXECUTE, agent_queue, execute_publisher
 from orchestrator.runtime.handlers import get_handler
 from orchestrator.runtime.metrics import note_run
-from orchestrator.store import Dispatched, Settlement, now_s
+from orchestrator.runtime.results import success_write
+from orchestrator.store import Dispatched, ResultWrite, Settlement, now_s
 from orchestrator.store.codes import AttemptCode
 from orchestrator.store.ports import ExecutorStore
 from orchestrator.store.telemetry import delegation_ms
@@ -123,7 +124,9 @@ class _Success:
 _unstored: dict[str, _Success] = {}
 
 
-def _record_success(task: Task, task_id: str, done: _Success) -> None:
+def _record_success(
+    task: Task, task_id: str, done: _Success, write: ResultWrite | None = None
+) -> None:
     settings, store = settings_of(task.app), store_of(task.app)
     _settle(
         task,
@@ -138,6 +141,7 @@ def _record_success(task: Task, task_id: str, done: _Success) -> None:
             counts=done.counts,
             circuit_cfg=settings.circuit_config() if settings.circuit_breaker_enabled else None,
             result=done.encoded,
+            celery_result=write,
         ),
     )
 
@@ -146,7 +150,8 @@ class ExecuteTask(Task):
     """Runs a handler: `orchestrator.execute`, and on an agent the task per handler type
     named by it (runtime.celeryconf.register_handler_tasks), the same run under each name.
 
-    Records a success in the ledger after Celery stored the result (see _execute).
+    Records a success in the ledger with its result in one step, or, for a request with
+    links or results kept in another Redis, after Celery stored the result (see _execute).
 
     A success the ledger cannot record (Redis away or full beyond _settle's patience) is
     not acknowledged: the message is requeued, and comes back. When Redis is full as Celery
@@ -333,11 +338,31 @@ def _execute(
         except redis.RedisError as count_exc:  # telemetry never fails a task
             log.warning("telemetry of task %s not recorded: %s", task_id, count_exc)
         raise Ignore() from exc
-    # The ledger records the success in on_success, once Celery has stored the result (off
-    # the round trip a client waits on): an agent killed in between leaves the task `running`,
-    # to be run again, never `succeeded` with no result for AsyncResult.get() to find.
     latency = (time.perf_counter() - started) * 1000
+    done = _Success(latency, encoded, counts("ok", latency), type)
+    write = _result_write(task, settings, result)
+    if write is not None:
+        # The result and the ledger's success in one step: a client woken by its result
+        # reads the task as succeeded. Celery stores nothing more (and fires nothing: this
+        # request carries no links).
+        _record_success(task, task_id, done, write)
+        task.request.ignore_result = True
+        return result
+    # Otherwise the ledger records the success in on_success, once Celery has stored the
+    # result (and fired the links): an agent killed in between leaves the task `running`, to
+    # be run again, never `succeeded` with no result for AsyncResult.get() to find.
     if len(_unstored) > 1000:  # left by results Celery failed to encode: never to be stored
         _unstored.clear()
-    _unstored[task_id] = _Success(latency, encoded, counts("ok", latency), type)
+    _unstored[task_id] = done
     return result
+
+
+def _result_write(task: Task, settings: Settings, result: Any) -> ResultWrite | None:
+    """Celery's result of this success for the settle step to write, where it can: results
+    in the state store's Redis, and a request with no links (Celery fires those as it stores
+    the result, and a chord counts its part there)."""
+    if settings.effective_result_backend != settings.effective_state_url:
+        return None
+    if carries_links(task.request):
+        return None
+    return success_write(task.backend, task.request.id, result, task.request)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import time
+from datetime import datetime
 from typing import Any
 
 from celery import Celery, Task
-from celery.exceptions import Ignore, Reject
+from celery.exceptions import Reject
 from kombu.exceptions import OperationalError
 
 from orchestrator.app import app
@@ -20,7 +22,7 @@ from orchestrator.errors import (
 )
 from orchestrator.models import TASK_ID_RE
 from orchestrator.routing.router import Outcome, Preparer, Router
-from orchestrator.runtime.canvas import canvas_of, task_failer
+from orchestrator.runtime.canvas import canvas_of, detach_links, task_failer
 from orchestrator.runtime.celeryconf import SUBMIT, execute_preparer, execute_publisher
 from orchestrator.runtime.gate import HELD_ETA
 from orchestrator.runtime.results import add_alias
@@ -45,6 +47,7 @@ def router_for(task_app: Celery) -> Router:
 
 def _route(
     task: Task,
+    request: Any,
     router: Router,
     fields: dict[str, Any],
     submit_id: str,
@@ -61,7 +64,7 @@ def _route(
     valid = router.validate(fields, submit_id, now)
     task_id = valid.task_id
     assert task_id is not None
-    canvas = canvas_of(task.request)
+    canvas = canvas_of(request)
     if canvas is not None:
         valid = valid.model_copy(update={"canvas": canvas})
     if task_id != submit_id:
@@ -98,23 +101,12 @@ def _with_previous(args: tuple[Any, ...], fields: dict[str, Any]) -> dict[str, A
     return {**fields, "payload": {**payload, "previous": args[0]}}
 
 
-@app.task(
-    name=SUBMIT,
-    bind=True,
-    ignore_result=True,
-    store_errors_even_if_ignored=True,
-    throws=REFUSALS,
-    send_events=False,
-)
-def submit(self: Task, *args: Any, **fields: Any) -> None:
-    """Validate, record and route one task; its id becomes the orchestration id.
-
-    It reports nothing itself (no result, no task events, and raises Ignore once the task
-    is routed): the task's story is its execute message's, told under the task's id and
-    type when the handler has run; only a refusal is this message's result. A positional
-    argument (a chain's previous result) becomes payload["previous"]."""
-    router = router_for(self.app)
-    submit_id = self.request.id
+def _submit(task: Task, request: Any, args: tuple[Any, ...], fields: dict[str, Any]) -> None:
+    """One submission by name (the message `request` carries, with its positional `args`
+    and keyword `fields`): validated, recorded and routed; raises Reject (requeue) while the
+    state store is unreachable, and a refusal (REFUSALS) as it is."""
+    router = router_for(task.app)
+    submit_id = request.id
     try:
         try:
             fields = _with_previous(args, fields)
@@ -127,9 +119,9 @@ def submit(self: Task, *args: Any, **fields: Any) -> None:
                 client_id=client if isinstance(client, str) else None,
             )
             raise
-        held = getattr(self.request, HELD_ETA, None)
+        held = getattr(request, HELD_ETA, None)
         due = float(held) if isinstance(held, int | float) else None
-        outcome = _route(self, router, fields, submit_id, due)
+        outcome = _route(task, request, router, fields, submit_id, due)
         if outcome.differs:  # a submitter by name has no one else to tell it
             log.warning("%s", DuplicateTask(outcome.task_id, outcome.differs))
     except (StoreUnavailable, OperationalError) as exc:
@@ -145,11 +137,100 @@ def submit(self: Task, *args: Any, **fields: Any) -> None:
             and not router.store.task_exists(given)
         ):
             # A client tracking its own id must see the refusal there too.
-            self.backend.mark_as_failure(given, exc)
+            task.backend.mark_as_failure(given, exc)
         raise
-    # Routed (or parked, queued, a duplicate): Celery must not fire the message's links now,
-    # nor count it done; the execute message carries them to the handler's end.
-    raise Ignore()
+    # Routed (or parked, queued, a duplicate): Celery must not fire the message's links now
+    # (nor count a chord's part); the execute message carries them to the handler's end.
+    detach_links(request)
+
+
+def _unexpired(expires: Any) -> bool:
+    """Whether a message's `expires` header leaves it to run now (none, or later)."""
+    if not expires:
+        return True
+    try:
+        return datetime.fromisoformat(str(expires)).timestamp() > time.time()
+    except ValueError:
+        return False  # Celery says what is wrong with it
+
+
+def submit_strategy(task: Task, app: Celery, consumer: Any, **options: Any) -> Any:
+    """How a control worker takes `orchestrator.submit` messages: routed in the consumer
+    itself as they arrive, then acknowledged, without a pool process, a task request or a
+    trace (the Celery task's own path, now only for messages with an ETA the broker holds, a
+    revoked id, an expiry passed, or protocol 1): a by-name submission then costs about what one
+    from OrchestratorClient does. A refusal is stored under the message's id (its link_error
+    fires, a chord counts it) as Celery stores a failure; an unreachable store requeues it."""
+    from celery.app.task import Context
+    from celery.worker.strategy import default
+
+    celery_way = default(task, app, consumer, **options)
+    revoked = consumer.controller.state.revoked
+    errors = consumer.connection_errors
+
+    def on_message(
+        message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kw: Any
+    ) -> Any:
+        headers = message.headers
+        if (
+            body is not None
+            or not isinstance(headers, dict)
+            or headers.get("eta")
+            or not _unexpired(headers.get("expires"))
+            or headers.get("id") in revoked
+        ):
+            return celery_way(message, body, ack, reject, callbacks, **kw)
+        try:
+            args, fields, embed = message.payload
+        except Exception:  # not a protocol 2 body after all: Celery says what is wrong
+            return celery_way(message, body, ack, reject, callbacks, **kw)
+        request = Context(
+            headers,
+            args=args,
+            kwargs=fields,
+            delivery_info=dict(message.delivery_info or {}),
+            hostname=consumer.hostname,
+            is_eager=False,
+            **(embed or {}),
+        )
+        try:
+            _submit(task, request, tuple(args), dict(fields))
+        except Reject as exc:
+            log.warning("submission %s requeued: %s", request.id, exc.reason)
+            reject(log, errors, True)
+            return None
+        except Exception as exc:  # a refusal, or a fault: the message's failure, as Celery's
+            if not isinstance(exc, REFUSALS):
+                log.exception("submission %s failed", request.id)
+            try:
+                task.backend.mark_as_failure(request.id, exc, request=request)
+            except Exception:  # nothing escapes into the consumer: it would stop consuming
+                log.exception("submission %s: its failure could not be stored", request.id)
+        ack(log, errors)
+        return None
+
+    return on_message
+
+
+@app.task(
+    name=SUBMIT,
+    bind=True,
+    ignore_result=True,
+    store_errors_even_if_ignored=True,
+    throws=REFUSALS,
+    send_events=False,
+    Strategy=f"{__name__}:submit_strategy",
+)
+def submit(self: Task, *args: Any, **fields: Any) -> None:
+    """Validate, record and route one task; its id becomes the orchestration id.
+
+    It reports nothing itself (no result, no task events, and once the task is routed its
+    message's links are taken off, so Celery fires none): the task's story is its execute
+    message's, told under the task's id and type when the handler has run; only a refusal
+    is this message's result. A positional argument (a chain's previous result) becomes
+    payload["previous"]. A control worker runs most submissions in its consumer instead
+    (submit_strategy)."""
+    _submit(self, self.request, args, fields)
 
 
 @app.task(name="orchestrator.route_parked", **HOUSEKEEPING)

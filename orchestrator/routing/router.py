@@ -8,6 +8,8 @@ recovery tasks that re-route work away from failed or lost agents.
 from __future__ import annotations
 
 import random
+import re
+import secrets
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -73,6 +75,7 @@ class RouteView:
     by_id: dict[str, RegisteredAgent]
     slots: dict[str, int]  # each agent's concurrency + ORCH_AGENT_PREFETCH
     _peers: WrrPeers | None = None
+    _stand_in: tuple[RegisteredAgent | None] | None = None
 
     @property
     def peers(self) -> WrrPeers:
@@ -80,6 +83,41 @@ class RouteView:
         if self._peers is None:
             self._peers = WrrPeers.of(self.weights, self.slots)
         return self._peers
+
+    @property
+    def stand_in(self) -> RegisteredAgent | None:
+        """An agent whose id stands for the pick's in a message built before the pick
+        (store.accept_and_place), or None where one cannot: an eligible agent's breaker not
+        closed, an id JSON would escape, queues not named `<prefix><agent id>` alike. Its
+        queue is the shared prefix and its id; it runs handler tasks by type when all do."""
+        if self._stand_in is None:
+            self._stand_in = (stand_in_for(self.eligible),)
+        return self._stand_in[0]
+
+
+#: Agent ids the placing step may put in a message as they are (nothing JSON escapes).
+PLAIN_ID_RE = re.compile(r"^[A-Za-z0-9._:@-]{1,200}\Z")
+#: The stand-in's id: nothing a real agent, a payload or a queue name would contain.
+STAND_IN_ID = f"orch-stand-in-{secrets.token_hex(12)}"
+
+
+def stand_in_for(agents: list[RegisteredAgent]) -> RegisteredAgent | None:
+    """RouteView.stand_in, for these eligible agents."""
+    prefixes = set()
+    for agent in agents:
+        if agent.circuit is not CircuitBreakerState.CLOSED or not PLAIN_ID_RE.match(agent.agent_id):
+            return None
+        if not agent.queue.endswith(agent.agent_id):
+            return None
+        prefixes.add(agent.queue[: -len(agent.agent_id)])
+    if len(prefixes) != 1:
+        return None
+    return RegisteredAgent(
+        agent_id=STAND_IN_ID,
+        capabilities={},
+        queue=prefixes.pop() + STAND_IN_ID,
+        handler_tasks=all(a.handler_tasks for a in agents),
+    )
 
 
 def view_expiry(
@@ -267,6 +305,9 @@ class Router(Dispatching):
         if task.concurrency_key is not None:
             return self.submit_valid(task, submit_id, now, outbox)  # through the key's limit
         fleet = self.fleet(now)
+        stand_in = self._stand_in(task, self.view(task, fleet, now))
+        if stand_in is not None:
+            return self._place(task, submit_id, now, prepare, stand_in, outbox)
         chosen = self.choose(task, fleet, now)
         if chosen is None:
             return self.submit_valid(task, submit_id, now, outbox)
@@ -285,6 +326,47 @@ class Router(Dispatching):
         if status is not AcceptStatus.ROUTED:
             return self.submit_valid(task, submit_id, now, outbox)  # counted as a duplicate
         return Outcome(task.task_id, OutcomeStatus.ROUTED, chosen.agent_id, sent)
+
+    def _stand_in(self, task: OrchestrationTask, view: RouteView) -> RegisteredAgent | None:
+        """The agent a message is built for when the pick is made in the same atomic step as
+        the acceptance (store.accept_and_place), or None where the pick cannot be made there:
+        another strategy, an affinity key, a breaker not closed (its trial slots are admitted
+        apart), or agents whose ids or queues the step could not put in."""
+        if (
+            self.strategy is not OrchestrationStrategy.WEIGHTED_ROUND_ROBIN
+            or task.affinity_key
+            or not view.eligible
+        ):
+            return None
+        return view.stand_in
+
+    def _place(
+        self,
+        task: OrchestrationTask,
+        submit_id: str,
+        now: float,
+        prepare: Preparer,
+        stand_in: RegisteredAgent,
+        outbox: tuple[Mapping[str, Any], str] | None,
+    ) -> Outcome:
+        """submit_atomic with the pick in the same step: one round trip for a new task,
+        routed or (every eligible agent full) queued."""
+        assert task.task_id is not None
+        sent, pushes = prepare(task, stand_in, 1)
+        view = self.view(task, self.fleet(now), now)
+        status, placed = self.store.accept_and_place(
+            Acceptance(task, submit_id, now),
+            peers=view.peers,
+            stand_in=stand_in.agent_id,
+            pushes=pushes,
+        )
+        if status is AcceptStatus.ROUTED:
+            return Outcome(task.task_id, OutcomeStatus.ROUTED, placed, sent)
+        if status is AcceptStatus.QUEUED:
+            if placed:  # the pick stopped taking work since the view was read: others may
+                self.pump(task, now)
+            return Outcome(task.task_id, OutcomeStatus.QUEUED, sent=sent)
+        return self.submit_valid(task, submit_id, now, outbox)  # counted as a duplicate
 
     def slots_of(self, agent: RegisteredAgent) -> int:
         """How many unended tasks the agent may hold: its concurrency + ORCH_AGENT_PREFETCH."""

@@ -30,6 +30,13 @@ def carries_links(request: Any) -> bool:
     return bool(request.callbacks or request.errbacks or request.chain or request.chord)
 
 
+def detach_links(request: Any) -> None:
+    """Takes the links off a running task's request, so Celery fires none when it returns
+    (they travel on with the task). Cheaper than raising Ignore, whose traceback Celery
+    formats and hands to the pool's parent: a third of a by-name submission's work."""
+    request.callbacks = request.errbacks = request.chain = request.chord = None
+
+
 def canvas_of(request: Any) -> Canvas | None:
     """The links a submission's own message carries (None for a plain submission: the
     submit path's common case builds nothing)."""

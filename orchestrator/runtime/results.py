@@ -8,6 +8,10 @@ write of the task's result (by any process: the agent, recovery, a cancel) also 
 under each alias, in the same MULTI as the write itself (`_set`). Either the write sees the
 alias or the alias sees the written result, so no alias misses an outcome.
 
+`success_write` hands an agent's success to the state store's settle step instead, which
+writes it as `_set` does in the same step as the ledger's `succeeded` (results in the state
+store's Redis only): a client woken by the result never reads the task as still running.
+
 `install` makes an app's `redis://`, `rediss://` and `sentinel://` result backends these
 classes (Celery's loader lets an app name its own class for a scheme).
 """
@@ -19,6 +23,8 @@ from typing import Any
 from celery import Celery, states
 from celery.backends.redis import RedisBackend, SentinelBackend
 from kombu.utils.encoding import bytes_to_str
+
+from orchestrator.store.calls import ResultWrite
 
 #: The set of a task's aliases, beside Celery's `celery-task-meta-<id>` (same Redis, same TTL).
 ALIAS_PREFIX = "celery-task-aliases-"
@@ -97,6 +103,27 @@ def install(celery_app: Celery) -> None:
         "rediss": here + AliasingRedisBackend.__name__,
         "sentinel": here + AliasingSentinelBackend.__name__,
     }
+
+
+def success_write(backend: Any, task_id: str, result: Any, request: Any) -> ResultWrite | None:
+    """Celery's result of a success as the aliasing backend would write it (the same meta,
+    encoded the same way, the task's id last), for the settle step to write; None where the
+    backend is not an aliasing Redis one."""
+    if not isinstance(backend, _Aliasing):
+        return None
+    meta = backend._get_result_meta(
+        result=result, state=states.SUCCESS, traceback=None, request=request
+    )
+    meta.pop("task_id", None)
+    encoded = bytes_to_str(backend.encode(meta))
+    if not encoded.endswith("}"):
+        return None
+    return ResultWrite(
+        prefix=bytes_to_str(backend.task_keyprefix),
+        head=encoded[:-1],
+        expires=int(backend.expires or 0),
+        aliases=backend._aliases_key(task_id),
+    )
 
 
 def add_alias(backend: Any, task_id: str, alias: str) -> None:

@@ -1,30 +1,33 @@
 """The state store: every read and write of orchestrator state in Redis.
 
 One class, StateStore, made of the agent half (agents), the task half (ledger, over the
-backlog and dispatching in backlog), the dead-letter store of both kinds (dlq), recovery's
-plans and lost agents' tasks (recovery), the per-client limits (clients), the control
-workers' consumer group on the event streams (event_group), the event log's readers
-(event_log), sleeping agents' checkpoints (sleep) and the key layout's migration (migrate),
-over a shared base (base); the end of a run (settle_run), which spans the agent and task
-halves, is here. Key names come from keys, the codes the Lua steps answer with from codes,
-and the atomic steps from scripts (Lua in lua/), so a reader finds every key in one place and
-every multi-key change in another.
+backlog and dispatching in backlog; a new task placed in one step in placing), the
+dead-letter store of both kinds (dlq), recovery's plans and lost agents' tasks (recovery),
+the per-client limits (clients), the control workers' consumer group on the event streams
+(event_group), the event log's readers (event_log), sleeping agents' checkpoints (sleep)
+and the key layout's migration (migrate), over a shared base (base); the end of a run
+(settle_run), which spans the agent and task halves, is here. Key names come from keys, the
+codes the Lua steps answer with from codes, and the atomic steps from scripts (Lua in lua/),
+so a reader finds every key in one place and every multi-key change in another.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from orchestrator.config import Settings
 from orchestrator.models import TaskState
 from orchestrator.store.agents import AgentStore, Fleet, WrrPeers, _circuit_args, _outcome_args
 from orchestrator.store.backlog import DispatchConfig, Dispatched, parse_fills
 from orchestrator.store.base import now_s
-from orchestrator.store.calls import Acceptance, Attempt, Settlement
+from orchestrator.store.calls import Acceptance, Attempt, ResultWrite, Settlement
 from orchestrator.store.clients import ClientStore
 from orchestrator.store.dlq import DeadLetterStore
 from orchestrator.store.event_group import EventGroupStore
 from orchestrator.store.event_log import EventLogStore
 from orchestrator.store.keys import AGENT_STATS, circuit_key
 from orchestrator.store.migrate import KeyMigrationStore
+from orchestrator.store.placing import PlacingStore
 from orchestrator.store.ports import (
     CliStore,
     ExecutorStore,
@@ -40,6 +43,7 @@ from orchestrator.store.telemetry import telemetry_step
 
 class StateStore(
     AgentStore,
+    PlacingStore,
     DeadLetterStore,
     RecoveryStore,
     ClientStore,
@@ -88,11 +92,20 @@ class StateStore(
             ending=ending,
             counts=counting,
             dispatching=[*self.backlog_context(run.now), run.latency_ms / 1000.0],
+            result=_result_args(run),
         )
         with self._translate():
             done, _previous, transition, *fills = self._settle(keys=keys, args=args)
         self.announce_circuit(run.agent_id, str(transition), run.now)
         return int(done) == 1, parse_fills(fills)
+
+
+def _result_args(run: Settlement) -> list[Any]:
+    """settle_run's `result` section: Celery's result of the run (none: nothing to write)."""
+    out = run.celery_result
+    if out is None:
+        return []
+    return [out.prefix, run.task_id, out.head, out.expires, out.aliases]
 
 
 def _implements(
@@ -108,6 +121,7 @@ __all__ = [
     "Attempt",
     "Dispatched",
     "Fleet",
+    "ResultWrite",
     "Settlement",
     "StateStore",
     "WrrPeers",

@@ -1,7 +1,7 @@
 """The values a store call takes or answers with as a whole, not as positional arguments.
 
 Acceptance (accept, accept_and_route), Attempt (begin_attempt's answer) and Settlement
-(settle_run)."""
+(settle_run, with Celery's result as a ResultWrite)."""
 
 from __future__ import annotations
 
@@ -44,11 +44,26 @@ class Attempt:
 
 
 @dataclass(frozen=True)
+class ResultWrite:
+    """Celery's result of a success, for settle_run to write as Celery's Redis backend does
+    (SET with its expiry and PUBLISH to its waiters, under the task's id and each of its
+    aliases), in the same step as the ledger's terminal state. `head` is the encoded meta
+    without its `task_id` and closing brace (each id is put in as the backend's alias write
+    does: last); `prefix` the backend's key prefix, `aliases` the set of the task's aliases."""
+
+    prefix: str
+    head: str
+    expires: int
+    aliases: str
+
+
+@dataclass(frozen=True)
 class Settlement:
     """The end of one handler run that ends its task (StateStore.settle_run): the task, the
     agent it ran on, the terminal state, when, how long it ran, its type and telemetry
     `counts`; the agent's breaker config (None: no breaker), the encoded result or the
-    error; `stats_type`, the type the agent's per-type stats go under (default: task_type)."""
+    error; `stats_type`, the type the agent's per-type stats go under (default: task_type);
+    `celery_result`, Celery's result to write with it (None: Celery writes its own)."""
 
     task_id: str
     agent_id: str
@@ -61,3 +76,4 @@ class Settlement:
     result: str | None = None
     error: str | None = None
     stats_type: str | None = None
+    celery_result: ResultWrite | None = None

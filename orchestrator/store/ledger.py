@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import replace
 from typing import Any
 
 from orchestrator.errors import UnknownTask
@@ -41,7 +40,6 @@ from orchestrator.store.keys import (
     task_key,
 )
 from orchestrator.store.scripts import (
-    ACCEPT_AND_ROUTE_SIG,
     ACCEPT_SIG,
     BEGIN_ATTEMPT_SIG,
     FINISH_SIG,
@@ -69,41 +67,6 @@ class LedgerStore(BacklogStore):
         with self._translate():
             status, state = self.replicated(
                 lambda client: self._accept(keys=keys, args=args, client=client)
-            )
-        return AcceptStatus(str(status)), str(state)
-
-    def accept_and_route(
-        self,
-        acceptance: Acceptance,
-        *,
-        agent_id: str,
-        pushes: Sequence[tuple[str, str]],
-        slots: int | None = None,
-    ) -> tuple[AcceptStatus, str]:
-        """Accept a new task, route it to `agent_id` (dispatch 1) and publish its message by
-        pushing `pushes` ((list key, payload): the broker's own message, built for dispatch 1)
-        in one atomic step: all of it happens, or, for a task that is not new, none of it.
-        With `slots` (the agent's concurrency + prefetch), an agent that has none free since
-        it was picked gets nothing: the task waits in the backlog. Returns ("routed", "1"),
-        ("queued", ""), or accept's ("resume" | "duplicate", state). The acceptance's outbox
-        is not used: the task is published in the same step."""
-        task, now = acceptance.task, acceptance.now
-        accept_keys, accept_args = self._accept_step(replace(acceptance, outbox=None))
-        route_keys, route_args = self._route_step(
-            task, agent_id=agent_id, now=now, drop_outbox=False, slots=slots
-        )
-        keys = ACCEPT_AND_ROUTE_SIG.key_list(
-            accept=accept_keys, route=route_keys, pushes=[key for key, _ in pushes]
-        )
-        args = ACCEPT_AND_ROUTE_SIG.arg_list(
-            accepting=accept_args,
-            routing=route_args,
-            payloads=[payload for _, payload in pushes],
-            waiting=self._waiting_args(task, now),
-        )
-        with self._translate():
-            status, state = self.replicated(
-                lambda client: self._accept_route(keys=keys, args=args, client=client)
             )
         return AcceptStatus(str(status)), str(state)
 

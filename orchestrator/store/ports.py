@@ -242,6 +242,15 @@ class RouterStore(Fills, LoadsFleet, KnowsTasks, LoadsSpecs, Parks, EndsTasks, P
         slots: int | None = None,
     ) -> tuple[AcceptStatus, str]: ...
 
+    def accept_and_place(
+        self,
+        acceptance: Acceptance,
+        *,
+        peers: WrrPeers,
+        stand_in: str,
+        pushes: Sequence[tuple[str, str]],
+    ) -> tuple[AcceptStatus, str]: ...
+
     def count_duplicate(self, differing: bool = False) -> None: ...
 
     def outbox_drop(self, task_id: str, pipe: Any = None) -> None: ...

@@ -238,12 +238,17 @@ SETTLE_RUN_SIG = Signature(
         *part("finish", FINISH_SIG.keys),
         *part("count", TELEMETRY_ADD_SIG.keys),
     ),
-    argv=("stats[]", "breaker[]", "ending[]", "counts[]", "dispatching[]"),
+    argv=("stats[]", "breaker[]", "ending[]", "counts[]", "dispatching[]", "result[]"),
 )
 ACCEPT_AND_ROUTE_SIG = Signature(
     "accept_and_route",
-    keys=(*part("accept", ACCEPT_SIG.keys), *part("route", ROUTE_SIG.keys), "pushes..."),
-    argv=("accepting[]", "routing[]", "payloads[]", "waiting[]"),
+    keys=(
+        *part("accept", ACCEPT_SIG.keys),
+        *part("route", ROUTE_SIG.keys),
+        "wrr_state",
+        "pushes...",
+    ),
+    argv=("accepting[]", "routing[]", "payloads[]", "waiting[]", "picking[]"),
 )
 VANISHED_SIG = Signature(
     "vanished", keys=("inflight", "unacked", "lists..."), argv=("ledger_prefix", "routed_before")
@@ -378,6 +383,7 @@ ACCEPT_AND_ROUTE = (
     _BACKLOG
     + _as_function("accept", ACCEPT)
     + _as_function("route", ROUTE)
+    + _as_function("wrr", WRR_PICK)
     + _SECTIONS
     + _read("accept_and_route")
 )

@@ -95,6 +95,43 @@ def test_by_name_submission_from_a_plain_celery_client(shared):
     assert reply == {"value": {"x": 1}, "tracked": {"y": 2}, "by_message": {"y": 2}, "leaked": []}
 
 
+def test_by_name_submissions_with_a_short_countdown_a_refusal_and_an_errback(shared):
+    """A control worker routes by-name submissions in its consumer; what that path hands back
+    to Celery's own still behaves as Celery's: a short countdown (the broker holds it) runs
+    after it, a refusal is the message's failure and fires its link_error."""
+    from celery import Celery, signature
+
+    plain = Celery("foreign", broker=shared.url, backend=shared.url)
+    plain.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
+    try:
+        sent_at = now_s()
+        later = plain.send_task(
+            "orchestrator.submit",
+            kwargs={"type": "echo", "payload": {"later": 1}},
+            queue=ROUTING_QUEUE,
+            countdown=1.5,
+        )
+        assert later.get(timeout=30) == {"later": 1}
+        started = float(ledger(shared.redis, later.id)["started_at"])
+        assert started >= sent_at + 1.5
+        errback = signature(
+            "orchestrator.submit",
+            kwargs={"type": "count", "payload": {"key": "errback-1"}},
+            queue=ROUTING_QUEUE,
+        )
+        refused = plain.send_task(
+            "orchestrator.submit",
+            kwargs={"type": "echo", "payload": [1]},
+            queue=ROUTING_QUEUE,
+            link_error=errback,
+        )
+        with pytest.raises(Exception, match="payload"):
+            refused.get(timeout=30)
+        wait_for(lambda: shared.redis.get("test:runs:errback-1") == "1", timeout=30)
+    finally:
+        plain.close()
+
+
 def test_bad_input_is_rejected_naming_every_field_and_workers_keep_serving(shared):
     client, redis_client = shared.client, shared.redis
     by_name = client.app.send_task(
@@ -205,6 +242,39 @@ def test_priority_nine_runs_before_waiting_lower_priorities(shared):
         r.get(timeout=30)
     started = {r.id: float(ledger(redis_client, r.id)["started_at"]) for r in [*low, high]}
     assert started[high.id] < min(started[r.id] for r in low)
+
+
+def test_a_result_a_client_sees_is_already_the_ledgers_success(shared):
+    """The result and the ledger's `succeeded` are written in one step: a client woken by
+    its result never reads the task as still running (nor the in-flight slot as held), by
+    its own id or by an alias (the message id of a submission by name with a task_id)."""
+    client, redis_client = shared.client, shared.redis
+    for i in range(40):
+        result = client.submit("echo", {"i": i})
+        assert result.get(timeout=30) == {"i": i}
+        assert ledger(redis_client, result.id)["state"] == "succeeded", f"task {i} of 40"
+    from celery import Celery
+
+    plain = Celery("foreign", broker=shared.url, backend=shared.url)
+    plain.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
+    try:
+        sent = plain.send_task(
+            "orchestrator.submit",
+            kwargs={"type": "echo", "payload": {"alias": 1}, "task_id": "aliased-1"},
+            queue=ROUTING_QUEUE,
+        )
+        assert sent.get(timeout=30) == {"alias": 1}  # the message id resolves to the outcome
+        assert ledger(redis_client, "aliased-1")["state"] == "succeeded"
+        meta = json.loads(redis_client.get(f"celery-task-meta-{sent.id}"))
+        assert (meta["task_id"], meta["status"], meta["result"]) == (
+            sent.id,
+            "SUCCESS",
+            {"alias": 1},
+        )
+        own = json.loads(redis_client.get("celery-task-meta-aliased-1"))
+        assert own["task_id"] == "aliased-1" and own["date_done"] == meta["date_done"]
+    finally:
+        plain.close()
 
 
 def test_handler_failures_are_recorded_with_a_reason(shared):

@@ -184,7 +184,9 @@ def test_signed_tasks_route_and_complete_on_every_submission_path(
     start_agent("alpha", "echo,count", **hive.env())
 
     # OrchestratorClient routes in-process: kombu builds the signed execute message and the
-    # Lua step pushes it. Look at what was pushed: signed, and it runs.
+    # Lua step pushes it. Look at what was pushed: signed (the body; the step puts the picked
+    # agent into the envelope's routing key and the list key, which no signature covers), and
+    # it runs.
     with signing_client(redis_url, hive) as client:
         pushed: list[Push] = []
         prepare = client._prepare
@@ -198,7 +200,9 @@ def test_signed_tasks_route_and_complete_on_every_submission_path(
         assert client.submit("echo", {"path": "lua"}).get(timeout=30) == {"path": "lua"}
         ((key, _payload),) = pushed
         execute = envelope_of(pushed[0])
-        assert key.startswith("agent.alpha") and execute["content-type"] == "application/data"
+        # Built for the stand-in the placing step replaces with the pick (alpha, the only one)
+        assert key.startswith(("agent.alpha", "agent.orch-stand-in-"))
+        assert execute["content-type"] == "application/data"
         assert body_of(execute)[1]["payload"] == {"path": "lua"}
 
         # Through a control worker: the submit message carries its id and an expiry.

@@ -36,7 +36,7 @@ def test_a_wrong_type_key_under_a_lua_step_is_a_store_error_naming_it(orch, redi
     with pytest.raises(StoreError) as caught:
         orch.submit("echo", {}, task_id="w-1")
     said = str(caught.value)
-    assert "step 'accept_and_route' (Lua script accept_and_route)" in said
+    assert "step 'accept_and_place' (Lua script accept_and_route)" in said
     assert "WRONGTYPE" in said and "start one" in said
     assert not isinstance(caught.value, redis.ResponseError)
     assert isinstance(caught.value.__cause__, redis.ResponseError)

@@ -1,31 +1,71 @@
 -- KEYS: accept.ledger, accept.history, accept.counters, accept.events, accept.outbox,
 --   accept.outbox_msg, route.ledger, route.history, route.counters, route.stats, route.parked,
---   route.events, route.outbox, route.outbox_msg, pushes...
--- ARGV: accepting[], routing[], payloads[], waiting[]
--- A client's submission in one atomic step: ACCEPT and ROUTE (to an agent chosen beforehand)
--- and the broker message's own Redis pushes (built for dispatch 1, a new task's first). A task
--- that is not new changes nothing and nothing is pushed. KEYS: ACCEPT's, ROUTE's, then one
--- list key per push; ARGV: three sections (ACCEPT's, ROUTE's, the payloads).
--- ROUTE checks the agent's free slots: when another router took the last one since the pick,
--- the new task waits in the backlog instead (a fourth section: the backlog context, set,
--- priority, client) and nothing is pushed. Returns {"routed", "1"}, {"queued", ""} or
--- ACCEPT's {"resume" | "duplicate", state}.
+--   route.events, route.outbox, route.outbox_msg, wrr_state, pushes...
+-- ARGV: accepting[], routing[], payloads[], waiting[], picking[]
+-- A client's submission in one atomic step: ACCEPT and ROUTE and the broker message's own
+-- Redis pushes (built for dispatch 1, a new task's first). A task that is not new changes
+-- nothing and nothing is pushed. KEYS: ACCEPT's, ROUTE's, the round-robin's state (wrr_pick's
+-- `state`), then one list key per push; ARGV: five sections (ACCEPT's, ROUTE's, the payloads,
+-- the backlog's: context, set, priority, client; and `picking`: none when the agent was
+-- chosen beforehand, else a stand-in id and wrr_pick's ARGV (its peers with their slots).
+-- Picking, the next smooth weighted round-robin pick among the peers with a free slot takes
+-- the task: the stand-in id in ROUTE's arguments, the list keys and the payloads becomes the
+-- pick's (ids with nothing JSON escapes, checked by the caller), and ROUTE checks the pick's
+-- slots. ROUTE checks the agent's free slots: when another router took the last one since the
+-- pick, or (picking) every peer is full, the new task waits in the backlog instead and
+-- nothing is pushed. Returns {"routed", agent}, {"queued", the agent whose slot went, or ''
+-- when every peer was full} or ACCEPT's {"resume" | "duplicate", state}.
 local accept_keys, route_keys = {unpack(KEYS, 1, 6)}, {unpack(KEYS, 7, 14)}
-local pushes = {unpack(KEYS, 15)}
+local wrr_state = KEYS[15]
+local pushes = {unpack(KEYS, 16)}
 local accepting, at = section(1)
 local routing, at2 = section(at)
 local payloads, at3 = section(at2)
-local waiting = section(at3)
+local waiting, at4 = section(at3)
+local picking = section(at4)
 local got = accept(accept_keys, accepting)
 if got[1] ~= 'new' then return got end
--- ACCEPT has just set the new task's dispatch to 0, so ROUTE makes it 1, as in the message.
-local routed = route(route_keys, routing)
-if routed[1] == -1 then
+
+-- Into the backlog; `refused` is the agent whose slot went ('' when every peer was full).
+local function wait(refused)
   local cx = context(waiting)
   enqueue(cx, routing[5], 'queued', waiting[7], waiting[8], waiting[9], '', 1, false)
   redis.call('RPUSH', accept_keys[2], cjson.encode({ts = cx.now, state = 'queued'}))  -- history
   redis.call('HINCRBY', route_keys[3], 'queued', 1)  -- counters
-  return {'queued', ''}
+  return {'queued', refused}
 end
+
+-- `text` with every `stand_in` (plain text, not a pattern) replaced by `id`.
+local function put(text, stand_in, id)
+  local out, from = {}, 1
+  while true do
+    local i, j = string.find(text, stand_in, from, true)
+    if not i then break end
+    out[#out + 1] = string.sub(text, from, i - 1)
+    out[#out + 1] = id
+    from = j + 1
+  end
+  if from == 1 then return text end
+  out[#out + 1] = string.sub(text, from)
+  return table.concat(out)
+end
+
+local agent = routing[1]
+if #picking > 0 then
+  local stand_in = picking[1]
+  local wrr_argv = {unpack(picking, 2)}
+  local best = wrr({wrr_state}, wrr_argv)
+  if best == 0 then return wait('') end
+  agent = cmsgpack.unpack(wrr_argv[6])[best]
+  for i = 1, #routing do routing[i] = put(routing[i], stand_in, agent) end
+  routing[9] = tostring(cmsgpack.unpack(wrr_argv[4])[best])  -- ROUTE's `slots`
+  for i = 1, #pushes do
+    pushes[i] = put(pushes[i], stand_in, agent)
+    payloads[i] = put(payloads[i], stand_in, agent)
+  end
+end
+-- ACCEPT has just set the new task's dispatch to 0, so ROUTE makes it 1, as in the message.
+local routed = route(route_keys, routing)
+if routed[1] == -1 then return wait(agent) end
 for i = 1, #payloads do redis.call('LPUSH', pushes[i], payloads[i]) end
-return {'routed', '1'}
+return {'routed', agent}
