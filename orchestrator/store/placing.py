@@ -38,9 +38,7 @@ class PlacingStore(LedgerStore):
         is not used: the task is published in the same step."""
         keys, args = self._place_step(acceptance, agent_id, pushes, slots, picking=[])
         with self._translate():
-            status, state = self.replicated(
-                lambda client: self._accept_route(keys=keys, args=args, client=client)
-            )
+            status, state = self._run_place_step(keys, args)
         return AcceptStatus(str(status)), str(state)
 
     def accept_and_place(
@@ -59,16 +57,25 @@ class PlacingStore(LedgerStore):
         when the pick no longer takes work (asleep, quarantined since the view was read)."""
         assert peers.slots is not None, "the peers are prepared with their slots"
         task_id = acceptance.task.task_id
-        picking = [stand_in, *peers.args(task_id)]
         keys_for = acceptance.task.capability_key
-        keys, args = self._place_step(
-            acceptance, stand_in, pushes, None, picking, wrr_key(keys_for)
-        )
-        with self._translate():
-            status, state = self.replicated(
-                lambda client: self._accept_route(keys=keys, args=args, client=client)
+        for full in (False, True):  # the peers themselves only when the step asks for them
+            picking = [stand_in, *peers.args(task_id, full=full)]
+            keys, args = self._place_step(
+                acceptance, stand_in, pushes, None, picking, wrr_key(keys_for)
             )
+            with self._translate():
+                status, state = self._run_place_step(keys, args)
+            if status != "peers":
+                break
         return AcceptStatus(str(status)), str(state)
+
+    def _run_place_step(self, keys: list[Any], args: list[Any]) -> tuple[Any, Any]:
+        """scripts.ACCEPT_AND_ROUTE, replicated (the caller translates its errors: they name
+        the caller's step)."""
+        status, state = self.replicated(
+            lambda client: self._accept_route(keys=keys, args=args, client=client)
+        )
+        return status, state
 
     def _place_step(
         self,

@@ -14,7 +14,9 @@
 -- slots. ROUTE checks the agent's free slots: when another router took the last one since the
 -- pick, or (picking) every peer is full, the new task waits in the backlog instead and
 -- nothing is pushed. Returns {"routed", agent}, {"queued", the agent whose slot went, or ''
--- when every peer was full} or ACCEPT's {"resume" | "duplicate", state}.
+-- when every peer was full} or ACCEPT's {"resume" | "duplicate", state}; {"peers", ''}, with
+-- nothing done, when the round-robin does not know the peers' digest and they were not given
+-- (wrr_pick's -1: send them).
 local accept_keys, route_keys = {unpack(KEYS, 1, 6)}, {unpack(KEYS, 7, 14)}
 local wrr_state = KEYS[15]
 local pushes = {unpack(KEYS, 16)}
@@ -23,6 +25,9 @@ local routing, at2 = section(at)
 local payloads, at3 = section(at2)
 local waiting, at4 = section(at3)
 local picking = section(at4)
+if #picking > 0 and not picking[5] and redis.call('HGET', wrr_state, 'd') ~= picking[2] then
+  return {'peers', ''}
+end
 local got = accept(accept_keys, accepting)
 if got[1] ~= 'new' then return got end
 
@@ -56,9 +61,12 @@ if #picking > 0 then
   local wrr_argv = {unpack(picking, 2)}
   local best = wrr({wrr_state}, wrr_argv)
   if best == 0 then return wait('') end
-  agent = cmsgpack.unpack(wrr_argv[6])[best]
+  -- The pick's leaf (lua/wrr_pick.lua): {b, w, slots, full, cur}, then its id.
+  local raw = redis.call('HGET', wrr_state, 'l' .. best)
+  local _, _, room, _, _, at = struct.unpack('>diiBd', raw)
+  agent = string.sub(raw, at)
   for i = 1, #routing do routing[i] = put(routing[i], stand_in, agent) end
-  routing[9] = tostring(cmsgpack.unpack(wrr_argv[4])[best])  -- ROUTE's `slots`
+  routing[9] = tostring(room)  -- ROUTE's `slots`
   for i = 1, #pushes do
     pushes[i] = put(pushes[i], stand_in, agent)
     payloads[i] = put(payloads[i], stand_in, agent)
