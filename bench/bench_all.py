@@ -296,17 +296,21 @@ def _routing_reasons(r: dict[str, Any]) -> dict[str, str]:
     cores = f"CPU per task on {r['config']['cpus']} cores"
     h, b = trip[rr.HOP2]["median"], trip[base]["median"]
     latency = (
-        f"two worker hops: 2-hop+events (no orchestration work) idle p50 {h:.2f} ms against "
+        f"two worker hops (the control worker's, the agent's): 2-hop+events (no "
+        f"orchestration work) idle p50 {h:.2f} ms against "
         f"{base} {b:.2f} ms, {h / b:.2f} x on its own; by name "
         f"{trip[rr.BYNAME]['median']:.2f} ms, p99 {r['by_name_round_trip']['p99_ms']:.2f} ms"
     )
     return {
         "client_ratio": f"{cores}: {base} {_cpu_text(cpu[base])}, client-routed "
-        f"{_cpu_text(cpu[rr.ORCH])}: the route step (pick, then accept-route-publish), the "
-        "agent's begin and settle steps of the at-least-once ledger, and the events",
-        "by_name_ratio": f"by name every task makes two worker hops, and two hops with events "
-        f"and no orchestration at all give 2-hop+events / {base} {hop2:.2f}; {cores}: "
-        f"{base} {_cpu_text(cpu[base])}, by name {_cpu_text(cpu[rr.BYNAME])}",
+        f"{_cpu_text(cpu[rr.ORCH])}: the placing step (accept, pick, route and publish in "
+        "one Lua step), the agent's begin and settle steps of the at-least-once ledger "
+        "(Celery's result written in the settle step), and the events",
+        "by_name_ratio": f"by name every task passes a control worker (taken off the routing "
+        f"queue and placed in its consumer, no pool process) before the agent's hop, and two "
+        f"hops with events and no orchestration at all give 2-hop+events / {base} "
+        f"{hop2:.2f}; {cores}: {base} {_cpu_text(cpu[base])}, by name "
+        f"{_cpu_text(cpu[rr.BYNAME])}",
         "by_name_latency": latency,
         "redis_cpu": "Redis per task (reads: about one per round trip; commands: a Lua "
         "script's own included): "

@@ -357,7 +357,7 @@ class Router(Dispatching):
         status, placed = self.store.accept_and_place(
             Acceptance(task, submit_id, now),
             peers=view.peers,
-            stand_in=stand_in.agent_id,
+            stand_in=stand_in,
             pushes=pushes,
         )
         if status is AcceptStatus.ROUTED:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from orchestrator.models import RegisteredAgent
 from orchestrator.store.agents import WrrPeers
 from orchestrator.store.calls import Acceptance
 from orchestrator.store.codes import AcceptStatus
@@ -46,22 +47,27 @@ class PlacingStore(LedgerStore):
         acceptance: Acceptance,
         *,
         peers: WrrPeers,
-        stand_in: str,
+        stand_in: RegisteredAgent,
         pushes: Sequence[tuple[str, str]],
     ) -> tuple[AcceptStatus, str]:
         """accept_and_route to the agent the shared smooth weighted round-robin over `peers`
         (prepared with their slots) picks in the same step: `pushes` were built for the agent
         `stand_in`, whose id (in the list keys and payloads) the step replaces with the pick's
         (ids the caller checked need no escaping in JSON). With every peer full the task waits
-        in the backlog, and the sequence does not advance: ("queued", ""); ("queued", agent)
-        when the pick no longer takes work (asleep, quarantined since the view was read)."""
+        in the backlog, and the sequence does not advance: ("queued", ""); the message stays
+        with the task, and the fill that first dispatches it pushes it for its agent (one
+        whose queue is named as the stand-in's, with handler tasks when the message is named
+        by type) instead of leaving it to its caller to build. ("queued", agent) when the pick
+        no longer takes work (asleep, quarantined since the view was read)."""
         assert peers.slots is not None, "the peers are prepared with their slots"
         task_id = acceptance.task.task_id
+        by_type = "1" if stand_in.handler_tasks else "0"
         keys_for = acceptance.task.capability_key
         for full in (False, True):  # the peers themselves only when the step asks for them
-            picking = [stand_in, *peers.args(task_id, full=full)]
+            wrr = peers.args(task_id, full=full)
+            picking = [stand_in.agent_id, stand_in.queue, by_type, *wrr]
             keys, args = self._place_step(
-                acceptance, stand_in, pushes, None, picking, wrr_key(keys_for)
+                acceptance, stand_in.agent_id, pushes, None, picking, wrr_key(keys_for)
             )
             with self._translate():
                 status, state = self._run_place_step(keys, args)

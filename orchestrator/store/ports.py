@@ -247,7 +247,7 @@ class RouterStore(Fills, LoadsFleet, KnowsTasks, LoadsSpecs, Parks, EndsTasks, P
         acceptance: Acceptance,
         *,
         peers: WrrPeers,
-        stand_in: str,
+        stand_in: RegisteredAgent,
         pushes: Sequence[tuple[str, str]],
     ) -> tuple[AcceptStatus, str]: ...
 

@@ -165,12 +165,44 @@ local function event_if_wanted(cx, etype, source, data)
   if redis.call('SCARD', K.EVENTS_WANT .. etype) > 0 then event(cx, etype, source, data) end
 end
 
--- Hand a waiting task to `agent` (a new dispatch number). Returns {id, dispatch, spec}; nil
--- when the task no longer waits (it ended or moved meanwhile); false when the task is to avoid
--- this agent (it failed there: the recovery that moved it said so).
-local function assign(cx, id, agent, client, est)
+-- `text` with every `stand_in` (plain text, not a pattern) replaced by `id`.
+local function put(text, stand_in, id)
+  local out, from = {}, 1
+  while true do
+    local i, j = string.find(text, stand_in, from, true)
+    if not i then break end
+    out[#out + 1] = string.sub(text, from, i - 1)
+    out[#out + 1] = id
+    from = j + 1
+  end
+  if from == 1 then return text end
+  out[#out + 1] = string.sub(text, from)
+  return table.concat(out)
+end
+
+-- A new task that waited from its submission keeps the message its submitter built for a
+-- stand-in agent (ledger fields pm: payload, pk: list key, ps: the stand-in's id, pq: its
+-- queue, ph: '1' when named by type, which only an agent with handler tasks runs): pushed here,
+-- the stand-in replaced by `agent`, when it is the task's first dispatch and fits `rec` (the
+-- agent's registration). Returns whether it was pushed.
+local function push_kept(f, id, agent, rec, dispatch)
+  if not f[7] then return false end
+  redis.call('HDEL', ledger(id), 'pm', 'pk', 'ps', 'pq', 'ph')
+  if dispatch ~= 1 or not rec or put(f[10], f[9], agent) ~= rec['queue'] then return false end
+  if f[11] == '1' and rec['handler_tasks'] ~= true then return false end
+  redis.call('LPUSH', put(f[8], f[9], agent), put(f[7], f[9], agent))
+  return true
+end
+
+-- Hand a waiting task to `agent` (a new dispatch number; `rec` its registration, when read).
+-- Returns {id, dispatch, spec} for the caller to publish, or {id, dispatch} when its kept
+-- message was pushed here; nil when the task no longer waits (it ended or moved meanwhile);
+-- false when the task is to avoid this agent (it failed there: the recovery that moved it
+-- said so).
+local function assign(cx, id, agent, client, est, rec)
   local l = ledger(id)
-  local f = redis.call('HMGET', l, 'state', 'agent', 'spec', 'type', 'avoid', 'queued_at')
+  local f = redis.call('HMGET', l, 'state', 'agent', 'spec', 'type', 'avoid', 'queued_at',
+                       'pm', 'pk', 'ps', 'pq', 'ph')
   if f[1] ~= 'queued' and f[1] ~= 'parked' then return nil end
   if f[5] and string.find(',' .. f[5] .. ',', ',' .. agent .. ',', 1, true) then return false end
   if f[2] and redis.call('SREM', K.INFLIGHT .. f[2], id) == 1 then inflight_changed(f[2]) end
@@ -188,6 +220,7 @@ local function assign(cx, id, agent, client, est)
                                         dispatch = dispatch})
   event_if_wanted(cx, 'task.dispatched', 'dispatch', {task_id = id, agent_id = agent,
                                                       waited_s = cx.now - num(f[6], cx.now)})
+  if push_kept(f, id, agent, rec, dispatch) then return {id, dispatch} end
   return {id, dispatch, f[3]}
 end
 
@@ -209,7 +242,8 @@ local function free_slots(cx, agent, trusted)
 end
 
 -- Dispatch to `agent` the best waiting tasks it can take, while it has free slots (at most
--- `limit`). Returns a flat list {id, dispatch, spec, ...} for the caller to publish.
+-- `limit`). Returns a flat list {id, dispatch, spec, ...} for the caller to publish (a task
+-- whose kept message was pushed here is not in it).
 local function fill(cx, agent, limit, trusted)
   local out = {}
   if redis.call('SCARD', K.BL_SETS) == 0 then return out end
@@ -224,12 +258,14 @@ local function fill(cx, agent, limit, trusted)
     local id = bl_pop(k, p, c)
     if id then
       local est = num(redis.call('HGET', K.FAIR_EST, c), cx.est)
-      local got = assign(cx, id, agent, c, est)
+      local got = assign(cx, id, agent, c, est, rec)
       if got then
         charge(cx, k, p, c, t)
-        out[#out + 1] = got[1]
-        out[#out + 1] = got[2]
-        out[#out + 1] = got[3]
+        if got[3] then  -- for the caller to publish (no kept message was pushed)
+          out[#out + 1] = got[1]
+          out[#out + 1] = got[2]
+          out[#out + 1] = got[3]
+        end
         free = free - 1
       elseif got == false then
         skipped[#skipped + 1] = {id, k, p, c}

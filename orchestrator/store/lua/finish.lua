@@ -28,6 +28,7 @@ redis.call('HINCRBY', counters, new_state, 1)
 redis.call('EXPIRE', ledger, ttl)
 redis.call('EXPIRE', history, ttl)
 redis.call('HDEL', plans, task_id)
+redis.call('HDEL', ledger, 'pm', 'pk', 'ps', 'pq', 'ph')  -- a message kept while it waited
 redis.call('ZREM', deadlines, task_id)
 redis.call('ZREM', parked, task_id)
 redis.call('ZREM', outbox, task_id)

@@ -71,13 +71,13 @@ local function floordiv(a, b)  -- exact floor(a / b) for integers, b > 0
   while (f + 1) * b <= a do f = f + 1 end
   return f
 end
-local function put(g, slot, win, exp, b, w)
+local function slot_put(g, slot, win, exp, b, w)
   local o = 4 * slot
   g[o + 1], g[o + 2], g[o + 3], g[o + 4] = win, exp, b, w
 end
 local function put_leaf(g, slot, i)  -- leaf i's line, or nothing (full, or past the last)
   local r = i <= n and leaf(i)
-  if r and r[4] == 0 then put(g, slot, i, INF, r[1], r[2]) else put(g, slot, 0, INF, 0, 0) end
+  if r and r[4] == 0 then slot_put(g, slot, i, INF, r[1], r[2]) else slot_put(g, slot, 0, INF, 0, 0) end
 end
 -- The node over a group at step t: its children's largest line (ties: the first), and the
 -- first step at which a child's line overtakes it or a child's own node changes.
@@ -143,7 +143,7 @@ local function advance(h, j)  -- recompute the nodes whose certificate expired b
   local g = group(h, j)
   if h > 1 then
     for slot = 0, F - 1 do
-      if g[4 * slot + 2] <= t then put(g, slot, advance(h - 1, F * j + slot)) end
+      if g[4 * slot + 2] <= t then slot_put(g, slot, advance(h - 1, F * j + slot)) end
     end
   end
   return combine(g)
@@ -159,8 +159,8 @@ local function build()  -- every node from the leaves, bottom up
       for slot = 0, F - 1 do
         local c = F * j + slot
         if h == 1 then put_leaf(g, slot, c + 1)
-        elseif c < below then put(g, slot, combine(groups['g' .. (h - 1) .. ':' .. c]))
-        else put(g, slot, 0, INF, 0, 0) end
+        elseif c < below then slot_put(g, slot, combine(groups['g' .. (h - 1) .. ':' .. c]))
+        else slot_put(g, slot, 0, INF, 0, 0) end
       end
     end
     below = count
