@@ -77,7 +77,8 @@ local function slot_put(g, slot, win, exp, b, w)
 end
 local function put_leaf(g, slot, i)  -- leaf i's line, or nothing (full, or past the last)
   local r = i <= n and leaf(i)
-  if r and r[4] == 0 then slot_put(g, slot, i, INF, r[1], r[2]) else slot_put(g, slot, 0, INF, 0, 0) end
+  if r and r[4] == 0 then slot_put(g, slot, i, INF, r[1], r[2])
+  else slot_put(g, slot, 0, INF, 0, 0) end
 end
 -- The node over a group at step t: its children's largest line (ties: the first), and the
 -- first step at which a child's line overtakes it or a child's own node changes.
@@ -135,7 +136,7 @@ local function up(i)  -- leaf i changed: its path to the root
     local j = (x - x % F) / F
     local win, exp, b, w = combine(group(h, j))
     if h == H then root = {win, exp, b, w}
-    else put(group(h + 1, (j - j % F) / F), j % F, win, exp, b, w) end
+    else slot_put(group(h + 1, (j - j % F) / F), j % F, win, exp, b, w) end
     x = j
   end
 end
