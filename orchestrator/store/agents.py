@@ -72,17 +72,18 @@ class Fleet:
 @dataclass(frozen=True)
 class WrrPeers:
     """The eligible agents and their integer weights as the round-robin script takes them:
-    the ids sorted, both as JSON, and a digest of the ids. A router builds it once per view
-    of the fleet and capability set, so a pick sends three prepared strings, whatever the
-    fleet's size, and the script re-reads the ids only when the digest changed."""
+    the ids sorted (JSON), weights and slots (MessagePack), and a digest of all three. A
+    router builds it once per view of the fleet and capability set; the script keeps the
+    peers under their digest, so a pick sends the digest and the task id, whatever the
+    fleet's size, and the peers only when the script answers that it does not know them."""
 
     ids: tuple[str, ...]
     ids_json: str
     weights: bytes  # a MessagePack array of int32, aligned with ids
     digest: str
-    #: With slots: (each peer's concurrency + prefetch, the ids) as MessagePack arrays, so a
+    #: With slots: each peer's concurrency + prefetch (a MessagePack array, aligned), so a
     #: pick skips the peers with no free slot.
-    slots: tuple[bytes, bytes] | None = None
+    slots: bytes | None = None
 
     @classmethod
     def of(cls, weights: Mapping[str, int], slots: Mapping[str, int] | None = None) -> WrrPeers:
@@ -93,34 +94,27 @@ class WrrPeers:
         if bad:
             raise ValueError(f"weights must be positive integers: {', '.join(bad)}")
         ids_json = json.dumps(ids, separators=(",", ":"))
-        packed = struct.pack(">BI", 0xDD, len(ids)) + b"".join(
-            struct.pack(">Bi", 0xD2, weights[i]) for i in ids
-        )
+        packed = _msgpack_array([struct.pack(">Bi", 0xD2, weights[i]) for i in ids])
         packed_slots = None
         if slots is not None:
-            packed_slots = (
-                _msgpack_array([struct.pack(">Bi", 0xD2, slots[i]) for i in ids]),
-                _msgpack_array([_msgpack_str(i) for i in ids]),
-            )
-        return cls(
-            ids,
-            ids_json,
-            packed,
-            hashlib.blake2b(ids_json.encode(), digest_size=12).hexdigest(),
-            packed_slots,
-        )
+            packed_slots = _msgpack_array([struct.pack(">Bi", 0xD2, slots[i]) for i in ids])
+        digest = hashlib.blake2b(digest_size=12)
+        for part in (ids_json.encode(), packed, packed_slots or b""):
+            digest.update(struct.pack(">I", len(part)) + part)
+        return cls(ids, ids_json, packed, digest.hexdigest(), packed_slots)
 
-    def args(self, task_id: str | None = None) -> list[str | bytes]:
-        """wrr_pick's ARGV; `task_id` only with slots."""
-        slots, peers = self.slots or (None, None)
+    def args(
+        self, task_id: str | None = None, *, all_free: bool = False, full: bool = False
+    ) -> list[str | bytes]:
+        """wrr_pick's ARGV: the digest, and with `full` the peers themselves; `all_free`
+        skips no full peer (an affinity key's pick)."""
         return WRR_PICK_SIG.arg_list(
             digest=self.digest,
-            ids=self.ids_json,
-            weights=self.weights,
-            slots=slots,
-            inflight=None if slots is None else INFLIGHT_PREFIX,
-            peers=peers,
-            task_id=task_id,
+            task_id=task_id or "",
+            all_free="1" if all_free else "",
+            ids=self.ids_json if full else None,
+            weights=self.weights if full else None,
+            slots=self.slots if full else None,
         )
 
 
@@ -465,14 +459,15 @@ class AgentStore(StoreBase):
     ) -> str | None:
         """The next smooth weighted round-robin pick among `peers` (agent -> integer weight,
         or prepared), one atomic step shared by every router; None when peers prepared with
-        slots all have none free (`task_id`'s own slot, where it holds one, counts as free)."""
+        slots all have none free (`task_id`'s own slot, where it holds one, counts as free).
+        One round trip while the script knows the peers; a second sends them."""
         if not isinstance(peers, WrrPeers):
             peers = WrrPeers.of(peers)
-        args = peers.args(task_id if peers.slots is not None else None)
+        keys = WRR_PICK_SIG.key_list(state=wrr_key(capability_key))
         with self._translate():
-            index = int(
-                self._wrr(keys=WRR_PICK_SIG.key_list(state=wrr_key(capability_key)), args=args)
-            )
+            index = int(self._wrr(keys=keys, args=peers.args(task_id)))
+            if index < 0:
+                index = int(self._wrr(keys=keys, args=peers.args(task_id, full=True)))
         return peers.ids[index - 1] if index > 0 else None
 
     def wrr_state(self, capability_key: str) -> dict[str, int]:
@@ -501,6 +496,11 @@ class AgentStore(StoreBase):
         keys = AFFINITY_PICK_SIG.key_list(
             affinity=affinity_key(key), wrr_state=wrr_key(capability_key)
         )
-        args = AFFINITY_PICK_SIG.arg_list(ttl=ttl_s, pick=fallback or "", wrr=weights.args())
         with self._translate():
-            return str(self._affinity(keys=keys, args=args))
+            for full in (False, True):
+                wrr = weights.args(all_free=True, full=full)
+                args = AFFINITY_PICK_SIG.arg_list(ttl=ttl_s, pick=fallback or "", wrr=wrr)
+                chosen = self._affinity(keys=keys, args=args)
+                if chosen != -1:
+                    break
+            return str(chosen)

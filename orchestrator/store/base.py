@@ -27,7 +27,15 @@ from orchestrator.models import (
 )
 from orchestrator.store import refusals, scripts
 from orchestrator.store.connect import redis_client
-from orchestrator.store.keys import events_key, lock_key
+from orchestrator.store.keys import (
+    INFLIGHT_LOG,
+    INFLIGHT_LOG_KEEP,
+    INFLIGHT_LOG_TRIM,
+    INFLIGHT_SEQ,
+    events_key,
+    inflight_key,
+    lock_key,
+)
 from orchestrator.store.telemetry import TelemetryWriter
 
 log = logging.getLogger(__name__)
@@ -173,6 +181,16 @@ class StoreBase:
             raise StoreUnavailable(f"Redis state store unreachable: {exc}") from exc
         except redis.ResponseError as exc:
             raise refusals.translated(exc, refusals.step_of(exc.__traceback__)) from exc
+
+    def _inflight_remove(self, agent_id: str, task_id: str) -> None:
+        """Take the task from the agent's in-flight set, logged as every change of one is
+        (keys.lua_header's inflight_changed: the round-robin re-checks that agent's slots)."""
+        with self._translate(), self.r.pipeline(transaction=True) as pipe:
+            pipe.srem(inflight_key(agent_id), task_id)
+            pipe.incr(INFLIGHT_SEQ)
+            pipe.rpush(INFLIGHT_LOG, agent_id)
+            if pipe.execute()[1] % INFLIGHT_LOG_TRIM == 0:
+                self.r.ltrim(INFLIGHT_LOG, -INFLIGHT_LOG_KEEP, -1)
 
     def ping(self) -> bool:
         with self._translate():

@@ -24,7 +24,9 @@ Key layout (prefix `orch:`):
   agents              hash  agent_id -> RegisteredAgent JSON (identity, capabilities, status)
   heartbeats          hash  agent_id -> unix time of the last heartbeat
   agent_stats         hash  "<agent_id>|<ok|fail|lat|sr>" -> number (and per task type)
-  wrr:<capabilities>  hash  agent_id -> smooth weighted round-robin `current`
+  wrr:<capabilities>  hash  the smooth weighted round-robin's peers and state, kept under a
+                            digest of the peers (lua/wrr_pick.lua: a leaf per peer, a node
+                            per tournament node, `i:<agent_id>` -> the peer's index)
   affinity:<key>      str   agent_id the affinity key sticks to
   task:<id>           hash  the ledger entry (spec JSON, state, agent, attempts, times, error)
   history:<id>        list  JSON entries, one per state change (same TTL as task:<id>)
@@ -49,6 +51,9 @@ Key layout (prefix `orch:`):
                             (the quarantine tier's count; trimmed to ORCH_QUARANTINE_WINDOW_S)
   circuit:<agent>     hash  the agent's breaker (orchestrator.recovery.breaker.to_redis_hash)
   inflight:<agent>    set   task ids routed to the agent and not yet ended
+  inflight_log        list  agent ids, one per change of an in-flight set (the newest few
+                            thousand), so a round-robin pick re-checks only those agents' slots
+  inflight_seq        str   how many entries inflight_log has ever had
   recovery            hash  task_id -> the open RecoveryPlan JSON
   recovery_deadlines  zset  task_id -> when its open plan escalates
   lock:<name>         str   a periodic task's singleton lock (token)
@@ -98,6 +103,10 @@ OUTBOX = PREFIX + "outbox"
 OUTBOX_MSG = PREFIX + "outbox:msg"
 CIRCUIT_PREFIX = PREFIX + "circuit:"
 INFLIGHT_PREFIX = PREFIX + "inflight:"
+INFLIGHT_LOG = PREFIX + "inflight_log"
+INFLIGHT_SEQ = PREFIX + "inflight_seq"
+INFLIGHT_LOG_KEEP = 4096  # entries kept: a pick further behind re-checks every peer
+INFLIGHT_LOG_TRIM = 1024  # trimmed every this many entries
 FAILURES_PREFIX = PREFIX + "failures:"
 HANDLER_CIRCUIT_PREFIX = PREFIX + "handler_circuit:"
 KOMBU_UNACKED = "unacked"
@@ -367,8 +376,9 @@ def affixes(key_of: Callable[[str], str]) -> tuple[str, str]:
     return prefix, suffix
 
 
-def lua_header() -> str:
-    """The key names Lua steps build themselves, as a Lua table `K` (scripts.py)."""
+def lua_header(*only: str) -> str:
+    """The key names Lua steps build themselves, as a Lua table `K` (scripts.py): all of
+    them, or `only` those (a table built on every call costs a short script's time)."""
     task_pre, task_suf = affixes(task_key)
     hist_pre, hist_suf = affixes(history_key)
     names = {
@@ -380,6 +390,8 @@ def lua_header() -> str:
         "AGENT_STATUS": AGENT_STATUS,
         "HEARTBEATS": HEARTBEATS,
         "INFLIGHT": INFLIGHT_PREFIX,
+        "INFLIGHT_LOG": INFLIGHT_LOG,
+        "INFLIGHT_SEQ": INFLIGHT_SEQ,
         "CIRCUIT": CIRCUIT_PREFIX,
         "PARKED": PARKED,
         "COUNTERS": COUNTERS,
@@ -402,7 +414,23 @@ def lua_header() -> str:
         "OUTBOX_MSG": OUTBOX_MSG,
         "EVENTS_WANT": EVENTS_WANT,
     }
+    if only:
+        names = {name: names[name] for name in only}
     items = [f"{name} = {json.dumps(value)}" for name, value in names.items()]
+    if only:
+        return f"local K = {{{', '.join(items)}}}\n"
     task_types = ", ".join(f"[{json.dumps(t)}] = true" for t in sorted(TASK_EVENT_TYPES))
     items.append(f"TASK_EVENT_TYPES = {{{task_types}}}")
-    return f"local K = {{{', '.join(items)}}}\n"
+    return f"local K = {{{', '.join(items)}}}\n" + _INFLIGHT_CHANGED
+
+
+#: Every step that adds to or takes from an agent's in-flight set calls this, so the
+#: round-robin learns which agents' fullness may have changed (lua/wrr_pick.lua).
+_INFLIGHT_CHANGED = f"""local function inflight_changed(agent)
+  local n = redis.call('INCR', K.INFLIGHT_SEQ)
+  redis.call('RPUSH', K.INFLIGHT_LOG, agent)
+  if n % {INFLIGHT_LOG_TRIM} == 0 then
+    redis.call('LTRIM', K.INFLIGHT_LOG, -{INFLIGHT_LOG_KEEP}, -1)
+  end
+end
+"""

@@ -409,8 +409,7 @@ class LedgerStore(BacklogStore):
             error=error,
         )
         if done == 1:
-            with self._translate():
-                self.r.srem(inflight_key(agent_id), task_id)
+            self._inflight_remove(agent_id, task_id)
         return done == 1
 
     def finish(

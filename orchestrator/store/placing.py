@@ -41,9 +41,7 @@ class PlacingStore(LedgerStore):
         is not used: the task is published in the same step."""
         keys, args = self._place_step(acceptance, agent_id, pushes, slots, picking=[])
         with self._translate():
-            status, state = self.replicated(
-                lambda client: self._accept_route(keys=keys, args=args, client=client)
-            )
+            status, state = self._run_place_step(keys, args)
         return AcceptStatus(str(status)), str(state)
 
     def accept_and_place(
@@ -66,16 +64,26 @@ class PlacingStore(LedgerStore):
         assert peers.slots is not None, "the peers are prepared with their slots"
         task_id = acceptance.task.task_id
         by_type = "1" if stand_in.handler_tasks else "0"
-        picking = [stand_in.agent_id, stand_in.queue, by_type, *peers.args(task_id)]
         keys_for = acceptance.task.capability_key
-        keys, args = self._place_step(
-            acceptance, stand_in.agent_id, pushes, None, picking, wrr_key(keys_for)
-        )
-        with self._translate():
-            status, state = self.replicated(
-                lambda client: self._accept_route(keys=keys, args=args, client=client)
+        for full in (False, True):  # the peers themselves only when the step asks for them
+            wrr = peers.args(task_id, full=full)
+            picking = [stand_in.agent_id, stand_in.queue, by_type, *wrr]
+            keys, args = self._place_step(
+                acceptance, stand_in.agent_id, pushes, None, picking, wrr_key(keys_for)
             )
+            with self._translate():
+                status, state = self._run_place_step(keys, args)
+            if status != "peers":
+                break
         return AcceptStatus(str(status)), str(state)
+
+    def _run_place_step(self, keys: list[Any], args: list[Any]) -> tuple[Any, Any]:
+        """scripts.ACCEPT_AND_ROUTE, replicated (the caller translates its errors: they name
+        the caller's step)."""
+        status, state = self.replicated(
+            lambda client: self._accept_route(keys=keys, args=args, client=client)
+        )
+        return status, state
 
     def _place_step(
         self,

@@ -117,13 +117,13 @@ CONTEXT = part("cx", ("now", "weights", "estimate", "prefetch", "timeout", "maxl
 WRR_PICK_SIG = Signature(
     "wrr_pick",
     keys=("state",),
-    argv=("digest", "ids", "weights", "slots?", "inflight?", "peers?", "task_id?"),
+    argv=("digest", "task_id", "all_free", "ids?", "weights?", "slots?"),
 )
 WRR_STATE_SIG = Signature("wrr_state", keys=("state",))
 AFFINITY_PICK_SIG = Signature(
     "affinity_pick",
     keys=("affinity", "wrr_state"),
-    argv=("ttl", "pick", *part("wrr", WRR_PICK_SIG.argv[:-1])),
+    argv=("ttl", "pick", *part("wrr", WRR_PICK_SIG.argv)),
 )
 LOAD_FLEET_SIG = Signature(
     "load_fleet",
@@ -338,7 +338,9 @@ def _as_function(name: str, body: str) -> str:
 #: The key names and the backlog's functions (lua/backlog.lua) that dispatching steps use.
 _BACKLOG = lua_header() + _read("backlog")
 
-WRR_PICK = _read("wrr_pick")
+WRR_PICK = lua_header("INFLIGHT", "INFLIGHT_LOG", "INFLIGHT_SEQ", "TASK_PRE", "TASK_SUF") + _read(
+    "wrr_pick"
+)
 WRR_STATE = _read("wrr_state")
 LOAD_FLEET = _read("load_fleet")
 ACCEPT = _read("accept")

@@ -140,6 +140,15 @@ def test_round_robin_state_of_the_older_layout_is_replaced_not_misread(redis_url
         picks = [store.wrr_pick("echo", weights) for _ in range(7)]
         assert picks == list("aabacaa")  # smooth WRR: 5:1:1 runs a a b a c a a
         assert store.wrr_state("echo") == {"a": 0, "b": 0, "c": 0}
-        assert set(store.r.hkeys("orch:wrr:echo")) == {"d", "ids", "cur"}
+        assert not {"a", "b"} & set(store.r.hkeys("orch:wrr:echo"))  # the old fields went
+        # The layout before this one (ids, and `current` as one MessagePack array) carries on.
+        store.r.delete("orch:wrr:echo")
+        store.r.hset(
+            "orch:wrr:echo", mapping={"d": "x", "ids": '["a","b","c"]', "cur": b"\x93\x03\xfe\xff"}
+        )
+        state = {"a": 3, "b": -2, "c": -1}
+        expected, state = wrr_step(state, weights)
+        assert store.wrr_pick("echo", weights) == expected
+        assert store.wrr_state("echo") == state
     finally:
         store.r.close()

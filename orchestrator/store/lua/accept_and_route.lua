@@ -14,8 +14,11 @@
 -- pick's (ids with nothing JSON escapes, checked by the caller), and ROUTE checks the pick's
 -- slots. ROUTE checks the agent's free slots: when another router took the last one since the
 -- pick, or (picking) every peer is full, the new task waits in the backlog instead and
--- nothing is pushed (every peer full: its message is kept for the fill that dispatches it). Returns {"routed", agent}, {"queued", the agent whose slot went, or ''
--- when every peer was full} or ACCEPT's {"resume" | "duplicate", state}.
+-- nothing is pushed (every peer full: its message is kept for the fill that dispatches it).
+-- Returns {"routed", agent}, {"queued", the agent whose slot went, or '' when every peer was
+-- full} or ACCEPT's {"resume" | "duplicate", state}; {"peers", ''}, with nothing done, when
+-- the round-robin does not know the peers' digest and they were not given (wrr_pick's -1:
+-- send them).
 local accept_keys, route_keys = {unpack(KEYS, 1, 6)}, {unpack(KEYS, 7, 14)}
 local wrr_state = KEYS[15]
 local pushes = {unpack(KEYS, 16)}
@@ -24,6 +27,10 @@ local routing, at2 = section(at)
 local payloads, at3 = section(at2)
 local waiting, at4 = section(at3)
 local picking = section(at4)
+-- `picking`: stand-in, queue, by type, then wrr_pick's digest, task_id, all_free, ids?, ...
+if #picking > 0 and not picking[7] and redis.call('HGET', wrr_state, 'd') ~= picking[4] then
+  return {'peers', ''}
+end
 local got = accept(accept_keys, accepting)
 if got[1] ~= 'new' then return got end
 
@@ -48,9 +55,12 @@ if #picking > 0 then
   local wrr_argv = {unpack(picking, 4)}
   local best = wrr({wrr_state}, wrr_argv)
   if best == 0 then return wait('') end
-  agent = cmsgpack.unpack(wrr_argv[6])[best]
+  -- The pick's leaf (lua/wrr_pick.lua): {b, w, slots, full, cur}, then its id.
+  local raw = redis.call('HGET', wrr_state, 'l' .. best)
+  local _, _, room, _, _, at = struct.unpack('>diiBd', raw)
+  agent = string.sub(raw, at)
   for i = 1, #routing do routing[i] = put(routing[i], stand_in, agent) end
-  routing[9] = tostring(cmsgpack.unpack(wrr_argv[4])[best])  -- ROUTE's `slots`
+  routing[9] = tostring(room)  -- ROUTE's `slots`
   for i = 1, #pushes do
     pushes[i] = put(pushes[i], stand_in, agent)
     payloads[i] = put(payloads[i], stand_in, agent)

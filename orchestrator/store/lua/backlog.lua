@@ -205,7 +205,7 @@ local function assign(cx, id, agent, client, est, rec)
                        'pm', 'pk', 'ps', 'pq', 'ph')
   if f[1] ~= 'queued' and f[1] ~= 'parked' then return nil end
   if f[5] and string.find(',' .. f[5] .. ',', ',' .. agent .. ',', 1, true) then return false end
-  if f[2] then redis.call('SREM', K.INFLIGHT .. f[2], id) end
+  if f[2] and redis.call('SREM', K.INFLIGHT .. f[2], id) == 1 then inflight_changed(f[2]) end
   local dispatch = redis.call('HINCRBY', l, 'dispatch', 1)
   redis.call('HSET', l, 'state', 'routed', 'agent', agent, 'routed_at',
              string.format('%.17g', cx.now), 'deliveries', 0)
@@ -213,7 +213,7 @@ local function assign(cx, id, agent, client, est, rec)
   redis.call('HDEL', l, 'pid', 'bl', 'blw', 'due', 'avoid')
   redis.call('RPUSH', history(id), cjson.encode({ts = cx.now, state = 'routed', agent = agent,
                                                   from = f[1]}))
-  redis.call('SADD', K.INFLIGHT .. agent, id)
+  if redis.call('SADD', K.INFLIGHT .. agent, id) == 1 then inflight_changed(agent) end
   redis.call('HINCRBY', K.COUNTERS, 'routed', 1)
   redis.call('ZREM', K.PARKED, id)
   event(cx, 'task.routed', 'dispatch', {task_id = id, agent_id = agent, type = f[4],

@@ -10,7 +10,7 @@ local l = ledger(id)
 local f = redis.call('HMGET', l, 'state', 'agent')
 local prev = f[1]
 if prev ~= 'accepted' and prev ~= 'recovering' and prev ~= 'routed' then return {0, prev or ''} end
-if f[2] then redis.call('SREM', K.INFLIGHT .. f[2], id) end
+if f[2] and redis.call('SREM', K.INFLIGHT .. f[2], id) == 1 then inflight_changed(f[2]) end
 if prev == 'routed' then redis.call('HINCRBY', l, 'dispatch', 1) end
 redis.call('HSET', l, 'state', 'queued', 'due', due, 'queued_at', now)
 if prefer ~= '' then redis.call('HSET', l, 'prefer', prefer) end

@@ -33,7 +33,7 @@ local ok = prev == 'accepted' or prev == 'recovering'
       and prev ~= 'dead_lettered')
 if not ok then return {0, prev or ''} end
 if expect_dispatch ~= '' and f[2] ~= expect_dispatch then return {0, prev} end
-if f[3] then redis.call('SREM', K.INFLIGHT .. f[3], id) end
+if f[3] and redis.call('SREM', K.INFLIGHT .. f[3], id) == 1 then inflight_changed(f[3]) end
 bl_remove(id, l)  -- a restored task that was waiting: out of where it waited, then back in
 if prev == 'routed' or prev == 'running' then redis.call('HINCRBY', l, 'dispatch', 1) end
 redis.call('HDEL', l, 'pid', 'due')

@@ -33,7 +33,9 @@ redis.call('ZREM', deadlines, task_id)
 redis.call('ZREM', parked, task_id)
 redis.call('ZREM', outbox, task_id)
 redis.call('HDEL', outbox_msg, task_id)
-if inflight ~= '' then redis.call('SREM', inflight, task_id) end
+if inflight ~= '' and redis.call('SREM', inflight, task_id) == 1 then
+  inflight_changed(string.sub(inflight, #K.INFLIGHT + 1))
+end
 bl_remove(task_id, ledger)
 redis.call('ZREM', K.DEFERRED, task_id)
 ck_release(task_id, ledger)

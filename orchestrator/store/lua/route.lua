@@ -39,13 +39,15 @@ if expect_dispatch ~= ''
   return {0, state}
 end
 local prev = redis.call('HGET', ledger, 'agent')
-if prev then redis.call('SREM', inflight_prefix .. prev, task_id) end
+if prev and redis.call('SREM', inflight_prefix .. prev, task_id) == 1 then
+  inflight_changed(prev)
+end
 local dispatch = redis.call('HINCRBY', ledger, 'dispatch', 1)
 redis.call('HSET', ledger, 'state', 'routed', 'agent', agent, 'routed_at', now,
            'deliveries', 0)
 redis.call('HDEL', ledger, 'pid')
 redis.call('RPUSH', history, entry)
-redis.call('SADD', inflight_prefix .. agent, task_id)
+if redis.call('SADD', inflight_prefix .. agent, task_id) == 1 then inflight_changed(agent) end
 redis.call('HINCRBY', counters, 'routed', 1)
 redis.call('ZREM', parked, task_id)
 if drop_outbox == '1' then
