@@ -1,7 +1,8 @@
-"""The round-robin's O(log n) Lua step gives exactly routing.wrr_step's sequence: ties,
-peers at their slots skipped (neither gaining nor paying), fullness changing between picks
-through the in-flight sets, a task's own slot, weights and membership changing, and a log
-trimmed past what a state last read."""
+"""The round-robin's O(log n) Lua step gives exactly routing.wrr_step's sequence.
+
+Ties, peers at their slots skipped (neither gaining nor paying), fullness changing between
+picks through the in-flight sets, a task's own slot, weights and membership changing, and a
+log trimmed past what a state last read."""
 
 from __future__ import annotations
 
