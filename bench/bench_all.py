@@ -324,9 +324,9 @@ def _scale_reasons(r: dict[str, Any]) -> dict[str, str]:
     small, large = (str(n) for n in r["config"]["agents"])
     d, fresh = f["decision_ms"], f["decision_fresh_ms"]
     wrr = (
-        "the smooth weighted round-robin the contract prescribes (one atomic step in Redis) "
-        "adds every eligible agent's weight at each pick, so its Lua step grows with the "
-        f"eligible agents: p50 {d[large]['p50']['median']:.2f} ms at {large} against "
+        "the smooth weighted round-robin the contract prescribes is one atomic Lua step of "
+        "O(log eligible) (a kinetic tournament; its fixed cost and the round trip dominate "
+        f"small fleets): p50 {d[large]['p50']['median']:.2f} ms at {large} against "
         f"{d[small]['p50']['median']:.2f} ms at {small}; the fleet itself is no longer read per "
         f"decision (a fresh read and decision: {fresh[large]['p50']['median']:.1f} ms at "
         f"{large}, at most once per 5 s or fleet change per router)"
