@@ -327,7 +327,10 @@ def _scale_reasons(r: dict[str, Any]) -> dict[str, str]:
         "the smooth weighted round-robin the contract prescribes is one atomic Lua step of "
         "O(log eligible) (a kinetic tournament; its fixed cost and the round trip dominate "
         f"small fleets): p50 {d[large]['p50']['median']:.2f} ms at {large} against "
-        f"{d[small]['p50']['median']:.2f} ms at {small}; the fleet itself is no longer read per "
+        f"{d[small]['p50']['median']:.2f} ms at {small}, p99 {d[large]['p99']['median']:.2f} "
+        f"against {d[small]['p99']['median']:.2f} ms (a tail of sub-millisecond decisions "
+        f"that moves from repeat to repeat: p99 ratio {_span(f['large_over_small']['p99'])}); "
+        "the fleet itself is no longer read per "
         f"decision (a fresh read and decision: {fresh[large]['p50']['median']:.1f} ms at "
         f"{large}, at most once per 5 s or fleet change per router)"
     )
