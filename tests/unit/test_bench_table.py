@@ -108,7 +108,9 @@ def scale(good: bool) -> dict[str, Any]:
             "decision_over_ping_p99": {"10": s(2.0), "1000": s(2.5 if good else 4.0)},
             "large_over_small": {"p50": s(1.1), "p99": s(1.2 if good else 2.0)},
             "loops_total_pct": s(0.5 if good else 3.0),
-            "decision_ms": {n: {"p50": s(x)} for n, x in (("10", 0.12), ("1000", 0.48))},
+            "decision_ms": {
+                n: {"p50": s(x), "p99": s(2 * x)} for n, x in (("10", 0.12), ("1000", 0.48))
+            },
             "decision_fresh_ms": {"1000": {"p50": s(46.3)}},
             "ping_p99_ms": {"1000": s(0.14)},
             "loops": {"exporter scrape": {"share_pct": 0.55}, "sleep-wake": {"share_pct": 0.5}},
@@ -274,6 +276,7 @@ def test_each_goal_not_met_says_why_in_the_runs_own_numbers():
     assert "orchestrated 0.900 ms, 9.0 reads, 15.0 commands (evalsha 4.0 x 120 us" in redis
     assert "by-name 1.000 ms, 12.0 reads" in redis
     assert "p50 0.48 ms at 1000 against 0.12 ms at 10" in why[name["decision_growth"]]
+    assert "p99 0.96 against 0.24 ms" in why[name["decision_growth"]]
     rss = why[name["rss"]]
     assert "main process +14.0 MB and its 2 pool children +26.0 MB" in rss
     assert "+40.0 MB, 2.9 x the main process's" in rss and "+24.0 MB" in rss
