@@ -120,15 +120,20 @@ def anomaly_backtest(csv_file: str, sensitivity: float | None, as_json: bool) ->
         click.echo(ts)
 
 
+def _labels(help: str) -> Any:
+    """The --labels option (a JSON file of labelled windows per series)."""
+    return click.option(
+        "--labels",
+        "labels_file",
+        type=click.Path(exists=True, dir_okay=False),
+        required=True,
+        help=help,
+    )
+
+
 @anomaly.command("evaluate")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
-@click.option(
-    "--labels",
-    "labels_file",
-    type=click.Path(exists=True, dir_okay=False),
-    required=True,
-    help='JSON: {"series.csv": [[start, end], ...], ...}, paths relative to DIRECTORY.',
-)
+@_labels('JSON: {"series.csv": [[start, end], ...], ...}, paths relative to DIRECTORY.')
 @SENSITIVITY
 @click.option(
     "--cv",
@@ -252,14 +257,10 @@ def _num(value: float | None) -> str:
 
 @anomaly.command("tune")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
-@click.option(
-    "--labels",
-    "labels_file",
-    type=click.Path(exists=True, dir_okay=False),
-    required=True,
-    help='JSON: {"family/series.csv": [[start, end], ...], ...}, paths relative to DIRECTORY; '
+@_labels(
+    'JSON: {"family/series.csv": [[start, end], ...], ...}, paths relative to DIRECTORY; '
     "the first folder is the metric family (throughput, error_rate, latency_p95_ms, "
-    "queue_depth).",
+    "queue_depth)."
 )
 @click.option("--dry-run", is_flag=True, help="Report the choice; write nothing.")
 @click.option("--json", "as_json", is_flag=True)
