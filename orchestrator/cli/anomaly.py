@@ -70,15 +70,18 @@ def _read_all(root: Path, labels: dict[str, list[tuple[str, str]]]) -> list[Seri
 @click.pass_context
 @_guard
 def anomaly(click_ctx: click.Context, as_json: bool) -> None:
-    """Series in an anomalous episode and task types with a regression (or: backtest, evaluate)."""
+    """Series in an anomalous episode, task types with a regression, and the sensitivity each
+    metric pages at (or: backtest, evaluate, tune)."""
     if click_ctx.invoked_subcommand is not None:
         return
     ctx = _ctx()
     states = ctx.mon.detector_states()
+    tuned = ctx.mon.anomaly_sensitivities()
     report: dict[str, Any] = {
         "episodes": sorted(n for n, e in states.items() if e.get("state", {}).get("in_episode")),
         "series": len(states),
         "regressions": ctx.mon.regressions(),
+        "sensitivity": {"default": ctx.settings.anomaly_detection_sensitivity, "tuned": tuned},
     }
     if as_json:
         _json(report)
@@ -86,6 +89,10 @@ def anomaly(click_ctx: click.Context, as_json: bool) -> None:
     console.print(f"{report['series']} series watched")
     console.print(f"in an anomalous episode: {', '.join(report['episodes']) or 'none'}")
     console.print(f"regressions: {', '.join(report['regressions']) or 'none'}")
+    sensitivity = f"{report['sensitivity']['default']:g} (default)"
+    for family, value in sorted(tuned.items()):
+        sensitivity += f"; {family} {value:g} (tuned)"
+    console.print(f"sensitivity: {sensitivity}", highlight=False)
 
 
 SENSITIVITY = click.option(

@@ -75,6 +75,12 @@ def test_tune_writes_the_sensitivity_the_held_out_series_support(orch_env, redis
     table = cli(orch_env, "anomaly", "tune", str(data), "--labels", str(labels)).stdout
     assert "latency_p95_ms" in table and "2 (default)" in table
 
+    # `orchestrator anomaly` says which sensitivity each metric pages at now
+    status = cli_json(orch_env, "anomaly")
+    assert status["sensitivity"] == {"default": 2.0, "tuned": {"latency_p95_ms": 1.0}}
+    said = cli(orch_env, "anomaly").stdout
+    assert "sensitivity: 2 (default); latency_p95_ms 1 (tuned)" in said
+
 
 def test_tune_refuses_a_folder_that_is_not_a_metric_family(orch_env, tmp_path):
     data = tmp_path / "data"
