@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any, Protocol
 
 from orchestrator.config import Settings
@@ -74,7 +75,6 @@ class RouteView:
     by_id: dict[str, RegisteredAgent]
     slots: dict[str, int]  # each agent's concurrency + ORCH_AGENT_PREFETCH
     _peers: WrrPeers | None = None
-    _stand_in: tuple[RegisteredAgent | None] | None = None
 
     @property
     def peers(self) -> WrrPeers:
@@ -83,15 +83,13 @@ class RouteView:
             self._peers = WrrPeers.of(self.weights, self.slots)
         return self._peers
 
-    @property
+    @cached_property
     def stand_in(self) -> RegisteredAgent | None:
         """An agent whose id stands for the pick's in a message built before the pick
         (store.accept_and_place), or None where one cannot: an eligible agent's breaker not
         closed, an id JSON would escape, queues not named `<prefix><agent id>` alike. Its
         queue is the shared prefix and its id; it runs handler tasks by type when all do."""
-        if self._stand_in is None:
-            self._stand_in = (stand_in_for(self.eligible),)
-        return self._stand_in[0]
+        return stand_in_for(self.eligible)
 
 
 def view_expiry(
@@ -279,9 +277,10 @@ class Router(Dispatching):
         if task.concurrency_key is not None:
             return self.submit_valid(task, submit_id, now, outbox)  # through the key's limit
         fleet = self.fleet(now)
-        stand_in = self._stand_in(task, self.view(task, fleet, now))
+        view = self.view(task, fleet, now)
+        stand_in = self._stand_in(task, view)
         if stand_in is not None:
-            return self._place(task, submit_id, now, prepare, stand_in, outbox)
+            return self._place(task, submit_id, now, prepare, view, stand_in, outbox)
         chosen = self.choose(task, fleet, now)
         if chosen is None:
             return self.submit_valid(task, submit_id, now, outbox)
@@ -320,14 +319,14 @@ class Router(Dispatching):
         submit_id: str,
         now: float,
         prepare: Preparer,
+        view: RouteView,
         stand_in: RegisteredAgent,
         outbox: tuple[Mapping[str, Any], str] | None,
     ) -> Outcome:
-        """submit_atomic with the pick in the same step: one round trip for a new task,
-        routed or (every eligible agent full) queued."""
+        """submit_atomic with the pick in the same step (among `view`'s peers): one round
+        trip for a new task, routed or (every eligible agent full) queued."""
         assert task.task_id is not None
         sent, pushes = prepare(task, stand_in, 1)
-        view = self.view(task, self.fleet(now), now)
         status, placed = self.store.accept_and_place(
             Acceptance(task, submit_id, now),
             peers=view.peers,

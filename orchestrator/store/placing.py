@@ -39,7 +39,8 @@ class PlacingStore(LedgerStore):
         it was picked gets nothing: the task waits in the backlog. Returns ("routed", agent),
         ("queued", agent), or accept's ("resume" | "duplicate", state). The acceptance's outbox
         is not used: the task is published in the same step."""
-        keys, args = self._place_step(acceptance, agent_id, pushes, slots, picking=[])
+        keys, parts = self._place_step(acceptance, agent_id, pushes, slots)
+        args = ACCEPT_AND_ROUTE_SIG.arg_list(**parts, picking=[])
         with self._translate():
             status, state = self._run_place_step(keys, args)
         return AcceptStatus(str(status)), str(state)
@@ -64,13 +65,10 @@ class PlacingStore(LedgerStore):
         assert peers.slots is not None, "the peers are prepared with their slots"
         task_id = acceptance.task.task_id
         by_type = "1" if stand_in.handler_tasks else "0"
-        keys_for = acceptance.task.capability_key
+        keys, parts = self._place_step(acceptance, stand_in.agent_id, pushes, None)
         for full in (False, True):  # the peers themselves only when the step asks for them
-            wrr = peers.args(task_id, full=full)
-            picking = [stand_in.agent_id, stand_in.queue, by_type, *wrr]
-            keys, args = self._place_step(
-                acceptance, stand_in.agent_id, pushes, None, picking, wrr_key(keys_for)
-            )
+            picking = [stand_in.agent_id, stand_in.queue, by_type, *peers.args(task_id, full=full)]
+            args = ACCEPT_AND_ROUTE_SIG.arg_list(**parts, picking=picking)
             with self._translate():
                 status, state = self._run_place_step(keys, args)
             if status != "peers":
@@ -91,10 +89,8 @@ class PlacingStore(LedgerStore):
         agent_id: str,
         pushes: Sequence[tuple[str, str]],
         slots: int | None,
-        picking: list[Any],
-        wrr_state: str = "",
-    ) -> tuple[list[Any], list[Any]]:
-        """KEYS and ARGV of scripts.ACCEPT_AND_ROUTE."""
+    ) -> tuple[list[Any], dict[str, Any]]:
+        """KEYS of scripts.ACCEPT_AND_ROUTE, and its ARGV sections but `picking`."""
         task, now = acceptance.task, acceptance.now
         accept_keys, accept_args = self._accept_step(replace(acceptance, outbox=None))
         route_keys, route_args = self._route_step(
@@ -103,14 +99,13 @@ class PlacingStore(LedgerStore):
         keys = ACCEPT_AND_ROUTE_SIG.key_list(
             accept=accept_keys,
             route=route_keys,
-            wrr_state=wrr_state or wrr_key(task.capability_key),
+            wrr_state=wrr_key(task.capability_key),
             pushes=[key for key, _ in pushes],
         )
-        args = ACCEPT_AND_ROUTE_SIG.arg_list(
-            accepting=accept_args,
-            routing=route_args,
-            payloads=[payload for _, payload in pushes],
-            waiting=self._waiting_args(task, now),
-            picking=picking,
-        )
-        return keys, args
+        parts = {
+            "accepting": accept_args,
+            "routing": route_args,
+            "payloads": [payload for _, payload in pushes],
+            "waiting": self._waiting_args(task, now),
+        }
+        return keys, parts
