@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import selectors
-import signal
 import subprocess
 import time
 from typing import Any
@@ -28,7 +27,7 @@ from orchestrator.store.keys import EVENTS, EVENTS_FAILED, EVENTS_GROUP
 from tests.integration import test_monitoring
 from tests.integration.conftest import ledger
 from tests.integration.test_monitoring import get_json
-from tests.support import CLI, cli, wait_for
+from tests.support import CLI, cli, interrupt, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -334,12 +333,7 @@ def test_events_cli_reads_after_an_id_filters_by_type_and_follows(orch_env, redi
             newest = emit(redis_client, "test.a", n=3)
             assert json.loads(read_line(follow, 30))["id"] == newest
         finally:
-            follow.send_signal(signal.SIGINT)  # Ctrl-C: a clean exit
-            try:
-                _out, err = follow.communicate(timeout=15)
-            except subprocess.TimeoutExpired:
-                follow.kill()
-                _out, err = follow.communicate()
+            err = interrupt(follow)  # Ctrl-C: a clean exit
     assert follow.returncode == 0, err
 
 

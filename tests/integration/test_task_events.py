@@ -10,7 +10,6 @@ takes one of its types, and then that handler gets its events; backups carry bot
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from orchestrator.store.event_log import entry_order
 from orchestrator.store.keys import EVENTS, EVENTS_GROUP, TASK_EVENT_TYPES, TASK_EVENTS
 from tests.integration.conftest import ledger
 from tests.integration.test_events import emit
-from tests.support import CLI, cli, cli_json, wait_for
+from tests.support import CLI, cli, cli_json, interrupt, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -150,12 +149,7 @@ def test_following_the_log_shows_both_streams_in_order(
             emit(client.store.r, "test.mark", n=1)
             wait_for(lambda: any(e["type"] == "test.mark" for e in seen()), timeout=30)
         finally:
-            follow.send_signal(signal.SIGINT)  # Ctrl-C: a clean exit
-            try:
-                _out, err = follow.communicate(timeout=15)
-            except subprocess.TimeoutExpired:
-                follow.kill()
-                _out, err = follow.communicate()
+            err = interrupt(follow)  # Ctrl-C: a clean exit
     assert follow.returncode == 0, err
     shown = seen()
     ids = [e["id"] for e in shown]
