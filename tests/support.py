@@ -372,18 +372,6 @@ def kill_supervisor(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
-def interrupt(proc: subprocess.Popen[str]) -> str:
-    """Ctrl-C (SIGINT) to a CLI process, as a terminal sends it: its stderr once it exited
-    (killed if it had not after 15 s)."""
-    proc.send_signal(signal.SIGINT)
-    try:
-        _out, err = proc.communicate(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _out, err = proc.communicate()
-    return err
-
-
 def child_pids(pid: int) -> list[int]:
     """Live pids whose parent is `pid`, read from /proc (Linux only; no psutil dependency)."""
     children: list[int] = []

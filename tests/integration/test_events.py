@@ -24,10 +24,11 @@ from orchestrator.models import CircuitBreakerState, OrchestrationTask, Register
 from orchestrator.recovery.breaker import BreakerState, to_redis_hash
 from orchestrator.store import Acceptance, StateStore
 from orchestrator.store.keys import EVENTS, EVENTS_FAILED, EVENTS_GROUP
+from tests.ctrl_c import interrupt
 from tests.integration import test_monitoring
 from tests.integration.conftest import ledger
 from tests.integration.test_monitoring import get_json
-from tests.support import CLI, cli, interrupt, wait_for
+from tests.support import CLI, cli, wait_for
 
 pytestmark = pytest.mark.integration
 

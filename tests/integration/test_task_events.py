@@ -23,9 +23,10 @@ from orchestrator.events.registry import EventRegistry
 from orchestrator.store import StateStore
 from orchestrator.store.event_log import entry_order
 from orchestrator.store.keys import EVENTS, EVENTS_GROUP, TASK_EVENT_TYPES, TASK_EVENTS
+from tests.ctrl_c import interrupt
 from tests.integration.conftest import ledger
 from tests.integration.test_events import emit
-from tests.support import CLI, cli, cli_json, interrupt, wait_for
+from tests.support import CLI, cli, cli_json, wait_for
 
 pytestmark = pytest.mark.integration
 
