@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import shlex
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -17,20 +16,20 @@ from orchestrator.models import CircuitBreakerConfig
 from orchestrator.profiles import PROFILE_HELP, PROFILES, ProfileDefaults, ProfileName
 from orchestrator.redis_urls import (
     DEFAULT_SENTINEL_MASTER,
-    is_sentinel,
+    check_redis_url,
+    cluster_problem,
     mask_password,
-    parse_sentinel,
-    redis_ssl_options,
 )
 from orchestrator.scaling.windows import SleepWindow, parse_windows
 from orchestrator.security.signing import LOADERS, SIGNING_VARIABLES, check_signing_identity
 from orchestrator.settings_parsers import (
+    check_command_line,
     parse_capabilities,
     parse_client_weights,
+    parse_handlers,
     settings_problems,
 )
 
-MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 #: An agent id (ORCH_AGENT_ID, or else the worker's node name): never a `|`, which joins an
 #: agent id to a name in the store's hash fields (store.keys).
 AGENT_ID_RE = re.compile(r"^[A-Za-z0-9._@:-]{1,128}\Z")
@@ -60,6 +59,12 @@ class Settings(BaseSettings):
     )
     state_url: str | None = Field(
         None, description="The state store's Redis URL, if not ORCH_REDIS_URL (same forms)."
+    )
+    state_cluster: bool = Field(
+        False,
+        description="The state store (ORCH_STATE_URL, any node's redis:// or rediss:// URL) is a "
+        "Redis Cluster; its keys then share the event stream's hash slot. Needs a broker and "
+        "result backend on another, single Redis. Read when the process starts.",
     )
     redis_sentinel_master: str = Field(
         DEFAULT_SENTINEL_MASTER,
@@ -408,30 +413,12 @@ class Settings(BaseSettings):
     @field_validator("handlers", mode="before")
     @classmethod
     def _handlers(cls, value: Any) -> list[str]:
-        if value is None or value == "":
-            return []
-        modules = value if isinstance(value, list) else str(value).split(",")
-        modules = [m.strip() for m in modules if m.strip()]
-        for module in modules:
-            if not MODULE_RE.match(module):
-                raise ValueError(f"{module!r} is not an importable module path")
-        return modules
+        return parse_handlers(value)
 
     @field_validator("redis_url", "broker_url", "result_backend", "state_url")
     @classmethod
     def _redis_scheme(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        if is_sentinel(value):
-            parse_sentinel(value)  # raises naming the part that is wrong
-            return value
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(
-                "must start with redis://, rediss://, unix:// or sentinel:// "
-                f"(got {mask_password(value)!r})"
-            )
-        redis_ssl_options(value)  # raises on TLS options it cannot honour
-        return value
+        return value if value is None else check_redis_url(value)
 
     @field_validator("signing_key", "signing_cert", "signing_cert_store")
     @classmethod
@@ -457,12 +444,7 @@ class Settings(BaseSettings):
     @field_validator("scale_command")
     @classmethod
     def _scale_command(cls, value: str) -> str:
-        if value.strip():
-            try:
-                shlex.split(value)
-            except ValueError as exc:
-                raise ValueError(f"cannot be split like a shell command line: {exc}") from None
-        return value
+        return check_command_line(value)
 
     @field_validator("sleep_windows", mode="before")
     @classmethod
@@ -494,6 +476,18 @@ class Settings(BaseSettings):
         ):
             if broken:
                 raise ValueError(rule)
+        return self
+
+    @model_validator(mode="after")
+    def _cluster(self) -> Settings:
+        problem = cluster_problem(
+            self.state_cluster,
+            self.effective_state_url,
+            (self.effective_broker_url, self.effective_result_backend),
+            self.submit_wait_replicas,
+        )
+        if problem:
+            raise ValueError(problem)
         return self
 
     @model_validator(mode="after")

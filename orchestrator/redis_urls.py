@@ -1,13 +1,18 @@
-"""What a Redis URL says: its TLS options, the Sentinel form, and its password masked.
+"""What a Redis URL says: its TLS options, the Sentinel form, its password masked.
 
-Shared by the settings, the store's connections, the Celery app and the start-up checks."""
+And whether the state store is a Redis Cluster (ORCH_STATE_CLUSTER), read once per process.
+Shared by the settings, the store's connections and key layout, the Celery app and the
+start-up checks."""
 
 from __future__ import annotations
 
+import os
 import ssl
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
+
+from dotenv import dotenv_values  # the .env reader pydantic-settings uses
 
 #: `ssl_cert_reqs` values of a rediss:// URL that Celery, kombu and redis-py all read alike.
 SSL_CERT_REQS = {
@@ -15,8 +20,79 @@ SSL_CERT_REQS = {
     "optional": ssl.CERT_OPTIONAL,
     "none": ssl.CERT_NONE,
 }
+#: The variable that puts the state store on a Redis Cluster. The key layout depends on it and
+#: is fixed when orchestrator.store.keys is imported, so it is read here, at import, from the
+#: environment or the `.env` file of the working directory (as the settings read it); the
+#: settings refuse a value that differs from what the layout was built with (config.py).
+STATE_CLUSTER_VARIABLE = "ORCH_STATE_CLUSTER"
+#: How pydantic reads a boolean: the words the setting accepts.
+TRUE_WORDS = frozenset({"1", "on", "t", "true", "y", "yes"})
+
+
+def env_flag(name: str, env_file: str = ".env") -> bool:
+    """Whether the variable `name` is true in the environment, else in `env_file` (a name's
+    case aside, as the settings read it); anything but a true word is false (the settings
+    then say what is wrong with it)."""
+    for key, value in os.environ.items():
+        if key.upper() == name:
+            return value.strip().lower() in TRUE_WORDS
+    if not os.path.isfile(env_file):
+        return False
+    for key, value in dotenv_values(env_file).items():
+        if key.upper() == name:
+            return (value or "").strip().lower() in TRUE_WORDS
+    return False
+
+
+#: Whether this process's key layout is the Redis Cluster one (store/keys.py).
+STATE_CLUSTER_LAYOUT = env_flag(STATE_CLUSTER_VARIABLE)
+
+
+def cluster_problem(
+    cluster: bool, state_url: str, others: tuple[str, ...], wait_replicas: int = 0
+) -> str | None:
+    """What is wrong with ORCH_STATE_CLUSTER=`cluster` beside the state store's URL and the
+    broker's and result backend's (`others`), or None. The key layout it needs was chosen
+    when the process started (STATE_CLUSTER_LAYOUT); kombu and Celery's result backend have
+    no Redis Cluster client; a submission's WAIT for replicas is not built for a cluster."""
+    name = STATE_CLUSTER_VARIABLE
+    if cluster != STATE_CLUSTER_LAYOUT:
+        return (
+            f"{name} is {str(cluster).lower()} here, but the key names of this process were "
+            f"built with it {str(STATE_CLUSTER_LAYOUT).lower()}: set it in the environment or "
+            ".env before the process starts"
+        )
+    if not cluster:
+        return None
+    if not state_url.startswith(("redis://", "rediss://")):
+        return f"{name} needs a redis:// or rediss:// ORCH_STATE_URL (a node of the cluster)"
+    if state_url in others:
+        return (
+            f"{name} needs ORCH_BROKER_URL and ORCH_RESULT_BACKEND on another, single Redis: "
+            "kombu and Celery's result backend have no Redis Cluster client"
+        )
+    if wait_replicas > 0:
+        return f"{name} does not work with ORCH_SUBMIT_WAIT_REPLICAS yet (set it to 0)"
+    return None
+
+
 #: Query parameters of a rediss:// URL that name files (CA bundle, client certificate and key).
 SSL_FILE_PARAMS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+
+
+def check_redis_url(value: str) -> str:
+    """`value` unchanged, if it is a URL form every Redis client here reads: redis://,
+    rediss:// (with TLS options they can all honour), unix:// or the Sentinel form."""
+    if is_sentinel(value):
+        parse_sentinel(value)  # raises naming the part that is wrong
+        return value
+    if not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(
+            "must start with redis://, rediss://, unix:// or sentinel:// "
+            f"(got {mask_password(value)!r})"
+        )
+    redis_ssl_options(value)  # raises on TLS options it cannot honour
+    return value
 
 
 def redis_ssl_options(url: str) -> dict[str, Any] | None:

@@ -3,11 +3,36 @@
 from __future__ import annotations
 
 import re
+import shlex
 from typing import Any
 
 from pydantic import ValidationError
 
 NAME_RE = re.compile(r"^[a-z0-9_.-]{1,64}\Z")
+#: A dotted module path (ORCH_HANDLERS).
+MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
+
+
+def parse_handlers(value: Any) -> list[str]:
+    """`a.b,c` (or a list) as module paths, each checked importable by its form."""
+    if value is None or value == "":
+        return []
+    modules = value if isinstance(value, list) else str(value).split(",")
+    modules = [m.strip() for m in modules if m.strip()]
+    for module in modules:
+        if not MODULE_RE.match(module):
+            raise ValueError(f"{module!r} is not an importable module path")
+    return modules
+
+
+def check_command_line(value: str) -> str:
+    """`value` unchanged, if a shell could split it into words (or it is blank)."""
+    if value.strip():
+        try:
+            shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"cannot be split like a shell command line: {exc}") from None
+    return value
 
 
 def parse_capabilities(raw: str | dict[str, Any] | None) -> dict[str, float]:

@@ -35,8 +35,8 @@ LoopBody = Callable[[LoopContext, float], dict[str, Any]]
 
 
 def _context(task: Task) -> LoopContext:
-    store = store_of(task.app)
-    return LoopContext(settings_of(task.app), store, MonitoringStore(store.r), app=task.app)
+    store, settings = store_of(task.app), settings_of(task.app)
+    return LoopContext(settings, store, MonitoringStore.of(store.r, settings), app=task.app)
 
 
 def run_loop(task: Task, body: LoopBody) -> dict[str, Any]:

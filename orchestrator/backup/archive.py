@@ -29,7 +29,7 @@ from typing import Any
 import redis
 
 from orchestrator.backup.merge import kind_of
-from orchestrator.store.keys import EVENT_STREAMS, PREFIX
+from orchestrator.store.keys import EVENT_STREAMS, PREFIX, SLOT_KEYS
 from orchestrator.store.scripts import SNAPSHOT, SNAPSHOT_SIG
 
 FORMAT = "hive-orchestrator-backup"
@@ -111,7 +111,8 @@ def create_backup(
         args = SNAPSHOT_SIG.arg_list(
             pattern=PREFIX + "*", count=SCAN_COUNT, extra=list(EVENT_STREAMS)
         )
-        copied = client.eval(SNAPSHOT, len(SNAPSHOT_SIG.key_list()), *args)
+        keys = SNAPSHOT_SIG.key_list(slot=SLOT_KEYS[0])
+        copied = client.eval(SNAPSHOT, len(keys), *keys, *args)
         for i in range(0, len(copied), 3):
             key = copied[i].decode("utf-8", "surrogateescape")
             pttl = int(copied[i + 1])

@@ -94,7 +94,7 @@ def _find(settings: Settings, agent_id: str) -> tuple[CliStore, RegisteredAgent,
         raise click.ClickException(f"no agent {agent_id!r} (agents: {known})")
     agent = found[agent_id]
     agent.status = effective_status(agent, now, settings.agent_timeout_s)
-    waiting = MonitoringStore(store.r).waiting([agent.queue]).get(agent.queue, 0)
+    waiting = MonitoringStore.of(store.r, settings).waiting([agent.queue]).get(agent.queue, 0)
     return store, agent, waiting
 
 

@@ -22,7 +22,8 @@ from orchestrator.cli.common import DEV_REDIS_PORT
 from orchestrator.cli.embedded import pick_port, reachable, start_redis
 from orchestrator.cli.lifetime import Lifeline, die_with_parent, lock_holder, lock_run_dir
 from orchestrator.cli.output import ReportConsole
-from orchestrator.config import Settings, is_sentinel, mask_password
+from orchestrator.config import Settings, mask_password
+from orchestrator.redis_urls import is_sentinel
 
 if TYPE_CHECKING:
     from orchestrator.store.ports import CliStore

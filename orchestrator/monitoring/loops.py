@@ -97,7 +97,7 @@ class LoopContext:
     @classmethod
     def from_settings(cls, settings: Settings) -> LoopContext:
         store = StateStore.from_settings(settings)
-        return cls(settings, store, MonitoringStore(store.r))
+        return cls(settings, store, MonitoringStore.of(store.r, settings))
 
 
 def _read(path: str, variable: str) -> str:

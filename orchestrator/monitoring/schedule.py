@@ -25,7 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.config import Settings, is_sentinel, parse_sentinel
+from orchestrator.config import Settings
+from orchestrator.redis_urls import is_sentinel, parse_sentinel
 
 LOCK_TTL_MIN_S = 10.0
 #: The autoscaling loop may run ORCH_SCALE_COMMAND (`docker compose up --scale` can take a
@@ -137,9 +138,12 @@ def redbeat_config(settings: Settings) -> dict[str, Any]:
     may run, one ticks, the others wait for the lock, and a dead holder's lock lapses after
     ORCH_BEAT_LOCK_TIMEOUT_S. The holder extends it every tick, and ticks are at most
     ORCH_BEAT_MAX_INTERVAL_S apart. RedBeat's options are set explicitly so it neither falls
-    back to the broker's transport options nor warns about it.
+    back to the broker's transport options nor warns about it. Its keys live in the state
+    store, or in the broker's Redis where the state store is a Redis Cluster (RedBeat has no
+    cluster client).
     """
-    url, options = settings.effective_state_url, {}
+    url = settings.effective_broker_url if settings.state_cluster else settings.effective_state_url
+    options: dict[str, Any] = {}
     if is_sentinel(url):  # RedBeat's own form: a redis-sentinel:// URL and the sentinels apart
         address = parse_sentinel(url)
         url = "redis-sentinel://"

@@ -36,6 +36,7 @@ class RedisConfig:
     appendonly: bool | None = None
     appendfsync: str | None = None
     unreadable: str | None = None
+    cluster: bool | None = None  # cluster-enabled: a Redis Cluster node
 
 
 def memory_text(maxmemory: int | None) -> str:
@@ -128,6 +129,24 @@ def judge_redis(
             )
         )
     return out
+
+
+def cluster_refusal(address: str, config: RedisConfig, expected: bool) -> str | None:
+    """Why a Redis Cluster node (or a server that is not one) cannot serve where it was named,
+    or None: `expected` when it is the state store with ORCH_STATE_CLUSTER. Only the state
+    store can be a cluster: kombu and Celery's result backend have no Redis Cluster client."""
+    if config.cluster is None or config.cluster == expected:
+        return None
+    if expected:
+        return (
+            f"ORCH_STATE_CLUSTER is true, but the Redis at {address} is not a Redis Cluster "
+            "node (cluster-enabled no)"
+        )
+    return (
+        f"the Redis at {address} is a Redis Cluster node: only the state store can be one "
+        "(ORCH_STATE_URL, with ORCH_STATE_CLUSTER=true); the broker and the result backend "
+        "need a single Redis"
+    )
 
 
 def role_names(roles: list[str]) -> str:

@@ -40,7 +40,7 @@ from orchestrator.errors import ConfigError
 from orchestrator.models import ProductionEventSeverity as Severity
 from orchestrator.redis_urls import DEFAULT_SENTINEL_MASTER, SSL_FILE_PARAMS
 from orchestrator.runtime.logs import say_refusal
-from orchestrator.security.fitness import EVICTING, RedisConfig, judge_redis
+from orchestrator.security.fitness import EVICTING, RedisConfig, cluster_refusal, judge_redis
 from orchestrator.security.policy import Finding, RedisEndpoint
 from orchestrator.store.connect import redis_client
 from orchestrator.store.fitness import read_config
@@ -63,6 +63,8 @@ class RedisTarget:
     url: str
     #: The master's name when `url` is the sentinel form (ORCH_REDIS_SENTINEL_MASTER).
     sentinel_master: str = DEFAULT_SENTINEL_MASTER
+    #: A node of a Redis Cluster (the state store with ORCH_STATE_CLUSTER).
+    cluster: bool = False
 
 
 def redis_targets(settings: Settings) -> list[RedisTarget]:
@@ -92,6 +94,7 @@ def state_target(settings: Settings) -> RedisTarget:
         "ORCH_STATE_URL" if settings.state_url else "ORCH_REDIS_URL",
         settings.effective_state_url,
         settings.redis_sentinel_master,
+        settings.state_cluster,
     )
 
 
@@ -228,8 +231,10 @@ def check_fitness(
     read: Callable[[RedisTarget], RedisConfig] | None = None,
 ) -> list[tuple[int, str]]:
     """Read each target's configuration (`read(target)` instead, when given) and judge it.
-    Raises ConfigError, one line `VARIABLE: ...`, at an evicting policy unless allowed;
-    returns the lines to log. A target that does not answer is skipped (preflight said so)."""
+    Raises ConfigError, one line `VARIABLE: ...`, at an evicting policy unless allowed, and
+    at a Redis Cluster node anywhere but the state store with ORCH_STATE_CLUSTER (or at a
+    server that is no node where that setting says it is); returns the lines to log. A
+    target that does not answer is skipped (preflight said so)."""
     lines: list[tuple[int, str]] = []
     for target in targets:
         try:
@@ -237,6 +242,9 @@ def check_fitness(
         except (redis.RedisError, OSError):
             continue
         address = RedisEndpoint.parse(target.url).address
+        misplaced = cluster_refusal(address, config, target.cluster)
+        if misplaced is not None:
+            raise ConfigError(f"{target.variable}: {misplaced}")
         findings = judge_redis("Redis", address, config, allow_evicting)
         refusal, said = fitness_verdict(target.variable, findings, allow_evicting)
         if refusal is not None:

@@ -25,6 +25,7 @@ from orchestrator.store.keys import (
     DEFERRED,
     EVENTS_WANT,
     PARKED,
+    SLOT_KEYS,
     backlog_clients,
     backlog_queue,
     task_key,
@@ -149,7 +150,7 @@ class BacklogStore(StoreBase):
             lost_from=from_agent or "",
         )
         with self._translate():
-            done, _previous = self._enqueue(args=args)
+            done, _previous = self._enqueue(keys=SLOT_KEYS, args=args)
         return int(done) == 1
 
     def defer(
@@ -158,13 +159,14 @@ class BacklogStore(StoreBase):
         """Hold the task in Redis until `due` (scripts.DEFER): released by the dispatch sweep."""
         with self._translate():
             done, _previous = self._defer(
+                keys=SLOT_KEYS,
                 args=DEFER_SIG.arg_list(
                     task_id=task_id,
                     due=repr(due),
                     now=repr(now),
                     entry=_history("queued", now, due=due, **history),
                     prefer=prefer or "",
-                )
+                ),
             )
         return int(done) == 1
 
@@ -187,12 +189,13 @@ class BacklogStore(StoreBase):
         `trusted`: the caller judged its circuit (a router's choice) and the step need not."""
         with self._translate():
             flat = self._fill(
+                keys=SLOT_KEYS,
                 args=FILL_SIG.arg_list(
                     cx=self.backlog_context(now),
                     agent=agent_id,
                     limit="" if limit is None else limit,
                     trusted="1" if trusted else "0",
-                )
+                ),
             )
         return parse_fills(flat)
 

@@ -114,7 +114,12 @@ class StoreBase:
 
     @classmethod
     def from_url(
-        cls, url: str, *, sentinel_master: str = DEFAULT_SENTINEL_MASTER, **kwargs: Any
+        cls,
+        url: str,
+        *,
+        sentinel_master: str = DEFAULT_SENTINEL_MASTER,
+        cluster: bool = False,
+        **kwargs: Any,
     ) -> Self:
         # Fail within about a second when Redis is down (redis-py's default retries for
         # several seconds): callers turn StoreUnavailable into a clear error or a redelivery.
@@ -122,6 +127,7 @@ class StoreBase:
         client = redis_client(
             url,
             sentinel_master=sentinel_master,
+            cluster=cluster,
             decode_responses=True,
             health_check_interval=30,
             retry=retry,
@@ -135,6 +141,7 @@ class StoreBase:
         store = cls.from_url(
             settings.effective_state_url,
             sentinel_master=settings.redis_sentinel_master,
+            cluster=settings.state_cluster,
             ledger_ttl_s=settings.ledger_ttl_s,
             events_max_len=settings.events_max_len,
             wait_replicas=settings.submit_wait_replicas,

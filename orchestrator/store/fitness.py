@@ -19,7 +19,7 @@ from orchestrator.security.fitness import RedisConfig
 log = logging.getLogger(__name__)
 
 #: The settings asked, one CONFIG GET each (a pattern list needs Redis 7).
-PARAMETERS = ("maxmemory-policy", "maxmemory", "appendonly", "appendfsync")
+PARAMETERS = ("maxmemory-policy", "maxmemory", "appendonly", "appendfsync", "cluster-enabled")
 
 
 def _text(value: Any) -> str:
@@ -27,7 +27,7 @@ def _text(value: Any) -> str:
 
 
 def read_config(client: redis.Redis) -> RedisConfig:
-    """The four settings of the server `client` talks to, in one round trip."""
+    """The five settings of the server `client` talks to, in one round trip."""
     pipe = client.pipeline(transaction=False)
     for name in PARAMETERS:
         pipe.config_get(name)
@@ -42,11 +42,13 @@ def read_config(client: redis.Redis) -> RedisConfig:
         return RedisConfig(unreadable="CONFIG GET maxmemory-policy answered nothing")
     maxmemory = said.get("maxmemory")
     appendonly = said.get("appendonly")
+    cluster = said.get("cluster-enabled")
     return RedisConfig(
         policy=said.get("maxmemory-policy"),
         maxmemory=int(maxmemory) if maxmemory and maxmemory.isdigit() else None,
         appendonly=None if appendonly is None else appendonly == "yes",
         appendfsync=said.get("appendfsync"),
+        cluster=None if cluster is None else cluster == "yes",
     )
 
 

@@ -77,9 +77,16 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable
 
+from orchestrator.redis_urls import STATE_CLUSTER_LAYOUT
 from orchestrator.store.codes import RejectionKind
 
-PREFIX = "orch:"
+#: Where the state store is a Redis Cluster (ORCH_STATE_CLUSTER), every key carries the hash
+#: tag `{orchestrator:events}` after `orch:`: the cluster hashes only the tag, so every key lies
+#: in the one slot of the event stream whose name is fixed (EVENTS), and every Lua step, which
+#: writes that stream with the keys it changes, still touches one slot. The tag sits after
+#: `orch:`, so `orch:*` still matches every key.
+CLUSTER_TAG = "{orchestrator:events}"
+PREFIX = f"orch:{CLUSTER_TAG}:" if STATE_CLUSTER_LAYOUT else "orch:"
 AGENTS = PREFIX + "agents"
 HEARTBEATS = PREFIX + "heartbeats"
 AGENT_STATS = PREFIX + "agent_stats"
@@ -89,8 +96,12 @@ POISON = PREFIX + "poison"
 POISON_MSG = PREFIX + "poison:msg"
 COUNTERS = PREFIX + "counters"
 EVENTS = "orchestrator:events"  # a fixed name: other services read and write it
+#: The KEYS of a Lua step that builds every key it touches itself (scripts' `slot`): the event
+#: stream, unused by the step, names the Redis Cluster node that holds the slot of every key.
+SLOT_KEYS = (EVENTS,)
 #: The task lifecycle events: a stream of their own beside EVENTS, its name fixed alike.
-TASK_EVENTS = "orchestrator:events:tasks"
+#: On a Redis Cluster it is `{orchestrator:events}:tasks`, in the event stream's slot.
+TASK_EVENTS = f"{CLUSTER_TAG}:tasks" if STATE_CLUSTER_LAYOUT else "orchestrator:events:tasks"
 AGENT_STATUS = PREFIX + "agent_status"
 QUARANTINED_UNTIL = PREFIX + "quarantined_until"
 FLEET_VERSION = PREFIX + "fleet:version"

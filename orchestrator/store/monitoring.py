@@ -13,12 +13,12 @@ from typing import Any
 
 import redis
 
-from orchestrator.config import DEFAULT_SENTINEL_MASTER
+from orchestrator.config import DEFAULT_SENTINEL_MASTER, Settings
 from orchestrator.models import AlertState, ProductionAlert
 from orchestrator.monitoring.stats import WindowStats, parse_fields, sum_fields
 from orchestrator.security.policy import Finding, finding_id
 from orchestrator.store.codes import RejectionKind
-from orchestrator.store.connect import redis_client
+from orchestrator.store.connect import broker_client, redis_client
 from orchestrator.store.keys import (
     AGENT_STATS,
     ALERT_ACKS,
@@ -129,11 +129,20 @@ class TelemetrySeries:
 class MonitoringStore:
     """All reads and writes of monitoring state. One instance per process."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, broker: redis.Redis | None = None) -> None:
         self.r = client
+        #: The broker's Redis: the agent queues and kombu's unacked hash (by default the
+        #: state store's, where both are one Redis).
+        self.broker = broker if broker is not None else client
         self.telemetry = TelemetryWriter(client)
-        self._unacked = client.register_script(_UNACKED_BY_ROUTING_KEY)
-        self._waiting = client.register_script(_WAITING)
+        self._unacked = self.broker.register_script(_UNACKED_BY_ROUTING_KEY)
+        self._waiting = self.broker.register_script(_WAITING)
+
+    @classmethod
+    def of(cls, client: redis.Redis, settings: Settings) -> MonitoringStore:
+        """Over the state store's `client`, reading the agent queues in ORCH_BROKER_URL's
+        Redis where that is another one."""
+        return cls(client, None if settings.broker_is_state_store else broker_client(settings))
 
     @classmethod
     def from_url(cls, url: str, sentinel_master: str = DEFAULT_SENTINEL_MASTER) -> MonitoringStore:

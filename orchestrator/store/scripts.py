@@ -7,6 +7,8 @@ with (routing.weights.wrr_step, recovery.breaker.record_success/record_failure) 
 against them. The composed scripts at the end run several of these in one atomic step: each
 part becomes a local Lua function of its own KEYS and ARGV, then the `.lua` file of the
 composed script calls them. Each script's KEYS and ARGV are named once, in its Signature.
+A script that builds every key it touches itself still takes one KEY, `slot` (keys.SLOT_KEYS):
+on a Redis Cluster it names the node the step must run on.
 """
 
 from __future__ import annotations
@@ -261,10 +263,11 @@ POISON_RECORD_SIG = Signature(
 ADMIT_CLIENT_SIG = Signature(
     "admit_client", keys=("block", "bucket"), argv=("now", "rate", "burst", "check_block")
 )
-SNAPSHOT_SIG = Signature("snapshot", argv=("pattern", "count", "extra..."))
+SNAPSHOT_SIG = Signature("snapshot", keys=("slot",), argv=("pattern", "count", "extra..."))
 MIGRATE_HISTORY_SIG = Signature("migrate_history", keys=("old", "new"))
 ENQUEUE_SIG = Signature(
     "enqueue",
+    keys=("slot",),
     argv=(
         *CONTEXT,
         "task_id",
@@ -284,8 +287,8 @@ ENQUEUE_SIG = Signature(
         "lost_from",
     ),
 )
-DEFER_SIG = Signature("defer", argv=("task_id", "due", "now", "entry", "prefer"))
-FILL_SIG = Signature("fill", argv=(*CONTEXT, "agent", "limit", "trusted"))
+DEFER_SIG = Signature("defer", keys=("slot",), argv=("task_id", "due", "now", "entry", "prefer"))
+FILL_SIG = Signature("fill", keys=("slot",), argv=(*CONTEXT, "agent", "limit", "trusted"))
 #: The runtime transport's atomic fetch (runtime/fetch.py reads lua/fetch.lua itself: the
 #: broker edge imports nothing of the store); `record` holds one flag per list, in order.
 FETCH_SIG = Signature(

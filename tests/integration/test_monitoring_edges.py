@@ -11,6 +11,7 @@ import base64
 import gzip
 import json
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -258,3 +259,26 @@ def test_backup_files_restore_and_retention(ctx, redis_client, redis_url):
     binary.restore("copy", 0, base64.b64decode(by_key["orch:counters"]["dump"]))
     assert binary.hget("copy", "submitted") == b"3"
     binary.close()
+
+
+def test_queue_depth_reads_the_brokers_redis_when_the_state_store_is_another(
+    redis_url, redis_client
+) -> None:
+    """The agent queues live in the broker's Redis: with ORCH_STATE_URL elsewhere (here
+    another database), the snapshot still counts what waits in them."""
+    from orchestrator.models import RegisteredAgent
+    from orchestrator.store import StateStore
+    from tests.support import cli_json, worker_environ
+
+    state_url = redis_url.rsplit("/", 1)[0] + "/1"
+    settings = load_settings(redis_url=redis_url, state_url=state_url, _env_file=None)
+    store = StateStore.from_settings(settings)
+    try:
+        agent = RegisteredAgent(agent_id="x", capabilities={"echo": 1.0}, queue="agent.x")
+        store.register_agent(agent, time.time(), "test")
+    finally:
+        store.r.close()
+    redis_client.lpush("agent.x", "m1", "m2", "m3")  # database 0: the broker
+    env = {**worker_environ(redis_url), "ORCH_STATE_URL": state_url}
+    status = cli_json(env, "status", "--json")
+    assert status["queue_depth"] == 3, status

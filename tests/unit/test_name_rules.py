@@ -10,12 +10,12 @@ import json
 import pytest
 
 from orchestrator.backup.archive import NAME_RE as BACKUP_NAME_RE
-from orchestrator.config import MODULE_RE, load_settings
+from orchestrator.config import load_settings
 from orchestrator.errors import ConfigError
 from orchestrator.monitoring.alerting import load_rules
 from orchestrator.monitoring.slo import load_targets
 from orchestrator.monitoring.stats import client_label
-from orchestrator.settings_parsers import NAME_RE, parse_capabilities
+from orchestrator.settings_parsers import MODULE_RE, NAME_RE, parse_capabilities
 
 
 def test_an_agent_id_with_a_trailing_newline_is_refused() -> None:

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 import redis
 
-from orchestrator.config import load_settings, redis_ssl_options
+from orchestrator.config import load_settings
 from orchestrator.errors import ConfigError
+from orchestrator.redis_urls import redis_ssl_options
 from orchestrator.runtime.celeryconf import celery_config, create_app
 from orchestrator.security.preflight import (
     RedisTarget,

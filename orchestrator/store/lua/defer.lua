@@ -1,4 +1,4 @@
--- KEYS: (none)
+-- KEYS: slot
 -- ARGV: task_id, due, now, entry, prefer
 -- Hold a task until `due` (a countdown or a retry's backoff longer than the broker could keep
 -- a message unacknowledged): state queued, in the deferred set, out of every agent's

@@ -1,4 +1,4 @@
--- KEYS: (none)
+-- KEYS: slot
 -- ARGV: cx.now, cx.weights, cx.estimate, cx.prefetch, cx.timeout, cx.maxlen, task_id, state,
 --   capability_set, priority, client, concurrency_key, limit, source, expect_dispatch, front,
 --   entry, event_type, event_data, avoid, lost_from

@@ -1,4 +1,4 @@
--- KEYS: (none)
+-- KEYS: slot
 -- ARGV: cx.now, cx.weights, cx.estimate, cx.prefetch, cx.timeout, cx.maxlen, agent, limit, trusted
 -- Dispatch waiting tasks to one agent while it has free slots (backlog.fill): after it
 -- registered or woke, its circuit closed, recovery moved work, or from the dispatch sweep.

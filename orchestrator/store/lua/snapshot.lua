@@ -1,4 +1,4 @@
--- KEYS: (none)
+-- KEYS: slot
 -- ARGV: pattern, count, extra...
 -- A point-in-time copy of the orchestrator's state: every key matching the pattern, and the
 -- named extra keys, each with its remaining TTL and its DUMP serialization, read in one atomic
