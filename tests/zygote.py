@@ -32,6 +32,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+from orchestrator.redis_urls import STATE_CLUSTER_VARIABLE
+
 PRELOAD = (  # not celery.__main__: runpy runs that one fresh, as `python -m celery` does
     "celery.bin.celery",
     "celery.apps.worker",
@@ -176,14 +178,14 @@ class ForkServer:
 
     @classmethod
     def for_env(cls, env: Mapping[str, str]) -> ForkServer | None:
-        """The zygote whose interpreter was started as `env` starts one (the PYTHON*
-        variables), or None when fork serving is off."""
+        """The zygote whose interpreter was started as `env` starts one (the variables read at
+        import: PYTHON* and ORCH_STATE_CLUSTER), or None when fork serving is off."""
         if os.environ.get("TESTS_FORK_SERVER", "1") == "0":
             return None
-        key = tuple(sorted((k, v) for k, v in env.items() if k.startswith("PYTHON")))
+        key = tuple(sorted((k, v) for k, v in env.items() if _read_at_import(k)))
         server = cls._servers.get(key)
         if server is None or server._proc.poll() is not None:
-            plain = {k: v for k, v in env.items() if not k.startswith("ORCH_")}
+            plain = {k: v for k, v in env.items() if _read_at_import(k) or k[:5] != "ORCH_"}
             server = cls._servers[key] = cls(plain)  # its children get their ORCH_* per start
         return server
 
@@ -241,6 +243,12 @@ class ForkServer:
             self._proc.wait()
         if self._proc.stdout is not None:
             self._proc.stdout.close()
+
+
+def _read_at_import(name: str) -> bool:
+    """A variable the zygote's imports read (its children cannot change what it did): the
+    interpreter's, and the one that picks the state store's key layout."""
+    return name.startswith("PYTHON") or name == STATE_CLUSTER_VARIABLE
 
 
 def run_module(

@@ -148,10 +148,13 @@ def unreadable_tls_file(url: str) -> str | None:
     return None
 
 
-def _probe_client(url: str, timeout_s: float, sentinel_master: str) -> redis.Redis:
+def _probe_client(
+    url: str, timeout_s: float, sentinel_master: str, cluster: bool = False
+) -> redis.Redis:
     return redis_client(
         url,
         sentinel_master=sentinel_master,
+        cluster=cluster,
         socket_connect_timeout=timeout_s,
         socket_timeout=timeout_s,
         retry=Retry(NoBackoff(), 0),
@@ -171,12 +174,21 @@ def ping(
 
 
 def read_target(target: RedisTarget, timeout_s: float = PING_TIMEOUT_S) -> RedisConfig:
-    """The target's maxmemory-policy, maxmemory and AOF settings, no retries."""
+    """The target's maxmemory-policy, maxmemory, AOF and cluster settings, no retries (of
+    the node that holds the state store's slot, for a Redis Cluster's)."""
     client = _probe_client(target.url, timeout_s, target.sentinel_master)
     try:
-        return read_config(client)
+        config = read_config(client)
     finally:
         client.close()
+    if not (target.cluster and config.cluster):
+        return config
+    # A cluster's state store lives on the node that holds its slot, maybe not this one.
+    node = _probe_client(target.url, timeout_s, target.sentinel_master, cluster=True)
+    try:
+        return read_config(node)
+    finally:
+        node.close()
 
 
 def preflight(

@@ -13,8 +13,10 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from orchestrator.security.fitness import RedisConfig
+from orchestrator.store.keys import SLOT_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +30,8 @@ def _text(value: Any) -> str:
 
 def read_config(client: redis.Redis) -> RedisConfig:
     """The five settings of the server `client` talks to, in one round trip."""
-    pipe = client.pipeline(transaction=False)
-    for name in PARAMETERS:
-        pipe.config_get(name)
     try:
-        replies = pipe.execute()
+        replies = _ask(client)
     except redis.ResponseError as exc:  # NoPermissionError is one too
         return RedisConfig(unreadable=_reply(exc))
     said: dict[str, str] = {}
@@ -50,6 +49,18 @@ def read_config(client: redis.Redis) -> RedisConfig:
         appendfsync=said.get("appendfsync"),
         cluster=None if cluster is None else cluster == "yes",
     )
+
+
+def _ask(client: redis.Redis) -> list[Any]:
+    """CONFIG GET of each parameter, in one pipeline; of a Redis Cluster, asked of the node
+    that holds the state store's slot (keys.SLOT_KEYS), one command each."""
+    if isinstance(client, RedisCluster):
+        node = client.get_node_from_key(SLOT_KEYS[0])
+        return [client.config_get(name, target_nodes=node) for name in PARAMETERS]
+    pipe = client.pipeline(transaction=False)
+    for name in PARAMETERS:
+        pipe.config_get(name)
+    return pipe.execute()
 
 
 def _reply(exc: redis.ResponseError) -> str:

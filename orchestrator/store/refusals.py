@@ -11,9 +11,16 @@ import re
 from types import TracebackType
 
 import redis
-from redis.exceptions import NoPermissionError, ReadOnlyError
+from redis.exceptions import (
+    AskError,
+    ClusterCrossSlotError,
+    ClusterDownError,
+    NoPermissionError,
+    ReadOnlyError,
+)
 
-from orchestrator.errors import OrchestratorError, StoreError, StoreUnavailable
+from orchestrator.errors import ConfigError, OrchestratorError, StoreError, StoreUnavailable
+from orchestrator.redis_urls import STATE_CLUSTER_VARIABLE
 from orchestrator.store import scripts
 
 #: The store's Lua scripts by SHA1 (what Redis names in a script's error reply).
@@ -38,6 +45,17 @@ def step_of(tb: TracebackType | None) -> str:
     return "?"
 
 
+#: What a cluster node says to a client that is not a cluster client.
+_CLUSTER_REPLIES = ("CROSSSLOT", "MOVED ", "ASK ", "CLUSTERDOWN", "non local key", "same slot")
+
+
+def _from_a_cluster(exc: redis.ResponseError, core: str) -> bool:
+    """Whether `exc` is a Redis Cluster node's refusal of keys outside what it serves."""
+    if isinstance(exc, (ClusterCrossSlotError, AskError, ClusterDownError)):  # MovedError too
+        return True
+    return any(word in core for word in _CLUSTER_REPLIES)
+
+
 def translated(exc: redis.ResponseError, step: str) -> OrchestratorError:
     """The named error a client gets for Redis's error reply `exc` to the store's `step`."""
     said = str(exc).strip().rstrip(".")
@@ -53,6 +71,14 @@ def translated(exc: redis.ResponseError, step: str) -> OrchestratorError:
             f"Redis state store is full: it refused the writes of {where} because its memory "
             "is at its limit (maxmemory): raise maxmemory (CONFIG SET maxmemory, or redis.conf) "
             "or free memory (a shorter ORCH_LEDGER_TTL_S keeps fewer tasks), then retry. "
+            f"Redis said: {said}"
+        )
+    if _from_a_cluster(exc, core):
+        return ConfigError(
+            f"{STATE_CLUSTER_VARIABLE}: the state store's Redis is a Redis Cluster node, and "
+            f"this process's keys are not laid out for one ({where}): set "
+            f"{STATE_CLUSTER_VARIABLE}=true in the environment (or .env) of every process "
+            "that reaches it, with the broker and result backend on a single Redis. "
             f"Redis said: {said}"
         )
     if isinstance(exc, ReadOnlyError) or core.startswith("READONLY"):

@@ -280,5 +280,5 @@ def test_queue_depth_reads_the_brokers_redis_when_the_state_store_is_another(
         store.r.close()
     redis_client.lpush("agent.x", "m1", "m2", "m3")  # database 0: the broker
     env = {**worker_environ(redis_url), "ORCH_STATE_URL": state_url}
-    status = cli_json(env, "status", "--json")
+    status = cli_json(env, "status")
     assert status["queue_depth"] == 3, status

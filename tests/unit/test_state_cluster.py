@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 from redis.crc import key_slot
+from redis.exceptions import ClusterCrossSlotError, MovedError, ResponseError
 
 from orchestrator import redis_urls
 from orchestrator.errors import ConfigError
 from orchestrator.redis_urls import cluster_problem, env_flag
 from orchestrator.security.fitness import RedisConfig
 from orchestrator.security.preflight import RedisTarget, check_fitness
+from orchestrator.store.refusals import translated
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -127,3 +129,20 @@ def test_the_start_up_check_refuses_a_cluster_node_where_it_cannot_serve() -> No
         == []
     )
     assert check_fitness([RedisTarget("ORCH_STATE_URL", "redis://s:2/0")], read=read) == []
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        ClusterCrossSlotError("Keys in request don't hash to the same slot"),
+        MovedError("7957 127.0.0.1:51013"),
+        ResponseError("Script attempted to access a non local key in a cluster node script"),
+    ],
+)
+def test_a_cluster_nodes_refusal_names_the_setting_to_change(reply) -> None:
+    """A process whose layout is not the cluster's, against a cluster node, hears what to set
+    (the command then exits with status 2, as at any setting's fault)."""
+    error = translated(reply, "load_fleet")
+    assert isinstance(error, ConfigError)
+    assert str(error).startswith("ORCH_STATE_CLUSTER: the state store's Redis is a Redis Clus")
+    assert "step 'load_fleet'" in str(error)
