@@ -8,6 +8,7 @@ the one node that holds the fixed event stream's slot.
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 from celery import Celery
+from celery.result import AsyncResult
 from redis.cluster import RedisCluster
 
 from tests.integration.conftest import agent_args, control_args
@@ -67,7 +69,7 @@ def split(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Split]:
             agent_env = {
                 **env,
                 "ORCH_AGENT_ID": agent,
-                "ORCH_AGENT_CAPABILITIES": "echo,sleep",
+                "ORCH_AGENT_CAPABILITIES": "echo,hold",
                 "ORCH_HANDLERS": "tests.handlers",
             }
             procs[agent] = CeleryProcess(agent_args(agent), agent_env, name=agent, log_dir=logs)
@@ -79,6 +81,7 @@ def split(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Split]:
     finally:
         for proc in procs.values():
             proc.kill()
+        gc.collect()  # results still subscribed unsubscribe now, while the broker answers
         state.close()
         app.close()
         broker.stop()
@@ -113,24 +116,32 @@ def test_a_task_from_the_shell_runs_with_its_ledger_and_events_on_the_cluster(sp
     assert all(k.startswith(TAGGED) or k.startswith("orchestrator:events") for k in placed[home])
 
 
+def hold(split: Split, key: str) -> AsyncResult:
+    """A by-name submission whose handler runs until `release(split, key)`."""
+    kwargs = {"type": "hold", "payload": {"key": key, "max_s": 60}}
+    return split.app.send_task("orchestrator.submit", kwargs=kwargs)
+
+
+def release(split: Split, key: str) -> None:
+    with redis.Redis.from_url(split.broker.url) as broker:
+        broker.set(f"test:release:{key}", 1)
+
+
 def test_by_name_submissions_wait_for_a_free_slot_and_all_run(split) -> None:
-    """Six one-second tasks on two single-slot agents: four wait in the backlog (the
-    enqueue and fill steps), and every one ends succeeded."""
-    sent = [
-        split.app.send_task("orchestrator.submit", kwargs={"type": "sleep", "payload": {"s": 0.3}})
-        for _ in range(6)
-    ]
+    """Six held tasks on two agents of one slot and one prefetched task each: four are
+    dispatched, two wait in the backlog (the enqueue and fill steps), and every one ends
+    succeeded once released."""
+    sent = [hold(split, "backlog") for _ in range(6)]
     wait_for(
-        lambda: int(split.state.hget(f"{TAGGED}counters", "queued") or 0) > 0,
-        timeout=10,
-        message="no submission waited in the backlog",
+        lambda: cli_json(split.env, "backlog")["waiting"] == 2,
+        timeout=30,
+        message="two submissions never waited in the backlog",
     )
-    results = [r.get(timeout=60) for r in sent]
-    assert len(results) == 6
+    release(split, "backlog")
+    assert [r.get(timeout=60) for r in sent] == [{"held": "backlog"}] * 6
     states = [cli_json(split.env, "task", r.id)["state"] for r in sent]
     assert states == ["succeeded"] * 6
-    backlog = cli_json(split.env, "backlog")
-    assert backlog["waiting"] == 0
+    assert cli_json(split.env, "backlog")["waiting"] == 0
 
 
 def test_the_monitoring_loops_and_the_status_read_the_cluster(split) -> None:
@@ -149,18 +160,17 @@ def test_the_monitoring_loops_and_the_status_read_the_cluster(split) -> None:
 
 
 def test_a_killed_agents_task_runs_on_the_other(split) -> None:
-    slow = split.app.send_task(
-        "orchestrator.submit", kwargs={"type": "sleep", "payload": {"s": 2.0}}
-    )
+    held = hold(split, "kill")
     wait_for(
-        lambda: cli_json(split.env, "task", slow.id).get("state") == "running",
-        timeout=20,
+        lambda: cli_json(split.env, "task", held.id).get("state") == "running",
+        timeout=30,
         message="the task never started",
     )
-    holder = cli_json(split.env, "task", slow.id)["agent_id"]
+    holder = cli_json(split.env, "task", held.id)["agent_id"]
     split.procs[holder].kill()
-    assert slow.get(timeout=60) is not None
-    entry = cli_json(split.env, "task", slow.id)
+    release(split, "kill")
+    assert held.get(timeout=60) == {"held": "kill"}
+    entry = cli_json(split.env, "task", held.id)
     assert entry["state"] == "succeeded" and entry["agent_id"] != holder
 
 
