@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -33,14 +34,13 @@ def env_flag(name: str, env_file: str = ".env") -> bool:
     """Whether the variable `name` is true in the environment, else in `env_file` (a name's
     case aside, as the settings read it); anything but a true word is false (the settings
     then say what is wrong with it)."""
-    for key, value in os.environ.items():
-        if key.upper() == name:
-            return value.strip().lower() in TRUE_WORDS
-    if not os.path.isfile(env_file):
-        return False
-    for key, value in dotenv_values(env_file).items():
-        if key.upper() == name:
-            return (value or "").strip().lower() in TRUE_WORDS
+    sources: list[Mapping[str, str]] = [os.environ]
+    if os.path.isfile(env_file):
+        sources.append({k: v or "" for k, v in dotenv_values(env_file).items()})
+    for source in sources:
+        for key, value in source.items():
+            if key.upper() == name:
+                return value.strip().lower() in TRUE_WORDS
     return False
 
 
