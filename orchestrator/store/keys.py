@@ -20,7 +20,8 @@ Naming scheme: no two ids or names can map to the same key, nor to the same hash
     (the control worker and `orchestrator dev` run it at start; idempotent), and a restore of
     an older backup maps the old names (legacy_history_task).
 
-Key layout (prefix `orch:`):
+Key layout (prefix `orch:`; `orch:{orchestrator:events}:` where the state store is a Redis
+Cluster, ORCH_STATE_CLUSTER, so that every key lies in the fixed event stream's slot):
   agents              hash  agent_id -> RegisteredAgent JSON (identity, capabilities, status)
   heartbeats          hash  agent_id -> unix time of the last heartbeat
   agent_stats         hash  "<agent_id>|<ok|fail|lat|sr>" -> number (and per task type)
