@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-dev
 MKDOCS := NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs
 
 .PHONY: run run-fresh test test-chaos test-all fuzz lint docs bench bench-routing bench-anomaly \
-	bench-failover bench-fleet bench-scale bench-dispatch \
+	bench-failover bench-fleet bench-scale bench-dispatch bench-shard \
 	clean venv sysdeps FORCE
 
 venv: $(STAMP)
@@ -127,6 +127,11 @@ bench-scale: $(STAMP)
 # (MONITOR); no workers, about 2 minutes; updates RESULTS.md. BENCH_ARGS="--quick" for a smoke run.
 bench-dispatch: $(STAMP)
 	$(BIN)/python bench/bench_dispatch.py $(BENCH_ARGS)
+
+# Sharding the state store by capability set over a Redis Cluster, simulated (designed, not
+# built): the busiest node's share when set names are hashed or shards assigned; a second.
+bench-shard: $(STAMP)
+	$(BIN)/python bench/shard_sim.py $(BENCH_ARGS)
 
 # Agent worker memory against a plain Celery worker, then 100 real agent processes (-P solo) on
 # this machine: registration time, their memory, 3,000 tasks spread by weight; updates RESULTS.md.
