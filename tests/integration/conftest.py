@@ -31,6 +31,21 @@ from tests.support import (
 )
 
 WORKER_FLAGS = ["--without-gossip", "--without-mingle", "-l", "info"]
+#: Every loop beat schedules, each second.
+LOOP_INTERVALS = {
+    "ORCH_ALERT_EVALUATION_INTERVAL": "1",
+    "ORCH_SLA_MONITORING_INTERVAL": "1",
+    "ORCH_SECURITY_MONITORING_INTERVAL": "1",
+    "ORCH_ANOMALY_DETECTION_INTERVAL": "1",
+    "ORCH_PERFORMANCE_OPTIMIZATION_INTERVAL": "1",
+}
+#: And backups every 1.8 s, beat ticking each second.
+FAST_LOOPS = {
+    **LOOP_INTERVALS,
+    "ORCH_BACKUP_INTERVAL_HOURS": "0.0005",
+    "ORCH_BEAT_MAX_INTERVAL_S": "1",
+    "ORCH_BEAT_LOCK_TIMEOUT_S": "3",
+}
 
 
 def control_args(concurrency: int = 2, name: str = "control") -> list[str]:

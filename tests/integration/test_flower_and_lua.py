@@ -14,6 +14,7 @@ import pytest
 
 from orchestrator.routing.weights import wrr_step
 from orchestrator.store import StateStore
+from tests.integration.conftest import LOOP_INTERVALS
 from tests.support import free_port, wait_for
 
 pytestmark = pytest.mark.integration
@@ -29,14 +30,7 @@ def _http(url: str, auth: str, body: dict | None = None) -> dict:
 
 
 #: Every loop beat schedules, each second or two: their runs must not show in Flower.
-FAST_LOOPS = {
-    "ORCH_ALERT_EVALUATION_INTERVAL": "1",
-    "ORCH_SLA_MONITORING_INTERVAL": "1",
-    "ORCH_SECURITY_MONITORING_INTERVAL": "1",
-    "ORCH_ANOMALY_DETECTION_INTERVAL": "1",
-    "ORCH_PERFORMANCE_OPTIMIZATION_INTERVAL": "1",
-    "ORCH_RECOVERY_MONITOR_INTERVAL_S": "1",
-}
+FAST_LOOPS = {**LOOP_INTERVALS, "ORCH_RECOVERY_MONITOR_INTERVAL_S": "1"}
 
 
 def test_submit_through_flowers_http_api_and_flower_shows_the_work_by_type(

@@ -28,20 +28,12 @@ from orchestrator.config import load_settings
 from orchestrator.errors import InvalidTask
 from orchestrator.runtime.celeryconf import create_app
 from orchestrator.store.keys import EVENTS
+from tests.integration.conftest import FAST_LOOPS
 from tests.support import CLI, REPO_ROOT, cli, cli_json, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
-FAST = {
-    "ORCH_ALERT_EVALUATION_INTERVAL": "1",
-    "ORCH_SLA_MONITORING_INTERVAL": "1",
-    "ORCH_SECURITY_MONITORING_INTERVAL": "1",
-    "ORCH_ANOMALY_DETECTION_INTERVAL": "1",
-    "ORCH_PERFORMANCE_OPTIMIZATION_INTERVAL": "1",
-    "ORCH_BACKUP_INTERVAL_HOURS": "0.0005",  # 1.8 s
-    "ORCH_BEAT_MAX_INTERVAL_S": "1",
-    "ORCH_BEAT_LOCK_TIMEOUT_S": "3",
-}
+FAST = FAST_LOOPS
 LOOPS = {"alerts", "sla", "security", "backup", "anomaly", "optimize"}
 AM_CONFIG = """
 route:

@@ -20,21 +20,11 @@ from celery import Celery
 from celery.result import AsyncResult
 from redis.cluster import RedisCluster
 
-from tests.integration.conftest import agent_args, control_args
+from tests.integration.conftest import FAST_LOOPS, agent_args, control_args
 from tests.redis_cluster import RedisClusterNodes
 from tests.support import CeleryProcess, RedisServer, cli, cli_json, wait_for, worker_environ
 
 TAGGED = "orch:{orchestrator:events}:"
-FAST_LOOPS = {
-    "ORCH_ALERT_EVALUATION_INTERVAL": "1",
-    "ORCH_SLA_MONITORING_INTERVAL": "1",
-    "ORCH_SECURITY_MONITORING_INTERVAL": "1",
-    "ORCH_ANOMALY_DETECTION_INTERVAL": "1",
-    "ORCH_PERFORMANCE_OPTIMIZATION_INTERVAL": "1",
-    "ORCH_BACKUP_INTERVAL_HOURS": "0.001",
-    "ORCH_BEAT_MAX_INTERVAL_S": "1",
-    "ORCH_BEAT_LOCK_TIMEOUT_S": "5",
-}
 
 
 @dataclass
