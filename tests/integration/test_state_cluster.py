@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import gc
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,6 +164,37 @@ def test_a_killed_agents_task_runs_on_the_other(split) -> None:
     assert held.get(timeout=60) == {"held": "kill"}
     entry = cli_json(split.env, "task", held.id)
     assert entry["state"] == "succeeded" and entry["agent_id"] != holder
+
+
+#: A handler's outbound breaker (pybreaker on the state store), opened by two failures.
+OPEN_A_BREAKER = """
+from orchestrator.recovery.outbound import circuit_breaker
+breaker = circuit_breaker("payments", fail_max=2, reset_timeout_s=60)
+def fail():
+    raise RuntimeError("down")
+for _ in range(3):
+    try:
+        breaker.call(fail)
+    except Exception as exc:
+        print(type(exc).__name__)
+"""
+
+
+def test_a_handlers_outbound_breaker_is_shared_through_the_cluster(split) -> None:
+    def run() -> list[str]:
+        done = subprocess.run(
+            [sys.executable, "-c", OPEN_A_BREAKER],
+            env=split.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return done.stdout.split()
+
+    assert run() == ["RuntimeError", "CircuitBreakerError", "CircuitBreakerError"]
+    assert run() == ["CircuitBreakerError"] * 3  # another process finds it open
+    assert split.state.get(f"{TAGGED}handler_circuit:payments:pybreaker:state") == "open"
 
 
 def test_a_worker_pointed_at_a_cluster_without_the_setting_refuses_to_start(split) -> None:
