@@ -26,7 +26,7 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 
 from orchestrator.client import OrchestratorClient
 from orchestrator.config import load_settings
-from orchestrator.store.keys import DLQ
+from orchestrator.store.keys import DLQ, task_key
 from tests.chaos.checker import (
     broker_holdings,
     check,
@@ -171,16 +171,25 @@ def test_sigkill_the_control_worker_mid_run(cluster: Cluster, chaos_client, redi
     cluster.wait_controls_ready()
     cluster.wait_ready("ab")
 
-    ids = submit_chaos(chaos_client, "kill-control", 300, seconds=0.02)
-    accepted = wait_for(
-        lambda: (
-            (n := sum(1 for s, _ in ledger_states(redis_client, ids).values() if s)) >= 40 and n
-        ),
-        timeout=30,
-        interval=0.01,
-        message="routing never started",
+    # The submissions go on in a thread while the control workers route them, so the kill
+    # lands mid-run however fast routing is (it kept pace with one sender: all 300 were
+    # routed by the time a poll after the sending loop looked).
+    ids = [f"kill-control-{n:05d}" for n in range(300)]
+    sender = threading.Thread(
+        target=submit_chaos, args=(chaos_client, "kill-control", len(ids)), kwargs={"seconds": 0.02}
     )
-    control1.kill()
+    sender.start()
+    try:
+        wait_for(
+            lambda: redis_client.exists(task_key(ids[40])),
+            timeout=30,
+            interval=0.002,
+            message="routing never started",
+        )
+        control1.kill()
+        accepted = sum(1 for s, _ in ledger_states(redis_client, ids).values() if s)
+    finally:
+        sender.join(timeout=60)
     held = broker_holdings(redis_client)
     stranded = sorted({w for where in held.values() for w in where if w.startswith("unacked:")})
     print(f"killed control1 with {accepted}/{len(ids)} accepted; unacked now holds {stranded}")
