@@ -238,6 +238,16 @@ def test_signed_tasks_route_and_complete_on_every_submission_path(
     )
     flower.wait_for_log("Visit me at", timeout=60)
     base = f"http://127.0.0.1:{port}"
+    # Flower's worker view first: once its remote control answers, its event receiver listens
+    # too, so the task sent next is seen (one run before that never is: events are pub/sub).
+    workers = wait_for(
+        lambda: http(f"{base}/api/workers?refresh=1", auth),
+        timeout=30,
+        ignore=(urllib.error.URLError, OSError),
+        message="Flower saw no worker",
+    )
+    assert any(name.startswith("control@") for name in workers)
+    assert any(name.startswith("alpha@") for name in workers)
     sent = http(
         f"{base}/api/task/send-task/{SUBMIT}",
         auth,
@@ -247,14 +257,6 @@ def test_signed_tasks_route_and_complete_on_every_submission_path(
     plain = create_app(load_settings(redis_url=redis_url, **hive.settings()), with_tasks=False)
     assert plain.AsyncResult("flower-1").get(timeout=30) == {"via": "flower"}
     plain.close()
-    workers = wait_for(
-        lambda: http(f"{base}/api/workers?refresh=1", auth),
-        timeout=30,
-        ignore=(urllib.error.URLError, OSError),
-        message="Flower saw no worker",
-    )
-    assert any(name.startswith("control@") for name in workers)
-    assert any(name.startswith("alpha@") for name in workers)
     # Events stay JSON (unsigned): Flower still sees every task, by its type.
     wait_for(
         lambda: http(f"{base}/api/tasks", auth).get("flower-1", {}).get("name") == "echo",
