@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,15 @@ from tests.support import (
 CELERY_PROCS_KEY = pytest.StashKey[list[CeleryProcess]]()
 
 CeleryFactory = Callable[..., CeleryProcess]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A suite started in the background by a non-interactive shell (`make test &`, a CI step
+    run as a background job) inherits SIGINT ignored, and an ignored signal stays ignored
+    across exec: every CLI a test sends Ctrl-C would ignore it. Python's own handler instead
+    (exec resets a handled signal to its default), in the main process and each xdist worker."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.hookimpl(wrapper=True)
