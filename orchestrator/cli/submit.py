@@ -170,8 +170,8 @@ def run(
             handle = client.submit(task_type, body, **fields)
     except OrchestratorError as exc:  # RateLimited, ClientBlocked, the store unreachable
         raise common.failure(exc) from None
-    tell(handle, settings)
     if not wait:
+        tell(handle, settings)
         if not as_json:
             click.echo(handle.id)
             return
@@ -185,7 +185,11 @@ def run(
             said["differs"] = list(handle.differs)
         common.print_json(said)
         return
-    say(f"accepted {handle.id}; waiting for its result (Ctrl-C stops the wait, not the task)")
+    try:  # accepted: a Ctrl-C from here on, even one landing while this is said, stops the wait
+        tell(handle, settings)
+        say(f"accepted {handle.id}; waiting for its result (Ctrl-C stops the wait, not the task)")
+    except KeyboardInterrupt:
+        interrupted(client, handle.id)
     try:
         value = handle.get(timeout=wait_timeout, propagate=True)
     except KeyboardInterrupt:
