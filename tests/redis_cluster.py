@@ -54,13 +54,6 @@ class RedisClusterNodes:
                 client.close()
         return self
 
-    def node_of(self, key: str) -> RedisServer:
-        """The node that holds `key`'s slot."""
-        with redis.Redis(port=self.nodes[0].port) as probe:
-            slot = int(probe.execute_command("CLUSTER", "KEYSLOT", key))
-        share = SLOTS // len(self.nodes)
-        return self.nodes[min(slot // share, len(self.nodes) - 1)]
-
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()

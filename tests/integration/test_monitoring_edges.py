@@ -19,7 +19,7 @@ import redis
 
 from orchestrator.backup.archive import list_backups, verify_backup
 from orchestrator.config import load_settings
-from orchestrator.models import AlertState, TaskState
+from orchestrator.models import AlertState, RegisteredAgent, TaskState
 from orchestrator.monitoring.anomaly_loop import find_regressions, run_anomaly
 from orchestrator.monitoring.loops import (
     LoopContext,
@@ -31,7 +31,7 @@ from orchestrator.monitoring.loops import (
 )
 from orchestrator.monitoring.stats import run_fields, sum_fields
 from orchestrator.runtime.celeryconf import create_app
-from orchestrator.store import Settlement
+from orchestrator.store import Settlement, StateStore
 from orchestrator.store.keys import (
     ALERTS,
     METRICS_HISTORY,
@@ -40,6 +40,7 @@ from orchestrator.store.keys import (
     events_key,
     task_key,
 )
+from tests.support import cli_json, worker_environ
 
 pytestmark = pytest.mark.integration
 BASE = 1_800_000_000.0  # a minute boundary
@@ -266,10 +267,6 @@ def test_queue_depth_reads_the_brokers_redis_when_the_state_store_is_another(
 ) -> None:
     """The agent queues live in the broker's Redis: with ORCH_STATE_URL elsewhere (here
     another database), the snapshot still counts what waits in them."""
-    from orchestrator.models import RegisteredAgent
-    from orchestrator.store import StateStore
-    from tests.support import cli_json, worker_environ
-
     state_url = redis_url.rsplit("/", 1)[0] + "/1"
     settings = load_settings(redis_url=redis_url, state_url=state_url, _env_file=None)
     store = StateStore.from_settings(settings)

@@ -7,6 +7,7 @@ log trimmed past what a state last read."""
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 
 import pytest
 
@@ -107,78 +108,66 @@ def _run(store: StateStore, seed: int, steps: int, n: int, key: str) -> None:
         assert store.wrr_state(key) == model.cur
 
 
+@pytest.fixture
+def store(redis_url: str) -> Iterator[StateStore]:
+    """A store on the test server (flushed before each test by redis_url)."""
+    store = StateStore.from_url(redis_url)
+    yield store
+    store.r.close()
+
+
 @pytest.mark.parametrize("seed", range(4))
-def test_the_lua_step_with_slots_matches_the_pure_step(seed, redis_url):
-    store = StateStore.from_url(redis_url)
-    try:
-        _run(store, seed, steps=400, n=3 + seed * 4, key=f"echo{seed}")
-    finally:
-        store.r.flushdb()
-        store.r.close()
+def test_the_lua_step_with_slots_matches_the_pure_step(seed, store):
+    _run(store, seed, steps=400, n=3 + seed * 4, key=f"echo{seed}")
 
 
-def test_two_round_robins_share_the_log_and_a_trimmed_one_checks_every_peer(redis_url):
+def test_two_round_robins_share_the_log_and_a_trimmed_one_checks_every_peer(store):
     """A state that fell further behind the in-flight log than it keeps re-checks all."""
-    store = StateStore.from_url(redis_url)
     change = store.r.register_script(_CHANGE)
-    try:
-        weights = {"a": 5, "b": 1, "c": 1}
-        slots = {"a": 1, "b": 1, "c": 1}
-        peers = WrrPeers.of(weights, slots)
-        assert [store.wrr_pick("x", peers) for _ in range(3)] == ["a", "a", "b"]
-        change(args=["a", "t1", "1"])  # a is full
-        for i in range(INFLIGHT_LOG_KEEP + 10):
-            change(args=["zz", f"n{i}", "1"])
-        model = Model()
-        for _ in range(3):
-            model.step(weights, None, {}, None)
-        held = {"a": {"t1"}}
-        picks = [store.wrr_pick("x", peers) for _ in range(4)]
-        assert picks == [model.step(weights, slots, held, None) for _ in range(4)]
-        assert "a" not in picks
-        assert store.wrr_state("x") == model.cur
-    finally:
-        store.r.flushdb()
-        store.r.close()
+    weights = {"a": 5, "b": 1, "c": 1}
+    slots = {"a": 1, "b": 1, "c": 1}
+    peers = WrrPeers.of(weights, slots)
+    assert [store.wrr_pick("x", peers) for _ in range(3)] == ["a", "a", "b"]
+    change(args=["a", "t1", "1"])  # a is full
+    for i in range(INFLIGHT_LOG_KEEP + 10):
+        change(args=["zz", f"n{i}", "1"])
+    model = Model()
+    for _ in range(3):
+        model.step(weights, None, {}, None)
+    held = {"a": {"t1"}}
+    picks = [store.wrr_pick("x", peers) for _ in range(4)]
+    assert picks == [model.step(weights, slots, held, None) for _ in range(4)]
+    assert "a" not in picks
+    assert store.wrr_state("x") == model.cur
 
 
-def test_every_peer_full_gives_none_and_changes_nothing(redis_url):
-    store = StateStore.from_url(redis_url)
+def test_every_peer_full_gives_none_and_changes_nothing(store):
     change = store.r.register_script(_CHANGE)
-    try:
-        peers = WrrPeers.of({"a": 2, "b": 1}, {"a": 1, "b": 1})
-        assert store.wrr_pick("y", peers) == "a"
-        before = store.wrr_state("y")
-        change(args=["a", "t1", "1"])
-        change(args=["b", "t2", "1"])
-        assert store.wrr_pick("y", peers) is None
-        assert store.wrr_state("y") == before
-        store.r.hset(task_key("t2"), "agent", "b")
-        assert store.wrr_pick("y", peers, "t2") == "b"  # its own slot counts as free
-        assert store.r.scard(inflight_key("b")) == 1
-    finally:
-        store.r.flushdb()
-        store.r.close()
+    peers = WrrPeers.of({"a": 2, "b": 1}, {"a": 1, "b": 1})
+    assert store.wrr_pick("y", peers) == "a"
+    before = store.wrr_state("y")
+    change(args=["a", "t1", "1"])
+    change(args=["b", "t2", "1"])
+    assert store.wrr_pick("y", peers) is None
+    assert store.wrr_state("y") == before
+    store.r.hset(task_key("t2"), "agent", "b")
+    assert store.wrr_pick("y", peers, "t2") == "b"  # its own slot counts as free
+    assert store.r.scard(inflight_key("b")) == 1
 
 
 @pytest.mark.parametrize(("top", "n"), [(3, 37), (40, 37), (20, 150)])
-def test_a_long_run_at_many_peers_keeps_the_sequence(top, n, redis_url):
+def test_a_long_run_at_many_peers_keeps_the_sequence(top, n, store):
     """Thousands of steps past a zero state, where lines cross every few steps (every
     certificate of the tournament expires in turn), where weights tie, and with three
     levels of nodes."""
-    store = StateStore.from_url(redis_url)
     rng = random.Random(top)
-    try:
-        weights = {f"agent-{i:03d}": rng.randint(1, top) for i in range(n)}
-        prepared = WrrPeers.of(weights)
-        state: dict[str, int] = {}
-        for _ in range(3000):
-            expected, state = wrr_step(state, weights)
-            assert store.wrr_pick("long", prepared) == expected
-        assert store.wrr_state("long") == state
-    finally:
-        store.r.flushdb()
-        store.r.close()
+    weights = {f"agent-{i:03d}": rng.randint(1, top) for i in range(n)}
+    prepared = WrrPeers.of(weights)
+    state: dict[str, int] = {}
+    for _ in range(3000):
+        expected, state = wrr_step(state, weights)
+        assert store.wrr_pick("long", prepared) == expected
+    assert store.wrr_state("long") == state
 
 
 def test_the_digest_names_ids_weights_and_slots():

@@ -101,7 +101,7 @@ def test_a_task_from_the_shell_runs_with_its_ledger_and_events_on_the_cluster(sp
         e["type"] for e in events if e["data"].get("task_id") == task_id
     }
     # Every key of the state store is on the node of the event stream's slot, none elsewhere.
-    home = split.cluster.node_of("orchestrator:events").port
+    home = split.state.get_node_from_key("orchestrator:events").port
     placed = keys_by_node(split)
     assert f"{TAGGED}task:{task_id}" in placed[home]
     assert {port: names for port, names in placed.items() if port != home and names} == {}
